@@ -1,0 +1,1008 @@
+//! Environment → typed configuration.
+//!
+//! Every setting comes from an environment variable. Parsing goes through the
+//! small [`Env`] trait so that tests (and `stickyd lint`, which checks the env
+//! of a manifest) can drive it from a plain map.
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use crate::affinity::Keys;
+
+/// Where configuration values come from.
+pub trait Env {
+    fn get(&self, key: &str) -> Option<String>;
+}
+
+/// The process environment.
+pub struct ProcessEnv;
+
+impl Env for ProcessEnv {
+    fn get(&self, key: &str) -> Option<String> {
+        std::env::var(key).ok()
+    }
+}
+
+impl Env for HashMap<String, String> {
+    fn get(&self, key: &str) -> Option<String> {
+        HashMap::get(self, key).cloned()
+    }
+}
+
+impl Env for BTreeMap<String, String> {
+    fn get(&self, key: &str) -> Option<String> {
+        BTreeMap::get(self, key).cloned()
+    }
+}
+
+impl<const N: usize> Env for [(&str, &str); N] {
+    fn get(&self, key: &str) -> Option<String> {
+        self.iter().find(|(k, _)| *k == key).map(|(_, v)| v.to_string())
+    }
+}
+
+/// A configuration error. Each one names the variable, the value and what
+/// would be valid, so that the startup message alone is enough to fix it.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum ConfigError {
+    #[error("{var}={value:?} is invalid: {expected}")]
+    Invalid {
+        var: &'static str,
+        value: String,
+        expected: String,
+    },
+    #[error("{var}: {message}")]
+    Conflict { var: &'static str, message: String },
+    #[error("{var}={path:?} could not be read: {message}")]
+    File {
+        var: &'static str,
+        path: String,
+        message: String,
+    },
+}
+
+impl ConfigError {
+    /// The variable this error is about.
+    pub fn var(&self) -> &'static str {
+        match self {
+            ConfigError::Invalid { var, .. } | ConfigError::Conflict { var, .. } | ConfigError::File { var, .. } => var,
+        }
+    }
+
+    fn invalid(var: &'static str, value: &str, expected: impl Into<String>) -> Self {
+        ConfigError::Invalid {
+            var,
+            value: value.to_string(),
+            expected: expected.into(),
+        }
+    }
+}
+
+/// Where the endpoint view comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum EndpointsSource {
+    /// A static list of `(pod name, sidecar address)`, this pod included.
+    Static(Vec<(String, SocketAddr)>),
+    /// EndpointSlices watched through the Kubernetes API.
+    Kubernetes,
+}
+
+/// What happens when the cookie names a pod that is gone.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OnMissing {
+    /// Serve here and pin the session to this pod.
+    Repin,
+    /// Answer 503 (Envoy's "strict" mode).
+    Reject,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SecureMode {
+    Always,
+    Never,
+    /// Secure when the request arrived over https (X-Forwarded-Proto).
+    Auto,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SameSite {
+    Strict,
+    Lax,
+    None,
+}
+
+impl SameSite {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SameSite::Strict => "Strict",
+            SameSite::Lax => "Lax",
+            SameSite::None => "None",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// The protocol spoken to the app in this pod.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UpstreamProtocol {
+    /// HTTP/1.1, or whatever the client spoke for h2 requests... no: always HTTP/1.1.
+    Http1,
+    /// HTTP/2 with prior knowledge (h2c), for gRPC apps.
+    H2c,
+}
+
+/// The cookie's attributes and keys.
+#[derive(Debug, Clone)]
+pub struct CookieConfig {
+    pub name: String,
+    pub path: String,
+    pub domain: Option<String>,
+    pub max_age: Option<Duration>,
+    pub secure: SecureMode,
+    pub http_only: bool,
+    pub same_site: SameSite,
+    pub partitioned: bool,
+    /// HMAC keys: the first signs, all verify. Empty: cookies are not signed.
+    pub keys: Keys,
+    /// Where the keys were read from, to re-read them on rotation.
+    pub secret_file: Option<PathBuf>,
+    /// Absolute lifetime of a signed session.
+    pub max_lifetime: Option<Duration>,
+    /// Idle timeout of a signed session.
+    pub idle_timeout: Option<Duration>,
+}
+
+/// The whole typed configuration of `stickyd run`.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub listen: SocketAddr,
+    pub upstream: SocketAddr,
+    pub upstream_authority: String,
+    pub upstream_protocol: UpstreamProtocol,
+    pub admin_listen: SocketAddr,
+    pub pod_name: String,
+    pub endpoints: EndpointsSource,
+    pub namespace: Option<String>,
+    pub service: Option<String>,
+    pub port_name: Option<String>,
+    pub sync_timeout: Duration,
+    pub cookie: CookieConfig,
+    pub on_missing: OnMissing,
+    pub drain: Duration,
+    pub drain_timeout: Duration,
+    pub connect_timeout: Duration,
+    pub response_timeout: Duration,
+    pub header_read_timeout: Duration,
+    pub max_header_bytes: usize,
+    pub max_headers: usize,
+    pub max_connections: usize,
+    pub pool_idle_timeout: Duration,
+    pub log: String,
+    pub log_format: LogFormat,
+    pub worker_threads: usize,
+}
+
+/// Every variable `stickyd run` reads, with its default (`None`: unset).
+pub const VARIABLES: &[(&str, Option<&str>)] = &[
+    ("STICKYD_LISTEN", Some("0.0.0.0:8080")),
+    ("STICKYD_UPSTREAM", Some("http://127.0.0.1:8081")),
+    ("STICKYD_UPSTREAM_PROTOCOL", Some("http1")),
+    ("STICKYD_ADMIN_LISTEN", Some("0.0.0.0:9090")),
+    ("STICKYD_POD_NAME", None),
+    ("STICKYD_ENDPOINTS", Some("kubernetes")),
+    ("STICKYD_NAMESPACE", None),
+    ("STICKYD_SERVICE", None),
+    ("STICKYD_PORT_NAME", None),
+    ("STICKYD_SYNC_TIMEOUT", Some("10")),
+    ("STICKYD_COOKIE_NAME", Some("stickyd")),
+    ("STICKYD_COOKIE_PATH", Some("/")),
+    ("STICKYD_COOKIE_DOMAIN", None),
+    ("STICKYD_COOKIE_MAX_AGE", None),
+    ("STICKYD_COOKIE_SECURE", Some("auto")),
+    ("STICKYD_COOKIE_HTTPONLY", Some("true")),
+    ("STICKYD_COOKIE_SAMESITE", Some("Lax")),
+    ("STICKYD_COOKIE_PARTITIONED", Some("false")),
+    ("STICKYD_COOKIE_SECRET", None),
+    ("STICKYD_COOKIE_SECRET_FILE", None),
+    ("STICKYD_SESSION_MAX_LIFETIME", None),
+    ("STICKYD_SESSION_IDLE_TIMEOUT", None),
+    ("STICKYD_ON_MISSING", Some("repin")),
+    ("STICKYD_DRAIN_SECONDS", Some("5")),
+    ("STICKYD_DRAIN_TIMEOUT", Some("30")),
+    ("STICKYD_CONNECT_TIMEOUT", Some("1")),
+    ("STICKYD_RESPONSE_TIMEOUT", Some("60")),
+    ("STICKYD_HEADER_READ_TIMEOUT", Some("10")),
+    ("STICKYD_MAX_HEADER_BYTES", Some("65536")),
+    ("STICKYD_MAX_HEADERS", Some("100")),
+    ("STICKYD_MAX_CONNECTIONS", Some("10000")),
+    ("STICKYD_POOL_IDLE_TIMEOUT", Some("60")),
+    ("STICKYD_LOG", Some("info")),
+    ("STICKYD_LOG_FORMAT", Some("text")),
+    ("STICKYD_WORKER_THREADS", None),
+];
+
+/// Characters that make a cookie Path a regular expression rather than a
+/// literal prefix.
+const REGEX_CHARS: &[char] = &['(', ')', '|', '$', '*', '?', '[', ']', '\\', '^', '+', '{', '}'];
+
+fn var(env: &dyn Env, name: &'static str) -> Option<String> {
+    env.get(name).filter(|v| !v.trim().is_empty())
+}
+
+fn parse_addr(env: &dyn Env, name: &'static str, default: &str) -> Result<SocketAddr, ConfigError> {
+    let raw = var(env, name).unwrap_or_else(|| default.to_string());
+    raw.trim()
+        .parse()
+        .map_err(|_| ConfigError::invalid(name, &raw, "an IP:PORT socket address, e.g. 0.0.0.0:8080 or [::]:8080"))
+}
+
+fn parse_bool(env: &dyn Env, name: &'static str, default: bool) -> Result<bool, ConfigError> {
+    match var(env, name) {
+        None => Ok(default),
+        Some(v) => match v.trim().to_ascii_lowercase().as_str() {
+            "true" | "1" | "yes" | "on" => Ok(true),
+            "false" | "0" | "no" | "off" => Ok(false),
+            _ => Err(ConfigError::invalid(name, &v, "true or false")),
+        },
+    }
+}
+
+/// Parses a duration in seconds: `5`, `0.5`, or with a unit `500ms`, `10s`,
+/// `5m`, `2h`, `1d`.
+pub fn parse_duration(raw: &str) -> Option<Duration> {
+    let s = raw.trim();
+    let (num, mult) = if let Some(n) = s.strip_suffix("ms") {
+        (n, 0.001)
+    } else if let Some(n) = s.strip_suffix('s') {
+        (n, 1.0)
+    } else if let Some(n) = s.strip_suffix('m') {
+        (n, 60.0)
+    } else if let Some(n) = s.strip_suffix('h') {
+        (n, 3600.0)
+    } else if let Some(n) = s.strip_suffix('d') {
+        (n, 86400.0)
+    } else {
+        (s, 1.0)
+    };
+    let v: f64 = num.trim().parse().ok()?;
+    if !v.is_finite() || v < 0.0 || v * mult > 1e10 {
+        return None;
+    }
+    Some(Duration::from_secs_f64(v * mult))
+}
+
+fn parse_secs(env: &dyn Env, name: &'static str, default: Option<&str>) -> Result<Option<Duration>, ConfigError> {
+    let Some(raw) = var(env, name).or(default.map(str::to_string)) else {
+        return Ok(None);
+    };
+    parse_duration(&raw).map(Some).ok_or_else(|| {
+        ConfigError::invalid(
+            name,
+            &raw,
+            "a number of seconds (e.g. 5, 0.5) or a duration like 500ms, 10s, 5m, 2h, 1d",
+        )
+    })
+}
+
+fn req_secs(env: &dyn Env, name: &'static str, default: &str) -> Result<Duration, ConfigError> {
+    Ok(parse_secs(env, name, Some(default))?.expect("default is set"))
+}
+
+fn parse_positive(env: &dyn Env, name: &'static str, default: usize, max: usize) -> Result<usize, ConfigError> {
+    match var(env, name) {
+        None => Ok(default),
+        Some(v) => match v.trim().parse::<usize>() {
+            Ok(n) if n >= 1 && n <= max => Ok(n),
+            _ => Err(ConfigError::invalid(
+                name,
+                &v,
+                format!("a whole number from 1 to {max}"),
+            )),
+        },
+    }
+}
+
+/// Parses `http://HOST:PORT` (or `HOST:PORT`) for the app in this pod.
+fn parse_upstream(raw: &str) -> Result<(SocketAddr, String), ConfigError> {
+    let bad = || {
+        ConfigError::invalid(
+            "STICKYD_UPSTREAM",
+            raw,
+            "http://IP:PORT of the app in this pod, e.g. http://127.0.0.1:8081 (https and host names are not supported: the app is on localhost)",
+        )
+    };
+    let s = raw.trim();
+    let rest = if let Some(r) = s.strip_prefix("http://") {
+        r
+    } else if s.contains("://") {
+        return Err(bad());
+    } else {
+        s
+    };
+    let rest = rest.strip_suffix('/').unwrap_or(rest);
+    if rest.contains('/') {
+        return Err(bad());
+    }
+    let addr: SocketAddr = if let Some(port) = rest.strip_prefix("localhost:") {
+        let port: u16 = port.parse().map_err(|_| bad())?;
+        SocketAddr::from(([127, 0, 0, 1], port))
+    } else {
+        rest.parse().map_err(|_| bad())?
+    };
+    Ok((addr, rest.to_string()))
+}
+
+/// A pod name as Kubernetes allows it (an RFC 1123 subdomain).
+pub fn valid_pod_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 253
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.')
+        && name.as_bytes()[0].is_ascii_alphanumeric()
+        && name.as_bytes()[name.len() - 1].is_ascii_alphanumeric()
+}
+
+fn parse_static(raw: &str) -> Result<Vec<(String, SocketAddr)>, ConfigError> {
+    let list = raw.trim().strip_prefix("static:").expect("caller checked the prefix");
+    let bad = |why: String| {
+        ConfigError::invalid(
+            "STICKYD_ENDPOINTS",
+            raw,
+            format!("kubernetes, or static:NAME=IP:PORT,NAME=IP:PORT,... ({why})"),
+        )
+    };
+    let mut out: Vec<(String, SocketAddr)> = Vec::new();
+    for item in list.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+        let (name, addr) = item
+            .split_once('=')
+            .ok_or_else(|| bad(format!("{item:?} has no '='")))?;
+        let name = name.trim();
+        if !valid_pod_name(name) {
+            return Err(bad(format!("{name:?} is not a valid pod name")));
+        }
+        let addr: SocketAddr = addr
+            .trim()
+            .parse()
+            .map_err(|_| bad(format!("{addr:?} is not an IP:PORT")))?;
+        if out.iter().any(|(n, _)| n == name) {
+            return Err(bad(format!("{name:?} is listed twice")));
+        }
+        out.push((name.to_string(), addr));
+    }
+    if out.is_empty() {
+        return Err(bad("the list is empty".into()));
+    }
+    Ok(out)
+}
+
+/// Reads the HMAC keys from STICKYD_COOKIE_SECRET or the file named by
+/// STICKYD_COOKIE_SECRET_FILE.
+pub fn read_secret_file(path: &std::path::Path) -> Result<Keys, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|e| ConfigError::File {
+        var: "STICKYD_COOKIE_SECRET_FILE",
+        path: path.display().to_string(),
+        message: e.to_string(),
+    })?;
+    Keys::parse(&text).map_err(|why| ConfigError::File {
+        var: "STICKYD_COOKIE_SECRET_FILE",
+        path: path.display().to_string(),
+        message: why,
+    })
+}
+
+/// The number of CPUs the cgroup quota allows, rounded up, if a quota is set.
+pub fn cgroup_cpu_limit() -> Option<usize> {
+    // cgroup v2: "max 100000" or "200000 100000"
+    if let Ok(s) = std::fs::read_to_string("/sys/fs/cgroup/cpu.max") {
+        return cpu_limit_from_v2(&s);
+    }
+    let quota = std::fs::read_to_string("/sys/fs/cgroup/cpu/cpu.cfs_quota_us").ok()?;
+    let period = std::fs::read_to_string("/sys/fs/cgroup/cpu/cpu.cfs_period_us").ok()?;
+    cpu_limit_from_quota(quota.trim().parse().ok()?, period.trim().parse().ok()?)
+}
+
+fn cpu_limit_from_v2(s: &str) -> Option<usize> {
+    let mut it = s.split_whitespace();
+    let quota = it.next()?;
+    let period: i64 = it.next()?.parse().ok()?;
+    if quota == "max" {
+        return None;
+    }
+    cpu_limit_from_quota(quota.parse().ok()?, period)
+}
+
+fn cpu_limit_from_quota(quota: i64, period: i64) -> Option<usize> {
+    if quota <= 0 || period <= 0 {
+        return None;
+    }
+    Some(((quota + period - 1) / period).max(1) as usize)
+}
+
+fn default_worker_threads() -> usize {
+    let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+    cgroup_cpu_limit().unwrap_or(cores).min(cores).max(1)
+}
+
+fn default_pod_name() -> Option<String> {
+    std::env::var("HOSTNAME")
+        .ok()
+        .or_else(|| std::fs::read_to_string("/etc/hostname").ok())
+        .map(|s| s.trim().to_string())
+        .filter(|s| !s.is_empty())
+}
+
+impl Config {
+    /// Parses the configuration from the process environment.
+    pub fn from_process_env() -> Result<Config, ConfigError> {
+        Config::from_env(&ProcessEnv)
+    }
+
+    /// Parses the configuration from any [`Env`], e.g. a map in tests.
+    pub fn from_env(env: &dyn Env) -> Result<Config, ConfigError> {
+        let listen = parse_addr(env, "STICKYD_LISTEN", "0.0.0.0:8080")?;
+        let admin_listen = parse_addr(env, "STICKYD_ADMIN_LISTEN", "0.0.0.0:9090")?;
+        let upstream_raw = var(env, "STICKYD_UPSTREAM").unwrap_or_else(|| "http://127.0.0.1:8081".into());
+        let (upstream, upstream_authority) = parse_upstream(&upstream_raw)?;
+        let upstream_protocol = match var(env, "STICKYD_UPSTREAM_PROTOCOL").as_deref().map(str::trim) {
+            None | Some("http1") => UpstreamProtocol::Http1,
+            Some("h2c") | Some("http2") | Some("h2") => UpstreamProtocol::H2c,
+            Some(other) => {
+                return Err(ConfigError::invalid(
+                    "STICKYD_UPSTREAM_PROTOCOL",
+                    other,
+                    "http1, or h2c (HTTP/2 with prior knowledge, for gRPC apps)",
+                ))
+            }
+        };
+        if listen == admin_listen {
+            return Err(ConfigError::Conflict {
+                var: "STICKYD_ADMIN_LISTEN",
+                message: format!("{admin_listen} is also STICKYD_LISTEN; the admin listener needs its own port"),
+            });
+        }
+        if upstream == listen {
+            return Err(ConfigError::Conflict {
+                var: "STICKYD_UPSTREAM",
+                message: format!("{upstream} is stickyd's own STICKYD_LISTEN; it must name the app's port"),
+            });
+        }
+
+        let pod_name = match var(env, "STICKYD_POD_NAME").or_else(default_pod_name) {
+            Some(n) => n.trim().to_string(),
+            None => {
+                return Err(ConfigError::invalid(
+                    "STICKYD_POD_NAME",
+                    "",
+                    "this pod's name; set it from the downward API (fieldRef: metadata.name)",
+                ))
+            }
+        };
+        if !valid_pod_name(&pod_name) {
+            return Err(ConfigError::invalid(
+                "STICKYD_POD_NAME",
+                &pod_name,
+                "a Kubernetes pod name: lowercase letters, digits, '-' and '.', starting and ending with a letter or digit",
+            ));
+        }
+
+        let endpoints_raw = var(env, "STICKYD_ENDPOINTS").unwrap_or_else(|| "kubernetes".into());
+        let endpoints = match endpoints_raw.trim() {
+            "kubernetes" => EndpointsSource::Kubernetes,
+            s if s.starts_with("static:") => EndpointsSource::Static(parse_static(s)?),
+            _ => {
+                return Err(ConfigError::invalid(
+                    "STICKYD_ENDPOINTS",
+                    &endpoints_raw,
+                    "kubernetes, or static:NAME=IP:PORT,NAME=IP:PORT,...",
+                ))
+            }
+        };
+        let namespace = var(env, "STICKYD_NAMESPACE").map(|s| s.trim().to_string());
+        let service = var(env, "STICKYD_SERVICE").map(|s| s.trim().to_string());
+        let port_name = var(env, "STICKYD_PORT_NAME").map(|s| s.trim().to_string());
+        if let Some(ns) = &namespace {
+            if !valid_dns_label(ns) {
+                return Err(ConfigError::invalid(
+                    "STICKYD_NAMESPACE",
+                    ns,
+                    "a Kubernetes namespace name (RFC 1123 label)",
+                ));
+            }
+        }
+        if let Some(svc) = &service {
+            if !valid_dns_label(svc) {
+                return Err(ConfigError::invalid(
+                    "STICKYD_SERVICE",
+                    svc,
+                    "the name of the Service in this namespace (an RFC 1123 label, no dots: stickyd only watches its own namespace)",
+                ));
+            }
+        }
+        if endpoints == EndpointsSource::Kubernetes && service.is_none() {
+            return Err(ConfigError::invalid(
+                "STICKYD_SERVICE",
+                "",
+                "the name of the Service whose EndpointSlices list the peers (required with STICKYD_ENDPOINTS=kubernetes)",
+            ));
+        }
+        let sync_timeout = req_secs(env, "STICKYD_SYNC_TIMEOUT", "10")?;
+
+        let cookie = parse_cookie(env)?;
+
+        let on_missing =
+            match var(env, "STICKYD_ON_MISSING").as_deref().map(str::trim) {
+                None | Some("repin") => OnMissing::Repin,
+                Some("reject") => OnMissing::Reject,
+                Some(other) => return Err(ConfigError::invalid(
+                    "STICKYD_ON_MISSING",
+                    other,
+                    "repin (serve here and pin the session to this pod) or reject (503 while the pinned pod is gone)",
+                )),
+            };
+
+        let log = var(env, "STICKYD_LOG").unwrap_or_else(|| "info".into());
+        if tracing_subscriber::EnvFilter::try_new(&log).is_err() {
+            return Err(ConfigError::invalid(
+                "STICKYD_LOG",
+                &log,
+                "a tracing filter such as info, debug, or stickyd=debug,hyper=info",
+            ));
+        }
+        let log_format = match var(env, "STICKYD_LOG_FORMAT").as_deref().map(str::trim) {
+            None | Some("text") => LogFormat::Text,
+            Some("json") => LogFormat::Json,
+            Some(other) => return Err(ConfigError::invalid("STICKYD_LOG_FORMAT", other, "text or json")),
+        };
+        let worker_threads = parse_positive(env, "STICKYD_WORKER_THREADS", 0, 1024)?;
+        let worker_threads = if worker_threads == 0 {
+            default_worker_threads()
+        } else {
+            worker_threads
+        };
+        let max_header_bytes = parse_positive(env, "STICKYD_MAX_HEADER_BYTES", 65536, 1 << 24)?;
+        if max_header_bytes < 8192 {
+            return Err(ConfigError::invalid(
+                "STICKYD_MAX_HEADER_BYTES",
+                &max_header_bytes.to_string(),
+                "at least 8192 bytes",
+            ));
+        }
+
+        Ok(Config {
+            listen,
+            upstream,
+            upstream_authority,
+            upstream_protocol,
+            admin_listen,
+            pod_name,
+            endpoints,
+            namespace,
+            service,
+            port_name,
+            sync_timeout,
+            cookie,
+            on_missing,
+            drain: req_secs(env, "STICKYD_DRAIN_SECONDS", "5")?,
+            drain_timeout: req_secs(env, "STICKYD_DRAIN_TIMEOUT", "30")?,
+            connect_timeout: nonzero(env, "STICKYD_CONNECT_TIMEOUT", "1")?,
+            response_timeout: nonzero(env, "STICKYD_RESPONSE_TIMEOUT", "60")?,
+            header_read_timeout: nonzero(env, "STICKYD_HEADER_READ_TIMEOUT", "10")?,
+            max_header_bytes,
+            max_headers: parse_positive(env, "STICKYD_MAX_HEADERS", 100, 10_000)?,
+            max_connections: parse_positive(env, "STICKYD_MAX_CONNECTIONS", 10_000, 10_000_000)?,
+            pool_idle_timeout: nonzero(env, "STICKYD_POOL_IDLE_TIMEOUT", "60")?,
+            log,
+            log_format,
+            worker_threads,
+        })
+    }
+}
+
+fn nonzero(env: &dyn Env, name: &'static str, default: &str) -> Result<Duration, ConfigError> {
+    let d = req_secs(env, name, default)?;
+    if d.is_zero() {
+        return Err(ConfigError::invalid(name, "0", "a duration greater than zero"));
+    }
+    Ok(d)
+}
+
+fn valid_dns_label(s: &str) -> bool {
+    valid_pod_name(s) && s.len() <= 63 && !s.contains('.')
+}
+
+fn parse_cookie(env: &dyn Env) -> Result<CookieConfig, ConfigError> {
+    let name = var(env, "STICKYD_COOKIE_NAME").unwrap_or_else(|| "stickyd".into());
+    let name = name.trim().to_string();
+    // RFC 6265 cookie-name is an RFC 9110 token.
+    let token_ok = !name.is_empty()
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b));
+    if !token_ok {
+        return Err(ConfigError::invalid(
+            "STICKYD_COOKIE_NAME",
+            &name,
+            "a cookie name: letters, digits and !#$%&'*+-.^_`|~ only",
+        ));
+    }
+
+    let path = var(env, "STICKYD_COOKIE_PATH").unwrap_or_else(|| "/".into());
+    if let Some(c) = path.chars().find(|c| REGEX_CHARS.contains(c)) {
+        return Err(ConfigError::invalid(
+            "STICKYD_COOKIE_PATH",
+            &path,
+            format!(
+                "a literal path prefix such as /mysite; {c:?} is regex syntax. A cookie Path is matched literally by \
+                 browsers, so a regex Path (the ingress-nginx bug where Path=/mysite(/|$)(.*) was sent) makes them \
+                 never send the cookie back and every request starts a new session"
+            ),
+        ));
+    }
+    if !path.starts_with('/') || path.chars().any(|c| c.is_whitespace() || c == ';' || c.is_control()) {
+        return Err(ConfigError::invalid(
+            "STICKYD_COOKIE_PATH",
+            &path,
+            "a literal path starting with '/', without spaces or ';'",
+        ));
+    }
+
+    let domain = var(env, "STICKYD_COOKIE_DOMAIN").map(|d| d.trim().to_string());
+    if let Some(d) = &domain {
+        let ok = d
+            .trim_start_matches('.')
+            .split('.')
+            .all(|l| !l.is_empty() && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-'));
+        if !ok {
+            return Err(ConfigError::invalid(
+                "STICKYD_COOKIE_DOMAIN",
+                d,
+                "a domain name such as example.com",
+            ));
+        }
+    }
+
+    let max_age = parse_secs(env, "STICKYD_COOKIE_MAX_AGE", None)?;
+    if max_age.is_some_and(|d| d.as_secs() == 0) {
+        return Err(ConfigError::invalid(
+            "STICKYD_COOKIE_MAX_AGE",
+            "0",
+            "at least 1 second; leave it unset for a session cookie",
+        ));
+    }
+
+    let secure = match var(env, "STICKYD_COOKIE_SECURE")
+        .map(|s| s.trim().to_ascii_lowercase())
+        .as_deref()
+    {
+        None | Some("auto") => SecureMode::Auto,
+        Some("true") | Some("1") | Some("yes") => SecureMode::Always,
+        Some("false") | Some("0") | Some("no") => SecureMode::Never,
+        Some(other) => {
+            return Err(ConfigError::invalid(
+                "STICKYD_COOKIE_SECURE",
+                other,
+                "true, false, or auto (Secure when X-Forwarded-Proto is https)",
+            ))
+        }
+    };
+    let http_only = parse_bool(env, "STICKYD_COOKIE_HTTPONLY", true)?;
+    let same_site = match var(env, "STICKYD_COOKIE_SAMESITE")
+        .map(|s| s.trim().to_ascii_lowercase())
+        .as_deref()
+    {
+        None | Some("lax") => SameSite::Lax,
+        Some("strict") => SameSite::Strict,
+        Some("none") => SameSite::None,
+        Some(other) => {
+            return Err(ConfigError::invalid(
+                "STICKYD_COOKIE_SAMESITE",
+                other,
+                "Strict, Lax or None",
+            ))
+        }
+    };
+    let partitioned = parse_bool(env, "STICKYD_COOKIE_PARTITIONED", false)?;
+
+    if name.starts_with("__Host-") {
+        if secure == SecureMode::Never {
+            return Err(ConfigError::Conflict {
+                var: "STICKYD_COOKIE_SECURE",
+                message: format!(
+                    "a cookie named {name:?} (__Host- prefix) must be Secure; remove STICKYD_COOKIE_SECURE=false"
+                ),
+            });
+        }
+        if path != "/" {
+            return Err(ConfigError::Conflict {
+                var: "STICKYD_COOKIE_PATH",
+                message: format!("a cookie named {name:?} (__Host- prefix) must have Path=/, not {path:?}"),
+            });
+        }
+        if domain.is_some() {
+            return Err(ConfigError::Conflict {
+                var: "STICKYD_COOKIE_DOMAIN",
+                message: format!("a cookie named {name:?} (__Host- prefix) must not have a Domain"),
+            });
+        }
+    }
+    if name.starts_with("__Secure-") && secure == SecureMode::Never {
+        return Err(ConfigError::Conflict {
+            var: "STICKYD_COOKIE_SECURE",
+            message: format!("a cookie named {name:?} (__Secure- prefix) must be Secure"),
+        });
+    }
+    if same_site == SameSite::None && secure == SecureMode::Never {
+        return Err(ConfigError::Conflict {
+            var: "STICKYD_COOKIE_SECURE",
+            message: "SameSite=None requires Secure (browsers reject it otherwise); leave STICKYD_COOKIE_SECURE as auto or true".into(),
+        });
+    }
+
+    let secret = var(env, "STICKYD_COOKIE_SECRET");
+    let secret_file = var(env, "STICKYD_COOKIE_SECRET_FILE").map(PathBuf::from);
+    let keys = match (&secret, &secret_file) {
+        (Some(_), Some(_)) => {
+            return Err(ConfigError::Conflict {
+                var: "STICKYD_COOKIE_SECRET_FILE",
+                message: "set either STICKYD_COOKIE_SECRET or STICKYD_COOKIE_SECRET_FILE, not both".into(),
+            })
+        }
+        (Some(s), None) => {
+            Keys::parse(s).map_err(|why| ConfigError::invalid("STICKYD_COOKIE_SECRET", "<redacted>", why))?
+        }
+        (None, Some(p)) => read_secret_file(p)?,
+        (None, None) => Keys::default(),
+    };
+
+    let max_lifetime = parse_secs(env, "STICKYD_SESSION_MAX_LIFETIME", None)?;
+    let idle_timeout = parse_secs(env, "STICKYD_SESSION_IDLE_TIMEOUT", None)?;
+    for (v, d) in [
+        ("STICKYD_SESSION_MAX_LIFETIME", max_lifetime),
+        ("STICKYD_SESSION_IDLE_TIMEOUT", idle_timeout),
+    ] {
+        if let Some(d) = d {
+            if keys.is_empty() {
+                return Err(ConfigError::Conflict {
+                    var: v,
+                    message: "session lifetimes need a signed cookie: set STICKYD_COOKIE_SECRET or STICKYD_COOKIE_SECRET_FILE".into(),
+                });
+            }
+            if d.as_secs() < 1 {
+                return Err(ConfigError::invalid(v, &format!("{d:?}"), "at least 1 second"));
+            }
+        }
+    }
+
+    Ok(CookieConfig {
+        name,
+        path,
+        domain,
+        max_age,
+        secure,
+        http_only,
+        same_site,
+        partitioned,
+        keys,
+        secret_file,
+        max_lifetime,
+        idle_timeout,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn base() -> BTreeMap<String, String> {
+        let mut m = BTreeMap::new();
+        m.insert("STICKYD_POD_NAME".into(), "web-0".into());
+        m.insert("STICKYD_SERVICE".into(), "web".into());
+        m
+    }
+
+    fn with(pairs: &[(&str, &str)]) -> Result<Config, ConfigError> {
+        let mut m = base();
+        for (k, v) in pairs {
+            m.insert(k.to_string(), v.to_string());
+        }
+        Config::from_env(&m)
+    }
+
+    fn err_var(pairs: &[(&str, &str)]) -> &'static str {
+        with(pairs).expect_err("must be refused").var()
+    }
+
+    #[test]
+    fn defaults() {
+        let c = with(&[]).unwrap();
+        assert_eq!(c.listen, "0.0.0.0:8080".parse().unwrap());
+        assert_eq!(c.upstream, "127.0.0.1:8081".parse().unwrap());
+        assert_eq!(c.admin_listen, "0.0.0.0:9090".parse().unwrap());
+        assert_eq!(c.endpoints, EndpointsSource::Kubernetes);
+        assert_eq!(c.cookie.name, "stickyd");
+        assert_eq!(c.cookie.path, "/");
+        assert_eq!(c.cookie.secure, SecureMode::Auto);
+        assert!(c.cookie.http_only);
+        assert_eq!(c.cookie.same_site, SameSite::Lax);
+        assert!(c.cookie.keys.is_empty());
+        assert_eq!(c.on_missing, OnMissing::Repin);
+        assert_eq!(c.drain, Duration::from_secs(5));
+        assert!(c.worker_threads >= 1);
+    }
+
+    #[test]
+    fn static_endpoints() {
+        let c = with(&[("STICKYD_ENDPOINTS", "static:a=127.0.0.1:1,b-1=[::1]:2")]).unwrap();
+        assert_eq!(
+            c.endpoints,
+            EndpointsSource::Static(vec![
+                ("a".into(), "127.0.0.1:1".parse().unwrap()),
+                ("b-1".into(), "[::1]:2".parse().unwrap())
+            ])
+        );
+        for bad in [
+            "static:",
+            "static:a",
+            "static:a=x",
+            "static:A=127.0.0.1:1",
+            "static:a=127.0.0.1:1,a=127.0.0.1:2",
+            "dns",
+        ] {
+            assert_eq!(err_var(&[("STICKYD_ENDPOINTS", bad)]), "STICKYD_ENDPOINTS", "{bad}");
+        }
+    }
+
+    #[test]
+    fn regex_cookie_path_is_refused_with_the_story() {
+        let e = with(&[("STICKYD_COOKIE_PATH", "/mysite(/|$)(.*)")]).unwrap_err();
+        assert_eq!(e.var(), "STICKYD_COOKIE_PATH");
+        let msg = e.to_string();
+        assert!(msg.contains("/mysite(/|$)(.*)"), "{msg}");
+        assert!(msg.contains("regex"), "{msg}");
+        assert!(msg.contains("never send the cookie back"), "{msg}");
+        for bad in ["/a|b", "/a$", "/a*", "/a?", "/[a]", "/a\\b", "mysite"] {
+            assert_eq!(err_var(&[("STICKYD_COOKIE_PATH", bad)]), "STICKYD_COOKIE_PATH", "{bad}");
+        }
+        assert_eq!(
+            with(&[("STICKYD_COOKIE_PATH", "/mysite")]).unwrap().cookie.path,
+            "/mysite"
+        );
+    }
+
+    #[test]
+    fn every_invalid_value_names_its_variable() {
+        let cases: &[(&str, &str)] = &[
+            ("STICKYD_LISTEN", "8080"),
+            ("STICKYD_LISTEN", "localhost:80"),
+            ("STICKYD_UPSTREAM", "https://127.0.0.1:8081"),
+            ("STICKYD_UPSTREAM", "http://127.0.0.1:8081/app"),
+            ("STICKYD_UPSTREAM", "http://app:80"),
+            ("STICKYD_ADMIN_LISTEN", "nope"),
+            ("STICKYD_POD_NAME", "Web_0"),
+            ("STICKYD_COOKIE_NAME", "a b"),
+            ("STICKYD_COOKIE_NAME", "a;b"),
+            ("STICKYD_COOKIE_DOMAIN", "exa mple.com"),
+            ("STICKYD_COOKIE_MAX_AGE", "-1"),
+            ("STICKYD_COOKIE_MAX_AGE", "soon"),
+            ("STICKYD_COOKIE_MAX_AGE", "0"),
+            ("STICKYD_COOKIE_SECURE", "maybe"),
+            ("STICKYD_COOKIE_HTTPONLY", "2"),
+            ("STICKYD_COOKIE_SAMESITE", "lenient"),
+            ("STICKYD_COOKIE_SECRET", "short"),
+            ("STICKYD_ON_MISSING", "retry"),
+            ("STICKYD_DRAIN_SECONDS", "x"),
+            ("STICKYD_LOG_FORMAT", "xml"),
+            ("STICKYD_LOG", "[[["),
+            ("STICKYD_WORKER_THREADS", "0"),
+            ("STICKYD_WORKER_THREADS", "many"),
+            ("STICKYD_CONNECT_TIMEOUT", "0"),
+            ("STICKYD_MAX_HEADER_BYTES", "100"),
+            ("STICKYD_NAMESPACE", "a.b"),
+            ("STICKYD_SERVICE", "mysvc.otherns.svc.cluster.local"),
+            ("STICKYD_UPSTREAM_PROTOCOL", "spdy"),
+        ];
+        for (k, v) in cases {
+            let e = with(&[(k, v)]).expect_err(&format!("{k}={v} must be refused"));
+            assert_eq!(e.var(), *k, "{k}={v}: {e}");
+            let msg = e.to_string();
+            assert!(msg.contains(k), "message names the variable: {msg}");
+        }
+    }
+
+    #[test]
+    fn secret_never_appears_in_errors() {
+        let e = with(&[("STICKYD_COOKIE_SECRET", "tooshort")]).unwrap_err();
+        assert!(!e.to_string().contains("tooshort"), "{e}");
+    }
+
+    #[test]
+    fn conflicts() {
+        assert_eq!(
+            err_var(&[("STICKYD_ADMIN_LISTEN", "0.0.0.0:8080")]),
+            "STICKYD_ADMIN_LISTEN"
+        );
+        assert_eq!(
+            err_var(&[
+                ("STICKYD_UPSTREAM", "127.0.0.1:8080"),
+                ("STICKYD_LISTEN", "127.0.0.1:8080")
+            ]),
+            "STICKYD_UPSTREAM"
+        );
+        assert_eq!(
+            err_var(&[("STICKYD_COOKIE_SAMESITE", "None"), ("STICKYD_COOKIE_SECURE", "false")]),
+            "STICKYD_COOKIE_SECURE"
+        );
+        assert_eq!(
+            err_var(&[("STICKYD_COOKIE_NAME", "__Host-s"), ("STICKYD_COOKIE_PATH", "/a")]),
+            "STICKYD_COOKIE_PATH"
+        );
+        assert_eq!(
+            err_var(&[
+                ("STICKYD_COOKIE_NAME", "__Host-s"),
+                ("STICKYD_COOKIE_DOMAIN", "example.com")
+            ]),
+            "STICKYD_COOKIE_DOMAIN"
+        );
+        assert_eq!(
+            err_var(&[("STICKYD_COOKIE_NAME", "__Host-s"), ("STICKYD_COOKIE_SECURE", "false")]),
+            "STICKYD_COOKIE_SECURE"
+        );
+        assert_eq!(
+            err_var(&[("STICKYD_SESSION_IDLE_TIMEOUT", "60")]),
+            "STICKYD_SESSION_IDLE_TIMEOUT"
+        );
+        assert_eq!(
+            err_var(&[
+                ("STICKYD_COOKIE_SECRET", "0123456789abcdef0123456789abcdef"),
+                ("STICKYD_COOKIE_SECRET_FILE", "/x")
+            ]),
+            "STICKYD_COOKIE_SECRET_FILE"
+        );
+        let mut m = base();
+        m.remove("STICKYD_SERVICE");
+        assert_eq!(Config::from_env(&m).unwrap_err().var(), "STICKYD_SERVICE");
+        m.insert("STICKYD_ENDPOINTS".into(), "static:web-0=127.0.0.1:8080".into());
+        assert!(Config::from_env(&m).is_ok());
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("5"), Some(Duration::from_secs(5)));
+        assert_eq!(parse_duration("0.5"), Some(Duration::from_millis(500)));
+        assert_eq!(parse_duration("250ms"), Some(Duration::from_millis(250)));
+        assert_eq!(parse_duration("2m"), Some(Duration::from_secs(120)));
+        assert_eq!(parse_duration("1d"), Some(Duration::from_secs(86400)));
+        assert_eq!(parse_duration("-1"), None);
+        assert_eq!(parse_duration("NaN"), None);
+        assert_eq!(parse_duration(""), None);
+    }
+
+    #[test]
+    fn cgroup_quota() {
+        assert_eq!(cpu_limit_from_v2("max 100000\n"), None);
+        assert_eq!(cpu_limit_from_v2("200000 100000\n"), Some(2));
+        assert_eq!(cpu_limit_from_v2("50000 100000\n"), Some(1));
+        assert_eq!(cpu_limit_from_v2("150000 100000"), Some(2));
+        assert_eq!(cpu_limit_from_quota(-1, 100000), None);
+    }
+
+    #[test]
+    fn upstream_forms() {
+        for (raw, addr) in [
+            ("http://127.0.0.1:8081", "127.0.0.1:8081"),
+            ("127.0.0.1:9000", "127.0.0.1:9000"),
+            ("http://localhost:3000/", "127.0.0.1:3000"),
+            ("http://[::1]:3000", "[::1]:3000"),
+        ] {
+            assert_eq!(parse_upstream(raw).unwrap().0, addr.parse().unwrap(), "{raw}");
+        }
+    }
+}

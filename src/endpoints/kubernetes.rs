@@ -1,0 +1,1 @@
+//! The Kubernetes endpoint source: EndpointSlices of this pod's Service.

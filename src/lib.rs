@@ -1,0 +1,12 @@
+//! stickyd: a sidecar proxy that gives Kubernetes services strict cookie
+//! session stickiness, even behind an ExternalName Service.
+#![forbid(unsafe_code)]
+
+pub mod affinity;
+pub mod config;
+pub mod demo;
+pub mod endpoints;
+pub mod inject;
+pub mod lint;
+pub mod metrics;
+pub mod route;

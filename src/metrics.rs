@@ -1,0 +1,164 @@
+//! Prometheus metrics, exposed on the admin listener's `/metrics`.
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::Registry;
+
+use crate::endpoints::{PeerState, View};
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DecisionLabels {
+    /// local, forwarded, rejected
+    pub decision: &'static str,
+    /// new, pinned, repinned, unsynced, none
+    pub session: &'static str,
+    /// The pod that served (or would have served) the request.
+    pub target_pod: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct KindLabels {
+    pub kind: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StateLabels {
+    pub state: &'static str,
+}
+
+/// All of stickyd's metrics.
+pub struct Metrics {
+    /// `stickyd_requests_total{decision,session,target_pod}`
+    pub requests: Family<DecisionLabels, Counter>,
+    /// `stickyd_forward_duration_seconds`: time to the peer's response headers.
+    pub forward_duration: Histogram,
+    /// `stickyd_upstream_duration_seconds`: time to the app's response headers.
+    pub upstream_duration: Histogram,
+    /// `stickyd_upstream_errors_total{kind}`
+    pub upstream_errors: Family<KindLabels, Counter>,
+    /// `stickyd_rejected_requests_total{kind}`: requests refused before routing.
+    pub bad_requests: Family<KindLabels, Counter>,
+    /// `stickyd_endpoints{state}`
+    pub endpoints: Family<StateLabels, Gauge>,
+    /// `stickyd_endpoints_synced`: 1 once the source listed the peers.
+    pub endpoints_synced: Gauge,
+    /// `stickyd_endpoints_updates_total`: views swapped in.
+    pub endpoints_updates: Counter,
+    /// `stickyd_kubernetes_watch_errors_total`: failed list/watch attempts.
+    pub kube_watch_errors: Counter,
+    /// `stickyd_connections_open`
+    pub connections_open: Gauge,
+    /// `stickyd_connections_refused_total`: over STICKYD_MAX_CONNECTIONS.
+    pub connections_refused: Counter,
+    /// `stickyd_key_reloads_total{kind}`: secret file re-reads (ok, error).
+    pub key_reloads: Family<KindLabels, Counter>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics {
+            requests: Family::default(),
+            forward_duration: Histogram::new(exponential_buckets(0.0001, 2.5, 14)),
+            upstream_duration: Histogram::new(exponential_buckets(0.0001, 2.5, 14)),
+            upstream_errors: Family::default(),
+            bad_requests: Family::default(),
+            endpoints: Family::default(),
+            endpoints_synced: Gauge::default(),
+            endpoints_updates: Counter::default(),
+            kube_watch_errors: Counter::default(),
+            connections_open: Gauge::default(),
+            connections_refused: Counter::default(),
+            key_reloads: Family::default(),
+        }
+    }
+}
+
+impl Metrics {
+    /// Registers every metric under the `stickyd_` prefix.
+    pub fn registry(&self) -> Registry {
+        let mut r = Registry::with_prefix("stickyd");
+        r.register(
+            "requests",
+            "Requests by routing decision, session outcome and target pod",
+            self.requests.clone(),
+        );
+        r.register(
+            "forward_duration_seconds",
+            "Time from forwarding a request to a peer's sidecar to its response headers",
+            self.forward_duration.clone(),
+        );
+        r.register(
+            "upstream_duration_seconds",
+            "Time from sending a request to the app in this pod to its response headers",
+            self.upstream_duration.clone(),
+        );
+        r.register(
+            "upstream_errors",
+            "Failures talking to the app or a peer, by kind",
+            self.upstream_errors.clone(),
+        );
+        r.register(
+            "bad_requests",
+            "Requests refused before routing, by kind",
+            self.bad_requests.clone(),
+        );
+        r.register(
+            "endpoints",
+            "Peers in the endpoint view, by state",
+            self.endpoints.clone(),
+        );
+        r.register(
+            "endpoints_synced",
+            "1 once the endpoint source has listed the peers",
+            self.endpoints_synced.clone(),
+        );
+        r.register(
+            "endpoints_updates",
+            "Endpoint views swapped in",
+            self.endpoints_updates.clone(),
+        );
+        r.register(
+            "kubernetes_watch_errors",
+            "Failed Kubernetes list or watch attempts (the last good view is kept)",
+            self.kube_watch_errors.clone(),
+        );
+        r.register(
+            "connections_open",
+            "Open client connections",
+            self.connections_open.clone(),
+        );
+        r.register(
+            "connections_refused",
+            "Client connections closed at once because STICKYD_MAX_CONNECTIONS was reached",
+            self.connections_refused.clone(),
+        );
+        r.register(
+            "key_reloads",
+            "Re-reads of STICKYD_COOKIE_SECRET_FILE, by outcome",
+            self.key_reloads.clone(),
+        );
+        r
+    }
+
+    /// Updates the endpoint gauges from a view that was just swapped in.
+    pub fn observe_view(&self, view: &View) {
+        for s in [PeerState::Ready, PeerState::Draining] {
+            self.endpoints
+                .get_or_create(&StateLabels { state: s.as_str() })
+                .set(view.count(s) as i64);
+        }
+        self.endpoints_synced.set(view.synced as i64);
+        self.endpoints_updates.inc();
+    }
+
+    pub fn upstream_error(&self, kind: &'static str) {
+        self.upstream_errors.get_or_create(&KindLabels { kind }).inc();
+    }
+
+    pub fn bad_request(&self, kind: &'static str) {
+        self.bad_requests.get_or_create(&KindLabels { kind }).inc();
+    }
+}
