@@ -7,6 +7,7 @@ pub mod config;
 pub mod demo;
 pub mod endpoints;
 pub mod inject;
+pub mod kyaml;
 pub mod lint;
 pub mod metrics;
 pub mod route;
