@@ -1,15 +1,1119 @@
 //! `stickyd lint`: finds the manifest mistakes that break stickiness.
+//!
+//! It reads Ingress (both `networking.k8s.io/v1` and the legacy
+//! `serviceName`/`servicePort` form), Service, workload and RBAC objects from
+//! any number of files, relates them to each other (an Ingress backend to its
+//! Service, a Service to the pods it selects, a stickyd sidecar to its
+//! ServiceAccount's bindings) and reports each problem with the line of the
+//! offending field, a one-sentence explanation and the fix.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::PathBuf;
+
+use serde::Serialize;
+
+use crate::config::{Config, ConfigError};
+use crate::kyaml::{self, Node};
 
 /// Arguments of `stickyd lint`.
 #[derive(Debug, clap::Args)]
 pub struct LintArgs {
-    /// Kubernetes YAML files to check.
+    /// Kubernetes YAML files to check (- for standard input). Give every file
+    /// of the application at once: rules relate Ingresses, Services, workloads
+    /// and RBAC objects across files.
     #[arg(required = true)]
-    pub files: Vec<std::path::PathBuf>,
+    pub files: Vec<PathBuf>,
+    /// Output format.
+    #[arg(long, value_enum, default_value = "human")]
+    pub format: Format,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Format {
+    Human,
+    Json,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Severity {
+    Error,
+    Warning,
+}
+
+impl fmt::Display for Severity {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Severity::Error => "error",
+            Severity::Warning => "warning",
+        })
+    }
+}
+
+/// A rule: its stable id, severity and a short title.
+#[derive(Debug, Clone, Copy)]
+pub struct Rule {
+    pub id: &'static str,
+    pub severity: Severity,
+    pub title: &'static str,
+}
+
+pub const REGEX_PATH_WITHOUT_COOKIE_PATH: Rule = Rule {
+    id: "SD001",
+    severity: Severity::Error,
+    title: "regex Ingress path with cookie affinity and no literal session-cookie-path",
+};
+pub const EXTERNALNAME_BACKEND: Rule = Rule {
+    id: "SD002",
+    severity: Severity::Error,
+    title: "cookie affinity on an Ingress whose backend is an ExternalName Service",
+};
+pub const DOTTED_SERVICE_NAME: Rule = Rule {
+    id: "SD003",
+    severity: Severity::Error,
+    title: "Ingress backend Service name with a dot (crossing namespaces)",
+};
+pub const SAMESITE_NONE_NOT_SECURE: Rule = Rule {
+    id: "SD004",
+    severity: Severity::Error,
+    title: "session-cookie-samesite: None without session-cookie-secure",
+};
+pub const BALANCED_AFFINITY: Rule = Rule {
+    id: "SD005",
+    severity: Severity::Warning,
+    title: "affinity-mode balanced moves sessions when the workload scales",
+};
+pub const CLIENTIP_BEHIND_INGRESS: Rule = Rule {
+    id: "SD006",
+    severity: Severity::Warning,
+    title: "Service with sessionAffinity: ClientIP behind an Ingress",
+};
+pub const SERVICE_BYPASSES_SIDECAR: Rule = Rule {
+    id: "SD007",
+    severity: Severity::Error,
+    title: "Service sends traffic past the stickyd sidecar",
+};
+pub const MISSING_RBAC: Rule = Rule {
+    id: "SD008",
+    severity: Severity::Error,
+    title: "stickyd cannot watch EndpointSlices (RBAC)",
+};
+pub const INVALID_CONFIG: Rule = Rule {
+    id: "SD009",
+    severity: Severity::Error,
+    title: "stickyd's environment would make it refuse to start",
+};
+pub const UNKNOWN_BACKEND: Rule = Rule {
+    id: "SD010",
+    severity: Severity::Warning,
+    title: "Ingress backend names no Service, but one with a similar name exists",
+};
+pub const AFFINITY_NOT_ENABLED: Rule = Rule {
+    id: "SD011",
+    severity: Severity::Warning,
+    title: "session-cookie annotations without affinity: cookie",
+};
+
+/// Every rule, in id order.
+pub const RULES: &[Rule] = &[
+    REGEX_PATH_WITHOUT_COOKIE_PATH,
+    EXTERNALNAME_BACKEND,
+    DOTTED_SERVICE_NAME,
+    SAMESITE_NONE_NOT_SECURE,
+    BALANCED_AFFINITY,
+    CLIENTIP_BEHIND_INGRESS,
+    SERVICE_BYPASSES_SIDECAR,
+    MISSING_RBAC,
+    INVALID_CONFIG,
+    UNKNOWN_BACKEND,
+    AFFINITY_NOT_ENABLED,
+];
+
+/// One problem found.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Finding {
+    pub rule: &'static str,
+    pub severity: Severity,
+    pub file: String,
+    pub line: usize,
+    /// `Kind/name` (with `namespace/` when set) of the object at fault.
+    pub object: String,
+    pub message: String,
+    pub fix: String,
+}
+
+/// A file that could not be read or parsed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct InputError {
+    pub file: String,
+    pub line: Option<usize>,
+    pub message: String,
+}
+
+/// The result of linting a set of files.
+#[derive(Debug, Default, Serialize)]
+pub struct Report {
+    pub findings: Vec<Finding>,
+    pub input_errors: Vec<InputError>,
+    pub objects: usize,
+}
+
+impl Report {
+    pub fn errors(&self) -> usize {
+        self.findings.iter().filter(|f| f.severity == Severity::Error).count()
+    }
+
+    pub fn warnings(&self) -> usize {
+        self.findings.iter().filter(|f| f.severity == Severity::Warning).count()
+    }
+
+    /// 2 when an input could not be read, 1 when a finding is an error, else 0.
+    pub fn exit_code(&self) -> i32 {
+        if !self.input_errors.is_empty() {
+            2
+        } else if self.errors() > 0 {
+            1
+        } else {
+            0
+        }
+    }
+}
+
+const NGINX: &str = "nginx.ingress.kubernetes.io/";
+
+/// A Kubernetes object from one of the inputs.
+struct Obj<'a> {
+    file: &'a str,
+    kind: &'a str,
+    name: &'a str,
+    namespace: Option<&'a str>,
+    root: &'a Node,
+}
+
+impl Obj<'_> {
+    fn id(&self) -> String {
+        match self.namespace {
+            Some(ns) => format!("{}/{}/{}", self.kind, ns, self.name),
+            None => format!("{}/{}", self.kind, self.name),
+        }
+    }
+
+    /// Whether two objects may be in the same namespace. An object without a
+    /// namespace goes to whatever namespace it is applied to.
+    fn same_namespace(&self, other: &Obj) -> bool {
+        match (self.namespace, other.namespace) {
+            (Some(a), Some(b)) => a == b,
+            _ => true,
+        }
+    }
+}
+
+fn collect<'a>(file: &'a str, node: &'a Node, out: &mut Vec<Obj<'a>>) {
+    let Some(kind) = node.str_at(&["kind"]) else {
+        return;
+    };
+    if kind.ends_with("List") {
+        for item in node.get("items").map(Node::items).unwrap_or(&[]) {
+            collect(file, item, out);
+        }
+        return;
+    }
+    out.push(Obj {
+        file,
+        kind,
+        name: node.str_at(&["metadata", "name"]).unwrap_or(""),
+        namespace: node.str_at(&["metadata", "namespace"]),
+        root: node,
+    });
+}
+
+/// The ingress-nginx annotations of an Ingress, by their short name.
+struct Annotations<'a> {
+    map: BTreeMap<&'a str, (&'a Node, &'a Node)>,
+    line: usize,
+}
+
+impl<'a> Annotations<'a> {
+    fn of(root: &'a Node) -> Self {
+        let mut map = BTreeMap::new();
+        let ann = root.path(&["metadata", "annotations"]);
+        for (k, key, v) in ann.into_iter().flat_map(|a| a.entries()) {
+            if let Some(short) = k.strip_prefix(NGINX) {
+                map.insert(short, (key, v));
+            }
+        }
+        let line = root
+            .path(&["metadata"])
+            .and_then(|m| m.key("annotations"))
+            .or_else(|| root.key("metadata"))
+            .map_or(root.line, |n| n.line);
+        Annotations { map, line }
+    }
+
+    fn get(&self, short: &str) -> Option<&'a str> {
+        self.map.get(short).and_then(|(_, v)| v.as_str()).map(str::trim)
+    }
+
+    fn line_of(&self, short: &str) -> usize {
+        self.map.get(short).map_or(self.line, |(k, _)| k.line)
+    }
+
+    /// Cookie affinity is intended when any affinity or session-cookie
+    /// annotation is set (`affinity: cookie` is sometimes left out by mistake).
+    fn affinity_intended(&self) -> bool {
+        self.map
+            .keys()
+            .any(|k| k.starts_with("affinity") || k.starts_with("session-cookie-"))
+            && !matches!(self.get("affinity"), Some(a) if !a.eq_ignore_ascii_case("cookie"))
+    }
+
+    fn regex_mode(&self) -> bool {
+        self.get("use-regex").is_some_and(|v| v.eq_ignore_ascii_case("true")) || self.get("rewrite-target").is_some()
+    }
+}
+
+/// One backend of an Ingress.
+struct Backend<'a> {
+    service: &'a Node,
+    path: Option<&'a Node>,
+}
+
+fn backend_of<'a>(b: &'a Node, path: Option<&'a Node>, out: &mut Vec<Backend<'a>>) {
+    let service = b.path(&["service", "name"]).or_else(|| b.get("serviceName"));
+    if let Some(service) = service.filter(|s| s.as_str().is_some()) {
+        out.push(Backend { service, path });
+    }
+}
+
+fn ingress_backends(root: &Node) -> Vec<Backend<'_>> {
+    let mut out = Vec::new();
+    let spec = root.get("spec");
+    for b in [
+        spec.and_then(|s| s.get("defaultBackend")),
+        spec.and_then(|s| s.get("backend")),
+    ]
+    .into_iter()
+    .flatten()
+    {
+        backend_of(b, None, &mut out);
+    }
+    for rule in spec.and_then(|s| s.get("rules")).map(Node::items).unwrap_or(&[]) {
+        // `paths` belongs under `http`; accept it beside `http` too, as it is
+        // sometimes mis-indented.
+        let paths = rule.path(&["http", "paths"]).or_else(|| rule.get("paths"));
+        for p in paths.map(Node::items).unwrap_or(&[]) {
+            if let Some(b) = p.get("backend") {
+                backend_of(b, p.get("path"), &mut out);
+            }
+        }
+    }
+    out
+}
+
+const REGEX_CHARS: &[char] = &['(', ')', '|', '$', '*', '?', '[', ']', '\\', '^', '+', '{', '}'];
+
+/// The literal prefix of a regex path, as a cookie Path: `/mysite(/|$)(.*)` → `/mysite`.
+fn literal_prefix(path: &str) -> String {
+    let cut = path.find(REGEX_CHARS).unwrap_or(path.len());
+    let p = path[..cut].trim_end_matches('/');
+    if p.is_empty() || !p.starts_with('/') {
+        "/".into()
+    } else {
+        p.to_string()
+    }
+}
+
+fn levenshtein(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut prev: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut cur = vec![i + 1];
+        for (j, cb) in b.iter().enumerate() {
+            cur.push((prev[j] + usize::from(ca != *cb)).min(prev[j + 1] + 1).min(cur[j] + 1));
+        }
+        prev = cur;
+    }
+    prev[b.len()]
+}
+
+/// The pod template of a workload: its labels and pod spec.
+fn pod_template<'a>(obj: &Obj<'a>) -> Option<(Option<&'a Node>, &'a Node)> {
+    let root = obj.root;
+    let template = match obj.kind {
+        "Pod" => Some(root),
+        "Deployment" | "StatefulSet" | "DaemonSet" | "ReplicaSet" | "ReplicationController" | "Job" => {
+            root.path(&["spec", "template"])
+        }
+        "CronJob" => root.path(&["spec", "jobTemplate", "spec", "template"]),
+        _ => None,
+    }?;
+    let spec = template.get("spec")?;
+    Some((template.path(&["metadata", "labels"]), spec))
+}
+
+fn selects(service: &Node, labels: Option<&Node>) -> bool {
+    let Some(selector) = service
+        .path(&["spec", "selector"])
+        .filter(|s| s.entries().next().is_some())
+    else {
+        return false;
+    };
+    let Some(labels) = labels else {
+        return false;
+    };
+    selector
+        .entries()
+        .all(|(k, _, v)| labels.get(k).and_then(Node::as_str) == v.as_str())
+}
+
+/// Whether a container is a stickyd sidecar: named `stickyd`, or running an
+/// image whose repository ends in `stickyd`.
+pub fn is_stickyd(container: &Node) -> bool {
+    if container.str_at(&["name"]) == Some("stickyd") {
+        return true;
+    }
+    let Some(image) = container.str_at(&["image"]) else {
+        return false;
+    };
+    let image = image.split('@').next().unwrap_or(image);
+    let repo = match image.rfind(':') {
+        Some(i) if !image[i..].contains('/') => &image[..i],
+        _ => image,
+    };
+    repo == "stickyd" || repo.ends_with("/stickyd")
+}
+
+fn containers(pod: &Node) -> impl Iterator<Item = &Node> {
+    ["initContainers", "containers"]
+        .into_iter()
+        .flat_map(move |k| pod.get(k).map(Node::items).unwrap_or(&[]))
+}
+
+/// The value of an env entry of a container, when it is a literal.
+fn env_value<'a>(container: &'a Node, name: &str) -> Option<&'a Node> {
+    container
+        .get("env")
+        .map(Node::items)
+        .unwrap_or(&[])
+        .iter()
+        .find(|e| e.str_at(&["name"]) == Some(name))
+}
+
+fn port_of_addr(addr: &str) -> Option<i64> {
+    addr.rsplit(':').next()?.trim().parse().ok()
+}
+
+/// A stickyd sidecar found in a workload.
+struct Sidecar<'a> {
+    container: &'a Node,
+    listen_port: i64,
+    admin_port: i64,
+}
+
+fn sidecar<'a>(pod: &'a Node) -> Option<Sidecar<'a>> {
+    let container = containers(pod).find(|c| is_stickyd(c))?;
+    let port = |var: &str, default: i64| {
+        env_value(container, var)
+            .and_then(|e| e.str_at(&["value"]))
+            .and_then(port_of_addr)
+            .unwrap_or(default)
+    };
+    Some(Sidecar {
+        container,
+        listen_port: port("STICKYD_LISTEN", 8080),
+        admin_port: port("STICKYD_ADMIN_LISTEN", 9090),
+    })
+}
+
+/// Resolves a Service port's target to a container port number of the pod.
+fn resolve_target(service_port: &Node, pod: &Node) -> Option<(i64, usize)> {
+    let target = service_port.get("targetPort").or_else(|| service_port.get("port"))?;
+    let line = target.line;
+    if let Some(n) = target.as_i64() {
+        return Some((n, line));
+    }
+    let name = target.as_str()?;
+    containers(pod)
+        .flat_map(|c| c.get("ports").map(Node::items).unwrap_or(&[]))
+        .find(|p| p.str_at(&["name"]) == Some(name))
+        .and_then(|p| p.get("containerPort")?.as_i64())
+        .map(|n| (n, line))
+}
+
+struct Linter<'a> {
+    objs: Vec<Obj<'a>>,
+    findings: Vec<Finding>,
+}
+
+impl<'a> Linter<'a> {
+    fn services_named(&self, near: &Obj, name: &str) -> Option<&Obj<'a>> {
+        self.objs
+            .iter()
+            .find(|o| o.kind == "Service" && o.name == name && o.same_namespace(near))
+    }
+
+    fn lint(&mut self) {
+        for i in 0..self.objs.len() {
+            match self.objs[i].kind {
+                "Ingress" => self.ingress(i),
+                _ => {
+                    if pod_template(&self.objs[i]).is_some() {
+                        self.workload(i);
+                    }
+                }
+            }
+        }
+        self.findings
+            .sort_by(|a, b| (&a.file, a.line, a.rule).cmp(&(&b.file, b.line, b.rule)));
+        self.findings.dedup();
+    }
+
+    fn ingress(&mut self, i: usize) {
+        let obj = &self.objs[i];
+        let ann = Annotations::of(obj.root);
+        let backends = ingress_backends(obj.root);
+        let affinity = ann.affinity_intended();
+        let mut out: Vec<(Rule, usize, String, String)> = Vec::new();
+        let mut extra: Vec<Finding> = Vec::new();
+
+        if affinity && ann.get("affinity").is_none() {
+            out.push((
+                AFFINITY_NOT_ENABLED,
+                ann.line,
+                "session-cookie and affinity annotations are set but nginx.ingress.kubernetes.io/affinity is not, \
+                 and ingress-nginx ignores them unless affinity is cookie."
+                    .into(),
+                "add nginx.ingress.kubernetes.io/affinity: cookie".into(),
+            ));
+        }
+
+        if affinity {
+            let cookie_path = ann.get("session-cookie-path");
+            let regex_path = backends
+                .iter()
+                .filter_map(|b| b.path)
+                .find(|p| p.as_str().is_some_and(|s| ann.regex_mode() || s.contains(REGEX_CHARS)));
+            match (cookie_path, regex_path) {
+                (Some(cp), _) if cp.contains(REGEX_CHARS) => out.push((
+                    REGEX_PATH_WITHOUT_COOKIE_PATH,
+                    ann.line_of("session-cookie-path"),
+                    format!(
+                        "session-cookie-path {cp:?} is a regular expression, but browsers match a cookie's Path \
+                         literally, so they never send the affinity cookie back and every request may land on \
+                         another pod."
+                    ),
+                    format!(
+                        "set nginx.ingress.kubernetes.io/session-cookie-path to a literal prefix such as {:?}",
+                        literal_prefix(cp)
+                    ),
+                )),
+                (None, Some(p)) => {
+                    let path = p.as_str().unwrap_or_default();
+                    let why = if path.contains(REGEX_CHARS) {
+                        "is a regular expression"
+                    } else {
+                        "is treated as a regular expression (use-regex or rewrite-target)"
+                    };
+                    out.push((
+                        REGEX_PATH_WITHOUT_COOKIE_PATH,
+                        p.line,
+                        format!(
+                            "path {path:?} {why} and no session-cookie-path is set: ingress-nginx then sends the \
+                             affinity cookie with Path={path}, a path browsers never match, so the cookie never \
+                             comes back and stickiness is lost."
+                        ),
+                        format!(
+                            "add the annotation nginx.ingress.kubernetes.io/session-cookie-path: {:?}",
+                            literal_prefix(path)
+                        ),
+                    ));
+                }
+                _ => {}
+            }
+
+            if ann
+                .get("session-cookie-samesite")
+                .is_some_and(|s| s.eq_ignore_ascii_case("none"))
+                && !ann
+                    .get("session-cookie-secure")
+                    .is_some_and(|s| s.eq_ignore_ascii_case("true"))
+            {
+                out.push((
+                    SAMESITE_NONE_NOT_SECURE,
+                    ann.line_of("session-cookie-samesite"),
+                    "session-cookie-samesite is None but the cookie is not Secure, and browsers reject \
+                     SameSite=None cookies that are not Secure, so the affinity cookie is never stored."
+                        .into(),
+                    "add nginx.ingress.kubernetes.io/session-cookie-secure: \"true\" (and serve the host over HTTPS)"
+                        .into(),
+                ));
+            }
+
+            match ann.get("affinity-mode") {
+                Some(m) if m.eq_ignore_ascii_case("balanced") => out.push((
+                    BALANCED_AFFINITY,
+                    ann.line_of("affinity-mode"),
+                    "affinity-mode balanced redistributes existing sessions to new pods when the workload scales \
+                     up, so those users lose their session."
+                        .into(),
+                    "set nginx.ingress.kubernetes.io/affinity-mode: persistent, or run stickyd as a sidecar \
+                     (stickyd inject), which keeps each session on its pod while that pod exists"
+                        .into(),
+                )),
+                None => out.push((
+                    BALANCED_AFFINITY,
+                    ann.line,
+                    "affinity-mode is not set, so ingress-nginx uses balanced, which redistributes existing sessions \
+                     to new pods when the workload scales up, and those users lose their session."
+                        .into(),
+                    "add nginx.ingress.kubernetes.io/affinity-mode: persistent if sessions must survive scaling".into(),
+                )),
+                _ => {}
+            }
+        }
+
+        for b in &backends {
+            let name = b.service.as_str().unwrap_or_default();
+            if name.contains('.') {
+                let mut parts = name.split('.');
+                let (svc, ns) = (parts.next().unwrap_or(name), parts.next().unwrap_or("its namespace"));
+                out.push((
+                    DOTTED_SERVICE_NAME,
+                    b.service.line,
+                    format!(
+                        "backend Service {name:?} contains a dot, but an Ingress can only route to a Service in its \
+                         own namespace by plain name, so the API server rejects it (and an ExternalName Service as \
+                         a workaround loses cookie affinity)."
+                    ),
+                    format!(
+                        "create this Ingress in namespace {ns:?} next to the app and name the backend {svc:?}: an \
+                         Ingress belongs with the application, only the controller is shared"
+                    ),
+                ));
+                continue;
+            }
+            let svc = match self.services_named(obj, name) {
+                Some(s) => Some((s, None)),
+                None => {
+                    let similar = self
+                        .objs
+                        .iter()
+                        .filter(|o| o.kind == "Service" && o.same_namespace(obj) && !o.name.is_empty())
+                        .map(|o| (levenshtein(o.name, name), o))
+                        .filter(|(d, _)| *d <= 2)
+                        .min_by_key(|(d, _)| *d);
+                    if let Some((_, s)) = similar {
+                        out.push((
+                            UNKNOWN_BACKEND,
+                            b.service.line,
+                            format!(
+                                "backend Service {name:?} is not among the Services checked, but {:?} is, so this \
+                                 backend probably has a typo and the controller answers 503 for it.",
+                                s.name
+                            ),
+                            format!("name the backend {:?} (the other checks assume it)", s.name),
+                        ));
+                    }
+                    similar.map(|(_, s)| (s, Some(s.name)))
+                }
+            };
+            let Some((svc, _)) = svc else { continue };
+            let spec = svc.root.get("spec");
+            let ty = spec.and_then(|s| s.str_at(&["type"]));
+            if affinity && ty == Some("ExternalName") {
+                let target = spec.and_then(|s| s.str_at(&["externalName"])).unwrap_or("?");
+                let mut parts = target.split('.');
+                let (real, ns) = (parts.next().unwrap_or(target), parts.next());
+                let fix = match ns {
+                    Some(ns) => format!(
+                        "move this Ingress into namespace {ns:?} and point it at Service {real:?} directly, or add \
+                         stickyd to the pods behind {real:?} (stickyd inject) so stickiness no longer depends on \
+                         the ingress"
+                    ),
+                    None => format!(
+                        "point the Ingress at the real Service {real:?} in its own namespace, or add stickyd to the \
+                         pods behind it (stickyd inject)"
+                    ),
+                };
+                out.push((
+                    EXTERNALNAME_BACKEND,
+                    b.service.line,
+                    format!(
+                        "backend Service {:?} is an ExternalName Service (-> {target}), which has no endpoints: \
+                         ingress-nginx sees a single upstream, so its affinity cookie pins nothing and the real \
+                         Service spreads requests over all pods, silently losing stickiness.",
+                        svc.name
+                    ),
+                    fix,
+                ));
+            }
+            if let Some(aff) = spec.and_then(|s| s.get("sessionAffinity")) {
+                if aff.as_str() == Some("ClientIP") {
+                    let (file, line, id) = (svc.file.to_string(), aff.line, svc.id());
+                    extra.push(Finding {
+                        rule: CLIENTIP_BEHIND_INGRESS.id,
+                        severity: CLIENTIP_BEHIND_INGRESS.severity,
+                        file,
+                        line,
+                        object: id,
+                        message: format!(
+                            "Service {:?} is behind Ingress {:?}, so every request comes from the ingress \
+                             controller's IP and ClientIP affinity pins all users of a controller pod to one pod \
+                             (or is bypassed when the controller routes to endpoints directly).",
+                            svc.name, obj.name
+                        ),
+                        fix: "remove sessionAffinity: ClientIP and use cookie affinity on the Ingress, or stickyd"
+                            .into(),
+                    });
+                }
+            }
+        }
+        let obj = &self.objs[i];
+        let found: Vec<Finding> = out
+            .into_iter()
+            .map(|(rule, line, message, fix)| Finding {
+                rule: rule.id,
+                severity: rule.severity,
+                file: obj.file.to_string(),
+                line,
+                object: obj.id(),
+                message,
+                fix,
+            })
+            .collect();
+        self.findings.extend(found);
+        self.findings.extend(extra);
+    }
+
+    fn workload(&mut self, i: usize) {
+        let obj = &self.objs[i];
+        let Some((labels, pod)) = pod_template(obj) else { return };
+        let Some(side) = sidecar(pod) else { return };
+        let mut out: Vec<(Rule, usize, String, String)> = Vec::new();
+        let sidecar_port_name = side
+            .container
+            .get("ports")
+            .map(Node::items)
+            .unwrap_or(&[])
+            .iter()
+            .find(|p| p.get("containerPort").and_then(Node::as_i64) == Some(side.listen_port))
+            .and_then(|p| p.str_at(&["name"]))
+            .map(str::to_string);
+
+        // SD007: a Service that selects these pods must target the sidecar.
+        for svc in self
+            .objs
+            .iter()
+            .filter(|o| o.kind == "Service" && o.same_namespace(obj) && selects(o.root, labels))
+        {
+            for port in svc.root.path(&["spec", "ports"]).map(Node::items).unwrap_or(&[]) {
+                let Some((target, line)) = resolve_target(port, pod) else {
+                    continue;
+                };
+                if target == side.listen_port || target == side.admin_port {
+                    continue;
+                }
+                let fix_target = sidecar_port_name
+                    .clone()
+                    .unwrap_or_else(|| side.listen_port.to_string());
+                self.findings.push(Finding {
+                    rule: SERVICE_BYPASSES_SIDECAR.id,
+                    severity: SERVICE_BYPASSES_SIDECAR.severity,
+                    file: svc.file.to_string(),
+                    line: if line == 0 { port.line } else { line },
+                    object: svc.id(),
+                    message: format!(
+                        "Service {:?} selects the pods of {} but sends port {} to container port {target}, past \
+                         the stickyd sidecar (port {}), so those requests are never routed by the cookie.",
+                        svc.name,
+                        obj.id(),
+                        port.get("port").and_then(Node::as_str).unwrap_or("?"),
+                        side.listen_port
+                    ),
+                    fix: format!("set targetPort: {fix_target} on this Service port"),
+                });
+            }
+        }
+
+        // SD009: the sidecar's own configuration.
+        let env = sidecar_env(side.container, obj.namespace);
+        if let Some((var, line, msg)) = env.file_problem {
+            out.push((
+                INVALID_CONFIG,
+                line,
+                msg,
+                format!("mount the Secret holding the key at the directory of {var}, or fix the path"),
+            ));
+        }
+        let parsed = Config::from_env(&env.vars);
+        if let Err(e) = &parsed {
+            let line = env_value(side.container, e.var()).map_or(side.container.line, |n| n.line);
+            out.push((
+                INVALID_CONFIG,
+                line,
+                format!("stickyd would exit at start: {e}."),
+                config_fix(e, obj.name),
+            ));
+        }
+
+        // SD008: RBAC to watch EndpointSlices.
+        let kubernetes = env
+            .vars
+            .get("STICKYD_ENDPOINTS")
+            .is_none_or(|v| v.trim() == "kubernetes");
+        if kubernetes {
+            let sa_node = pod.get("serviceAccountName").or_else(|| pod.get("serviceAccount"));
+            let sa = sa_node.and_then(Node::as_str).unwrap_or("default");
+            let line = sa_node.map_or(side.container.line, |n| n.line);
+            if let Some(problem) = self.rbac_problem(obj, pod, sa) {
+                out.push((
+                    MISSING_RBAC,
+                    line,
+                    format!("{problem}, so stickyd cannot watch its peers and never becomes ready."),
+                    format!(
+                        "add a Role granting get, list and watch on endpointslices (apiGroup discovery.k8s.io) and \
+                         a RoleBinding of it to ServiceAccount {sa:?} (stickyd inject adds both), or pass the file \
+                         that has them"
+                    ),
+                ));
+            }
+        }
+        let found: Vec<Finding> = out
+            .into_iter()
+            .map(|(rule, line, message, fix)| Finding {
+                rule: rule.id,
+                severity: rule.severity,
+                file: obj.file.to_string(),
+                line,
+                object: obj.id(),
+                message,
+                fix,
+            })
+            .collect();
+        self.findings.extend(found);
+    }
+
+    /// What is missing for ServiceAccount `sa` to watch EndpointSlices, if anything.
+    fn rbac_problem(&self, obj: &Obj, pod: &Node, sa: &str) -> Option<String> {
+        if pod
+            .get("automountServiceAccountToken")
+            .is_some_and(|n| n.as_str() == Some("false"))
+        {
+            return Some("the pod sets automountServiceAccountToken: false".into());
+        }
+        let bindings: Vec<&Obj> = self
+            .objs
+            .iter()
+            .filter(|b| (b.kind == "RoleBinding" && b.same_namespace(obj)) || b.kind == "ClusterRoleBinding")
+            .filter(|b| {
+                b.root.get("subjects").map(Node::items).unwrap_or(&[]).iter().any(|s| {
+                    s.str_at(&["kind"]) == Some("ServiceAccount")
+                        && s.str_at(&["name"]) == Some(sa)
+                        && match (s.str_at(&["namespace"]), obj.namespace) {
+                            (Some(a), Some(b)) => a == b,
+                            (Some(_), None) | (None, _) => b.kind == "RoleBinding" || obj.namespace.is_none(),
+                        }
+                })
+            })
+            .collect();
+        if bindings.is_empty() {
+            return Some(format!(
+                "no RoleBinding or ClusterRoleBinding in the files checked binds ServiceAccount {sa:?}"
+            ));
+        }
+        let mut missing: Vec<&str> = vec!["get", "list", "watch"];
+        let mut roles_seen = Vec::new();
+        for b in bindings {
+            let kind = b.root.str_at(&["roleRef", "kind"]).unwrap_or("Role");
+            let name = b.root.str_at(&["roleRef", "name"]).unwrap_or("");
+            roles_seen.push(format!("{kind} {name:?}"));
+            let role = self
+                .objs
+                .iter()
+                .find(|r| r.kind == kind && r.name == name && (kind == "ClusterRole" || r.same_namespace(b)));
+            for rule in role.and_then(|r| r.root.get("rules")).map(Node::items).unwrap_or(&[]) {
+                let has = |field: &str, want: &str| {
+                    rule.get(field)
+                        .map(Node::items)
+                        .unwrap_or(&[])
+                        .iter()
+                        .any(|v| matches!(v.as_str(), Some(s) if s == want || s == "*"))
+                };
+                if has("apiGroups", "discovery.k8s.io") && has("resources", "endpointslices") {
+                    missing.retain(|v| !has("verbs", v));
+                }
+            }
+        }
+        if missing.is_empty() {
+            None
+        } else {
+            Some(format!(
+                "ServiceAccount {sa:?} is bound to {} but is not granted {} on endpointslices.discovery.k8s.io",
+                roles_seen.join(", "),
+                missing.join(", ")
+            ))
+        }
+    }
+}
+
+fn config_fix(e: &ConfigError, workload: &str) -> String {
+    match e.var() {
+        "STICKYD_SERVICE" => format!(
+            "set STICKYD_SERVICE to the name of the Service in this namespace that selects the pods of {workload:?}"
+        ),
+        "STICKYD_COOKIE_PATH" => {
+            "set STICKYD_COOKIE_PATH to a literal prefix such as /mysite (or leave it unset for /)".into()
+        }
+        var => format!("correct {var} in the env of the stickyd container (the message says what is valid)"),
+    }
+}
+
+/// The env of a sidecar as stickyd would see it at start, with values that
+/// cannot be known offline replaced by plausible ones.
+struct SidecarEnv {
+    vars: BTreeMap<String, String>,
+    /// A STICKYD_COOKIE_SECRET_FILE outside any volume mount.
+    file_problem: Option<(String, usize, String)>,
+}
+
+/// A syntactically valid key standing for a Secret's value.
+const PLACEHOLDER_KEY: &str = "0123456789abcdef0123456789abcdef";
+
+fn sidecar_env(container: &Node, namespace: Option<&str>) -> SidecarEnv {
+    let mut vars = BTreeMap::new();
+    for e in container.get("env").map(Node::items).unwrap_or(&[]) {
+        let Some(name) = e.str_at(&["name"]) else { continue };
+        let value = if let Some(v) = e.get("value") {
+            v.as_str().unwrap_or("").to_string()
+        } else if let Some(field) = e.str_at(&["valueFrom", "fieldRef", "fieldPath"]) {
+            match field {
+                "metadata.name" | "spec.nodeName" => "pod-0".into(),
+                "metadata.namespace" => namespace.unwrap_or("default").into(),
+                f if f.starts_with("status.") => "10.0.0.1".into(),
+                _ => continue,
+            }
+        } else if e.path(&["valueFrom", "secretKeyRef"]).is_some() && name == "STICKYD_COOKIE_SECRET" {
+            PLACEHOLDER_KEY.into()
+        } else {
+            // configMapKeyRef, resourceFieldRef...: unknown offline, so the default is assumed.
+            continue;
+        };
+        vars.insert(name.to_string(), value);
+    }
+    let mut file_problem = None;
+    if let Some(path) = vars.remove("STICKYD_COOKIE_SECRET_FILE") {
+        let mounted = container
+            .get("volumeMounts")
+            .map(Node::items)
+            .unwrap_or(&[])
+            .iter()
+            .filter_map(|m| m.str_at(&["mountPath"]))
+            .any(|mp| path.starts_with(&format!("{}/", mp.trim_end_matches('/'))));
+        if !mounted {
+            let line = env_value(container, "STICKYD_COOKIE_SECRET_FILE").map_or(container.line, |n| n.line);
+            file_problem = Some((
+                "STICKYD_COOKIE_SECRET_FILE".to_string(),
+                line,
+                format!(
+                    "STICKYD_COOKIE_SECRET_FILE={path:?} is not under any volumeMount of the stickyd container, so \
+                     stickyd cannot read its key and exits at start."
+                ),
+            ));
+        }
+        if vars.contains_key("STICKYD_COOKIE_SECRET") {
+            // Both set: keep both so the parser reports the conflict.
+            vars.insert("STICKYD_COOKIE_SECRET_FILE".into(), path);
+        } else {
+            vars.insert("STICKYD_COOKIE_SECRET".into(), PLACEHOLDER_KEY.into());
+        }
+    }
+    SidecarEnv { vars, file_problem }
+}
+
+/// Lints files given as `(name, contents)`; parse errors are reported in the report.
+pub fn lint_sources(sources: &[(String, String)]) -> Report {
+    let mut report = Report::default();
+    let mut parsed: Vec<(&str, Vec<kyaml::Doc>)> = Vec::new();
+    for (name, text) in sources {
+        match kyaml::parse_stream(text) {
+            Ok(docs) => parsed.push((name, docs)),
+            Err(e) => report.input_errors.push(InputError {
+                file: name.clone(),
+                line: Some(e.line),
+                message: format!("cannot parse YAML: {e}"),
+            }),
+        }
+    }
+    let mut objs = Vec::new();
+    for (name, docs) in &parsed {
+        for d in docs {
+            collect(name, &d.root, &mut objs);
+        }
+    }
+    report.objects = objs.len();
+    let mut linter = Linter {
+        objs,
+        findings: Vec::new(),
+    };
+    linter.lint();
+    report.findings = linter.findings;
+    report
+}
+
+/// Reads the files (- for standard input) and lints them.
+pub fn lint_files(files: &[PathBuf]) -> Report {
+    let mut sources = Vec::new();
+    let mut unreadable = Vec::new();
+    for f in files {
+        let name = f.display().to_string();
+        let text = if name == "-" {
+            let mut s = String::new();
+            std::io::Read::read_to_string(&mut std::io::stdin(), &mut s).map(|_| s)
+        } else {
+            std::fs::read_to_string(f)
+        };
+        match text {
+            Ok(t) => sources.push((name, t)),
+            Err(e) => unreadable.push(InputError {
+                file: name,
+                line: None,
+                message: format!("cannot read: {e}"),
+            }),
+        }
+    }
+    let mut report = lint_sources(&sources);
+    unreadable.extend(report.input_errors);
+    report.input_errors = unreadable;
+    report
+}
+
+/// The human-readable report.
+pub fn render_human(report: &Report) -> String {
+    let mut out = String::new();
+    for e in &report.input_errors {
+        match e.line {
+            Some(l) => out.push_str(&format!("{}:{l}: {}\n", e.file, e.message)),
+            None => out.push_str(&format!("{}: {}\n", e.file, e.message)),
+        }
+    }
+    for f in &report.findings {
+        out.push_str(&format!(
+            "{}:{}: {}[{}] {}: {}\n    fix: {}\n",
+            f.file, f.line, f.severity, f.rule, f.object, f.message, f.fix
+        ));
+    }
+    let (e, w) = (report.errors(), report.warnings());
+    if e + w == 0 && report.input_errors.is_empty() {
+        out.push_str(&format!("no problems found in {} objects\n", report.objects));
+    } else {
+        out.push_str(&format!(
+            "{e} error{}, {w} warning{} in {} objects\n",
+            if e == 1 { "" } else { "s" },
+            if w == 1 { "" } else { "s" },
+            report.objects
+        ));
+    }
+    out
 }
 
 /// Runs `stickyd lint`; returns the process exit code.
-pub fn run(_args: &LintArgs) -> i32 {
-    eprintln!("stickyd lint: under construction");
-    2
+pub fn run(args: &LintArgs) -> i32 {
+    let report = lint_files(&args.files);
+    match args.format {
+        Format::Human => print!("{}", render_human(&report)),
+        Format::Json => println!(
+            "{}",
+            serde_json::to_string_pretty(&serde_json::json!({
+                "findings": report.findings,
+                "input_errors": report.input_errors,
+                "objects": report.objects,
+                "errors": report.errors(),
+                "warnings": report.warnings(),
+            }))
+            .expect("the report serialises")
+        ),
+    }
+    report.exit_code()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn lint(yaml: &str) -> Report {
+        lint_sources(&[("t.yaml".to_string(), yaml.to_string())])
+    }
+
+    fn rules(r: &Report) -> Vec<&'static str> {
+        r.findings.iter().map(|f| f.rule).collect()
+    }
+
+    #[test]
+    fn literal_prefix_of_regex_paths() {
+        assert_eq!(literal_prefix("/mysite(/|$)(.*)"), "/mysite");
+        assert_eq!(literal_prefix("/api/v1/.*"), "/api/v1");
+        assert_eq!(literal_prefix("(.*)"), "/");
+        assert_eq!(literal_prefix("/"), "/");
+    }
+
+    #[test]
+    fn image_recognition() {
+        let c = |img: &str| {
+            let docs = kyaml::parse_stream(&format!("name: app\nimage: {img}\n")).unwrap();
+            is_stickyd(&docs[0].root)
+        };
+        assert!(c("stickyd:0.1.0"));
+        assert!(c("ghcr.io/acme/stickyd:0.1.0"));
+        assert!(c("localhost:5000/stickyd"));
+        assert!(c("ghcr.io/acme/stickyd@sha256:abcd"));
+        assert!(!c("ghcr.io/acme/notstickyd:1"));
+        assert!(!c("stickyd-demo:1"));
+        assert!(!c("localhost:5000/app"));
+    }
+
+    #[test]
+    fn levenshtein_distance() {
+        assert_eq!(levenshtein("msvc-proxy", "mysvc-proxy"), 1);
+        assert_eq!(levenshtein("abc", "abc"), 0);
+        assert_eq!(levenshtein("", "ab"), 2);
+    }
+
+    #[test]
+    fn v1_backend_and_legacy_backend_are_both_read() {
+        let r = lint(concat!(
+            "apiVersion: networking.k8s.io/v1\nkind: Ingress\nmetadata:\n  name: a\nspec:\n  rules:\n",
+            "  - http:\n      paths:\n      - path: /\n        pathType: Prefix\n        backend:\n",
+            "          service:\n            name: web.other\n            port:\n              number: 80\n",
+        ));
+        assert_eq!(rules(&r), vec!["SD003"]);
+        assert_eq!(r.findings[0].line, 13);
+        assert_eq!(r.exit_code(), 1);
+    }
+
+    #[test]
+    fn parse_errors_exit_2() {
+        let r = lint("kind: Ingress\n  bad: [\n");
+        assert_eq!(r.exit_code(), 2);
+        assert_eq!(r.input_errors[0].file, "t.yaml");
+    }
+
+    #[test]
+    fn unknown_env_sources_fall_back_to_defaults() {
+        let docs = kyaml::parse_stream(concat!(
+            "name: stickyd\nenv:\n- name: STICKYD_POD_NAME\n  valueFrom: {fieldRef: {fieldPath: metadata.name}}\n",
+            "- name: STICKYD_LOG\n  valueFrom: {configMapKeyRef: {name: x, key: y}}\n",
+            "- name: STICKYD_COOKIE_SECRET_FILE\n  value: /etc/stickyd/secret/key\n",
+            "volumeMounts:\n- {name: s, mountPath: /etc/stickyd/secret}\n",
+        ))
+        .unwrap();
+        let env = sidecar_env(&docs[0].root, Some("shop"));
+        assert_eq!(env.vars.get("STICKYD_POD_NAME").map(String::as_str), Some("pod-0"));
+        assert!(!env.vars.contains_key("STICKYD_LOG"));
+        assert!(env.file_problem.is_none());
+        assert_eq!(
+            env.vars.get("STICKYD_COOKIE_SECRET").map(String::as_str),
+            Some(PLACEHOLDER_KEY)
+        );
+    }
 }
