@@ -1,0 +1,245 @@
+//! `stickyd lint` run as a user would: the real binary on fixture files.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+fn fixture(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/lint")
+        .join(name)
+}
+
+fn lint(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_stickyd"))
+        .arg("lint")
+        .args(args)
+        .current_dir(fixture(""))
+        .output()
+        .expect("stickyd runs")
+}
+
+fn json(args: &[&str]) -> (i32, serde_json::Value) {
+    let mut all = vec!["--format", "json"];
+    all.extend_from_slice(args);
+    let out = lint(&all);
+    let v = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("stdout is JSON ({e}): {}", String::from_utf8_lossy(&out.stdout)));
+    (out.status.code().expect("exit code"), v)
+}
+
+/// `(rule, line)` of each finding, in output order.
+fn findings(v: &serde_json::Value) -> Vec<(String, u64)> {
+    v["findings"]
+        .as_array()
+        .expect("findings")
+        .iter()
+        .map(|f| (f["rule"].as_str().unwrap().to_string(), f["line"].as_u64().unwrap()))
+        .collect()
+}
+
+fn expect(file: &str, exit: i32, want: &[(&str, u64)]) {
+    let (code, v) = json(&[file]);
+    let got = findings(&v);
+    let want: Vec<(String, u64)> = want.iter().map(|(r, l)| (r.to_string(), *l)).collect();
+    assert_eq!(got, want, "{file}: {v:#}");
+    assert_eq!(code, exit, "{file}: exit code");
+    for f in v["findings"].as_array().unwrap() {
+        assert_eq!(f["file"], file);
+        let msg = f["message"].as_str().unwrap();
+        assert!(msg.len() > 40 && msg.ends_with('.'), "a sentence: {msg}");
+        assert!(!f["fix"].as_str().unwrap().is_empty());
+        let sev = f["severity"].as_str().unwrap();
+        assert!(sev == "error" || sev == "warning");
+    }
+}
+
+#[test]
+fn the_story_reports_both_bugs_with_their_fixes() {
+    let out = lint(&["story.yaml"]);
+    assert_eq!(out.status.code(), Some(1));
+    let text = String::from_utf8(out.stdout).unwrap();
+    // Bug 1: the regex path without session-cookie-path, at the path's line.
+    assert!(
+        text.contains("story.yaml:21: error[SD001] Ingress/mysite: path \"/mysite(/|$)(.*)\""),
+        "{text}"
+    );
+    assert!(
+        text.contains("fix: add the annotation nginx.ingress.kubernetes.io/session-cookie-path: \"/mysite\""),
+        "{text}"
+    );
+    // Bug 2: the ExternalName Service behind cookie affinity.
+    assert!(text.contains("story.yaml:73: error[SD002]"), "{text}");
+    assert!(
+        text.contains("is an ExternalName Service (-> mysvc.otherns.svc.cluster.local)"),
+        "{text}"
+    );
+    assert!(
+        text.contains("fix: move this Ingress into namespace \"otherns\" and point it at Service \"mysvc\" directly"),
+        "{text}"
+    );
+    assert!(text.contains("stickyd inject"), "{text}");
+    // The cross-namespace name, and the post's msvc-proxy / mysvc-proxy mismatch.
+    assert!(text.contains("story.yaml:41: error[SD003]"), "{text}");
+    assert!(text.contains("story.yaml:73: warning[SD010]"), "{text}");
+    assert!(
+        text.contains("\"msvc-proxy\" is not among the Services checked, but \"mysvc-proxy\" is"),
+        "{text}"
+    );
+    assert!(text.trim_end().ends_with("3 errors, 4 warnings in 4 objects"), "{text}");
+}
+
+#[test]
+fn story_findings_and_lines() {
+    expect(
+        "story.yaml",
+        1,
+        &[
+            ("SD011", 8),
+            ("SD001", 21),
+            ("SD011", 30),
+            ("SD003", 41),
+            ("SD011", 62),
+            ("SD002", 73),
+            ("SD010", 73),
+        ],
+    );
+}
+
+#[test]
+fn a_correct_stack_is_clean() {
+    let out = lint(&["clean.yaml"]);
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stdout));
+    assert_eq!(
+        String::from_utf8(out.stdout).unwrap(),
+        "no problems found in 6 objects\n"
+    );
+}
+
+#[test]
+fn each_rule_fixture() {
+    expect("sd001-use-regex.yaml", 1, &[("SD001", 21)]);
+    expect("sd001-regex-cookie-path.yaml", 1, &[("SD001", 11)]);
+    expect("sd002-externalname.yaml", 1, &[("SD002", 28)]);
+    expect("sd003-dotted-service.yaml", 1, &[("SD003", 16)]);
+    expect("sd004-samesite-none.yaml", 1, &[("SD004", 12)]);
+    expect("sd005-balanced.yaml", 0, &[("SD005", 9)]);
+    expect("sd006-clientip.yaml", 0, &[("SD006", 20)]);
+    expect("sd007-bypass.yaml", 1, &[("SD007", 41)]);
+    expect("sd008-no-rbac.yaml", 1, &[("SD008", 58)]);
+    expect("sd008-role-without-watch.yaml", 1, &[("SD008", 58)]);
+    expect("sd009-no-service.yaml", 1, &[("SD009", 60)]);
+    expect("sd009-regex-cookie-path.yaml", 1, &[("SD009", 76)]);
+    expect("sd009-secret-not-mounted.yaml", 1, &[("SD009", 74)]);
+    expect("sd010-typo.yaml", 0, &[("SD010", 24)]);
+    expect("sd011-no-affinity.yaml", 0, &[("SD011", 7)]);
+}
+
+#[test]
+fn every_rule_has_a_fixture_that_triggers_it() {
+    for rule in stickyd::lint::RULES {
+        let prefix = rule.id.to_ascii_lowercase();
+        let files: Vec<String> = std::fs::read_dir(fixture(""))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .filter(|n| n.starts_with(&prefix))
+            .collect();
+        assert!(!files.is_empty(), "no fixture for {}", rule.id);
+        for f in files {
+            let (_, v) = json(&[&f]);
+            let hits: Vec<_> = v["findings"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .filter(|x| x["rule"] == rule.id)
+                .collect();
+            assert!(!hits.is_empty(), "{f} does not trigger {}", rule.id);
+            let sev = if rule.severity == stickyd::lint::Severity::Error {
+                "error"
+            } else {
+                "warning"
+            };
+            assert!(hits.iter().all(|h| h["severity"] == sev));
+        }
+    }
+}
+
+#[test]
+fn messages_explain_and_fixes_are_specific() {
+    let (_, v) = json(&["sd009-regex-cookie-path.yaml"]);
+    let f = &v["findings"][0];
+    assert!(
+        f["message"].as_str().unwrap().contains("never send the cookie back"),
+        "{f}"
+    );
+    assert!(f["fix"].as_str().unwrap().contains("STICKYD_COOKIE_PATH"), "{f}");
+    let (_, v) = json(&["sd007-bypass.yaml"]);
+    assert_eq!(v["findings"][0]["fix"], "set targetPort: stickyd on this Service port");
+    let (_, v) = json(&["sd004-samesite-none.yaml"]);
+    assert!(v["findings"][0]["fix"]
+        .as_str()
+        .unwrap()
+        .contains("session-cookie-secure: \"true\""));
+    let (_, v) = json(&["sd008-role-without-watch.yaml"]);
+    assert!(
+        v["findings"][0]["message"]
+            .as_str()
+            .unwrap()
+            .contains("not granted watch"),
+        "{v}"
+    );
+}
+
+#[test]
+fn objects_are_related_across_files() {
+    // The ExternalName Service and the Ingress in different files.
+    let dir = std::env::temp_dir().join(format!("stickyd-lint-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let src = std::fs::read_to_string(fixture("sd002-externalname.yaml")).unwrap();
+    let (svc, ing) = src.split_once("\n---\n").unwrap();
+    let (a, b) = (dir.join("svc.yaml"), dir.join("ing.yaml"));
+    std::fs::write(&a, svc).unwrap();
+    std::fs::write(&b, ing).unwrap();
+    let (code, v) = json(&[a.to_str().unwrap(), b.to_str().unwrap()]);
+    assert_eq!(code, 1);
+    assert_eq!(v["findings"][0]["rule"], "SD002");
+    assert_eq!(v["findings"][0]["file"], b.to_str().unwrap());
+    // The Ingress alone has nothing to relate its backend to.
+    let (code, v) = json(&[b.to_str().unwrap()]);
+    assert_eq!((code, v["findings"].as_array().unwrap().len()), (0, 0));
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn unreadable_or_unparsable_input_exits_2() {
+    let out = lint(&["does-not-exist.yaml"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("does-not-exist.yaml: cannot read"));
+
+    let mut child = Command::new(env!("CARGO_BIN_EXE_stickyd"))
+        .args(["lint", "-"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    use std::io::Write;
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(b"kind: Service\n---\nkind: Ingress\nmetadata: {name: [x}\n")
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert!(text.starts_with("-:4: cannot parse YAML: document 2, line 4"), "{text}");
+}
+
+#[test]
+fn json_report_has_totals() {
+    let (code, v) = json(&["story.yaml", "clean.yaml"]);
+    assert_eq!(code, 1);
+    assert_eq!(v["errors"], 3);
+    assert_eq!(v["warnings"], 4);
+    assert_eq!(v["objects"], 10);
+    assert_eq!(v["input_errors"].as_array().unwrap().len(), 0);
+}
