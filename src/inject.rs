@@ -1,15 +1,737 @@
 //! `stickyd inject`: adds the stickyd sidecar to Kubernetes manifests.
+//!
+//! It reads a stream of YAML documents, adds stickyd as a native sidecar to
+//! each Deployment and StatefulSet (or those named with `--workload`), moves
+//! the matching Service's `targetPort` to the sidecar, adds the RBAC stickyd
+//! needs, and writes the stream back. Everything else passes through as it
+//! was. Running it on its own output changes nothing.
+
+use std::collections::BTreeMap;
+
+use crate::config::{Config, ConfigError};
+use crate::kyaml::{self, Node, ParseError};
+use crate::lint::is_stickyd;
 
 /// Arguments of `stickyd inject`.
-#[derive(Debug, clap::Args)]
+#[derive(Debug, Clone, clap::Args)]
 pub struct InjectArgs {
     /// A YAML file, or - for standard input.
     #[arg(default_value = "-")]
     pub file: String,
+    /// Only inject into the Deployment or StatefulSet with this name (repeatable).
+    #[arg(long = "workload", value_name = "NAME")]
+    pub workloads: Vec<String>,
+    /// The Service whose EndpointSlices list the peers (STICKYD_SERVICE).
+    /// Default: the Service in the input whose selector matches the pod labels.
+    #[arg(long, value_name = "NAME")]
+    pub service: Option<String>,
+    /// The sidecar image.
+    #[arg(long, default_value = concat!("stickyd:", env!("CARGO_PKG_VERSION")))]
+    pub image: String,
+    /// The sidecar's proxy port (the next free one is taken if the pod uses it).
+    #[arg(long, default_value_t = 8080)]
+    pub port: u16,
+    /// The sidecar's admin port, for probes and metrics.
+    #[arg(long, default_value_t = 9090)]
+    pub admin_port: u16,
+    /// STICKYD_COOKIE_NAME.
+    #[arg(long, value_name = "NAME")]
+    pub cookie_name: Option<String>,
+    /// STICKYD_COOKIE_PATH: a literal path prefix, never a regex.
+    #[arg(long, value_name = "PATH")]
+    pub cookie_path: Option<String>,
+    /// STICKYD_COOKIE_DOMAIN.
+    #[arg(long, value_name = "DOMAIN")]
+    pub cookie_domain: Option<String>,
+    /// STICKYD_COOKIE_MAX_AGE, e.g. 48h (default: a session cookie).
+    #[arg(long, value_name = "DURATION")]
+    pub cookie_max_age: Option<String>,
+    /// STICKYD_COOKIE_SECURE: true, false or auto.
+    #[arg(long, value_name = "MODE")]
+    pub cookie_secure: Option<String>,
+    /// STICKYD_COOKIE_SAMESITE: Strict, Lax or None.
+    #[arg(long, value_name = "MODE")]
+    pub cookie_samesite: Option<String>,
+    /// A Secret holding the cookie signing key(s); mounted read-only and read
+    /// through STICKYD_COOKIE_SECRET_FILE.
+    #[arg(long, value_name = "SECRET")]
+    pub secret: Option<String>,
+    /// The key of the Secret that holds the signing key(s).
+    #[arg(long, value_name = "KEY", default_value = "key")]
+    pub secret_key: String,
+    /// Pass the Secret as STICKYD_COOKIE_SECRET (secretKeyRef) instead of a
+    /// mounted file (a file is re-read on rotation; an env var is not).
+    #[arg(long, requires = "secret")]
+    pub secret_env: bool,
+    /// Print a unified diff of what would change instead of the manifests.
+    #[arg(long, visible_alias = "dry-run")]
+    pub diff: bool,
+}
+
+/// Why inject could not do its work.
+#[derive(Debug, thiserror::Error)]
+pub enum InjectError {
+    #[error("cannot parse the input: {0}")]
+    Parse(#[from] ParseError),
+    #[error("no Deployment or StatefulSet named {0:?} in the input")]
+    UnknownWorkload(String),
+    #[error("no Deployment or StatefulSet in the input")]
+    NoWorkload,
+    #[error(
+        "{workload}: no Service in the input selects its pods (labels {labels}); pass --service NAME, the Service \
+         whose EndpointSlices list these pods"
+    )]
+    NoService { workload: String, labels: String },
+    #[error("{workload}: several Services select its pods ({candidates}); pass --service NAME to choose")]
+    AmbiguousService { workload: String, candidates: String },
+    #[error(
+        "{workload}: cannot tell which port the app listens on (no Service targets it and no container declares a \
+         containerPort); add a containerPort to the app container"
+    )]
+    NoAppPort { workload: String },
+    #[error("the options would make stickyd refuse to start: {0}")]
+    InvalidOption(#[from] ConfigError),
+}
+
+const SECRET_DIR: &str = "/etc/stickyd/secret";
+const SECRET_VOLUME: &str = "stickyd-secret";
+const SIDECAR: &str = "stickyd";
+const RBAC_NAME: &str = "stickyd";
+
+/// What was done, for the summary on standard error.
+#[derive(Debug, Default)]
+pub struct Outcome {
+    pub notes: Vec<String>,
+}
+
+fn kind_of(n: &Node) -> &str {
+    n.str_at(&["kind"]).unwrap_or("")
+}
+
+fn name_of(n: &Node) -> &str {
+    n.str_at(&["metadata", "name"]).unwrap_or("")
+}
+
+fn ns_of(n: &Node) -> Option<String> {
+    n.str_at(&["metadata", "namespace"]).map(str::to_string)
+}
+
+/// Objects without a namespace go to whatever namespace they are applied to.
+fn same_ns(a: &Option<String>, b: &Option<String>) -> bool {
+    match (a, b) {
+        (Some(a), Some(b)) => a == b,
+        _ => true,
+    }
+}
+
+fn selects(service: &Node, labels: &BTreeMap<String, String>) -> bool {
+    let Some(sel) = service.path(&["spec", "selector"]) else {
+        return false;
+    };
+    let mut any = false;
+    for (k, _, v) in sel.entries() {
+        any = true;
+        if labels.get(k).map(String::as_str) != v.as_str() {
+            return false;
+        }
+    }
+    any
+}
+
+/// A container port: name and number.
+#[derive(Debug, Clone)]
+struct Port {
+    name: Option<String>,
+    number: i64,
+}
+
+fn ports_of(container: &Node) -> Vec<Port> {
+    container
+        .get("ports")
+        .map(Node::items)
+        .unwrap_or(&[])
+        .iter()
+        .filter_map(|p| {
+            Some(Port {
+                name: p.str_at(&["name"]).map(str::to_string),
+                number: p.get("containerPort")?.as_i64()?,
+            })
+        })
+        .collect()
+}
+
+/// The number a Service port sends traffic to, resolved against the app's ports.
+fn target_number(service_port: &Node, app_ports: &[Port]) -> Option<i64> {
+    let target = service_port.get("targetPort").or_else(|| service_port.get("port"))?;
+    if let Some(n) = target.as_i64() {
+        return Some(n);
+    }
+    let name = target.as_str()?;
+    app_ports
+        .iter()
+        .find(|p| p.name.as_deref() == Some(name))
+        .map(|p| p.number)
+}
+
+fn env(name: &str, value: impl Into<String>) -> Node {
+    Node::map(vec![("name", Node::str(name)), ("value", Node::str(value))])
+}
+
+fn env_field(name: &str, field: &str) -> Node {
+    Node::map(vec![
+        ("name", Node::str(name)),
+        (
+            "valueFrom",
+            Node::map(vec![("fieldRef", Node::map(vec![("fieldPath", Node::str(field))]))]),
+        ),
+    ])
+}
+
+fn strs(items: &[&str]) -> Node {
+    Node::seq(items.iter().map(|s| Node::str(*s)).collect())
+}
+
+/// The cookie env from the options, in a fixed order.
+fn cookie_env(args: &InjectArgs) -> Vec<(&'static str, String)> {
+    let mut out = Vec::new();
+    for (var, v) in [
+        ("STICKYD_COOKIE_NAME", &args.cookie_name),
+        ("STICKYD_COOKIE_PATH", &args.cookie_path),
+        ("STICKYD_COOKIE_DOMAIN", &args.cookie_domain),
+        ("STICKYD_COOKIE_MAX_AGE", &args.cookie_max_age),
+        ("STICKYD_COOKIE_SECURE", &args.cookie_secure),
+        ("STICKYD_COOKIE_SAMESITE", &args.cookie_samesite),
+    ] {
+        if let Some(v) = v {
+            out.push((var, v.clone()));
+        }
+    }
+    out
+}
+
+/// Checks the options with stickyd's own parser, so that a bad cookie option
+/// is refused now rather than by the pod at start.
+pub fn validate(args: &InjectArgs) -> Result<(), ConfigError> {
+    let mut m: BTreeMap<String, String> = BTreeMap::new();
+    m.insert("STICKYD_POD_NAME".into(), "pod-0".into());
+    m.insert(
+        "STICKYD_SERVICE".into(),
+        args.service.clone().unwrap_or_else(|| "svc".into()),
+    );
+    m.insert("STICKYD_LISTEN".into(), format!("0.0.0.0:{}", args.port));
+    m.insert(
+        "STICKYD_ADMIN_LISTEN".into(),
+        format!("0.0.0.0:{}", args.admin_port.max(1)),
+    );
+    m.insert("STICKYD_UPSTREAM".into(), "http://127.0.0.1:1".into());
+    for (k, v) in cookie_env(args) {
+        m.insert(k.into(), v);
+    }
+    if args.secret.is_some() {
+        m.insert(
+            "STICKYD_COOKIE_SECRET".into(),
+            "0123456789abcdef0123456789abcdef".into(),
+        );
+    }
+    Config::from_env(&m).map(|_| ())
+}
+
+struct Plan {
+    service: String,
+    upstream: i64,
+    port: (String, i64),
+    admin: (String, i64),
+}
+
+fn sidecar(args: &InjectArgs, plan: &Plan) -> Node {
+    let mut envs = vec![
+        env_field("STICKYD_POD_NAME", "metadata.name"),
+        env_field("STICKYD_NAMESPACE", "metadata.namespace"),
+        env("STICKYD_SERVICE", &plan.service),
+        env("STICKYD_LISTEN", format!("0.0.0.0:{}", plan.port.1)),
+        env("STICKYD_ADMIN_LISTEN", format!("0.0.0.0:{}", plan.admin.1)),
+        env("STICKYD_UPSTREAM", format!("http://127.0.0.1:{}", plan.upstream)),
+    ];
+    for (k, v) in cookie_env(args) {
+        envs.push(env(k, v));
+    }
+    let mut c = vec![
+        ("name", Node::str(SIDECAR)),
+        ("image", Node::str(&args.image)),
+        ("restartPolicy", Node::str("Always")),
+        ("args", strs(&["run"])),
+        (
+            "ports",
+            Node::seq(vec![
+                Node::map(vec![
+                    ("name", Node::str(&plan.port.0)),
+                    ("containerPort", Node::int(plan.port.1)),
+                ]),
+                Node::map(vec![
+                    ("name", Node::str(&plan.admin.0)),
+                    ("containerPort", Node::int(plan.admin.1)),
+                ]),
+            ]),
+        ),
+    ];
+    if let Some(secret) = &args.secret {
+        if args.secret_env {
+            envs.push(Node::map(vec![
+                ("name", Node::str("STICKYD_COOKIE_SECRET")),
+                (
+                    "valueFrom",
+                    Node::map(vec![(
+                        "secretKeyRef",
+                        Node::map(vec![("name", Node::str(secret)), ("key", Node::str(&args.secret_key))]),
+                    )]),
+                ),
+            ]));
+        } else {
+            envs.push(env("STICKYD_COOKIE_SECRET_FILE", format!("{SECRET_DIR}/key")));
+        }
+    }
+    c.push(("env", Node::seq(envs)));
+    if args.secret.is_some() && !args.secret_env {
+        c.push((
+            "volumeMounts",
+            Node::seq(vec![Node::map(vec![
+                ("name", Node::str(SECRET_VOLUME)),
+                ("mountPath", Node::str(SECRET_DIR)),
+                ("readOnly", Node::bool(true)),
+            ])]),
+        ));
+    }
+    let probe = |path: &str, period: i64| {
+        Node::map(vec![
+            (
+                "httpGet",
+                Node::map(vec![("path", Node::str(path)), ("port", Node::str(&plan.admin.0))]),
+            ),
+            ("periodSeconds", Node::int(period)),
+        ])
+    };
+    c.push(("readinessProbe", probe("/readyz", 2)));
+    c.push(("livenessProbe", probe("/healthz", 10)));
+    c.push((
+        "resources",
+        Node::map(vec![
+            (
+                "requests",
+                Node::map(vec![("cpu", Node::str("50m")), ("memory", Node::str("32Mi"))]),
+            ),
+            (
+                "limits",
+                Node::map(vec![("cpu", Node::str("1")), ("memory", Node::str("128Mi"))]),
+            ),
+        ]),
+    ));
+    c.push((
+        "securityContext",
+        Node::map(vec![
+            ("runAsNonRoot", Node::bool(true)),
+            ("runAsUser", Node::int(65532)),
+            ("runAsGroup", Node::int(65532)),
+            ("readOnlyRootFilesystem", Node::bool(true)),
+            ("allowPrivilegeEscalation", Node::bool(false)),
+            ("capabilities", Node::map(vec![("drop", strs(&["ALL"]))])),
+        ]),
+    ));
+    Node::map(c)
+}
+
+fn metadata(name: &str, ns: &Option<String>) -> Node {
+    let mut m = vec![("name", Node::str(name))];
+    if let Some(ns) = ns {
+        m.push(("namespace", Node::str(ns)));
+    }
+    Node::map(m)
+}
+
+fn subject(sa: &str, ns: &Option<String>) -> Node {
+    let mut s = vec![("kind", Node::str("ServiceAccount")), ("name", Node::str(sa))];
+    if let Some(ns) = ns {
+        s.push(("namespace", Node::str(ns)));
+    }
+    Node::map(s)
+}
+
+/// Adds the ServiceAccount (when stickyd's own), Role and RoleBinding that
+/// stickyd needs, or the subject to an existing RoleBinding.
+fn ensure_rbac(docs: &mut Vec<Node>, sa: &str, ns: &Option<String>) {
+    let find = |docs: &[Node], kind: &str, name: &str| {
+        docs.iter()
+            .position(|d| kind_of(d) == kind && name_of(d) == name && same_ns(&ns_of(d), ns))
+    };
+    if sa == RBAC_NAME && find(docs, "ServiceAccount", sa).is_none() {
+        docs.push(Node::map(vec![
+            ("apiVersion", Node::str("v1")),
+            ("kind", Node::str("ServiceAccount")),
+            ("metadata", metadata(sa, ns)),
+        ]));
+    }
+    if find(docs, "Role", RBAC_NAME).is_none() {
+        docs.push(Node::map(vec![
+            ("apiVersion", Node::str("rbac.authorization.k8s.io/v1")),
+            ("kind", Node::str("Role")),
+            ("metadata", metadata(RBAC_NAME, ns)),
+            (
+                "rules",
+                Node::seq(vec![Node::map(vec![
+                    ("apiGroups", strs(&["discovery.k8s.io"])),
+                    ("resources", strs(&["endpointslices"])),
+                    ("verbs", strs(&["get", "list", "watch"])),
+                ])]),
+            ),
+        ]));
+    }
+    match find(docs, "RoleBinding", RBAC_NAME) {
+        Some(i) => {
+            let has = docs[i]
+                .get("subjects")
+                .map(Node::items)
+                .unwrap_or(&[])
+                .iter()
+                .any(|s| s.str_at(&["kind"]) == Some("ServiceAccount") && s.str_at(&["name"]) == Some(sa));
+            if !has {
+                if let Some(subjects) = docs[i].entry_seq("subjects") {
+                    subjects.push(subject(sa, ns));
+                }
+            }
+        }
+        None => docs.push(Node::map(vec![
+            ("apiVersion", Node::str("rbac.authorization.k8s.io/v1")),
+            ("kind", Node::str("RoleBinding")),
+            ("metadata", metadata(RBAC_NAME, ns)),
+            (
+                "roleRef",
+                Node::map(vec![
+                    ("apiGroup", Node::str("rbac.authorization.k8s.io")),
+                    ("kind", Node::str("Role")),
+                    ("name", Node::str(RBAC_NAME)),
+                ]),
+            ),
+            ("subjects", Node::seq(vec![subject(sa, ns)])),
+        ])),
+    }
+}
+
+/// Picks a free port number and name, starting from the wanted ones.
+fn free_port(want: i64, names: &[&str], used: &[Port], taken: &[i64]) -> (String, i64) {
+    let mut n = want;
+    while used.iter().any(|p| p.number == n) || taken.contains(&n) {
+        n += 1;
+    }
+    let name = names
+        .iter()
+        .find(|c| !used.iter().any(|p| p.name.as_deref() == Some(**c)))
+        .map_or_else(|| format!("sd-{n}"), |s| s.to_string());
+    (name, n)
+}
+
+fn upstream_of(sidecar: &Node) -> Option<i64> {
+    sidecar
+        .get("env")
+        .map(Node::items)
+        .unwrap_or(&[])
+        .iter()
+        .find(|e| e.str_at(&["name"]) == Some("STICKYD_UPSTREAM"))?
+        .str_at(&["value"])?
+        .trim_end_matches('/')
+        .rsplit(':')
+        .next()?
+        .parse()
+        .ok()
+}
+
+/// Injects stickyd into the documents in place.
+pub fn inject(docs: &mut Vec<Node>, args: &InjectArgs) -> Result<Outcome, InjectError> {
+    validate(args)?;
+    let mut outcome = Outcome::default();
+    let targets: Vec<usize> = (0..docs.len())
+        .filter(|&i| matches!(kind_of(&docs[i]), "Deployment" | "StatefulSet"))
+        .filter(|&i| args.workloads.is_empty() || args.workloads.iter().any(|w| w == name_of(&docs[i])))
+        .collect();
+    for w in &args.workloads {
+        if !targets.iter().any(|&i| name_of(&docs[i]) == w) {
+            return Err(InjectError::UnknownWorkload(w.clone()));
+        }
+    }
+    if targets.is_empty() {
+        return Err(InjectError::NoWorkload);
+    }
+    for t in targets {
+        let id = format!("{}/{}", kind_of(&docs[t]), name_of(&docs[t]));
+        let ns = ns_of(&docs[t]);
+        let labels: BTreeMap<String, String> = docs[t]
+            .path(&["spec", "template", "metadata", "labels"])
+            .into_iter()
+            .flat_map(|l| l.entries())
+            .filter_map(|(k, _, v)| Some((k.to_string(), v.as_str()?.to_string())))
+            .collect();
+        let Some(pod) = docs[t].path(&["spec", "template", "spec"]) else {
+            outcome.notes.push(format!("{id}: no pod template; left as is"));
+            continue;
+        };
+        let init = pod.get("initContainers").map(Node::items).unwrap_or(&[]);
+        let mine = init
+            .iter()
+            .position(|c| c.str_at(&["name"]) == Some(SIDECAR) && is_stickyd(c));
+        let elsewhere = pod
+            .get("containers")
+            .map(Node::items)
+            .unwrap_or(&[])
+            .iter()
+            .chain(
+                init.iter()
+                    .enumerate()
+                    .filter(|(i, _)| Some(*i) != mine)
+                    .map(|(_, c)| c),
+            )
+            .any(is_stickyd);
+        if elsewhere {
+            outcome
+                .notes
+                .push(format!("{id}: already has a stickyd container of its own; left as is"));
+            continue;
+        }
+        let app_ports: Vec<Port> = pod
+            .get("containers")
+            .map(Node::items)
+            .unwrap_or(&[])
+            .iter()
+            .chain(
+                init.iter()
+                    .enumerate()
+                    .filter(|(i, _)| Some(*i) != mine)
+                    .map(|(_, c)| c),
+            )
+            .flat_map(ports_of)
+            .collect();
+
+        // The Services that select these pods, and the one stickyd watches.
+        let matching: Vec<usize> = (0..docs.len())
+            .filter(|&i| kind_of(&docs[i]) == "Service" && same_ns(&ns_of(&docs[i]), &ns) && selects(&docs[i], &labels))
+            .collect();
+        let service = match &args.service {
+            Some(s) => s.clone(),
+            None => {
+                let mut c: Vec<usize> = matching.clone();
+                if c.len() > 1 {
+                    c.retain(|&i| docs[i].str_at(&["spec", "clusterIP"]) != Some("None"));
+                }
+                match c.as_slice() {
+                    [one] => name_of(&docs[*one]).to_string(),
+                    [] if matching.is_empty() => {
+                        return Err(InjectError::NoService {
+                            workload: id,
+                            labels: labels
+                                .iter()
+                                .map(|(k, v)| format!("{k}={v}"))
+                                .collect::<Vec<_>>()
+                                .join(","),
+                        })
+                    }
+                    _ => {
+                        return Err(InjectError::AmbiguousService {
+                            workload: id,
+                            candidates: matching
+                                .iter()
+                                .map(|&i| name_of(&docs[i]))
+                                .collect::<Vec<_>>()
+                                .join(", "),
+                        })
+                    }
+                }
+            }
+        };
+        let mut services = matching.clone();
+        if let Some(named) = (0..docs.len())
+            .find(|&i| kind_of(&docs[i]) == "Service" && name_of(&docs[i]) == service && same_ns(&ns_of(&docs[i]), &ns))
+        {
+            if !services.contains(&named) {
+                services.push(named);
+            }
+        }
+
+        // The app's port: kept from an earlier injection, else what the Service targets, else the first declared.
+        let upstream = mine
+            .and_then(|i| upstream_of(&init[i]))
+            .or_else(|| {
+                services.iter().find_map(|&s| {
+                    docs[s]
+                        .path(&["spec", "ports"])
+                        .map(Node::items)
+                        .unwrap_or(&[])
+                        .iter()
+                        .find_map(|p| target_number(p, &app_ports))
+                })
+            })
+            .or_else(|| {
+                pod.get("containers")
+                    .map(Node::items)
+                    .unwrap_or(&[])
+                    .iter()
+                    .flat_map(ports_of)
+                    .next()
+                    .map(|p| p.number)
+            })
+            .ok_or_else(|| InjectError::NoAppPort { workload: id.clone() })?;
+
+        let port = free_port(
+            i64::from(args.port),
+            &["stickyd", "stickyd-proxy"],
+            &app_ports,
+            &[upstream],
+        );
+        let admin = free_port(
+            i64::from(args.admin_port),
+            &["stickyd-admin", "stickyd-adm"],
+            &app_ports,
+            &[upstream, port.1],
+        );
+        let plan = Plan {
+            service: service.clone(),
+            upstream,
+            port,
+            admin,
+        };
+        let container = sidecar(args, &plan);
+        let existing_sa = pod
+            .str_at(&["serviceAccountName"])
+            .or_else(|| pod.str_at(&["serviceAccount"]))
+            .map(str::to_string);
+
+        // Edit the pod spec.
+        let pod = docs[t]
+            .get_mut("spec")
+            .and_then(|s| s.get_mut("template"))
+            .and_then(|s| s.get_mut("spec"))
+            .expect("checked above");
+        if let Some(init) = pod.entry_seq("initContainers") {
+            match mine {
+                Some(i) => init[i] = container,
+                None => init.push(container),
+            }
+        }
+        let sa = match existing_sa {
+            Some(sa) => sa,
+            None => {
+                pod.set("serviceAccountName", Node::str(RBAC_NAME));
+                RBAC_NAME.to_string()
+            }
+        };
+        if let Some(secret) = args.secret.as_ref().filter(|_| !args.secret_env) {
+            let volume = Node::map(vec![
+                ("name", Node::str(SECRET_VOLUME)),
+                (
+                    "secret",
+                    Node::map(vec![
+                        ("secretName", Node::str(secret)),
+                        (
+                            "items",
+                            Node::seq(vec![Node::map(vec![
+                                ("key", Node::str(&args.secret_key)),
+                                ("path", Node::str("key")),
+                            ])]),
+                        ),
+                    ]),
+                ),
+            ]);
+            if let Some(vols) = pod.entry_seq("volumes") {
+                match vols.iter().position(|v| v.str_at(&["name"]) == Some(SECRET_VOLUME)) {
+                    Some(i) => vols[i] = volume,
+                    None => vols.push(volume),
+                }
+            }
+        }
+
+        // Move the Services' ports that reach the app's port to the sidecar.
+        let mut moved = Vec::new();
+        for &s in &services {
+            let name = name_of(&docs[s]).to_string();
+            if let Some(ports) = docs[s]
+                .get_mut("spec")
+                .and_then(|sp| sp.get_mut("ports"))
+                .and_then(Node::as_seq_mut)
+            {
+                for p in ports.iter_mut() {
+                    if target_number(p, &app_ports) == Some(upstream) {
+                        p.set("targetPort", Node::str(&plan.port.0));
+                        moved.push(format!(
+                            "{name}:{}",
+                            p.get("port").and_then(Node::as_str).unwrap_or("?")
+                        ));
+                    }
+                }
+            }
+        }
+        ensure_rbac(docs, &sa, &ns);
+        outcome.notes.push(format!(
+            "{id}: stickyd on port {} ({}), upstream 127.0.0.1:{upstream}, STICKYD_SERVICE={service}, \
+             ServiceAccount {sa}{}",
+            plan.port.1,
+            plan.port.0,
+            if moved.is_empty() {
+                String::new()
+            } else {
+                format!(", targetPort {} for {}", plan.port.0, moved.join(" "))
+            }
+        ));
+    }
+    Ok(outcome)
+}
+
+/// Parses, injects and renders: the new manifests, or with `diff` a unified
+/// diff against the input (both rendered the same way).
+pub fn inject_text(text: &str, name: &str, args: &InjectArgs) -> Result<(String, Outcome), InjectError> {
+    let parsed = kyaml::parse_stream(text)?;
+    let mut docs: Vec<Node> = parsed.into_iter().map(|d| d.root).collect();
+    let before = kyaml::emit_stream(&docs);
+    let outcome = inject(&mut docs, args)?;
+    let after = kyaml::emit_stream(&docs);
+    if args.diff {
+        let diff = similar::TextDiff::from_lines(&before, &after)
+            .unified_diff()
+            .context_radius(3)
+            .header(&format!("a/{name}"), &format!("b/{name}"))
+            .to_string();
+        Ok((diff, outcome))
+    } else {
+        Ok((after, outcome))
+    }
 }
 
 /// Runs `stickyd inject`; returns the process exit code.
-pub fn run(_args: &InjectArgs) -> i32 {
-    eprintln!("stickyd inject: under construction");
-    2
+pub fn run(args: &InjectArgs) -> i32 {
+    let text = if args.file == "-" {
+        let mut s = String::new();
+        std::io::Read::read_to_string(&mut std::io::stdin(), &mut s).map(|_| s)
+    } else {
+        std::fs::read_to_string(&args.file)
+    };
+    let name = if args.file == "-" { "stdin" } else { args.file.as_str() };
+    let text = match text {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("stickyd inject: cannot read {name}: {e}");
+            return 2;
+        }
+    };
+    match inject_text(&text, name, args) {
+        Ok((out, outcome)) => {
+            print!("{out}");
+            for n in outcome.notes {
+                eprintln!("stickyd inject: {n}");
+            }
+            0
+        }
+        Err(InjectError::Parse(e)) => {
+            eprintln!("stickyd inject: {name}: cannot parse YAML: {e}");
+            2
+        }
+        Err(e) => {
+            eprintln!("stickyd inject: {e}");
+            1
+        }
+    }
 }

@@ -401,14 +401,15 @@ fn env_value<'a>(container: &'a Node, name: &str) -> Option<&'a Node> {
 }
 
 fn port_of_addr(addr: &str) -> Option<i64> {
-    addr.rsplit(':').next()?.trim().parse().ok()
+    addr.trim().trim_end_matches('/').rsplit(':').next()?.parse().ok()
 }
 
 /// A stickyd sidecar found in a workload.
 struct Sidecar<'a> {
     container: &'a Node,
     listen_port: i64,
-    admin_port: i64,
+    /// The app port stickyd proxies to.
+    upstream_port: i64,
 }
 
 fn sidecar<'a>(pod: &'a Node) -> Option<Sidecar<'a>> {
@@ -422,7 +423,7 @@ fn sidecar<'a>(pod: &'a Node) -> Option<Sidecar<'a>> {
     Some(Sidecar {
         container,
         listen_port: port("STICKYD_LISTEN", 8080),
-        admin_port: port("STICKYD_ADMIN_LISTEN", 9090),
+        upstream_port: port("STICKYD_UPSTREAM", 8081),
     })
 }
 
@@ -701,22 +702,27 @@ impl<'a> Linter<'a> {
             .and_then(|p| p.str_at(&["name"]))
             .map(str::to_string);
 
-        // SD007: a Service that selects these pods must target the sidecar.
-        for svc in self
-            .objs
-            .iter()
-            .filter(|o| o.kind == "Service" && o.same_namespace(obj) && selects(o.root, labels))
-        {
-            for port in svc.root.path(&["spec", "ports"]).map(Node::items).unwrap_or(&[]) {
+        // SD007: traffic for the app's port must go through the sidecar, and
+        // the Service stickyd watches must list the sidecar's port.
+        let fix_target = sidecar_port_name
+            .clone()
+            .unwrap_or_else(|| side.listen_port.to_string());
+        let watched = env_value(side.container, "STICKYD_SERVICE").and_then(|e| e.str_at(&["value"]));
+        for svc in self.objs.iter().filter(|o| {
+            o.kind == "Service" && o.same_namespace(obj) && (selects(o.root, labels) || Some(o.name) == watched)
+        }) {
+            let ports = svc.root.path(&["spec", "ports"]).map(Node::items).unwrap_or(&[]);
+            let mut reaches_sidecar = false;
+            let mut bypassed = false;
+            for port in ports {
                 let Some((target, line)) = resolve_target(port, pod) else {
                     continue;
                 };
-                if target == side.listen_port || target == side.admin_port {
+                reaches_sidecar |= target == side.listen_port;
+                if target != side.upstream_port {
                     continue;
                 }
-                let fix_target = sidecar_port_name
-                    .clone()
-                    .unwrap_or_else(|| side.listen_port.to_string());
+                bypassed = true;
                 self.findings.push(Finding {
                     rule: SERVICE_BYPASSES_SIDECAR.id,
                     severity: SERVICE_BYPASSES_SIDECAR.severity,
@@ -724,14 +730,35 @@ impl<'a> Linter<'a> {
                     line: if line == 0 { port.line } else { line },
                     object: svc.id(),
                     message: format!(
-                        "Service {:?} selects the pods of {} but sends port {} to container port {target}, past \
-                         the stickyd sidecar (port {}), so those requests are never routed by the cookie.",
+                        "Service {:?} sends port {} straight to the app's port {target} in the pods of {}, past the \
+                         stickyd sidecar (port {}), so those requests are never routed by the cookie.",
                         svc.name,
-                        obj.id(),
                         port.get("port").and_then(Node::as_str).unwrap_or("?"),
+                        obj.id(),
                         side.listen_port
                     ),
                     fix: format!("set targetPort: {fix_target} on this Service port"),
+                });
+            }
+            if Some(svc.name) == watched && !reaches_sidecar && !bypassed && selects(svc.root, labels) {
+                let line = svc
+                    .root
+                    .path(&["spec"])
+                    .and_then(|s| s.key("ports"))
+                    .map_or(svc.root.line, |k| k.line);
+                self.findings.push(Finding {
+                    rule: SERVICE_BYPASSES_SIDECAR.id,
+                    severity: SERVICE_BYPASSES_SIDECAR.severity,
+                    file: svc.file.to_string(),
+                    line,
+                    object: svc.id(),
+                    message: format!(
+                        "Service {:?} is the one stickyd watches (STICKYD_SERVICE) but none of its ports targets the \
+                         sidecar's port {}, so its EndpointSlices never list the peers and stickyd cannot route to \
+                         them.",
+                        svc.name, side.listen_port
+                    ),
+                    fix: format!("set targetPort: {fix_target} on the Service port that serves the app"),
                 });
             }
         }

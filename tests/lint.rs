@@ -125,6 +125,7 @@ fn each_rule_fixture() {
     expect("sd005-balanced.yaml", 0, &[("SD005", 9)]);
     expect("sd006-clientip.yaml", 0, &[("SD006", 20)]);
     expect("sd007-bypass.yaml", 1, &[("SD007", 41)]);
+    expect("sd007-watched-service-misses-sidecar.yaml", 1, &[("SD007", 38)]);
     expect("sd008-no-rbac.yaml", 1, &[("SD008", 58)]);
     expect("sd008-role-without-watch.yaml", 1, &[("SD008", 58)]);
     expect("sd009-no-service.yaml", 1, &[("SD009", 60)]);
