@@ -34,6 +34,17 @@ pub struct InjectArgs {
     /// The sidecar's admin port, for probes and metrics.
     #[arg(long, default_value_t = 9090)]
     pub admin_port: u16,
+    /// Cookie and secret options.
+    #[command(flatten)]
+    pub cookie: Box<CookieArgs>,
+    /// Print a unified diff of what would change instead of the manifests.
+    #[arg(long, visible_alias = "dry-run")]
+    pub diff: bool,
+}
+
+/// The cookie and secret options of `stickyd inject`.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct CookieArgs {
     /// STICKYD_COOKIE_NAME.
     #[arg(long, value_name = "NAME")]
     pub cookie_name: Option<String>,
@@ -63,9 +74,6 @@ pub struct InjectArgs {
     /// mounted file (a file is re-read on rotation; an env var is not).
     #[arg(long, requires = "secret")]
     pub secret_env: bool,
-    /// Print a unified diff of what would change instead of the manifests.
-    #[arg(long, visible_alias = "dry-run")]
-    pub diff: bool,
 }
 
 /// Why inject could not do its work.
@@ -195,12 +203,12 @@ fn strs(items: &[&str]) -> Node {
 fn cookie_env(args: &InjectArgs) -> Vec<(&'static str, String)> {
     let mut out = Vec::new();
     for (var, v) in [
-        ("STICKYD_COOKIE_NAME", &args.cookie_name),
-        ("STICKYD_COOKIE_PATH", &args.cookie_path),
-        ("STICKYD_COOKIE_DOMAIN", &args.cookie_domain),
-        ("STICKYD_COOKIE_MAX_AGE", &args.cookie_max_age),
-        ("STICKYD_COOKIE_SECURE", &args.cookie_secure),
-        ("STICKYD_COOKIE_SAMESITE", &args.cookie_samesite),
+        ("STICKYD_COOKIE_NAME", &args.cookie.cookie_name),
+        ("STICKYD_COOKIE_PATH", &args.cookie.cookie_path),
+        ("STICKYD_COOKIE_DOMAIN", &args.cookie.cookie_domain),
+        ("STICKYD_COOKIE_MAX_AGE", &args.cookie.cookie_max_age),
+        ("STICKYD_COOKIE_SECURE", &args.cookie.cookie_secure),
+        ("STICKYD_COOKIE_SAMESITE", &args.cookie.cookie_samesite),
     ] {
         if let Some(v) = v {
             out.push((var, v.clone()));
@@ -227,7 +235,7 @@ pub fn validate(args: &InjectArgs) -> Result<(), ConfigError> {
     for (k, v) in cookie_env(args) {
         m.insert(k.into(), v);
     }
-    if args.secret.is_some() {
+    if args.cookie.secret.is_some() {
         m.insert(
             "STICKYD_COOKIE_SECRET".into(),
             "0123456789abcdef0123456789abcdef".into(),
@@ -274,15 +282,18 @@ fn sidecar(args: &InjectArgs, plan: &Plan) -> Node {
             ]),
         ),
     ];
-    if let Some(secret) = &args.secret {
-        if args.secret_env {
+    if let Some(secret) = &args.cookie.secret {
+        if args.cookie.secret_env {
             envs.push(Node::map(vec![
                 ("name", Node::str("STICKYD_COOKIE_SECRET")),
                 (
                     "valueFrom",
                     Node::map(vec![(
                         "secretKeyRef",
-                        Node::map(vec![("name", Node::str(secret)), ("key", Node::str(&args.secret_key))]),
+                        Node::map(vec![
+                            ("name", Node::str(secret)),
+                            ("key", Node::str(&args.cookie.secret_key)),
+                        ]),
                     )]),
                 ),
             ]));
@@ -291,7 +302,7 @@ fn sidecar(args: &InjectArgs, plan: &Plan) -> Node {
         }
     }
     c.push(("env", Node::seq(envs)));
-    if args.secret.is_some() && !args.secret_env {
+    if args.cookie.secret.is_some() && !args.cookie.secret_env {
         c.push((
             "volumeMounts",
             Node::seq(vec![Node::map(vec![
@@ -620,7 +631,7 @@ pub fn inject(docs: &mut Vec<Node>, args: &InjectArgs) -> Result<Outcome, Inject
                 RBAC_NAME.to_string()
             }
         };
-        if let Some(secret) = args.secret.as_ref().filter(|_| !args.secret_env) {
+        if let Some(secret) = args.cookie.secret.as_ref().filter(|_| !args.cookie.secret_env) {
             let volume = Node::map(vec![
                 ("name", Node::str(SECRET_VOLUME)),
                 (
@@ -630,7 +641,7 @@ pub fn inject(docs: &mut Vec<Node>, args: &InjectArgs) -> Result<Outcome, Inject
                         (
                             "items",
                             Node::seq(vec![Node::map(vec![
-                                ("key", Node::str(&args.secret_key)),
+                                ("key", Node::str(&args.cookie.secret_key)),
                                 ("path", Node::str("key")),
                             ])]),
                         ),
