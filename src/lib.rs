@@ -2,6 +2,7 @@
 //! session stickiness, even behind an ExternalName Service.
 #![forbid(unsafe_code)]
 
+pub mod admin;
 pub mod affinity;
 pub mod config;
 pub mod demo;
@@ -10,4 +11,6 @@ pub mod inject;
 pub mod kyaml;
 pub mod lint;
 pub mod metrics;
+pub mod proxy;
 pub mod route;
+pub mod sidecar;

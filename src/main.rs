@@ -1,6 +1,7 @@
 #![forbid(unsafe_code)]
 
 use clap::{Parser, Subcommand};
+use stickyd::config::{Config, LogFormat};
 
 /// stickyd: strict cookie session stickiness for Kubernetes services, as a sidecar.
 #[derive(Parser)]
@@ -22,10 +23,51 @@ enum Command {
     Lint(stickyd::lint::LintArgs),
 }
 
-fn main() {
+fn init_tracing(filter: &str, format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_new(filter).unwrap_or_else(|_| "info".into());
+    let b = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match format {
+        LogFormat::Json => b.json().flatten_event(true).init(),
+        LogFormat::Text => b.init(),
+    }
+}
+
+fn runtime(threads: usize) -> std::io::Result<tokio::runtime::Runtime> {
+    if threads <= 1 {
+        tokio::runtime::Builder::new_current_thread().enable_all().build()
+    } else {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(threads)
+            .enable_all()
+            .build()
+    }
+}
+
+fn run() -> anyhow::Result<i32> {
+    let cfg = match Config::from_process_env() {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("stickyd: configuration error: {e}");
+            return Ok(2);
+        }
+    };
+    init_tracing(&cfg.log, cfg.log_format);
+    tracing::info!(worker_threads = cfg.worker_threads, "starting");
+    let rt = runtime(cfg.worker_threads)?;
+    match rt.block_on(stickyd::sidecar::run(cfg)) {
+        Ok(()) => Ok(0),
+        Err(e) => {
+            tracing::error!(error = %e, "cannot start");
+            eprintln!("stickyd: {e}");
+            Ok(1)
+        }
+    }
+}
+
+fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let code = match cli.command.unwrap_or(Command::Run) {
-        Command::Run => 0,
+        Command::Run => run()?,
         Command::Demo(a) => stickyd::demo::run(&a),
         Command::Inject(a) => stickyd::inject::run(&a),
         Command::Lint(a) => stickyd::lint::run(&a),

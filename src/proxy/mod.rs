@@ -1,0 +1,450 @@
+//! The data path: every request's life, in named phases.
+//!
+//! 1. **screen**: refuse what a sidecar must never do (CONNECT, absolute-form
+//!    targets naming another host).
+//! 2. **decide**: read the cookie and the hop marker, load the endpoint view
+//!    (lock-free) and call [`route::decide`].
+//! 3. **forward** to a peer's sidecar, or **serve locally** with the app.
+//! 4. **respond**: add Set-Cookie beside the app's own, strip stickyd's
+//!    headers, mark the response private when it sets the cookie.
+
+pub mod body;
+pub mod headers;
+pub mod listener;
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use arc_swap::ArcSwap;
+use http::header::{HeaderValue, CONNECTION, HOST, SET_COOKIE};
+use http::{Method, Request, Response, StatusCode, Uri, Version};
+use hyper::body::Incoming;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+
+use crate::affinity::{self, Codec, CookieState, Lifetimes, SessionId};
+use crate::config::{Config, UpstreamProtocol};
+use crate::endpoints::{EndpointStore, PeerState};
+use crate::metrics::{DecisionLabels, Metrics};
+use crate::route::{self, Decision, SessionMark, ThisPod};
+
+use body::{Reclaimable, ResponseBody};
+use headers::{HOP, SESSION};
+
+/// Everything the data path shares across connections.
+pub struct Shared {
+    pub cfg: Config,
+    pub store: EndpointStore,
+    pub metrics: Arc<Metrics>,
+    /// Swapped when the secret file changes.
+    pub codec: ArcSwap<Codec>,
+    pub me: SessionId,
+    /// Set on SIGTERM: take no new sessions, close keep-alive connections.
+    pub draining: AtomicBool,
+    app: Client<HttpConnector, Incoming>,
+    peers_h1: Client<HttpConnector, Reclaimable>,
+    peers_h2: Client<HttpConnector, Reclaimable>,
+    app_scheme_authority: String,
+    pick: AtomicUsize,
+}
+
+fn connector(cfg: &Config) -> HttpConnector {
+    let mut c = HttpConnector::new();
+    c.set_nodelay(true);
+    c.set_connect_timeout(Some(cfg.connect_timeout));
+    c.enforce_http(true);
+    c
+}
+
+fn client<B>(cfg: &Config, h2: bool) -> Client<HttpConnector, B>
+where
+    B: http_body::Body + Send + 'static + Unpin,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let mut b = Client::builder(TokioExecutor::new());
+    // The idle timeout only works with a timer.
+    b.pool_timer(TokioTimer::new())
+        .timer(TokioTimer::new())
+        .pool_idle_timeout(cfg.pool_idle_timeout)
+        .pool_max_idle_per_host(1024)
+        // Never let a client's Host turn into a destination: the URI names
+        // the exact peer, and the original Host header is sent as it is.
+        .set_host(false);
+    if h2 {
+        b.http2_only(true);
+    }
+    b.build(connector(cfg))
+}
+
+impl Shared {
+    pub fn new(cfg: Config, store: EndpointStore, metrics: Arc<Metrics>) -> Shared {
+        let codec = Codec::new(
+            cfg.cookie.keys.clone(),
+            Lifetimes {
+                max_lifetime: cfg.cookie.max_lifetime,
+                idle_timeout: cfg.cookie.idle_timeout,
+            },
+        );
+        Shared {
+            me: SessionId::for_pod(&cfg.pod_name),
+            app: client(&cfg, cfg.upstream_protocol == UpstreamProtocol::H2c),
+            peers_h1: client(&cfg, false),
+            peers_h2: client(&cfg, true),
+            app_scheme_authority: format!("http://{}", cfg.upstream),
+            codec: ArcSwap::from_pointee(codec),
+            draining: AtomicBool::new(false),
+            pick: AtomicUsize::new(0),
+            cfg,
+            store,
+            metrics,
+        }
+    }
+
+    fn this_pod(&self, view: &crate::endpoints::View) -> ThisPod<'_> {
+        let draining = self.draining.load(Ordering::Relaxed)
+            || view.get(&self.me).is_some_and(|p| p.state == PeerState::Draining);
+        ThisPod {
+            name: &self.cfg.pod_name,
+            id: self.me,
+            draining,
+        }
+    }
+
+    fn count(&self, decision: &'static str, mark: Option<SessionMark>, target: &str) {
+        self.metrics
+            .requests
+            .get_or_create(&DecisionLabels {
+                decision,
+                session: mark.map(SessionMark::as_str).unwrap_or("none"),
+                target_pod: target.to_string(),
+            })
+            .inc();
+    }
+}
+
+/// A response of stickyd's own, with a short explanation.
+fn own_response(status: StatusCode, msg: &'static str) -> Response<ResponseBody> {
+    let mut r = Response::new(body::text(msg));
+    *r.status_mut() = status;
+    r.headers_mut()
+        .insert(http::header::CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
+    r.headers_mut()
+        .insert(http::header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    r
+}
+
+/// The per-connection facts a request needs.
+#[derive(Clone, Copy)]
+pub struct ConnInfo {
+    pub remote: SocketAddr,
+}
+
+/// Handles one request.
+pub async fn handle(shared: Arc<Shared>, conn: ConnInfo, req: Request<Incoming>) -> Response<ResponseBody> {
+    let draining = shared.draining.load(Ordering::Relaxed);
+    let h1 = req.version() <= Version::HTTP_11;
+    let mut resp = handle_inner(&shared, conn, req).await;
+    headers::strip_own(resp.headers_mut());
+    if draining && h1 && resp.status() != StatusCode::SWITCHING_PROTOCOLS {
+        // Tell keep-alive clients to move on while this pod drains.
+        resp.headers_mut().insert(CONNECTION, HeaderValue::from_static("close"));
+    }
+    resp
+}
+
+async fn handle_inner(shared: &Shared, conn: ConnInfo, mut req: Request<Incoming>) -> Response<ResponseBody> {
+    // Phase 1: screen.
+    if req.method() == Method::CONNECT {
+        shared.metrics.bad_request("connect");
+        return own_response(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "stickyd: CONNECT is not allowed; this is not a forward proxy\n",
+        );
+    }
+    if req.version() <= Version::HTTP_11 && req.uri().authority().is_some() {
+        shared.metrics.bad_request("absolute_form");
+        return own_response(
+            StatusCode::BAD_REQUEST,
+            "stickyd: absolute-form request targets are not accepted; this is not a forward proxy\n",
+        );
+    }
+    if req.uri().path_and_query().is_none_or(|pq| !pq.as_str().starts_with('/')) && req.method() != Method::OPTIONS {
+        shared.metrics.bad_request("target");
+        return own_response(StatusCode::BAD_REQUEST, "stickyd: the request target must be a path\n");
+    }
+
+    // Phase 2: decide.
+    let hop = req.headers().contains_key(HOP);
+    let now = affinity::unix_now();
+    let codec = shared.codec.load();
+    let cookie = affinity::read_cookie(req.headers(), &shared.cfg.cookie.name, &codec, now);
+    drop(codec);
+    let view = shared.store.load();
+    let me = shared.this_pod(&view);
+    let pick = shared.pick.fetch_add(1, Ordering::Relaxed);
+    let decision = route::decide(&cookie, &view, &me, hop, shared.cfg.on_missing, pick);
+    tracing::debug!(
+        method = %req.method(),
+        path = req.uri().path(),
+        cookie = cookie_label(&cookie),
+        hop,
+        decision = ?decision,
+        "route"
+    );
+
+    // Client copies of stickyd's headers are never passed on.
+    req.headers_mut().remove(HOP);
+    req.headers_mut().remove(SESSION);
+
+    match decision {
+        Decision::Reject => {
+            shared.count("rejected", None, "");
+            own_response(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "stickyd: the pod this session is pinned to is gone (STICKYD_ON_MISSING=reject)\n",
+            )
+        }
+        Decision::Local { mark, set_cookie } => {
+            drop(view);
+            serve_local(shared, conn, req, mark, set_cookie, &cookie, now).await
+        }
+        Decision::Forward { peer, mark } => {
+            let peer_addr = peer.addr;
+            let peer_name = peer.name.clone();
+            drop(view);
+            forward(shared, conn, req, peer_addr, peer_name, mark, &cookie, now).await
+        }
+    }
+}
+
+fn cookie_label(c: &CookieState) -> &'static str {
+    match c {
+        CookieState::Absent => "absent",
+        CookieState::Invalid => "invalid",
+        CookieState::Valid(_) => "valid",
+    }
+}
+
+/// Prepares the request head for the next hop: hop-by-hop headers out,
+/// X-Forwarded-For in, the URI pointed at `scheme_authority`. The original
+/// Host is kept (HTTP/2 requests get one from their :authority).
+fn rewrite_request<B>(req: &mut Request<B>, conn: &ConnInfo, scheme_authority: &str, to_h2: bool) -> Option<()> {
+    let upgrade = req.version() <= Version::HTTP_11 && headers::is_upgrade(req.headers());
+    headers::strip_hop_by_hop(req.headers_mut(), upgrade);
+    headers::append_forwarded_for(req.headers_mut(), conn.remote.ip());
+    if !req.headers().contains_key(HOST) {
+        if let Some(a) = req.uri().authority() {
+            let v = HeaderValue::from_str(a.as_str()).ok()?;
+            req.headers_mut().insert(HOST, v);
+        }
+    }
+    let pq = req.uri().path_and_query().map(|p| p.as_str()).unwrap_or("/");
+    let uri: Uri = format!("{scheme_authority}{pq}").parse().ok()?;
+    *req.uri_mut() = uri;
+    if to_h2 {
+        // HTTP/2 carries the authority itself; a Host header beside it is
+        // allowed but must match, so leave it.
+        *req.version_mut() = Version::HTTP_2;
+    } else if req.version() == Version::HTTP_2 {
+        *req.version_mut() = Version::HTTP_11;
+    }
+    Some(())
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn serve_local(
+    shared: &Shared,
+    conn: ConnInfo,
+    mut req: Request<Incoming>,
+    mark: SessionMark,
+    set_cookie: bool,
+    cookie: &CookieState,
+    now: u64,
+) -> Response<ResponseBody> {
+    let https = headers::forwarded_https(req.headers());
+    let to_h2 = shared.cfg.upstream_protocol == UpstreamProtocol::H2c;
+    if rewrite_request(&mut req, &conn, &shared.app_scheme_authority, to_h2).is_none() {
+        shared.metrics.bad_request("target");
+        return own_response(StatusCode::BAD_REQUEST, "stickyd: the request target is invalid\n");
+    }
+    req.headers_mut().insert(SESSION, HeaderValue::from_static(mark.as_str()));
+    let client_upgrade = upgrade_of(&mut req);
+
+    let started = Instant::now();
+    let result = tokio::time::timeout(shared.cfg.response_timeout, shared.app.request(req)).await;
+    shared.metrics.upstream_duration.observe(started.elapsed().as_secs_f64());
+    shared.count("local", Some(mark), &shared.cfg.pod_name);
+    let mut resp = match result {
+        Err(_) => {
+            shared.metrics.upstream_error("app_timeout");
+            return own_response(
+                StatusCode::GATEWAY_TIMEOUT,
+                "stickyd: the app did not answer in time (STICKYD_RESPONSE_TIMEOUT)\n",
+            );
+        }
+        Ok(Err(e)) => {
+            let kind = if e.is_connect() { "app_connect" } else { "app_io" };
+            shared.metrics.upstream_error(kind);
+            tracing::warn!(error = %e, kind, "the app in this pod failed");
+            return own_response(StatusCode::BAD_GATEWAY, "stickyd: could not reach the app in this pod\n");
+        }
+        Ok(Ok(r)) => r,
+    };
+    if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
+        splice_upgrade(client_upgrade, &mut resp);
+    }
+    let mut resp = resp.map(http_body_util::Either::Left);
+    finish_response(&mut resp);
+    if set_cookie {
+        let created = match cookie {
+            CookieState::Valid(s) if s.id == shared.me && s.created > 0 => s.created,
+            _ => now,
+        };
+        let value = shared.codec.load().encode(shared.me, created, now);
+        let header = affinity::set_cookie(&shared.cfg.cookie, value, https);
+        resp.headers_mut().append(SET_COOKIE, header);
+        headers::mark_private(resp.headers_mut());
+    }
+    resp
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn forward(
+    shared: &Shared,
+    conn: ConnInfo,
+    mut req: Request<Incoming>,
+    peer_addr: SocketAddr,
+    peer_name: String,
+    mark: SessionMark,
+    cookie: &CookieState,
+    now: u64,
+) -> Response<ResponseBody> {
+    // Keep what serving locally needs, should the peer refuse the connection.
+    let to_h2 = req.version() == Version::HTTP_2;
+    let fallback_head = (req.method().clone(), req.uri().clone(), req.version(), req.headers().clone());
+    let target = format!("http://{peer_addr}");
+    if rewrite_request(&mut req, &conn, &target, to_h2).is_none() {
+        shared.metrics.bad_request("target");
+        return own_response(StatusCode::BAD_REQUEST, "stickyd: the request target is invalid\n");
+    }
+    if let Ok(v) = HeaderValue::from_str(&shared.cfg.pod_name) {
+        req.headers_mut().insert(HOP, v);
+    }
+    let client_upgrade = upgrade_of(&mut req);
+    let (parts, body) = req.into_parts();
+    let (body, reclaim) = Reclaimable::new(body);
+    let req = Request::from_parts(parts, body);
+
+    let started = Instant::now();
+    let fut = if to_h2 {
+        shared.peers_h2.request(req)
+    } else {
+        shared.peers_h1.request(req)
+    };
+    let result = tokio::time::timeout(shared.cfg.response_timeout, fut).await;
+    shared.metrics.forward_duration.observe(started.elapsed().as_secs_f64());
+    match result {
+        Ok(Ok(mut resp)) => {
+            shared.count("forwarded", Some(mark), &peer_name);
+            if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
+                splice_upgrade(client_upgrade, &mut resp);
+            }
+            let mut resp = resp.map(http_body_util::Either::Left);
+            finish_response(&mut resp);
+            resp
+        }
+        Ok(Err(e)) if e.is_connect() => {
+            // Nothing was sent: serve here (repin) or reject.
+            shared.metrics.upstream_error("peer_connect");
+            tracing::info!(peer = %peer_name, addr = %peer_addr, error = %e, "peer unreachable; serving locally");
+            let Ok(body) = reclaim.await else {
+                shared.metrics.upstream_error("peer_io");
+                return own_response(StatusCode::BAD_GATEWAY, "stickyd: the peer pod failed\n");
+            };
+            let (method, uri, version, hdrs) = fallback_head;
+            let mut req = Request::new(body);
+            *req.method_mut() = method;
+            *req.uri_mut() = uri;
+            *req.version_mut() = version;
+            *req.headers_mut() = hdrs;
+            req.headers_mut().remove(HOP);
+            req.headers_mut().remove(SESSION);
+            match route::after_connect_failure(shared.cfg.on_missing) {
+                Decision::Local { mark: m, set_cookie } => {
+                    let m = if mark == SessionMark::New { SessionMark::New } else { m };
+                    Box::pin(serve_local(shared, conn, req, m, set_cookie, cookie, now)).await
+                }
+                _ => {
+                    shared.count("rejected", None, &peer_name);
+                    own_response(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "stickyd: the pod this session is pinned to is unreachable (STICKYD_ON_MISSING=reject)\n",
+                    )
+                }
+            }
+        }
+        Ok(Err(e)) => {
+            // Bytes went out: never replay. The client sees 502.
+            shared.metrics.upstream_error("peer_io");
+            tracing::warn!(peer = %peer_name, error = %e, "forwarding to peer failed after the request was sent");
+            own_response(StatusCode::BAD_GATEWAY, "stickyd: the peer pod failed while handling the request\n")
+        }
+        Err(_) => {
+            shared.metrics.upstream_error("peer_timeout");
+            own_response(
+                StatusCode::GATEWAY_TIMEOUT,
+                "stickyd: the peer pod did not answer in time (STICKYD_RESPONSE_TIMEOUT)\n",
+            )
+        }
+    }
+}
+
+/// Takes the client side of an HTTP/1.1 upgrade out of the request, if any.
+fn upgrade_of<B>(req: &mut Request<B>) -> Option<hyper::upgrade::OnUpgrade> {
+    if req.version() <= Version::HTTP_11 && headers::is_upgrade(req.headers()) {
+        req.extensions_mut().remove::<hyper::upgrade::OnUpgrade>()
+    } else {
+        None
+    }
+}
+
+/// Joins the client's upgraded connection with the upstream's once both
+/// sides have switched protocols.
+fn splice_upgrade(client: Option<hyper::upgrade::OnUpgrade>, resp: &mut Response<Incoming>) {
+    let Some(client) = client else {
+        return;
+    };
+    let upstream = hyper::upgrade::on(resp);
+    tokio::spawn(async move {
+        let (client, upstream) = match tokio::join!(client, upstream) {
+            (Ok(c), Ok(u)) => (c, u),
+            (c, u) => {
+                tracing::debug!(client_ok = c.is_ok(), upstream_ok = u.is_ok(), "upgrade failed");
+                return;
+            }
+        };
+        let mut client = TokioIo::new(client);
+        let mut upstream = TokioIo::new(upstream);
+        if let Err(e) = tokio::io::copy_bidirectional(&mut client, &mut upstream).await {
+            tracing::debug!(error = %e, "upgraded connection closed");
+        }
+    });
+}
+
+/// Response head for the client: hop-by-hop headers out.
+fn finish_response(resp: &mut Response<ResponseBody>) {
+    let upgrade = resp.status() == StatusCode::SWITCHING_PROTOCOLS;
+    headers::strip_hop_by_hop(resp.headers_mut(), upgrade);
+}
+
+/// How long the app has had to become reachable.
+pub async fn app_reachable(addr: SocketAddr, timeout: Duration) -> bool {
+    matches!(
+        tokio::time::timeout(timeout, tokio::net::TcpStream::connect(addr)).await,
+        Ok(Ok(_))
+    )
+}

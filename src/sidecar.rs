@@ -1,0 +1,210 @@
+//! One running sidecar: the proxy listener, the admin listener, the endpoint
+//! source and the secret-file watcher, with the drain sequence that SIGTERM
+//! starts.
+
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use crate::admin::Admin;
+use crate::affinity::{Codec, Lifetimes};
+use crate::config::{self, Config, EndpointsSource};
+use crate::endpoints::{fixed, kubernetes, EndpointStore};
+use crate::metrics::{KindLabels, Metrics};
+use crate::proxy::listener::{self, Phase};
+use crate::proxy::Shared;
+
+/// Why a sidecar could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("cannot listen on {addr} ({var}): {source}")]
+    Bind {
+        var: &'static str,
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("kubernetes endpoint source: {0}")]
+    Kubernetes(#[from] kubernetes::KubeSourceError),
+}
+
+/// A running sidecar.
+pub struct Sidecar {
+    pub listen: SocketAddr,
+    pub admin: SocketAddr,
+    shared: Arc<Shared>,
+    phase: watch::Sender<Phase>,
+    proxy_task: JoinHandle<()>,
+    admin_task: JoinHandle<()>,
+    background: Vec<JoinHandle<()>>,
+}
+
+async fn bind(var: &'static str, addr: SocketAddr) -> Result<TcpListener, StartError> {
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()
+    } else {
+        tokio::net::TcpSocket::new_v6()
+    }
+    .map_err(|source| StartError::Bind { var, addr, source })?;
+    let _ = socket.set_reuseaddr(true);
+    let _ = socket.set_nodelay(true);
+    socket.bind(addr).map_err(|source| StartError::Bind { var, addr, source })?;
+    socket.listen(4096).map_err(|source| StartError::Bind { var, addr, source })
+}
+
+impl Sidecar {
+    /// Binds both listeners and starts serving. Returns once the listeners
+    /// accept connections; the endpoint source syncs in the background.
+    pub async fn start(cfg: Config) -> Result<Sidecar, StartError> {
+        let started = Instant::now();
+        let proxy_listener = bind("STICKYD_LISTEN", cfg.listen).await?;
+        let admin_listener = bind("STICKYD_ADMIN_LISTEN", cfg.admin_listen).await?;
+        let listen = proxy_listener.local_addr().unwrap_or(cfg.listen);
+        let admin_addr = admin_listener.local_addr().unwrap_or(cfg.admin_listen);
+
+        let metrics = Arc::new(Metrics::default());
+        let registry = metrics.registry();
+        let store = EndpointStore::default();
+        let mut background = Vec::new();
+        match &cfg.endpoints {
+            EndpointsSource::Static(list) => {
+                fixed::install(&store, list);
+                metrics.observe_view(&store.load());
+            }
+            EndpointsSource::Kubernetes => {
+                metrics.observe_view(&store.load());
+                background.push(kubernetes::start(&cfg, store.clone(), metrics.clone()).await?);
+            }
+        }
+        let shared = Arc::new(Shared::new(cfg, store, metrics));
+        if let Some(path) = shared.cfg.cookie.secret_file.clone() {
+            background.push(tokio::spawn(watch_secret_file(shared.clone(), path)));
+        }
+
+        let (phase, rx) = watch::channel(Phase::Serving);
+        let proxy_task = tokio::spawn(listener::serve(proxy_listener, shared.clone(), rx.clone()));
+        let admin = Arc::new(Admin::new(shared.clone(), registry, started));
+        let admin_task = tokio::spawn(crate::admin::serve(admin_listener, admin, rx));
+        tracing::info!(
+            %listen,
+            admin = %admin_addr,
+            pod = %shared.cfg.pod_name,
+            upstream = %shared.cfg.upstream,
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "stickyd listening"
+        );
+        Ok(Sidecar {
+            listen,
+            admin: admin_addr,
+            shared,
+            phase,
+            proxy_task,
+            admin_task,
+            background,
+        })
+    }
+
+    pub fn store(&self) -> &EndpointStore {
+        &self.shared.store
+    }
+
+    pub fn shared(&self) -> &Arc<Shared> {
+        &self.shared
+    }
+
+    /// The drain sequence: for STICKYD_DRAIN_SECONDS keep serving (new
+    /// sessions go to ready peers, keep-alive responses carry
+    /// `Connection: close`, `/readyz` fails), then stop accepting and finish
+    /// in-flight requests within STICKYD_DRAIN_TIMEOUT.
+    pub async fn drain_and_stop(self) {
+        self.shared.draining.store(true, Ordering::Relaxed);
+        let drain = self.shared.cfg.drain;
+        tracing::info!(?drain, "draining: still serving, new sessions go to ready peers");
+        tokio::time::sleep(drain).await;
+        self.stop().await;
+    }
+
+    /// Stops accepting at once and finishes in-flight requests.
+    pub async fn stop(self) {
+        let _ = self.phase.send(Phase::Closing);
+        let _ = self.proxy_task.await;
+        self.admin_task.abort();
+        for t in self.background {
+            t.abort();
+        }
+        tracing::info!("stopped");
+    }
+}
+
+/// Re-reads STICKYD_COOKIE_SECRET_FILE when it changes (a rotated Secret),
+/// without a restart. A file that fails to parse keeps the old keys.
+async fn watch_secret_file(shared: Arc<Shared>, path: std::path::PathBuf) {
+    let stamp = |p: &std::path::Path| -> Option<(SystemTime, u64)> {
+        // Kubernetes swaps Secret volumes through a symlink: follow it.
+        let m = std::fs::metadata(p).ok()?;
+        Some((m.modified().ok()?, m.len()))
+    };
+    let mut last = stamp(&path);
+    let mut last_text = std::fs::read_to_string(&path).ok();
+    let mut tick = tokio::time::interval(Duration::from_secs(2));
+    loop {
+        tick.tick().await;
+        let now = stamp(&path);
+        if now == last {
+            continue;
+        }
+        last = now;
+        let text = std::fs::read_to_string(&path).ok();
+        if text == last_text {
+            continue;
+        }
+        last_text = text;
+        match config::read_secret_file(&path) {
+            Ok(keys) => {
+                let n = keys.len();
+                shared.codec.store(Arc::new(Codec::new(
+                    keys,
+                    Lifetimes {
+                        max_lifetime: shared.cfg.cookie.max_lifetime,
+                        idle_timeout: shared.cfg.cookie.idle_timeout,
+                    },
+                )));
+                shared.metrics.key_reloads.get_or_create(&KindLabels { kind: "ok" }).inc();
+                tracing::info!(keys = n, path = %path.display(), "cookie keys reloaded");
+            }
+            Err(e) => {
+                shared.metrics.key_reloads.get_or_create(&KindLabels { kind: "error" }).inc();
+                tracing::error!(error = %e, "cookie keys not reloaded; keeping the previous keys");
+            }
+        }
+    }
+}
+
+/// Waits for SIGTERM or SIGINT.
+pub async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
+        tokio::select! {
+            _ = term.recv() => tracing::info!("SIGTERM received"),
+            _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT received"),
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+/// `stickyd run`: start, serve until SIGTERM/SIGINT, drain, stop.
+pub async fn run(cfg: Config) -> Result<(), StartError> {
+    let sidecar = Sidecar::start(cfg).await?;
+    shutdown_signal().await;
+    sidecar.drain_and_stop().await;
+    Ok(())
+}
