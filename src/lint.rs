@@ -316,7 +316,7 @@ const REGEX_CHARS: &[char] = &['(', ')', '|', '$', '*', '?', '[', ']', '\\', '^'
 /// The literal prefix of a regex path, as a cookie Path: `/mysite(/|$)(.*)` → `/mysite`.
 fn literal_prefix(path: &str) -> String {
     let cut = path.find(REGEX_CHARS).unwrap_or(path.len());
-    let p = path[..cut].trim_end_matches('/');
+    let p = path[..cut].trim_end_matches('.').trim_end_matches('/');
     if p.is_empty() || !p.starts_with('/') {
         "/".into()
     } else {
@@ -452,6 +452,19 @@ impl<'a> Linter<'a> {
         self.objs
             .iter()
             .find(|o| o.kind == "Service" && o.name == name && o.same_namespace(near))
+    }
+
+    /// Whether the pods of Service `name` (in namespace `ns`, if known) run the stickyd sidecar.
+    fn stickyd_behind(&self, name: &str, ns: Option<&str>) -> bool {
+        let Some(svc) = self.objs.iter().find(|o| {
+            o.kind == "Service" && o.name == name && (ns.is_none() || o.namespace.is_none() || o.namespace == ns)
+        }) else {
+            return false;
+        };
+        self.objs.iter().any(|w| {
+            w.same_namespace(svc)
+                && pod_template(w).is_some_and(|(labels, pod)| selects(svc.root, labels) && sidecar(pod).is_some())
+        })
     }
 
     fn lint(&mut self) {
@@ -622,10 +635,11 @@ impl<'a> Linter<'a> {
             let Some((svc, _)) = svc else { continue };
             let spec = svc.root.get("spec");
             let ty = spec.and_then(|s| s.str_at(&["type"]));
-            if affinity && ty == Some("ExternalName") {
-                let target = spec.and_then(|s| s.str_at(&["externalName"])).unwrap_or("?");
-                let mut parts = target.split('.');
-                let (real, ns) = (parts.next().unwrap_or(target), parts.next());
+            let target = spec.and_then(|s| s.str_at(&["externalName"])).unwrap_or("?");
+            let mut parts = target.split('.');
+            let (real, ns) = (parts.next().unwrap_or(target), parts.next());
+            // Behind the ExternalName, pods that run stickyd keep sessions sticky themselves.
+            if affinity && ty == Some("ExternalName") && !self.stickyd_behind(real, ns) {
                 let fix = match ns {
                     Some(ns) => format!(
                         "move this Ingress into namespace {ns:?} and point it at Service {real:?} directly, or add \
@@ -1074,6 +1088,68 @@ mod tests {
 
     fn rules(r: &Report) -> Vec<&'static str> {
         r.findings.iter().map(|f| f.rule).collect()
+    }
+
+    const SIDECAR_STACK: &str = concat!(
+        "apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: web, namespace: n}\nspec:\n  template:\n",
+        "    metadata: {labels: {app: web}}\n    spec:\n      serviceAccountName: web\n      containers:\n",
+        "      - name: stickyd\n        image: stickyd:1\n        env:\n        - {name: STICKYD_SERVICE, value: web}\n",
+        "        - {name: STICKYD_POD_NAME, valueFrom: {fieldRef: {fieldPath: metadata.name}}}\n",
+    );
+
+    #[test]
+    fn rbac_through_a_cluster_role_with_wildcards() {
+        let ok = format!(
+            "{SIDECAR_STACK}---\nkind: ClusterRole\nmetadata: {{name: reader}}\nrules:\n- apiGroups: ['*']\n  \
+             resources: ['*']\n  verbs: ['*']\n---\nkind: ClusterRoleBinding\nmetadata: {{name: b}}\n\
+             roleRef: {{kind: ClusterRole, name: reader}}\nsubjects:\n- {{kind: ServiceAccount, name: web, namespace: n}}\n"
+        );
+        assert_eq!(rules(&lint(&ok)), Vec::<&str>::new());
+        // Bound in another namespace: not this ServiceAccount.
+        let other = ok.replace(
+            "ServiceAccount, name: web, namespace: n}",
+            "ServiceAccount, name: web, namespace: x}",
+        );
+        assert_ne!(other, ok);
+        assert_eq!(rules(&lint(&other)), vec!["SD008"]);
+        // No token, no watch.
+        let no_token = ok.replace(
+            "serviceAccountName: web\n",
+            "serviceAccountName: web\n      automountServiceAccountToken: false\n",
+        );
+        let r = lint(&no_token);
+        assert_eq!(rules(&r), vec!["SD008"]);
+        assert!(r.findings[0].message.contains("automountServiceAccountToken: false"));
+        // Static endpoints need no RBAC.
+        let static_ep =
+            SIDECAR_STACK.to_string() + "        - {name: STICKYD_ENDPOINTS, value: 'static:web-0=10.0.0.1:8080'}\n";
+        assert_eq!(rules(&lint(&static_ep)), Vec::<&str>::new());
+    }
+
+    #[test]
+    fn default_affinity_mode_is_balanced() {
+        let r = lint(concat!(
+            "kind: Ingress\nmetadata:\n  name: a\n  annotations:\n",
+            "    nginx.ingress.kubernetes.io/affinity: cookie\n",
+            "spec:\n  defaultBackend: {service: {name: web, port: {number: 80}}}\n",
+        ));
+        assert_eq!(rules(&r), vec!["SD005"]);
+        assert_eq!(r.findings[0].line, 4);
+        assert!(r.findings[0].message.contains("not set"));
+        assert_eq!(r.exit_code(), 0, "warnings only");
+        // No affinity annotation at all: nothing about cookies to check.
+        let r = lint("kind: Ingress\nmetadata: {name: a}\nspec:\n  rules:\n  - http:\n      paths:\n      - path: /a(.*)\n        backend: {serviceName: web, servicePort: 80}\n");
+        assert!(r.findings.is_empty());
+    }
+
+    #[test]
+    fn list_items_are_checked() {
+        let r = lint(concat!(
+            "apiVersion: v1\nkind: List\nitems:\n",
+            "- kind: Ingress\n  metadata: {name: a}\n  spec: {backend: {serviceName: x.y, servicePort: 80}}\n",
+        ));
+        assert_eq!(rules(&r), vec!["SD003"]);
+        assert_eq!(r.findings[0].line, 6);
     }
 
     #[test]

@@ -244,3 +244,27 @@ fn json_report_has_totals() {
     assert_eq!(v["objects"], 10);
     assert_eq!(v["input_errors"].as_array().unwrap().len(), 0);
 }
+
+#[test]
+fn externalname_is_fine_when_stickyd_runs_behind_it() {
+    let (code, v) = json(&["ok-externalname-to-stickyd.yaml"]);
+    assert_eq!((code, findings(&v)), (0, vec![]), "{v:#}");
+    // The same manifests without the sidecar lose stickiness.
+    let src = std::fs::read_to_string(fixture("ok-externalname-to-stickyd.yaml")).unwrap();
+    let without = src.replace(
+        "      - name: stickyd\n        image: stickyd:0.1.0\n",
+        "      - name: helper\n        image: example/helper:1\n",
+    );
+    assert_ne!(src, without);
+    let mut child = Command::new(env!("CARGO_BIN_EXE_stickyd"))
+        .args(["lint", "--format", "json", "-"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::io::Write::write_all(&mut child.stdin.take().unwrap(), without.as_bytes()).unwrap();
+    let out = child.wait_with_output().unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(findings(&v), vec![("SD002".to_string(), 29)], "{v:#}");
+    assert_eq!(out.status.code(), Some(1));
+}
