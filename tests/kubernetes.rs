@@ -522,3 +522,523 @@ async fn the_double_follows_the_watch_conventions() {
         "a broken chunked stream ends the watch for the client: {end:?}"
     );
 }
+
+// ---------------------------------------------------------------------------
+// The stickyd binary, pointed at the double through a kubeconfig file.
+//
+// Each test gets its own loopback /24 (127.0.T.0): the sidecar of pod web-0
+// at .10, its app at .10 on another port, and the other pods at .11, .12, …
+// All sidecars share one port, as pods of a Deployment do, so that the
+// slices' port is STICKYD_LISTEN's port. The other pods are echo servers
+// standing in for their sidecars: they answer with their own name.
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Empty};
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
+use stickyd::affinity::SessionId;
+use tokio::net::{TcpListener, TcpStream};
+
+fn ip(net: u8, host: u8) -> IpAddr {
+    IpAddr::V4(Ipv4Addr::new(127, 0, net, host))
+}
+
+/// An HTTP server that answers every request with its name, and reports
+/// the stickyd headers it received.
+struct Echo {
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Echo {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+async fn echo_on(listener: TcpListener, name: &str) -> Echo {
+    let name: Arc<str> = name.into();
+    let task = tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let name = name.clone();
+            tokio::spawn(async move {
+                let svc = service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
+                    let name = name.clone();
+                    async move {
+                        let h = |k: &str| {
+                            req.headers()
+                                .get(k)
+                                .and_then(|v| v.to_str().ok())
+                                .unwrap_or("")
+                                .to_string()
+                        };
+                        let resp = hyper::Response::builder()
+                            .header("x-served-by", &*name)
+                            .header("x-seen-session", h("x-stickyd-session"))
+                            .header("x-seen-hop", h("x-stickyd-hop"))
+                            .body(http_body_util::Full::new(Bytes::from(name.to_string())))
+                            .unwrap();
+                        Ok::<_, std::convert::Infallible>(resp)
+                    }
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), svc)
+                    .await;
+            });
+        }
+    });
+    Echo { task }
+}
+
+/// The stickyd process; killed on drop.
+struct Stickyd {
+    child: Child,
+    dir: PathBuf,
+    listen: SocketAddr,
+    admin: SocketAddr,
+}
+
+impl Drop for Stickyd {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        if std::thread::panicking() {
+            eprintln!("--- stickyd log ---\n{}", self.log());
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+impl Stickyd {
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("stickyd.log")).unwrap_or_default()
+    }
+}
+
+/// One test's pods: the real sidecar of web-0 and echo servers for the others.
+struct Pods {
+    net: u8,
+    port: u16,
+    sidecar: Stickyd,
+    _app: Echo,
+    _peers: Vec<Echo>,
+}
+
+impl Pods {
+    /// Starts web-0's app and sidecar on 127.0.`net`.10, and echo servers for
+    /// web-1..=web-`others`.
+    async fn start(api: &ApiServer, net: u8, others: u8, sync_timeout: &str) -> Pods {
+        let me = ip(net, 10);
+        let app = TcpListener::bind((me, 0)).await.unwrap();
+        let upstream = app.local_addr().unwrap();
+        let app = echo_on(app, "web-0").await;
+        let port = TcpListener::bind((me, 0)).await.unwrap().local_addr().unwrap().port();
+        let admin = TcpListener::bind((me, 0)).await.unwrap().local_addr().unwrap();
+        let mut peers = Vec::new();
+        for i in 1..=others {
+            let l = TcpListener::bind((ip(net, 10 + i), port)).await.unwrap();
+            peers.push(echo_on(l, &format!("web-{i}")).await);
+        }
+        let dir = std::env::temp_dir().join(format!("stickyd-kube-{}-{net}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let kubeconfig = api.write_kubeconfig(&dir);
+        let log = std::fs::File::create(dir.join("stickyd.log")).unwrap();
+        let listen = SocketAddr::new(me, port);
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_stickyd"));
+        for (k, _) in std::env::vars() {
+            if k.starts_with("STICKYD_") || k.starts_with("KUBERNETES_") {
+                cmd.env_remove(k);
+            }
+        }
+        cmd.arg("run")
+            .env("STICKYD_ENDPOINTS", "kubernetes")
+            .env("KUBECONFIG", &kubeconfig)
+            .env("STICKYD_NAMESPACE", NS)
+            .env("STICKYD_SERVICE", SVC)
+            .env("STICKYD_POD_NAME", "web-0")
+            .env("STICKYD_LISTEN", listen.to_string())
+            .env("STICKYD_ADMIN_LISTEN", admin.to_string())
+            .env("STICKYD_UPSTREAM", format!("http://{upstream}"))
+            .env("STICKYD_SYNC_TIMEOUT", sync_timeout)
+            .env("STICKYD_WORKER_THREADS", "2")
+            .env("STICKYD_LOG", "info,stickyd=debug")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log);
+        let child = cmd.spawn().expect("start stickyd");
+        let sidecar = Stickyd {
+            child,
+            dir,
+            listen,
+            admin,
+        };
+        let pods = Pods {
+            net,
+            port,
+            sidecar,
+            _app: app,
+            _peers: peers,
+        };
+        eventually(Duration::from_secs(10), "stickyd answers /healthz", || async {
+            let r = get(pods.sidecar.admin, "/healthz", None).await;
+            (r.as_ref().is_some_and(|r| r.status == 200), r.map(|r| r.status))
+        })
+        .await;
+        pods
+    }
+
+    /// Pod `i`'s address (web-0 is the real sidecar).
+    fn ip(&self, i: u8) -> String {
+        ip(self.net, 10 + i).to_string()
+    }
+
+    /// A slice entry for pod web-`i`.
+    fn ep(&self, i: u8, state: &str) -> (String, String, bool, bool, bool) {
+        let (r, s, t) = match state {
+            "ready" => (true, true, false),
+            "draining" => (false, true, true),
+            "terminated" => (false, false, true),
+            other => panic!("state {other}"),
+        };
+        (format!("web-{i}"), self.ip(i), r, s, t)
+    }
+
+    fn slice(&self, name: &str, eps: &[(String, String, bool, bool, bool)]) -> serde_json::Value {
+        let eps: Vec<Ep<'_>> = eps
+            .iter()
+            .map(|(n, a, r, s, t)| (n.as_str(), a.as_str(), *r, *s, *t))
+            .collect();
+        slice(SVC, name, ("http", self.port), &eps)
+    }
+
+    /// What `/endpoints` says: (synced, [(name, addr, state)]).
+    async fn endpoints(&self) -> Option<(bool, Vec<(String, String, String)>)> {
+        let r = get(self.sidecar.admin, "/endpoints", None).await?;
+        let v: serde_json::Value = serde_json::from_str(&r.body).ok()?;
+        assert_eq!(v["this_pod"], "web-0");
+        assert!(v["generation"].is_u64());
+        let peers = v["peers"]
+            .as_array()?
+            .iter()
+            .map(|p| {
+                let name = p["name"].as_str().unwrap_or_default().to_string();
+                assert_eq!(p["id"].as_str(), Some(SessionId::for_pod(&name).encode().as_str()));
+                (
+                    name,
+                    p["addr"].as_str().unwrap_or_default().to_string(),
+                    p["state"].as_str().unwrap_or_default().to_string(),
+                )
+            })
+            .collect();
+        Some((v["synced"].as_bool()?, peers))
+    }
+
+    /// Waits until `/endpoints` is synced with exactly `want` (pod index,
+    /// state); returns how long that took.
+    async fn endpoints_are(&self, within: Duration, want: &[(u8, &str)]) -> Duration {
+        let want: Vec<(String, String, String)> = want
+            .iter()
+            .map(|(i, s)| {
+                (
+                    format!("web-{i}"),
+                    format!("{}:{}", self.ip(*i), self.port),
+                    s.to_string(),
+                )
+            })
+            .collect();
+        eventually(within, "/endpoints", || async {
+            let seen = self.endpoints().await;
+            (seen.as_ref().is_some_and(|(synced, p)| *synced && *p == want), seen)
+        })
+        .await
+    }
+
+    async fn metrics(&self) -> String {
+        get(self.sidecar.admin, "/metrics", None)
+            .await
+            .map(|r| r.body)
+            .unwrap_or_default()
+    }
+
+    /// A request with a session pinned to `pod` (or none).
+    async fn request(&self, pod: Option<&str>) -> Resp {
+        let cookie = pod.map(|p| format!("stickyd={}", SessionId::for_pod(p).encode()));
+        get(self.sidecar.listen, "/cart", cookie.as_deref())
+            .await
+            .expect("the sidecar answers")
+    }
+}
+
+#[derive(Debug)]
+struct Resp {
+    status: u16,
+    headers: hyper::HeaderMap,
+    body: String,
+}
+
+impl Resp {
+    fn header(&self, k: &str) -> &str {
+        self.headers.get(k).and_then(|v| v.to_str().ok()).unwrap_or("")
+    }
+
+    /// The pod the response's Set-Cookie pins the session to, if any.
+    fn pinned_to(&self) -> Option<String> {
+        let sc = self.headers.get("set-cookie")?.to_str().ok()?;
+        let value = sc.strip_prefix("stickyd=")?.split(';').next()?;
+        ["web-0", "web-1", "web-2", "web-3"]
+            .into_iter()
+            .find(|p| SessionId::for_pod(p).encode() == value)
+            .map(str::to_string)
+    }
+}
+
+async fn get(addr: SocketAddr, path: &str, cookie: Option<&str>) -> Option<Resp> {
+    let stream = tokio::time::timeout(Duration::from_secs(2), TcpStream::connect(addr))
+        .await
+        .ok()?
+        .ok()?;
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.ok()?;
+    tokio::spawn(conn);
+    let mut req = hyper::Request::get(path).header("host", "shop.example");
+    if let Some(c) = cookie {
+        req = req.header("cookie", c);
+    }
+    let fut = async {
+        let resp = sender
+            .send_request(req.body(Empty::<Bytes>::new()).unwrap())
+            .await
+            .ok()?;
+        let status = resp.status().as_u16();
+        let headers = resp.headers().clone();
+        let body = resp.into_body().collect().await.ok()?.to_bytes();
+        Some(Resp {
+            status,
+            headers,
+            body: String::from_utf8_lossy(&body).into_owned(),
+        })
+    };
+    tokio::time::timeout(Duration::from_secs(5), fut).await.ok()?
+}
+
+/// Polls `probe` until it reports success, or panics after `within`.
+async fn eventually<T, F, Fut>(within: Duration, what: &str, mut probe: F) -> Duration
+where
+    T: std::fmt::Debug,
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = (bool, T)>,
+{
+    let start = Instant::now();
+    loop {
+        let (ok, seen) = probe().await;
+        if ok {
+            return start.elapsed();
+        }
+        if start.elapsed() > within {
+            panic!("{what}: not within {within:?}; last seen {seen:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+/// The value of one sample in an OpenMetrics text.
+fn sample(text: &str, series: &str) -> Option<f64> {
+    text.lines().find_map(|l| {
+        l.strip_prefix(series)?
+            .strip_prefix(' ')?
+            .split(' ')
+            .next()?
+            .parse()
+            .ok()
+    })
+}
+
+/// Checks the session outcome of one request.
+#[track_caller]
+fn served(r: &Resp, by: &str, session: &str, pinned_to: Option<&str>) {
+    assert_eq!(r.status, 200, "{r:?}");
+    assert_eq!(r.body, by, "served by: {r:?}");
+    if by == "web-0" {
+        assert_eq!(r.header("x-seen-session"), session, "{r:?}");
+    } else {
+        assert_eq!(r.header("x-seen-hop"), "web-0", "forwarded with the hop marker: {r:?}");
+    }
+    assert_eq!(r.pinned_to().as_deref(), pinned_to, "Set-Cookie: {r:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn binary_follows_scaling_and_the_drain_of_a_pod() {
+    let api = ApiServer::spawn().await;
+    let pods = Pods::start(&api, 41, 3, "10").await;
+    let mut slowest = Duration::ZERO;
+    let step = |eps: Vec<(String, String, bool, bool, bool)>| {
+        api.set_slice(NS, pods.slice("web-a", &eps));
+    };
+
+    step(vec![pods.ep(0, "ready"), pods.ep(1, "ready")]);
+    pods.endpoints_are(Duration::from_secs(5), &[(0, "ready"), (1, "ready")])
+        .await;
+    let m = pods.metrics().await;
+    assert_eq!(sample(&m, "stickyd_endpoints{state=\"ready\"}"), Some(2.0), "{m}");
+    assert_eq!(sample(&m, "stickyd_endpoints_synced"), Some(1.0), "{m}");
+    assert_eq!(sample(&m, "stickyd_kubernetes_watch_errors_total"), Some(0.0), "{m}");
+    served(&pods.request(Some("web-1")).await, "web-1", "", None);
+    served(&pods.request(Some("web-0")).await, "web-0", "pinned", None);
+    served(&pods.request(None).await, "web-0", "new", Some("web-0"));
+
+    // Scale up.
+    step(vec![pods.ep(0, "ready"), pods.ep(1, "ready"), pods.ep(2, "ready")]);
+    slowest = slowest.max(
+        pods.endpoints_are(FOLLOW, &[(0, "ready"), (1, "ready"), (2, "ready")])
+            .await,
+    );
+    served(&pods.request(Some("web-2")).await, "web-2", "", None);
+    let m = pods.metrics().await;
+    assert_eq!(sample(&m, "stickyd_endpoints{state=\"ready\"}"), Some(3.0), "{m}");
+
+    // web-1 terminates: its sessions stay with it, new ones go elsewhere.
+    step(vec![pods.ep(0, "ready"), pods.ep(1, "draining"), pods.ep(2, "ready")]);
+    slowest = slowest.max(
+        pods.endpoints_are(FOLLOW, &[(0, "ready"), (1, "draining"), (2, "ready")])
+            .await,
+    );
+    served(&pods.request(Some("web-1")).await, "web-1", "", None);
+    served(&pods.request(None).await, "web-0", "new", Some("web-0"));
+    let m = pods.metrics().await;
+    assert_eq!(sample(&m, "stickyd_endpoints{state=\"ready\"}"), Some(2.0), "{m}");
+    assert_eq!(sample(&m, "stickyd_endpoints{state=\"draining\"}"), Some(1.0), "{m}");
+
+    // web-1 stops serving: its sessions repin here.
+    step(vec![pods.ep(0, "ready"), pods.ep(1, "terminated"), pods.ep(2, "ready")]);
+    slowest = slowest.max(pods.endpoints_are(FOLLOW, &[(0, "ready"), (2, "ready")]).await);
+    served(&pods.request(Some("web-1")).await, "web-0", "repinned", Some("web-0"));
+    served(&pods.request(Some("web-2")).await, "web-2", "", None);
+
+    // Scale down: web-1 and web-2 leave the slice.
+    step(vec![pods.ep(0, "ready"), pods.ep(3, "ready")]);
+    slowest = slowest.max(pods.endpoints_are(FOLLOW, &[(0, "ready"), (3, "ready")]).await);
+    served(&pods.request(Some("web-2")).await, "web-0", "repinned", Some("web-0"));
+    served(&pods.request(Some("web-3")).await, "web-3", "", None);
+    let m = pods.metrics().await;
+    assert_eq!(sample(&m, "stickyd_endpoints{state=\"ready\"}"), Some(2.0), "{m}");
+    assert_eq!(sample(&m, "stickyd_endpoints{state=\"draining\"}"), Some(0.0), "{m}");
+    assert_eq!(sample(&m, "stickyd_kubernetes_watch_errors_total"), Some(0.0), "{m}");
+    eprintln!("stickyd followed each slice change within {slowest:?}");
+    assert!(pods.sidecar.log().contains("endpoint view updated"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn binary_keeps_every_pin_while_the_api_is_down() {
+    let api = ApiServer::spawn().await;
+    api.stop();
+    let pods = Pods::start(&api, 42, 2, "1").await;
+    api.set_slice(NS, pods.slice("web-a", &[pods.ep(0, "ready"), pods.ep(1, "ready")]));
+
+    // Down at start: unsynced, served here, the cookie left alone.
+    eventually(Duration::from_secs(10), "watch errors counted", || async {
+        let n = sample(&pods.metrics().await, "stickyd_kubernetes_watch_errors_total");
+        (n.is_some_and(|n| n >= 1.0), n)
+    })
+    .await;
+    let (synced, peers) = pods.endpoints().await.unwrap();
+    assert!(!synced && peers.is_empty());
+    assert_eq!(sample(&pods.metrics().await, "stickyd_endpoints_synced"), Some(0.0));
+    served(&pods.request(Some("web-1")).await, "web-0", "unsynced", None);
+    // Ready in degraded mode after STICKYD_SYNC_TIMEOUT: a dead API never
+    // takes the service down.
+    eventually(Duration::from_secs(5), "/readyz degraded", || async {
+        let r = get(pods.sidecar.admin, "/readyz", None).await;
+        (r.as_ref().is_some_and(|r| r.status == 200), r)
+    })
+    .await;
+
+    api.start().await;
+    pods.endpoints_are(RECOVER, &[(0, "ready"), (1, "ready")]).await;
+    served(&pods.request(Some("web-1")).await, "web-1", "", None);
+
+    // Down mid-run: the view stays, the pin holds.
+    let errors = sample(&pods.metrics().await, "stickyd_kubernetes_watch_errors_total").unwrap();
+    api.stop();
+    eventually(RECOVER, "outage counted", || async {
+        let n = sample(&pods.metrics().await, "stickyd_kubernetes_watch_errors_total");
+        (n.is_some_and(|n| n > errors), n)
+    })
+    .await;
+    pods.endpoints_are(FOLLOW, &[(0, "ready"), (1, "ready")]).await;
+    for _ in 0..3 {
+        served(&pods.request(Some("web-1")).await, "web-1", "", None);
+    }
+    assert_eq!(sample(&pods.metrics().await, "stickyd_endpoints_synced"), Some(1.0));
+
+    // 5xx instead of silence: the same.
+    api.start().await;
+    api.fail_with(500, Duration::from_secs(2));
+    let errors = sample(&pods.metrics().await, "stickyd_kubernetes_watch_errors_total").unwrap();
+    api.drop_watches();
+    eventually(RECOVER, "5xx counted", || async {
+        let n = sample(&pods.metrics().await, "stickyd_kubernetes_watch_errors_total");
+        (n.is_some_and(|n| n > errors), n)
+    })
+    .await;
+    served(&pods.request(Some("web-1")).await, "web-1", "", None);
+
+    // Back: changes flow again.
+    api.set_slice(
+        NS,
+        pods.slice(
+            "web-a",
+            &[pods.ep(0, "ready"), pods.ep(1, "ready"), pods.ep(2, "ready")],
+        ),
+    );
+    pods.endpoints_are(RECOVER, &[(0, "ready"), (1, "ready"), (2, "ready")])
+        .await;
+    served(&pods.request(Some("web-2")).await, "web-2", "", None);
+    let log = pods.sidecar.log();
+    assert!(log.contains("keeping the last good endpoint view"), "{log}");
+    assert!(log.contains("Kubernetes API reachable again"), "{log}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn binary_merges_two_slices_and_relists_after_410() {
+    let api = ApiServer::spawn().await;
+    let pods = Pods::start(&api, 43, 3, "10").await;
+    api.set_slice(NS, pods.slice("web-a", &[pods.ep(0, "ready"), pods.ep(1, "ready")]));
+    api.set_slice(NS, pods.slice("web-b", &[pods.ep(2, "ready")]));
+    pods.endpoints_are(Duration::from_secs(5), &[(0, "ready"), (1, "ready"), (2, "ready")])
+        .await;
+    served(&pods.request(Some("web-1")).await, "web-1", "", None);
+    served(&pods.request(Some("web-2")).await, "web-2", "", None);
+
+    // web-1 moves from slice a to slice b: listed in both for a moment.
+    api.set_slice(NS, pods.slice("web-b", &[pods.ep(2, "ready"), pods.ep(1, "ready")]));
+    api.set_slice(NS, pods.slice("web-a", &[pods.ep(0, "ready"), pods.ep(1, "draining")]));
+    pods.endpoints_are(FOLLOW, &[(0, "ready"), (1, "ready"), (2, "ready")])
+        .await;
+    api.set_slice(NS, pods.slice("web-a", &[pods.ep(0, "ready")]));
+    served(&pods.request(Some("web-1")).await, "web-1", "", None);
+
+    // While the watch is down, slice b is replaced by c and the history is
+    // compacted: the watch resumes into a 410 and relists.
+    let lists = api.lists();
+    api.stop();
+    api.delete_slice(NS, "web-b");
+    api.set_slice(NS, pods.slice("web-c", &[pods.ep(1, "ready"), pods.ep(3, "ready")]));
+    api.compact();
+    // The last good view holds meanwhile.
+    served(&pods.request(Some("web-2")).await, "web-2", "", None);
+    api.start().await;
+    pods.endpoints_are(RECOVER, &[(0, "ready"), (1, "ready"), (3, "ready")])
+        .await;
+    assert!(api.lists() > lists, "relisted");
+    served(&pods.request(Some("web-1")).await, "web-1", "", None);
+    served(&pods.request(Some("web-3")).await, "web-3", "", None);
+    served(&pods.request(Some("web-2")).await, "web-0", "repinned", Some("web-0"));
+    let m = pods.metrics().await;
+    assert_eq!(sample(&m, "stickyd_endpoints{state=\"ready\"}"), Some(3.0), "{m}");
+    assert!(
+        sample(&m, "stickyd_kubernetes_watch_errors_total").is_some_and(|n| n >= 1.0),
+        "{m}"
+    );
+}
