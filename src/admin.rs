@@ -59,7 +59,11 @@ impl Admin {
         if !app_reachable(s.cfg.upstream, Duration::from_secs(1)).await {
             return Err("the app in this pod does not accept connections\n");
         }
-        Ok(if degraded { "ready (degraded: endpoints not synced)\n" } else { "ready\n" })
+        Ok(if degraded {
+            "ready (degraded: endpoints not synced)\n"
+        } else {
+            "ready\n"
+        })
     }
 }
 
@@ -68,7 +72,8 @@ type AdminBody = Full<Bytes>;
 fn reply(status: StatusCode, content_type: &'static str, body: impl Into<Bytes>) -> Response<AdminBody> {
     let mut r = Response::new(Full::new(body.into()));
     *r.status_mut() = status;
-    r.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
+    r.headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
     r
 }
 

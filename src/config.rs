@@ -85,6 +85,8 @@ impl ConfigError {
 pub enum EndpointsSource {
     /// A static list of `(pod name, sidecar address)`, this pod included.
     Static(Vec<(String, SocketAddr)>),
+    /// A file of `NAME=IP:PORT` lines, re-read when it changes.
+    File(PathBuf),
     /// EndpointSlices watched through the Kubernetes API.
     Kubernetes,
 }
@@ -132,7 +134,7 @@ pub enum LogFormat {
 /// The protocol spoken to the app in this pod.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum UpstreamProtocol {
-    /// HTTP/1.1, or whatever the client spoke for h2 requests... no: always HTTP/1.1.
+    /// HTTP/1.1.
     Http1,
     /// HTTP/2 with prior knowledge (h2c), for gRPC apps.
     H2c,
@@ -350,37 +352,51 @@ pub fn valid_pod_name(name: &str) -> bool {
         && name.as_bytes()[name.len() - 1].is_ascii_alphanumeric()
 }
 
-fn parse_static(raw: &str) -> Result<Vec<(String, SocketAddr)>, ConfigError> {
-    let list = raw.trim().strip_prefix("static:").expect("caller checked the prefix");
-    let bad = |why: String| {
-        ConfigError::invalid(
-            "STICKYD_ENDPOINTS",
-            raw,
-            format!("kubernetes, or static:NAME=IP:PORT,NAME=IP:PORT,... ({why})"),
-        )
-    };
+/// Parses a peer list: `NAME=IP:PORT` items separated by commas or newlines
+/// (`#` starts a comment in files). The error says what is wrong.
+pub fn parse_peer_list(list: &str) -> Result<Vec<(String, SocketAddr)>, String> {
     let mut out: Vec<(String, SocketAddr)> = Vec::new();
-    for item in list.split(',').map(str::trim).filter(|s| !s.is_empty()) {
-        let (name, addr) = item
-            .split_once('=')
-            .ok_or_else(|| bad(format!("{item:?} has no '='")))?;
+    let items = list
+        .lines()
+        .map(|l| l.split('#').next().unwrap_or(""))
+        .flat_map(|l| l.split(','))
+        .map(str::trim)
+        .filter(|s| !s.is_empty());
+    for item in items {
+        let (name, addr) = item.split_once('=').ok_or_else(|| format!("{item:?} has no '='"))?;
         let name = name.trim();
         if !valid_pod_name(name) {
-            return Err(bad(format!("{name:?} is not a valid pod name")));
+            return Err(format!("{name:?} is not a valid pod name"));
         }
-        let addr: SocketAddr = addr
-            .trim()
-            .parse()
-            .map_err(|_| bad(format!("{addr:?} is not an IP:PORT")))?;
+        let addr: SocketAddr = addr.trim().parse().map_err(|_| format!("{addr:?} is not an IP:PORT"))?;
         if out.iter().any(|(n, _)| n == name) {
-            return Err(bad(format!("{name:?} is listed twice")));
+            return Err(format!("{name:?} is listed twice"));
         }
         out.push((name.to_string(), addr));
     }
     if out.is_empty() {
-        return Err(bad("the list is empty".into()));
+        return Err("the list is empty".into());
     }
     Ok(out)
+}
+
+const ENDPOINTS_FORMS: &str = "kubernetes, static:NAME=IP:PORT,NAME=IP:PORT,..., or file:PATH (a file of NAME=IP:PORT lines, re-read when it changes)";
+
+fn parse_endpoints(raw: &str) -> Result<EndpointsSource, ConfigError> {
+    let bad = |why: String| ConfigError::invalid("STICKYD_ENDPOINTS", raw, format!("{ENDPOINTS_FORMS} ({why})"));
+    let s = raw.trim();
+    if s == "kubernetes" {
+        Ok(EndpointsSource::Kubernetes)
+    } else if let Some(list) = s.strip_prefix("static:") {
+        Ok(EndpointsSource::Static(parse_peer_list(list).map_err(bad)?))
+    } else if let Some(path) = s.strip_prefix("file:") {
+        let path = PathBuf::from(path.trim());
+        let text = std::fs::read_to_string(&path).map_err(|e| bad(format!("cannot read {}: {e}", path.display())))?;
+        parse_peer_list(&text).map_err(|e| bad(format!("{}: {e}", path.display())))?;
+        Ok(EndpointsSource::File(path))
+    } else {
+        Err(ConfigError::invalid("STICKYD_ENDPOINTS", raw, ENDPOINTS_FORMS))
+    }
 }
 
 /// Reads the HMAC keys from STICKYD_COOKIE_SECRET or the file named by
@@ -494,17 +510,7 @@ impl Config {
         }
 
         let endpoints_raw = var(env, "STICKYD_ENDPOINTS").unwrap_or_else(|| "kubernetes".into());
-        let endpoints = match endpoints_raw.trim() {
-            "kubernetes" => EndpointsSource::Kubernetes,
-            s if s.starts_with("static:") => EndpointsSource::Static(parse_static(s)?),
-            _ => {
-                return Err(ConfigError::invalid(
-                    "STICKYD_ENDPOINTS",
-                    &endpoints_raw,
-                    "kubernetes, or static:NAME=IP:PORT,NAME=IP:PORT,...",
-                ))
-            }
-        };
+        let endpoints = parse_endpoints(&endpoints_raw)?;
         let namespace = var(env, "STICKYD_NAMESPACE").map(|s| s.trim().to_string());
         let service = var(env, "STICKYD_SERVICE").map(|s| s.trim().to_string());
         let port_name = var(env, "STICKYD_PORT_NAME").map(|s| s.trim().to_string());

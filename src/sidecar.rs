@@ -52,8 +52,12 @@ async fn bind(var: &'static str, addr: SocketAddr) -> Result<TcpListener, StartE
     .map_err(|source| StartError::Bind { var, addr, source })?;
     let _ = socket.set_reuseaddr(true);
     let _ = socket.set_nodelay(true);
-    socket.bind(addr).map_err(|source| StartError::Bind { var, addr, source })?;
-    socket.listen(4096).map_err(|source| StartError::Bind { var, addr, source })
+    socket
+        .bind(addr)
+        .map_err(|source| StartError::Bind { var, addr, source })?;
+    socket
+        .listen(4096)
+        .map_err(|source| StartError::Bind { var, addr, source })
 }
 
 impl Sidecar {
@@ -74,6 +78,14 @@ impl Sidecar {
             EndpointsSource::Static(list) => {
                 fixed::install(&store, list);
                 metrics.observe_view(&store.load());
+            }
+            EndpointsSource::File(path) => {
+                background.push(fixed::watch_file(
+                    path.clone(),
+                    store.clone(),
+                    metrics.clone(),
+                    Duration::from_millis(250),
+                ));
             }
             EndpointsSource::Kubernetes => {
                 metrics.observe_view(&store.load());
@@ -173,11 +185,19 @@ async fn watch_secret_file(shared: Arc<Shared>, path: std::path::PathBuf) {
                         idle_timeout: shared.cfg.cookie.idle_timeout,
                     },
                 )));
-                shared.metrics.key_reloads.get_or_create(&KindLabels { kind: "ok" }).inc();
+                shared
+                    .metrics
+                    .key_reloads
+                    .get_or_create(&KindLabels { kind: "ok" })
+                    .inc();
                 tracing::info!(keys = n, path = %path.display(), "cookie keys reloaded");
             }
             Err(e) => {
-                shared.metrics.key_reloads.get_or_create(&KindLabels { kind: "error" }).inc();
+                shared
+                    .metrics
+                    .key_reloads
+                    .get_or_create(&KindLabels { kind: "error" })
+                    .inc();
                 tracing::error!(error = %e, "cookie keys not reloaded; keeping the previous keys");
             }
         }

@@ -105,8 +105,8 @@ impl Shared {
     }
 
     fn this_pod(&self, view: &crate::endpoints::View) -> ThisPod<'_> {
-        let draining = self.draining.load(Ordering::Relaxed)
-            || view.get(&self.me).is_some_and(|p| p.state == PeerState::Draining);
+        let draining =
+            self.draining.load(Ordering::Relaxed) || view.get(&self.me).is_some_and(|p| p.state == PeerState::Draining);
         ThisPod {
             name: &self.cfg.pod_name,
             id: self.me,
@@ -130,8 +130,10 @@ impl Shared {
 fn own_response(status: StatusCode, msg: &'static str) -> Response<ResponseBody> {
     let mut r = Response::new(body::text(msg));
     *r.status_mut() = status;
-    r.headers_mut()
-        .insert(http::header::CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
+    r.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
     r.headers_mut()
         .insert(http::header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     r
@@ -172,9 +174,30 @@ async fn handle_inner(shared: &Shared, conn: ConnInfo, mut req: Request<Incoming
             "stickyd: absolute-form request targets are not accepted; this is not a forward proxy\n",
         );
     }
-    if req.uri().path_and_query().is_none_or(|pq| !pq.as_str().starts_with('/')) && req.method() != Method::OPTIONS {
+    if req
+        .uri()
+        .path_and_query()
+        .is_none_or(|pq| !pq.as_str().starts_with('/'))
+        && req.method() != Method::OPTIONS
+    {
         shared.metrics.bad_request("target");
         return own_response(StatusCode::BAD_REQUEST, "stickyd: the request target must be a path\n");
+    }
+
+    // The listener's buffer limit catches most oversized heads; this catches
+    // the rest, whatever the read sizes were.
+    let head_bytes: usize = req
+        .headers()
+        .iter()
+        .map(|(k, v)| k.as_str().len() + v.len() + 4)
+        .sum::<usize>()
+        + req.uri().path_and_query().map_or(0, |p| p.as_str().len());
+    if head_bytes > shared.cfg.max_header_bytes {
+        shared.metrics.bad_request("header_too_large");
+        return own_response(
+            StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            "stickyd: request header fields too large (STICKYD_MAX_HEADER_BYTES)\n",
+        );
     }
 
     // Phase 2: decide.
@@ -271,12 +294,16 @@ async fn serve_local(
         shared.metrics.bad_request("target");
         return own_response(StatusCode::BAD_REQUEST, "stickyd: the request target is invalid\n");
     }
-    req.headers_mut().insert(SESSION, HeaderValue::from_static(mark.as_str()));
+    req.headers_mut()
+        .insert(SESSION, HeaderValue::from_static(mark.as_str()));
     let client_upgrade = upgrade_of(&mut req);
 
     let started = Instant::now();
     let result = tokio::time::timeout(shared.cfg.response_timeout, shared.app.request(req)).await;
-    shared.metrics.upstream_duration.observe(started.elapsed().as_secs_f64());
+    shared
+        .metrics
+        .upstream_duration
+        .observe(started.elapsed().as_secs_f64());
     shared.count("local", Some(mark), &shared.cfg.pod_name);
     let mut resp = match result {
         Err(_) => {
@@ -290,7 +317,10 @@ async fn serve_local(
             let kind = if e.is_connect() { "app_connect" } else { "app_io" };
             shared.metrics.upstream_error(kind);
             tracing::warn!(error = %e, kind, "the app in this pod failed");
-            return own_response(StatusCode::BAD_GATEWAY, "stickyd: could not reach the app in this pod\n");
+            return own_response(
+                StatusCode::BAD_GATEWAY,
+                "stickyd: could not reach the app in this pod\n",
+            );
         }
         Ok(Ok(r)) => r,
     };
@@ -325,7 +355,12 @@ async fn forward(
 ) -> Response<ResponseBody> {
     // Keep what serving locally needs, should the peer refuse the connection.
     let to_h2 = req.version() == Version::HTTP_2;
-    let fallback_head = (req.method().clone(), req.uri().clone(), req.version(), req.headers().clone());
+    let fallback_head = (
+        req.method().clone(),
+        req.uri().clone(),
+        req.version(),
+        req.headers().clone(),
+    );
     let target = format!("http://{peer_addr}");
     if rewrite_request(&mut req, &conn, &target, to_h2).is_none() {
         shared.metrics.bad_request("target");
@@ -391,7 +426,10 @@ async fn forward(
             // Bytes went out: never replay. The client sees 502.
             shared.metrics.upstream_error("peer_io");
             tracing::warn!(peer = %peer_name, error = %e, "forwarding to peer failed after the request was sent");
-            own_response(StatusCode::BAD_GATEWAY, "stickyd: the peer pod failed while handling the request\n")
+            own_response(
+                StatusCode::BAD_GATEWAY,
+                "stickyd: the peer pod failed while handling the request\n",
+            )
         }
         Err(_) => {
             shared.metrics.upstream_error("peer_timeout");

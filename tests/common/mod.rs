@@ -1,0 +1,507 @@
+//! Shared pieces of the whole-proxy tests: a recording app, real stickyd
+//! processes, a random load balancer standing in for kube-proxy, and a small
+//! HTTP client with a cookie jar.
+#![allow(dead_code)]
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::io::Write;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::{HeaderMap, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Empty, Full};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio::net::TcpListener;
+
+pub type Body = http_body_util::combinators::BoxBody<Bytes, hyper::Error>;
+
+pub fn full(b: impl Into<Bytes>) -> Body {
+    Full::new(b.into()).map_err(|never| match never {}).boxed()
+}
+
+pub fn empty() -> Body {
+    Empty::new().map_err(|never| match never {}).boxed()
+}
+
+/// A free port on `ip`.
+pub fn free_port(ip: &str) -> u16 {
+    std::net::TcpListener::bind((ip, 0))
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// What the app saw of one request.
+#[derive(Clone, Debug)]
+pub struct Seen {
+    pub method: String,
+    pub path: String,
+    pub headers: HeaderMap,
+    pub body_bytes: u64,
+}
+
+/// A test app: answers `pod=<name> session=<x-stickyd-session>` and records
+/// every request it receives.
+pub struct App {
+    pub pod: String,
+    pub addr: SocketAddr,
+    pub seen: Arc<Mutex<Vec<Seen>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for App {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl App {
+    pub async fn start(pod: &str, ip: &str) -> App {
+        let listener = TcpListener::bind((ip, 0)).await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let seen: Arc<Mutex<Vec<Seen>>> = Arc::default();
+        let pod_s = pod.to_string();
+        let seen2 = seen.clone();
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    continue;
+                };
+                let pod = pod_s.clone();
+                let seen = seen2.clone();
+                tokio::spawn(async move {
+                    let svc = service_fn(move |req| app_handle(pod.clone(), seen.clone(), req));
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(stream), svc)
+                        .with_upgrades()
+                        .await;
+                });
+            }
+        });
+        App {
+            pod: pod.to_string(),
+            addr,
+            seen,
+            task,
+        }
+    }
+
+    pub fn seen(&self) -> Vec<Seen> {
+        self.seen.lock().unwrap().clone()
+    }
+
+    pub fn stop(&self) {
+        self.task.abort();
+    }
+}
+
+async fn app_handle(
+    pod: String,
+    seen: Arc<Mutex<Vec<Seen>>>,
+    mut req: Request<Incoming>,
+) -> Result<Response<Body>, Infallible> {
+    let path = req.uri().path().to_string();
+    let session = req
+        .headers()
+        .get("x-stickyd-session")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("-")
+        .to_string();
+    if path == "/ws" {
+        // WebSocket echo that prefixes every message with the pod name.
+        let key = req.headers().get("sec-websocket-key").cloned();
+        let on_upgrade = hyper::upgrade::on(&mut req);
+        seen.lock().unwrap().push(Seen {
+            method: req.method().to_string(),
+            path: path.clone(),
+            headers: req.headers().clone(),
+            body_bytes: 0,
+        });
+        let pod2 = pod.clone();
+        tokio::spawn(async move {
+            use futures_util::{SinkExt, StreamExt};
+            let Ok(up) = on_upgrade.await else { return };
+            let mut ws = tokio_tungstenite::WebSocketStream::from_raw_socket(
+                TokioIo::new(up),
+                tokio_tungstenite::tungstenite::protocol::Role::Server,
+                None,
+            )
+            .await;
+            while let Some(Ok(msg)) = ws.next().await {
+                if msg.is_text() {
+                    let t = format!("{pod2}:{}", msg.into_text().unwrap());
+                    if ws.send(tokio_tungstenite::tungstenite::Message::text(t)).await.is_err() {
+                        break;
+                    }
+                } else if msg.is_close() {
+                    break;
+                }
+            }
+        });
+        let accept = tokio_tungstenite::tungstenite::handshake::derive_accept_key(key.unwrap().as_bytes());
+        let resp = Response::builder()
+            .status(StatusCode::SWITCHING_PROTOCOLS)
+            .header("connection", "upgrade")
+            .header("upgrade", "websocket")
+            .header("sec-websocket-accept", accept)
+            .body(empty())
+            .unwrap();
+        return Ok(resp);
+    }
+    let method = req.method().to_string();
+    let headers = req.headers().clone();
+    if path == "/slow" {
+        tokio::time::sleep(Duration::from_millis(3000)).await;
+    }
+    // Stream the body, counting bytes, never holding it whole.
+    let mut body = req.into_body();
+    let mut n = 0u64;
+    while let Some(frame) = body.frame().await {
+        match frame {
+            Ok(f) => {
+                if let Some(d) = f.data_ref() {
+                    n += d.len() as u64;
+                }
+            }
+            Err(_) => break,
+        }
+    }
+    seen.lock().unwrap().push(Seen {
+        method,
+        path: path.clone(),
+        headers,
+        body_bytes: n,
+    });
+    let mut b = Response::builder()
+        .header("content-type", "text/plain")
+        .header("set-cookie", "app=1; Path=/")
+        .header("x-stickyd-session", "leak")
+        .header("x-stickyd-hop", "leak");
+    if path == "/cacheable" {
+        b = b.header("cache-control", "public, max-age=60");
+    }
+    Ok(b.body(full(format!("pod={pod} session={session} bytes={n}\n")))
+        .unwrap())
+}
+
+/// A real `stickyd run` process.
+pub struct Stickyd {
+    pub pod: String,
+    pub listen: SocketAddr,
+    pub admin: SocketAddr,
+    pub child: Child,
+    pub log: PathBuf,
+}
+
+impl Drop for Stickyd {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub fn bin() -> &'static str {
+    env!("CARGO_BIN_EXE_stickyd")
+}
+
+static SEQ: AtomicU64 = AtomicU64::new(0);
+
+pub fn temp_path(name: &str) -> PathBuf {
+    let n = SEQ.fetch_add(1, Ordering::Relaxed);
+    std::env::temp_dir().join(format!("stickyd-test-{}-{n}-{name}", std::process::id()))
+}
+
+impl Stickyd {
+    /// Starts `stickyd run` for `pod` on `listen`, with `app` as upstream and
+    /// `extra` env, and waits until `/healthz` answers.
+    pub async fn start(pod: &str, listen: SocketAddr, app: SocketAddr, extra: &[(&str, String)]) -> Stickyd {
+        let admin = SocketAddr::new(listen.ip(), free_port(&listen.ip().to_string()));
+        let log = temp_path(&format!("{pod}.log"));
+        let mut cmd = Command::new(bin());
+        cmd.arg("run")
+            .env_clear()
+            .env("STICKYD_POD_NAME", pod)
+            .env("STICKYD_LISTEN", listen.to_string())
+            .env("STICKYD_ADMIN_LISTEN", admin.to_string())
+            .env("STICKYD_UPSTREAM", format!("http://{app}"))
+            .env("STICKYD_WORKER_THREADS", "1")
+            .env("STICKYD_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap());
+        for (k, v) in extra {
+            cmd.env(k, v);
+        }
+        let child = cmd.spawn().expect("spawn stickyd");
+        let s = Stickyd {
+            pod: pod.into(),
+            listen,
+            admin,
+            child,
+            log,
+        };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Ok(r) = get(&format!("http://{admin}/healthz"), &[]).await {
+                if r.status == 200 {
+                    break;
+                }
+            }
+            assert!(
+                Instant::now() < deadline,
+                "stickyd {pod} did not start: {}",
+                s.log_text()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        s
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Peak resident memory (VmHWM) in KiB.
+    pub fn peak_rss_kib(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap();
+        status
+            .lines()
+            .find(|l| l.starts_with("VmHWM:"))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|v| v.parse().ok())
+            .unwrap()
+    }
+
+    pub fn signal(&self, sig: &str) {
+        let ok = Command::new("kill")
+            .args([&format!("-{sig}"), &self.child.id().to_string()])
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok);
+    }
+
+    pub async fn metrics(&self) -> String {
+        get(&format!("http://{}/metrics", self.admin), &[]).await.unwrap().body
+    }
+}
+
+/// A simple response.
+#[derive(Debug)]
+pub struct Resp {
+    pub status: u16,
+    pub headers: HeaderMap,
+    pub body: String,
+}
+
+impl Resp {
+    /// `pod=` of the demo body.
+    pub fn pod(&self) -> &str {
+        self.field("pod")
+    }
+
+    pub fn field(&self, name: &str) -> &str {
+        self.body
+            .split_whitespace()
+            .find_map(|kv| kv.strip_prefix(name).and_then(|r| r.strip_prefix('=')))
+            .unwrap_or("")
+    }
+
+    /// The value stickyd's Set-Cookie gives the `stickyd` cookie, if any.
+    pub fn sticky_cookie(&self) -> Option<String> {
+        self.headers
+            .get_all("set-cookie")
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .find_map(|v| v.strip_prefix("stickyd="))
+            .map(|v| v.split(';').next().unwrap().to_string())
+    }
+}
+
+fn client() -> Client<HttpConnector, Body> {
+    static C: std::sync::OnceLock<Client<HttpConnector, Body>> = std::sync::OnceLock::new();
+    C.get_or_init(|| Client::builder(TokioExecutor::new()).build_http())
+        .clone()
+}
+
+pub async fn request(method: &str, url: &str, headers: &[(&str, &str)], body: Body) -> Result<Resp, String> {
+    let mut b = Request::builder().method(method).uri(url);
+    for (k, v) in headers {
+        b = b.header(*k, *v);
+    }
+    let resp = tokio::time::timeout(Duration::from_secs(20), client().request(b.body(body).unwrap()))
+        .await
+        .map_err(|_| "timeout".to_string())?
+        .map_err(|e| format!("{e:?}"))?;
+    let status = resp.status().as_u16();
+    let headers = resp.headers().clone();
+    let body = resp.into_body().collect().await.map_err(|e| e.to_string())?.to_bytes();
+    Ok(Resp {
+        status,
+        headers,
+        body: String::from_utf8_lossy(&body).into_owned(),
+    })
+}
+
+pub async fn get(url: &str, headers: &[(&str, &str)]) -> Result<Resp, String> {
+    request("GET", url, headers, empty()).await
+}
+
+/// A random load balancer: every request goes to a backend picked at
+/// random, as kube-proxy does behind an ExternalName Service whose upstream
+/// connections are reused across sessions.
+pub struct RandomLb {
+    pub addr: SocketAddr,
+    pub backends: Arc<Mutex<Vec<SocketAddr>>>,
+    pub picks: Arc<AtomicUsize>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for RandomLb {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl RandomLb {
+    pub async fn start(backends: Vec<SocketAddr>) -> RandomLb {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let backends = Arc::new(Mutex::new(backends));
+        let picks = Arc::new(AtomicUsize::new(0));
+        let b2 = backends.clone();
+        let p2 = picks.clone();
+        let task = tokio::spawn(async move {
+            let upstream: Client<HttpConnector, Incoming> = Client::builder(TokioExecutor::new()).build_http();
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    continue;
+                };
+                let backends = b2.clone();
+                let picks = p2.clone();
+                let upstream = upstream.clone();
+                tokio::spawn(async move {
+                    let svc = service_fn(move |mut req: Request<Incoming>| {
+                        let list = backends.lock().unwrap().clone();
+                        let target = list[fastrand::usize(..list.len())];
+                        picks.fetch_add(1, Ordering::Relaxed);
+                        let pq = req
+                            .uri()
+                            .path_and_query()
+                            .map(|p| p.as_str().to_string())
+                            .unwrap_or("/".into());
+                        *req.uri_mut() = format!("http://{target}{pq}").parse().unwrap();
+                        let upstream = upstream.clone();
+                        async move {
+                            Ok::<_, Infallible>(match upstream.request(req).await {
+                                Ok(r) => r.map(|b| b.boxed()),
+                                Err(_) => Response::builder()
+                                    .status(502)
+                                    .body(full("lb: backend down\n"))
+                                    .unwrap(),
+                            })
+                        }
+                    });
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(stream), svc)
+                        .await;
+                });
+            }
+        });
+        RandomLb {
+            addr,
+            backends,
+            picks,
+            task,
+        }
+    }
+
+    pub fn set_backends(&self, list: Vec<SocketAddr>) {
+        *self.backends.lock().unwrap() = list;
+    }
+}
+
+/// One pod: an app and its stickyd sidecar on 127.0.0.N.
+pub struct Pod {
+    pub name: String,
+    pub app: App,
+    pub sidecar: Stickyd,
+}
+
+/// Writes a peer list file for `STICKYD_ENDPOINTS=file:`.
+pub fn write_peers(path: &PathBuf, peers: &[(&str, SocketAddr)]) {
+    let tmp = path.with_extension("tmp");
+    let mut f = std::fs::File::create(&tmp).unwrap();
+    for (n, a) in peers {
+        writeln!(f, "{n}={a}").unwrap();
+    }
+    f.sync_all().unwrap();
+    std::fs::rename(&tmp, path).unwrap();
+}
+
+/// Polls `/endpoints` on a sidecar until it lists exactly `names`.
+pub async fn wait_for_view(s: &Stickyd, names: &[&str]) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let mut want: Vec<String> = names.iter().map(|s| s.to_string()).collect();
+    want.sort();
+    loop {
+        let body = get(&format!("http://{}/endpoints", s.admin), &[]).await.unwrap().body;
+        let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+        let mut have: Vec<String> = v["peers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| p["name"].as_str().unwrap().to_string())
+            .collect();
+        have.sort();
+        if have == want {
+            return;
+        }
+        assert!(Instant::now() < deadline, "{} view is {have:?}, want {want:?}", s.pod);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// A browser-like session: keeps the `stickyd` cookie it is given.
+#[derive(Default, Clone)]
+pub struct Session {
+    pub cookie: Option<String>,
+    pub pods: Vec<String>,
+}
+
+impl Session {
+    pub async fn get(&mut self, url: &str) -> Result<Resp, String> {
+        let cookie = self.cookie.as_ref().map(|c| format!("stickyd={c}"));
+        let headers: Vec<(&str, &str)> = cookie.iter().map(|c| ("cookie", c.as_str())).collect();
+        let r = get(url, &headers).await?;
+        if let Some(c) = r.sticky_cookie() {
+            self.cookie = Some(c);
+        }
+        self.pods.push(r.pod().to_string());
+        Ok(r)
+    }
+
+    /// How many times the serving pod changed.
+    pub fn moves(&self) -> usize {
+        self.pods.windows(2).filter(|w| w[0] != w[1]).count()
+    }
+}
+
+/// Counts how many sessions ended up on each pod.
+pub fn tally(sessions: &[Session]) -> HashMap<String, usize> {
+    let mut m = HashMap::new();
+    for s in sessions {
+        *m.entry(s.pods.last().cloned().unwrap_or_default()).or_insert(0) += 1;
+    }
+    m
+}
