@@ -882,3 +882,108 @@ fn kind_e2e_script_parses_and_is_shellcheck_clean() {
         String::from_utf8_lossy(&out.stdout)
     );
 }
+
+/// A canonical text of a YAML value: mapping keys sorted at every level, so
+/// that two documents compare equal whatever order their keys were written in.
+fn canonical(y: &Yaml) -> String {
+    match y {
+        Yaml::Hash(h) => {
+            let mut entries: Vec<(String, String)> = h.iter().map(|(k, v)| (canonical(k), canonical(v))).collect();
+            entries.sort();
+            let inner: Vec<String> = entries.into_iter().map(|(k, v)| format!("{k}: {v}")).collect();
+            format!("{{{}}}", inner.join(", "))
+        }
+        Yaml::Array(a) => format!("[{}]", a.iter().map(canonical).collect::<Vec<_>>().join(", ")),
+        other => format!("{other:?}"),
+    }
+}
+
+fn emit(docs: &[&Yaml]) -> String {
+    let mut text = String::new();
+    for d in docs {
+        let mut out = String::new();
+        yaml_rust2::YamlEmitter::new(&mut out).dump(d).expect("emit YAML");
+        text.push_str(&out);
+        text.push('\n');
+    }
+    text
+}
+
+#[test]
+fn stickyd_inject_produces_the_same_sidecar_rbac_and_service_port() {
+    let Some(r) = renders(
+        "stickyd_inject_produces_the_same_sidecar_rbac_and_service_port",
+        &[BASE],
+    ) else {
+        return;
+    };
+    let docs = &r[0].1;
+    // The base as it was before stickyd: no sidecar, the app in its own image,
+    // the Service straight at the app's port.
+    let mut deploy = one(docs, "Deployment", "mysvc").clone();
+    let mut svc = one(docs, "Service", "mysvc").clone();
+    {
+        let pod = deploy["spec"]["template"]["spec"].as_mut_hash().expect("pod spec");
+        pod.remove(&Yaml::String("initContainers".into())).expect("the sidecar");
+        pod.remove(&Yaml::String("serviceAccountName".into()))
+            .expect("serviceAccountName");
+        let app = &mut pod.get_mut(&Yaml::String("containers".into())).unwrap()[0];
+        app.as_mut_hash().unwrap().insert(
+            Yaml::String("image".into()),
+            Yaml::String("registry.example.com/app:1".into()),
+        );
+        let port = &mut svc["spec"]["ports"][0];
+        port.as_mut_hash()
+            .unwrap()
+            .insert(Yaml::String("targetPort".into()), Yaml::Integer(8081));
+    }
+    let input = emit(&[&svc, &deploy]);
+
+    let mut child = Command::new(env!("CARGO_BIN_EXE_stickyd"))
+        .args(["inject", "-"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("stickyd runs");
+    child.stdin.take().unwrap().write_all(input.as_bytes()).unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "stickyd inject failed: {}\ninput:\n{input}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let injected: Vec<Yaml> = YamlLoader::load_from_str(&String::from_utf8(out.stdout).unwrap())
+        .expect("inject prints YAML")
+        .into_iter()
+        .filter(|d| !matches!(d, Yaml::Null))
+        .collect();
+
+    let got = one(&injected, "Deployment", "mysvc");
+    assert_eq!(
+        canonical(&got["spec"]["template"]["spec"]["initContainers"]),
+        canonical(&one(docs, "Deployment", "mysvc")["spec"]["template"]["spec"]["initContainers"]),
+        "the manifests' sidecar and stickyd inject's differ"
+    );
+    assert_eq!(
+        got["spec"]["template"]["spec"]["serviceAccountName"].as_str(),
+        Some("stickyd")
+    );
+    assert_eq!(
+        canonical(&one(&injected, "Service", "mysvc")["spec"]["ports"]),
+        canonical(&one(docs, "Service", "mysvc")["spec"]["ports"]),
+        "the Service port"
+    );
+    assert_eq!(
+        canonical(&one(&injected, "Role", "stickyd")["rules"]),
+        canonical(&one(docs, "Role", "stickyd")["rules"]),
+        "the Role"
+    );
+    let binding = one(&injected, "RoleBinding", "stickyd");
+    assert_eq!(binding["roleRef"], one(docs, "RoleBinding", "stickyd")["roleRef"]);
+    assert_eq!(binding["subjects"][0]["name"].as_str(), Some("stickyd"));
+    assert!(
+        !one(&injected, "ServiceAccount", "stickyd").is_badvalue(),
+        "inject adds the ServiceAccount"
+    );
+}
