@@ -366,6 +366,33 @@ fn subject(sa: &str, ns: &Option<String>) -> Node {
     Node::map(s)
 }
 
+/// Carries over from a sidecar injected (or written) earlier what inject does
+/// not set itself: other env variables (cookie options given then, say),
+/// other volume mounts, the resources, and any other field.
+fn keep_customisations(new: &mut Node, old: &Node) {
+    for (key, k, v) in old.entries() {
+        match key {
+            "env" | "volumeMounts" => {
+                let Some(list) = new.entry_seq(key) else { continue };
+                for item in v.items() {
+                    let name = item.str_at(&["name"]);
+                    if !list.iter().any(|n| n.str_at(&["name"]) == name) {
+                        list.push(item.clone());
+                    }
+                }
+            }
+            "resources" => new.set(key, v.clone()),
+            _ => {
+                if new.get(key).is_none() {
+                    if let Some(m) = new.as_map_mut() {
+                        m.push((k.clone(), v.clone()));
+                    }
+                }
+            }
+        }
+    }
+}
+
 /// Adds the ServiceAccount (when stickyd's own), Role and RoleBinding that
 /// stickyd needs, or the subject to an existing RoleBinding.
 fn ensure_rbac(docs: &mut Vec<Node>, sa: &str, ns: &Option<String>) {
@@ -606,7 +633,10 @@ pub fn inject(docs: &mut Vec<Node>, args: &InjectArgs) -> Result<Outcome, Inject
             port,
             admin,
         };
-        let container = sidecar(args, &plan);
+        let mut container = sidecar(args, &plan);
+        if let Some(i) = mine {
+            keep_customisations(&mut container, &init[i]);
+        }
         let existing_sa = pod
             .str_at(&["serviceAccountName"])
             .or_else(|| pod.str_at(&["serviceAccount"]))
@@ -695,11 +725,11 @@ pub fn inject(docs: &mut Vec<Node>, args: &InjectArgs) -> Result<Outcome, Inject
 /// Parses, injects and renders: the new manifests, or with `diff` a unified
 /// diff against the input (both rendered the same way).
 pub fn inject_text(text: &str, name: &str, args: &InjectArgs) -> Result<(String, Outcome), InjectError> {
-    let parsed = kyaml::parse_stream(text)?;
+    let (parsed, comments) = kyaml::parse_stream_with_comments(text)?;
     let mut docs: Vec<Node> = parsed.into_iter().map(|d| d.root).collect();
-    let before = kyaml::emit_stream(&docs);
+    let before = kyaml::emit_stream_with_comments(&docs, &comments);
     let outcome = inject(&mut docs, args)?;
-    let after = kyaml::emit_stream(&docs);
+    let after = kyaml::emit_stream_with_comments(&docs, &comments);
     if args.diff {
         let diff = similar::TextDiff::from_lines(&before, &after)
             .unified_diff()

@@ -7,7 +7,7 @@
 //! order and every scalar keeps its original text and style, so that fields
 //! stickyd does not know pass through unchanged.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
 use yaml_rust2::parser::{Event, MarkedEventReceiver, Parser, Tag};
 use yaml_rust2::scanner::{Marker, TScalarStyle};
@@ -251,6 +251,10 @@ struct Builder {
     stack: Vec<Frame>,
     anchors: HashMap<usize, Node>,
     root: Option<Node>,
+    /// The lines where nodes start.
+    lines: BTreeSet<usize>,
+    /// The first content lines of block scalars.
+    blocks: Vec<usize>,
 }
 
 fn tag_text(tag: Option<Tag>) -> Option<String> {
@@ -290,6 +294,15 @@ impl Builder {
 impl MarkedEventReceiver for Builder {
     fn on_event(&mut self, ev: Event, mark: Marker) {
         let line = mark.line();
+        if matches!(
+            ev,
+            Event::Scalar(..) | Event::SequenceStart(..) | Event::MappingStart(..) | Event::Alias(_)
+        ) {
+            self.lines.insert(line);
+        }
+        if let Event::Scalar(_, TScalarStyle::Literal | TScalarStyle::Folded, ..) = &ev {
+            self.blocks.push(line);
+        }
         match ev {
             Event::DocumentStart => {
                 self.root = None;
@@ -347,17 +360,73 @@ impl MarkedEventReceiver for Builder {
     }
 }
 
-/// Parses a stream of YAML documents.
-pub fn parse_stream(text: &str) -> Result<Vec<Doc>, ParseError> {
+/// The full-line comments of a stream, each attached to the node that
+/// follows it (by that node's line), so that they move with it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Comments {
+    before: BTreeMap<usize, Vec<String>>,
+    trailing: Vec<String>,
+}
+
+impl Comments {
+    pub fn is_empty(&self) -> bool {
+        self.before.is_empty() && self.trailing.is_empty()
+    }
+}
+
+fn indent_of(line: &str) -> usize {
+    line.len() - line.trim_start_matches(' ').len()
+}
+
+/// Finds the full-line comments of `text`, leaving out lines that are the
+/// content of block scalars (a `#!/bin/sh` in a ConfigMap script).
+fn collect_comments(text: &str, b: &Builder) -> Comments {
+    let lines: Vec<&str> = text.lines().collect();
+    // A block scalar's event is marked at its first content line; its content
+    // runs until the next node, at that line's indentation or deeper.
+    let in_block = |i: usize| {
+        b.blocks.iter().any(|&m| {
+            let end = b.lines.range(m + 1..).next().copied().unwrap_or(usize::MAX);
+            if !(m <= i && i < end) {
+                return false;
+            }
+            let content_indent = lines
+                .iter()
+                .skip(m - 1)
+                .take(end.saturating_sub(m))
+                .find(|l| !l.trim().is_empty())
+                .map_or(usize::MAX, |l| indent_of(l));
+            indent_of(lines[i - 1]) >= content_indent
+        })
+    };
+    let mut c = Comments::default();
+    for (idx, l) in lines.iter().enumerate() {
+        let i = idx + 1;
+        let t = l.trim_start();
+        if !t.starts_with('#') || in_block(i) {
+            continue;
+        }
+        let comment = t.trim_end().to_string();
+        match b.lines.range(i + 1..).next() {
+            Some(&n) => c.before.entry(n).or_default().push(comment),
+            None => c.trailing.push(comment),
+        }
+    }
+    c
+}
+
+fn load(text: &str) -> Result<Builder, ParseError> {
     let mut b = Builder {
         docs: Vec::new(),
         stack: Vec::new(),
         anchors: HashMap::new(),
         root: None,
+        lines: BTreeSet::new(),
+        blocks: Vec::new(),
     };
     let mut parser = Parser::new_from_str(text);
     match parser.load(&mut b, true) {
-        Ok(()) => Ok(b.docs),
+        Ok(()) => Ok(b),
         // The document that failed is the one after those already complete.
         Err(e) => Err(ParseError {
             doc: b.docs.len() + 1,
@@ -366,6 +435,18 @@ pub fn parse_stream(text: &str) -> Result<Vec<Doc>, ParseError> {
             message: e.info().to_string(),
         }),
     }
+}
+
+/// Parses a stream of YAML documents.
+pub fn parse_stream(text: &str) -> Result<Vec<Doc>, ParseError> {
+    load(text).map(|b| b.docs)
+}
+
+/// Parses a stream of YAML documents and keeps its full-line comments.
+pub fn parse_stream_with_comments(text: &str) -> Result<(Vec<Doc>, Comments), ParseError> {
+    let mut b = load(text)?;
+    let comments = collect_comments(text, &b);
+    Ok((std::mem::take(&mut b.docs), comments))
 }
 
 /// Whether a string may be written as a plain scalar and still read back as
@@ -512,8 +593,31 @@ fn is_empty_collection(node: &Node) -> Option<&'static str> {
     }
 }
 
+/// Emission state: the comments to put back, and those already written.
+struct Cx<'a> {
+    comments: Option<&'a Comments>,
+    done: HashSet<usize>,
+}
+
+impl Cx<'_> {
+    /// Writes the comments attached to `line`, once, at `pad`.
+    fn comments(&mut self, out: &mut String, line: usize, pad: &str) {
+        let Some(c) = self.comments.and_then(|c| c.before.get(&line)) else {
+            return;
+        };
+        if line == 0 || !self.done.insert(line) {
+            return;
+        }
+        for l in c {
+            out.push_str(pad);
+            out.push_str(l);
+            out.push('\n');
+        }
+    }
+}
+
 /// Writes the value after `key:` or `- `, at nesting `indent`.
-fn emit_value_after(out: &mut String, node: &Node, indent: usize, after_dash: bool) {
+fn emit_value_after(cx: &mut Cx, out: &mut String, node: &Node, indent: usize, after_dash: bool) {
     if let Some(e) = is_empty_collection(node) {
         out.push(' ');
         out.push_str(e);
@@ -528,43 +632,51 @@ fn emit_value_after(out: &mut String, node: &Node, indent: usize, after_dash: bo
         }
         Value::Map(_) => {
             out.push('\n');
-            emit_block(out, node, indent + 2);
+            emit_block(cx, out, node, indent + 2);
         }
         Value::Seq(_) => {
             out.push('\n');
             // Kubernetes style: a sequence under a key is not indented further.
-            emit_block(out, node, if after_dash { indent + 2 } else { indent });
+            emit_block(cx, out, node, if after_dash { indent + 2 } else { indent });
         }
     }
 }
 
-fn emit_block(out: &mut String, node: &Node, indent: usize) {
+fn emit_block(cx: &mut Cx, out: &mut String, node: &Node, indent: usize) {
     let pad = " ".repeat(indent);
     match &node.value {
         Value::Map(entries) => {
             for (k, v) in entries {
+                cx.comments(out, k.line, &pad);
                 out.push_str(&pad);
                 if !emit_key(out, k) {
                     out.push('\n');
                     out.push_str(&pad);
                 }
                 out.push(':');
-                emit_value_after(out, v, indent, false);
+                emit_value_after(cx, out, v, indent, false);
             }
         }
         Value::Seq(items) => {
             for item in items {
-                out.push_str(&pad);
-                out.push('-');
+                cx.comments(out, item.line, &pad);
                 match &item.value {
                     Value::Map(entries) if !entries.is_empty() => {
+                        // Comments of the first key go above the dash.
+                        cx.comments(out, entries[0].0.line, &pad);
+                        out.push_str(&pad);
+                        out.push('-');
                         // First entry on the dash line, the others aligned with it.
                         let mut s = String::new();
-                        emit_block(&mut s, item, indent + 2);
+                        emit_block(cx, &mut s, item, indent + 2);
                         out.push(' ');
                         out.push_str(&s[indent + 2..]);
                     }
-                    _ => emit_value_after(out, item, indent, true),
+                    _ => {
+                        out.push_str(&pad);
+                        out.push('-');
+                        emit_value_after(cx, out, item, indent, true);
+                    }
                 }
             }
         }
@@ -584,13 +696,27 @@ fn emit_block(out: &mut String, node: &Node, indent: usize) {
 /// Writes one node as a block-style YAML document body.
 pub fn emit(node: &Node) -> String {
     let mut out = String::new();
-    emit_block(&mut out, node, 0);
+    let mut cx = Cx {
+        comments: None,
+        done: HashSet::new(),
+    };
+    emit_block(&mut cx, &mut out, node, 0);
     out
 }
 
 /// Writes a stream of documents separated by `---`; empty documents are left out.
 pub fn emit_stream<'a>(docs: impl IntoIterator<Item = &'a Node>) -> String {
+    emit_stream_with_comments(docs, &Comments::default())
+}
+
+/// Writes a stream of documents with the comments found by
+/// [`parse_stream_with_comments`] put back above the nodes they preceded.
+pub fn emit_stream_with_comments<'a>(docs: impl IntoIterator<Item = &'a Node>, comments: &Comments) -> String {
     let mut out = String::new();
+    let mut cx = Cx {
+        comments: Some(comments),
+        done: HashSet::new(),
+    };
     for node in docs {
         if node.is_null() {
             continue;
@@ -598,7 +724,11 @@ pub fn emit_stream<'a>(docs: impl IntoIterator<Item = &'a Node>) -> String {
         if !out.is_empty() {
             out.push_str("---\n");
         }
-        out.push_str(&emit(node));
+        emit_block(&mut cx, &mut out, node, 0);
+    }
+    for l in &comments.trailing {
+        out.push_str(l);
+        out.push('\n');
     }
     out
 }
@@ -709,6 +839,65 @@ mod tests {
         let out = round_trip("a: !!str 123\nb: !custom x\n");
         assert!(out.contains("b: !custom x"), "{out}");
         round_trip("- 1\n- - a\n  - b\n- k: v\n  l:\n  - 1\n");
+    }
+
+    #[test]
+    fn full_line_comments_are_kept_with_their_nodes() {
+        let src = concat!(
+            "# The app.\n",
+            "apiVersion: v1\n",
+            "kind: ConfigMap\n",
+            "data:\n",
+            "  # The start script.\n",
+            "  start.sh: |\n",
+            "    #!/bin/sh\n",
+            "    # not a comment: script content\n",
+            "    exec app\n",
+            "  # After the block.\n",
+            "  other: x # end-of-line comments are not kept\n",
+            "list:\n",
+            "# first item\n",
+            "- a: 1\n",
+            "  # inside the item\n",
+            "  b: 2\n",
+            "---\n",
+            "# Second document.\n",
+            "kind: Service\n",
+            "# trailing\n",
+        );
+        let (docs, comments) = parse_stream_with_comments(src).unwrap();
+        let out = emit_stream_with_comments(docs.iter().map(|d| &d.root), &comments);
+        assert_eq!(
+            out,
+            concat!(
+                "# The app.\n",
+                "apiVersion: v1\n",
+                "kind: ConfigMap\n",
+                "data:\n",
+                "  # The start script.\n",
+                "  start.sh: |\n",
+                "    #!/bin/sh\n",
+                "    # not a comment: script content\n",
+                "    exec app\n",
+                "  # After the block.\n",
+                "  other: x\n",
+                "list:\n",
+                "# first item\n",
+                "- a: 1\n",
+                "  # inside the item\n",
+                "  b: 2\n",
+                "---\n",
+                "# Second document.\n",
+                "kind: Service\n",
+                "# trailing\n",
+            )
+        );
+        // Stable: the output parses to the same comments.
+        let (docs2, comments2) = parse_stream_with_comments(&out).unwrap();
+        assert_eq!(
+            emit_stream_with_comments(docs2.iter().map(|d| &d.root), &comments2),
+            out
+        );
     }
 
     #[test]

@@ -552,3 +552,49 @@ fn injected_output_renders_with_kubectl() {
     }
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[test]
+fn a_second_injection_keeps_what_the_first_was_given_and_hand_edits() {
+    let first = inject("plain.yaml", &["--cookie-name", "sid", "--secret", "stickyd-cookie"]);
+    // Re-run without the options: the sidecar is regenerated, the settings stay.
+    let again = inject_stdin(&first, &[]);
+    let d = docs(&again);
+    let c = sidecar(find(&d, "Deployment", "shop"));
+    assert_eq!(env_value(c, "STICKYD_COOKIE_NAME"), Some("sid"));
+    assert_eq!(
+        env_value(c, "STICKYD_COOKIE_SECRET_FILE"),
+        Some("/etc/stickyd/secret/key")
+    );
+    assert_eq!(c.get("volumeMounts").unwrap().items().len(), 1);
+    assert_eq!(lint_stdin(&again).status.code(), Some(0));
+
+    // A sidecar written by hand: inject completes it and keeps its own env and mounts.
+    let hand =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/lint/clean.yaml")).unwrap();
+    let out = inject_stdin(&hand, &[]);
+    let d = docs(&out);
+    let c = sidecar(find(&d, "Deployment", "shop"));
+    assert_eq!(env_value(c, "STICKYD_SESSION_IDLE_TIMEOUT"), Some("30m"));
+    assert_eq!(env_value(c, "STICKYD_UPSTREAM"), Some("http://127.0.0.1:3000"));
+    assert_eq!(c.str_at(&["livenessProbe", "httpGet", "path"]), Some("/healthz"));
+    assert_eq!(
+        c.get("volumeMounts").unwrap().items()[0].str_at(&["name"]),
+        Some("stickyd-secret")
+    );
+    let lint = lint_stdin(&out);
+    assert_eq!(lint.status.code(), Some(0), "{}", text(&lint.stdout));
+    assert_eq!(inject_stdin(&out, &[]), out);
+}
+
+#[test]
+fn comments_are_kept() {
+    let out = inject("statefulset.yaml", &[]);
+    assert!(
+        out.starts_with("# A StatefulSet with its own ServiceAccount, a headless Service for identity\n"),
+        "{out}"
+    );
+    let out = inject("passthrough.yaml", &[]);
+    // Script content that looks like a comment stays in the script.
+    assert!(out.contains("  start.sh: |\n    #!/bin/sh\n"), "{out}");
+    assert_eq!(out.matches("#!/bin/sh").count(), 1);
+}
