@@ -268,6 +268,7 @@ impl<'a> Annotations<'a> {
             && !matches!(self.get("affinity"), Some(a) if !a.eq_ignore_ascii_case("cookie"))
     }
 
+    /// Whether paths are regular expressions (`use-regex`, implied by `rewrite-target`).
     fn regex_mode(&self) -> bool {
         self.get("use-regex").is_some_and(|v| v.eq_ignore_ascii_case("true")) || self.get("rewrite-target").is_some()
     }
@@ -507,7 +508,7 @@ impl<'a> Linter<'a> {
             let regex_path = backends
                 .iter()
                 .filter_map(|b| b.path)
-                .find(|p| p.as_str().is_some_and(|s| ann.regex_mode() || s.contains(REGEX_CHARS)));
+                .find(|p| p.as_str().is_some_and(|s| s.contains(REGEX_CHARS)));
             match (cookie_path, regex_path) {
                 (Some(cp), _) if cp.contains(REGEX_CHARS) => out.push((
                     REGEX_PATH_WITHOUT_COOKIE_PATH,
@@ -524,10 +525,12 @@ impl<'a> Linter<'a> {
                 )),
                 (None, Some(p)) => {
                     let path = p.as_str().unwrap_or_default();
-                    let why = if path.contains(REGEX_CHARS) {
-                        "is a regular expression"
+                    // Without use-regex or rewrite-target, ingress-nginx still
+                    // defaults the cookie Path to the path as written.
+                    let why = if ann.regex_mode() {
+                        "is a regular expression (use-regex)"
                     } else {
-                        "is treated as a regular expression (use-regex or rewrite-target)"
+                        "has regular expression syntax"
                     };
                     out.push((
                         REGEX_PATH_WITHOUT_COOKIE_PATH,
@@ -1138,6 +1141,16 @@ mod tests {
         assert!(r.findings[0].message.contains("not set"));
         assert_eq!(r.exit_code(), 0, "warnings only");
         // No affinity annotation at all: nothing about cookies to check.
+        // use-regex with a literal path: the cookie Path is that literal path, which works.
+        let r = lint(concat!(
+            "kind: Ingress\nmetadata:\n  name: a\n  annotations:\n",
+            "    nginx.ingress.kubernetes.io/use-regex: \"true\"\n",
+            "    nginx.ingress.kubernetes.io/affinity: cookie\n",
+            "    nginx.ingress.kubernetes.io/affinity-mode: persistent\n",
+            "spec:\n  rules:\n  - http:\n      paths:\n      - path: /shop\n",
+            "        backend: {serviceName: web, servicePort: 80}\n",
+        ));
+        assert!(r.findings.is_empty(), "{:?}", r.findings);
         let r = lint("kind: Ingress\nmetadata: {name: a}\nspec:\n  rules:\n  - http:\n      paths:\n      - path: /a(.*)\n        backend: {serviceName: web, servicePort: 80}\n");
         assert!(r.findings.is_empty());
     }
