@@ -555,12 +555,15 @@ impl<'a> Linter<'a> {
                 && !ann
                     .get("session-cookie-secure")
                     .is_some_and(|s| s.eq_ignore_ascii_case("true"))
+                // With TLS on the Ingress, ingress-nginx marks the cookie Secure by itself.
+                && obj.root.path(&["spec", "tls"]).is_none_or(|t| t.items().is_empty())
             {
                 out.push((
                     SAMESITE_NONE_NOT_SECURE,
                     ann.line_of("session-cookie-samesite"),
-                    "session-cookie-samesite is None but the cookie is not Secure, and browsers reject \
-                     SameSite=None cookies that are not Secure, so the affinity cookie is never stored."
+                    "session-cookie-samesite is None, but without session-cookie-secure or a tls section the \
+                     cookie is sent without Secure, and browsers reject SameSite=None cookies that are not Secure, \
+                     so the affinity cookie is never stored."
                         .into(),
                     "add nginx.ingress.kubernetes.io/session-cookie-secure: \"true\" (and serve the host over HTTPS)"
                         .into(),
@@ -1153,6 +1156,20 @@ mod tests {
         assert!(r.findings.is_empty(), "{:?}", r.findings);
         let r = lint("kind: Ingress\nmetadata: {name: a}\nspec:\n  rules:\n  - http:\n      paths:\n      - path: /a(.*)\n        backend: {serviceName: web, servicePort: 80}\n");
         assert!(r.findings.is_empty());
+    }
+
+    #[test]
+    fn samesite_none_is_fine_with_tls_on_the_ingress() {
+        let base = concat!(
+            "kind: Ingress\nmetadata:\n  name: a\n  annotations:\n",
+            "    nginx.ingress.kubernetes.io/affinity: cookie\n",
+            "    nginx.ingress.kubernetes.io/affinity-mode: persistent\n",
+            "    nginx.ingress.kubernetes.io/session-cookie-samesite: None\n",
+            "spec:\n  defaultBackend: {service: {name: web, port: {number: 80}}}\n",
+        );
+        assert_eq!(rules(&lint(base)), vec!["SD004"]);
+        let tls = format!("{base}  tls:\n  - hosts: [a.example.com]\n    secretName: a-tls\n");
+        assert!(lint(&tls).findings.is_empty());
     }
 
     #[test]
