@@ -47,7 +47,7 @@ pub struct Shared {
     app: Client<HttpConnector, Incoming>,
     peers_h1: Client<HttpConnector, Reclaimable>,
     peers_h2: Client<HttpConnector, Reclaimable>,
-    app_scheme_authority: String,
+    app_authority: http::uri::Authority,
     pick: AtomicUsize,
 }
 
@@ -94,7 +94,7 @@ impl Shared {
             app: client(&cfg, cfg.upstream_protocol == UpstreamProtocol::H2c),
             peers_h1: client(&cfg, false),
             peers_h2: client(&cfg, true),
-            app_scheme_authority: format!("http://{}", cfg.upstream),
+            app_authority: authority(cfg.upstream),
             codec: ArcSwap::from_pointee(codec),
             draining: AtomicBool::new(false),
             pick: AtomicUsize::new(0),
@@ -124,6 +124,10 @@ impl Shared {
             })
             .inc();
     }
+}
+
+fn authority(addr: SocketAddr) -> http::uri::Authority {
+    addr.to_string().parse().expect("a socket address is a valid authority")
 }
 
 /// A response of stickyd's own, with a short explanation.
@@ -253,9 +257,14 @@ fn cookie_label(c: &CookieState) -> &'static str {
 }
 
 /// Prepares the request head for the next hop: hop-by-hop headers out,
-/// X-Forwarded-For in, the URI pointed at `scheme_authority`. The original
+/// X-Forwarded-For in, the URI pointed at `authority`. The original
 /// Host is kept (HTTP/2 requests get one from their :authority).
-fn rewrite_request<B>(req: &mut Request<B>, conn: &ConnInfo, scheme_authority: &str, to_h2: bool) -> Option<()> {
+fn rewrite_request<B>(
+    req: &mut Request<B>,
+    conn: &ConnInfo,
+    authority: http::uri::Authority,
+    to_h2: bool,
+) -> Option<()> {
     let upgrade = req.version() <= Version::HTTP_11 && headers::is_upgrade(req.headers());
     headers::strip_hop_by_hop(req.headers_mut(), upgrade);
     headers::append_forwarded_for(req.headers_mut(), conn.remote.ip());
@@ -265,9 +274,13 @@ fn rewrite_request<B>(req: &mut Request<B>, conn: &ConnInfo, scheme_authority: &
             req.headers_mut().insert(HOST, v);
         }
     }
-    let pq = req.uri().path_and_query().map(|p| p.as_str()).unwrap_or("/");
-    let uri: Uri = format!("{scheme_authority}{pq}").parse().ok()?;
-    *req.uri_mut() = uri;
+    let mut parts = std::mem::take(req.uri_mut()).into_parts();
+    parts.scheme = Some(http::uri::Scheme::HTTP);
+    parts.authority = Some(authority);
+    if parts.path_and_query.is_none() {
+        parts.path_and_query = Some(http::uri::PathAndQuery::from_static("/"));
+    }
+    *req.uri_mut() = Uri::from_parts(parts).ok()?;
     if to_h2 {
         // HTTP/2 carries the authority itself; a Host header beside it is
         // allowed but must match, so leave it.
@@ -290,7 +303,7 @@ async fn serve_local(
 ) -> Response<ResponseBody> {
     let https = headers::forwarded_https(req.headers());
     let to_h2 = shared.cfg.upstream_protocol == UpstreamProtocol::H2c;
-    if rewrite_request(&mut req, &conn, &shared.app_scheme_authority, to_h2).is_none() {
+    if rewrite_request(&mut req, &conn, shared.app_authority.clone(), to_h2).is_none() {
         shared.metrics.bad_request("target");
         return own_response(StatusCode::BAD_REQUEST, "stickyd: the request target is invalid\n");
     }
@@ -361,8 +374,7 @@ async fn forward(
         req.version(),
         req.headers().clone(),
     );
-    let target = format!("http://{peer_addr}");
-    if rewrite_request(&mut req, &conn, &target, to_h2).is_none() {
+    if rewrite_request(&mut req, &conn, authority(peer_addr), to_h2).is_none() {
         shared.metrics.bad_request("target");
         return own_response(StatusCode::BAD_REQUEST, "stickyd: the request target is invalid\n");
     }
