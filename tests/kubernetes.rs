@@ -507,6 +507,23 @@ async fn the_double_follows_the_watch_conventions() {
         }
     }
 
+    // A watch ends cleanly after its timeoutSeconds.
+    let short = WatchParams::default().labels(&sel).timeout(1);
+    let mut events = slices
+        .watch(&short, &api.resource_version().to_string())
+        .await
+        .unwrap()
+        .boxed();
+    let start = Instant::now();
+    loop {
+        match tokio::time::timeout(Duration::from_secs(5), events.try_next()).await {
+            Ok(Ok(Some(WatchEvent::Bookmark(_)))) => continue,
+            Ok(Ok(None)) => break,
+            other => panic!("expected the watch to end, got {other:?}"),
+        }
+    }
+    assert!(start.elapsed() >= Duration::from_millis(900), "{:?}", start.elapsed());
+
     // A dropped watch breaks mid-stream, without the last chunk.
     let mut events = slices
         .watch(&wp, &api.resource_version().to_string())
@@ -593,8 +610,9 @@ async fn echo_on(listener: TcpListener, name: &str) -> Echo {
     Echo { task }
 }
 
-/// The stickyd process; killed on drop.
+/// A stickyd process; killed on drop.
 struct Stickyd {
+    pod: String,
     child: Child,
     dir: PathBuf,
     listen: SocketAddr,
@@ -606,47 +624,27 @@ impl Drop for Stickyd {
         let _ = self.child.kill();
         let _ = self.child.wait();
         if std::thread::panicking() {
-            eprintln!("--- stickyd log ---\n{}", self.log());
+            eprintln!("--- {} stickyd log ---\n{}", self.pod, self.log());
         }
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
 
 impl Stickyd {
-    fn log(&self) -> String {
-        std::fs::read_to_string(self.dir.join("stickyd.log")).unwrap_or_default()
-    }
-}
-
-/// One test's pods: the real sidecar of web-0 and echo servers for the others.
-struct Pods {
-    net: u8,
-    port: u16,
-    sidecar: Stickyd,
-    _app: Echo,
-    _peers: Vec<Echo>,
-}
-
-impl Pods {
-    /// Starts web-0's app and sidecar on 127.0.`net`.10, and echo servers for
-    /// web-1..=web-`others`.
-    async fn start(api: &ApiServer, net: u8, others: u8, sync_timeout: &str) -> Pods {
-        let me = ip(net, 10);
-        let app = TcpListener::bind((me, 0)).await.unwrap();
-        let upstream = app.local_addr().unwrap();
-        let app = echo_on(app, "web-0").await;
-        let port = TcpListener::bind((me, 0)).await.unwrap().local_addr().unwrap().port();
-        let admin = TcpListener::bind((me, 0)).await.unwrap().local_addr().unwrap();
-        let mut peers = Vec::new();
-        for i in 1..=others {
-            let l = TcpListener::bind((ip(net, 10 + i), port)).await.unwrap();
-            peers.push(echo_on(l, &format!("web-{i}")).await);
-        }
-        let dir = std::env::temp_dir().join(format!("stickyd-kube-{}-{net}", std::process::id()));
+    /// Starts `stickyd run` for `pod`, watching the double, and waits until
+    /// its admin listener answers.
+    async fn spawn(
+        api: &ApiServer,
+        pod: &str,
+        listen: SocketAddr,
+        admin: SocketAddr,
+        upstream: SocketAddr,
+        sync_timeout: &str,
+    ) -> Stickyd {
+        let dir = std::env::temp_dir().join(format!("stickyd-kube-{}-{}-{pod}", std::process::id(), listen.ip()));
         std::fs::create_dir_all(&dir).unwrap();
         let kubeconfig = api.write_kubeconfig(&dir);
         let log = std::fs::File::create(dir.join("stickyd.log")).unwrap();
-        let listen = SocketAddr::new(me, port);
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_stickyd"));
         for (k, _) in std::env::vars() {
             if k.starts_with("STICKYD_") || k.starts_with("KUBERNETES_") {
@@ -658,7 +656,7 @@ impl Pods {
             .env("KUBECONFIG", &kubeconfig)
             .env("STICKYD_NAMESPACE", NS)
             .env("STICKYD_SERVICE", SVC)
-            .env("STICKYD_POD_NAME", "web-0")
+            .env("STICKYD_POD_NAME", pod)
             .env("STICKYD_LISTEN", listen.to_string())
             .env("STICKYD_ADMIN_LISTEN", admin.to_string())
             .env("STICKYD_UPSTREAM", format!("http://{upstream}"))
@@ -669,28 +667,124 @@ impl Pods {
             .stdout(log.try_clone().unwrap())
             .stderr(log);
         let child = cmd.spawn().expect("start stickyd");
-        let sidecar = Stickyd {
+        let mut sidecar = Stickyd {
+            pod: pod.to_string(),
             child,
             dir,
             listen,
             admin,
         };
-        let pods = Pods {
-            net,
-            port,
-            sidecar,
-            _app: app,
-            _peers: peers,
-        };
-        eventually(Duration::from_secs(10), "stickyd answers /healthz", || async {
-            let r = get(pods.sidecar.admin, "/healthz", None).await;
-            (r.as_ref().is_some_and(|r| r.status == 200), r.map(|r| r.status))
-        })
-        .await;
-        pods
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Some(status) = sidecar.child.try_wait().unwrap() {
+                panic!("stickyd exited with {status}: {}", sidecar.log());
+            }
+            if get(sidecar.admin, "/healthz", None)
+                .await
+                .is_some_and(|r| r.status == 200)
+            {
+                break;
+            }
+            assert!(Instant::now() < deadline, "stickyd does not answer /healthz");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        sidecar
     }
 
-    /// Pod `i`'s address (web-0 is the real sidecar).
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("stickyd.log")).unwrap_or_default()
+    }
+
+    /// What `/endpoints` says: (synced, [(name, addr, state)]).
+    async fn endpoints(&self) -> Option<(bool, Vec<(String, String, String)>)> {
+        let r = get(self.admin, "/endpoints", None).await?;
+        let v: serde_json::Value = serde_json::from_str(&r.body).ok()?;
+        assert_eq!(v["this_pod"].as_str(), Some(self.pod.as_str()));
+        assert!(v["generation"].is_u64());
+        let peers = v["peers"]
+            .as_array()?
+            .iter()
+            .map(|p| {
+                let name = p["name"].as_str().unwrap_or_default().to_string();
+                assert_eq!(p["id"].as_str(), Some(SessionId::for_pod(&name).encode().as_str()));
+                (
+                    name,
+                    p["addr"].as_str().unwrap_or_default().to_string(),
+                    p["state"].as_str().unwrap_or_default().to_string(),
+                )
+            })
+            .collect();
+        Some((v["synced"].as_bool()?, peers))
+    }
+
+    async fn metrics(&self) -> String {
+        get(self.admin, "/metrics", None)
+            .await
+            .map(|r| r.body)
+            .unwrap_or_default()
+    }
+
+    /// A request with a session pinned to `pod` (or none).
+    async fn request(&self, pod: Option<&str>) -> Resp {
+        let cookie = pod.map(|p| format!("stickyd={}", SessionId::for_pod(p).encode()));
+        get(self.listen, "/cart", cookie.as_deref())
+            .await
+            .expect("the sidecar answers")
+    }
+}
+
+/// One test's pods web-0, web-1, …: the first `real` run a real sidecar in
+/// front of their app; the others are echo servers in place of a sidecar.
+struct Pods {
+    net: u8,
+    port: u16,
+    sidecars: Vec<Stickyd>,
+    _echoes: Vec<Echo>,
+}
+
+impl Pods {
+    /// web-0 with a real sidecar and `others` echo pods.
+    async fn start(api: &ApiServer, net: u8, others: u8, sync_timeout: &str) -> Pods {
+        Pods::start_with(api, net, 1, others, sync_timeout).await
+    }
+
+    async fn start_with(api: &ApiServer, net: u8, real: u8, others: u8, sync_timeout: &str) -> Pods {
+        let port = TcpListener::bind((ip(net, 10), 0))
+            .await
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let mut echoes = Vec::new();
+        let mut sidecars = Vec::new();
+        for i in 0..real {
+            let me = ip(net, 10 + i);
+            let app = TcpListener::bind((me, 0)).await.unwrap();
+            let upstream = app.local_addr().unwrap();
+            let name = format!("web-{i}");
+            echoes.push(echo_on(app, &name).await);
+            let admin = TcpListener::bind((me, 0)).await.unwrap().local_addr().unwrap();
+            let listen = SocketAddr::new(me, port);
+            sidecars.push(Stickyd::spawn(api, &name, listen, admin, upstream, sync_timeout).await);
+        }
+        for i in real..real + others {
+            let l = TcpListener::bind((ip(net, 10 + i), port)).await.unwrap();
+            echoes.push(echo_on(l, &format!("web-{i}")).await);
+        }
+        Pods {
+            net,
+            port,
+            sidecars,
+            _echoes: echoes,
+        }
+    }
+
+    /// web-0's sidecar.
+    fn sidecar(&self) -> &Stickyd {
+        &self.sidecars[0]
+    }
+
+    /// Pod `i`'s address.
     fn ip(&self, i: u8) -> String {
         ip(self.net, 10 + i).to_string()
     }
@@ -714,30 +808,12 @@ impl Pods {
         slice(SVC, name, ("http", self.port), &eps)
     }
 
-    /// What `/endpoints` says: (synced, [(name, addr, state)]).
     async fn endpoints(&self) -> Option<(bool, Vec<(String, String, String)>)> {
-        let r = get(self.sidecar.admin, "/endpoints", None).await?;
-        let v: serde_json::Value = serde_json::from_str(&r.body).ok()?;
-        assert_eq!(v["this_pod"], "web-0");
-        assert!(v["generation"].is_u64());
-        let peers = v["peers"]
-            .as_array()?
-            .iter()
-            .map(|p| {
-                let name = p["name"].as_str().unwrap_or_default().to_string();
-                assert_eq!(p["id"].as_str(), Some(SessionId::for_pod(&name).encode().as_str()));
-                (
-                    name,
-                    p["addr"].as_str().unwrap_or_default().to_string(),
-                    p["state"].as_str().unwrap_or_default().to_string(),
-                )
-            })
-            .collect();
-        Some((v["synced"].as_bool()?, peers))
+        self.sidecar().endpoints().await
     }
 
-    /// Waits until `/endpoints` is synced with exactly `want` (pod index,
-    /// state); returns how long that took.
+    /// Waits until every real sidecar's `/endpoints` is synced with exactly
+    /// `want` (pod index, state); returns how long that took.
     async fn endpoints_are(&self, within: Duration, want: &[(u8, &str)]) -> Duration {
         let want: Vec<(String, String, String)> = want
             .iter()
@@ -749,26 +825,25 @@ impl Pods {
                 )
             })
             .collect();
-        eventually(within, "/endpoints", || async {
-            let seen = self.endpoints().await;
-            (seen.as_ref().is_some_and(|(synced, p)| *synced && *p == want), seen)
-        })
-        .await
+        let start = Instant::now();
+        for sidecar in &self.sidecars {
+            let left = within.saturating_sub(start.elapsed());
+            eventually(left, &format!("{} /endpoints", sidecar.pod), || async {
+                let seen = sidecar.endpoints().await;
+                (seen.as_ref().is_some_and(|(synced, p)| *synced && *p == want), seen)
+            })
+            .await;
+        }
+        start.elapsed()
     }
 
     async fn metrics(&self) -> String {
-        get(self.sidecar.admin, "/metrics", None)
-            .await
-            .map(|r| r.body)
-            .unwrap_or_default()
+        self.sidecar().metrics().await
     }
 
-    /// A request with a session pinned to `pod` (or none).
+    /// A request through web-0's sidecar with a session pinned to `pod` (or none).
     async fn request(&self, pod: Option<&str>) -> Resp {
-        let cookie = pod.map(|p| format!("stickyd={}", SessionId::for_pod(p).encode()));
-        get(self.sidecar.listen, "/cart", cookie.as_deref())
-            .await
-            .expect("the sidecar answers")
+        self.sidecar().request(pod).await
     }
 }
 
@@ -926,7 +1001,53 @@ async fn binary_follows_scaling_and_the_drain_of_a_pod() {
     assert_eq!(sample(&m, "stickyd_endpoints{state=\"draining\"}"), Some(0.0), "{m}");
     assert_eq!(sample(&m, "stickyd_kubernetes_watch_errors_total"), Some(0.0), "{m}");
     eprintln!("stickyd followed each slice change within {slowest:?}");
-    assert!(pods.sidecar.log().contains("endpoint view updated"));
+    assert!(pods.sidecar().log().contains("endpoint view updated"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn binary_two_real_sidecars_through_a_drain() {
+    let api = ApiServer::spawn().await;
+    let pods = Pods::start_with(&api, 45, 2, 0, "10").await;
+    let (web0, web1) = (&pods.sidecars[0], &pods.sidecars[1]);
+    let app_saw = |r: &Resp, app: &str, session: &str, pinned_to: Option<&str>| {
+        assert_eq!(r.status, 200, "{r:?}");
+        assert_eq!(r.body, app, "{r:?}");
+        assert_eq!(r.header("x-seen-session"), session, "{r:?}");
+        assert_eq!(
+            r.header("x-seen-hop"),
+            "",
+            "the hop marker never reaches the app: {r:?}"
+        );
+        assert_eq!(r.pinned_to().as_deref(), pinned_to, "Set-Cookie: {r:?}");
+    };
+
+    api.set_slice(NS, pods.slice("web-a", &[pods.ep(0, "ready"), pods.ep(1, "ready")]));
+    pods.endpoints_are(Duration::from_secs(5), &[(0, "ready"), (1, "ready")])
+        .await;
+    // Ready: a session of web-1 that lands on web-0 reaches web-1's app.
+    app_saw(&web0.request(Some("web-1")).await, "web-1", "pinned", None);
+    app_saw(&web1.request(Some("web-0")).await, "web-0", "pinned", None);
+    app_saw(&web1.request(None).await, "web-1", "new", Some("web-1"));
+
+    // Serving and terminating: web-1 keeps its sessions, and hands new ones
+    // to web-0.
+    api.set_slice(NS, pods.slice("web-a", &[pods.ep(0, "ready"), pods.ep(1, "draining")]));
+    let took = pods.endpoints_are(FOLLOW, &[(0, "ready"), (1, "draining")]).await;
+    eprintln!("both sidecars saw the drain within {took:?}");
+    app_saw(&web0.request(Some("web-1")).await, "web-1", "pinned", None);
+    app_saw(&web1.request(Some("web-1")).await, "web-1", "pinned", None);
+    app_saw(&web1.request(None).await, "web-0", "new", Some("web-0"));
+    let m = web1.metrics().await;
+    assert_eq!(sample(&m, "stickyd_endpoints{state=\"draining\"}"), Some(1.0), "{m}");
+
+    // Gone: its sessions repin where they land.
+    api.set_slice(
+        NS,
+        pods.slice("web-a", &[pods.ep(0, "ready"), pods.ep(1, "terminated")]),
+    );
+    pods.endpoints_are(FOLLOW, &[(0, "ready")]).await;
+    app_saw(&web0.request(Some("web-1")).await, "web-0", "repinned", Some("web-0"));
+    app_saw(&web0.request(Some("web-0")).await, "web-0", "pinned", None);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -949,7 +1070,7 @@ async fn binary_keeps_every_pin_while_the_api_is_down() {
     // Ready in degraded mode after STICKYD_SYNC_TIMEOUT: a dead API never
     // takes the service down.
     eventually(Duration::from_secs(5), "/readyz degraded", || async {
-        let r = get(pods.sidecar.admin, "/readyz", None).await;
+        let r = get(pods.sidecar().admin, "/readyz", None).await;
         (r.as_ref().is_some_and(|r| r.status == 200), r)
     })
     .await;
@@ -995,7 +1116,7 @@ async fn binary_keeps_every_pin_while_the_api_is_down() {
     pods.endpoints_are(RECOVER, &[(0, "ready"), (1, "ready"), (2, "ready")])
         .await;
     served(&pods.request(Some("web-2")).await, "web-2", "", None);
-    let log = pods.sidecar.log();
+    let log = pods.sidecar().log();
     assert!(log.contains("keeping the last good endpoint view"), "{log}");
     assert!(log.contains("Kubernetes API reachable again"), "{log}");
 }
@@ -1041,4 +1162,74 @@ async fn binary_merges_two_slices_and_relists_after_410() {
         sample(&m, "stickyd_kubernetes_watch_errors_total").is_some_and(|n| n >= 1.0),
         "{m}"
     );
+}
+
+/// Runs `stickyd run` with `env` until it exits (at most 10 s); returns its
+/// exit code and output.
+fn run_to_exit(env: &[(&str, &str)]) -> (Option<i32>, String) {
+    let dir = std::env::temp_dir().join(format!("stickyd-kube-exit-{}-{}", std::process::id(), env.len()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let log_path = dir.join("out.log");
+    let log = std::fs::File::create(&log_path).unwrap();
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_stickyd"));
+    for (k, _) in std::env::vars() {
+        if k.starts_with("STICKYD_") || k.starts_with("KUBERNETES_") || k == "KUBECONFIG" {
+            cmd.env_remove(k);
+        }
+    }
+    cmd.arg("run")
+        .envs(env.iter().copied())
+        .stdin(Stdio::null())
+        .stdout(log.try_clone().unwrap())
+        .stderr(log);
+    let child = cmd.spawn().expect("start stickyd");
+    let mut guard = Stickyd {
+        pod: "web-0".into(),
+        child,
+        dir,
+        listen: "127.0.0.1:1".parse().unwrap(),
+        admin: "127.0.0.1:1".parse().unwrap(),
+    };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let code = loop {
+        if let Some(status) = guard.child.try_wait().unwrap() {
+            break status.code();
+        }
+        assert!(Instant::now() < deadline, "stickyd did not exit: {}", guard.log());
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let out = std::fs::read_to_string(&log_path).unwrap_or_default();
+    drop(guard);
+    (code, out)
+}
+
+#[test]
+fn binary_explains_a_missing_namespace_or_client_configuration() {
+    let base = [
+        ("STICKYD_ENDPOINTS", "kubernetes"),
+        ("STICKYD_SERVICE", SVC),
+        ("STICKYD_POD_NAME", "web-0"),
+        ("STICKYD_LISTEN", "127.0.44.10:0"),
+        ("STICKYD_ADMIN_LISTEN", "127.0.44.11:0"),
+        ("STICKYD_UPSTREAM", "http://127.0.44.12:8081"),
+    ];
+    let mut env = base.to_vec();
+    env.push(("STICKYD_NAMESPACE", NS));
+    env.push(("KUBECONFIG", "/nonexistent/stickyd-kubeconfig"));
+    env.push(("HOME", "/nonexistent"));
+    let (code, out) = run_to_exit(&env);
+    assert_eq!(code, Some(1), "{out}");
+    assert!(out.contains("no Kubernetes client configuration"), "{out}");
+    assert!(out.contains("KUBECONFIG"), "{out}");
+
+    // No STICKYD_NAMESPACE: the service account's namespace file, which only
+    // exists in a pod.
+    if !std::path::Path::new(kubernetes::NAMESPACE_FILE).exists() {
+        let mut env = base.to_vec();
+        env.push(("KUBECONFIG", "/nonexistent/stickyd-kubeconfig"));
+        let (code, out) = run_to_exit(&env);
+        assert_eq!(code, Some(1), "{out}");
+        assert!(out.contains("STICKYD_NAMESPACE"), "{out}");
+        assert!(out.contains(kubernetes::NAMESPACE_FILE), "{out}");
+    }
 }

@@ -286,12 +286,17 @@ impl Source {
         self.metrics.kube_watch_errors.inc();
         self.failures += 1;
         let view = self.store.load();
-        if self.failures == 1 {
+        if self.failures == 1 && view.synced {
             tracing::warn!(
                 error = %error,
-                synced = view.synced,
                 peers = view.len(),
                 "Kubernetes API list/watch failed; keeping the last good endpoint view and retrying with backoff"
+            );
+        } else if self.failures == 1 {
+            tracing::warn!(
+                error = %error,
+                "Kubernetes API list/watch failed before the first list; serving locally without rewriting \
+                 cookies that name other pods, and retrying with backoff"
             );
         } else {
             tracing::debug!(error = %error, failures = self.failures, "Kubernetes API list/watch failed again");
