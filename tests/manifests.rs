@@ -987,3 +987,136 @@ fn stickyd_inject_produces_the_same_sidecar_rbac_and_service_port() {
         "inject adds the ServiceAccount"
     );
 }
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let target = to.join(entry.file_name());
+        if entry.file_type().unwrap().is_dir() {
+            copy_dir(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), target).unwrap();
+        }
+    }
+}
+
+/// The "Deploy to Kubernetes" section: in README.md once merged there, else
+/// in docs/README-deploy.md.
+fn deploy_section() -> String {
+    for file in ["README.md", "docs/README-deploy.md"] {
+        if let Ok(text) = std::fs::read_to_string(root().join(file)) {
+            if let Some(start) = text.find("## Deploy to Kubernetes") {
+                let rest = &text[start..];
+                let end = rest[3..].find("\n## ").map(|i| i + 3).unwrap_or(rest.len());
+                return rest[..end].to_string();
+            }
+        }
+    }
+    panic!("no \"## Deploy to Kubernetes\" section in README.md or docs/README-deploy.md");
+}
+
+/// The README's overlay, written out as a cluster admin would from its
+/// `# my-app/<file>` code blocks, renders on top of the base into a valid,
+/// lint-clean deployment with the cookie secret wired in.
+#[test]
+fn the_readme_overlay_renders_and_wires_the_cookie_secret() {
+    let Some(kubectl) = tool("kubectl", "the_readme_overlay_renders_and_wires_the_cookie_secret") else {
+        return;
+    };
+    let section = deploy_section();
+    let dir = std::env::temp_dir().join(format!("stickyd-overlay-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    copy_dir(&root().join("manifests"), &dir.join("stickyd/manifests"));
+    let app = dir.join("my-app");
+    std::fs::create_dir_all(&app).unwrap();
+    let mut files = Vec::new();
+    for block in section.split("```yaml\n").skip(1) {
+        let body = block.split("\n```").next().unwrap();
+        let Some(first) = body.lines().next() else { continue };
+        if let Some(rest) = first.strip_prefix("# my-app/") {
+            let file = rest.split([':', ' ']).next().unwrap();
+            std::fs::write(app.join(file), format!("{body}\n")).unwrap();
+            files.push(file.to_string());
+        }
+    }
+    files.sort();
+    assert_eq!(
+        files,
+        vec!["app.yaml", "cookie-secret.yaml", "kustomization.yaml"],
+        "the README's overlay files"
+    );
+    std::fs::copy(
+        root().join("manifests/examples/same-namespace/ingress.yaml"),
+        app.join("ingress.yaml"),
+    )
+    .unwrap();
+    let key = "3f8a1c5e9b2d4f6a8c0e1b3d5f7a9c2e4b6d8f0a1c3e5b7d9f2a4c6e8b0d1f3a";
+    std::fs::write(app.join("cookie-keys.txt"), format!("{key}\n")).unwrap();
+
+    let text = render_text(&kubectl, app.to_str().unwrap());
+    let docs = render(&kubectl, app.to_str().unwrap());
+    let _ = std::fs::remove_dir_all(&dir);
+
+    for o in &docs {
+        assert_eq!(namespace(o), Some("shop"), "{}/{}", kind(o), name(o));
+    }
+    let deploy = one(&docs, "Deployment", "mysvc");
+    assert_eq!(deploy["spec"]["replicas"].as_i64(), Some(4));
+    let pod = pod_spec(deploy);
+    let side = sidecar(deploy);
+    assert_eq!(side["image"].as_str(), Some("registry.example.com/stickyd:0.1.0"));
+    assert_eq!(
+        side["restartPolicy"].as_str(),
+        Some("Always"),
+        "the patch kept the sidecar native"
+    );
+    let app_c = named(&pod["containers"], "app").unwrap();
+    assert_eq!(app_c["image"].as_str(), Some("registry.example.com/shop:2.3.1"));
+    assert_eq!(strs(&app_c["args"]), vec!["--listen", "127.0.0.1:8081"]);
+    assert_hardened(app_c, "overlay app");
+    assert_hardened(side, "overlay sidecar");
+    let binding = one(&docs, "RoleBinding", "stickyd");
+    assert_eq!(binding["subjects"][0]["namespace"].as_str(), Some("shop"));
+
+    // The secret file stickyd is told to read is inside the Secret's mount,
+    // and the Secret (with kustomize's hash suffix) holds the key file.
+    let secret_file = env_value(side, "STICKYD_COOKIE_SECRET_FILE").expect("STICKYD_COOKIE_SECRET_FILE");
+    let mount = list(&side["volumeMounts"])
+        .iter()
+        .find(|m| secret_file.starts_with(&format!("{}/", m["mountPath"].as_str().unwrap())))
+        .expect("the secret file is under a volumeMount");
+    assert_eq!(mount["readOnly"].as_bool(), Some(true));
+    let vol = named(&pod["volumes"], mount["name"].as_str().unwrap()).expect("the mounted volume");
+    let secret_name = vol["secret"]["secretName"].as_str().expect("a Secret volume");
+    let secret = one(&docs, "Secret", secret_name);
+    let file_key = secret_file.rsplit('/').next().unwrap();
+    let data = secret["data"][file_key]
+        .as_str()
+        .expect("the Secret holds the key file");
+    assert!(!data.is_empty());
+
+    // stickyd accepts the result, reading the key file as mounted.
+    let keys = std::env::temp_dir().join(format!("stickyd-overlay-keys-{}", std::process::id()));
+    std::fs::write(&keys, format!("{key}\n")).unwrap();
+    let mut env: HashMap<String, String> = HashMap::new();
+    for e in list(&side["env"]) {
+        let var = e["name"].as_str().unwrap().to_string();
+        let value = match e["valueFrom"]["fieldRef"]["fieldPath"].as_str() {
+            Some("metadata.name") => "mysvc-7d9c8b6f5-x2k4q".to_string(),
+            Some("metadata.namespace") => "shop".to_string(),
+            _ if var == "STICKYD_COOKIE_SECRET_FILE" => keys.display().to_string(),
+            _ => e["value"].as_str().unwrap().to_string(),
+        };
+        env.insert(var, value);
+    }
+    let cfg = stickyd::config::Config::from_env(&env);
+    let _ = std::fs::remove_file(&keys);
+    let cfg = cfg.unwrap_or_else(|e| panic!("stickyd would refuse the overlay's environment: {e}"));
+    assert_eq!(cfg.cookie.keys.len(), 1, "the cookie is signed with the mounted key");
+
+    assert!(
+        lint_rules(&text, docs.len()).is_empty(),
+        "stickyd lint accepts the overlay"
+    );
+}
