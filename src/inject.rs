@@ -776,3 +776,89 @@ pub fn run(args: &InjectArgs) -> i32 {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn port(name: &str, number: i64) -> Port {
+        Port {
+            name: Some(name.into()),
+            number,
+        }
+    }
+
+    #[test]
+    fn free_port_skips_numbers_and_names_in_use() {
+        let used = [port("http", 8080), port("stickyd", 8081)];
+        assert_eq!(
+            free_port(8080, &["stickyd", "stickyd-proxy"], &used, &[8082]),
+            ("stickyd-proxy".to_string(), 8083)
+        );
+        assert_eq!(
+            free_port(9090, &["stickyd-admin"], &[], &[]),
+            ("stickyd-admin".to_string(), 9090)
+        );
+        let all = [port("a", 1), port("b", 2)];
+        assert_eq!(free_port(5, &["a", "b"], &all, &[]), ("sd-5".to_string(), 5));
+    }
+
+    #[test]
+    fn service_ports_resolve_through_names() {
+        let app = [port("http", 3000)];
+        let doc = |y: &str| kyaml::parse_stream(y).unwrap().remove(0).root;
+        assert_eq!(target_number(&doc("port: 80\ntargetPort: http\n"), &app), Some(3000));
+        assert_eq!(target_number(&doc("port: 80\ntargetPort: 8080\n"), &app), Some(8080));
+        assert_eq!(target_number(&doc("port: 80\n"), &app), Some(80));
+        assert_eq!(target_number(&doc("port: 80\ntargetPort: grpc\n"), &app), None);
+    }
+
+    #[test]
+    fn options_are_checked_with_the_config_parser() {
+        let mut args = InjectArgs {
+            file: "-".into(),
+            workloads: vec![],
+            service: None,
+            image: "stickyd:1".into(),
+            port: 8080,
+            admin_port: 9090,
+            cookie: Box::default(),
+            diff: false,
+        };
+        assert!(validate(&args).is_ok());
+        args.cookie.cookie_samesite = Some("None".into());
+        args.cookie.cookie_secure = Some("false".into());
+        assert_eq!(validate(&args).unwrap_err().var(), "STICKYD_COOKIE_SECURE");
+        args.cookie.cookie_secure = None;
+        args.admin_port = 8080;
+        assert_eq!(validate(&args).unwrap_err().var(), "STICKYD_ADMIN_LISTEN");
+    }
+
+    #[test]
+    fn customisations_survive_regeneration() {
+        let doc = |y: &str| kyaml::parse_stream(y).unwrap().remove(0).root;
+        let mut new = doc(
+            "name: stickyd\nenv:\n- {name: STICKYD_LISTEN, value: '0.0.0.0:8080'}\nresources: {limits: {cpu: '1'}}\n",
+        );
+        let old = doc(concat!(
+            "name: stickyd\nenv:\n- {name: STICKYD_LISTEN, value: '0.0.0.0:1'}\n- {name: STICKYD_LOG, value: debug}\n",
+            "resources: {limits: {cpu: '2'}}\nlifecycle: {preStop: {sleep: {seconds: 5}}}\n",
+        ));
+        keep_customisations(&mut new, &old);
+        let env: Vec<(&str, &str)> = new
+            .get("env")
+            .unwrap()
+            .items()
+            .iter()
+            .map(|e| (e.str_at(&["name"]).unwrap(), e.str_at(&["value"]).unwrap()))
+            .collect();
+        assert_eq!(env, vec![("STICKYD_LISTEN", "0.0.0.0:8080"), ("STICKYD_LOG", "debug")]);
+        assert_eq!(new.str_at(&["resources", "limits", "cpu"]), Some("2"));
+        assert_eq!(
+            new.path(&["lifecycle", "preStop", "sleep", "seconds"])
+                .unwrap()
+                .as_i64(),
+            Some(5)
+        );
+    }
+}
