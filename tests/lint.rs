@@ -268,3 +268,50 @@ fn externalname_is_fine_when_stickyd_runs_behind_it() {
     assert_eq!(findings(&v), vec![("SD002".to_string(), 29)], "{v:#}");
     assert_eq!(out.status.code(), Some(1));
 }
+
+/// Whether `haystack` holds the lines of `snippet`, in a row, all shifted by the same indentation.
+fn contains_indented(haystack: &str, snippet: &str) -> bool {
+    (0..12).any(|n| {
+        let pad = " ".repeat(n);
+        let shifted: String = snippet.lines().map(|l| format!("{pad}{l}\n")).collect();
+        haystack.contains(&shifted)
+    })
+}
+
+#[test]
+fn the_story_fixture_holds_the_posts_snippets_verbatim() {
+    let story = std::fs::read_to_string(fixture("story.yaml")).unwrap();
+    let snippets = [
+        concat!(
+            "metadata:\n",
+            "  annotations:\n",
+            "    kubernetes.io/ingress.class: nginx\n",
+            "    nginx.ingress.kubernetes.io/affinity-mode: persistent\n",
+            "    nginx.ingress.kubernetes.io/session-cookie-name: lbsticky\n",
+            "    nginx.ingress.kubernetes.io/session-cookie-expires: \"172800\"\n",
+            "    nginx.ingress.kubernetes.io/session-cookie-max-age: \"172800\"    \n",
+        ),
+        "paths:\n- backend:\n    serviceName: mysvc\n    servicePort: http\n  path: /mysite(/|$)(.*)\n",
+        "http:\npaths:\n- backend:\n    serviceName: mysvc.otherns.svc.cluster.local\n    servicePort: http\n",
+        concat!(
+            "apiVersion: v1\n",
+            "kind: Service\n",
+            "metadata:\n",
+            "  name: mysvc-proxy\n",
+            "  namespace: \"mismo-namespace-que-el-ingress\"\n",
+            "spec:\n",
+            "  type: ExternalName\n",
+            "  externalName: mysvc.otherns.svc.cluster.local\n",
+            "  ports:\n",
+            "  - port: 80  \n",
+        ),
+        "http:\npaths:\n- backend:\n    serviceName: msvc-proxy\n    servicePort: 80\n",
+    ];
+    for s in snippets {
+        // The annotations sit under `metadata:` after `name:`, and `http:` opens a rule
+        // item (`- http:`) in a whole Ingress: the lines after them are checked.
+        let s = s.strip_prefix("metadata:\n").unwrap_or(s);
+        let s = s.strip_prefix("http:\n").unwrap_or(s);
+        assert!(contains_indented(&story, s), "story.yaml lacks the snippet:\n{s}");
+    }
+}
