@@ -72,10 +72,11 @@ pub async fn serve(listener: TcpListener, shared: Arc<Shared>, mut phase: watch:
             continue;
         };
         let _ = stream.set_nodelay(true);
-        let info = ConnInfo { remote };
+        let info = Arc::new(ConnInfo::new(remote));
         let svc_shared = shared.clone();
         let service = service_fn(move |req: hyper::Request<Incoming>| {
             let s = svc_shared.clone();
+            let info = info.clone();
             async move { Ok::<_, Infallible>(handle(s, info, req).await) }
         });
         let builder = builder.clone();

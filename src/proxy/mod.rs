@@ -21,6 +21,7 @@ use arc_swap::ArcSwap;
 use http::header::{HeaderValue, CONNECTION, HOST, SET_COOKIE};
 use http::{Method, Request, Response, StatusCode, Uri, Version};
 use hyper::body::Incoming;
+use hyper::client::conn::http1;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
@@ -143,17 +144,94 @@ fn own_response(status: StatusCode, msg: &'static str) -> Response<ResponseBody>
     r
 }
 
-/// The per-connection facts a request needs.
-#[derive(Clone, Copy)]
+/// The per-connection facts and state a request needs.
 pub struct ConnInfo {
     pub remote: SocketAddr,
+    /// The upstream HTTP/1.1 connection to the app bound to this client
+    /// connection: HTTP/1 requests on one connection come one at a time, so
+    /// they reuse it without a pool checkout. Never contended.
+    app: std::sync::Mutex<Option<http1::SendRequest<Incoming>>>,
+}
+
+impl ConnInfo {
+    pub fn new(remote: SocketAddr) -> ConnInfo {
+        ConnInfo {
+            remote,
+            app: std::sync::Mutex::new(None),
+        }
+    }
+
+    fn take_app(&self) -> Option<http1::SendRequest<Incoming>> {
+        self.app.lock().ok()?.take().filter(|s| !s.is_closed())
+    }
+
+    fn put_app(&self, sender: http1::SendRequest<Incoming>) {
+        if let Ok(mut slot) = self.app.lock() {
+            *slot = Some(sender);
+        }
+    }
+}
+
+/// Why the app could not be asked.
+enum AppError {
+    Connect(String),
+    Io(hyper::Error),
+    Pooled(hyper_util::client::legacy::Error),
+}
+
+impl Shared {
+    async fn connect_app(&self) -> Result<http1::SendRequest<Incoming>, AppError> {
+        let stream = tokio::time::timeout(self.cfg.connect_timeout, tokio::net::TcpStream::connect(self.cfg.upstream))
+            .await
+            .map_err(|_| AppError::Connect("connect timeout".into()))?
+            .map_err(|e| AppError::Connect(e.to_string()))?;
+        let _ = stream.set_nodelay(true);
+        let (sender, conn) = http1::Builder::new()
+            .handshake(TokioIo::new(stream))
+            .await
+            .map_err(AppError::Io)?;
+        tokio::spawn(async move {
+            if let Err(e) = conn.with_upgrades().await {
+                tracing::debug!(error = %e, "app connection ended");
+            }
+        });
+        Ok(sender)
+    }
+
+    /// Sends a request to the app over the connection bound to `conn`,
+    /// opening one when there is none or it closed. A request that was not
+    /// written to a connection that turned out dead is sent again on a fresh
+    /// one; a written request never is.
+    async fn send_bound(&self, conn: &ConnInfo, req: Request<Incoming>) -> Result<Response<Incoming>, AppError> {
+        let mut req = req;
+        for attempt in 0..2 {
+            let mut sender = match conn.take_app() {
+                Some(s) if attempt == 0 => s,
+                _ => self.connect_app().await?,
+            };
+            if sender.ready().await.is_err() {
+                continue;
+            }
+            match sender.try_send_request(req).await {
+                Ok(resp) => {
+                    conn.put_app(sender);
+                    return Ok(resp);
+                }
+                Err(mut e) => match e.take_message() {
+                    Some(back) => req = back,
+                    None => return Err(AppError::Io(e.into_error())),
+                },
+            }
+        }
+        Err(AppError::Connect("the app closed the connection twice before the request was sent".into()))
+    }
 }
 
 /// Handles one request.
-pub async fn handle(shared: Arc<Shared>, conn: ConnInfo, req: Request<Incoming>) -> Response<ResponseBody> {
+pub async fn handle(shared: Arc<Shared>, conn: Arc<ConnInfo>, req: Request<Incoming>) -> Response<ResponseBody> {
     let draining = shared.draining.load(Ordering::Relaxed);
     let h1 = req.version() <= Version::HTTP_11;
-    let mut resp = handle_inner(&shared, conn, req).await;
+    let mut resp = handle_inner(&shared, &conn, req).await;
     headers::strip_own(resp.headers_mut());
     if draining && h1 && resp.status() != StatusCode::SWITCHING_PROTOCOLS {
         // Tell keep-alive clients to move on while this pod drains.
@@ -162,7 +240,7 @@ pub async fn handle(shared: Arc<Shared>, conn: ConnInfo, req: Request<Incoming>)
     resp
 }
 
-async fn handle_inner(shared: &Shared, conn: ConnInfo, mut req: Request<Incoming>) -> Response<ResponseBody> {
+async fn handle_inner(shared: &Shared, conn: &ConnInfo, mut req: Request<Incoming>) -> Response<ResponseBody> {
     // Phase 1: screen.
     if req.method() == Method::CONNECT {
         shared.metrics.bad_request("connect");
@@ -294,7 +372,7 @@ fn rewrite_request<B>(
 #[allow(clippy::too_many_arguments)]
 async fn serve_local(
     shared: &Shared,
-    conn: ConnInfo,
+    conn: &ConnInfo,
     mut req: Request<Incoming>,
     mark: SessionMark,
     set_cookie: bool,
@@ -303,20 +381,33 @@ async fn serve_local(
 ) -> Response<ResponseBody> {
     let https = headers::forwarded_https(req.headers());
     let to_h2 = shared.cfg.upstream_protocol == UpstreamProtocol::H2c;
-    if rewrite_request(&mut req, &conn, shared.app_authority.clone(), to_h2).is_none() {
+    if rewrite_request(&mut req, conn, shared.app_authority.clone(), to_h2).is_none() {
         shared.metrics.bad_request("target");
         return own_response(StatusCode::BAD_REQUEST, "stickyd: the request target is invalid\n");
     }
     req.headers_mut()
         .insert(SESSION, HeaderValue::from_static(mark.as_str()));
     let client_upgrade = upgrade_of(&mut req);
+    // HTTP/1.1 requests (upgrades aside) use the app connection bound to this
+    // client connection; HTTP/2 streams and upgrades use the pool.
+    let bound = !to_h2 && client_upgrade.is_none() && req.version() <= Version::HTTP_11;
 
     let started = Instant::now();
-    let result = tokio::time::timeout(shared.cfg.response_timeout, shared.app.request(req)).await;
-    shared
-        .metrics
-        .upstream_duration
-        .observe(started.elapsed().as_secs_f64());
+    let result = if bound {
+        tokio::time::timeout(shared.cfg.response_timeout, shared.send_bound(conn, req)).await
+    } else {
+        let pooled = async {
+            shared.app.request(req).await.map_err(|e| {
+                if e.is_connect() {
+                    AppError::Connect(e.to_string())
+                } else {
+                    AppError::Pooled(e)
+                }
+            })
+        };
+        tokio::time::timeout(shared.cfg.response_timeout, pooled).await
+    };
+    shared.metrics.upstream_duration.observe(started.elapsed().as_secs_f64());
     shared.count("local", Some(mark), &shared.cfg.pod_name);
     let mut resp = match result {
         Err(_) => {
@@ -327,13 +418,14 @@ async fn serve_local(
             );
         }
         Ok(Err(e)) => {
-            let kind = if e.is_connect() { "app_connect" } else { "app_io" };
+            let (kind, msg) = match &e {
+                AppError::Connect(m) => ("app_connect", m.clone()),
+                AppError::Io(e) => ("app_io", e.to_string()),
+                AppError::Pooled(e) => ("app_io", e.to_string()),
+            };
             shared.metrics.upstream_error(kind);
-            tracing::warn!(error = %e, kind, "the app in this pod failed");
-            return own_response(
-                StatusCode::BAD_GATEWAY,
-                "stickyd: could not reach the app in this pod\n",
-            );
+            tracing::warn!(error = %msg, kind, "the app in this pod failed");
+            return own_response(StatusCode::BAD_GATEWAY, "stickyd: could not reach the app in this pod\n");
         }
         Ok(Ok(r)) => r,
     };
@@ -358,7 +450,7 @@ async fn serve_local(
 #[allow(clippy::too_many_arguments)]
 async fn forward(
     shared: &Shared,
-    conn: ConnInfo,
+    conn: &ConnInfo,
     mut req: Request<Incoming>,
     peer_addr: SocketAddr,
     peer_name: String,
@@ -374,7 +466,7 @@ async fn forward(
         req.version(),
         req.headers().clone(),
     );
-    if rewrite_request(&mut req, &conn, authority(peer_addr), to_h2).is_none() {
+    if rewrite_request(&mut req, conn, authority(peer_addr), to_h2).is_none() {
         shared.metrics.bad_request("target");
         return own_response(StatusCode::BAD_REQUEST, "stickyd: the request target is invalid\n");
     }
