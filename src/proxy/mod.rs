@@ -50,6 +50,9 @@ pub struct Shared {
     peers_h2: Client<HttpConnector, Reclaimable>,
     app_authority: http::uri::Authority,
     pick: AtomicUsize,
+    /// `requests_total{decision="local",target_pod=<this pod>}` by mark, so
+    /// the local path counts without a label allocation.
+    local_counts: [prometheus_client::metrics::counter::Counter; 4],
 }
 
 fn connector(cfg: &Config) -> HttpConnector {
@@ -99,6 +102,18 @@ impl Shared {
             codec: ArcSwap::from_pointee(codec),
             draining: AtomicBool::new(false),
             pick: AtomicUsize::new(0),
+            local_counts: [SessionMark::New, SessionMark::Pinned, SessionMark::Repinned, SessionMark::Unsynced].map(
+                |m| {
+                    metrics
+                        .requests
+                        .get_or_create(&DecisionLabels {
+                            decision: "local",
+                            session: m.as_str(),
+                            target_pod: cfg.pod_name.clone(),
+                        })
+                        .clone()
+                },
+            ),
             cfg,
             store,
             metrics,
@@ -408,7 +423,7 @@ async fn serve_local(
         tokio::time::timeout(shared.cfg.response_timeout, pooled).await
     };
     shared.metrics.upstream_duration.observe(started.elapsed().as_secs_f64());
-    shared.count("local", Some(mark), &shared.cfg.pod_name);
+    shared.local_counts[mark as usize].inc();
     let mut resp = match result {
         Err(_) => {
             shared.metrics.upstream_error("app_timeout");
