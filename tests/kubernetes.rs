@@ -278,8 +278,7 @@ async fn outages_keep_the_last_good_view() {
     view_is(&src, FOLLOW * 5, &both).await;
     let generation = src.store.load().generation;
 
-    // 5xx for a while, and the open watch breaks. (kube's client retries a
-    // 503 itself; a 500 reaches the watcher.)
+    // 5xx for a while, and the open watch breaks.
     api.fail_with(500, Duration::from_secs(2));
     api.drop_watches();
     until(RECOVER, "5xx counted", || {
@@ -292,10 +291,17 @@ async fn outages_keep_the_last_good_view() {
     api.set_slice(NS, web("web-a", &[ready("web-1", "10.0.0.2")]));
     view_is(&src, RECOVER, &[p("web-1", "10.0.0.2", "ready")]).await;
 
-    // A 503 window is retried inside the client; the view stays and the
-    // change made during it arrives after it.
+    // 503 (kube's client would retry it for minutes on its own; the source
+    // turns that off): counted like any failed attempt, the view kept, and
+    // the change made meanwhile arrives after it.
+    let errors = src.metrics.kube_watch_errors.get();
     api.fail_with(503, Duration::from_secs(1));
     api.drop_watches();
+    until(RECOVER, "503 counted", || {
+        let n = src.metrics.kube_watch_errors.get();
+        (n > errors, n)
+    })
+    .await;
     api.set_slice(
         NS,
         web("web-a", &[ready("web-1", "10.0.0.2"), ready("web-2", "10.0.0.3")]),
@@ -1093,9 +1099,10 @@ async fn binary_keeps_every_pin_while_the_api_is_down() {
     }
     assert_eq!(sample(&pods.metrics().await, "stickyd_endpoints_synced"), Some(1.0));
 
-    // 5xx instead of silence: the same.
+    // 5xx instead of silence: the same. A 503 is not retried inside the
+    // client, where it would go unnoticed: it counts.
     api.start().await;
-    api.fail_with(500, Duration::from_secs(2));
+    api.fail_with(503, Duration::from_secs(2));
     let errors = sample(&pods.metrics().await, "stickyd_kubernetes_watch_errors_total").unwrap();
     api.drop_watches();
     eventually(RECOVER, "5xx counted", || async {

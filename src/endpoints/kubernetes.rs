@@ -164,6 +164,34 @@ pub fn view_from_slices<'a>(slices: impl IntoIterator<Item = &'a EndpointSlice>,
     by_name.into_values().collect()
 }
 
+/// The slices (with endpoints) that have no port matching `port`, each
+/// with the ports it does have: their endpoints are left out of the view,
+/// which usually means STICKYD_PORT_NAME or STICKYD_LISTEN does not match
+/// the Service.
+fn slices_without_port<'a>(slices: impl IntoIterator<Item = &'a EndpointSlice>, port: &PortSelector) -> Vec<String> {
+    slices
+        .into_iter()
+        .filter(|s| matches!(s.address_type.as_str(), "IPv4" | "IPv6") && !s.endpoints.is_empty())
+        .filter(|s| port.pick(s.ports.as_deref().unwrap_or(&[])).is_none())
+        .map(|s| {
+            let ports: Vec<String> = s
+                .ports
+                .iter()
+                .flatten()
+                .map(|p| {
+                    format!(
+                        "{}={}/{}",
+                        p.name.as_deref().unwrap_or(""),
+                        p.port.map(|n| n.to_string()).unwrap_or_else(|| "*".into()),
+                        p.protocol.as_deref().unwrap_or("TCP")
+                    )
+                })
+                .collect();
+            format!("{} [{}]", slice_name(s), ports.join(", "))
+        })
+        .collect()
+}
+
 /// The namespace to watch: `STICKYD_NAMESPACE`, else the service account's.
 pub fn namespace(cfg: &Config) -> Result<String, KubeSourceError> {
     namespace_from(cfg.namespace.as_deref(), Path::new(NAMESPACE_FILE))
@@ -195,10 +223,23 @@ pub async fn start(
 ) -> Result<tokio::task::JoinHandle<()>, KubeSourceError> {
     let service = cfg.service.clone().ok_or(KubeSourceError::NoService)?;
     let namespace = namespace(cfg)?;
-    let client = Client::try_default().await.map_err(KubeSourceError::Client)?;
+    let config = kube::Config::infer()
+        .await
+        .map_err(|e| KubeSourceError::Client(kube::Error::InferConfig(e)))?;
+    let client = client(config)?;
     let port = PortSelector::from_config(cfg);
     tracing::info!(%namespace, %service, %port, "watching EndpointSlices");
     Ok(spawn(client, &namespace, &service, port, store, metrics))
+}
+
+/// A client for the source. kube's own retry of 429/503/504 responses is
+/// turned off: it would retry a failing request for minutes without the
+/// watcher knowing, so the outage would go unlogged and uncounted. The
+/// watcher's default backoff is the one retry policy, and every failed
+/// attempt shows in `stickyd_kubernetes_watch_errors_total`.
+pub fn client(mut config: kube::Config) -> Result<Client, KubeSourceError> {
+    config.default_retry = false;
+    Client::try_from(config).map_err(KubeSourceError::Client)
 }
 
 /// Watches the EndpointSlices of `service` in `namespace` with `client` and
@@ -321,6 +362,15 @@ impl Source {
         if current.synced && current.peers() == peers.as_slice() {
             tracing::debug!(from, slices = self.slices.len(), "endpoint view unchanged");
             return;
+        }
+        let unmatched = slices_without_port(self.slices.values(), &self.port);
+        if !unmatched.is_empty() {
+            tracing::warn!(
+                port = %self.port,
+                slices = ?unmatched,
+                "EndpointSlices without the sidecar's port: their endpoints are left out of the view; \
+                 check STICKYD_PORT_NAME (or STICKYD_LISTEN's port) against the Service's ports"
+            );
         }
         let ready = peers.iter().filter(|p| p.state == PeerState::Ready).count();
         let draining = peers.len() - ready;
@@ -480,6 +530,29 @@ mod tests {
         assert!(view_from_slices([&none], &PortSelector::Number(8080)).is_empty());
         none.ports = None;
         assert!(view_from_slices([&none], &PortSelector::Number(8080)).is_empty());
+    }
+
+    #[test]
+    fn slices_without_the_port_are_named() {
+        let good = slice(
+            "web-a",
+            "IPv4",
+            vec![port("http", 8080)],
+            vec![ready("web-0", "10.0.0.1")],
+        );
+        let bad = slice(
+            "web-b",
+            "IPv4",
+            vec![port("metrics", 9090), port("web", 80)],
+            vec![ready("web-1", "10.0.0.2")],
+        );
+        let empty = slice("web-c", "IPv4", vec![port("web", 80)], vec![]);
+        let sel = PortSelector::Name("http".into());
+        assert_eq!(
+            slices_without_port([&good, &bad, &empty], &sel),
+            vec!["web-b [metrics=9090/TCP, web=80/TCP]".to_string()]
+        );
+        assert!(slices_without_port([&good], &PortSelector::Number(8080)).is_empty());
     }
 
     #[test]

@@ -144,10 +144,11 @@ impl ApiServer {
         format!("http://{}", self.addr)
     }
 
-    /// A kube client for the double, with no credentials.
+    /// A kube client for the double, with no credentials, built as the
+    /// endpoint source builds its own.
     pub fn client(&self) -> kube::Client {
         let config = kube::Config::new(self.url().parse().expect("the double's URL"));
-        kube::Client::try_from(config).expect("a kube client for the double")
+        stickyd::endpoints::kubernetes::client(config).expect("a kube client for the double")
     }
 
     /// Writes a kubeconfig that points at the double into `dir`.
