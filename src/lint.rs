@@ -7,7 +7,7 @@
 //! ServiceAccount's bindings) and reports each problem with the line of the
 //! offending field, a one-sentence explanation and the fix.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::path::PathBuf;
 
@@ -785,7 +785,7 @@ impl<'a> Linter<'a> {
 
         // SD009: the sidecar's own configuration.
         let env = sidecar_env(side.container, obj.namespace);
-        if let Some((var, line, msg)) = env.file_problem {
+        if let Some((var, line, msg)) = env.file_problem.clone() {
             out.push((
                 INVALID_CONFIG,
                 line,
@@ -793,14 +793,13 @@ impl<'a> Linter<'a> {
                 format!("mount the Secret holding the key at the directory of {var}, or fix the path"),
             ));
         }
-        let parsed = Config::from_env(&env.vars);
-        if let Err(e) = &parsed {
+        if let Some(e) = config_error(&env) {
             let line = env_value(side.container, e.var()).map_or(side.container.line, |n| n.line);
             out.push((
                 INVALID_CONFIG,
                 line,
                 format!("stickyd would exit at start: {e}."),
-                config_fix(e, obj.name),
+                config_fix(&e, obj.name),
             ));
         }
 
@@ -904,6 +903,33 @@ impl<'a> Linter<'a> {
     }
 }
 
+/// The first configuration error stickyd would stop at that the manifest
+/// proves. An error about a variable whose value is not in the manifest
+/// (configMapKeyRef, envFrom) proves nothing: that variable gets a plausible
+/// value and the rest is checked again.
+fn config_error(env: &SidecarEnv) -> Option<ConfigError> {
+    let knowable = |var: &str| !env.unknown.contains(var) && (env.vars.contains_key(var) || !env.has_env_from);
+    let mut vars = env.vars.clone();
+    for _ in 0..crate::config::VARIABLES.len() {
+        let e = Config::from_env(&vars).err()?;
+        if knowable(e.var()) {
+            return Some(e);
+        }
+        let plausible = match e.var() {
+            "STICKYD_SERVICE" => "svc",
+            "STICKYD_POD_NAME" => "pod-0",
+            "STICKYD_NAMESPACE" => "default",
+            "STICKYD_COOKIE_SECRET" => PLACEHOLDER_KEY,
+            _ => "",
+        };
+        if vars.get(e.var()).map(String::as_str) == Some(plausible) {
+            return None;
+        }
+        vars.insert(e.var().to_string(), plausible.to_string());
+    }
+    None
+}
+
 fn config_fix(e: &ConfigError, workload: &str) -> String {
     match e.var() {
         "STICKYD_SERVICE" => format!(
@@ -920,6 +946,10 @@ fn config_fix(e: &ConfigError, workload: &str) -> String {
 /// cannot be known offline replaced by plausible ones.
 struct SidecarEnv {
     vars: BTreeMap<String, String>,
+    /// Variables whose value cannot be known offline (configMapKeyRef, or
+    /// anything when the container has envFrom).
+    unknown: BTreeSet<String>,
+    has_env_from: bool,
     /// A STICKYD_COOKIE_SECRET_FILE outside any volume mount.
     file_problem: Option<(String, usize, String)>,
 }
@@ -929,6 +959,7 @@ const PLACEHOLDER_KEY: &str = "0123456789abcdef0123456789abcdef";
 
 fn sidecar_env(container: &Node, namespace: Option<&str>) -> SidecarEnv {
     let mut vars = BTreeMap::new();
+    let mut unknown = BTreeSet::new();
     for e in container.get("env").map(Node::items).unwrap_or(&[]) {
         let Some(name) = e.str_at(&["name"]) else { continue };
         let value = if let Some(v) = e.get("value") {
@@ -943,7 +974,8 @@ fn sidecar_env(container: &Node, namespace: Option<&str>) -> SidecarEnv {
         } else if e.path(&["valueFrom", "secretKeyRef"]).is_some() && name == "STICKYD_COOKIE_SECRET" {
             PLACEHOLDER_KEY.into()
         } else {
-            // configMapKeyRef, resourceFieldRef...: unknown offline, so the default is assumed.
+            // configMapKeyRef, resourceFieldRef...: unknown offline.
+            unknown.insert(name.to_string());
             continue;
         };
         vars.insert(name.to_string(), value);
@@ -975,7 +1007,13 @@ fn sidecar_env(container: &Node, namespace: Option<&str>) -> SidecarEnv {
             vars.insert("STICKYD_COOKIE_SECRET".into(), PLACEHOLDER_KEY.into());
         }
     }
-    SidecarEnv { vars, file_problem }
+    let has_env_from = container.get("envFrom").is_some_and(|e| !e.items().is_empty());
+    SidecarEnv {
+        vars,
+        unknown,
+        has_env_from,
+        file_problem,
+    }
 }
 
 /// Lints files given as `(name, contents)`; parse errors are reported in the report.
@@ -1229,6 +1267,34 @@ mod tests {
         let r = lint("kind: Ingress\n  bad: [\n");
         assert_eq!(r.exit_code(), 2);
         assert_eq!(r.input_errors[0].file, "t.yaml");
+    }
+
+    #[test]
+    fn env_from_elsewhere_is_not_reported_missing() {
+        let from_cm = SIDECAR_STACK.replace(
+            "        - {name: STICKYD_SERVICE, value: web}\n",
+            "        - {name: STICKYD_SERVICE, valueFrom: {configMapKeyRef: {name: c, key: k}}}\n",
+        );
+        assert_ne!(from_cm, SIDECAR_STACK);
+        assert!(!rules(&lint(&from_cm)).contains(&"SD009"));
+        let env_from = SIDECAR_STACK.replace("        - {name: STICKYD_SERVICE, value: web}\n", "")
+            + "        envFrom: [{configMapRef: {name: stickyd}}]\n";
+        assert!(!rules(&lint(&env_from)).contains(&"SD009"));
+        // A value in the manifest is still checked with envFrom present.
+        let bad = env_from.clone() + "        - {name: STICKYD_LOG_FORMAT, value: xml}\n";
+        let bad = bad.replace(
+            "        envFrom: [{configMapRef: {name: stickyd}}]\n        - {name: STICKYD_LOG_FORMAT",
+            "        - {name: STICKYD_LOG_FORMAT",
+        );
+        let bad = bad + "        envFrom: [{configMapRef: {name: stickyd}}]\n";
+        let r = lint(&bad);
+        assert_eq!(
+            rules(&r).iter().filter(|r| **r == "SD009").count(),
+            1,
+            "{:?}",
+            r.findings
+        );
+        assert!(r.findings.iter().any(|f| f.message.contains("STICKYD_LOG_FORMAT")));
     }
 
     #[test]
