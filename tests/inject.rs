@@ -6,7 +6,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 
-use stickyd::kyaml::{self, Node};
+use stickyd::kyaml::{self, Node, Style, Value};
 
 fn fixture(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -597,4 +597,92 @@ fn comments_are_kept() {
     // Script content that looks like a comment stays in the script.
     assert!(out.contains("  start.sh: |\n    #!/bin/sh\n"), "{out}");
     assert_eq!(out.matches("#!/bin/sh").count(), 1);
+}
+
+/// A node as JSON, with plain scalars typed as YAML 1.1 reads them.
+fn to_json(n: &Node) -> serde_json::Value {
+    use serde_json::Value as J;
+    match &n.value {
+        Value::Scalar { text, style, .. } => {
+            if *style == Style::Str {
+                return J::String(text.clone());
+            }
+            match text.as_str() {
+                "" | "~" | "null" | "Null" | "NULL" => J::Null,
+                "true" | "True" | "TRUE" => J::Bool(true),
+                "false" | "False" | "FALSE" => J::Bool(false),
+                t => t
+                    .parse::<i64>()
+                    .map(J::from)
+                    .or_else(|_| t.parse::<f64>().map(J::from))
+                    .unwrap_or_else(|_| J::String(t.to_string())),
+            }
+        }
+        Value::Seq(items) => J::Array(items.iter().map(to_json).collect()),
+        Value::Map(entries) => J::Object(
+            entries
+                .iter()
+                .map(|(k, v)| (k.as_str().expect("string keys").to_string(), to_json(v)))
+                .collect(),
+        ),
+    }
+}
+
+/// Reads an object as its Kubernetes type and writes it back: any field the
+/// type does not know, or of the wrong type, makes the two differ.
+fn schema_round_trip<T: serde::de::DeserializeOwned + serde::Serialize>(json: &serde_json::Value) {
+    let typed: T = serde_json::from_value(json.clone()).unwrap_or_else(|e| panic!("{e}: {json:#}"));
+    assert_eq!(
+        &serde_json::to_value(&typed).unwrap(),
+        json,
+        "fields the Kubernetes schema does not have"
+    );
+}
+
+#[test]
+fn injected_objects_match_the_kubernetes_schema() {
+    use k8s_openapi::api::{apps, core, rbac};
+    let mut checked = Vec::new();
+    for (f, extra) in [
+        ("plain.yaml", &[][..]),
+        (
+            "statefulset.yaml",
+            &["--secret", "stickyd-cookie", "--cookie-max-age", "48h"][..],
+        ),
+        ("plain.yaml", &["--secret", "stickyd-cookie", "--secret-env"][..]),
+    ] {
+        for d in docs(&inject(f, extra)) {
+            let json = to_json(&d);
+            let kind = d.str_at(&["kind"]).unwrap().to_string();
+            match kind.as_str() {
+                "Deployment" => schema_round_trip::<apps::v1::Deployment>(&json),
+                "StatefulSet" => schema_round_trip::<apps::v1::StatefulSet>(&json),
+                "Service" => schema_round_trip::<core::v1::Service>(&json),
+                "ServiceAccount" => schema_round_trip::<core::v1::ServiceAccount>(&json),
+                "Role" => schema_round_trip::<rbac::v1::Role>(&json),
+                "RoleBinding" => schema_round_trip::<rbac::v1::RoleBinding>(&json),
+                other => panic!("unexpected kind {other}"),
+            }
+            checked.push(kind);
+        }
+    }
+    for kind in [
+        "Deployment",
+        "StatefulSet",
+        "Service",
+        "ServiceAccount",
+        "Role",
+        "RoleBinding",
+    ] {
+        assert!(checked.iter().any(|k| k == kind), "{kind} checked");
+    }
+}
+
+#[test]
+fn the_schema_check_catches_a_wrong_field() {
+    let out = inject("plain.yaml", &[]);
+    let d = docs(&out.replace("restartPolicy: Always", "restartPolicyy: Always"));
+    let json = to_json(find(&d, "Deployment", "shop"));
+    let r = std::panic::catch_unwind(|| schema_round_trip::<k8s_openapi::api::apps::v1::Deployment>(&json));
+    assert!(r.is_err());
 }
