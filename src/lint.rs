@@ -614,7 +614,7 @@ impl<'a> Linter<'a> {
                 continue;
             }
             let svc = match self.services_named(obj, name) {
-                Some(s) => Some((s, None)),
+                Some(s) => Some(s),
                 None => {
                     let similar = self
                         .objs
@@ -635,10 +635,10 @@ impl<'a> Linter<'a> {
                             format!("name the backend {:?} (the other checks assume it)", s.name),
                         ));
                     }
-                    similar.map(|(_, s)| (s, Some(s.name)))
+                    similar.map(|(_, s)| s)
                 }
             };
-            let Some((svc, _)) = svc else { continue };
+            let Some(svc) = svc else { continue };
             let spec = svc.root.get("spec");
             let ty = spec.and_then(|s| s.str_at(&["type"]));
             let target = spec.and_then(|s| s.str_at(&["externalName"])).unwrap_or("?");
