@@ -646,8 +646,10 @@ impl Stickyd {
         admin: SocketAddr,
         upstream: SocketAddr,
         sync_timeout: &str,
+        extra_env: &[(&str, &str)],
     ) -> Stickyd {
-        let dir = std::env::temp_dir().join(format!("stickyd-kube-{}-{}-{pod}", std::process::id(), listen.ip()));
+        let dir = std::env::temp_dir()
+            .join(format!("stickyd-kube-{}-{}-{pod}", std::process::id(), listen.ip()).replace(':', "_"));
         std::fs::create_dir_all(&dir).unwrap();
         let kubeconfig = api.write_kubeconfig(&dir);
         let log = std::fs::File::create(dir.join("stickyd.log")).unwrap();
@@ -669,6 +671,7 @@ impl Stickyd {
             .env("STICKYD_SYNC_TIMEOUT", sync_timeout)
             .env("STICKYD_WORKER_THREADS", "2")
             .env("STICKYD_LOG", "info,stickyd=debug")
+            .envs(extra_env.iter().copied())
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
             .stderr(log);
@@ -771,7 +774,7 @@ impl Pods {
             echoes.push(echo_on(app, &name).await);
             let admin = TcpListener::bind((me, 0)).await.unwrap().local_addr().unwrap();
             let listen = SocketAddr::new(me, port);
-            sidecars.push(Stickyd::spawn(api, &name, listen, admin, upstream, sync_timeout).await);
+            sidecars.push(Stickyd::spawn(api, &name, listen, admin, upstream, sync_timeout, &[]).await);
         }
         for i in real..real + others {
             let l = TcpListener::bind((ip(net, 10 + i), port)).await.unwrap();
@@ -1054,6 +1057,79 @@ async fn binary_two_real_sidecars_through_a_drain() {
     pods.endpoints_are(FOLLOW, &[(0, "ready")]).await;
     app_saw(&web0.request(Some("web-1")).await, "web-0", "repinned", Some("web-0"));
     app_saw(&web0.request(Some("web-0")).await, "web-0", "pinned", None);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn binary_ipv6_slices_with_a_named_port() {
+    // Every pod on ::1, so each has its own port: one slice per pod, the
+    // sidecar's port found by name among the slice's ports.
+    let api = ApiServer::spawn().await;
+    let lo = IpAddr::from(std::net::Ipv6Addr::LOCALHOST);
+    let app = TcpListener::bind((lo, 0)).await.unwrap();
+    let upstream = app.local_addr().unwrap();
+    let _app = echo_on(app, "web-0").await;
+    let peer = TcpListener::bind((lo, 0)).await.unwrap();
+    let peer_addr = peer.local_addr().unwrap();
+    let _peer = echo_on(peer, "web-1").await;
+    let listen = TcpListener::bind((lo, 0)).await.unwrap().local_addr().unwrap();
+    let admin = TcpListener::bind((lo, 0)).await.unwrap().local_addr().unwrap();
+    let sidecar = Stickyd::spawn(
+        &api,
+        "web-0",
+        listen,
+        admin,
+        upstream,
+        "10",
+        &[("STICKYD_PORT_NAME", "proxy")],
+    )
+    .await;
+
+    let pod_slice = |name: &str, pod: &str, port: u16, state: (bool, bool, bool)| {
+        let mut v = slice(SVC, name, ("proxy", port), &[(pod, "::1", state.0, state.1, state.2)]);
+        v["ports"]
+            .as_array_mut()
+            .unwrap()
+            .insert(0, serde_json::json!({"name": "app", "port": 1, "protocol": "TCP"}));
+        assert_eq!(v["addressType"], "IPv6");
+        v
+    };
+    let want = |entries: &[(&str, SocketAddr, &str)]| -> Vec<(String, String, String)> {
+        entries
+            .iter()
+            .map(|(n, a, s)| (n.to_string(), a.to_string(), s.to_string()))
+            .collect()
+    };
+    let endpoints_are = |w: Vec<(String, String, String)>| {
+        let sidecar = &sidecar;
+        async move {
+            eventually(FOLLOW * 5, "/endpoints", || async {
+                let seen = sidecar.endpoints().await;
+                (seen.as_ref().is_some_and(|(synced, p)| *synced && *p == w), seen)
+            })
+            .await
+        }
+    };
+
+    api.set_slice(NS, pod_slice("web-x1", "web-0", listen.port(), (true, true, false)));
+    api.set_slice(NS, pod_slice("web-x2", "web-1", peer_addr.port(), (true, true, false)));
+    endpoints_are(want(&[("web-0", listen, "ready"), ("web-1", peer_addr, "ready")])).await;
+    let took_at_most = Duration::from_secs(1);
+    served(&sidecar.request(Some("web-1")).await, "web-1", "", None);
+
+    api.set_slice(NS, pod_slice("web-x2", "web-1", peer_addr.port(), (false, true, true)));
+    let took = endpoints_are(want(&[("web-0", listen, "ready"), ("web-1", peer_addr, "draining")])).await;
+    assert!(took < took_at_most, "{took:?}");
+    served(&sidecar.request(Some("web-1")).await, "web-1", "", None);
+
+    assert!(api.delete_slice(NS, "web-x2"));
+    let took = endpoints_are(want(&[("web-0", listen, "ready")])).await;
+    assert!(took < took_at_most, "{took:?}");
+    served(
+        &sidecar.request(Some("web-1")).await,
+        "web-0",
+        "repinned",
+        Some("web-0"),
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
