@@ -25,9 +25,9 @@ pub struct InjectArgs {
     /// Default: the Service in the input whose selector matches the pod labels.
     #[arg(long, value_name = "NAME")]
     pub service: Option<String>,
-    /// The sidecar image.
-    #[arg(long, default_value = concat!("stickyd:", env!("CARGO_PKG_VERSION")))]
-    pub image: String,
+    /// The sidecar image [default: the image of a sidecar injected earlier, else stickyd:VERSION].
+    #[arg(long)]
+    pub image: Option<String>,
     /// The sidecar's proxy port (the next free one is taken if the pod uses it).
     #[arg(long, default_value_t = 8080)]
     pub port: u16,
@@ -244,7 +244,11 @@ pub fn validate(args: &InjectArgs) -> Result<(), ConfigError> {
     Config::from_env(&m).map(|_| ())
 }
 
+/// The image of a sidecar when none is given.
+pub const DEFAULT_IMAGE: &str = concat!("stickyd:", env!("CARGO_PKG_VERSION"));
+
 struct Plan {
+    image: String,
     service: String,
     upstream: i64,
     port: (String, i64),
@@ -265,7 +269,7 @@ fn sidecar(args: &InjectArgs, plan: &Plan) -> Node {
     }
     let mut c = vec![
         ("name", Node::str(SIDECAR)),
-        ("image", Node::str(&args.image)),
+        ("image", Node::str(&plan.image)),
         ("restartPolicy", Node::str("Always")),
         ("args", strs(&["run"])),
         (
@@ -466,14 +470,31 @@ fn free_port(want: i64, names: &[&str], used: &[Port], taken: &[i64]) -> (String
     (name, n)
 }
 
-fn upstream_of(sidecar: &Node) -> Option<i64> {
-    sidecar
+/// How likely a Service port is the app's HTTP port: lower is likelier.
+fn http_rank(port: &Node) -> u8 {
+    let name = port.str_at(&["name"]).unwrap_or("");
+    if name == "web" || name.starts_with("http") {
+        0
+    } else if matches!(port.get("port").and_then(Node::as_i64), Some(80 | 8080 | 443)) {
+        1
+    } else {
+        2
+    }
+}
+
+/// The literal value of an env variable of a container.
+fn env_of<'a>(container: &'a Node, name: &str) -> Option<&'a str> {
+    container
         .get("env")
         .map(Node::items)
         .unwrap_or(&[])
         .iter()
-        .find(|e| e.str_at(&["name"]) == Some("STICKYD_UPSTREAM"))?
-        .str_at(&["value"])?
+        .find(|e| e.str_at(&["name"]) == Some(name))?
+        .str_at(&["value"])
+}
+
+fn upstream_of(sidecar: &Node) -> Option<i64> {
+    env_of(sidecar, "STICKYD_UPSTREAM")?
         .trim_end_matches('/')
         .rsplit(':')
         .next()?
@@ -550,6 +571,9 @@ pub fn inject(docs: &mut Vec<Node>, args: &InjectArgs) -> Result<Outcome, Inject
         let matching: Vec<usize> = (0..docs.len())
             .filter(|&i| kind_of(&docs[i]) == "Service" && same_ns(&ns_of(&docs[i]), &ns) && selects(&docs[i], &labels))
             .collect();
+        let earlier = mine
+            .and_then(|i| env_of(&init[i], "STICKYD_SERVICE"))
+            .map(str::to_string);
         let service = match &args.service {
             Some(s) => s.clone(),
             None => {
@@ -559,6 +583,8 @@ pub fn inject(docs: &mut Vec<Node>, args: &InjectArgs) -> Result<Outcome, Inject
                 }
                 match c.as_slice() {
                     [one] => name_of(&docs[*one]).to_string(),
+                    // What an earlier injection was told or found.
+                    _ if earlier.is_some() => earlier.clone().unwrap_or_default(),
                     [] if matching.is_empty() => {
                         return Err(InjectError::NoService {
                             workload: id,
@@ -595,14 +621,13 @@ pub fn inject(docs: &mut Vec<Node>, args: &InjectArgs) -> Result<Outcome, Inject
         let upstream = mine
             .and_then(|i| upstream_of(&init[i]))
             .or_else(|| {
-                services.iter().find_map(|&s| {
-                    docs[s]
-                        .path(&["spec", "ports"])
-                        .map(Node::items)
-                        .unwrap_or(&[])
-                        .iter()
-                        .find_map(|p| target_number(p, &app_ports))
-                })
+                // The HTTP port of the Services, when they have several (metrics, say).
+                services
+                    .iter()
+                    .flat_map(|&s| docs[s].path(&["spec", "ports"]).map(Node::items).unwrap_or(&[]))
+                    .filter_map(|p| Some((http_rank(p), target_number(p, &app_ports)?)))
+                    .min_by_key(|(rank, _)| *rank)
+                    .map(|(_, n)| n)
             })
             .or_else(|| {
                 pod.get("containers")
@@ -627,7 +652,13 @@ pub fn inject(docs: &mut Vec<Node>, args: &InjectArgs) -> Result<Outcome, Inject
             &app_ports,
             &[upstream, port.1],
         );
+        let image = args
+            .image
+            .clone()
+            .or_else(|| mine.and_then(|i| init[i].str_at(&["image"])).map(str::to_string))
+            .unwrap_or_else(|| DEFAULT_IMAGE.to_string());
         let plan = Plan {
+            image,
             service: service.clone(),
             upstream,
             port,
@@ -814,12 +845,20 @@ mod tests {
     }
 
     #[test]
+    fn the_http_port_is_preferred_over_metrics() {
+        let doc = |y: &str| kyaml::parse_stream(y).unwrap().remove(0).root;
+        assert!(http_rank(&doc("{name: metrics, port: 9100}")) > http_rank(&doc("{name: http, port: 8000}")));
+        assert!(http_rank(&doc("{name: metrics, port: 9100}")) > http_rank(&doc("{port: 80}")));
+        assert_eq!(http_rank(&doc("{name: web, port: 1}")), 0);
+    }
+
+    #[test]
     fn options_are_checked_with_the_config_parser() {
         let mut args = InjectArgs {
             file: "-".into(),
             workloads: vec![],
             service: None,
-            image: "stickyd:1".into(),
+            image: None,
             port: 8080,
             admin_port: 9090,
             cookie: Box::default(),

@@ -393,6 +393,10 @@ fn workload_and_service_options() {
     let c = sidecar(find(&d, "Deployment", "shop"));
     assert_eq!(env_value(c, "STICKYD_SERVICE"), Some("shop-svc"));
     assert_eq!(c.str_at(&["image"]), Some("ghcr.io/acme/stickyd:1.2.3"));
+    // Injecting again needs neither --service nor --image: the sidecar remembers them.
+    assert_eq!(inject_stdin(&out, &[]), out);
+    let newer = inject_stdin(&out, &["--image", "ghcr.io/acme/stickyd:1.3.0"]);
+    assert_eq!(newer, out.replace("stickyd:1.2.3", "stickyd:1.3.0"));
 }
 
 #[test]
@@ -685,4 +689,26 @@ fn the_schema_check_catches_a_wrong_field() {
     let json = to_json(find(&d, "Deployment", "shop"));
     let r = std::panic::catch_unwind(|| schema_round_trip::<k8s_openapi::api::apps::v1::Deployment>(&json));
     assert!(r.is_err());
+}
+
+#[test]
+fn the_app_port_is_the_services_http_port_not_its_metrics_port() {
+    let input = concat!(
+        "apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: api}\nspec:\n",
+        "  selector: {matchLabels: {app: api}}\n  template:\n    metadata: {labels: {app: api}}\n",
+        "    spec:\n      containers:\n      - name: api\n        image: example/api:1\n",
+        "        ports: [{name: metrics, containerPort: 9100}, {name: http, containerPort: 3000}]\n",
+        "---\napiVersion: v1\nkind: Service\nmetadata: {name: api}\nspec:\n  selector: {app: api}\n",
+        "  ports:\n  - {name: metrics, port: 9100, targetPort: metrics}\n  - {name: http, port: 80, targetPort: http}\n",
+    );
+    let out = inject_stdin(input, &[]);
+    let d = docs(&out);
+    assert_eq!(
+        env_value(sidecar(find(&d, "Deployment", "api")), "STICKYD_UPSTREAM"),
+        Some("http://127.0.0.1:3000")
+    );
+    let ports = find(&d, "Service", "api").path(&["spec", "ports"]).unwrap().items();
+    assert_eq!(ports[0].str_at(&["targetPort"]), Some("metrics"));
+    assert_eq!(ports[1].str_at(&["targetPort"]), Some("stickyd"));
+    assert_eq!(lint_stdin(&out).status.code(), Some(0));
 }
