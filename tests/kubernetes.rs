@@ -23,7 +23,16 @@ const PORT: u16 = 8080;
 const FOLLOW: Duration = Duration::from_secs(1);
 /// Long enough for the watcher's default backoff (0.8 s doubling, jittered)
 /// to retry a few times after an outage.
-const RECOVER: Duration = Duration::from_secs(15);
+const RECOVER: Duration = Duration::from_secs(10);
+/// No test runs longer than this.
+const TEST_LIMIT: Duration = Duration::from_secs(30);
+
+/// Runs a test body, failing it if it has not finished within [`TEST_LIMIT`].
+async fn bounded(body: impl std::future::Future<Output = ()>) {
+    if tokio::time::timeout(TEST_LIMIT, body).await.is_err() {
+        panic!("the test did not finish within {TEST_LIMIT:?}");
+    }
+}
 
 type Ep<'a> = (&'a str, &'a str, bool, bool, bool);
 type Peers = Vec<(String, String, &'static str)>;
@@ -104,73 +113,76 @@ async fn view_is(src: &Source, within: Duration, want: &[(String, String, &'stat
 
 #[tokio::test]
 async fn follows_every_change_within_a_second() {
-    let api = ApiServer::spawn().await;
-    api.set_slice(
-        NS,
-        web("web-a", &[ready("web-0", "10.0.0.1"), ready("web-1", "10.0.0.2")]),
-    );
-    let src = source(&api);
-    view_is(
-        &src,
-        FOLLOW * 5,
-        &[p("web-0", "10.0.0.1", "ready"), p("web-1", "10.0.0.2", "ready")],
-    )
-    .await;
-    assert_eq!(src.metrics.endpoints_synced.get(), 1);
+    bounded(async {
+        let api = ApiServer::spawn().await;
+        api.set_slice(
+            NS,
+            web("web-a", &[ready("web-0", "10.0.0.1"), ready("web-1", "10.0.0.2")]),
+        );
+        let src = source(&api);
+        view_is(
+            &src,
+            FOLLOW * 5,
+            &[p("web-0", "10.0.0.1", "ready"), p("web-1", "10.0.0.2", "ready")],
+        )
+        .await;
+        assert_eq!(src.metrics.endpoints_synced.get(), 1);
 
-    let mut slowest = Duration::ZERO;
-    let steps: Vec<(Vec<Ep<'_>>, Peers)> = vec![
-        // Scale up.
-        (
-            vec![
-                ready("web-0", "10.0.0.1"),
-                ready("web-1", "10.0.0.2"),
-                ready("web-2", "10.0.0.3"),
-            ],
-            vec![
-                p("web-0", "10.0.0.1", "ready"),
-                p("web-1", "10.0.0.2", "ready"),
-                p("web-2", "10.0.0.3", "ready"),
-            ],
-        ),
-        // web-1 terminates: it drains.
-        (
-            vec![
-                ready("web-0", "10.0.0.1"),
-                draining("web-1", "10.0.0.2"),
-                ready("web-2", "10.0.0.3"),
-            ],
-            vec![
-                p("web-0", "10.0.0.1", "ready"),
-                p("web-1", "10.0.0.2", "draining"),
-                p("web-2", "10.0.0.3", "ready"),
-            ],
-        ),
-        // web-1 stops serving: gone, although still listed.
-        (
-            vec![
-                ready("web-0", "10.0.0.1"),
-                ("web-1", "10.0.0.2", false, false, true),
-                ready("web-2", "10.0.0.3"),
-            ],
-            vec![p("web-0", "10.0.0.1", "ready"), p("web-2", "10.0.0.3", "ready")],
-        ),
-        // Scale down to one.
-        (vec![ready("web-2", "10.0.0.3")], vec![p("web-2", "10.0.0.3", "ready")]),
-    ];
-    for (endpoints, want) in steps {
-        let generation = src.store.load().generation;
-        api.set_slice(NS, web("web-a", &endpoints));
-        slowest = slowest.max(view_is(&src, FOLLOW, &want).await);
-        assert_eq!(src.store.load().generation, generation + 1, "one swap per change");
-    }
-    assert!(api.delete_slice(NS, "web-a"));
-    slowest = slowest.max(view_is(&src, FOLLOW, &[]).await);
-    assert!(src.store.load().synced);
-    let text = metrics_text(&src.metrics);
-    assert!(text.contains("stickyd_endpoints{state=\"ready\"} 0"), "{text}");
-    assert_eq!(src.metrics.kube_watch_errors.get(), 0);
-    eprintln!("slowest change followed in {slowest:?}");
+        let mut slowest = Duration::ZERO;
+        let steps: Vec<(Vec<Ep<'_>>, Peers)> = vec![
+            // Scale up.
+            (
+                vec![
+                    ready("web-0", "10.0.0.1"),
+                    ready("web-1", "10.0.0.2"),
+                    ready("web-2", "10.0.0.3"),
+                ],
+                vec![
+                    p("web-0", "10.0.0.1", "ready"),
+                    p("web-1", "10.0.0.2", "ready"),
+                    p("web-2", "10.0.0.3", "ready"),
+                ],
+            ),
+            // web-1 terminates: it drains.
+            (
+                vec![
+                    ready("web-0", "10.0.0.1"),
+                    draining("web-1", "10.0.0.2"),
+                    ready("web-2", "10.0.0.3"),
+                ],
+                vec![
+                    p("web-0", "10.0.0.1", "ready"),
+                    p("web-1", "10.0.0.2", "draining"),
+                    p("web-2", "10.0.0.3", "ready"),
+                ],
+            ),
+            // web-1 stops serving: gone, although still listed.
+            (
+                vec![
+                    ready("web-0", "10.0.0.1"),
+                    ("web-1", "10.0.0.2", false, false, true),
+                    ready("web-2", "10.0.0.3"),
+                ],
+                vec![p("web-0", "10.0.0.1", "ready"), p("web-2", "10.0.0.3", "ready")],
+            ),
+            // Scale down to one.
+            (vec![ready("web-2", "10.0.0.3")], vec![p("web-2", "10.0.0.3", "ready")]),
+        ];
+        for (endpoints, want) in steps {
+            let generation = src.store.load().generation;
+            api.set_slice(NS, web("web-a", &endpoints));
+            slowest = slowest.max(view_is(&src, FOLLOW, &want).await);
+            assert_eq!(src.store.load().generation, generation + 1, "one swap per change");
+        }
+        assert!(api.delete_slice(NS, "web-a"));
+        slowest = slowest.max(view_is(&src, FOLLOW, &[]).await);
+        assert!(src.store.load().synced);
+        let text = metrics_text(&src.metrics);
+        assert!(text.contains("stickyd_endpoints{state=\"ready\"} 0"), "{text}");
+        assert_eq!(src.metrics.kube_watch_errors.get(), 0);
+        eprintln!("slowest change followed in {slowest:?}");
+    })
+    .await
 }
 
 fn metrics_text(m: &Metrics) -> String {
@@ -181,369 +193,387 @@ fn metrics_text(m: &Metrics) -> String {
 
 #[tokio::test]
 async fn merges_the_services_slices_and_ignores_the_rest() {
-    let api = ApiServer::spawn().await;
-    api.set_slice(
-        NS,
-        web("web-a", &[ready("web-0", "10.0.0.1"), draining("web-1", "10.0.0.2")]),
-    );
-    api.set_slice(NS, web("web-b", &[ready("web-2", "10.0.0.3")]));
-    // Another service in the namespace, and the same service name elsewhere.
-    api.set_slice(NS, slice("db", "db-a", ("http", PORT), &[ready("db-0", "10.0.9.1")]));
-    api.set_slice("other", web("web-x", &[ready("web-x", "10.0.8.1")]));
-    let src = source(&api);
-    view_is(
-        &src,
-        FOLLOW * 5,
-        &[
-            p("web-0", "10.0.0.1", "ready"),
-            p("web-1", "10.0.0.2", "draining"),
-            p("web-2", "10.0.0.3", "ready"),
-        ],
-    )
-    .await;
+    bounded(async {
+        let api = ApiServer::spawn().await;
+        api.set_slice(
+            NS,
+            web("web-a", &[ready("web-0", "10.0.0.1"), draining("web-1", "10.0.0.2")]),
+        );
+        api.set_slice(NS, web("web-b", &[ready("web-2", "10.0.0.3")]));
+        // Another service in the namespace, and the same service name elsewhere.
+        api.set_slice(NS, slice("db", "db-a", ("http", PORT), &[ready("db-0", "10.0.9.1")]));
+        api.set_slice("other", web("web-x", &[ready("web-x", "10.0.8.1")]));
+        let src = source(&api);
+        view_is(
+            &src,
+            FOLLOW * 5,
+            &[
+                p("web-0", "10.0.0.1", "ready"),
+                p("web-1", "10.0.0.2", "draining"),
+                p("web-2", "10.0.0.3", "ready"),
+            ],
+        )
+        .await;
 
-    // The controller moves web-1 to slice b as ready before it leaves a.
-    api.set_slice(
-        NS,
-        web("web-b", &[ready("web-2", "10.0.0.3"), ready("web-1", "10.0.0.2")]),
-    );
-    view_is(
-        &src,
-        FOLLOW,
-        &[
-            p("web-0", "10.0.0.1", "ready"),
-            p("web-1", "10.0.0.2", "ready"),
-            p("web-2", "10.0.0.3", "ready"),
-        ],
-    )
-    .await;
-    api.set_slice(NS, web("web-a", &[ready("web-0", "10.0.0.1")]));
-    api.set_slice(NS, slice("db", "db-a", ("http", PORT), &[ready("db-1", "10.0.9.2")]));
-    // A slice relabelled to another service leaves the view.
-    api.set_slice(NS, slice("db", "web-b", ("http", PORT), &[ready("web-2", "10.0.0.3")]));
-    view_is(&src, FOLLOW, &[p("web-0", "10.0.0.1", "ready")]).await;
-    // Slices of other ports are not the sidecar's.
-    api.set_slice(NS, slice(SVC, "web-c", ("grpc", 9000), &[ready("web-5", "10.0.0.5")]));
-    api.set_slice(NS, web("web-d", &[ready("web-6", "fd00::6")]));
-    view_is(
-        &src,
-        FOLLOW,
-        &[
-            p("web-0", "10.0.0.1", "ready"),
-            ("web-6".into(), "[fd00::6]:8080".into(), "ready"),
-        ],
-    )
-    .await;
+        // The controller moves web-1 to slice b as ready before it leaves a.
+        api.set_slice(
+            NS,
+            web("web-b", &[ready("web-2", "10.0.0.3"), ready("web-1", "10.0.0.2")]),
+        );
+        view_is(
+            &src,
+            FOLLOW,
+            &[
+                p("web-0", "10.0.0.1", "ready"),
+                p("web-1", "10.0.0.2", "ready"),
+                p("web-2", "10.0.0.3", "ready"),
+            ],
+        )
+        .await;
+        api.set_slice(NS, web("web-a", &[ready("web-0", "10.0.0.1")]));
+        api.set_slice(NS, slice("db", "db-a", ("http", PORT), &[ready("db-1", "10.0.9.2")]));
+        // A slice relabelled to another service leaves the view.
+        api.set_slice(NS, slice("db", "web-b", ("http", PORT), &[ready("web-2", "10.0.0.3")]));
+        view_is(&src, FOLLOW, &[p("web-0", "10.0.0.1", "ready")]).await;
+        // Slices of other ports are not the sidecar's.
+        api.set_slice(NS, slice(SVC, "web-c", ("grpc", 9000), &[ready("web-5", "10.0.0.5")]));
+        api.set_slice(NS, web("web-d", &[ready("web-6", "fd00::6")]));
+        view_is(
+            &src,
+            FOLLOW,
+            &[
+                p("web-0", "10.0.0.1", "ready"),
+                ("web-6".into(), "[fd00::6]:8080".into(), "ready"),
+            ],
+        )
+        .await;
+    })
+    .await
 }
 
 #[tokio::test]
 async fn api_down_at_start_serves_unsynced_then_syncs() {
-    let api = ApiServer::spawn().await;
-    api.set_slice(NS, web("web-a", &[ready("web-0", "10.0.0.1")]));
-    api.stop();
-    let src = source(&api);
-    until(RECOVER, "watch errors counted", || {
-        let n = src.metrics.kube_watch_errors.get();
-        (n >= 2, n)
+    bounded(async {
+        let api = ApiServer::spawn().await;
+        api.set_slice(NS, web("web-a", &[ready("web-0", "10.0.0.1")]));
+        api.stop();
+        let src = source(&api);
+        until(RECOVER, "watch errors counted", || {
+            let n = src.metrics.kube_watch_errors.get();
+            (n >= 2, n)
+        })
+        .await;
+        let v = src.store.load();
+        assert!(!v.synced, "no view before a successful list");
+        assert!(v.is_empty());
+        api.start().await;
+        view_is(&src, RECOVER, &[p("web-0", "10.0.0.1", "ready")]).await;
+        assert_eq!(src.metrics.endpoints_synced.get(), 1);
+        // And it follows changes again at once.
+        api.set_slice(
+            NS,
+            web("web-a", &[ready("web-0", "10.0.0.1"), ready("web-1", "10.0.0.2")]),
+        );
+        view_is(
+            &src,
+            FOLLOW,
+            &[p("web-0", "10.0.0.1", "ready"), p("web-1", "10.0.0.2", "ready")],
+        )
+        .await;
     })
-    .await;
-    let v = src.store.load();
-    assert!(!v.synced, "no view before a successful list");
-    assert!(v.is_empty());
-    api.start().await;
-    view_is(&src, RECOVER, &[p("web-0", "10.0.0.1", "ready")]).await;
-    assert_eq!(src.metrics.endpoints_synced.get(), 1);
-    // And it follows changes again at once.
-    api.set_slice(
-        NS,
-        web("web-a", &[ready("web-0", "10.0.0.1"), ready("web-1", "10.0.0.2")]),
-    );
-    view_is(
-        &src,
-        FOLLOW,
-        &[p("web-0", "10.0.0.1", "ready"), p("web-1", "10.0.0.2", "ready")],
-    )
-    .await;
+    .await
 }
 
 #[tokio::test]
 async fn outages_keep_the_last_good_view() {
-    let api = ApiServer::spawn().await;
-    api.set_slice(
-        NS,
-        web("web-a", &[ready("web-0", "10.0.0.1"), ready("web-1", "10.0.0.2")]),
-    );
-    let src = source(&api);
-    let both = [p("web-0", "10.0.0.1", "ready"), p("web-1", "10.0.0.2", "ready")];
-    view_is(&src, FOLLOW * 5, &both).await;
-    let generation = src.store.load().generation;
+    bounded(async {
+        let api = ApiServer::spawn().await;
+        api.set_slice(
+            NS,
+            web("web-a", &[ready("web-0", "10.0.0.1"), ready("web-1", "10.0.0.2")]),
+        );
+        let src = source(&api);
+        let both = [p("web-0", "10.0.0.1", "ready"), p("web-1", "10.0.0.2", "ready")];
+        view_is(&src, FOLLOW * 5, &both).await;
+        let generation = src.store.load().generation;
 
-    // 5xx for a while, and the open watch breaks.
-    api.fail_with(500, Duration::from_secs(2));
-    api.drop_watches();
-    until(RECOVER, "5xx counted", || {
-        let n = src.metrics.kube_watch_errors.get();
-        (n >= 1, n)
-    })
-    .await;
-    assert_eq!(peers(&src.store.load()), both);
-    assert_eq!(src.store.load().generation, generation, "the view is kept as it is");
-    api.set_slice(NS, web("web-a", &[ready("web-1", "10.0.0.2")]));
-    view_is(&src, RECOVER, &[p("web-1", "10.0.0.2", "ready")]).await;
+        // 5xx for a while, and the open watch breaks.
+        api.fail_with(500, Duration::from_secs(2));
+        api.drop_watches();
+        until(RECOVER, "5xx counted", || {
+            let n = src.metrics.kube_watch_errors.get();
+            (n >= 1, n)
+        })
+        .await;
+        assert_eq!(peers(&src.store.load()), both);
+        assert_eq!(src.store.load().generation, generation, "the view is kept as it is");
+        api.set_slice(NS, web("web-a", &[ready("web-1", "10.0.0.2")]));
+        view_is(&src, RECOVER, &[p("web-1", "10.0.0.2", "ready")]).await;
 
-    // 503 (kube's client would retry it for minutes on its own; the source
-    // turns that off): counted like any failed attempt, the view kept, and
-    // the change made meanwhile arrives after it.
-    let errors = src.metrics.kube_watch_errors.get();
-    api.fail_with(503, Duration::from_secs(1));
-    api.drop_watches();
-    until(RECOVER, "503 counted", || {
-        let n = src.metrics.kube_watch_errors.get();
-        (n > errors, n)
-    })
-    .await;
-    api.set_slice(
-        NS,
-        web("web-a", &[ready("web-1", "10.0.0.2"), ready("web-2", "10.0.0.3")]),
-    );
-    view_is(
-        &src,
-        RECOVER,
-        &[p("web-1", "10.0.0.2", "ready"), p("web-2", "10.0.0.3", "ready")],
-    )
-    .await;
-    api.set_slice(NS, web("web-a", &[ready("web-1", "10.0.0.2")]));
-    view_is(&src, FOLLOW, &[p("web-1", "10.0.0.2", "ready")]).await;
+        // 503 (kube's client would retry it for minutes on its own; the source
+        // turns that off): counted like any failed attempt, the view kept, and
+        // the change made meanwhile arrives after it.
+        let errors = src.metrics.kube_watch_errors.get();
+        api.fail_with(503, Duration::from_secs(1));
+        api.drop_watches();
+        until(RECOVER, "503 counted", || {
+            let n = src.metrics.kube_watch_errors.get();
+            (n > errors, n)
+        })
+        .await;
+        api.set_slice(
+            NS,
+            web("web-a", &[ready("web-1", "10.0.0.2"), ready("web-2", "10.0.0.3")]),
+        );
+        view_is(
+            &src,
+            RECOVER,
+            &[p("web-1", "10.0.0.2", "ready"), p("web-2", "10.0.0.3", "ready")],
+        )
+        .await;
+        api.set_slice(NS, web("web-a", &[ready("web-1", "10.0.0.2")]));
+        view_is(&src, FOLLOW, &[p("web-1", "10.0.0.2", "ready")]).await;
 
-    // Down entirely.
-    let errors = src.metrics.kube_watch_errors.get();
-    let generation = src.store.load().generation;
-    api.stop();
-    until(RECOVER, "connection failures counted", || {
-        let n = src.metrics.kube_watch_errors.get();
-        (n > errors, n)
+        // Down entirely.
+        let errors = src.metrics.kube_watch_errors.get();
+        let generation = src.store.load().generation;
+        api.stop();
+        until(RECOVER, "connection failures counted", || {
+            let n = src.metrics.kube_watch_errors.get();
+            (n > errors, n)
+        })
+        .await;
+        assert!(src.store.load().synced);
+        assert_eq!(src.store.load().generation, generation);
+        assert_eq!(peers(&src.store.load()), [p("web-1", "10.0.0.2", "ready")]);
+        api.start().await;
+        api.set_slice(
+            NS,
+            web("web-a", &[ready("web-1", "10.0.0.2"), ready("web-2", "10.0.0.3")]),
+        );
+        view_is(
+            &src,
+            RECOVER,
+            &[p("web-1", "10.0.0.2", "ready"), p("web-2", "10.0.0.3", "ready")],
+        )
+        .await;
+        // Back to normal speed.
+        api.set_slice(NS, web("web-a", &[ready("web-2", "10.0.0.3")]));
+        view_is(&src, FOLLOW, &[p("web-2", "10.0.0.3", "ready")]).await;
     })
-    .await;
-    assert!(src.store.load().synced);
-    assert_eq!(src.store.load().generation, generation);
-    assert_eq!(peers(&src.store.load()), [p("web-1", "10.0.0.2", "ready")]);
-    api.start().await;
-    api.set_slice(
-        NS,
-        web("web-a", &[ready("web-1", "10.0.0.2"), ready("web-2", "10.0.0.3")]),
-    );
-    view_is(
-        &src,
-        RECOVER,
-        &[p("web-1", "10.0.0.2", "ready"), p("web-2", "10.0.0.3", "ready")],
-    )
-    .await;
-    // Back to normal speed.
-    api.set_slice(NS, web("web-a", &[ready("web-2", "10.0.0.3")]));
-    view_is(&src, FOLLOW, &[p("web-2", "10.0.0.3", "ready")]).await;
+    .await
 }
 
 #[tokio::test]
 async fn a_dropped_watch_resumes_from_its_resource_version() {
-    let api = ApiServer::spawn().await;
-    api.set_slice(NS, web("web-a", &[ready("web-0", "10.0.0.1")]));
-    let src = source(&api);
-    view_is(&src, FOLLOW * 5, &[p("web-0", "10.0.0.1", "ready")]).await;
-    until(FOLLOW, "watch open", || (api.watches() == 1, api.watches())).await;
-    let lists = api.lists();
-    for i in 2..5u8 {
-        api.drop_watches();
-        let ip = format!("10.0.0.{i}");
-        api.set_slice(NS, web("web-a", &[ready("web-0", "10.0.0.1"), ready("web-n", &ip)]));
-        view_is(
-            &src,
-            FOLLOW,
-            &[p("web-0", "10.0.0.1", "ready"), p("web-n", &ip, "ready")],
-        )
-        .await;
-    }
-    assert_eq!(api.lists(), lists, "a broken watch resumes, it does not relist");
-    assert!(api.watches() >= 4);
-    let resumed: Vec<String> = api
-        .requests()
-        .into_iter()
-        .filter(|r| r.contains("watch=true"))
-        .collect();
-    for r in &resumed {
-        assert!(r.contains("allowWatchBookmarks=true"), "bookmarks requested: {r}");
-        assert!(
-            r.contains("labelSelector=kubernetes.io%2Fservice-name%3Dweb"),
-            "selector: {r}"
-        );
-        assert!(
-            r.starts_with("GET /apis/discovery.k8s.io/v1/namespaces/shop/endpointslices?"),
-            "{r}"
-        );
-        assert!(
-            !r.contains("resourceVersion=0&") && !r.ends_with("resourceVersion=0"),
-            "{r}"
-        );
-    }
+    bounded(async {
+        let api = ApiServer::spawn().await;
+        api.set_slice(NS, web("web-a", &[ready("web-0", "10.0.0.1")]));
+        let src = source(&api);
+        view_is(&src, FOLLOW * 5, &[p("web-0", "10.0.0.1", "ready")]).await;
+        until(FOLLOW, "watch open", || (api.watches() == 1, api.watches())).await;
+        let lists = api.lists();
+        for i in 2..5u8 {
+            api.drop_watches();
+            let ip = format!("10.0.0.{i}");
+            api.set_slice(NS, web("web-a", &[ready("web-0", "10.0.0.1"), ready("web-n", &ip)]));
+            view_is(
+                &src,
+                FOLLOW,
+                &[p("web-0", "10.0.0.1", "ready"), p("web-n", &ip, "ready")],
+            )
+            .await;
+        }
+        assert_eq!(api.lists(), lists, "a broken watch resumes, it does not relist");
+        assert!(api.watches() >= 4);
+        let resumed: Vec<String> = api
+            .requests()
+            .into_iter()
+            .filter(|r| r.contains("watch=true"))
+            .collect();
+        for r in &resumed {
+            assert!(r.contains("allowWatchBookmarks=true"), "bookmarks requested: {r}");
+            assert!(
+                r.contains("labelSelector=kubernetes.io%2Fservice-name%3Dweb"),
+                "selector: {r}"
+            );
+            assert!(
+                r.starts_with("GET /apis/discovery.k8s.io/v1/namespaces/shop/endpointslices?"),
+                "{r}"
+            );
+            assert!(
+                !r.contains("resourceVersion=0&") && !r.ends_with("resourceVersion=0"),
+                "{r}"
+            );
+        }
+    })
+    .await
 }
 
 #[tokio::test]
 async fn gone_410_relists_and_replaces_the_view() {
-    let api = ApiServer::spawn().await;
-    api.set_slice(NS, web("web-a", &[ready("web-0", "10.0.0.1")]));
-    api.set_slice(NS, web("web-b", &[ready("web-1", "10.0.0.2")]));
-    let src = source(&api);
-    view_is(
-        &src,
-        FOLLOW * 5,
-        &[p("web-0", "10.0.0.1", "ready"), p("web-1", "10.0.0.2", "ready")],
-    )
-    .await;
-    let lists = api.lists();
+    bounded(async {
+        let api = ApiServer::spawn().await;
+        api.set_slice(NS, web("web-a", &[ready("web-0", "10.0.0.1")]));
+        api.set_slice(NS, web("web-b", &[ready("web-1", "10.0.0.2")]));
+        let src = source(&api);
+        view_is(
+            &src,
+            FOLLOW * 5,
+            &[p("web-0", "10.0.0.1", "ready"), p("web-1", "10.0.0.2", "ready")],
+        )
+        .await;
+        let lists = api.lists();
 
-    // While the watch is broken, slice b goes and c comes, and the history
-    // the watch would resume from is compacted away.
-    api.stop();
-    api.delete_slice(NS, "web-b");
-    api.set_slice(NS, web("web-c", &[ready("web-2", "10.0.0.3")]));
-    api.compact();
-    api.start().await;
-    view_is(
-        &src,
-        RECOVER,
-        &[p("web-0", "10.0.0.1", "ready"), p("web-2", "10.0.0.3", "ready")],
-    )
-    .await;
-    assert!(api.lists() > lists, "a 410 relists");
-    assert!(src.metrics.kube_watch_errors.get() >= 1);
+        // While the watch is broken, slice b goes and c comes, and the history
+        // the watch would resume from is compacted away.
+        api.stop();
+        api.delete_slice(NS, "web-b");
+        api.set_slice(NS, web("web-c", &[ready("web-2", "10.0.0.3")]));
+        api.compact();
+        api.start().await;
+        view_is(
+            &src,
+            RECOVER,
+            &[p("web-0", "10.0.0.1", "ready"), p("web-2", "10.0.0.3", "ready")],
+        )
+        .await;
+        assert!(api.lists() > lists, "a 410 relists");
+        assert!(src.metrics.kube_watch_errors.get() >= 1);
 
-    // The same with the watch open: compacted, then broken.
-    api.set_slice(NS, web("web-c", &[ready("web-3", "10.0.0.4")]));
-    view_is(
-        &src,
-        FOLLOW,
-        &[p("web-0", "10.0.0.1", "ready"), p("web-3", "10.0.0.4", "ready")],
-    )
-    .await;
-    let lists = api.lists();
-    api.compact();
-    api.drop_watches();
-    until(RECOVER, "relist after 410", || (api.lists() > lists, api.lists())).await;
-    api.delete_slice(NS, "web-a");
-    view_is(&src, RECOVER, &[p("web-3", "10.0.0.4", "ready")]).await;
+        // The same with the watch open: compacted, then broken.
+        api.set_slice(NS, web("web-c", &[ready("web-3", "10.0.0.4")]));
+        view_is(
+            &src,
+            FOLLOW,
+            &[p("web-0", "10.0.0.1", "ready"), p("web-3", "10.0.0.4", "ready")],
+        )
+        .await;
+        let lists = api.lists();
+        api.compact();
+        api.drop_watches();
+        until(RECOVER, "relist after 410", || (api.lists() > lists, api.lists())).await;
+        api.delete_slice(NS, "web-a");
+        view_is(&src, RECOVER, &[p("web-3", "10.0.0.4", "ready")]).await;
+    })
+    .await
 }
 
 #[tokio::test]
 async fn the_double_follows_the_watch_conventions() {
-    let api = ApiServer::spawn().await;
-    let first = api.set_slice(NS, web("web-a", &[ready("web-0", "10.0.0.1")]));
-    api.set_slice(NS, slice("db", "db-a", ("http", PORT), &[ready("db-0", "10.0.9.1")]));
-    let slices: Api<EndpointSlice> = Api::namespaced(api.client(), NS);
-    let sel = format!("kubernetes.io/service-name={SVC}");
+    bounded(async {
+        let api = ApiServer::spawn().await;
+        let first = api.set_slice(NS, web("web-a", &[ready("web-0", "10.0.0.1")]));
+        api.set_slice(NS, slice("db", "db-a", ("http", PORT), &[ready("db-0", "10.0.9.1")]));
+        let slices: Api<EndpointSlice> = Api::namespaced(api.client(), NS);
+        let sel = format!("kubernetes.io/service-name={SVC}");
 
-    // A list has the current resourceVersion, items their own.
-    let list = slices
-        .list(&kube::api::ListParams::default().labels(&sel))
-        .await
-        .unwrap();
-    assert_eq!(list.items.len(), 1);
-    assert_eq!(list.metadata.resource_version, Some(api.resource_version().to_string()));
-    assert_eq!(list.items[0].metadata.resource_version, Some(first.to_string()));
-    let rv = list.metadata.resource_version.unwrap();
+        // A list has the current resourceVersion, items their own.
+        let list = slices
+            .list(&kube::api::ListParams::default().labels(&sel))
+            .await
+            .unwrap();
+        assert_eq!(list.items.len(), 1);
+        assert_eq!(list.metadata.resource_version, Some(api.resource_version().to_string()));
+        assert_eq!(list.items[0].metadata.resource_version, Some(first.to_string()));
+        let rv = list.metadata.resource_version.unwrap();
 
-    // A watch from the list's version: events after it, bookmarks when asked.
-    let wp = WatchParams::default().labels(&sel).timeout(10);
-    let mut events = slices.watch(&wp, &rv).await.unwrap().boxed();
-    let second = api.set_slice(NS, web("web-a", &[ready("web-1", "10.0.0.2")]));
-    match events.try_next().await.unwrap() {
-        Some(WatchEvent::Modified(s)) => assert_eq!(s.metadata.resource_version, Some(second.to_string())),
-        other => panic!("expected MODIFIED, got {other:?}"),
-    }
-    let deadline = Instant::now() + Duration::from_secs(5);
-    loop {
-        assert!(Instant::now() < deadline, "no bookmark");
-        if let Some(WatchEvent::Bookmark(b)) = events.try_next().await.unwrap() {
-            assert_eq!(b.metadata.resource_version, second.to_string());
-            break;
+        // A watch from the list's version: events after it, bookmarks when asked.
+        let wp = WatchParams::default().labels(&sel).timeout(10);
+        let mut events = slices.watch(&wp, &rv).await.unwrap().boxed();
+        let second = api.set_slice(NS, web("web-a", &[ready("web-1", "10.0.0.2")]));
+        match events.try_next().await.unwrap() {
+            Some(WatchEvent::Modified(s)) => assert_eq!(s.metadata.resource_version, Some(second.to_string())),
+            other => panic!("expected MODIFIED, got {other:?}"),
         }
-    }
-    drop(events);
-
-    // From version 0: the current objects as ADDED.
-    let mut events = slices.watch(&wp, "0").await.unwrap().boxed();
-    match events.try_next().await.unwrap() {
-        Some(WatchEvent::Added(s)) => assert_eq!(s.metadata.name.as_deref(), Some("web-a")),
-        other => panic!("expected ADDED, got {other:?}"),
-    }
-    drop(events);
-
-    // Too old after compaction: an ERROR event with a 410 Expired Status.
-    api.compact();
-    let mut events = slices.watch(&wp, &rv).await.unwrap().boxed();
-    match events.try_next().await.unwrap() {
-        Some(WatchEvent::Error(e)) => {
-            assert_eq!(e.code, 410);
-            assert_eq!(e.reason, "Expired");
-        }
-        other => panic!("expected a 410 ERROR, got {other:?}"),
-    }
-    assert!(
-        events.try_next().await.unwrap().is_none(),
-        "the stream ends after the error"
-    );
-
-    // 5xx for a while, as a Status.
-    api.fail_with(500, Duration::from_millis(300));
-    match slices.list(&Default::default()).await {
-        Err(kube::Error::Api(s)) => assert_eq!(s.code, 500),
-        other => panic!("expected a 500, got {other:?}"),
-    }
-    let start = Instant::now();
-    loop {
-        match slices.list(&Default::default()).await {
-            Ok(list) => {
-                assert_eq!(list.items.len(), 2, "no label selector: every slice of the namespace");
-                assert!(start.elapsed() >= Duration::from_millis(200), "{:?}", start.elapsed());
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            assert!(Instant::now() < deadline, "no bookmark");
+            if let Some(WatchEvent::Bookmark(b)) = events.try_next().await.unwrap() {
+                assert_eq!(b.metadata.resource_version, second.to_string());
                 break;
             }
-            Err(e) if start.elapsed() < Duration::from_secs(2) => {
-                assert!(matches!(&e, kube::Error::Api(s) if s.code == 500), "{e}");
-                tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        drop(events);
+
+        // From version 0: the current objects as ADDED.
+        let mut events = slices.watch(&wp, "0").await.unwrap().boxed();
+        match events.try_next().await.unwrap() {
+            Some(WatchEvent::Added(s)) => assert_eq!(s.metadata.name.as_deref(), Some("web-a")),
+            other => panic!("expected ADDED, got {other:?}"),
+        }
+        drop(events);
+
+        // Too old after compaction: an ERROR event with a 410 Expired Status.
+        api.compact();
+        let mut events = slices.watch(&wp, &rv).await.unwrap().boxed();
+        match events.try_next().await.unwrap() {
+            Some(WatchEvent::Error(e)) => {
+                assert_eq!(e.code, 410);
+                assert_eq!(e.reason, "Expired");
             }
-            Err(e) => panic!("still failing after the window: {e}"),
+            other => panic!("expected a 410 ERROR, got {other:?}"),
         }
-    }
+        assert!(
+            events.try_next().await.unwrap().is_none(),
+            "the stream ends after the error"
+        );
 
-    // A watch ends cleanly after its timeoutSeconds.
-    let short = WatchParams::default().labels(&sel).timeout(1);
-    let mut events = slices
-        .watch(&short, &api.resource_version().to_string())
-        .await
-        .unwrap()
-        .boxed();
-    let start = Instant::now();
-    loop {
-        match tokio::time::timeout(Duration::from_secs(5), events.try_next()).await {
-            Ok(Ok(Some(WatchEvent::Bookmark(_)))) => continue,
-            Ok(Ok(None)) => break,
-            other => panic!("expected the watch to end, got {other:?}"),
+        // 5xx for a while, as a Status.
+        api.fail_with(500, Duration::from_millis(300));
+        match slices.list(&Default::default()).await {
+            Err(kube::Error::Api(s)) => assert_eq!(s.code, 500),
+            other => panic!("expected a 500, got {other:?}"),
         }
-    }
-    assert!(start.elapsed() >= Duration::from_millis(900), "{:?}", start.elapsed());
+        let start = Instant::now();
+        loop {
+            match slices.list(&Default::default()).await {
+                Ok(list) => {
+                    assert_eq!(list.items.len(), 2, "no label selector: every slice of the namespace");
+                    assert!(start.elapsed() >= Duration::from_millis(200), "{:?}", start.elapsed());
+                    break;
+                }
+                Err(e) if start.elapsed() < Duration::from_secs(2) => {
+                    assert!(matches!(&e, kube::Error::Api(s) if s.code == 500), "{e}");
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                Err(e) => panic!("still failing after the window: {e}"),
+            }
+        }
 
-    // A dropped watch breaks mid-stream, without the last chunk.
-    let mut events = slices
-        .watch(&wp, &api.resource_version().to_string())
-        .await
-        .unwrap()
-        .boxed();
-    api.drop_watches();
-    let end = tokio::time::timeout(Duration::from_secs(5), events.next())
-        .await
-        .unwrap();
-    assert!(
-        end.is_none(),
-        "a broken chunked stream ends the watch for the client: {end:?}"
-    );
+        // A watch ends cleanly after its timeoutSeconds.
+        let short = WatchParams::default().labels(&sel).timeout(1);
+        let mut events = slices
+            .watch(&short, &api.resource_version().to_string())
+            .await
+            .unwrap()
+            .boxed();
+        let start = Instant::now();
+        loop {
+            match tokio::time::timeout(Duration::from_secs(5), events.try_next()).await {
+                Ok(Ok(Some(WatchEvent::Bookmark(_)))) => continue,
+                Ok(Ok(None)) => break,
+                other => panic!("expected the watch to end, got {other:?}"),
+            }
+        }
+        assert!(start.elapsed() >= Duration::from_millis(900), "{:?}", start.elapsed());
+
+        // A dropped watch breaks mid-stream, without the last chunk.
+        let mut events = slices
+            .watch(&wp, &api.resource_version().to_string())
+            .await
+            .unwrap()
+            .boxed();
+        api.drop_watches();
+        let end = tokio::time::timeout(Duration::from_secs(5), events.next())
+            .await
+            .unwrap();
+        assert!(
+            end.is_none(),
+            "a broken chunked stream ends the watch for the client: {end:?}"
+        );
+    })
+    .await
 }
 
 // ---------------------------------------------------------------------------
@@ -954,297 +984,312 @@ fn served(r: &Resp, by: &str, session: &str, pinned_to: Option<&str>) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn binary_follows_scaling_and_the_drain_of_a_pod() {
-    let api = ApiServer::spawn().await;
-    let pods = Pods::start(&api, 41, 3, "10").await;
-    let mut slowest = Duration::ZERO;
-    let step = |eps: Vec<(String, String, bool, bool, bool)>| {
-        api.set_slice(NS, pods.slice("web-a", &eps));
-    };
+    bounded(async {
+        let api = ApiServer::spawn().await;
+        let pods = Pods::start(&api, 41, 3, "10").await;
+        let mut slowest = Duration::ZERO;
+        let step = |eps: Vec<(String, String, bool, bool, bool)>| {
+            api.set_slice(NS, pods.slice("web-a", &eps));
+        };
 
-    step(vec![pods.ep(0, "ready"), pods.ep(1, "ready")]);
-    pods.endpoints_are(Duration::from_secs(5), &[(0, "ready"), (1, "ready")])
-        .await;
-    let m = pods.metrics().await;
-    assert_eq!(sample(&m, "stickyd_endpoints{state=\"ready\"}"), Some(2.0), "{m}");
-    assert_eq!(sample(&m, "stickyd_endpoints_synced"), Some(1.0), "{m}");
-    assert_eq!(sample(&m, "stickyd_kubernetes_watch_errors_total"), Some(0.0), "{m}");
-    served(&pods.request(Some("web-1")).await, "web-1", "", None);
-    served(&pods.request(Some("web-0")).await, "web-0", "pinned", None);
-    served(&pods.request(None).await, "web-0", "new", Some("web-0"));
+        step(vec![pods.ep(0, "ready"), pods.ep(1, "ready")]);
+        pods.endpoints_are(Duration::from_secs(5), &[(0, "ready"), (1, "ready")])
+            .await;
+        let m = pods.metrics().await;
+        assert_eq!(sample(&m, "stickyd_endpoints{state=\"ready\"}"), Some(2.0), "{m}");
+        assert_eq!(sample(&m, "stickyd_endpoints_synced"), Some(1.0), "{m}");
+        assert_eq!(sample(&m, "stickyd_kubernetes_watch_errors_total"), Some(0.0), "{m}");
+        served(&pods.request(Some("web-1")).await, "web-1", "", None);
+        served(&pods.request(Some("web-0")).await, "web-0", "pinned", None);
+        served(&pods.request(None).await, "web-0", "new", Some("web-0"));
 
-    // Scale up.
-    step(vec![pods.ep(0, "ready"), pods.ep(1, "ready"), pods.ep(2, "ready")]);
-    slowest = slowest.max(
-        pods.endpoints_are(FOLLOW, &[(0, "ready"), (1, "ready"), (2, "ready")])
-            .await,
-    );
-    served(&pods.request(Some("web-2")).await, "web-2", "", None);
-    let m = pods.metrics().await;
-    assert_eq!(sample(&m, "stickyd_endpoints{state=\"ready\"}"), Some(3.0), "{m}");
+        // Scale up.
+        step(vec![pods.ep(0, "ready"), pods.ep(1, "ready"), pods.ep(2, "ready")]);
+        slowest = slowest.max(
+            pods.endpoints_are(FOLLOW, &[(0, "ready"), (1, "ready"), (2, "ready")])
+                .await,
+        );
+        served(&pods.request(Some("web-2")).await, "web-2", "", None);
+        let m = pods.metrics().await;
+        assert_eq!(sample(&m, "stickyd_endpoints{state=\"ready\"}"), Some(3.0), "{m}");
 
-    // web-1 terminates: its sessions stay with it, new ones go elsewhere.
-    step(vec![pods.ep(0, "ready"), pods.ep(1, "draining"), pods.ep(2, "ready")]);
-    slowest = slowest.max(
-        pods.endpoints_are(FOLLOW, &[(0, "ready"), (1, "draining"), (2, "ready")])
-            .await,
-    );
-    served(&pods.request(Some("web-1")).await, "web-1", "", None);
-    served(&pods.request(None).await, "web-0", "new", Some("web-0"));
-    let m = pods.metrics().await;
-    assert_eq!(sample(&m, "stickyd_endpoints{state=\"ready\"}"), Some(2.0), "{m}");
-    assert_eq!(sample(&m, "stickyd_endpoints{state=\"draining\"}"), Some(1.0), "{m}");
+        // web-1 terminates: its sessions stay with it, new ones go elsewhere.
+        step(vec![pods.ep(0, "ready"), pods.ep(1, "draining"), pods.ep(2, "ready")]);
+        slowest = slowest.max(
+            pods.endpoints_are(FOLLOW, &[(0, "ready"), (1, "draining"), (2, "ready")])
+                .await,
+        );
+        served(&pods.request(Some("web-1")).await, "web-1", "", None);
+        served(&pods.request(None).await, "web-0", "new", Some("web-0"));
+        let m = pods.metrics().await;
+        assert_eq!(sample(&m, "stickyd_endpoints{state=\"ready\"}"), Some(2.0), "{m}");
+        assert_eq!(sample(&m, "stickyd_endpoints{state=\"draining\"}"), Some(1.0), "{m}");
 
-    // web-1 stops serving: its sessions repin here.
-    step(vec![pods.ep(0, "ready"), pods.ep(1, "terminated"), pods.ep(2, "ready")]);
-    slowest = slowest.max(pods.endpoints_are(FOLLOW, &[(0, "ready"), (2, "ready")]).await);
-    served(&pods.request(Some("web-1")).await, "web-0", "repinned", Some("web-0"));
-    served(&pods.request(Some("web-2")).await, "web-2", "", None);
+        // web-1 stops serving: its sessions repin here.
+        step(vec![pods.ep(0, "ready"), pods.ep(1, "terminated"), pods.ep(2, "ready")]);
+        slowest = slowest.max(pods.endpoints_are(FOLLOW, &[(0, "ready"), (2, "ready")]).await);
+        served(&pods.request(Some("web-1")).await, "web-0", "repinned", Some("web-0"));
+        served(&pods.request(Some("web-2")).await, "web-2", "", None);
 
-    // Scale down: web-1 and web-2 leave the slice.
-    step(vec![pods.ep(0, "ready"), pods.ep(3, "ready")]);
-    slowest = slowest.max(pods.endpoints_are(FOLLOW, &[(0, "ready"), (3, "ready")]).await);
-    served(&pods.request(Some("web-2")).await, "web-0", "repinned", Some("web-0"));
-    served(&pods.request(Some("web-3")).await, "web-3", "", None);
-    let m = pods.metrics().await;
-    assert_eq!(sample(&m, "stickyd_endpoints{state=\"ready\"}"), Some(2.0), "{m}");
-    assert_eq!(sample(&m, "stickyd_endpoints{state=\"draining\"}"), Some(0.0), "{m}");
-    assert_eq!(sample(&m, "stickyd_kubernetes_watch_errors_total"), Some(0.0), "{m}");
-    eprintln!("stickyd followed each slice change within {slowest:?}");
-    assert!(pods.sidecar().log().contains("endpoint view updated"));
+        // Scale down: web-1 and web-2 leave the slice.
+        step(vec![pods.ep(0, "ready"), pods.ep(3, "ready")]);
+        slowest = slowest.max(pods.endpoints_are(FOLLOW, &[(0, "ready"), (3, "ready")]).await);
+        served(&pods.request(Some("web-2")).await, "web-0", "repinned", Some("web-0"));
+        served(&pods.request(Some("web-3")).await, "web-3", "", None);
+        let m = pods.metrics().await;
+        assert_eq!(sample(&m, "stickyd_endpoints{state=\"ready\"}"), Some(2.0), "{m}");
+        assert_eq!(sample(&m, "stickyd_endpoints{state=\"draining\"}"), Some(0.0), "{m}");
+        assert_eq!(sample(&m, "stickyd_kubernetes_watch_errors_total"), Some(0.0), "{m}");
+        eprintln!("stickyd followed each slice change within {slowest:?}");
+        assert!(pods.sidecar().log().contains("endpoint view updated"));
+    })
+    .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn binary_two_real_sidecars_through_a_drain() {
-    let api = ApiServer::spawn().await;
-    let pods = Pods::start_with(&api, 45, 2, 0, "10").await;
-    let (web0, web1) = (&pods.sidecars[0], &pods.sidecars[1]);
-    let app_saw = |r: &Resp, app: &str, session: &str, pinned_to: Option<&str>| {
-        assert_eq!(r.status, 200, "{r:?}");
-        assert_eq!(r.body, app, "{r:?}");
-        assert_eq!(r.header("x-seen-session"), session, "{r:?}");
-        assert_eq!(
-            r.header("x-seen-hop"),
-            "",
-            "the hop marker never reaches the app: {r:?}"
+    bounded(async {
+        let api = ApiServer::spawn().await;
+        let pods = Pods::start_with(&api, 45, 2, 0, "10").await;
+        let (web0, web1) = (&pods.sidecars[0], &pods.sidecars[1]);
+        let app_saw = |r: &Resp, app: &str, session: &str, pinned_to: Option<&str>| {
+            assert_eq!(r.status, 200, "{r:?}");
+            assert_eq!(r.body, app, "{r:?}");
+            assert_eq!(r.header("x-seen-session"), session, "{r:?}");
+            assert_eq!(
+                r.header("x-seen-hop"),
+                "",
+                "the hop marker never reaches the app: {r:?}"
+            );
+            assert_eq!(r.pinned_to().as_deref(), pinned_to, "Set-Cookie: {r:?}");
+        };
+
+        api.set_slice(NS, pods.slice("web-a", &[pods.ep(0, "ready"), pods.ep(1, "ready")]));
+        pods.endpoints_are(Duration::from_secs(5), &[(0, "ready"), (1, "ready")])
+            .await;
+        // Ready: a session of web-1 that lands on web-0 reaches web-1's app.
+        app_saw(&web0.request(Some("web-1")).await, "web-1", "pinned", None);
+        app_saw(&web1.request(Some("web-0")).await, "web-0", "pinned", None);
+        app_saw(&web1.request(None).await, "web-1", "new", Some("web-1"));
+
+        // Serving and terminating: web-1 keeps its sessions, and hands new ones
+        // to web-0.
+        api.set_slice(NS, pods.slice("web-a", &[pods.ep(0, "ready"), pods.ep(1, "draining")]));
+        let took = pods.endpoints_are(FOLLOW, &[(0, "ready"), (1, "draining")]).await;
+        eprintln!("both sidecars saw the drain within {took:?}");
+        app_saw(&web0.request(Some("web-1")).await, "web-1", "pinned", None);
+        app_saw(&web1.request(Some("web-1")).await, "web-1", "pinned", None);
+        app_saw(&web1.request(None).await, "web-0", "new", Some("web-0"));
+        let m = web1.metrics().await;
+        assert_eq!(sample(&m, "stickyd_endpoints{state=\"draining\"}"), Some(1.0), "{m}");
+
+        // Gone: its sessions repin where they land.
+        api.set_slice(
+            NS,
+            pods.slice("web-a", &[pods.ep(0, "ready"), pods.ep(1, "terminated")]),
         );
-        assert_eq!(r.pinned_to().as_deref(), pinned_to, "Set-Cookie: {r:?}");
-    };
-
-    api.set_slice(NS, pods.slice("web-a", &[pods.ep(0, "ready"), pods.ep(1, "ready")]));
-    pods.endpoints_are(Duration::from_secs(5), &[(0, "ready"), (1, "ready")])
-        .await;
-    // Ready: a session of web-1 that lands on web-0 reaches web-1's app.
-    app_saw(&web0.request(Some("web-1")).await, "web-1", "pinned", None);
-    app_saw(&web1.request(Some("web-0")).await, "web-0", "pinned", None);
-    app_saw(&web1.request(None).await, "web-1", "new", Some("web-1"));
-
-    // Serving and terminating: web-1 keeps its sessions, and hands new ones
-    // to web-0.
-    api.set_slice(NS, pods.slice("web-a", &[pods.ep(0, "ready"), pods.ep(1, "draining")]));
-    let took = pods.endpoints_are(FOLLOW, &[(0, "ready"), (1, "draining")]).await;
-    eprintln!("both sidecars saw the drain within {took:?}");
-    app_saw(&web0.request(Some("web-1")).await, "web-1", "pinned", None);
-    app_saw(&web1.request(Some("web-1")).await, "web-1", "pinned", None);
-    app_saw(&web1.request(None).await, "web-0", "new", Some("web-0"));
-    let m = web1.metrics().await;
-    assert_eq!(sample(&m, "stickyd_endpoints{state=\"draining\"}"), Some(1.0), "{m}");
-
-    // Gone: its sessions repin where they land.
-    api.set_slice(
-        NS,
-        pods.slice("web-a", &[pods.ep(0, "ready"), pods.ep(1, "terminated")]),
-    );
-    pods.endpoints_are(FOLLOW, &[(0, "ready")]).await;
-    app_saw(&web0.request(Some("web-1")).await, "web-0", "repinned", Some("web-0"));
-    app_saw(&web0.request(Some("web-0")).await, "web-0", "pinned", None);
+        pods.endpoints_are(FOLLOW, &[(0, "ready")]).await;
+        app_saw(&web0.request(Some("web-1")).await, "web-0", "repinned", Some("web-0"));
+        app_saw(&web0.request(Some("web-0")).await, "web-0", "pinned", None);
+    })
+    .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn binary_ipv6_slices_with_a_named_port() {
-    // Every pod on ::1, so each has its own port: one slice per pod, the
-    // sidecar's port found by name among the slice's ports.
-    let api = ApiServer::spawn().await;
-    let lo = IpAddr::from(std::net::Ipv6Addr::LOCALHOST);
-    let app = TcpListener::bind((lo, 0)).await.unwrap();
-    let upstream = app.local_addr().unwrap();
-    let _app = echo_on(app, "web-0").await;
-    let peer = TcpListener::bind((lo, 0)).await.unwrap();
-    let peer_addr = peer.local_addr().unwrap();
-    let _peer = echo_on(peer, "web-1").await;
-    let listen = TcpListener::bind((lo, 0)).await.unwrap().local_addr().unwrap();
-    let admin = TcpListener::bind((lo, 0)).await.unwrap().local_addr().unwrap();
-    let sidecar = Stickyd::spawn(
-        &api,
-        "web-0",
-        listen,
-        admin,
-        upstream,
-        "10",
-        &[("STICKYD_PORT_NAME", "proxy")],
-    )
-    .await;
+    bounded(async {
+        // Every pod on ::1, so each has its own port: one slice per pod, the
+        // sidecar's port found by name among the slice's ports.
+        let api = ApiServer::spawn().await;
+        let lo = IpAddr::from(std::net::Ipv6Addr::LOCALHOST);
+        let app = TcpListener::bind((lo, 0)).await.unwrap();
+        let upstream = app.local_addr().unwrap();
+        let _app = echo_on(app, "web-0").await;
+        let peer = TcpListener::bind((lo, 0)).await.unwrap();
+        let peer_addr = peer.local_addr().unwrap();
+        let _peer = echo_on(peer, "web-1").await;
+        let listen = TcpListener::bind((lo, 0)).await.unwrap().local_addr().unwrap();
+        let admin = TcpListener::bind((lo, 0)).await.unwrap().local_addr().unwrap();
+        let sidecar = Stickyd::spawn(
+            &api,
+            "web-0",
+            listen,
+            admin,
+            upstream,
+            "10",
+            &[("STICKYD_PORT_NAME", "proxy")],
+        )
+        .await;
 
-    let pod_slice = |name: &str, pod: &str, port: u16, state: (bool, bool, bool)| {
-        let mut v = slice(SVC, name, ("proxy", port), &[(pod, "::1", state.0, state.1, state.2)]);
-        v["ports"]
-            .as_array_mut()
-            .unwrap()
-            .insert(0, serde_json::json!({"name": "app", "port": 1, "protocol": "TCP"}));
-        assert_eq!(v["addressType"], "IPv6");
-        v
-    };
-    let want = |entries: &[(&str, SocketAddr, &str)]| -> Vec<(String, String, String)> {
-        entries
-            .iter()
-            .map(|(n, a, s)| (n.to_string(), a.to_string(), s.to_string()))
-            .collect()
-    };
-    let endpoints_are = |w: Vec<(String, String, String)>| {
-        let sidecar = &sidecar;
-        async move {
-            eventually(FOLLOW * 5, "/endpoints", || async {
-                let seen = sidecar.endpoints().await;
-                (seen.as_ref().is_some_and(|(synced, p)| *synced && *p == w), seen)
-            })
-            .await
-        }
-    };
+        let pod_slice = |name: &str, pod: &str, port: u16, state: (bool, bool, bool)| {
+            let mut v = slice(SVC, name, ("proxy", port), &[(pod, "::1", state.0, state.1, state.2)]);
+            v["ports"]
+                .as_array_mut()
+                .unwrap()
+                .insert(0, serde_json::json!({"name": "app", "port": 1, "protocol": "TCP"}));
+            assert_eq!(v["addressType"], "IPv6");
+            v
+        };
+        let want = |entries: &[(&str, SocketAddr, &str)]| -> Vec<(String, String, String)> {
+            entries
+                .iter()
+                .map(|(n, a, s)| (n.to_string(), a.to_string(), s.to_string()))
+                .collect()
+        };
+        let endpoints_are = |w: Vec<(String, String, String)>| {
+            let sidecar = &sidecar;
+            async move {
+                eventually(FOLLOW * 5, "/endpoints", || async {
+                    let seen = sidecar.endpoints().await;
+                    (seen.as_ref().is_some_and(|(synced, p)| *synced && *p == w), seen)
+                })
+                .await
+            }
+        };
 
-    api.set_slice(NS, pod_slice("web-x1", "web-0", listen.port(), (true, true, false)));
-    api.set_slice(NS, pod_slice("web-x2", "web-1", peer_addr.port(), (true, true, false)));
-    endpoints_are(want(&[("web-0", listen, "ready"), ("web-1", peer_addr, "ready")])).await;
-    let took_at_most = Duration::from_secs(1);
-    served(&sidecar.request(Some("web-1")).await, "web-1", "", None);
+        api.set_slice(NS, pod_slice("web-x1", "web-0", listen.port(), (true, true, false)));
+        api.set_slice(NS, pod_slice("web-x2", "web-1", peer_addr.port(), (true, true, false)));
+        endpoints_are(want(&[("web-0", listen, "ready"), ("web-1", peer_addr, "ready")])).await;
+        let took_at_most = Duration::from_secs(1);
+        served(&sidecar.request(Some("web-1")).await, "web-1", "", None);
 
-    api.set_slice(NS, pod_slice("web-x2", "web-1", peer_addr.port(), (false, true, true)));
-    let took = endpoints_are(want(&[("web-0", listen, "ready"), ("web-1", peer_addr, "draining")])).await;
-    assert!(took < took_at_most, "{took:?}");
-    served(&sidecar.request(Some("web-1")).await, "web-1", "", None);
+        api.set_slice(NS, pod_slice("web-x2", "web-1", peer_addr.port(), (false, true, true)));
+        let took = endpoints_are(want(&[("web-0", listen, "ready"), ("web-1", peer_addr, "draining")])).await;
+        assert!(took < took_at_most, "{took:?}");
+        served(&sidecar.request(Some("web-1")).await, "web-1", "", None);
 
-    assert!(api.delete_slice(NS, "web-x2"));
-    let took = endpoints_are(want(&[("web-0", listen, "ready")])).await;
-    assert!(took < took_at_most, "{took:?}");
-    served(
-        &sidecar.request(Some("web-1")).await,
-        "web-0",
-        "repinned",
-        Some("web-0"),
-    );
+        assert!(api.delete_slice(NS, "web-x2"));
+        let took = endpoints_are(want(&[("web-0", listen, "ready")])).await;
+        assert!(took < took_at_most, "{took:?}");
+        served(
+            &sidecar.request(Some("web-1")).await,
+            "web-0",
+            "repinned",
+            Some("web-0"),
+        );
+    })
+    .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn binary_keeps_every_pin_while_the_api_is_down() {
-    let api = ApiServer::spawn().await;
-    api.stop();
-    let pods = Pods::start(&api, 42, 2, "1").await;
-    api.set_slice(NS, pods.slice("web-a", &[pods.ep(0, "ready"), pods.ep(1, "ready")]));
+    bounded(async {
+        let api = ApiServer::spawn().await;
+        api.stop();
+        let pods = Pods::start(&api, 42, 2, "1").await;
+        api.set_slice(NS, pods.slice("web-a", &[pods.ep(0, "ready"), pods.ep(1, "ready")]));
 
-    // Down at start: unsynced, served here, the cookie left alone.
-    eventually(Duration::from_secs(10), "watch errors counted", || async {
-        let n = sample(&pods.metrics().await, "stickyd_kubernetes_watch_errors_total");
-        (n.is_some_and(|n| n >= 1.0), n)
-    })
-    .await;
-    let (synced, peers) = pods.endpoints().await.unwrap();
-    assert!(!synced && peers.is_empty());
-    assert_eq!(sample(&pods.metrics().await, "stickyd_endpoints_synced"), Some(0.0));
-    served(&pods.request(Some("web-1")).await, "web-0", "unsynced", None);
-    // Ready in degraded mode after STICKYD_SYNC_TIMEOUT: a dead API never
-    // takes the service down.
-    eventually(Duration::from_secs(5), "/readyz degraded", || async {
-        let r = get(pods.sidecar().admin, "/readyz", None).await;
-        (r.as_ref().is_some_and(|r| r.status == 200), r)
-    })
-    .await;
-
-    api.start().await;
-    pods.endpoints_are(RECOVER, &[(0, "ready"), (1, "ready")]).await;
-    served(&pods.request(Some("web-1")).await, "web-1", "", None);
-
-    // Down mid-run: the view stays, the pin holds.
-    let errors = sample(&pods.metrics().await, "stickyd_kubernetes_watch_errors_total").unwrap();
-    api.stop();
-    eventually(RECOVER, "outage counted", || async {
-        let n = sample(&pods.metrics().await, "stickyd_kubernetes_watch_errors_total");
-        (n.is_some_and(|n| n > errors), n)
-    })
-    .await;
-    pods.endpoints_are(FOLLOW, &[(0, "ready"), (1, "ready")]).await;
-    for _ in 0..3 {
-        served(&pods.request(Some("web-1")).await, "web-1", "", None);
-    }
-    assert_eq!(sample(&pods.metrics().await, "stickyd_endpoints_synced"), Some(1.0));
-
-    // 5xx instead of silence: the same. A 503 is not retried inside the
-    // client, where it would go unnoticed: it counts.
-    api.start().await;
-    api.fail_with(503, Duration::from_secs(2));
-    let errors = sample(&pods.metrics().await, "stickyd_kubernetes_watch_errors_total").unwrap();
-    api.drop_watches();
-    eventually(RECOVER, "5xx counted", || async {
-        let n = sample(&pods.metrics().await, "stickyd_kubernetes_watch_errors_total");
-        (n.is_some_and(|n| n > errors), n)
-    })
-    .await;
-    served(&pods.request(Some("web-1")).await, "web-1", "", None);
-
-    // Back: changes flow again.
-    api.set_slice(
-        NS,
-        pods.slice(
-            "web-a",
-            &[pods.ep(0, "ready"), pods.ep(1, "ready"), pods.ep(2, "ready")],
-        ),
-    );
-    pods.endpoints_are(RECOVER, &[(0, "ready"), (1, "ready"), (2, "ready")])
+        // Down at start: unsynced, served here, the cookie left alone.
+        eventually(Duration::from_secs(10), "watch errors counted", || async {
+            let n = sample(&pods.metrics().await, "stickyd_kubernetes_watch_errors_total");
+            (n.is_some_and(|n| n >= 1.0), n)
+        })
         .await;
-    served(&pods.request(Some("web-2")).await, "web-2", "", None);
-    let log = pods.sidecar().log();
-    assert!(log.contains("keeping the last good endpoint view"), "{log}");
-    assert!(log.contains("Kubernetes API reachable again"), "{log}");
+        let (synced, peers) = pods.endpoints().await.unwrap();
+        assert!(!synced && peers.is_empty());
+        assert_eq!(sample(&pods.metrics().await, "stickyd_endpoints_synced"), Some(0.0));
+        served(&pods.request(Some("web-1")).await, "web-0", "unsynced", None);
+        // Ready in degraded mode after STICKYD_SYNC_TIMEOUT: a dead API never
+        // takes the service down.
+        eventually(Duration::from_secs(5), "/readyz degraded", || async {
+            let r = get(pods.sidecar().admin, "/readyz", None).await;
+            (r.as_ref().is_some_and(|r| r.status == 200), r)
+        })
+        .await;
+
+        api.start().await;
+        pods.endpoints_are(RECOVER, &[(0, "ready"), (1, "ready")]).await;
+        served(&pods.request(Some("web-1")).await, "web-1", "", None);
+
+        // Down mid-run: the view stays, the pin holds.
+        let errors = sample(&pods.metrics().await, "stickyd_kubernetes_watch_errors_total").unwrap();
+        api.stop();
+        eventually(RECOVER, "outage counted", || async {
+            let n = sample(&pods.metrics().await, "stickyd_kubernetes_watch_errors_total");
+            (n.is_some_and(|n| n > errors), n)
+        })
+        .await;
+        pods.endpoints_are(FOLLOW, &[(0, "ready"), (1, "ready")]).await;
+        for _ in 0..3 {
+            served(&pods.request(Some("web-1")).await, "web-1", "", None);
+        }
+        assert_eq!(sample(&pods.metrics().await, "stickyd_endpoints_synced"), Some(1.0));
+
+        // 5xx instead of silence: the same. A 503 is not retried inside the
+        // client, where it would go unnoticed: it counts.
+        api.start().await;
+        api.fail_with(503, Duration::from_secs(2));
+        let errors = sample(&pods.metrics().await, "stickyd_kubernetes_watch_errors_total").unwrap();
+        api.drop_watches();
+        eventually(RECOVER, "5xx counted", || async {
+            let n = sample(&pods.metrics().await, "stickyd_kubernetes_watch_errors_total");
+            (n.is_some_and(|n| n > errors), n)
+        })
+        .await;
+        served(&pods.request(Some("web-1")).await, "web-1", "", None);
+
+        // Back: changes flow again.
+        api.set_slice(
+            NS,
+            pods.slice(
+                "web-a",
+                &[pods.ep(0, "ready"), pods.ep(1, "ready"), pods.ep(2, "ready")],
+            ),
+        );
+        pods.endpoints_are(RECOVER, &[(0, "ready"), (1, "ready"), (2, "ready")])
+            .await;
+        served(&pods.request(Some("web-2")).await, "web-2", "", None);
+        let log = pods.sidecar().log();
+        assert!(log.contains("keeping the last good endpoint view"), "{log}");
+        assert!(log.contains("Kubernetes API reachable again"), "{log}");
+    })
+    .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn binary_merges_two_slices_and_relists_after_410() {
-    let api = ApiServer::spawn().await;
-    let pods = Pods::start(&api, 43, 3, "10").await;
-    api.set_slice(NS, pods.slice("web-a", &[pods.ep(0, "ready"), pods.ep(1, "ready")]));
-    api.set_slice(NS, pods.slice("web-b", &[pods.ep(2, "ready")]));
-    pods.endpoints_are(Duration::from_secs(5), &[(0, "ready"), (1, "ready"), (2, "ready")])
-        .await;
-    served(&pods.request(Some("web-1")).await, "web-1", "", None);
-    served(&pods.request(Some("web-2")).await, "web-2", "", None);
+    bounded(async {
+        let api = ApiServer::spawn().await;
+        let pods = Pods::start(&api, 43, 3, "10").await;
+        api.set_slice(NS, pods.slice("web-a", &[pods.ep(0, "ready"), pods.ep(1, "ready")]));
+        api.set_slice(NS, pods.slice("web-b", &[pods.ep(2, "ready")]));
+        pods.endpoints_are(Duration::from_secs(5), &[(0, "ready"), (1, "ready"), (2, "ready")])
+            .await;
+        served(&pods.request(Some("web-1")).await, "web-1", "", None);
+        served(&pods.request(Some("web-2")).await, "web-2", "", None);
 
-    // web-1 moves from slice a to slice b: listed in both for a moment.
-    api.set_slice(NS, pods.slice("web-b", &[pods.ep(2, "ready"), pods.ep(1, "ready")]));
-    api.set_slice(NS, pods.slice("web-a", &[pods.ep(0, "ready"), pods.ep(1, "draining")]));
-    pods.endpoints_are(FOLLOW, &[(0, "ready"), (1, "ready"), (2, "ready")])
-        .await;
-    api.set_slice(NS, pods.slice("web-a", &[pods.ep(0, "ready")]));
-    served(&pods.request(Some("web-1")).await, "web-1", "", None);
+        // web-1 moves from slice a to slice b: listed in both for a moment.
+        api.set_slice(NS, pods.slice("web-b", &[pods.ep(2, "ready"), pods.ep(1, "ready")]));
+        api.set_slice(NS, pods.slice("web-a", &[pods.ep(0, "ready"), pods.ep(1, "draining")]));
+        pods.endpoints_are(FOLLOW, &[(0, "ready"), (1, "ready"), (2, "ready")])
+            .await;
+        api.set_slice(NS, pods.slice("web-a", &[pods.ep(0, "ready")]));
+        served(&pods.request(Some("web-1")).await, "web-1", "", None);
 
-    // While the watch is down, slice b is replaced by c and the history is
-    // compacted: the watch resumes into a 410 and relists.
-    let lists = api.lists();
-    api.stop();
-    api.delete_slice(NS, "web-b");
-    api.set_slice(NS, pods.slice("web-c", &[pods.ep(1, "ready"), pods.ep(3, "ready")]));
-    api.compact();
-    // The last good view holds meanwhile.
-    served(&pods.request(Some("web-2")).await, "web-2", "", None);
-    api.start().await;
-    pods.endpoints_are(RECOVER, &[(0, "ready"), (1, "ready"), (3, "ready")])
-        .await;
-    assert!(api.lists() > lists, "relisted");
-    served(&pods.request(Some("web-1")).await, "web-1", "", None);
-    served(&pods.request(Some("web-3")).await, "web-3", "", None);
-    served(&pods.request(Some("web-2")).await, "web-0", "repinned", Some("web-0"));
-    let m = pods.metrics().await;
-    assert_eq!(sample(&m, "stickyd_endpoints{state=\"ready\"}"), Some(3.0), "{m}");
-    assert!(
-        sample(&m, "stickyd_kubernetes_watch_errors_total").is_some_and(|n| n >= 1.0),
-        "{m}"
-    );
+        // While the watch is down, slice b is replaced by c and the history is
+        // compacted: the watch resumes into a 410 and relists.
+        let lists = api.lists();
+        api.stop();
+        api.delete_slice(NS, "web-b");
+        api.set_slice(NS, pods.slice("web-c", &[pods.ep(1, "ready"), pods.ep(3, "ready")]));
+        api.compact();
+        // The last good view holds meanwhile.
+        served(&pods.request(Some("web-2")).await, "web-2", "", None);
+        api.start().await;
+        pods.endpoints_are(RECOVER, &[(0, "ready"), (1, "ready"), (3, "ready")])
+            .await;
+        assert!(api.lists() > lists, "relisted");
+        served(&pods.request(Some("web-1")).await, "web-1", "", None);
+        served(&pods.request(Some("web-3")).await, "web-3", "", None);
+        served(&pods.request(Some("web-2")).await, "web-0", "repinned", Some("web-0"));
+        let m = pods.metrics().await;
+        assert_eq!(sample(&m, "stickyd_endpoints{state=\"ready\"}"), Some(3.0), "{m}");
+        assert!(
+            sample(&m, "stickyd_kubernetes_watch_errors_total").is_some_and(|n| n >= 1.0),
+            "{m}"
+        );
+    })
+    .await
 }
 
 /// Runs `stickyd run` with `env` until it exits (at most 10 s); returns its
