@@ -24,6 +24,13 @@ enum Command {
 }
 
 fn init_tracing(filter: &str, format: LogFormat) {
+    // kube logs every failed attempt at error level during an API outage;
+    // stickyd logs the outage once and counts it, so mute that unless asked.
+    let filter = if filter.contains("kube_client") {
+        filter.to_string()
+    } else {
+        format!("{filter},kube_client::client::builder=off")
+    };
     let filter = tracing_subscriber::EnvFilter::try_new(filter).unwrap_or_else(|_| "info".into());
     let b = tracing_subscriber::fmt()
         .with_env_filter(filter)
