@@ -397,6 +397,47 @@ fn keep_customisations(new: &mut Node, old: &Node) {
     }
 }
 
+/// Makes a regenerated node look like the one it replaces wherever they agree:
+/// mapping keys in the old order, list items with a `name` in the old order,
+/// and equal scalars written as before. Re-injecting then changes only what
+/// changed, whatever tool wrote the manifests.
+fn align(new: &mut Node, old: &Node) {
+    use crate::kyaml::Value;
+    if new.same_scalar(old) {
+        *new = old.clone();
+        return;
+    }
+    match (&mut new.value, &old.value) {
+        (Value::Map(entries), Value::Map(old_entries)) => {
+            let pos = |k: &Node| old_entries.iter().position(|(ok, _)| ok.as_str() == k.as_str());
+            entries.sort_by_key(|(k, _)| pos(k).unwrap_or(usize::MAX));
+            for (k, v) in entries.iter_mut() {
+                if let Some(i) = pos(k) {
+                    k.line = old_entries[i].0.line;
+                    align(v, &old_entries[i].1);
+                }
+            }
+        }
+        (Value::Seq(items), Value::Seq(old_items)) => {
+            let named = |n: &Node| n.str_at(&["name"]).map(str::to_string);
+            if items.iter().all(|n| named(n).is_some()) {
+                let pos = |n: &Node| old_items.iter().position(|o| named(o) == named(n));
+                items.sort_by_key(|n| pos(n).unwrap_or(usize::MAX));
+                for n in items.iter_mut() {
+                    if let Some(i) = pos(n) {
+                        align(n, &old_items[i]);
+                    }
+                }
+            } else if items.len() == old_items.len() {
+                for (n, o) in items.iter_mut().zip(old_items) {
+                    align(n, o);
+                }
+            }
+        }
+        _ => {}
+    }
+}
+
 /// Adds the ServiceAccount (when stickyd's own), Role and RoleBinding that
 /// stickyd needs, or the subject to an existing RoleBinding.
 fn ensure_rbac(docs: &mut Vec<Node>, sa: &str, ns: &Option<String>) {
@@ -547,7 +588,8 @@ pub fn inject(docs: &mut Vec<Node>, args: &InjectArgs) -> Result<Outcome, Inject
                     .map(|(_, c)| c),
             )
             .any(is_stickyd);
-        if elsewhere {
+        // A stickyd init container of our own is regenerated; any other is left alone.
+        if elsewhere && mine.is_none() {
             outcome
                 .notes
                 .push(format!("{id}: already has a stickyd container of its own; left as is"));
@@ -667,6 +709,7 @@ pub fn inject(docs: &mut Vec<Node>, args: &InjectArgs) -> Result<Outcome, Inject
         let mut container = sidecar(args, &plan);
         if let Some(i) = mine {
             keep_customisations(&mut container, &init[i]);
+            align(&mut container, &init[i]);
         }
         let existing_sa = pod
             .str_at(&["serviceAccountName"])

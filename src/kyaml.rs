@@ -475,6 +475,77 @@ fn plain_ok(s: &str) -> bool {
     )
 }
 
+/// What a scalar reads as.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ScalarType {
+    Null,
+    Bool,
+    Int,
+    Float,
+    Str,
+}
+
+/// The type a plain scalar has for a YAML 1.1 or 1.2 reader, taking the
+/// wider reading where they differ (`yes`, `0644`, `1_000`, `1:30`).
+fn plain_type(text: &str) -> ScalarType {
+    let t = text.trim();
+    let lower = t.to_ascii_lowercase();
+    if matches!(lower.as_str(), "" | "~" | "null") {
+        return ScalarType::Null;
+    }
+    if matches!(
+        lower.as_str(),
+        "y" | "n" | "yes" | "no" | "on" | "off" | "true" | "false"
+    ) {
+        return ScalarType::Bool;
+    }
+    let digits = t.strip_prefix(['+', '-']).unwrap_or(t);
+    let is_int = !digits.is_empty()
+        && (digits.chars().all(|c| c.is_ascii_digit() || c == '_' || c == ':')
+            && digits.starts_with(|c: char| c.is_ascii_digit())
+            || digits
+                .strip_prefix("0x")
+                .is_some_and(|h| !h.is_empty() && h.chars().all(|c| c.is_ascii_hexdigit() || c == '_'))
+            || digits
+                .strip_prefix("0o")
+                .is_some_and(|o| !o.is_empty() && o.chars().all(|c| c.is_digit(8)))
+            || digits
+                .strip_prefix("0b")
+                .is_some_and(|b| !b.is_empty() && b.chars().all(|c| c == '0' || c == '1' || c == '_')));
+    if is_int {
+        return ScalarType::Int;
+    }
+    let is_float = matches!(lower.trim_start_matches(['+', '-']), ".inf" | ".nan")
+        || (digits.starts_with(|c: char| c.is_ascii_digit() || c == '.')
+            && digits.replace('_', "").parse::<f64>().is_ok_and(f64::is_finite));
+    if is_float {
+        return ScalarType::Float;
+    }
+    ScalarType::Str
+}
+
+impl Node {
+    /// What a scalar reads as; `None` for collections.
+    pub fn scalar_type(&self) -> Option<ScalarType> {
+        match &self.value {
+            Value::Scalar { style: Style::Str, .. } => Some(ScalarType::Str),
+            Value::Scalar { text, tag: None, .. } => Some(plain_type(text)),
+            _ => None,
+        }
+    }
+
+    /// Whether two scalars read as the same value (the same text and type),
+    /// however they are written.
+    pub fn same_scalar(&self, other: &Node) -> bool {
+        match (&self.value, &other.value) {
+            (Value::Scalar { text: a, .. }, Value::Scalar { text: b, .. }) => {
+                a == b && self.scalar_type().is_some() && self.scalar_type() == other.scalar_type()
+            }
+            _ => false,
+        }
+    }
+}
+
 /// A double-quoted scalar (JSON string syntax is valid YAML).
 fn quoted(s: &str) -> String {
     serde_json::to_string(s).expect("a string serialises")
@@ -898,6 +969,43 @@ mod tests {
             emit_stream_with_comments(docs2.iter().map(|d| &d.root), &comments2),
             out
         );
+    }
+
+    #[test]
+    fn scalar_types() {
+        let t = |y: &str| {
+            parse_stream(&format!("v: {y}\n")).unwrap()[0]
+                .root
+                .get("v")
+                .unwrap()
+                .scalar_type()
+        };
+        for (y, ty) in [
+            ("", ScalarType::Null),
+            ("~", ScalarType::Null),
+            ("yes", ScalarType::Bool),
+            ("Off", ScalarType::Bool),
+            ("8080", ScalarType::Int),
+            ("0644", ScalarType::Int),
+            ("-1_000", ScalarType::Int),
+            ("0x1F", ScalarType::Int),
+            ("1:30", ScalarType::Int),
+            ("1.5", ScalarType::Float),
+            ("1e3", ScalarType::Float),
+            (".inf", ScalarType::Float),
+            ("0.0.0.0:8080", ScalarType::Str),
+            ("50m", ScalarType::Str),
+            ("\"8080\"", ScalarType::Str),
+            ("http://x", ScalarType::Str),
+        ] {
+            assert_eq!(t(y), Some(ty), "{y}");
+        }
+        let a = parse_stream("a: 0.0.0.0:8080\nb: \"0.0.0.0:8080\"\nc: 8080\nd: \"8080\"\n")
+            .unwrap()
+            .remove(0)
+            .root;
+        assert!(a.get("a").unwrap().same_scalar(a.get("b").unwrap()));
+        assert!(!a.get("c").unwrap().same_scalar(a.get("d").unwrap()));
     }
 
     #[test]
