@@ -1,0 +1,340 @@
+//! The demo cluster: N pods on 127.0.0.x, each a demo app with (or
+//! without) a stickyd sidecar in front of it, and the load balancer's
+//! backend list. Pods can be killed and added while it runs.
+
+use std::collections::BTreeMap;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::StatusCode;
+use serde_json::json;
+use tokio::net::TcpListener;
+use tokio::sync::{mpsc, oneshot, Mutex};
+use tokio::task::JoinHandle;
+
+use super::app::{self, App};
+use super::lb::{Backend, Backends, ControlOp, ControlReply, ControlRequest};
+use super::DemoError;
+use crate::config::Config;
+use crate::endpoints::{Peer, PeerState};
+use crate::sidecar::Sidecar;
+
+/// Where and how the pods run.
+#[derive(Debug, Clone)]
+pub struct ClusterSpec {
+    /// Pod `i` (from 1) runs on `base_ip + i`.
+    pub base_ip: Ipv4Addr,
+    /// The sidecar's port (0: any free port).
+    pub sidecar_port: u16,
+    /// The app's port (0: any free port).
+    pub app_port: u16,
+    /// The sidecar's admin port (0: any free port).
+    pub admin_port: u16,
+    /// Put a stickyd sidecar in front of every app.
+    pub sidecars: bool,
+    /// The sidecars' tracing filter (STICKYD_LOG).
+    pub log: String,
+}
+
+/// One running pod.
+pub struct Pod {
+    pub name: String,
+    pub index: u32,
+    pub app_addr: SocketAddr,
+    pub app: Arc<App>,
+    app_stop: Option<oneshot::Sender<()>>,
+    app_task: JoinHandle<()>,
+    sidecar: Option<Sidecar>,
+    /// Where the Service (the load balancer) sends requests: the sidecar,
+    /// or the app when there is none.
+    pub backend: SocketAddr,
+    pub admin: Option<SocketAddr>,
+}
+
+impl Pod {
+    async fn stop(mut self) {
+        if let Some(s) = self.sidecar.take() {
+            s.stop().await;
+        }
+        if let Some(tx) = self.app_stop.take() {
+            let _ = tx.send(());
+        }
+        let _ = tokio::time::timeout(Duration::from_secs(6), &mut self.app_task).await;
+        self.app_task.abort();
+    }
+}
+
+/// The pods and the load balancer's view of them.
+pub struct Cluster {
+    pub spec: ClusterSpec,
+    pub pods: Vec<Pod>,
+    pub killed: Vec<String>,
+    next: u32,
+    backends: Backends,
+}
+
+/// A free port on `ip`, or `port` itself when it is not 0. The ports are
+/// held together while they are chosen, so that they differ.
+fn pick_ports(ip: Ipv4Addr, ports: &[u16]) -> Result<Vec<u16>, DemoError> {
+    let mut held = Vec::new();
+    let mut out = Vec::new();
+    for &p in ports {
+        if p != 0 {
+            out.push(p);
+            continue;
+        }
+        let addr = SocketAddr::from((ip, 0));
+        let l = std::net::TcpListener::bind(addr).map_err(|source| DemoError::Bind {
+            what: "a free port",
+            addr,
+            source,
+        })?;
+        out.push(l.local_addr().map(|a| a.port()).unwrap_or(0));
+        held.push(l);
+    }
+    Ok(out)
+}
+
+impl Cluster {
+    /// Starts `n` pods and points `backends` at them.
+    pub async fn start(spec: ClusterSpec, n: usize, backends: Backends) -> Result<Cluster, DemoError> {
+        let mut c = Cluster {
+            spec,
+            pods: Vec::new(),
+            killed: Vec::new(),
+            next: 1,
+            backends,
+        };
+        for _ in 0..n {
+            if let Err(e) = c.add_pod().await {
+                c.shutdown().await;
+                return Err(e);
+            }
+        }
+        c.sync();
+        Ok(c)
+    }
+
+    fn ip(&self, index: u32) -> Result<Ipv4Addr, DemoError> {
+        let ip = u32::from(self.spec.base_ip)
+            .checked_add(index)
+            .map(Ipv4Addr::from)
+            .filter(|ip| ip.is_loopback() && ip.octets()[3] != 255)
+            .ok_or_else(|| {
+                DemoError::Invalid(format!(
+                    "pod {index} would be outside 127.0.0.0/8 (--base-ip {})",
+                    self.spec.base_ip
+                ))
+            })?;
+        Ok(ip)
+    }
+
+    /// The peers every sidecar should see: all pods with a sidecar.
+    pub fn peers(&self) -> Vec<Peer> {
+        self.pods
+            .iter()
+            .filter(|p| p.sidecar.is_some())
+            .map(|p| Peer::new(p.name.clone(), p.backend, PeerState::Ready))
+            .collect()
+    }
+
+    /// Gives every sidecar the current peer list and the load balancer the
+    /// current backends.
+    fn sync(&self) {
+        let peers = self.peers();
+        for p in &self.pods {
+            if let Some(s) = &p.sidecar {
+                s.store().replace(peers.clone(), true);
+            }
+        }
+        // Keep the entries (and their counters) of pods that stay.
+        let current = self.backends.load();
+        let list = self
+            .pods
+            .iter()
+            .map(|p| {
+                current
+                    .iter()
+                    .find(|b| b.name == p.name && b.addr == p.backend)
+                    .cloned()
+                    .unwrap_or_else(|| Backend::new(p.name.clone(), p.backend))
+            })
+            .collect();
+        self.backends.set(list);
+    }
+
+    async fn start_pod(&self, index: u32) -> Result<Pod, DemoError> {
+        let ip = self.ip(index)?;
+        let name = format!("pod-{index}");
+        let app_addr = SocketAddr::from((ip, self.spec.app_port));
+        let listener = TcpListener::bind(app_addr).await.map_err(|source| DemoError::Bind {
+            what: "the demo app",
+            addr: app_addr,
+            source,
+        })?;
+        let app_addr = listener.local_addr().unwrap_or(app_addr);
+        let app = Arc::new(App::new(name.clone()));
+        let (app_stop, stopped) = oneshot::channel::<()>();
+        let app_task = tokio::spawn(app::serve_app(listener, app.clone(), async move {
+            let _ = stopped.await;
+        }));
+        let mut pod = Pod {
+            name: name.clone(),
+            index,
+            app_addr,
+            app,
+            app_stop: Some(app_stop),
+            app_task,
+            sidecar: None,
+            backend: app_addr,
+            admin: None,
+        };
+        if !self.spec.sidecars {
+            return Ok(pod);
+        }
+        let ports = pick_ports(ip, &[self.spec.sidecar_port, self.spec.admin_port])?;
+        let listen = SocketAddr::from((ip, ports[0]));
+        let admin = SocketAddr::from((ip, ports[1]));
+        let mut peers: Vec<String> = self.peers().iter().map(|p| format!("{}={}", p.name, p.addr)).collect();
+        peers.push(format!("{name}={listen}"));
+        let env: BTreeMap<String, String> = [
+            ("STICKYD_LISTEN", listen.to_string()),
+            ("STICKYD_ADMIN_LISTEN", admin.to_string()),
+            ("STICKYD_UPSTREAM", format!("http://{app_addr}")),
+            ("STICKYD_POD_NAME", name.clone()),
+            ("STICKYD_ENDPOINTS", format!("static:{}", peers.join(","))),
+            ("STICKYD_DRAIN_SECONDS", "0".into()),
+            ("STICKYD_DRAIN_TIMEOUT", "5".into()),
+            ("STICKYD_LOG", self.spec.log.clone()),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v))
+        .collect();
+        let cfg = match Config::from_env(&env) {
+            Ok(c) => c,
+            Err(source) => {
+                pod.stop().await;
+                return Err(DemoError::Config { pod: name, source });
+            }
+        };
+        match Sidecar::start(cfg).await {
+            Ok(s) => {
+                pod.backend = s.listen;
+                pod.admin = Some(s.admin);
+                pod.sidecar = Some(s);
+                Ok(pod)
+            }
+            Err(source) => {
+                pod.stop().await;
+                Err(DemoError::Sidecar { pod: name, source })
+            }
+        }
+    }
+
+    async fn add_pod(&mut self) -> Result<String, DemoError> {
+        let index = self.next;
+        let pod = self.start_pod(index).await?;
+        self.next += 1;
+        let name = pod.name.clone();
+        self.pods.push(pod);
+        Ok(name)
+    }
+
+    /// Starts a new pod and adds it to every sidecar's view, then to the
+    /// load balancer.
+    pub async fn add(&mut self) -> Result<String, DemoError> {
+        let name = self.add_pod().await?;
+        self.sync();
+        Ok(name)
+    }
+
+    /// Takes a pod (the oldest when `name` is None) out of the load
+    /// balancer and of every view, lets requests in flight to it finish,
+    /// then stops its sidecar and its app.
+    pub async fn kill(&mut self, name: Option<&str>) -> Result<String, DemoError> {
+        let i = match name {
+            Some(n) => self
+                .pods
+                .iter()
+                .position(|p| p.name == n)
+                .ok_or_else(|| DemoError::Invalid(format!("no pod named {n:?}")))?,
+            None if self.pods.is_empty() => return Err(DemoError::Invalid("there are no pods".into())),
+            None => 0,
+        };
+        if self.pods.len() == 1 {
+            return Err(DemoError::Invalid("the last pod cannot be killed".into()));
+        }
+        let pod = self.pods.remove(i);
+        self.sync();
+        // Requests already routed to it finish; nothing new is sent there.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let name = pod.name.clone();
+        pod.stop().await;
+        self.killed.push(name.clone());
+        Ok(name)
+    }
+
+    /// The pods as JSON, for `GET /_demo/pods`.
+    pub fn to_json(&self) -> serde_json::Value {
+        let pods: Vec<serde_json::Value> = self
+            .pods
+            .iter()
+            .map(|p| {
+                json!({
+                    "name": p.name,
+                    "app": p.app_addr.to_string(),
+                    "sidecar": p.sidecar.as_ref().map(|s| s.listen.to_string()),
+                    "admin": p.admin.map(|a| a.to_string()),
+                    "backend": p.backend.to_string(),
+                    "requests": p.app.requests(),
+                    "sessions": p.app.sessions(),
+                })
+            })
+            .collect();
+        json!({
+            "sidecars": self.spec.sidecars,
+            "pods": pods,
+            "killed": self.killed,
+        })
+    }
+
+    /// Stops every pod.
+    pub async fn shutdown(&mut self) {
+        self.backends.set(Vec::new());
+        let pods = std::mem::take(&mut self.pods);
+        futures_util::future::join_all(pods.into_iter().map(Pod::stop)).await;
+    }
+}
+
+/// Answers the load balancer's `/_demo/` requests until the channel closes.
+pub async fn control_loop(cluster: Arc<Mutex<Cluster>>, mut rx: mpsc::Receiver<ControlRequest>) {
+    while let Some(req) = rx.recv().await {
+        let mut c = cluster.lock().await;
+        let reply = match &req.op {
+            ControlOp::Pods => Ok(c.to_json()),
+            ControlOp::Add => c.add().await.map(|name| {
+                tracing::info!(pod = %name, "demo: pod added");
+                json!({"added": name, "cluster": c.to_json()})
+            }),
+            ControlOp::Kill(name) => c.kill(name.as_deref()).await.map(|name| {
+                tracing::info!(pod = %name, "demo: pod killed");
+                json!({"killed": name, "cluster": c.to_json()})
+            }),
+        };
+        let reply = match reply {
+            Ok(body) => ControlReply {
+                status: StatusCode::OK,
+                body,
+            },
+            Err(e) => ControlReply {
+                status: match e {
+                    DemoError::Invalid(_) => StatusCode::CONFLICT,
+                    _ => StatusCode::INTERNAL_SERVER_ERROR,
+                },
+                body: json!({"error": e.to_string()}),
+            },
+        };
+        let _ = req.reply.send(reply);
+    }
+}
