@@ -1,0 +1,777 @@
+//! Faults get a defined outcome, proven on real processes: the app down or
+//! slow, a peer black-holed, dying mid-response or overloaded, and a
+//! rolling restart with zero failed requests.
+//!
+//! Addresses: 127.0.110.x to 127.0.115.x.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use common::*;
+use futures_util::{SinkExt, StreamExt};
+use http_body_util::BodyExt;
+use stickyd::affinity::SessionId;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+fn addr_on(ip: &str) -> SocketAddr {
+    format!("{ip}:{}", free_port(ip)).parse().unwrap()
+}
+
+fn cookie_for(pod: &str) -> String {
+    format!("stickyd={}", SessionId::for_pod(pod).encode())
+}
+
+/// Reads one request head (and a Content-Length body) from `s`. Returns
+/// false when the connection ended first.
+async fn read_request(s: &mut TcpStream) -> bool {
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 4096];
+    loop {
+        if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
+            let len: usize = head
+                .lines()
+                .find_map(|l| l.strip_prefix("content-length:"))
+                .and_then(|v| v.trim().parse().ok())
+                .unwrap_or(0);
+            let mut have = buf.len() - end - 4;
+            while have < len {
+                match s.read(&mut chunk).await {
+                    Ok(0) | Err(_) => return false,
+                    Ok(n) => have += n,
+                }
+            }
+            return true;
+        }
+        match s.read(&mut chunk).await {
+            Ok(0) | Err(_) => return false,
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+        }
+    }
+}
+
+/// A hand-written server on `ip`: for every connection, reads one request
+/// and runs `respond` on the stream. Counts the requests it read.
+struct Fake {
+    addr: SocketAddr,
+    requests: Arc<AtomicUsize>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Fake {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl Fake {
+    async fn start<F, Fut>(ip: &str, respond: F) -> Fake
+    where
+        F: Fn(TcpStream) -> Fut + Send + Sync + 'static,
+        Fut: std::future::Future<Output = ()> + Send + 'static,
+    {
+        let l = TcpListener::bind((ip, 0)).await.unwrap();
+        let addr = l.local_addr().unwrap();
+        let requests = Arc::new(AtomicUsize::new(0));
+        let r2 = requests.clone();
+        let respond = Arc::new(respond);
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((mut s, _)) = l.accept().await else { continue };
+                let r = r2.clone();
+                let respond = respond.clone();
+                tokio::spawn(async move {
+                    if read_request(&mut s).await {
+                        r.fetch_add(1, Ordering::SeqCst);
+                        respond(s).await;
+                    }
+                });
+            }
+        });
+        Fake { addr, requests, task }
+    }
+
+    fn requests(&self) -> usize {
+        self.requests.load(Ordering::SeqCst)
+    }
+}
+
+/// A response whose head is sent at once and whose body then trickles:
+/// `parts` chunks `gap` apart.
+async fn trickle(mut s: TcpStream, parts: usize, gap: Duration) {
+    let head = "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n";
+    if s.write_all(head.as_bytes()).await.is_err() {
+        return;
+    }
+    for i in 0..parts {
+        let part = format!("part{i}\n");
+        let chunk = format!("{:x}\r\n{part}\r\n", part.len());
+        if s.write_all(chunk.as_bytes()).await.is_err() {
+            return;
+        }
+        tokio::time::sleep(gap).await;
+    }
+    let _ = s.write_all(b"0\r\n\r\n").await;
+}
+
+fn plain_client() -> hyper_util::client::legacy::Client<hyper_util::client::legacy::connect::HttpConnector, Body> {
+    hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new()).build_http()
+}
+
+/// A recording app on a runtime of its own, so that killing it closes every
+/// connection it has, pooled ones included, as a crashed process would.
+struct KillableApp {
+    addr: SocketAddr,
+    parts: Option<(App, tokio::runtime::Runtime)>,
+}
+
+impl KillableApp {
+    fn start(pod: &str, ip: &str) -> KillableApp {
+        let (pod, ip) = (pod.to_string(), ip.to_string());
+        std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(1)
+                .enable_all()
+                .build()
+                .unwrap();
+            let app = rt.block_on(App::start(&pod, &ip));
+            KillableApp {
+                addr: app.addr,
+                parts: Some((app, rt)),
+            }
+        })
+        .join()
+        .unwrap()
+    }
+
+    fn kill(&mut self) {
+        if let Some((app, rt)) = self.parts.take() {
+            drop(app);
+            rt.shutdown_background();
+        }
+    }
+}
+
+impl Drop for KillableApp {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// Polls `/readyz` until it answers `want`.
+async fn wait_ready(s: &Stickyd, want: u16) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let r = get(&format!("http://{}/readyz", s.admin), &[]).await;
+        if matches!(&r, Ok(r) if r.status == want) {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{} /readyz never answered {want}: {r:?}",
+            s.pod
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Waits for the process to exit; returns its status.
+async fn wait_exit(s: &mut Stickyd, within: Duration) -> std::process::ExitStatus {
+    let deadline = Instant::now() + within;
+    loop {
+        if let Some(st) = s.child.try_wait().unwrap() {
+            return st;
+        }
+        assert!(Instant::now() < deadline, "{} did not exit: {}", s.pod, s.log_text());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// The app is down (never started, or gone): 502 with a body saying stickyd
+/// could not reach the app, and /readyz fails.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn app_down_is_502_with_a_reason_and_readyz_fails() {
+    // Never started: nothing listens on the upstream port.
+    let nothing = addr_on("127.0.110.2");
+    let listen = addr_on("127.0.110.1");
+    let s = Stickyd::start(
+        "pod-0",
+        listen,
+        nothing,
+        &[("STICKYD_ENDPOINTS", format!("static:pod-0={listen}"))],
+    )
+    .await;
+    let r = get(&format!("http://{listen}/"), &[]).await.unwrap();
+    assert_eq!(r.status, 502, "{r:?}");
+    assert_eq!(r.body, "stickyd: could not reach the app in this pod\n");
+    assert_eq!(r.headers.get("cache-control").unwrap(), "no-store");
+    wait_ready(&s, 503).await;
+    let ready = get(&format!("http://{}/readyz", s.admin), &[]).await.unwrap();
+    assert!(ready.body.contains("app"), "{ready:?}");
+    assert!(s.metrics().await.contains("kind=\"app_connect\""));
+
+    // Up, then gone.
+    let mut app = KillableApp::start("pod-1", "127.0.110.3");
+    let listen = addr_on("127.0.110.3");
+    let s = Stickyd::start(
+        "pod-1",
+        listen,
+        app.addr,
+        &[("STICKYD_ENDPOINTS", format!("static:pod-1={listen}"))],
+    )
+    .await;
+    wait_ready(&s, 200).await;
+    assert_eq!(get(&format!("http://{listen}/"), &[]).await.unwrap().status, 200);
+    app.kill();
+    // The pooled connection to the app dies with it: the next request may
+    // be the one that finds out (502 either way), never a hang.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let r = get(&format!("http://{listen}/"), &[]).await.unwrap();
+        if r.status == 502 {
+            assert!(r.body.contains("could not reach the app"), "{r:?}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "still {r:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    wait_ready(&s, 503).await;
+}
+
+/// A slow app: STICKYD_RESPONSE_TIMEOUT bounds the wait for response
+/// headers with 504, locally and through a peer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_app_gets_504_after_the_response_timeout() {
+    let app0 = App::start("pod-0", "127.0.110.11").await;
+    let app1 = App::start("pod-1", "127.0.110.12").await;
+    let l0 = addr_on("127.0.110.11");
+    let l1 = addr_on("127.0.110.12");
+    let env = [
+        ("STICKYD_ENDPOINTS", format!("static:pod-0={l0},pod-1={l1}")),
+        ("STICKYD_RESPONSE_TIMEOUT", "1".to_string()),
+    ];
+    let _s0 = Stickyd::start("pod-0", l0, app0.addr, &env).await;
+    let _s1 = Stickyd::start("pod-1", l1, app1.addr, &env).await;
+    // Locally.
+    let t = Instant::now();
+    let r = get(&format!("http://{l0}/slow"), &[]).await.unwrap();
+    let took = t.elapsed();
+    assert_eq!(r.status, 504, "{r:?}");
+    assert!(r.body.contains("STICKYD_RESPONSE_TIMEOUT"), "{}", r.body);
+    assert!(
+        took >= Duration::from_millis(900) && took < Duration::from_millis(2500),
+        "{took:?}"
+    );
+    // Through a peer: pod-1 times out its app, pod-0 passes the 504 on.
+    let t = Instant::now();
+    let r = get(&format!("http://{l0}/slow"), &[("cookie", &cookie_for("pod-1"))])
+        .await
+        .unwrap();
+    assert_eq!(r.status, 504, "{r:?}");
+    assert!(t.elapsed() < Duration::from_millis(2500), "{:?}", t.elapsed());
+    // A fast request right after is fine.
+    assert_eq!(get(&format!("http://{l0}/"), &[]).await.unwrap().status, 200);
+}
+
+/// A WebSocket held open well past STICKYD_RESPONSE_TIMEOUT is not cut,
+/// locally or through a peer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn websocket_outlives_the_response_timeout() {
+    let app0 = App::start("pod-0", "127.0.111.1").await;
+    let app1 = App::start("pod-1", "127.0.111.2").await;
+    let l0 = addr_on("127.0.111.1");
+    let l1 = addr_on("127.0.111.2");
+    let env = [
+        ("STICKYD_ENDPOINTS", format!("static:pod-0={l0},pod-1={l1}")),
+        ("STICKYD_RESPONSE_TIMEOUT", "1".to_string()),
+    ];
+    let _s0 = Stickyd::start("pod-0", l0, app0.addr, &env).await;
+    let _s1 = Stickyd::start("pod-1", l1, app1.addr, &env).await;
+    let mut sockets = Vec::new();
+    for (cookie, pod) in [(None, "pod-0"), (Some(cookie_for("pod-1")), "pod-1")] {
+        let mut req =
+            tokio_tungstenite::tungstenite::client::IntoClientRequest::into_client_request(format!("ws://{l0}/ws"))
+                .unwrap();
+        if let Some(c) = cookie {
+            req.headers_mut().insert("cookie", c.parse().unwrap());
+        }
+        let (ws, resp) = tokio::time::timeout(Duration::from_secs(5), tokio_tungstenite::connect_async(req))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(resp.status(), 101);
+        sockets.push((ws, pod));
+    }
+    let started = Instant::now();
+    let mut round = 0;
+    // Messages at 0 s, then after 1.3 s and 2.6 s of silence: each gap is
+    // longer than the response timeout.
+    while round < 3 {
+        for (ws, pod) in sockets.iter_mut() {
+            ws.send(tokio_tungstenite::tungstenite::Message::text(format!("m{round}")))
+                .await
+                .unwrap();
+            let reply = tokio::time::timeout(Duration::from_secs(5), ws.next())
+                .await
+                .expect("a reply in time")
+                .expect("open")
+                .expect("a frame");
+            assert_eq!(reply.into_text().unwrap().as_str(), format!("{pod}:m{round}"));
+        }
+        round += 1;
+        if round < 3 {
+            // The point of the test: time passing with the socket idle.
+            tokio::time::sleep(Duration::from_millis(1300)).await;
+        }
+    }
+    assert!(started.elapsed() > Duration::from_secs(2));
+    for (mut ws, _) in sockets {
+        ws.close(None).await.unwrap();
+    }
+}
+
+/// A streamed response whose head came fast but whose body takes three
+/// times the response timeout is not cut, locally or through a peer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn streamed_response_outlives_the_response_timeout() {
+    let gap = Duration::from_millis(500);
+    let app0 = Fake::start("127.0.111.11", move |s| trickle(s, 6, gap)).await;
+    let app1 = Fake::start("127.0.111.12", move |s| trickle(s, 6, gap)).await;
+    let l0 = addr_on("127.0.111.11");
+    let l1 = addr_on("127.0.111.12");
+    let env = [
+        ("STICKYD_ENDPOINTS", format!("static:pod-0={l0},pod-1={l1}")),
+        ("STICKYD_RESPONSE_TIMEOUT", "1".to_string()),
+    ];
+    let _s0 = Stickyd::start("pod-0", l0, app0.addr, &env).await;
+    let _s1 = Stickyd::start("pod-1", l1, app1.addr, &env).await;
+    for cookie in [None, Some(cookie_for("pod-1"))] {
+        let t = Instant::now();
+        let headers: Vec<(&str, &str)> = cookie.iter().map(|c| ("cookie", c.as_str())).collect();
+        let r = tokio::time::timeout(Duration::from_secs(10), get(&format!("http://{l0}/stream"), &headers))
+            .await
+            .expect("bounded")
+            .expect("complete body");
+        assert_eq!(r.status, 200);
+        let want: String = (0..6).map(|i| format!("part{i}\n")).collect();
+        assert_eq!(r.body, want);
+        assert!(t.elapsed() > Duration::from_millis(2500), "{:?}", t.elapsed());
+    }
+    assert_eq!(app0.requests(), 1);
+    assert_eq!(app1.requests(), 1);
+}
+
+/// A black-holed peer (its SYNs are dropped: a listener whose accept queue
+/// is full and never drained): the connect times out after
+/// STICKYD_CONNECT_TIMEOUT and the request is served here, repinned (row 14).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn black_holed_peer_repins_after_the_connect_timeout() {
+    let hole = addr_on("127.0.112.9");
+    let sock = tokio::net::TcpSocket::new_v4().unwrap();
+    sock.bind(hole).unwrap();
+    let _listener = sock.listen(1).unwrap();
+    // Fill the accept queue until a connect no longer completes.
+    let mut fillers = Vec::new();
+    for _ in 0..16 {
+        match tokio::time::timeout(Duration::from_millis(300), TcpStream::connect(hole)).await {
+            Ok(Ok(s)) => fillers.push(s),
+            _ => break,
+        }
+    }
+    assert!(
+        tokio::time::timeout(Duration::from_millis(500), TcpStream::connect(hole))
+            .await
+            .is_err(),
+        "the black hole answers connects"
+    );
+
+    let app = App::start("pod-0", "127.0.112.1").await;
+    let fast = addr_on("127.0.112.1");
+    let dflt = addr_on("127.0.112.2");
+    let peers = format!("static:pod-0={fast},pod-2={dflt},pod-9={hole}");
+    let s_fast = Stickyd::start(
+        "pod-0",
+        fast,
+        app.addr,
+        &[
+            ("STICKYD_ENDPOINTS", peers.clone()),
+            ("STICKYD_CONNECT_TIMEOUT", "0.2".into()),
+        ],
+    )
+    .await;
+    let s_dflt = Stickyd::start("pod-2", dflt, app.addr, &[("STICKYD_ENDPOINTS", peers)]).await;
+    let body = "a body that must survive the repin";
+    for (s, pod, min, max) in [(&s_fast, "pod-0", 150, 1500), (&s_dflt, "pod-2", 900, 2500)] {
+        let t = Instant::now();
+        let r = request(
+            "POST",
+            &format!("http://{}/up", s.listen),
+            &[("cookie", &cookie_for("pod-9"))],
+            full(body),
+        )
+        .await
+        .unwrap();
+        let took = t.elapsed();
+        assert_eq!(r.status, 200, "{r:?}");
+        assert_eq!(r.pod(), "pod-0", "the app behind both sidecars");
+        assert_eq!(r.field("session"), "repinned");
+        assert_eq!(r.field("bytes"), body.len().to_string());
+        assert_eq!(
+            r.sticky_cookie().as_deref(),
+            Some(SessionId::for_pod(pod).encode().as_str())
+        );
+        assert!(
+            took >= Duration::from_millis(min) && took < Duration::from_millis(max),
+            "{pod}: {took:?}"
+        );
+        assert!(s.metrics().await.contains("kind=\"peer_connect\""));
+    }
+    drop(fillers);
+}
+
+/// A peer dies in the middle of its response body: the client sees the
+/// connection end (an incomplete body), never a hang; the request is not
+/// replayed anywhere.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn peer_dying_mid_response_ends_the_client_connection() {
+    // The peer sends the head and part of a 100 kB body, then closes.
+    let peer = Fake::start("127.0.113.9", |mut s: TcpStream| async move {
+        let _ = s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 100000\r\n\r\n").await;
+        let _ = s.write_all(&[b'x'; 1000]).await;
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    })
+    .await;
+    // A second one that dies before its head: 502, never replayed.
+    let early = Fake::start("127.0.113.8", |s: TcpStream| async move { drop(s) }).await;
+    let app = App::start("pod-0", "127.0.113.1").await;
+    let listen = addr_on("127.0.113.1");
+    let _s = Stickyd::start(
+        "pod-0",
+        listen,
+        app.addr,
+        &[(
+            "STICKYD_ENDPOINTS",
+            format!("static:pod-0={listen},pod-9={},pod-8={}", peer.addr, early.addr),
+        )],
+    )
+    .await;
+    let client = plain_client();
+    let t = Instant::now();
+    let req = http::Request::get(format!("http://{listen}/big"))
+        .header("cookie", cookie_for("pod-9"))
+        .body(empty())
+        .unwrap();
+    let resp = tokio::time::timeout(Duration::from_secs(5), client.request(req))
+        .await
+        .expect("head in time")
+        .expect("head");
+    assert_eq!(resp.status(), 200);
+    let body = tokio::time::timeout(Duration::from_secs(5), resp.into_body().collect())
+        .await
+        .expect("the body ends: no hang");
+    assert!(body.is_err(), "a truncated body must not look complete");
+    assert!(t.elapsed() < Duration::from_secs(3), "{:?}", t.elapsed());
+
+    let r = request(
+        "POST",
+        &format!("http://{listen}/once"),
+        &[("cookie", &cookie_for("pod-8"))],
+        full("once"),
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status, 502, "{r:?}");
+    assert_eq!(peer.requests(), 1);
+    assert_eq!(early.requests(), 1, "never replayed");
+    assert!(app.seen().is_empty(), "never replayed locally");
+}
+
+/// A real peer sidecar killed (SIGKILL) while its response streams through
+/// another sidecar: the client's body ends with an error within a bound.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killed_peer_sidecar_mid_stream_ends_the_client_connection() {
+    let app0 = App::start("pod-0", "127.0.113.11").await;
+    let app1 = Fake::start("127.0.113.12", |s| trickle(s, 40, Duration::from_millis(100))).await;
+    let l0 = addr_on("127.0.113.11");
+    let l1 = addr_on("127.0.113.12");
+    let env = [("STICKYD_ENDPOINTS", format!("static:pod-0={l0},pod-1={l1}"))];
+    let _s0 = Stickyd::start("pod-0", l0, app0.addr, &env).await;
+    let mut s1 = Stickyd::start("pod-1", l1, app1.addr, &env).await;
+    let client = plain_client();
+    let req = http::Request::get(format!("http://{l0}/stream"))
+        .header("cookie", cookie_for("pod-1"))
+        .body(empty())
+        .unwrap();
+    let resp = tokio::time::timeout(Duration::from_secs(5), client.request(req))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let mut body = resp.into_body();
+    let first = tokio::time::timeout(Duration::from_secs(5), body.frame())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert!(first.data_ref().is_some());
+    s1.child.kill().unwrap();
+    let killed = Instant::now();
+    let outcome = tokio::time::timeout(Duration::from_secs(5), async {
+        loop {
+            match body.frame().await {
+                None => return Ok(()),
+                Some(Err(e)) => return Err(e),
+                Some(Ok(_)) => {}
+            }
+        }
+    })
+    .await
+    .expect("the body ends: no hang");
+    assert!(outcome.is_err(), "a cut stream must not end like a complete one");
+    assert!(killed.elapsed() < Duration::from_secs(2), "{:?}", killed.elapsed());
+    assert!(app0.seen().is_empty(), "never replayed locally");
+    // pod-0 keeps serving.
+    assert_eq!(get(&format!("http://{l0}/"), &[]).await.unwrap().status, 200);
+}
+
+/// An overloaded peer that answers 503 slowly: stickyd passes each 503 on,
+/// makes exactly one attempt per request (no retry storm), replays nothing
+/// locally.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn overloaded_peer_503_is_passed_on_once() {
+    let peer = Fake::start("127.0.114.9", |mut s: TcpStream| async move {
+        tokio::time::sleep(Duration::from_millis(800)).await;
+        let body = "overloaded\n";
+        let head = format!(
+            "HTTP/1.1 503 Service Unavailable\r\nRetry-After: 1\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        );
+        let _ = s.write_all(head.as_bytes()).await;
+    })
+    .await;
+    let app = App::start("pod-0", "127.0.114.1").await;
+    let listen = addr_on("127.0.114.1");
+    let s = Stickyd::start(
+        "pod-0",
+        listen,
+        app.addr,
+        &[(
+            "STICKYD_ENDPOINTS",
+            format!("static:pod-0={listen},pod-9={}", peer.addr),
+        )],
+    )
+    .await;
+    let cookie = cookie_for("pod-9");
+    let t = Instant::now();
+    let results = futures_util::future::join_all((0..8).map(|i| {
+        let url = format!("http://{listen}/r{i}");
+        let cookie = cookie.clone();
+        async move {
+            if i % 2 == 0 {
+                request("POST", &url, &[("cookie", &cookie)], full(format!("body-{i}"))).await
+            } else {
+                get(&url, &[("cookie", &cookie)]).await
+            }
+        }
+    }))
+    .await;
+    for r in &results {
+        let r = r.as_ref().unwrap();
+        assert_eq!(r.status, 503, "{r:?}");
+        assert_eq!(r.body, "overloaded\n");
+        assert_eq!(r.headers.get("retry-after").unwrap(), "1");
+        assert!(r.sticky_cookie().is_none(), "a passed-on 503 does not repin");
+    }
+    assert!(t.elapsed() < Duration::from_secs(3), "{:?}", t.elapsed());
+    assert_eq!(peer.requests(), 8, "exactly one attempt per request");
+    assert!(app.seen().is_empty(), "nothing replayed locally");
+    let m = s.metrics().await;
+    assert!(!m.contains("kind=\"peer_io\""), "{m}");
+}
+
+/// Zero-loss rolling restart: three pods behind a random load balancer,
+/// a steady stream of sessions, each pod restarted in turn the way
+/// Kubernetes does it: out of the load balancer and out of its peers' views
+/// (its endpoint leaves the Service), SIGTERM, exit 0, a new sidecar with
+/// the same name and address, back in once ready. No request fails, and no
+/// session pinned to a pod that stays moves.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rolling_restart_loses_no_request_and_moves_no_staying_session() {
+    let failures = rolling_restart(false).await;
+    assert!(failures.is_empty(), "{} failed requests: {failures:?}", failures.len());
+}
+
+/// The restart, with peers either dropping the restarting pod from their
+/// views before its SIGTERM (`keep_in_view` false), or keeping it listed
+/// while it drains and stops (true: its pinned sessions are forwarded to it
+/// until it stops accepting, as with a terminating endpoint). Returns the
+/// failed requests; asserts everything else.
+async fn rolling_restart(keep_in_view: bool) -> Vec<String> {
+    const SESSIONS: usize = 12;
+    let peers_file = temp_path("drain-peers");
+    let names = ["pod-0", "pod-1", "pod-2"];
+    let addrs: Vec<SocketAddr> = (1..=3).map(|i| addr_on(&format!("127.0.115.{i}"))).collect();
+    let list: Vec<(&str, SocketAddr)> = names.iter().copied().zip(addrs.iter().copied()).collect();
+    write_peers(&peers_file, &list);
+    let env = vec![
+        ("STICKYD_ENDPOINTS", format!("file:{}", peers_file.display())),
+        ("STICKYD_DRAIN_SECONDS", "1".to_string()),
+        ("STICKYD_DRAIN_TIMEOUT", "5".to_string()),
+    ];
+    let mut apps = Vec::new();
+    let mut sidecars = Vec::new();
+    for (i, name) in names.iter().enumerate() {
+        let app = App::start(name, &addrs[i].ip().to_string()).await;
+        sidecars.push(Stickyd::start(name, addrs[i], app.addr, &env).await);
+        apps.push(app);
+    }
+    for s in &sidecars {
+        wait_for_view(s, &names).await;
+    }
+    let lb = RandomLb::start(addrs.clone()).await;
+    let url = format!("http://{}/", lb.addr);
+
+    // (session, phase, pod) for every request; failures with their phase.
+    let phase = Arc::new(AtomicUsize::new(0));
+    let stop = Arc::new(AtomicBool::new(false));
+    let log: Arc<Mutex<Vec<(usize, usize, String)>>> = Arc::default();
+    let failures: Arc<Mutex<Vec<String>>> = Arc::default();
+    let workers: Vec<_> = (0..SESSIONS)
+        .map(|i| {
+            let (phase, stop, log, failures, url) =
+                (phase.clone(), stop.clone(), log.clone(), failures.clone(), url.clone());
+            tokio::spawn(async move {
+                let mut s = Session::default();
+                for _ in 0..5000 {
+                    if stop.load(Ordering::Relaxed) {
+                        break;
+                    }
+                    let p = phase.load(Ordering::Relaxed);
+                    match s.get(&url).await {
+                        Ok(r) if r.status == 200 => {
+                            log.lock().unwrap().push((i, p, r.pod().to_string()));
+                        }
+                        Ok(r) => failures
+                            .lock()
+                            .unwrap()
+                            .push(format!("phase {p}: {} {}", r.status, r.body)),
+                        Err(e) => failures.lock().unwrap().push(format!("phase {p}: {e}")),
+                    }
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+            })
+        })
+        .collect();
+    // Every session has its pod before the first restart.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while log
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|e| e.0)
+        .collect::<std::collections::HashSet<_>>()
+        .len()
+        < SESSIONS
+    {
+        assert!(Instant::now() < deadline, "sessions did not start");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    let mut drain_times = Vec::new();
+    let mut old_logs = Vec::new();
+    for i in 0..3 {
+        phase.store(i + 1, Ordering::Relaxed);
+        // Out of the load balancer first, as endpoints leave a Service.
+        lb.set_backends(
+            addrs
+                .iter()
+                .enumerate()
+                .filter(|(j, _)| *j != i)
+                .map(|(_, a)| *a)
+                .collect(),
+        );
+        let staying: Vec<(&str, SocketAddr)> = list.iter().copied().filter(|(n, _)| *n != names[i]).collect();
+        if !keep_in_view {
+            write_peers(&peers_file, &staying);
+            let staying_names: Vec<&str> = staying.iter().map(|(n, _)| *n).collect();
+            for (j, s) in sidecars.iter().enumerate() {
+                if j != i {
+                    wait_for_view(s, &staying_names).await;
+                }
+            }
+        }
+        let t = Instant::now();
+        sidecars[i].signal("TERM");
+        let status = wait_exit(&mut sidecars[i], Duration::from_secs(15)).await;
+        assert!(status.success(), "{}: {status:?}", names[i]);
+        drain_times.push(t.elapsed());
+        // The replacement: same name, same address.
+        let fresh = Stickyd::start(names[i], addrs[i], apps[i].addr, &env).await;
+        write_peers(&peers_file, &list);
+        for s in sidecars.iter().chain([&fresh]) {
+            if s.child.id() != sidecars[i].child.id() {
+                wait_for_view(s, &names).await;
+            }
+        }
+        wait_ready(&fresh, 200).await;
+        old_logs.push(sidecars[i].log.clone());
+        sidecars[i] = fresh;
+        lb.set_backends(addrs.clone());
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    phase.store(4, Ordering::Relaxed);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    stop.store(true, Ordering::Relaxed);
+    for w in workers {
+        tokio::time::timeout(Duration::from_secs(30), w).await.unwrap().unwrap();
+    }
+
+    let failures = failures.lock().unwrap().clone();
+    let log = log.lock().unwrap().clone();
+    eprintln!(
+        "rolling restart: {} requests, {} failed, drains took {drain_times:?}",
+        log.len(),
+        failures.len()
+    );
+    if !failures.is_empty() {
+        let logs = old_logs.iter().chain(sidecars.iter().map(|s| &s.log));
+        for l in logs {
+            let text = std::fs::read_to_string(l).unwrap_or_default();
+            for line in text.lines().filter(|l| {
+                l.contains("WARN")
+                    || l.contains("ERROR")
+                    || l.contains("stopped accepting")
+                    || l.contains("SIGTERM")
+                    || l.contains("all connections")
+            }) {
+                eprintln!("{}: {line}", l.display());
+            }
+        }
+    }
+    assert!(log.len() > 300, "too few requests to mean anything: {}", log.len());
+    // A session pinned to a pod that stays during a phase never moves in it.
+    for s in 0..SESSIONS {
+        let mine: Vec<&(usize, usize, String)> = log.iter().filter(|e| e.0 == s).collect();
+        for p in 1..=3 {
+            let restarting = names[p - 1];
+            let Some(before) = mine.iter().rev().find(|e| e.1 < p).map(|e| e.2.clone()) else {
+                continue;
+            };
+            if before == restarting {
+                continue;
+            }
+            for e in mine.iter().filter(|e| e.1 == p) {
+                assert_eq!(e.2, before, "session {s} moved while {restarting} restarted");
+            }
+        }
+    }
+    let per_phase: Vec<usize> = (0..=4).map(|p| log.iter().filter(|e| e.1 == p).count()).collect();
+    assert!(per_phase[1..=3].iter().all(|n| *n > 20), "{per_phase:?}");
+    failures
+}
