@@ -220,7 +220,7 @@ async fn with_sidecars_every_session_stays_on_its_pod() {
     let mut d = Demo::start(
         &[
             "--duration",
-            "5",
+            "8",
             "--listen",
             "127.0.41.1:0",
             "--base-ip",
@@ -275,6 +275,10 @@ async fn with_sidecars_every_session_stays_on_its_pod() {
         assert_eq!((pod.as_str(), echo.as_str()), (r[0].pod.as_str(), "ping\n"));
     }
     // The load balancer really is random: new sessions start on more than one pod.
+    for _ in 0..20 {
+        let mut jar = Jar::default();
+        first_pods.insert(session_requests(&c, &url, &mut jar, 1).await[0].pod.clone());
+    }
     assert!(first_pods.len() > 1, "{first_pods:?}");
 
     // The page for browsers.
@@ -316,7 +320,7 @@ async fn without_sidecars_sessions_are_lost() {
         &[
             "--no-sidecar",
             "--duration",
-            "4",
+            "6",
             "--listen",
             "127.0.42.1:0",
             "--base-ip",

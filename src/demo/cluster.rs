@@ -168,10 +168,20 @@ impl Cluster {
         let ip = self.ip(index)?;
         let name = format!("pod-{index}");
         let app_addr = SocketAddr::from((ip, self.spec.app_port));
-        let listener = TcpListener::bind(app_addr).await.map_err(|source| DemoError::Bind {
-            what: "the demo app",
-            addr: app_addr,
-            source,
+        let listener = TcpListener::bind(app_addr).await.map_err(|source| {
+            if source.kind() == std::io::ErrorKind::AddrNotAvailable {
+                // Linux routes all of 127.0.0.0/8 to loopback; macOS only 127.0.0.1.
+                DemoError::Invalid(format!(
+                    "{ip} is not a local address; each pod needs its own loopback address \
+                     (on macOS: sudo ifconfig lo0 alias {ip} up)"
+                ))
+            } else {
+                DemoError::Bind {
+                    what: "the demo app",
+                    addr: app_addr,
+                    source,
+                }
+            }
         })?;
         let app_addr = listener.local_addr().unwrap_or(app_addr);
         let app = Arc::new(App::new(name.clone()));
