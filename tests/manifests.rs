@@ -1120,3 +1120,98 @@ fn the_readme_overlay_renders_and_wires_the_cookie_secret() {
         "stickyd lint accepts the overlay"
     );
 }
+
+/// The args of both containers are accepted by the real binary's command
+/// line (clap reads every argument before it acts on `--help`), so neither
+/// container would crash-loop on a usage error.
+#[test]
+fn container_args_are_accepted_by_the_stickyd_binary() {
+    let Some(r) = renders("container_args_are_accepted_by_the_stickyd_binary", &[BASE]) else {
+        return;
+    };
+    let pod = pod_spec(one(&r[0].1, "Deployment", "mysvc"));
+    let containers: Vec<&Yaml> = list(&pod["initContainers"])
+        .iter()
+        .chain(list(&pod["containers"]))
+        .collect();
+    assert_eq!(containers.len(), 2);
+    for c in containers {
+        let args = strs(&c["args"]);
+        assert!(!args.is_empty(), "{:?} has args", c["name"]);
+        let out = run(Command::new(env!("CARGO_BIN_EXE_stickyd")).args(&args).arg("--help"));
+        assert!(
+            out.status.success(),
+            "stickyd {} --help: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(String::from_utf8_lossy(&out.stdout).contains("Usage: stickyd"));
+    }
+}
+
+/// The app container, run as the manifest runs it (its args, its pod name
+/// from STICKYD_POD_NAME) but on a free loopback port, answers with its pod
+/// name.
+#[test]
+fn the_app_container_serves_the_demo_app_under_its_pod_name() {
+    use std::io::{BufRead, BufReader, Read};
+    let Some(r) = renders("the_app_container_serves_the_demo_app_under_its_pod_name", &[BASE]) else {
+        return;
+    };
+    let pod = pod_spec(one(&r[0].1, "Deployment", "mysvc"));
+    let app = named(&pod["containers"], "app").expect("container app");
+    let env = named(&app["env"], "STICKYD_POD_NAME").expect("STICKYD_POD_NAME");
+    assert_eq!(
+        env["valueFrom"]["fieldRef"]["fieldPath"].as_str(),
+        Some("metadata.name")
+    );
+    let args: Vec<String> = strs(&app["args"])
+        .into_iter()
+        .map(|a| {
+            if a == "127.0.0.1:8081" {
+                "127.0.0.1:0".to_string()
+            } else {
+                a.to_string()
+            }
+        })
+        .collect();
+    assert!(
+        args.iter().any(|a| a == "127.0.0.1:0"),
+        "the app listens on 127.0.0.1:8081: {args:?}"
+    );
+
+    let pod_name = "mysvc-7d9c8b6f5-x2k4q";
+    let mut child = Command::new(env!("CARGO_BIN_EXE_stickyd"))
+        .args(&args)
+        .args(["--duration", "30"])
+        .env("STICKYD_POD_NAME", pod_name)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("stickyd runs");
+    let mut stdout = BufReader::new(child.stdout.take().unwrap());
+    let mut line = String::new();
+    stdout.read_line(&mut line).unwrap();
+    let result = (|| {
+        let addr = line
+            .split("http://")
+            .nth(1)
+            .and_then(|s| s.trim().trim_end_matches('/').parse::<std::net::SocketAddr>().ok())
+            .ok_or_else(|| format!("no listening address in {line:?}"))?;
+        let mut conn = std::net::TcpStream::connect(addr).map_err(|e| e.to_string())?;
+        conn.set_read_timeout(Some(std::time::Duration::from_secs(10))).unwrap();
+        conn.write_all(b"GET /api HTTP/1.1\r\nHost: mysite\r\nConnection: close\r\n\r\n")
+            .map_err(|e| e.to_string())?;
+        let mut resp = String::new();
+        conn.read_to_string(&mut resp).map_err(|e| e.to_string())?;
+        Ok::<String, String>(resp)
+    })();
+    let _ = child.kill();
+    let _ = child.wait();
+    let resp = result.unwrap_or_else(|e| panic!("the demo app: {e}"));
+    assert!(resp.starts_with("HTTP/1.1 200"), "{resp}");
+    let body = resp.split("\r\n\r\n").nth(1).unwrap_or("");
+    let v: serde_json::Value = serde_json::from_str(body).unwrap_or_else(|e| panic!("JSON body ({e}): {resp}"));
+    assert_eq!(v["pod"].as_str(), Some(pod_name), "the answer names the pod: {resp}");
+    assert_eq!(v["count"].as_u64(), Some(1), "a new session starts at 1: {resp}");
+}
