@@ -60,8 +60,8 @@ echo "== k6 stickiness: 60 sessions x 10 requests, 10 VUs"
 k6 run --quiet -e BASE_URL="$url" -e VUS=10 -e ITERATIONS=60 -e REQUESTS=10 -e SLEEP=0.02 \
   tests/k6/stickiness.js || status=$?
 
-echo "== k6 stickiness with churn: a pod killed and one added after 2 s, 6 s in all"
-k6 run --quiet -e BASE_URL="$url" -e VUS=10 -e DURATION=6s -e REQUESTS=10 -e SLEEP=0.05 \
+echo "== k6 stickiness with churn: 30 VUs, a pod killed and one added after 2 s, 6 s in all"
+k6 run --quiet -e BASE_URL="$url" -e VUS=30 -e DURATION=6s -e REQUESTS=20 -e SLEEP=0.05 \
   -e CHURN=1 -e CHURN_AT=2 tests/k6/stickiness.js || status=$?
 
 if ! kill -0 "$demo_pid" 2>/dev/null; then
