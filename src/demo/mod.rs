@@ -112,7 +112,18 @@ fn init_tracing() -> String {
 /// Runs `stickyd demo`; returns the process exit code.
 pub fn run(args: &DemoArgs) -> i32 {
     let log = init_tracing();
-    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    // The app alone (a container beside a sidecar) needs one thread; the
+    // whole demo a few, however many cores the machine has.
+    let rt = if args.app_only {
+        tokio::runtime::Builder::new_current_thread().enable_all().build()
+    } else {
+        let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(cores.clamp(2, 4))
+            .enable_all()
+            .build()
+    };
+    let rt = match rt {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("stickyd demo: {}", DemoError::Runtime(e));
