@@ -25,6 +25,7 @@ k6 version | head -1
 
 work=$(mktemp -d)
 demo_pid=
+# shellcheck disable=SC2317 # cleanup runs from the EXIT trap
 cleanup() {
   if [ -n "$demo_pid" ] && kill -0 "$demo_pid" 2>/dev/null; then
     kill -INT "$demo_pid" 2>/dev/null || true
