@@ -4,7 +4,8 @@
 #   1. plain sessions: every session stays on its pod, the app's counter
 #      counts 1..N, no request fails;
 #   2. churn: a pod is killed and another added mid-run; sessions elsewhere
-#      never move, the killed pod's sessions repin exactly once.
+#      never move, the killed pod's sessions repin exactly once;
+#   3. the same check against the apps without stickyd must fail.
 # Exits non-zero if a k6 threshold fails or anything does not start.
 #
 # Env: STICKYD_BIN (default target/release/stickyd, else target/debug/stickyd),
@@ -32,6 +33,7 @@ cleanup() {
     for _ in $(seq 50); do kill -0 "$demo_pid" 2>/dev/null || break; sleep 0.1; done
     kill -KILL "$demo_pid" 2>/dev/null || true
   fi
+  if [ -n "${bare_pid:-}" ]; then kill -KILL "$bare_pid" 2>/dev/null || true; fi
   rm -rf "$work"
 }
 trap cleanup EXIT
@@ -64,6 +66,34 @@ k6 run --quiet -e BASE_URL="$url" -e VUS=10 -e ITERATIONS=60 -e REQUESTS=10 -e S
 echo "== k6 stickiness with churn: 30 VUs, a pod killed and one added after 2 s, 6 s in all"
 k6 run --quiet -e BASE_URL="$url" -e VUS=30 -e DURATION=6s -e REQUESTS=20 -e SLEEP=0.05 \
   -e CHURN=1 -e CHURN_AT=2 tests/k6/stickiness.js || status=$?
+
+# The thresholds can fail: the same check against demo apps without stickyd
+# must exit 99 (thresholds crossed).
+echo "== k6 stickiness without stickyd must fail its thresholds"
+STICKYD_LOG=warn "$bin" demo --no-load --no-sidecar --duration 20 \
+  --listen "${SMOKE_NOSIDECAR_LISTEN:-127.0.78.1:0}" --base-ip "${SMOKE_NOSIDECAR_BASE_IP:-127.0.78.10}" \
+  --app-port 0 >"$work/bare.out" 2>"$work/bare.err" &
+bare_pid=$!
+bare=
+for _ in $(seq 100); do
+  bare=$(grep -o 'load balancer http://[0-9.:]*' "$work/bare.out" 2>/dev/null | head -1 | sed 's/^load balancer //') || true
+  [ -n "$bare" ] && break
+  sleep 0.1
+done
+bare_status=0
+if [ -n "$bare" ]; then
+  k6 run --quiet --no-summary -e BASE_URL="$bare" -e VUS=5 -e ITERATIONS=20 -e REQUESTS=10 -e SLEEP=0 \
+    tests/k6/stickiness.js >"$work/bare.k6" 2>&1 || bare_status=$?
+fi
+kill -INT "$bare_pid" 2>/dev/null || true
+wait "$bare_pid" 2>/dev/null || true
+if [ "$bare_status" -eq 99 ]; then
+  echo "ok: without stickyd the thresholds fail ($(grep -o "thresholds on metrics.*crossed" "$work/bare.k6" | head -1))"
+else
+  echo "smoke: k6 against demo apps without stickyd exited $bare_status, not 99" >&2
+  cat "$work/bare.out" "$work/bare.err" "$work/bare.k6" >&2
+  status=1
+fi
 
 if ! kill -0 "$demo_pid" 2>/dev/null; then
   echo "smoke: stickyd demo died during the run" >&2
