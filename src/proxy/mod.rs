@@ -102,18 +102,22 @@ impl Shared {
             codec: ArcSwap::from_pointee(codec),
             draining: AtomicBool::new(false),
             pick: AtomicUsize::new(0),
-            local_counts: [SessionMark::New, SessionMark::Pinned, SessionMark::Repinned, SessionMark::Unsynced].map(
-                |m| {
-                    metrics
-                        .requests
-                        .get_or_create(&DecisionLabels {
-                            decision: "local",
-                            session: m.as_str(),
-                            target_pod: cfg.pod_name.clone(),
-                        })
-                        .clone()
-                },
-            ),
+            local_counts: [
+                SessionMark::New,
+                SessionMark::Pinned,
+                SessionMark::Repinned,
+                SessionMark::Unsynced,
+            ]
+            .map(|m| {
+                metrics
+                    .requests
+                    .get_or_create(&DecisionLabels {
+                        decision: "local",
+                        session: m.as_str(),
+                        target_pod: cfg.pod_name.clone(),
+                    })
+                    .clone()
+            }),
             cfg,
             store,
             metrics,
@@ -196,10 +200,13 @@ enum AppError {
 
 impl Shared {
     async fn connect_app(&self) -> Result<http1::SendRequest<Incoming>, AppError> {
-        let stream = tokio::time::timeout(self.cfg.connect_timeout, tokio::net::TcpStream::connect(self.cfg.upstream))
-            .await
-            .map_err(|_| AppError::Connect("connect timeout".into()))?
-            .map_err(|e| AppError::Connect(e.to_string()))?;
+        let stream = tokio::time::timeout(
+            self.cfg.connect_timeout,
+            tokio::net::TcpStream::connect(self.cfg.upstream),
+        )
+        .await
+        .map_err(|_| AppError::Connect("connect timeout".into()))?
+        .map_err(|e| AppError::Connect(e.to_string()))?;
         let _ = stream.set_nodelay(true);
         let (sender, conn) = http1::Builder::new()
             .handshake(TokioIo::new(stream))
@@ -238,7 +245,9 @@ impl Shared {
                 },
             }
         }
-        Err(AppError::Connect("the app closed the connection twice before the request was sent".into()))
+        Err(AppError::Connect(
+            "the app closed the connection twice before the request was sent".into(),
+        ))
     }
 }
 
@@ -422,7 +431,10 @@ async fn serve_local(
         };
         tokio::time::timeout(shared.cfg.response_timeout, pooled).await
     };
-    shared.metrics.upstream_duration.observe(started.elapsed().as_secs_f64());
+    shared
+        .metrics
+        .upstream_duration
+        .observe(started.elapsed().as_secs_f64());
     shared.local_counts[mark as usize].inc();
     let mut resp = match result {
         Err(_) => {
@@ -440,7 +452,10 @@ async fn serve_local(
             };
             shared.metrics.upstream_error(kind);
             tracing::warn!(error = %msg, kind, "the app in this pod failed");
-            return own_response(StatusCode::BAD_GATEWAY, "stickyd: could not reach the app in this pod\n");
+            return own_response(
+                StatusCode::BAD_GATEWAY,
+                "stickyd: could not reach the app in this pod\n",
+            );
         }
         Ok(Ok(r)) => r,
     };
