@@ -2,7 +2,7 @@
 //! through its fuzz target, on a stable toolchain:
 //!
 //! ```sh
-//! cargo run --manifest-path fuzz/Cargo.toml --no-default-features --bin replay_corpus
+//! cargo run --manifest-path fuzz/Cargo.toml --no-default-features --features replay --bin replay_corpus
 //! ```
 //!
 //! Exits non-zero if a corpus is missing or empty; a panic in a target fails
