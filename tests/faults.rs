@@ -775,3 +775,78 @@ async fn rolling_restart(keep_in_view: bool) -> Vec<String> {
     assert!(per_phase[1..=3].iter().all(|n| *n > 20), "{per_phase:?}");
     failures
 }
+
+/// On SIGTERM, while the drain lasts, keep-alive clients are told to go:
+/// an HTTP/1.1 connection opened before gets `Connection: close` on its
+/// next response and is closed. An HTTP/2 connection gets GOAWAY and is
+/// closed by the end of the drain (today only when the drain ends, not at
+/// its start: docs/notes-hardening.md, D7), and the process exits 0.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn drain_tells_keep_alive_clients_to_go() {
+    let app = App::start("pod-0", "127.0.115.21").await;
+    let listen = addr_on("127.0.115.21");
+    let mut s = Stickyd::start(
+        "pod-0",
+        listen,
+        app.addr,
+        &[
+            ("STICKYD_ENDPOINTS", format!("static:pod-0={listen}")),
+            ("STICKYD_DRAIN_SECONDS", "3".into()),
+        ],
+    )
+    .await;
+    // HTTP/1.1 keep-alive, opened before the SIGTERM.
+    let mut h1 = TcpStream::connect(listen).await.unwrap();
+    h1.write_all(b"GET /before HTTP/1.1\r\nHost: t\r\n\r\n").await.unwrap();
+    let mut buf = vec![0u8; 4096];
+    let n = tokio::time::timeout(Duration::from_secs(5), h1.read(&mut buf))
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"));
+    // HTTP/2 (h2c prior knowledge), opened before the SIGTERM.
+    let io = hyper_util::rt::TokioIo::new(TcpStream::connect(listen).await.unwrap());
+    let (mut h2, conn) = hyper::client::conn::http2::handshake(hyper_util::rt::TokioExecutor::new(), io)
+        .await
+        .unwrap();
+    let h2_conn = tokio::spawn(conn);
+    let r = h2
+        .send_request(
+            http::Request::get(format!("http://{listen}/before2"))
+                .body(empty())
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+
+    s.signal("TERM");
+    let signalled = Instant::now();
+    // HTTP/1.1: the next response says close, and the server closes.
+    h1.write_all(b"GET /during HTTP/1.1\r\nHost: t\r\n\r\n").await.unwrap();
+    let mut got = Vec::new();
+    loop {
+        match tokio::time::timeout(Duration::from_secs(2), h1.read(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => break,
+            Ok(Ok(n)) => got.extend_from_slice(&buf[..n]),
+            Err(_) => panic!("the HTTP/1.1 connection stayed open: {}", String::from_utf8_lossy(&got)),
+        }
+    }
+    let text = String::from_utf8_lossy(&got).to_ascii_lowercase();
+    assert!(
+        text.starts_with("http/1.1 200") && text.contains("connection: close"),
+        "{text}"
+    );
+    assert!(signalled.elapsed() < Duration::from_secs(2));
+    // HTTP/2: GOAWAY, and the connection closed, by the drain's end.
+    let deadline = signalled + Duration::from_millis(3000 + 1500);
+    loop {
+        if h2.is_closed() || h2_conn.is_finished() {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no GOAWAY by the end of the drain");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let st = wait_exit(&mut s, Duration::from_secs(10)).await;
+    assert!(st.success(), "{st:?}");
+}
