@@ -265,7 +265,7 @@ impl Codec {
         }
         // Allow a little clock skew between pods.
         const SKEW: u64 = 300;
-        if created > now + SKEW {
+        if created > now.saturating_add(SKEW) {
             return CookieState::Invalid;
         }
         if let Some(max) = self.lifetimes.max_lifetime {
@@ -326,8 +326,8 @@ pub fn set_cookie(cfg: &CookieConfig, value: String, https: bool) -> HeaderValue
         SecureMode::Never => false,
         SecureMode::Auto => https,
     } || cfg.same_site == SameSite::None
-        || cfg.name.starts_with("__Host-")
-        || cfg.name.starts_with("__Secure-")
+        || crate::config::has_prefix(&cfg.name, "__Host-")
+        || crate::config::has_prefix(&cfg.name, "__Secure-")
         || cfg.partitioned;
     let same_site = match cfg.same_site {
         SameSite::Strict => cookie::SameSite::Strict,
@@ -465,6 +465,11 @@ mod tests {
         let refreshed = c.encode(id, 1000, 1990);
         assert!(matches!(c.decode(&refreshed, 1995), CookieState::Valid(s) if s.created == 1000));
         assert_eq!(c.decode(&refreshed, 2000), CookieState::Invalid, "absolute lifetime");
+        // Never overflows, whatever the clock says.
+        assert!(matches!(
+            c.decode(&c.encode(id, 1000, 1000), u64::MAX),
+            CookieState::Invalid
+        ));
         let future = c.encode(id, 100_000, 100_000);
         assert_eq!(c.decode(&future, 1000), CookieState::Invalid, "issued in the future");
     }

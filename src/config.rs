@@ -555,7 +555,9 @@ impl Config {
             };
 
         let log = var(env, "STICKYD_LOG").unwrap_or_else(|| "info".into());
-        if tracing_subscriber::EnvFilter::try_new(&log).is_err() {
+        // tracing-subscriber's filter parser can panic on control characters.
+        let printable = log.bytes().all(|b| (0x20..0x7f).contains(&b));
+        if !printable || tracing_subscriber::EnvFilter::try_new(&log).is_err() {
             return Err(ConfigError::invalid(
                 "STICKYD_LOG",
                 &log,
@@ -610,6 +612,11 @@ impl Config {
             worker_threads,
         })
     }
+}
+
+/// Cookie name prefixes are matched case-insensitively by browsers.
+pub fn has_prefix(name: &str, prefix: &str) -> bool {
+    name.len() >= prefix.len() && name.as_bytes()[..prefix.len()].eq_ignore_ascii_case(prefix.as_bytes())
 }
 
 fn nonzero(env: &dyn Env, name: &'static str, default: &str) -> Result<Duration, ConfigError> {
@@ -717,7 +724,13 @@ fn parse_cookie(env: &dyn Env) -> Result<CookieConfig, ConfigError> {
     };
     let partitioned = parse_bool(env, "STICKYD_COOKIE_PARTITIONED", false)?;
 
-    if name.starts_with("__Host-") {
+    if partitioned && secure == SecureMode::Never {
+        return Err(ConfigError::Conflict {
+            var: "STICKYD_COOKIE_PARTITIONED",
+            message: "a Partitioned cookie must be Secure; leave STICKYD_COOKIE_SECURE as auto or true".into(),
+        });
+    }
+    if has_prefix(&name, "__Host-") {
         if secure == SecureMode::Never {
             return Err(ConfigError::Conflict {
                 var: "STICKYD_COOKIE_SECURE",
@@ -739,7 +752,7 @@ fn parse_cookie(env: &dyn Env) -> Result<CookieConfig, ConfigError> {
             });
         }
     }
-    if name.starts_with("__Secure-") && secure == SecureMode::Never {
+    if has_prefix(&name, "__Secure-") && secure == SecureMode::Never {
         return Err(ConfigError::Conflict {
             var: "STICKYD_COOKIE_SECURE",
             message: format!("a cookie named {name:?} (__Secure- prefix) must be Secure"),
@@ -971,6 +984,23 @@ mod tests {
                 ("STICKYD_COOKIE_SECRET_FILE", "/x")
             ]),
             "STICKYD_COOKIE_SECRET_FILE"
+        );
+        // Prefixes are case-insensitive, as browsers match them.
+        assert_eq!(
+            err_var(&[("STICKYD_COOKIE_NAME", "__HOST-s"), ("STICKYD_COOKIE_PATH", "/a")]),
+            "STICKYD_COOKIE_PATH"
+        );
+        assert_eq!(
+            err_var(&[
+                ("STICKYD_COOKIE_PARTITIONED", "true"),
+                ("STICKYD_COOKIE_SECURE", "false")
+            ]),
+            "STICKYD_COOKIE_PARTITIONED"
+        );
+        // Control characters in the log filter are refused, not a panic.
+        assert_eq!(
+            err_var(&[("STICKYD_LOG", "\u{b}ti\u{fffd}S\u{fffd}=T9EI")]),
+            "STICKYD_LOG"
         );
         let mut m = base();
         m.remove("STICKYD_SERVICE");

@@ -55,6 +55,8 @@ pub struct Metrics {
     pub connections_refused: Counter,
     /// `stickyd_key_reloads_total{kind}`: secret file re-reads (ok, error).
     pub key_reloads: Family<KindLabels, Counter>,
+    /// The pods of the last view, to forget the series of pods that left it.
+    members: std::sync::Mutex<Vec<String>>,
 }
 
 impl Default for Metrics {
@@ -72,6 +74,7 @@ impl Default for Metrics {
             connections_open: Gauge::default(),
             connections_refused: Counter::default(),
             key_reloads: Family::default(),
+            members: Default::default(),
         }
     }
 }
@@ -152,6 +155,25 @@ impl Metrics {
         }
         self.endpoints_synced.set(view.synced as i64);
         self.endpoints_updates.inc();
+        // Per-pod series of pods that left the view go too, so a sidecar that
+        // lives through many rollouts keeps a bounded set of series.
+        let now: Vec<String> = view.peers().iter().map(|p| p.name.clone()).collect();
+        let Ok(mut members) = self.members.lock() else {
+            return;
+        };
+        for gone in members.iter().filter(|m| !now.contains(m)) {
+            // ("local" series name this pod, which stays while it runs.)
+            for decision in ["forwarded", "rejected"] {
+                for session in ["new", "pinned", "repinned", "unsynced", "none"] {
+                    self.requests.remove(&DecisionLabels {
+                        decision,
+                        session,
+                        target_pod: gone.clone(),
+                    });
+                }
+            }
+        }
+        *members = now;
     }
 
     pub fn upstream_error(&self, kind: &'static str) {

@@ -134,6 +134,7 @@ impl Sidecar {
     /// in-flight requests within STICKYD_DRAIN_TIMEOUT.
     pub async fn drain_and_stop(self) {
         self.shared.draining.store(true, Ordering::Relaxed);
+        let _ = self.phase.send(Phase::Draining);
         let drain = self.shared.cfg.drain;
         tracing::info!(?drain, "draining: still serving, new sessions go to ready peers");
         tokio::time::sleep(drain).await;

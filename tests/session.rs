@@ -437,3 +437,58 @@ async fn host_prefix_and_partitioned_attributes() {
     assert!(!c.to_ascii_lowercase().contains("partitioned"), "{c}");
     assert!(!c.to_ascii_lowercase().contains("secure"), "{c}");
 }
+
+/// Config parsing never panics: a STICKYD_LOG value the tracing filter
+/// parser chokes on is a configuration error (exit 2), not a crash.
+#[test]
+fn a_log_filter_that_trips_the_filter_parser_is_a_config_error() {
+    let env = [
+        ("STICKYD_POD_NAME", "p"),
+        ("STICKYD_SERVICE", "s"),
+        ("STICKYD_LOG", "\u{b}ti\u{fffd}S\u{fffd}=T9EI"),
+    ];
+    let r = std::panic::catch_unwind(|| stickyd::config::Config::from_env(&env).is_err());
+    assert_eq!(r.ok(), Some(true), "panicked or accepted");
+    let out = run_with(&[("STICKYD_LOG", "\u{b}ti\u{fffd}S\u{fffd}=T9EI")]);
+    assert_eq!(out.status.code(), Some(2), "{}", String::from_utf8_lossy(&out.stderr));
+}
+
+/// Browsers match cookie prefixes case-insensitively (RFC 6265bis): a name
+/// like `__HOST-s` gets the `__Host-` rules, so a conflicting config for it
+/// must be refused too.
+#[test]
+fn cookie_prefixes_are_matched_case_insensitively() {
+    for (env, var) in [
+        (
+            vec![("STICKYD_COOKIE_NAME", "__HOST-s"), ("STICKYD_COOKIE_PATH", "/app")],
+            "STICKYD_COOKIE_PATH",
+        ),
+        (
+            vec![
+                ("STICKYD_COOKIE_NAME", "__host-s"),
+                ("STICKYD_COOKIE_DOMAIN", "example.com"),
+            ],
+            "STICKYD_COOKIE_DOMAIN",
+        ),
+        (
+            vec![
+                ("STICKYD_COOKIE_NAME", "__SECURE-s"),
+                ("STICKYD_COOKIE_SECURE", "false"),
+            ],
+            "STICKYD_COOKIE_SECURE",
+        ),
+        // Partitioned needs Secure: refused like SameSite=None without it.
+        (
+            vec![
+                ("STICKYD_COOKIE_PARTITIONED", "true"),
+                ("STICKYD_COOKIE_SECURE", "false"),
+            ],
+            "STICKYD_COOKIE_SECURE",
+        ),
+    ] {
+        let out = run_with(&env);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{env:?}: {err}");
+        assert!(err.contains(var), "{env:?}: {err}");
+    }
+}

@@ -6,13 +6,13 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures_util::FutureExt;
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
-use tokio::sync::{watch, Semaphore};
+use tokio::sync::{mpsc, watch, Semaphore};
 
 use super::{handle, ConnInfo, Shared};
 
@@ -35,25 +35,47 @@ fn builder(shared: &Shared) -> auto::Builder<TokioExecutor> {
     b
 }
 
-/// Phases of the listener's shutdown, driven by [`crate::sidecar`].
+/// Phases of the listener's life, driven by [`crate::sidecar`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Phase {
     Serving,
+    /// SIGTERM: keep serving; HTTP/1 responses carry `Connection: close`,
+    /// HTTP/2 connections get GOAWAY now, so clients move on.
+    Draining,
     /// Stop accepting, finish in-flight requests.
     Closing,
 }
+
+/// How long connections accepted at the last moment get to have their first
+/// request read before idle connections are closed.
+const SETTLE: Duration = Duration::from_millis(300);
 
 /// Serves connections from `listener` until `phase` turns to `Closing`,
 /// then lets in-flight requests finish within `drain_timeout`.
 pub async fn serve(listener: TcpListener, shared: Arc<Shared>, mut phase: watch::Receiver<Phase>) {
     let builder = Arc::new(builder(&shared));
-    let graceful = GracefulShutdown::new();
     let limit = Arc::new(Semaphore::new(shared.cfg.max_connections));
+    // Every connection task holds a sender; when all are gone, all
+    // connections are closed.
+    let (alive, mut all_closed) = mpsc::channel::<()>(1);
+    let mut closing = false;
     loop {
-        let accepted = tokio::select! {
-            biased;
-            _ = phase.changed() => break,
-            a = listener.accept() => a,
+        let accepted = if closing {
+            // Serve what the kernel already accepted: dropping the listener
+            // would reset those connections, requests and all.
+            match listener.accept().now_or_never() {
+                Some(a) => a,
+                None => break,
+            }
+        } else {
+            tokio::select! {
+                biased;
+                changed = phase.changed() => {
+                    closing = changed.is_err() || *phase.borrow_and_update() == Phase::Closing;
+                    continue;
+                }
+                a = listener.accept() => a,
+            }
         };
         let (stream, remote) = match accepted {
             Ok(a) => a,
@@ -74,30 +96,74 @@ pub async fn serve(listener: TcpListener, shared: Arc<Shared>, mut phase: watch:
         let _ = stream.set_nodelay(true);
         let info = Arc::new(ConnInfo::new(remote));
         let svc_shared = shared.clone();
+        let svc_info = info.clone();
         let service = service_fn(move |req: hyper::Request<Incoming>| {
             let s = svc_shared.clone();
-            let info = info.clone();
+            let info = svc_info.clone();
             async move { Ok::<_, Infallible>(handle(s, info, req).await) }
         });
         let builder = builder.clone();
-        let watcher = graceful.watcher();
+        let mut phase = phase.clone();
         let metrics = shared.metrics.clone();
+        let first_byte = shared.cfg.header_read_timeout;
+        let alive = alive.clone();
         tokio::spawn(async move {
+            // hyper-util's protocol detection reads without a bound: a
+            // connection must send its first byte within the header timeout,
+            // or silent connections would hold STICKYD_MAX_CONNECTIONS slots.
+            let mut b = [0u8; 1];
+            let mut closing = phase.clone();
+            closing.mark_changed();
+            let first = tokio::select! {
+                r = tokio::time::timeout(first_byte, stream.peek(&mut b)) => matches!(r, Ok(Ok(n)) if n > 0),
+                // Stopping: a connection that has sent nothing yet is closed
+                // once the settle time has passed.
+                _ = async {
+                    while closing.changed().await.is_ok() && *closing.borrow_and_update() != Phase::Closing {}
+                    tokio::time::sleep(SETTLE).await;
+                } => false,
+            };
+            if !first {
+                return;
+            }
             metrics.connections_open.inc();
             let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
-            if let Err(e) = watcher.watch(conn).await {
+            tokio::pin!(conn);
+            // Look at the phase once at the start: a connection taken from
+            // the accept queue while closing must be closed too.
+            phase.mark_changed();
+            let mut shutting = false;
+            let result = loop {
+                tokio::select! {
+                    r = conn.as_mut() => break r,
+                    changed = phase.changed(), if !shutting => {
+                        let p = if changed.is_err() { Phase::Closing } else { *phase.borrow_and_update() };
+                        // HTTP/2 gets GOAWAY as the drain starts; HTTP/1 is
+                        // told per response, and closed when stopping.
+                        if p == Phase::Closing || (p == Phase::Draining && info.is_h2()) {
+                            if p == Phase::Closing {
+                                tokio::time::sleep(SETTLE).await;
+                            }
+                            conn.as_mut().graceful_shutdown();
+                            shutting = true;
+                        }
+                    }
+                }
+            };
+            if let Err(e) = result {
                 tracing::debug!(error = %e, %remote, "connection ended with an error");
             }
             metrics.connections_open.dec();
             drop(permit);
+            drop(alive);
         });
     }
     drop(listener);
-    let open = graceful.count();
-    tracing::info!(open, "stopped accepting; finishing in-flight requests");
-    let timeout = shared.cfg.drain_timeout;
+    drop(alive);
+    tracing::info!("stopped accepting; finishing in-flight requests");
+    let timeout = shared.cfg.drain_timeout + SETTLE;
     tokio::select! {
-        _ = graceful.shutdown() => tracing::info!("all connections closed"),
+        _ = all_closed.recv() => tracing::info!("all connections closed"),
         _ = tokio::time::sleep(timeout) => tracing::warn!(?timeout, "STICKYD_DRAIN_TIMEOUT reached; closing the remaining connections"),
     }
     shared.draining.store(true, Ordering::Relaxed);

@@ -53,6 +53,8 @@ pub struct Shared {
     /// `requests_total{decision="local",target_pod=<this pod>}` by mark, so
     /// the local path counts without a label allocation.
     local_counts: [prometheus_client::metrics::counter::Counter; 4],
+    /// App connections bound to client connections (at most [`MAX_BOUND`]).
+    bound: Arc<AtomicUsize>,
 }
 
 fn connector(cfg: &Config) -> HttpConnector {
@@ -63,7 +65,7 @@ fn connector(cfg: &Config) -> HttpConnector {
     c
 }
 
-fn client<B>(cfg: &Config, h2: bool) -> Client<HttpConnector, B>
+fn client<B>(cfg: &Config, h2: bool, idle: Duration) -> Client<HttpConnector, B>
 where
     B: http_body::Body + Send + 'static + Unpin,
     B::Data: Send,
@@ -73,7 +75,7 @@ where
     // The idle timeout only works with a timer.
     b.pool_timer(TokioTimer::new())
         .timer(TokioTimer::new())
-        .pool_idle_timeout(cfg.pool_idle_timeout)
+        .pool_idle_timeout(idle)
         .pool_max_idle_per_host(1024)
         // Never let a client's Host turn into a destination: the URI names
         // the exact peer, and the original Host header is sent as it is.
@@ -93,15 +95,30 @@ impl Shared {
                 idle_timeout: cfg.cookie.idle_timeout,
             },
         );
+        // A peer closes its idle connections when it stops, at the end of its
+        // drain; during the drain it answers with `Connection: close`. A pooled
+        // connection to a peer idle for longer than half the drain is never
+        // reused, so a request is never written into a connection that a
+        // stopping peer is closing. Likewise for the peer's header read
+        // timeout, which closes idle keep-alive connections.
+        let mut peer_idle = cfg.pool_idle_timeout.min(cfg.header_read_timeout / 2);
+        if !cfg.drain.is_zero() {
+            peer_idle = peer_idle.min((cfg.drain / 2).max(Duration::from_millis(100)));
+        }
         Shared {
             me: SessionId::for_pod(&cfg.pod_name),
-            app: client(&cfg, cfg.upstream_protocol == UpstreamProtocol::H2c),
-            peers_h1: client(&cfg, false),
-            peers_h2: client(&cfg, true),
+            app: client(
+                &cfg,
+                cfg.upstream_protocol == UpstreamProtocol::H2c,
+                cfg.pool_idle_timeout,
+            ),
+            peers_h1: client(&cfg, false, peer_idle),
+            peers_h2: client(&cfg, true, peer_idle),
             app_authority: authority(cfg.upstream),
             codec: ArcSwap::from_pointee(codec),
             draining: AtomicBool::new(false),
             pick: AtomicUsize::new(0),
+            bound: Arc::default(),
             local_counts: [
                 SessionMark::New,
                 SessionMark::Pinned,
@@ -170,14 +187,47 @@ pub struct ConnInfo {
     /// connection: HTTP/1 requests on one connection come one at a time, so
     /// they reuse it without a pool checkout. Never contended.
     app: std::sync::Mutex<Option<http1::SendRequest<Incoming>>>,
+    /// The count of bound places this connection holds one of, if any.
+    bound: std::sync::OnceLock<Arc<AtomicUsize>>,
+    /// The connection spoke HTTP/2 (it gets GOAWAY when the drain starts).
+    h2: AtomicBool,
 }
+
+/// At most this many app connections are bound to client connections; the
+/// requests of further client connections go through the shared pool, so idle
+/// clients cannot pin an app connection each.
+pub const MAX_BOUND: usize = 128;
 
 impl ConnInfo {
     pub fn new(remote: SocketAddr) -> ConnInfo {
         ConnInfo {
             remote,
             app: std::sync::Mutex::new(None),
+            bound: std::sync::OnceLock::new(),
+            h2: AtomicBool::new(false),
         }
+    }
+
+    pub fn is_h2(&self) -> bool {
+        self.h2.load(Ordering::Relaxed)
+    }
+
+    /// Takes one of the bound places for this connection, if it has none and
+    /// one is free.
+    fn bind(&self, shared: &Shared) -> bool {
+        if self.bound.get().is_some() {
+            return true;
+        }
+        let taken = shared
+            .bound
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < MAX_BOUND).then_some(n + 1)
+            })
+            .is_ok();
+        if taken {
+            let _ = self.bound.set(shared.bound.clone());
+        }
+        taken
     }
 
     fn take_app(&self) -> Option<http1::SendRequest<Incoming>> {
@@ -187,6 +237,14 @@ impl ConnInfo {
     fn put_app(&self, sender: http1::SendRequest<Incoming>) {
         if let Ok(mut slot) = self.app.lock() {
             *slot = Some(sender);
+        }
+    }
+}
+
+impl Drop for ConnInfo {
+    fn drop(&mut self) {
+        if let Some(count) = self.bound.get() {
+            count.fetch_sub(1, Ordering::AcqRel);
         }
     }
 }
@@ -255,6 +313,9 @@ impl Shared {
 pub async fn handle(shared: Arc<Shared>, conn: Arc<ConnInfo>, req: Request<Incoming>) -> Response<ResponseBody> {
     let draining = shared.draining.load(Ordering::Relaxed);
     let h1 = req.version() <= Version::HTTP_11;
+    if !h1 {
+        conn.h2.store(true, Ordering::Relaxed);
+    }
     let mut resp = handle_inner(&shared, &conn, req).await;
     headers::strip_own(resp.headers_mut());
     if draining && h1 && resp.status() != StatusCode::SWITCHING_PROTOCOLS {
@@ -414,7 +475,7 @@ async fn serve_local(
     let client_upgrade = upgrade_of(&mut req);
     // HTTP/1.1 requests (upgrades aside) use the app connection bound to this
     // client connection; HTTP/2 streams and upgrades use the pool.
-    let bound = !to_h2 && client_upgrade.is_none() && req.version() <= Version::HTTP_11;
+    let bound = !to_h2 && client_upgrade.is_none() && req.version() <= Version::HTTP_11 && conn.bind(shared);
 
     let started = Instant::now();
     let result = if bound {
@@ -526,10 +587,29 @@ async fn forward(
             finish_response(&mut resp);
             resp
         }
-        Ok(Err(e)) if e.is_connect() => {
-            // Nothing was sent: serve here (repin) or reject.
-            shared.metrics.upstream_error("peer_connect");
+        Ok(Err(e)) => {
+            let refused = e.is_connect();
+            // The keep-alive race: a peer that stops closes an idle
+            // connection just as a request is written into it. A safe request
+            // (GET, HEAD, OPTIONS) whose body never left and that got no
+            // response byte may be served here instead, as browsers retry it
+            // (RFC 9110 §9.2.2). Anything else that went out is never replayed.
+            let safe_retry = !refused
+                && matches!(fallback_head.0.as_str(), "GET" | "HEAD" | "OPTIONS")
+                && closed_before_response(&e);
+            if !refused && !safe_retry {
+                shared.metrics.upstream_error("peer_io");
+                tracing::warn!(peer = %peer_name, error = %e, "forwarding to peer failed after the request was sent");
+                return own_response(
+                    StatusCode::BAD_GATEWAY,
+                    "stickyd: the peer pod failed while handling the request\n",
+                );
+            }
+            shared
+                .metrics
+                .upstream_error(if refused { "peer_connect" } else { "peer_closed" });
             tracing::info!(peer = %peer_name, addr = %peer_addr, error = %e, "peer unreachable; serving locally");
+            // The body comes back only if it was never polled: nothing of it left.
             let Ok(body) = reclaim.await else {
                 shared.metrics.upstream_error("peer_io");
                 return own_response(StatusCode::BAD_GATEWAY, "stickyd: the peer pod failed\n");
@@ -556,15 +636,6 @@ async fn forward(
                 }
             }
         }
-        Ok(Err(e)) => {
-            // Bytes went out: never replay. The client sees 502.
-            shared.metrics.upstream_error("peer_io");
-            tracing::warn!(peer = %peer_name, error = %e, "forwarding to peer failed after the request was sent");
-            own_response(
-                StatusCode::BAD_GATEWAY,
-                "stickyd: the peer pod failed while handling the request\n",
-            )
-        }
         Err(_) => {
             shared.metrics.upstream_error("peer_timeout");
             own_response(
@@ -573,6 +644,26 @@ async fn forward(
             )
         }
     }
+}
+
+/// Did the connection close (or reset) before any byte of the response?
+fn closed_before_response(e: &hyper_util::client::legacy::Error) -> bool {
+    let mut src = std::error::Error::source(e);
+    while let Some(err) = src {
+        if let Some(h) = err.downcast_ref::<hyper::Error>() {
+            if h.is_incomplete_message() {
+                return true;
+            }
+        }
+        if let Some(io) = err.downcast_ref::<std::io::Error>() {
+            return matches!(
+                io.kind(),
+                std::io::ErrorKind::ConnectionReset | std::io::ErrorKind::BrokenPipe
+            );
+        }
+        src = err.source();
+    }
+    false
 }
 
 /// Takes the client side of an HTTP/1.1 upgrade out of the request, if any.

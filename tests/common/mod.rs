@@ -226,7 +226,12 @@ impl Stickyd {
     /// Starts `stickyd run` for `pod` on `listen`, with `app` as upstream and
     /// `extra` env, and waits until `/healthz` answers.
     pub async fn start(pod: &str, listen: SocketAddr, app: SocketAddr, extra: &[(&str, String)]) -> Stickyd {
-        let admin = SocketAddr::new(listen.ip(), free_port(&listen.ip().to_string()));
+        let admin = loop {
+            let port = free_port(&listen.ip().to_string());
+            if port != listen.port() && port != app.port() {
+                break SocketAddr::new(listen.ip(), port);
+            }
+        };
         let log = temp_path(&format!("{pod}.log"));
         let mut cmd = Command::new(bin());
         cmd.arg("run")
