@@ -780,9 +780,8 @@ async fn rolling_restart(keep_in_view: bool) -> Vec<String> {
 
 /// On SIGTERM, while the drain lasts, keep-alive clients are told to go:
 /// an HTTP/1.1 connection opened before gets `Connection: close` on its
-/// next response and is closed. An HTTP/2 connection gets GOAWAY and is
-/// closed by the end of the drain (today only when the drain ends, not at
-/// its start: docs/notes-hardening.md, D7), and the process exits 0.
+/// next response and is closed. An HTTP/2 connection gets GOAWAY as the
+/// drain starts, and the process exits 0.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn drain_tells_keep_alive_clients_to_go() {
     let app = App::start("pod-0", "127.0.115.21").await;

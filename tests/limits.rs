@@ -138,7 +138,7 @@ async fn max_connections_closes_the_next_one_and_counts_it() {
 /// Slowloris: a request head that trickles in never completes; with
 /// STICKYD_HEADER_READ_TIMEOUT=1 the connection is closed within ~2 s.
 /// Others are served meanwhile. (A connection that sends nothing at all is
-/// not cut: see docs/notes-hardening.md.)
+/// cut too: `silent_connections_are_closed_by_the_header_read_timeout`.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn slowloris_is_cut_by_the_header_read_timeout() {
     let (app, s) = one_pod("127.0.121.1", &[("STICKYD_HEADER_READ_TIMEOUT", "1".into())]).await;
