@@ -11,6 +11,7 @@ pub mod app;
 pub mod cluster;
 pub mod lb;
 pub mod load;
+mod serve;
 
 use std::io::{IsTerminal, Write};
 use std::net::{Ipv4Addr, SocketAddr};
