@@ -296,7 +296,8 @@ fi
     echo "k6: $(k6 version | head -1)"
     echo "rustc: $(rustc --version 2>/dev/null || echo unknown)"
     echo "load average before: $(cut -d' ' -f1-3 /proc/loadavg)"
-    echo "compiler processes before: $(pgrep -c -x 'cargo|rustc|clippy-driver|cargo-clippy' || true)"
+    # shellcheck disable=SC2009
+    echo "compiler processes before: $(ps -eo comm= | grep -cE '^(cargo|rustc|clippy-driver|cargo-clippy)$' || true)"
     echo "settings: ROUNDS=$ROUNDS DURATION=$DURATION RATE=$RATE CONNS=$CONNS KEEPALIVE_CONNS=$KEEPALIVE_CONNS PROXY_CPU=$PROXY_CPU LOAD_CPU=$LOAD_CPU"
 } >"$OUT/machine.txt"
 cat "$OUT/machine.txt" >&2
