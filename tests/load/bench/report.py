@@ -169,6 +169,24 @@ def summarize(d, svg_path):
         )
         w()
 
+    try:
+        with open(f"{d}/instructions.csv") as f:
+            instr = {row["target"]: int(row["instructions_per_request"]) for row in csv.DictReader(f)}
+    except FileNotFoundError:
+        instr = {}
+    if instr:
+        base = instr.get("haproxy-pinned")
+        w("### User-space instructions per request (callgrind, `tests/load/bench/instructions.sh`)")
+        w()
+        w("| path | instructions / request | vs HAProxy pinned |")
+        w("|---|---:|---:|")
+        for t, label in TARGETS:
+            if t in instr:
+                rel = f"{instr[t] / base:.2f}×" if base else "–"
+                note = " (pod-a only)" if t == "stickyd-forwarded" else ""
+                w(f"| {label}{note} | {fmt(instr[t])} | {rel} |")
+        w()
+
     # Targets.
     w("### Targets")
     w()
