@@ -18,10 +18,6 @@ use stickyd::affinity::SessionId;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
-fn addr_on(ip: &str) -> SocketAddr {
-    format!("{ip}:{}", free_port(ip)).parse().unwrap()
-}
-
 fn cookie_for(pod: &str) -> String {
     format!("stickyd={}", SessionId::for_pod(pod).encode())
 }

@@ -13,19 +13,6 @@ use common::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
 
-fn addr_on(ip: &str) -> SocketAddr {
-    format!("{ip}:{}", free_port(ip)).parse().unwrap()
-}
-
-async fn one_pod(ip: &str, extra: &[(&str, String)]) -> (App, Stickyd) {
-    let app = App::start("pod-0", ip).await;
-    let listen = addr_on(ip);
-    let mut env = vec![("STICKYD_ENDPOINTS", format!("static:pod-0={listen}"))];
-    env.extend(extra.iter().cloned());
-    let s = Stickyd::start("pod-0", listen, app.addr, &env).await;
-    (app, s)
-}
-
 /// Sends one keep-alive GET on `s` and reads exactly its response (the
 /// app's responses carry Content-Length). Returns the status, or None
 /// when the connection ended or nothing came within `within`.

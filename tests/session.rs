@@ -7,7 +7,6 @@
 
 mod common;
 
-use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
@@ -16,19 +15,6 @@ use stickyd::affinity::{Codec, CookieState, Keys, Lifetimes};
 
 const K1: &str = "session-test-key-one-0123456789ab";
 const K2: &str = "session-test-key-two-0123456789ab";
-
-fn addr_on(ip: &str) -> SocketAddr {
-    format!("{ip}:{}", free_port(ip)).parse().unwrap()
-}
-
-async fn one_pod(ip: &str, extra: &[(&str, String)]) -> (App, Stickyd) {
-    let app = App::start("pod-0", ip).await;
-    let listen = addr_on(ip);
-    let mut env = vec![("STICKYD_ENDPOINTS", format!("static:pod-0={listen}"))];
-    env.extend(extra.iter().cloned());
-    let s = Stickyd::start("pod-0", listen, app.addr, &env).await;
-    (app, s)
-}
 
 /// `ID.CREATED.REFRESHED.MAC` → (created, refreshed), base 36.
 fn times(value: &str) -> (u64, u64) {

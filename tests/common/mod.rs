@@ -301,6 +301,21 @@ impl Stickyd {
     }
 }
 
+/// `ip` with a free port on it.
+pub fn addr_on(ip: &str) -> SocketAddr {
+    format!("{ip}:{}", free_port(ip)).parse().unwrap()
+}
+
+/// One pod on `ip`: a recording app and its sidecar, alone in its view.
+pub async fn one_pod(ip: &str, extra: &[(&str, String)]) -> (App, Stickyd) {
+    let app = App::start("pod-0", ip).await;
+    let listen = addr_on(ip);
+    let mut env = vec![("STICKYD_ENDPOINTS", format!("static:pod-0={listen}"))];
+    env.extend(extra.iter().cloned());
+    let s = Stickyd::start("pod-0", listen, app.addr, &env).await;
+    (app, s)
+}
+
 /// A simple response.
 #[derive(Debug)]
 pub struct Resp {
