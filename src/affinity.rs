@@ -294,20 +294,27 @@ impl Codec {
 /// When several cookies carry the name, the first valid one wins.
 pub fn read_cookie(headers: &HeaderMap, name: &str, codec: &Codec, now: u64) -> CookieState {
     let mut state = CookieState::Absent;
+    let name = name.as_bytes();
+    // Bytes, not str: no UTF-8 validation of the whole (often long) header
+    // and ASCII trimming, which is what cookie syntax uses (RFC 6265 §5.4).
     for h in headers.get_all(COOKIE) {
-        let Ok(s) = h.to_str() else {
-            continue;
-        };
-        for pair in s.split(';') {
-            let pair = pair.trim();
-            let Some((k, v)) = pair.split_once('=') else {
+        for pair in h.as_bytes().split(|&b| b == b';') {
+            let pair = pair.trim_ascii();
+            let Some(eq) = pair.iter().position(|&b| b == b'=') else {
                 continue;
             };
-            if k.trim() != name {
+            if pair[..eq].trim_ascii() != name {
                 continue;
             }
-            let v = v.trim().trim_matches('"');
-            match codec.decode(v, now) {
+            let mut v = pair[eq + 1..].trim_ascii();
+            if let [b'"', inner @ .., b'"'] = v {
+                v = inner;
+            }
+            let decoded = match std::str::from_utf8(v) {
+                Ok(v) => codec.decode(v, now),
+                Err(_) => CookieState::Invalid,
+            };
+            match decoded {
                 valid @ CookieState::Valid(_) => return valid,
                 _ => state = CookieState::Invalid,
             }

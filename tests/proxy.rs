@@ -3,12 +3,16 @@
 
 mod common;
 
+use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
 use common::*;
 use futures_util::{SinkExt, StreamExt};
+use http::Request;
+use http_body_util::BodyExt;
+use hyper_util::rt::TokioIo;
 
 struct Cluster {
     pods: Vec<Pod>,
@@ -234,6 +238,63 @@ async fn unreachable_peer_repins_on_connect_failure() {
     assert_eq!(r.field("session"), "repinned");
     assert_eq!(r.field("bytes"), "100000", "the body survived the failed connect");
     assert!(r.sticky_cookie().is_some());
+}
+
+/// One keep-alive client connection (an ingress's) carrying sessions of both
+/// pods: the sidecar keeps one connection to the app and one to the peer for
+/// it, reused request after request, and the apps get origin-form targets.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_client_connection_reuses_one_app_and_one_peer_connection() {
+    let c = Cluster::start(26, 2, &[]).await;
+    let entry = c.pod("pod-0").sidecar.listen;
+    let stream = tokio::net::TcpStream::connect(entry).await.unwrap();
+    let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    let here = format!("stickyd={}", stickyd::affinity::SessionId::for_pod("pod-0").encode());
+    let there = format!("stickyd={}", stickyd::affinity::SessionId::for_pod("pod-1").encode());
+    for i in 0..40 {
+        let (cookie, pod) = if i % 2 == 0 {
+            (&here, "pod-0")
+        } else {
+            (&there, "pod-1")
+        };
+        send.ready().await.unwrap();
+        let req = Request::get(format!("/item?n={i}"))
+            .header("host", "shop.example")
+            .header("cookie", cookie.as_str())
+            .header("x-forwarded-for", "203.0.113.9")
+            .body(empty())
+            .unwrap();
+        let resp = send.send_request(req).await.unwrap();
+        assert_eq!(resp.status(), 200);
+        let body = String::from_utf8(resp.into_body().collect().await.unwrap().to_bytes().to_vec()).unwrap();
+        assert!(body.starts_with(&format!("pod={pod} session=pinned")), "{i}: {body}");
+    }
+    for pod in ["pod-0", "pod-1"] {
+        let seen = c.pod(pod).app.seen();
+        assert_eq!(seen.len(), 20, "{pod}");
+        let remotes: HashSet<SocketAddr> = seen.iter().map(|s| s.remote).collect();
+        assert_eq!(
+            remotes.len(),
+            1,
+            "{pod}'s app saw its 20 requests on one connection: {remotes:?}"
+        );
+        for (k, s) in seen.iter().enumerate() {
+            assert!(
+                s.target.starts_with("/item?n="),
+                "{pod}: origin-form target, got {}",
+                s.target
+            );
+            assert_eq!(s.headers["host"], "shop.example");
+            assert!(s.headers.get("x-stickyd-hop").is_none());
+            let xff = s.headers["x-forwarded-for"].to_str().unwrap();
+            let hops = if pod == "pod-0" { 2 } else { 3 };
+            assert_eq!(xff.split(", ").count(), hops, "{pod} request {k}: {xff}");
+            assert!(xff.starts_with("203.0.113.9, 127.0.0.1"), "{xff}");
+        }
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

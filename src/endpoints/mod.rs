@@ -70,7 +70,41 @@ pub struct View {
     /// Increases with every swap.
     pub generation: u64,
     peers: Vec<Peer>,
-    by_id: HashMap<SessionId, usize>,
+    by_id: HashMap<SessionId, usize, IdHash>,
+}
+
+/// Hashes a [`SessionId`] by its first 8 bytes. The ids are SHA-256 output,
+/// already uniform; the map holds only the view's pods (a client's cookie
+/// is looked up, never inserted), so a chosen id cannot degrade it. Two
+/// lookups per request, each far cheaper than SipHash.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct IdHash;
+
+impl std::hash::BuildHasher for IdHash {
+    type Hasher = IdHasher;
+    fn build_hasher(&self) -> IdHasher {
+        IdHasher(0)
+    }
+}
+
+#[derive(Debug)]
+pub struct IdHasher(u64);
+
+impl std::hash::Hasher for IdHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        // SessionId hashes as one slice of its bytes (after a length).
+        for chunk in bytes.chunks(8) {
+            let mut word = [0u8; 8];
+            word[..chunk.len()].copy_from_slice(chunk);
+            self.0 = self.0.rotate_left(29) ^ u64::from_le_bytes(word);
+        }
+    }
+
+    fn write_usize(&mut self, _len: usize) {}
 }
 
 impl View {

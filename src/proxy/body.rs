@@ -39,6 +39,12 @@ impl Reclaimable {
         )
     }
 
+    /// The body, if it was never polled (and so is whole).
+    pub fn into_inner(mut self) -> Option<Incoming> {
+        self.back.take()?;
+        self.inner.take()
+    }
+
     fn inner(self: Pin<&mut Self>) -> Option<Pin<&mut Incoming>> {
         let this = self.get_mut();
         // Polled: the body now belongs to the peer connection for good.

