@@ -160,14 +160,9 @@ pub fn forwarded_for_value(client: IpAddr) -> HeaderValue {
     HeaderValue::from_str(&client.to_canonical().to_string()).expect("an IP address is a valid header value")
 }
 
-/// Appends the client's address to X-Forwarded-For.
-pub fn append_forwarded_for(headers: &mut HeaderMap, client: IpAddr) {
-    append_forwarded_for_found(headers, Found::scan(headers), &forwarded_for_value(client));
-}
-
-/// [`append_forwarded_for`] for a head already scanned, with the client's
-/// entry from [`forwarded_for_value`]. Several X-Forwarded-For lines are
-/// folded into one.
+/// Appends the client's entry (from [`forwarded_for_value`]) to
+/// X-Forwarded-For, in a head already scanned. Several X-Forwarded-For lines
+/// are folded into one.
 pub fn append_forwarded_for_found(headers: &mut HeaderMap, found: Found, client: &HeaderValue) {
     if !found.has(Found::X_FORWARDED_FOR) {
         headers.insert(X_FORWARDED_FOR, client.clone());
@@ -249,11 +244,6 @@ pub fn mark_private(headers: &mut HeaderMap) {
     }
 }
 
-/// Removes stickyd's own headers from a response before it leaves to the client.
-pub fn strip_own(headers: &mut HeaderMap) {
-    strip_own_found(headers, Found::scan(headers));
-}
-
 /// The response head for the client, in one pass: hop-by-hop headers and
 /// stickyd's own headers out (`Upgrade` kept on a 101).
 pub fn finish_response(headers: &mut HeaderMap, switching: bool) {
@@ -317,8 +307,10 @@ mod tests {
     #[test]
     fn forwarded_for() {
         let mut h = HeaderMap::new();
-        append_forwarded_for(&mut h, "10.0.0.1".parse().unwrap());
-        append_forwarded_for(&mut h, "::ffff:10.0.0.2".parse().unwrap());
+        for ip in ["10.0.0.1", "::ffff:10.0.0.2"] {
+            let found = Found::scan(&h);
+            append_forwarded_for_found(&mut h, found, &forwarded_for_value(ip.parse().unwrap()));
+        }
         assert_eq!(h.get("x-forwarded-for").unwrap(), "10.0.0.1, 10.0.0.2");
         assert!(forwarded_https(&map(&[("x-forwarded-proto", "https")])));
         assert!(!forwarded_https(&map(&[("x-forwarded-proto", "http, https")])));

@@ -39,6 +39,7 @@ use crate::route::{self, Decision, SessionMark, ThisPod};
 
 use body::{Reclaimable, ResponseBody};
 use headers::{Found, HOP, SESSION};
+use tokio::sync::oneshot;
 
 /// `requests_total{decision="forwarded"}` counters by pod and session mark,
 /// for one view generation.
@@ -436,37 +437,66 @@ where
     Ok(sender)
 }
 
-impl Shared {
-    /// Sends a request to the app over the connection bound to `conn`,
-    /// opening one when there is none or it closed. A request that was not
-    /// written to a connection that turned out dead is sent again on a fresh
-    /// one; a written request never is.
-    async fn send_bound(&self, conn: &ConnInfo, req: Request<Incoming>) -> Result<Response<Incoming>, AppError> {
-        let mut req = req;
-        for attempt in 0..2 {
-            let mut sender = match conn.take_app() {
-                Some(s) if attempt == 0 => s,
-                _ => dial(self.cfg.upstream, self.cfg.connect_timeout)
-                    .await
-                    .map_err(AppError::Connect)?,
-            };
-            if sender.ready().await.is_err() {
-                continue;
-            }
-            match sender.try_send_request(req).await {
-                Ok(resp) => {
-                    conn.put_app(sender);
-                    return Ok(resp);
-                }
-                Err(mut e) => match e.take_message() {
-                    Some(back) => req = back,
-                    None => return Err(AppError::Io(e.into_error())),
-                },
-            }
+/// How a request went on an HTTP/1.1 connection of a client connection's own.
+enum Sent<B> {
+    /// Answered; the connection can serve the next request.
+    Answered(Response<Incoming>, http1::SendRequest<B>),
+    /// Never written: no connection could be opened, or connections closed
+    /// twice before it went out. The request comes back, and why.
+    Unsent(Request<B>, String),
+    /// Written, then the connection failed.
+    Failed(hyper::Error),
+}
+
+/// Sends `req` over `sender`, or over a fresh connection to `addr` when there
+/// is none or it turned out closed. A request that was not written to a
+/// connection that turned out dead is sent again on a fresh one; a written
+/// request never is.
+async fn send_bound<B>(
+    sender: Option<http1::SendRequest<B>>,
+    addr: SocketAddr,
+    connect_timeout: Duration,
+    mut req: Request<B>,
+) -> Sent<B>
+where
+    B: http_body::Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let mut sender = sender;
+    for _ in 0..2 {
+        let mut s = match sender.take() {
+            Some(s) => s,
+            None => match dial(addr, connect_timeout).await {
+                Ok(s) => s,
+                Err(why) => return Sent::Unsent(req, why),
+            },
+        };
+        if s.ready().await.is_err() {
+            continue;
         }
-        Err(AppError::Connect(
-            "the app closed the connection twice before the request was sent".into(),
-        ))
+        match s.try_send_request(req).await {
+            Ok(resp) => return Sent::Answered(resp, s),
+            Err(mut e) => match e.take_message() {
+                Some(back) => req = back,
+                None => return Sent::Failed(e.into_error()),
+            },
+        }
+    }
+    Sent::Unsent(req, "the connection closed twice before the request was sent".into())
+}
+
+impl Shared {
+    /// Sends a request to the app over the connection bound to `conn`.
+    async fn send_app(&self, conn: &ConnInfo, req: Request<Incoming>) -> Result<Response<Incoming>, AppError> {
+        match send_bound(conn.take_app(), self.cfg.upstream, self.cfg.connect_timeout, req).await {
+            Sent::Answered(resp, sender) => {
+                conn.put_app(sender);
+                Ok(resp)
+            }
+            Sent::Unsent(_, why) => Err(AppError::Connect(why)),
+            Sent::Failed(e) => Err(AppError::Io(e)),
+        }
     }
 }
 
@@ -681,7 +711,7 @@ async fn send_local(
 
     let started = Instant::now();
     let result = if bound {
-        conn.within(shared.cfg.response_timeout, shared.send_bound(conn, req))
+        conn.within(shared.cfg.response_timeout, shared.send_app(conn, req))
             .await
     } else {
         let pooled = async {
@@ -700,7 +730,7 @@ async fn send_local(
         .upstream_duration
         .observe(started.elapsed().as_secs_f64());
     shared.local_counts[mark as usize].inc();
-    let mut resp = match result {
+    let resp = match result {
         Err(Elapsed) => {
             shared.metrics.upstream_error("app_timeout");
             return own_response(
@@ -723,12 +753,7 @@ async fn send_local(
         }
         Ok(Ok(r)) => r,
     };
-    let switching = resp.status() == StatusCode::SWITCHING_PROTOCOLS;
-    if switching {
-        splice_upgrade(client_upgrade, &mut resp);
-    }
-    headers::finish_response(resp.headers_mut(), switching);
-    let mut resp = resp.map(http_body_util::Either::Left);
+    let mut resp = from_upstream(resp, client_upgrade);
     if set_cookie {
         let created = match &session.cookie {
             CookieState::Valid(s) if s.id == shared.me && s.created > 0 => s.created,
@@ -817,104 +842,49 @@ async fn forward_bound(
     if prepare_head(&mut req, conn, found, false).is_none() || set_target(&mut req, None, false).is_none() {
         return invalid_target(shared);
     }
-    let (parts, body) = req.into_parts();
-    let (body, reclaim) = Reclaimable::new(body);
-    let mut req = Request::from_parts(parts, body);
-    req.headers_mut().insert(HOP, shared.hop_value.clone());
+    let (req, reclaim) = to_peer(shared, req);
     // The head, kept to serve a safe request here should the peer close the
     // connection before answering.
-    let retry_head = safe_method(req.method()).then(|| {
-        (
-            req.method().clone(),
-            req.uri().clone(),
-            req.version(),
-            req.headers().clone(),
-        )
-    });
+    let retry_head = safe_method(req.method()).then(|| Head::of(&req));
 
     let started = Instant::now();
-    let mut sender = sender;
-    let mut outcome = None;
-    for _ in 0..2 {
-        let mut s = match sender.take() {
-            Some(s) => s,
-            None => match dial(peer_addr, shared.cfg.connect_timeout).await {
-                Ok(s) => s,
-                Err(e) => {
-                    outcome = Some(Err(e));
-                    break;
-                }
-            },
-        };
-        if s.ready().await.is_err() {
-            continue;
-        }
-        match conn.within(shared.cfg.response_timeout, s.try_send_request(req)).await {
-            Err(Elapsed) => {
-                shared.metrics.forward_duration.observe(started.elapsed().as_secs_f64());
-                shared.metrics.upstream_error("peer_timeout");
-                return own_response(
-                    StatusCode::GATEWAY_TIMEOUT,
-                    "stickyd: the peer pod did not answer in time (STICKYD_RESPONSE_TIMEOUT)\n",
-                );
-            }
-            Ok(Ok(mut resp)) => {
-                shared.metrics.forward_duration.observe(started.elapsed().as_secs_f64());
-                conn.put_peer(peer_addr, s, place);
-                shared.count_forwarded(target);
-                let switching = resp.status() == StatusCode::SWITCHING_PROTOCOLS;
-                if switching {
-                    splice_upgrade(None, &mut resp);
-                }
-                headers::finish_response(resp.headers_mut(), switching);
-                return resp.map(http_body_util::Either::Left);
-            }
-            Ok(Err(mut e)) => match e.take_message() {
-                // Not written: try a fresh connection.
-                Some(back) => req = back,
-                None => {
-                    let e = e.into_error();
-                    shared.metrics.forward_duration.observe(started.elapsed().as_secs_f64());
-                    let retry = retry_head.filter(|_| closed_before_response(&e));
-                    let Some((method, uri, version, headers)) = retry else {
-                        shared.metrics.upstream_error("peer_io");
-                        tracing::warn!(peer = %peer_name, error = %e, "forwarding to peer failed after the request was sent");
-                        return own_response(
-                            StatusCode::BAD_GATEWAY,
-                            "stickyd: the peer pod failed while handling the request\n",
-                        );
-                    };
-                    shared.metrics.upstream_error("peer_closed");
-                    tracing::info!(peer = %peer_name, addr = %peer_addr, error = %e, "peer closed the connection unanswered; serving locally");
-                    // The body comes back only if it was never polled: nothing of it left.
-                    let Ok(body) = reclaim.await else {
-                        shared.metrics.upstream_error("peer_io");
-                        return own_response(StatusCode::BAD_GATEWAY, "stickyd: the peer pod failed\n");
-                    };
-                    let mut req = Request::new(body);
-                    *req.method_mut() = method;
-                    *req.uri_mut() = uri;
-                    *req.version_mut() = version;
-                    *req.headers_mut() = headers;
-                    return fall_back(shared, conn, req, https, target, session).await;
-                }
-            },
-        }
-        outcome = Some(Err(
-            "the peer closed the connection twice before the request was sent".into()
-        ));
-    }
-    // Nothing reached the peer: serve here, body and all.
+    let sent = conn
+        .within(
+            shared.cfg.response_timeout,
+            send_bound(sender, peer_addr, shared.cfg.connect_timeout, req),
+        )
+        .await;
     shared.metrics.forward_duration.observe(started.elapsed().as_secs_f64());
-    shared.metrics.upstream_error("peer_connect");
-    let error = outcome.and_then(Result::<(), String>::err).unwrap_or_default();
-    tracing::info!(peer = %peer_name, addr = %peer_addr, %error, "peer unreachable; serving locally");
-    let (parts, body) = req.into_parts();
-    let Some(body) = body.into_inner() else {
-        shared.metrics.upstream_error("peer_io");
-        return own_response(StatusCode::BAD_GATEWAY, "stickyd: the peer pod failed\n");
-    };
-    fall_back(shared, conn, Request::from_parts(parts, body), https, target, session).await
+    match sent {
+        Err(Elapsed) => peer_timeout(shared),
+        Ok(Sent::Answered(resp, sender)) => {
+            conn.put_peer(peer_addr, sender, place);
+            shared.count_forwarded(target);
+            from_upstream(resp, None)
+        }
+        Ok(Sent::Failed(e)) => {
+            let Some(head) = retry_head.filter(|_| closed_before_response(&e)) else {
+                return peer_failed(shared, peer_name, &e);
+            };
+            shared.metrics.upstream_error("peer_closed");
+            tracing::info!(peer = %peer_name, addr = %peer_addr, error = %e, "peer closed the connection unanswered; serving locally");
+            // The body comes back only if it was never polled: nothing of it left.
+            let Ok(body) = reclaim.await else {
+                return body_gone(shared);
+            };
+            fall_back(shared, conn, head.with_body(body), https, target, session).await
+        }
+        Ok(Sent::Unsent(req, error)) => {
+            // Nothing reached the peer: serve here, body and all.
+            shared.metrics.upstream_error("peer_connect");
+            tracing::info!(peer = %peer_name, addr = %peer_addr, %error, "peer unreachable; serving locally");
+            let (parts, body) = req.into_parts();
+            let Some(body) = body.into_inner() else {
+                return body_gone(shared);
+            };
+            fall_back(shared, conn, Request::from_parts(parts, body), https, target, session).await
+        }
+    }
 }
 
 /// Forwards a request through the shared pool: HTTP/2, upgrades, and
@@ -932,22 +902,14 @@ async fn forward_pooled(
     let (peer_addr, peer_name) = (target.peer.addr, &target.peer.name);
     // Keep what serving locally needs, should the peer refuse the connection.
     let to_h2 = req.version() == Version::HTTP_2;
-    let fallback_head = (
-        req.method().clone(),
-        req.uri().clone(),
-        req.version(),
-        req.headers().clone(),
-    );
+    let fallback_head = Head::of(&req);
     if prepare_head(&mut req, conn, found, upgrade).is_none()
         || set_target(&mut req, Some(authority(peer_addr)), to_h2).is_none()
     {
         return invalid_target(shared);
     }
-    req.headers_mut().insert(HOP, shared.hop_value.clone());
     let client_upgrade = if upgrade { upgrade_of(&mut req) } else { None };
-    let (parts, body) = req.into_parts();
-    let (body, reclaim) = Reclaimable::new(body);
-    let req = Request::from_parts(parts, body);
+    let (req, reclaim) = to_peer(shared, req);
 
     let started = Instant::now();
     let fut = if to_h2 {
@@ -958,25 +920,15 @@ async fn forward_pooled(
     let result = conn.within(shared.cfg.response_timeout, fut).await;
     shared.metrics.forward_duration.observe(started.elapsed().as_secs_f64());
     match result {
-        Ok(Ok(mut resp)) => {
+        Ok(Ok(resp)) => {
             shared.count_forwarded(target);
-            let switching = resp.status() == StatusCode::SWITCHING_PROTOCOLS;
-            if switching {
-                splice_upgrade(client_upgrade, &mut resp);
-            }
-            headers::finish_response(resp.headers_mut(), switching);
-            resp.map(http_body_util::Either::Left)
+            from_upstream(resp, client_upgrade)
         }
         Ok(Err(e)) => {
             let refused = e.is_connect();
-            let safe_retry = !refused && safe_method(&fallback_head.0) && closed_before_response(&e);
+            let safe_retry = !refused && safe_method(&fallback_head.method) && closed_before_response(&e);
             if !refused && !safe_retry {
-                shared.metrics.upstream_error("peer_io");
-                tracing::warn!(peer = %peer_name, error = %e, "forwarding to peer failed after the request was sent");
-                return own_response(
-                    StatusCode::BAD_GATEWAY,
-                    "stickyd: the peer pod failed while handling the request\n",
-                );
+                return peer_failed(shared, peer_name, &e);
             }
             shared
                 .metrics
@@ -984,15 +936,9 @@ async fn forward_pooled(
             tracing::info!(peer = %peer_name, addr = %peer_addr, error = %e, "peer unreachable; serving locally");
             // The body comes back only if it was never polled: nothing of it left.
             let Ok(body) = reclaim.await else {
-                shared.metrics.upstream_error("peer_io");
-                return own_response(StatusCode::BAD_GATEWAY, "stickyd: the peer pod failed\n");
+                return body_gone(shared);
             };
-            let (method, uri, version, hdrs) = fallback_head;
-            let mut req = Request::new(body);
-            *req.method_mut() = method;
-            *req.uri_mut() = uri;
-            *req.version_mut() = version;
-            *req.headers_mut() = hdrs;
+            let mut req = fallback_head.with_body(body);
             let found = Found::scan(req.headers());
             let https = found.https(req.headers());
             let upgrade = req.version() <= Version::HTTP_11 && found.is_upgrade(req.headers());
@@ -1001,13 +947,7 @@ async fn forward_pooled(
             }
             fall_back(shared, conn, req, https, target, session).await
         }
-        Err(Elapsed) => {
-            shared.metrics.upstream_error("peer_timeout");
-            own_response(
-                StatusCode::GATEWAY_TIMEOUT,
-                "stickyd: the peer pod did not answer in time (STICKYD_RESPONSE_TIMEOUT)\n",
-            )
-        }
+        Err(Elapsed) => peer_timeout(shared),
     }
 }
 
@@ -1031,13 +971,84 @@ fn closed_before_response(e: &(dyn std::error::Error + 'static)) -> bool {
     false
 }
 
-/// Takes the client side of an HTTP/1.1 upgrade out of the request, if any.
+/// Takes the client side of an HTTP/1.1 upgrade out of an upgrade request.
 fn upgrade_of<B>(req: &mut Request<B>) -> Option<hyper::upgrade::OnUpgrade> {
-    if req.version() <= Version::HTTP_11 && headers::is_upgrade(req.headers()) {
-        req.extensions_mut().remove::<hyper::upgrade::OnUpgrade>()
-    } else {
-        None
+    req.extensions_mut().remove::<hyper::upgrade::OnUpgrade>()
+}
+
+/// The head of a request, kept to serve it here should forwarding fail.
+struct Head {
+    method: Method,
+    uri: Uri,
+    version: Version,
+    headers: http::HeaderMap,
+}
+
+impl Head {
+    fn of<B>(req: &Request<B>) -> Head {
+        Head {
+            method: req.method().clone(),
+            uri: req.uri().clone(),
+            version: req.version(),
+            headers: req.headers().clone(),
+        }
     }
+
+    fn with_body<B>(self, body: B) -> Request<B> {
+        let mut req = Request::new(body);
+        *req.method_mut() = self.method;
+        *req.uri_mut() = self.uri;
+        *req.version_mut() = self.version;
+        *req.headers_mut() = self.headers;
+        req
+    }
+}
+
+/// An upstream's response, for the client: joined with the client's
+/// upgraded connection on a 101, hop-by-hop and stickyd's headers out.
+fn from_upstream(
+    mut resp: Response<Incoming>,
+    client_upgrade: Option<hyper::upgrade::OnUpgrade>,
+) -> Response<ResponseBody> {
+    let switching = resp.status() == StatusCode::SWITCHING_PROTOCOLS;
+    if switching {
+        splice_upgrade(client_upgrade, &mut resp);
+    }
+    headers::finish_response(resp.headers_mut(), switching);
+    resp.map(http_body_util::Either::Left)
+}
+
+/// Marks a request prepared for a peer with the hop marker, and wraps its
+/// body so that it comes back if it is never sent.
+fn to_peer(shared: &Shared, req: Request<Incoming>) -> (Request<Reclaimable>, oneshot::Receiver<Incoming>) {
+    let (parts, body) = req.into_parts();
+    let (body, reclaim) = Reclaimable::new(body);
+    let mut req = Request::from_parts(parts, body);
+    req.headers_mut().insert(HOP, shared.hop_value.clone());
+    (req, reclaim)
+}
+
+fn peer_timeout(shared: &Shared) -> Response<ResponseBody> {
+    shared.metrics.upstream_error("peer_timeout");
+    own_response(
+        StatusCode::GATEWAY_TIMEOUT,
+        "stickyd: the peer pod did not answer in time (STICKYD_RESPONSE_TIMEOUT)\n",
+    )
+}
+
+fn peer_failed(shared: &Shared, peer: &str, error: &dyn std::fmt::Display) -> Response<ResponseBody> {
+    shared.metrics.upstream_error("peer_io");
+    tracing::warn!(%peer, %error, "forwarding to peer failed after the request was sent");
+    own_response(
+        StatusCode::BAD_GATEWAY,
+        "stickyd: the peer pod failed while handling the request\n",
+    )
+}
+
+/// The request's body was polled, so it cannot be served here any more.
+fn body_gone(shared: &Shared) -> Response<ResponseBody> {
+    shared.metrics.upstream_error("peer_io");
+    own_response(StatusCode::BAD_GATEWAY, "stickyd: the peer pod failed\n")
 }
 
 /// Joins the client's upgraded connection with the upstream's once both
