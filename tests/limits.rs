@@ -13,6 +13,21 @@ use common::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
 
+/// `n` keep-alive connections to `addr`, each having had one request
+/// (`{prefix}{i}`) answered 200, left open.
+async fn served_connections(addr: SocketAddr, n: usize, prefix: &str) -> Vec<TcpStream> {
+    let mut conns = Vec::new();
+    for i in 0..n {
+        let mut c = TcpStream::connect(addr).await.unwrap();
+        assert_eq!(
+            exchange(&mut c, &format!("{prefix}{i}"), Duration::from_secs(5)).await,
+            Some(200)
+        );
+        conns.push(c);
+    }
+    conns
+}
+
 /// Sends one keep-alive GET on `s` and reads exactly its response (the
 /// app's responses carry Content-Length). Returns the status, or None
 /// when the connection ended or nothing came within `within`.
@@ -81,15 +96,7 @@ fn metric(text: &str, name: &str) -> u64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn max_connections_closes_the_next_one_and_counts_it() {
     let (_app, s) = one_pod("127.0.120.1", &[("STICKYD_MAX_CONNECTIONS", "50".into())]).await;
-    let mut conns = Vec::new();
-    for i in 0..50 {
-        let mut c = TcpStream::connect(s.listen).await.unwrap();
-        assert_eq!(
-            exchange(&mut c, &format!("/c{i}"), Duration::from_secs(5)).await,
-            Some(200)
-        );
-        conns.push(c);
-    }
+    let mut conns = served_connections(s.listen, 50, "/c").await;
     let t = Instant::now();
     let mut extra = TcpStream::connect(s.listen).await.unwrap();
     let _ = extra.write_all(b"GET /extra HTTP/1.1\r\nHost: t\r\n\r\n").await;
@@ -369,15 +376,8 @@ async fn idle_client_connections_do_not_pin_app_connections() {
     let pid = s.child.id();
     let fds = || std::fs::read_dir(format!("/proc/{pid}/fd")).unwrap().count();
     let before = fds();
-    let mut conns = Vec::new();
-    for i in 0..300 {
-        let mut c = TcpStream::connect(s.listen).await.unwrap();
-        assert_eq!(
-            exchange(&mut c, &format!("/p{i}"), Duration::from_secs(5)).await,
-            Some(200)
-        );
-        conns.push(c);
-    }
+    // Held open while the descriptors are counted.
+    let _open = served_connections(s.listen, 300, "/p").await;
     let deadline = Instant::now() + Duration::from_secs(5);
     loop {
         let extra = fds() - before;
