@@ -6,6 +6,7 @@ pub mod admin;
 pub mod affinity;
 pub mod config;
 pub mod demo;
+pub mod drain;
 pub mod endpoints;
 pub mod inject;
 pub mod kyaml;
