@@ -2,15 +2,18 @@
 //!
 //! It reads a stream of YAML documents, adds stickyd as a native sidecar to
 //! each Deployment and StatefulSet (or those named with `--workload`), moves
-//! the matching Service's `targetPort` to the sidecar, adds the RBAC stickyd
-//! needs, and writes the stream back. Everything else passes through as it
+//! the matching Service's `targetPort` to the sidecar, makes the session-aware
+//! drain the app container's `preStop` with a grace period that fits it, adds
+//! the RBAC stickyd needs, and writes the stream back. Everything else passes through as it
 //! was. Running it on its own output changes nothing.
 
 use std::collections::BTreeMap;
+use std::time::Duration;
 
 use crate::config::{Config, ConfigError};
+use crate::drain::DrainParams;
 use crate::kyaml::{self, Node, ParseError};
-use crate::lint::is_stickyd;
+use crate::lint::{self, is_stickyd, PreStop, ShutdownBudget};
 
 /// Arguments of `stickyd inject`.
 #[derive(Debug, Clone, clap::Args)]
@@ -37,6 +40,9 @@ pub struct InjectArgs {
     /// Cookie and secret options.
     #[command(flatten)]
     pub cookie: Box<CookieArgs>,
+    /// The session-aware drain on the app's preStop.
+    #[command(flatten)]
+    pub drain: DrainArgs,
     /// Print a unified diff of what would change instead of the manifests.
     #[arg(long, visible_alias = "dry-run")]
     pub diff: bool,
@@ -76,6 +82,27 @@ pub struct CookieArgs {
     pub secret_env: bool,
 }
 
+/// The drain options of `stickyd inject`.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct DrainArgs {
+    #[arg(long, value_name = "DURATION", help = drain_help("idle", crate::drain::DEFAULT_IDLE,
+        "it answers once no request of a session pinned to the pod arrived for this long"))]
+    pub drain_idle: Option<String>,
+    #[arg(long, value_name = "DURATION", help = drain_help("max", crate::drain::DEFAULT_MAX,
+        "it answers at the latest after this long (the grace period is raised to fit)"))]
+    pub drain_max: Option<String>,
+    /// Leave the app containers' preStop hooks and the grace period as they are.
+    #[arg(long, conflicts_with_all = ["drain_idle", "drain_max"])]
+    pub no_drain: bool,
+}
+
+fn drain_help(key: &str, default: Duration, what: &str) -> String {
+    format!(
+        "The drain's {key}: {what} [default: {}, or what the app's drain preStop already says]",
+        lint::fmt_duration(default)
+    )
+}
+
 /// Why inject could not do its work.
 #[derive(Debug, thiserror::Error)]
 pub enum InjectError {
@@ -99,6 +126,12 @@ pub enum InjectError {
     NoAppPort { workload: String },
     #[error("the options would make stickyd refuse to start: {0}")]
     InvalidOption(#[from] ConfigError),
+    #[error("--{flag} {value:?}: {why}")]
+    DrainOption {
+        flag: &'static str,
+        value: String,
+        why: String,
+    },
 }
 
 const SECRET_DIR: &str = "/etc/stickyd/secret";
@@ -543,9 +576,189 @@ fn upstream_of(sidecar: &Node) -> Option<i64> {
         .ok()
 }
 
+/// The drain options as given, checked with the drain's own parser.
+#[derive(Debug, Clone, Copy, Default)]
+struct DrainFlags {
+    idle: Option<Duration>,
+    max: Option<Duration>,
+}
+
+impl DrainFlags {
+    fn parse(args: &DrainArgs) -> Result<DrainFlags, InjectError> {
+        let one = |flag: &'static str, key: &str, raw: &Option<String>| {
+            let Some(raw) = raw else { return Ok(None) };
+            // What the drain itself says of this value in its query; a value
+            // with `&` would read as more than one parameter there.
+            let query = match crate::config::parse_duration(raw) {
+                Some(d) => format!("{key}={}", lint::fmt_duration(d)),
+                None => format!("{key}={}", raw.replace('&', "%26")),
+            };
+            DrainParams::parse_query(Some(&query))
+                .map(|p| Some(if key == "idle" { p.idle } else { p.max }))
+                .map_err(|why| InjectError::DrainOption {
+                    flag,
+                    value: raw.clone(),
+                    why,
+                })
+        };
+        Ok(DrainFlags {
+            idle: one("drain-idle", "idle", &args.drain_idle)?,
+            max: one("drain-max", "max", &args.drain_max)?,
+        })
+    }
+
+    fn given(&self) -> bool {
+        self.idle.is_some() || self.max.is_some()
+    }
+
+    /// `earlier` with the options given applied.
+    fn apply(&self, earlier: DrainParams) -> DrainParams {
+        DrainParams {
+            idle: self.idle.unwrap_or(earlier.idle),
+            max: self.max.unwrap_or(earlier.max),
+        }
+    }
+}
+
+/// What the drain changes in one pod.
+#[derive(Debug, Default)]
+struct DrainEdits {
+    /// New preStop hooks, by index in `containers`.
+    hooks: Vec<(usize, Node)>,
+    /// The containers whose preStop calls the drain.
+    wired: Vec<String>,
+    /// The longest drain among them.
+    max: Option<Duration>,
+    /// A raised terminationGracePeriodSeconds, with how it is made up.
+    grace: Option<(i64, String)>,
+    notes: Vec<String>,
+}
+
+/// The drain's preStop hook: an httpGet on the admin port by number, since
+/// the kubelet resolves a named port only among the app container's own ports
+/// and sends the call to the pod IP over plain HTTP.
+fn drain_hook(path: &str, admin: i64, old_get: Option<&Node>) -> Node {
+    let mut get = vec![
+        (Node::str("path"), Node::str(path)),
+        (Node::str("port"), Node::int(admin)),
+    ];
+    // Headers, say, are the user's; host and scheme would miss the admin port.
+    for (key, k, v) in old_get.into_iter().flat_map(Node::entries) {
+        if !matches!(key, "path" | "port" | "host" | "scheme") {
+            get.push((k.clone(), v.clone()));
+        }
+    }
+    Node::map(vec![(
+        "httpGet",
+        Node {
+            line: 0,
+            value: kyaml::Value::Map(get),
+        },
+    )])
+}
+
+/// Wires the drain into the preStop of the app containers of `pod` (those
+/// that declare the port stickyd proxies to) and sizes the grace period.
+fn plan_drain(pod: &Node, sidecar: &Node, upstream: i64, admin: i64, flags: DrainFlags, id: &str) -> DrainEdits {
+    let mut e = DrainEdits::default();
+    let containers = pod.get("containers").map(Node::items).unwrap_or(&[]);
+    let (mut apps, sure) = lint::app_containers(pod, sidecar, upstream);
+    let default_path = lint::drain_path(&flags.apply(DrainParams::default()));
+    let call = |path: &str| format!("GET http://127.0.0.1:{admin}{path}");
+    if !sure {
+        apps.retain(|&i| lint::pre_stop(&containers[i]).calls_drain());
+        if apps.is_empty() {
+            e.notes.push(format!(
+                "warning: {id}: several containers and none declares port {upstream}, so the drain is not wired: add \
+                 lifecycle.preStop.httpGet {{path: {default_path:?}, port: {admin}}} to the one that serves it"
+            ));
+        }
+    }
+    for i in apps {
+        let c = &containers[i];
+        let name = c.str_at(&["name"]).unwrap_or("?");
+        let old = c.path(&["lifecycle", "preStop"]);
+        let hook = lint::pre_stop(c);
+        let (path, old_get) = match &hook {
+            PreStop::Missing => (default_path.clone(), None),
+            PreStop::Sleep { .. } => {
+                e.notes.push(format!(
+                    "{id}: container {name}: its preStop sleep is replaced by the session-aware drain ({}): \
+                     sessions still active when a sleep ends would be moved to other pods",
+                    call(&default_path)
+                ));
+                (default_path.clone(), None)
+            }
+            PreStop::DrainGet { get, path, params } => {
+                let path = match params {
+                    Ok(_) if !flags.given() => path.as_str().unwrap_or_default().to_string(),
+                    Ok(p) => lint::drain_path(&flags.apply(*p)),
+                    Err(why) => {
+                        e.notes.push(format!(
+                            "{id}: container {name}: its drain path {:?} is refused by the drain ({why}); replaced \
+                             by {default_path:?}",
+                            path.as_str().unwrap_or_default()
+                        ));
+                        default_path.clone()
+                    }
+                };
+                (path, Some(*get))
+            }
+            PreStop::DrainExec { params, .. } => {
+                if flags.given() {
+                    e.notes.push(format!(
+                        "warning: {id}: container {name} calls the drain from its own exec preStop, which is kept \
+                         as it is: set idle and max in its command"
+                    ));
+                }
+                e.wired.push(name.to_string());
+                let max = params.as_ref().map_or(DrainParams::default().max, |p| p.max);
+                e.max = e.max.max(Some(max));
+                continue;
+            }
+            PreStop::Own { action, .. } => {
+                e.notes.push(format!(
+                    "warning: {id}: container {name} keeps its own preStop ({action}), so the session-aware drain is \
+                     not wired: call {} at the end of that hook (e.g. curl -fsS), or by hand before the pod is \
+                     deleted (kubectl port-forward pod/NAME {admin}, then the same call on 127.0.0.1)",
+                    call(&default_path)
+                ));
+                continue;
+            }
+        };
+        let mut new = drain_hook(&path, admin, old_get);
+        if let Some(old) = old {
+            align(&mut new, old);
+            if matches!(hook, PreStop::DrainGet { .. }) && kyaml::emit(&new) != kyaml::emit(old) {
+                e.notes.push(format!(
+                    "{id}: container {name}: its drain preStop is now {}",
+                    call(&path)
+                ));
+            }
+        }
+        if let Some(Ok(p)) = DrainParams::parse_path(&path) {
+            e.max = e.max.max(Some(p.max));
+        }
+        e.wired.push(name.to_string());
+        e.hooks.push((i, new));
+    }
+    if let Some(max) = e.max {
+        let budget = ShutdownBudget::of(sidecar, max);
+        let grace = pod
+            .get("terminationGracePeriodSeconds")
+            .and_then(Node::as_i64)
+            .unwrap_or(lint::DEFAULT_GRACE_SECONDS);
+        if grace < budget.seconds() {
+            e.grace = Some((budget.seconds(), budget.explain()));
+        }
+    }
+    e
+}
+
 /// Injects stickyd into the documents in place.
 pub fn inject(docs: &mut Vec<Node>, args: &InjectArgs) -> Result<Outcome, InjectError> {
     validate(args)?;
+    let drain_flags = DrainFlags::parse(&args.drain)?;
     let mut outcome = Outcome::default();
     let targets: Vec<usize> = (0..docs.len())
         .filter(|&i| matches!(kind_of(&docs[i]), "Deployment" | "StatefulSet"))
@@ -711,6 +924,11 @@ pub fn inject(docs: &mut Vec<Node>, args: &InjectArgs) -> Result<Outcome, Inject
             keep_customisations(&mut container, &init[i]);
             align(&mut container, &init[i]);
         }
+        let drain = if args.drain.no_drain {
+            DrainEdits::default()
+        } else {
+            plan_drain(pod, &container, upstream, plan.admin.1, drain_flags, &id)
+        };
         let existing_sa = pod
             .str_at(&["serviceAccountName"])
             .or_else(|| pod.str_at(&["serviceAccount"]))
@@ -728,6 +946,13 @@ pub fn inject(docs: &mut Vec<Node>, args: &InjectArgs) -> Result<Outcome, Inject
                 None => init.push(container),
             }
         }
+        if let Some(apps) = pod.get_mut("containers").and_then(Node::as_seq_mut) {
+            for (i, hook) in drain.hooks {
+                if let Some(lifecycle) = apps.get_mut(i).and_then(|c| c.entry_map("lifecycle")) {
+                    lifecycle.set("preStop", hook);
+                }
+            }
+        }
         let sa = match existing_sa {
             Some(sa) => sa,
             None => {
@@ -735,6 +960,9 @@ pub fn inject(docs: &mut Vec<Node>, args: &InjectArgs) -> Result<Outcome, Inject
                 RBAC_NAME.to_string()
             }
         };
+        if let Some((grace, _)) = &drain.grace {
+            pod.set("terminationGracePeriodSeconds", Node::int(*grace));
+        }
         if let Some(secret) = args.cookie.secret.as_ref().filter(|_| !args.cookie.secret_env) {
             let volume = Node::map(vec![
                 ("name", Node::str(SECRET_VOLUME)),
@@ -783,15 +1011,25 @@ pub fn inject(docs: &mut Vec<Node>, args: &InjectArgs) -> Result<Outcome, Inject
         ensure_rbac(docs, &sa, &ns);
         outcome.notes.push(format!(
             "{id}: stickyd on port {} ({}), upstream 127.0.0.1:{upstream}, STICKYD_SERVICE={service}, \
-             ServiceAccount {sa}{}",
+             ServiceAccount {sa}{}{}{}",
             plan.port.1,
             plan.port.0,
             if moved.is_empty() {
                 String::new()
             } else {
                 format!(", targetPort {} for {}", plan.port.0, moved.join(" "))
+            },
+            if drain.wired.is_empty() {
+                String::new()
+            } else {
+                format!(", drain preStop on container {}", drain.wired.join(" "))
+            },
+            match &drain.grace {
+                Some((grace, sum)) => format!(", terminationGracePeriodSeconds {grace} ({sum})"),
+                None => String::new(),
             }
         ));
+        outcome.notes.extend(drain.notes);
     }
     Ok(outcome)
 }
@@ -905,6 +1143,7 @@ mod tests {
             port: 8080,
             admin_port: 9090,
             cookie: Box::default(),
+            drain: DrainArgs::default(),
             diff: false,
         };
         assert!(validate(&args).is_ok());

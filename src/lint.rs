@@ -9,11 +9,14 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
+use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::time::Duration;
 
 use serde::Serialize;
 
 use crate::config::{Config, ConfigError};
+use crate::drain::{self, DrainParams};
 use crate::kyaml::{self, Node};
 
 /// Arguments of `stickyd lint`.
@@ -55,64 +58,92 @@ impl fmt::Display for Severity {
 #[derive(Debug, Clone, Copy)]
 pub struct Rule {
     pub id: &'static str,
+    /// The severity of its findings; of its graver case when it also warns.
     pub severity: Severity,
+    /// Whether some of its findings are warnings: the milder case of the same
+    /// mistake (SD012: a grace period that covers the drain but not stickyd's
+    /// own drain after it).
+    pub warns_too: bool,
     pub title: &'static str,
 }
 
 pub const REGEX_PATH_WITHOUT_COOKIE_PATH: Rule = Rule {
     id: "SD001",
     severity: Severity::Error,
+    warns_too: false,
     title: "regex Ingress path with cookie affinity and no literal session-cookie-path",
 };
 pub const EXTERNALNAME_BACKEND: Rule = Rule {
     id: "SD002",
     severity: Severity::Error,
+    warns_too: false,
     title: "cookie affinity on an Ingress whose backend is an ExternalName Service",
 };
 pub const DOTTED_SERVICE_NAME: Rule = Rule {
     id: "SD003",
     severity: Severity::Error,
+    warns_too: false,
     title: "Ingress backend Service name with a dot (crossing namespaces)",
 };
 pub const SAMESITE_NONE_NOT_SECURE: Rule = Rule {
     id: "SD004",
     severity: Severity::Error,
+    warns_too: false,
     title: "session-cookie-samesite: None without session-cookie-secure",
 };
 pub const BALANCED_AFFINITY: Rule = Rule {
     id: "SD005",
     severity: Severity::Warning,
+    warns_too: false,
     title: "affinity-mode balanced moves sessions when the workload scales",
 };
 pub const CLIENTIP_BEHIND_INGRESS: Rule = Rule {
     id: "SD006",
     severity: Severity::Warning,
+    warns_too: false,
     title: "Service with sessionAffinity: ClientIP behind an Ingress",
 };
 pub const SERVICE_BYPASSES_SIDECAR: Rule = Rule {
     id: "SD007",
     severity: Severity::Error,
+    warns_too: false,
     title: "Service sends traffic past the stickyd sidecar",
 };
 pub const MISSING_RBAC: Rule = Rule {
     id: "SD008",
     severity: Severity::Error,
+    warns_too: false,
     title: "stickyd cannot watch EndpointSlices (RBAC)",
 };
 pub const INVALID_CONFIG: Rule = Rule {
     id: "SD009",
     severity: Severity::Error,
+    warns_too: false,
     title: "stickyd's environment would make it refuse to start",
 };
 pub const UNKNOWN_BACKEND: Rule = Rule {
     id: "SD010",
     severity: Severity::Warning,
+    warns_too: false,
     title: "Ingress backend names no Service, but one with a similar name exists",
 };
 pub const AFFINITY_NOT_ENABLED: Rule = Rule {
     id: "SD011",
     severity: Severity::Warning,
+    warns_too: false,
     title: "session-cookie annotations without affinity: cookie",
+};
+pub const GRACE_SHORTER_THAN_DRAIN: Rule = Rule {
+    id: "SD012",
+    severity: Severity::Error,
+    warns_too: true,
+    title: "terminationGracePeriodSeconds shorter than the session-aware drain",
+};
+pub const DRAIN_NOT_REACHED: Rule = Rule {
+    id: "SD013",
+    severity: Severity::Error,
+    warns_too: true,
+    title: "the app's preStop does not reach stickyd's session-aware drain",
 };
 
 /// Every rule, in id order.
@@ -128,6 +159,8 @@ pub const RULES: &[Rule] = &[
     INVALID_CONFIG,
     UNKNOWN_BACKEND,
     AFFINITY_NOT_ENABLED,
+    GRACE_SHORTER_THAN_DRAIN,
+    DRAIN_NOT_REACHED,
 ];
 
 /// One problem found.
@@ -196,6 +229,18 @@ impl Obj<'_> {
         match self.namespace {
             Some(ns) => format!("{}/{}/{}", self.kind, ns, self.name),
             None => format!("{}/{}", self.kind, self.name),
+        }
+    }
+
+    fn finding(&self, rule: Rule, severity: Severity, line: usize, message: String, fix: String) -> Finding {
+        Finding {
+            rule: rule.id,
+            severity,
+            file: self.file.to_string(),
+            line,
+            object: self.id(),
+            message,
+            fix,
         }
     }
 
@@ -425,6 +470,235 @@ fn sidecar<'a>(pod: &'a Node) -> Option<Sidecar<'a>> {
         container,
         listen_port: port("STICKYD_LISTEN", 8080),
         upstream_port: port("STICKYD_UPSTREAM", 8081),
+    })
+}
+
+/// The default of a stickyd setting, from the configuration's own table.
+fn default_of(var: &str) -> &'static str {
+    crate::config::VARIABLES
+        .iter()
+        .find(|(k, _)| *k == var)
+        .and_then(|(_, d)| *d)
+        .unwrap_or("")
+}
+
+/// The literal value of a sidecar setting, or its default.
+fn setting<'a>(sidecar: &'a Node, var: &str) -> &'a str {
+    env_value(sidecar, var)
+        .and_then(|e| e.str_at(&["value"]))
+        .filter(|v| !v.trim().is_empty())
+        .unwrap_or_else(|| default_of(var))
+}
+
+/// The address of a sidecar's admin listener (STICKYD_ADMIN_LISTEN, or its default).
+pub fn admin_listen(sidecar: &Node) -> &str {
+    setting(sidecar, "STICKYD_ADMIN_LISTEN").trim()
+}
+
+/// Kubernetes' `terminationGracePeriodSeconds` when a pod does not set it.
+pub const DEFAULT_GRACE_SECONDS: i64 = 30;
+
+/// A duration as stickyd's settings write it: `10s`, `500ms`, or seconds such as `0.0005`.
+pub fn fmt_duration(d: Duration) -> String {
+    if d.subsec_nanos() == 0 {
+        format!("{}s", d.as_secs())
+    } else if d.subsec_nanos() % 1_000_000 == 0 {
+        format!("{}ms", d.as_millis())
+    } else {
+        d.as_secs_f64().to_string()
+    }
+}
+
+/// The drain call with its query, as a `preStop: httpGet: path:`.
+pub fn drain_path(p: &DrainParams) -> String {
+    format!(
+        "{}?idle={}&max={}",
+        drain::PATH,
+        fmt_duration(p.idle),
+        fmt_duration(p.max)
+    )
+}
+
+/// What a pod's shutdown takes once the app's preStop calls the drain: the
+/// drain's `max`, then the sidecar's own drain (STICKYD_DRAIN_SECONDS) and its
+/// wait for in-flight requests (STICKYD_DRAIN_TIMEOUT), all within
+/// `terminationGracePeriodSeconds`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ShutdownBudget {
+    pub max: Duration,
+    pub drain: Duration,
+    pub drain_timeout: Duration,
+}
+
+impl ShutdownBudget {
+    /// The budget of a drain of at most `max` in front of this sidecar, with
+    /// its settings from its env (their defaults when not literal there).
+    pub fn of(sidecar: &Node, max: Duration) -> ShutdownBudget {
+        let secs = |var: &str| {
+            crate::config::parse_duration(setting(sidecar, var))
+                .or_else(|| crate::config::parse_duration(default_of(var)))
+                .unwrap_or_default()
+        };
+        ShutdownBudget {
+            max,
+            drain: secs("STICKYD_DRAIN_SECONDS"),
+            drain_timeout: secs("STICKYD_DRAIN_TIMEOUT"),
+        }
+    }
+
+    /// The grace period it needs, in whole seconds (rounded up).
+    pub fn seconds(&self) -> i64 {
+        let total = self.max + self.drain + self.drain_timeout;
+        i64::try_from(total.as_secs()).unwrap_or(i64::MAX) + i64::from(total.subsec_nanos() > 0)
+    }
+
+    /// The sum, spelled out: `max 300s + STICKYD_DRAIN_SECONDS 5s + STICKYD_DRAIN_TIMEOUT 30s`.
+    pub fn explain(&self) -> String {
+        format!(
+            "max {} + STICKYD_DRAIN_SECONDS {} + STICKYD_DRAIN_TIMEOUT {}",
+            fmt_duration(self.max),
+            fmt_duration(self.drain),
+            fmt_duration(self.drain_timeout)
+        )
+    }
+}
+
+/// What a container's `preStop` hook does about stickyd's drain.
+#[derive(Debug)]
+pub enum PreStop<'a> {
+    /// No preStop hook.
+    Missing,
+    /// A `sleep` action; `key` is its `sleep` field.
+    Sleep { key: &'a Node },
+    /// An `httpGet` to the drain path, with the path's parameters.
+    DrainGet {
+        get: &'a Node,
+        path: &'a Node,
+        params: Result<DrainParams, String>,
+    },
+    /// An `exec` hook whose command calls the drain (`…:PORT/drain?…`), with
+    /// that port and the path's parameters.
+    DrainExec {
+        exec: &'a Node,
+        port: Option<i64>,
+        params: Result<DrainParams, String>,
+    },
+    /// A hook of its own that does not call the drain: its action (`exec`,
+    /// `httpGet`, …) and the `preStop` field.
+    Own { action: &'a str, key: &'a Node },
+}
+
+impl PreStop<'_> {
+    /// Whether the hook calls the drain (well or badly).
+    pub fn calls_drain(&self) -> bool {
+        matches!(self, PreStop::DrainGet { .. } | PreStop::DrainExec { .. })
+    }
+
+    /// The drain's parameters when the hook calls it with a valid path.
+    pub fn drain_params(&self) -> Option<DrainParams> {
+        match self {
+            PreStop::DrainGet { params: Ok(p), .. } | PreStop::DrainExec { params: Ok(p), .. } => Some(*p),
+            _ => None,
+        }
+    }
+}
+
+/// Reads a container's `lifecycle.preStop`.
+pub fn pre_stop(container: &Node) -> PreStop<'_> {
+    let lifecycle = container.get("lifecycle");
+    let (Some(key), Some(hook)) = (
+        lifecycle.and_then(|l| l.key("preStop")),
+        lifecycle.and_then(|l| l.get("preStop")).filter(|h| !h.is_null()),
+    ) else {
+        return PreStop::Missing;
+    };
+    if let Some(key) = hook.key("sleep") {
+        return PreStop::Sleep { key };
+    }
+    if let Some(get) = hook.get("httpGet") {
+        if let Some(path) = get.get("path") {
+            if let Some(params) = path.as_str().and_then(DrainParams::parse_path) {
+                return PreStop::DrainGet { get, path, params };
+            }
+        }
+    }
+    if let Some(exec) = hook.get("exec") {
+        if let Some((port, params)) = exec_drain_call(exec) {
+            return PreStop::DrainExec { exec, port, params };
+        }
+    }
+    let action = hook.entries().next().map_or("preStop", |(k, _, _)| k);
+    PreStop::Own { action, key }
+}
+
+/// The drain call in an exec hook's command: a URL `…:PORT/drain[?query]`.
+fn exec_drain_call(exec: &Node) -> Option<(Option<i64>, Result<DrainParams, String>)> {
+    let words = exec.get("command").map(Node::items).unwrap_or(&[]);
+    for word in words.iter().filter_map(Node::as_str) {
+        for (i, _) in word.match_indices(drain::PATH) {
+            let before = &word[..i];
+            let port = &before[before.trim_end_matches(|c: char| c.is_ascii_digit()).len()..];
+            if port.is_empty() || !before[..before.len() - port.len()].ends_with(':') {
+                continue;
+            }
+            let rest = &word[i..];
+            let end = rest
+                .find(|c: char| c.is_whitespace() || "'\"`;|)".contains(c))
+                .unwrap_or(rest.len());
+            if let Some(params) = DrainParams::parse_path(&rest[..end]) {
+                return Some((port.parse().ok(), params));
+            }
+        }
+    }
+    None
+}
+
+/// The app containers of a pod, by index in `containers`: those (the
+/// `sidecar` aside) that declare the port stickyd proxies to, else the only
+/// one. The flag is false when they cannot be told apart (several containers
+/// and none declares that port); all of them are returned then. An app may
+/// run in the stickyd image (the demo app does), so only the sidecar itself is
+/// left out.
+pub fn app_containers(pod: &Node, sidecar: &Node, upstream_port: i64) -> (Vec<usize>, bool) {
+    let regular: Vec<(usize, &Node)> = pod
+        .get("containers")
+        .map(Node::items)
+        .unwrap_or(&[])
+        .iter()
+        .enumerate()
+        .filter(|(_, c)| !std::ptr::eq(*c, sidecar))
+        .collect();
+    let declaring: Vec<usize> = regular
+        .iter()
+        .filter(|(_, c)| {
+            c.get("ports")
+                .map(Node::items)
+                .unwrap_or(&[])
+                .iter()
+                .any(|p| p.get("containerPort").and_then(Node::as_i64) == Some(upstream_port))
+        })
+        .map(|(i, _)| *i)
+        .collect();
+    if !declaring.is_empty() {
+        (declaring, true)
+    } else {
+        (regular.iter().map(|(i, _)| *i).collect(), regular.len() <= 1)
+    }
+}
+
+/// The port number a hook's `port` reaches: a number, or a name the kubelet
+/// looks up among the ports of the container that owns the hook.
+fn hook_port(port: &Node, owner: &Node) -> Option<i64> {
+    port.as_i64().or_else(|| {
+        let name = port.as_str()?;
+        owner
+            .get("ports")
+            .map(Node::items)
+            .unwrap_or(&[])
+            .iter()
+            .find(|p| p.str_at(&["name"]) == Some(name))?
+            .get("containerPort")?
+            .as_i64()
     })
 }
 
@@ -693,15 +967,7 @@ impl<'a> Linter<'a> {
         let obj = &self.objs[i];
         let found: Vec<Finding> = out
             .into_iter()
-            .map(|(rule, line, message, fix)| Finding {
-                rule: rule.id,
-                severity: rule.severity,
-                file: obj.file.to_string(),
-                line,
-                object: obj.id(),
-                message,
-                fix,
-            })
+            .map(|(rule, line, message, fix)| obj.finding(rule, rule.severity, line, message, fix))
             .collect();
         self.findings.extend(found);
         self.findings.extend(extra);
@@ -827,15 +1093,14 @@ impl<'a> Linter<'a> {
         }
         let found: Vec<Finding> = out
             .into_iter()
-            .map(|(rule, line, message, fix)| Finding {
-                rule: rule.id,
-                severity: rule.severity,
-                file: obj.file.to_string(),
-                line,
-                object: obj.id(),
-                message,
-                fix,
-            })
+            .map(|(rule, line, message, fix)| obj.finding(rule, rule.severity, line, message, fix))
+            .collect();
+        self.findings.extend(found);
+
+        // SD012, SD013: the app's preStop, the drain and the grace period.
+        let found: Vec<Finding> = drain_findings(pod, &side)
+            .into_iter()
+            .map(|(rule, severity, line, message, fix)| obj.finding(rule, severity, line, message, fix))
             .collect();
         self.findings.extend(found);
     }
@@ -901,6 +1166,248 @@ impl<'a> Linter<'a> {
             ))
         }
     }
+}
+
+type Found = (Rule, Severity, usize, String, String);
+
+/// SD012 and SD013: whether the app's preStop reaches stickyd's drain, and
+/// whether the grace period lets the drain and then the sidecar finish.
+fn drain_findings(pod: &Node, side: &Sidecar) -> Vec<Found> {
+    let mut out: Vec<Found> = Vec::new();
+    let admin = admin_listen(side.container);
+    let admin_entry = env_value(side.container, "STICKYD_ADMIN_LISTEN");
+    let admin_line = admin_entry.map_or(side.container.line, |n| n.line);
+    // From a ConfigMap (or possibly envFrom) the admin address is not known
+    // offline, and an invalid one is SD009's: no port to compare then.
+    let known = match admin_entry {
+        Some(e) => e.get("value").is_some(),
+        None => side.container.get("envFrom").is_none_or(|e| e.items().is_empty()),
+    };
+    let admin_port = port_of_addr(admin).filter(|_| known);
+    let loopback = known && admin.parse::<SocketAddr>().is_ok_and(|a| a.ip().is_loopback());
+    let other_port = |n: i64| admin_port.is_some_and(|a| a != n);
+    let good = drain_path(&DrainParams::default());
+    let good_get = |port: &str| format!("httpGet: {{path: {good:?}, port: {port}}}");
+    let admin_text = admin_port.map_or_else(|| "the admin port".to_string(), |p| p.to_string());
+    let containers = pod.get("containers").map(Node::items).unwrap_or(&[]);
+    let unreachable =
+        |line: usize, message: String, fix: String| (DRAIN_NOT_REACHED, Severity::Error, line, message, fix);
+    // The largest valid drain `max` among the hooks, with the line of its path.
+    let mut longest: Option<(Duration, usize, &str)> = None;
+    for c in containers.iter().filter(|c| !std::ptr::eq(*c, side.container)) {
+        let name = c.str_at(&["name"]).unwrap_or("?");
+        let hook = pre_stop(c);
+        let (params, line) = match &hook {
+            PreStop::DrainGet { get, path, params } => {
+                match get.get("port") {
+                    None => out.push(unreachable(
+                        get.line,
+                        format!(
+                            "the preStop httpGet of container {name:?} calls the drain without a port, so the kubelet \
+                             cannot reach stickyd's admin listener."
+                        ),
+                        format!("add port: {admin_text} (STICKYD_ADMIN_LISTEN's port, as a number)"),
+                    )),
+                    Some(port) => match hook_port(port, c) {
+                        None => out.push(unreachable(
+                            port.line,
+                            format!(
+                                "the preStop of container {name:?} calls the drain on port {:?}, a name the kubelet \
+                                 looks up only among the ports of container {name:?} itself, where it is not \
+                                 declared, so the hook fails, the app is stopped at once and the sessions pinned to \
+                                 this pod are moved.",
+                                port.as_str().unwrap_or("?")
+                            ),
+                            format!("give the port as a number: port: {admin_text}"),
+                        )),
+                        Some(n) if other_port(n) => out.push(unreachable(
+                            port.line,
+                            format!(
+                                "the preStop of container {name:?} calls the drain on port {n}, but stickyd's admin \
+                                 listener is on port {admin_text} (STICKYD_ADMIN_LISTEN), so the hook fails, the app \
+                                 is stopped at once and the sessions pinned to this pod are moved."
+                            ),
+                            format!("set the preStop httpGet port to {admin_text}"),
+                        )),
+                        Some(_) => {}
+                    },
+                }
+                if let Some(host) = get.get("host").and_then(Node::as_str).filter(|h| !h.trim().is_empty()) {
+                    out.push(unreachable(
+                        get.key("host").map_or(get.line, |k| k.line),
+                        format!(
+                            "the preStop of container {name:?} sets host {host:?}, so the kubelet calls that host \
+                             instead of the pod IP where stickyd's admin listener is, and the drain is never reached."
+                        ),
+                        "remove host: without it the kubelet calls the pod IP".into(),
+                    ));
+                }
+                if let Some(scheme) = get
+                    .get("scheme")
+                    .filter(|s| s.as_str().is_some_and(|s| s.trim().eq_ignore_ascii_case("https")))
+                {
+                    out.push(unreachable(
+                        scheme.line,
+                        format!(
+                            "the preStop of container {name:?} calls the drain with scheme HTTPS, but stickyd's admin \
+                             listener speaks plain HTTP, so the hook fails and the drain never runs."
+                        ),
+                        "remove scheme (HTTP is the default)".into(),
+                    ));
+                }
+                if loopback {
+                    out.push(unreachable(
+                        admin_line,
+                        format!(
+                            "stickyd's admin listener is bound to the loopback address {admin}, but the kubelet \
+                             sends the preStop call of container {name:?} to the pod IP, so the drain is never \
+                             reached."
+                        ),
+                        format!("set STICKYD_ADMIN_LISTEN to 0.0.0.0:{admin_text} (or [::]:{admin_text})"),
+                    ));
+                }
+                (params, path.line)
+            }
+            PreStop::DrainExec { exec, port, params } => {
+                if let Some(n) = port.filter(|n| other_port(*n)) {
+                    out.push(unreachable(
+                        exec.line,
+                        format!(
+                            "the preStop command of container {name:?} calls the drain on port {n}, but stickyd's \
+                             admin listener is on port {admin_text} (STICKYD_ADMIN_LISTEN), so the call fails and the \
+                             sessions pinned to this pod are moved."
+                        ),
+                        format!("call the drain on port {admin_text}"),
+                    ));
+                }
+                (params, exec.line)
+            }
+            _ => continue,
+        };
+        match params {
+            Err(e) => out.push(unreachable(
+                line,
+                format!(
+                    "the drain call in the preStop of container {name:?} is not one stickyd accepts ({e}), so the \
+                     hook fails, the app is stopped at once and the sessions pinned to this pod are moved."
+                ),
+                format!("call the drain as {good} (durations like 10s, 500ms, 5m)"),
+            )),
+            Ok(p) => {
+                if longest.is_none_or(|(m, _, _)| p.max > m) {
+                    longest = Some((p.max, line, name));
+                }
+            }
+        }
+    }
+
+    // SD013, the warnings: no drain at all on the app.
+    let (apps, _) = app_containers(pod, side.container, side.upstream_port);
+    let hooks: Vec<(&Node, PreStop)> = apps
+        .iter()
+        .map(|&i| (&containers[i], pre_stop(&containers[i])))
+        .collect();
+    if !hooks.is_empty() && !hooks.iter().any(|(_, h)| h.calls_drain()) {
+        let get = good_get(&admin_text);
+        let grace = ShutdownBudget::of(side.container, DrainParams::default().max).seconds();
+        let grace = format!("terminationGracePeriodSeconds of at least {grace}");
+        let sleep = hooks.iter().find_map(|(c, h)| match h {
+            PreStop::Sleep { key } => Some((c, key.line)),
+            _ => None,
+        });
+        let own = hooks.iter().find_map(|(c, h)| match h {
+            PreStop::Own { action, key } => Some((c, *action, key.line)),
+            _ => None,
+        });
+        let name = |c: &Node| c.str_at(&["name"]).unwrap_or("?").to_string();
+        let found = if let Some((c, line)) = sleep {
+            (
+                line,
+                format!(
+                    "the preStop of container {:?} sleeps instead of calling stickyd's drain, so the sessions pinned \
+                     to this pod that are still active when the sleep ends are moved to other pods.",
+                    name(c)
+                ),
+                format!("replace the sleep with {get} (stickyd inject does), with {grace}"),
+            )
+        } else if let Some((c, action, line)) = own {
+            (
+                line,
+                format!(
+                    "the preStop of container {:?} is a hook of its own ({action}) that does not call stickyd's \
+                     drain, so the sessions pinned to this pod that are still active when it ends are moved to \
+                     other pods.",
+                    name(c)
+                ),
+                format!(
+                    "call GET http://127.0.0.1:{admin_text}{good} when that hook has done its work (curl -fsS at \
+                     the end of an exec hook), or replace it with {get}; with {grace}"
+                ),
+            )
+        } else {
+            let c = hooks[0].0;
+            (
+                c.line,
+                format!(
+                    "container {:?} has no preStop hook calling stickyd's drain, so on deletion it is stopped at \
+                     once and the sessions pinned to this pod that are still active are moved to other pods.",
+                    name(c)
+                ),
+                format!(
+                    "add lifecycle: {{preStop: {{{get}}}}} to container {:?} (stickyd inject adds it), with {grace}",
+                    name(c)
+                ),
+            )
+        };
+        out.push((DRAIN_NOT_REACHED, Severity::Warning, found.0, found.1, found.2));
+    }
+
+    // SD012: the grace period against the drain's max and the sidecar's own drain.
+    if let Some((max, path_line, name)) = longest {
+        let budget = ShutdownBudget::of(side.container, max);
+        let grace_node = pod.get("terminationGracePeriodSeconds");
+        let grace = grace_node.and_then(Node::as_i64).unwrap_or(DEFAULT_GRACE_SECONDS);
+        let line = pod.key("terminationGracePeriodSeconds").map_or(path_line, |k| k.line);
+        let what = match grace_node {
+            Some(_) => format!("terminationGracePeriodSeconds is {grace}s,"),
+            None => format!("terminationGracePeriodSeconds is not set, so Kubernetes allows {grace}s,"),
+        };
+        let fix = format!(
+            "set terminationGracePeriodSeconds to at least {} ({})",
+            budget.seconds(),
+            budget.explain()
+        );
+        let grace_time = Duration::from_secs(u64::try_from(grace).unwrap_or(0));
+        if grace_time < max {
+            out.push((
+                GRACE_SHORTER_THAN_DRAIN,
+                Severity::Error,
+                line,
+                format!(
+                    "{what} shorter than the drain's max={} in the preStop of container {name:?}: the kubelet kills \
+                     the pod while the drain still waits for its sessions, and stickyd without its own drain.",
+                    fmt_duration(max)
+                ),
+                fix,
+            ));
+        } else if grace < budget.seconds() {
+            out.push((
+                GRACE_SHORTER_THAN_DRAIN,
+                Severity::Warning,
+                line,
+                format!(
+                    "{what} enough for the drain's max={} in the preStop of container {name:?} but not for stickyd's \
+                     drain after it (STICKYD_DRAIN_SECONDS {} + STICKYD_DRAIN_TIMEOUT {}): when the drain runs to \
+                     max, stickyd is killed mid-drain and requests in flight are cut.",
+                    fmt_duration(max),
+                    fmt_duration(budget.drain),
+                    fmt_duration(budget.drain_timeout)
+                ),
+                fix,
+            ));
+        }
+    }
+    out
 }
 
 /// The first configuration error stickyd would stop at that the manifest
@@ -1295,6 +1802,154 @@ mod tests {
             r.findings
         );
         assert!(r.findings.iter().any(|f| f.message.contains("STICKYD_LOG_FORMAT")));
+    }
+
+    fn node(yaml: &str) -> Node {
+        kyaml::parse_stream(yaml).unwrap().remove(0).root
+    }
+
+    #[test]
+    fn drain_paths_and_durations() {
+        assert_eq!(drain_path(&DrainParams::default()), "/drain?idle=10s&max=300s");
+        assert_eq!(
+            DrainParams::parse_path(&drain_path(&DrainParams::default())),
+            Some(Ok(DrainParams::default()))
+        );
+        for (d, text) in [
+            (Duration::from_millis(500), "500ms"),
+            (Duration::from_secs(90), "90s"),
+            (Duration::ZERO, "0s"),
+            (Duration::from_micros(1500), "0.0015"),
+        ] {
+            assert_eq!(fmt_duration(d), text);
+            assert_eq!(crate::config::parse_duration(text), Some(d), "{text} reads back");
+        }
+    }
+
+    #[test]
+    fn the_shutdown_budget_takes_the_sidecars_settings_and_rounds_up() {
+        let sidecar = node("name: stickyd\nenv:\n- {name: STICKYD_DRAIN_SECONDS, value: '2.5'}\n");
+        let b = ShutdownBudget::of(&sidecar, Duration::from_secs(60));
+        assert_eq!(b.drain, Duration::from_millis(2500));
+        assert_eq!(b.drain_timeout, Duration::from_secs(30), "the default");
+        assert_eq!(b.seconds(), 93);
+        assert_eq!(
+            b.explain(),
+            "max 60s + STICKYD_DRAIN_SECONDS 2500ms + STICKYD_DRAIN_TIMEOUT 30s"
+        );
+        // A value stickyd would refuse (SD009 reports it) counts as the default.
+        let bad = node("name: stickyd\nenv:\n- {name: STICKYD_DRAIN_TIMEOUT, value: soon}\n");
+        assert_eq!(ShutdownBudget::of(&bad, DrainParams::default().max).seconds(), 335);
+    }
+
+    #[test]
+    fn pre_stop_hooks_are_told_apart() {
+        let hook = |h: &str| node(&format!("name: app\nlifecycle:\n  preStop:\n    {h}\n"));
+        let c = hook("httpGet: {path: '/drain?max=1m', port: 9090}");
+        assert_eq!(
+            pre_stop(&c).drain_params().map(|p| p.max),
+            Some(Duration::from_secs(60))
+        );
+        let c = hook("httpGet: {path: /drainage, port: 9090}");
+        assert!(matches!(pre_stop(&c), PreStop::Own { action: "httpGet", .. }));
+        let c = hook("sleep: {seconds: 5}");
+        assert!(matches!(pre_stop(&c), PreStop::Sleep { .. }));
+        assert!(matches!(pre_stop(&node("name: app\n")), PreStop::Missing));
+        assert!(matches!(
+            pre_stop(&node("name: app\nlifecycle: {preStop: }\n")),
+            PreStop::Missing
+        ));
+        for (command, port) in [
+            ("[curl, -fsS, 'http://127.0.0.1:9090/drain?idle=1s']", Some(9090)),
+            (
+                "[sh, -c, \"stop; wget -qO- 'localhost:9191/drain' && true\"]",
+                Some(9191),
+            ),
+        ] {
+            let c = hook(&format!("exec: {{command: {command}}}"));
+            match pre_stop(&c) {
+                PreStop::DrainExec { port: p, params, .. } => {
+                    assert_eq!(p, port, "{command}");
+                    assert!(params.is_ok(), "{command}");
+                }
+                other => panic!("{command}: {other:?}"),
+            }
+        }
+        // A script named drain, or a drain path on no port, is not a call.
+        for command in [
+            "[/opt/drain]",
+            "[sh, -c, '/usr/bin/drain --all']",
+            "[curl, 'http://x/drain']",
+        ] {
+            let c = hook(&format!("exec: {{command: {command}}}"));
+            assert!(matches!(pre_stop(&c), PreStop::Own { action: "exec", .. }), "{command}");
+        }
+    }
+
+    #[test]
+    fn a_hook_port_name_resolves_among_the_owners_ports_only() {
+        let app = node("name: app\nports:\n- {name: admin, containerPort: 9090}\n");
+        assert_eq!(hook_port(&node("admin"), &app), Some(9090));
+        assert_eq!(hook_port(&node("'9090'"), &app), Some(9090));
+        assert_eq!(hook_port(&node("stickyd-admin"), &app), None);
+        // Through the whole rule: a name on the app itself reaches the admin port.
+        let yaml = concat!(
+            "kind: Deployment\nmetadata: {name: web}\nspec:\n  template:\n    spec:\n",
+            "      terminationGracePeriodSeconds: 335\n      initContainers:\n",
+            "      - name: stickyd\n        image: stickyd:1\n        env:\n",
+            "        - {name: STICKYD_SERVICE, value: web}\n        - {name: STICKYD_ENDPOINTS, value: 'static:a=10.0.0.1:8080'}\n",
+            "        - {name: STICKYD_POD_NAME, value: a}\n",
+            "      containers:\n      - name: app\n        ports: [{name: admin, containerPort: 9090}]\n",
+            "        lifecycle: {preStop: {httpGet: {path: /drain, port: admin}}}\n",
+        );
+        assert_eq!(rules(&lint(yaml)), Vec::<&str>::new());
+        assert_eq!(
+            rules(&lint(&yaml.replace("port: admin}", "port: other}"))),
+            vec!["SD013"]
+        );
+    }
+
+    #[test]
+    fn an_admin_address_from_a_config_map_is_not_second_guessed() {
+        let yaml = |admin: &str| {
+            format!(
+                "kind: Deployment\nmetadata: {{name: web}}\nspec:\n  template:\n    spec:\n\
+                 \x20     terminationGracePeriodSeconds: 335\n      initContainers:\n\
+                 \x20     - name: stickyd\n        image: stickyd:1\n        env:\n\
+                 \x20       - {{name: STICKYD_SERVICE, value: web}}\n\
+                 \x20       - {{name: STICKYD_ENDPOINTS, value: 'static:a=10.0.0.1:8080'}}\n\
+                 \x20       - {{name: STICKYD_POD_NAME, value: a}}\n{admin}\
+                 \x20     containers:\n      - name: app\n\
+                 \x20       lifecycle: {{preStop: {{httpGet: {{path: /drain, port: 9191}}}}}}\n"
+            )
+        };
+        let clean = |admin: &str| {
+            let r = lint(&yaml(admin));
+            assert_eq!((r.objects, r.input_errors.len()), (1, 0), "{admin}");
+            assert_eq!(rules(&r), Vec::<&str>::new(), "{admin}");
+        };
+        clean("        - {name: STICKYD_ADMIN_LISTEN, valueFrom: {configMapKeyRef: {name: c, key: admin}}}\n");
+        clean("        envFrom: [{configMapRef: {name: stickyd}}]\n");
+        // Known, and another port: reported.
+        assert_eq!(rules(&lint(&yaml(""))), vec!["SD013"]);
+        clean("        - {name: STICKYD_ADMIN_LISTEN, value: '0.0.0.0:9191'}\n");
+    }
+
+    #[test]
+    fn app_containers_are_those_with_the_upstream_port() {
+        let pod = node(concat!(
+            "containers:\n- {name: log, image: x}\n- {name: app, image: stickyd:1, ports: [{containerPort: 8081}]}\n",
+            "initContainers:\n- {name: stickyd, image: stickyd:1}\n",
+        ));
+        let side = &pod.get("initContainers").unwrap().items()[0];
+        assert_eq!(app_containers(&pod, side, 8081), (vec![1], true));
+        assert_eq!(app_containers(&pod, side, 3000), (vec![0, 1], false));
+        let one = node("containers:\n- {name: app, image: x}\n");
+        assert_eq!(app_containers(&one, side, 3000), (vec![0], true));
+        // A sidecar among the regular containers is not an app.
+        let regular = node("containers:\n- {name: stickyd, image: stickyd:1}\n- {name: app, image: x}\n");
+        let side = &regular.get("containers").unwrap().items()[0];
+        assert_eq!(app_containers(&regular, side, 3000), (vec![1], true));
     }
 
     #[test]

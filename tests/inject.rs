@@ -93,6 +93,72 @@ fn env_value<'a>(container: &'a Node, name: &str) -> Option<&'a str> {
 
 const FIXTURES: &[&str] = &["plain.yaml", "statefulset.yaml", "passthrough.yaml"];
 
+fn app_container<'a>(workload: &'a Node, name: &str) -> &'a Node {
+    workload
+        .path(&["spec", "template", "spec", "containers"])
+        .expect("containers")
+        .items()
+        .iter()
+        .find(|c| c.str_at(&["name"]) == Some(name))
+        .unwrap_or_else(|| panic!("no container {name}"))
+}
+
+/// The path and numeric port of a container's preStop httpGet, if it has one.
+fn drain_hook(container: &Node) -> Option<(String, i64)> {
+    let get = container.path(&["lifecycle", "preStop", "httpGet"])?;
+    let port = get.get("port")?;
+    assert!(
+        matches!(
+            &port.value,
+            Value::Scalar {
+                style: Style::Plain,
+                ..
+            }
+        ),
+        "the port is a number, not a name: {port:?}"
+    );
+    Some((get.str_at(&["path"])?.to_string(), port.as_i64()?))
+}
+
+fn grace(workload: &Node) -> Option<i64> {
+    workload
+        .path(&["spec", "template", "spec", "terminationGracePeriodSeconds"])?
+        .as_i64()
+}
+
+/// Runs inject on stdin; returns the exit code, stdout and stderr.
+fn inject_raw(input: &str, extra: &[&str]) -> (Option<i32>, String, String) {
+    let mut args = vec!["inject", "-"];
+    args.extend_from_slice(extra);
+    let out = stickyd(&args, Some(input));
+    (out.status.code(), text(&out.stdout), text(&out.stderr))
+}
+
+/// Runs inject on stdin, asserting success; returns stdout and stderr.
+fn inject_ok(input: &str, extra: &[&str]) -> (String, String) {
+    let (code, out, err) = inject_raw(input, extra);
+    assert_eq!(code, Some(0), "{err}");
+    (out, err)
+}
+
+/// Asserts that `stickyd lint` finds nothing in `yaml`.
+fn assert_lints_clean(yaml: &str) {
+    let lint = lint_stdin(yaml);
+    assert!(
+        text(&lint.stdout).starts_with("no problems found"),
+        "{}\n{yaml}",
+        text(&lint.stdout)
+    );
+}
+
+/// plain.yaml with `lifecycle` for the app container and pod fields added.
+fn plain_with(lifecycle: &str, pod_fields: &str) -> String {
+    let plain = std::fs::read_to_string(fixture("plain.yaml")).unwrap();
+    let anchor = "        - name: SESSION_STORE\n          value: memory\n";
+    assert!(plain.contains(anchor));
+    plain.replace(anchor, &format!("{anchor}{lifecycle}{pod_fields}"))
+}
+
 #[test]
 fn plain_deployment_gets_the_canonical_sidecar() {
     let out = inject("plain.yaml", &[]);
@@ -144,12 +210,16 @@ fn plain_deployment_gets_the_canonical_sidecar() {
         Some("ALL")
     );
     assert_eq!(c.str_at(&["resources", "limits", "memory"]), Some("128Mi"));
-    // The app container is untouched.
+    // The app container keeps what it had and gets the drain as its preStop,
+    // on the admin port by number; the grace period fits the drain.
     let app = &deploy
         .path(&["spec", "template", "spec", "containers"])
         .unwrap()
         .items()[0];
     assert_eq!(env_value(app, "SESSION_STORE"), Some("memory"));
+    assert_eq!(app.str_at(&["image"]), Some("example/shop:1.4"));
+    assert_eq!(drain_hook(app), Some(("/drain?idle=10s&max=300s".to_string(), 9091)));
+    assert_eq!(grace(deploy), Some(335));
     assert_eq!(
         deploy.str_at(&["spec", "template", "spec", "serviceAccountName"]),
         Some("stickyd")
@@ -744,4 +814,324 @@ fn re_injecting_manifests_rewritten_by_other_tools_changes_nothing() {
         assert_eq!(out.status.code(), Some(0));
         assert_eq!(text(&out.stdout), "", "{f}: nothing to change in\n{foreign}");
     }
+}
+
+#[test]
+fn the_drain_replaces_a_sleep_and_raises_a_short_grace_period() {
+    let input = plain_with(
+        "        lifecycle:\n          postStart:\n            exec: {command: [/bin/warm]}\n          preStop:\n            sleep: {seconds: 5}\n",
+        "      terminationGracePeriodSeconds: 45\n",
+    );
+    let (out, err) = inject_ok(&input, &[]);
+    let d = docs(&out);
+    let deploy = find(&d, "Deployment", "shop");
+    let app = app_container(deploy, "shop");
+    assert_eq!(drain_hook(app), Some(("/drain?idle=10s&max=300s".to_string(), 9091)));
+    assert!(app.path(&["lifecycle", "preStop", "sleep"]).is_none());
+    assert!(
+        app.path(&["lifecycle", "postStart", "exec"]).is_some(),
+        "other hooks stay"
+    );
+    assert_eq!(grace(deploy), Some(335));
+    assert!(
+        err.contains("container shop: its preStop sleep is replaced by the session-aware drain"),
+        "{err}"
+    );
+    assert!(
+        err.contains(
+            "terminationGracePeriodSeconds 335 (max 300s + STICKYD_DRAIN_SECONDS 5s + STICKYD_DRAIN_TIMEOUT 30s)"
+        ),
+        "{err}"
+    );
+    assert_eq!(lint_stdin(&out).status.code(), Some(0));
+    assert_eq!(inject_stdin(&out, &[]), out, "once drained, nothing more to do");
+}
+
+#[test]
+fn a_longer_grace_period_is_never_lowered() {
+    let input = plain_with("", "      terminationGracePeriodSeconds: 900\n");
+    let (out, err) = inject_ok(&input, &[]);
+    let d = docs(&out);
+    assert_eq!(grace(find(&d, "Deployment", "shop")), Some(900));
+    assert!(!err.contains("terminationGracePeriodSeconds"), "{err}");
+    let lint = lint_stdin(&out);
+    assert!(
+        text(&lint.stdout).starts_with("no problems found"),
+        "{}",
+        text(&lint.stdout)
+    );
+}
+
+#[test]
+fn the_apps_own_exec_or_http_prestop_is_kept_with_a_warning() {
+    for (hook, action) in [
+        ("exec: {command: [/app/stop, --graceful]}", "exec"),
+        ("httpGet: {path: /shutdown, port: 8080}", "httpGet"),
+    ] {
+        let input = plain_with(
+            &format!("        lifecycle:\n          preStop:\n            {hook}\n"),
+            "",
+        );
+        let (out, err) = inject_ok(&input, &[]);
+        let d = docs(&out);
+        let deploy = find(&d, "Deployment", "shop");
+        let before = docs(&input);
+        assert_eq!(
+            kyaml::emit(app_container(deploy, "shop").path(&["lifecycle"]).unwrap()),
+            kyaml::emit(
+                app_container(find(&before, "Deployment", "shop"), "shop")
+                    .path(&["lifecycle"])
+                    .unwrap()
+            ),
+            "{action}: the hook is the user's"
+        );
+        assert_eq!(grace(deploy), None, "{action}: no drain, no new grace period");
+        assert!(
+            err.contains(&format!(
+                "warning: Deployment/shop: container shop keeps its own preStop ({action}), so the session-aware \
+                 drain is not wired: call GET http://127.0.0.1:9091/drain?idle=10s&max=300s at the end of that hook"
+            )),
+            "{action}: {err}"
+        );
+        assert!(err.contains("or by hand before the pod is deleted"), "{err}");
+        assert!(!err.contains("drain preStop on"), "{err}");
+        // lint agrees: a warning, not an error.
+        let lint = lint_stdin(&out);
+        assert_eq!(lint.status.code(), Some(0));
+        assert!(text(&lint.stdout).contains("warning[SD013]"), "{}", text(&lint.stdout));
+    }
+}
+
+#[test]
+fn an_exec_prestop_that_calls_the_drain_counts_as_wired() {
+    let input = plain_with(
+        "        lifecycle:\n          preStop:\n            exec: {command: [sh, -c, '/app/stop && curl -fsS \"http://127.0.0.1:9091/drain?max=2m\"']}\n",
+        "",
+    );
+    let (out, err) = inject_ok(&input, &[]);
+    assert!(!err.contains("warning"), "{err}");
+    assert!(
+        err.contains("drain preStop on container shop, terminationGracePeriodSeconds 155 (max 120s "),
+        "{err}"
+    );
+    let d = docs(&out);
+    let deploy = find(&d, "Deployment", "shop");
+    assert!(app_container(deploy, "shop")
+        .path(&["lifecycle", "preStop", "exec"])
+        .is_some());
+    assert_eq!(grace(deploy), Some(155));
+    assert_lints_clean(&out);
+    // The options cannot rewrite the user's command: said so.
+    let (_, _, err) = inject_raw(&input, &["--drain-max", "10m"]);
+    assert!(
+        err.contains("warning: Deployment/shop: container shop calls the drain from its own exec preStop"),
+        "{err}"
+    );
+}
+
+#[test]
+fn drain_options_set_the_path_and_the_grace_period_and_are_remembered() {
+    let out = inject("plain.yaml", &["--drain-idle", "0.5", "--drain-max", "1m"]);
+    let d = docs(&out);
+    let deploy = find(&d, "Deployment", "shop");
+    assert_eq!(
+        drain_hook(app_container(deploy, "shop")),
+        Some(("/drain?idle=500ms&max=60s".to_string(), 9091))
+    );
+    assert_eq!(grace(deploy), Some(95), "60 + 5 + 30");
+    assert_lints_clean(&out);
+    // Injecting again without them keeps them; one option changes only its part.
+    assert_eq!(inject_stdin(&out, &[]), out);
+    let longer = inject_stdin(&out, &["--drain-max", "10m"]);
+    let d = docs(&longer);
+    let deploy = find(&d, "Deployment", "shop");
+    assert_eq!(
+        drain_hook(app_container(deploy, "shop")),
+        Some(("/drain?idle=500ms&max=600s".to_string(), 9091))
+    );
+    assert_eq!(grace(deploy), Some(635));
+    // A shorter drain leaves the longer grace period.
+    let shorter = inject_stdin(&longer, &["--drain-max", "30s"]);
+    assert_eq!(grace(find(&docs(&shorter), "Deployment", "shop")), Some(635));
+}
+
+#[test]
+fn the_grace_period_counts_the_sidecars_own_drain_settings() {
+    // A hand-written sidecar that waits longer for in-flight requests.
+    let hand = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/lint/clean.yaml"))
+        .unwrap()
+        .replace(
+            "        - {name: STICKYD_SESSION_IDLE_TIMEOUT, value: 30m}\n",
+            "        - {name: STICKYD_SESSION_IDLE_TIMEOUT, value: 30m}\n        - {name: STICKYD_DRAIN_TIMEOUT, value: 1m}\n",
+        );
+    let (out, err) = inject_ok(&hand, &[]);
+    assert!(
+        err.contains(
+            "terminationGracePeriodSeconds 365 (max 300s + STICKYD_DRAIN_SECONDS 5s + STICKYD_DRAIN_TIMEOUT 60s)"
+        ),
+        "{err}"
+    );
+    assert_eq!(grace(find(&docs(&out), "Deployment", "shop")), Some(365));
+    assert_lints_clean(&out);
+}
+
+#[test]
+fn a_drain_prestop_written_earlier_is_regenerated_to_reach_the_admin_port() {
+    // The sidecar's port name, and a host: neither reaches the admin port.
+    let input = plain_with(
+        "        lifecycle:\n          preStop:\n            httpGet:\n              path: /drain?max=90s\n              port: stickyd-admin\n              host: localhost\n              httpHeaders: [{name: X-Reason, value: scale-down}]\n",
+        "",
+    );
+    let (out, err) = inject_ok(&input, &[]);
+    let d = docs(&out);
+    let deploy = find(&d, "Deployment", "shop");
+    let app = app_container(deploy, "shop");
+    assert_eq!(
+        drain_hook(app),
+        Some(("/drain?max=90s".to_string(), 9091)),
+        "its own query is kept"
+    );
+    assert!(app.path(&["lifecycle", "preStop", "httpGet", "host"]).is_none());
+    assert_eq!(
+        app.path(&["lifecycle", "preStop", "httpGet", "httpHeaders"])
+            .unwrap()
+            .items()[0]
+            .str_at(&["value"]),
+        Some("scale-down")
+    );
+    assert_eq!(grace(deploy), Some(125));
+    assert!(
+        err.contains("container shop: its drain preStop is now GET http://127.0.0.1:9091/drain?max=90s"),
+        "{err}"
+    );
+    assert_lints_clean(&out);
+
+    // A query the drain refuses is replaced, and said so.
+    let bad = input.replace("/drain?max=90s", "/drain?max=0");
+    let (out, err) = inject_ok(&bad, &[]);
+    assert_eq!(
+        drain_hook(app_container(find(&docs(&out), "Deployment", "shop"), "shop")).map(|(p, _)| p),
+        Some("/drain?idle=10s&max=300s".to_string())
+    );
+    assert!(
+        err.contains(
+            "its drain path \"/drain?max=0\" is refused by the drain (max=0: the drain needs a bound above zero)"
+        ),
+        "{err}"
+    );
+}
+
+#[test]
+fn no_drain_leaves_the_app_and_the_grace_period_alone() {
+    let input = plain_with(
+        "        lifecycle:\n          preStop:\n            sleep: {seconds: 5}\n",
+        "      terminationGracePeriodSeconds: 45\n",
+    );
+    let (out, err) = inject_ok(&input, &["--no-drain"]);
+    let d = docs(&out);
+    let deploy = find(&d, "Deployment", "shop");
+    assert!(app_container(deploy, "shop")
+        .path(&["lifecycle", "preStop", "sleep"])
+        .is_some());
+    assert_eq!(grace(deploy), Some(45));
+    assert!(!err.contains("drain"), "{err}");
+    sidecar(deploy);
+    // lint still says what is missing.
+    let lint = lint_stdin(&out);
+    assert!(text(&lint.stdout).contains("warning[SD013]"), "{}", text(&lint.stdout));
+    let (code, _, err) = inject_raw(&input, &["--no-drain", "--drain-max", "1m"]);
+    assert_eq!(code, Some(2), "clap refuses the combination: {err}");
+}
+
+#[test]
+fn bad_drain_options_are_refused_naming_the_option() {
+    let plain = std::fs::read_to_string(fixture("plain.yaml")).unwrap();
+    for (args, want) in [
+        (
+            &["--drain-max", "0"][..],
+            "--drain-max \"0\": max=0: the drain needs a bound above zero",
+        ),
+        (
+            &["--drain-idle", "soon"][..],
+            "--drain-idle \"soon\": idle=\"soon\" is not a duration",
+        ),
+        (
+            &["--drain-max=-1"][..],
+            "--drain-max \"-1\": max=\"-1\" is not a duration",
+        ),
+        (&["--drain-idle", "1s&max=0"][..], "--drain-idle \"1s&max=0\": idle="),
+    ] {
+        let (code, out, err) = inject_raw(&plain, args);
+        assert_eq!(code, Some(1), "{args:?}: {err}");
+        assert!(err.contains(want), "{args:?}: {err}");
+        assert_eq!(out, "", "{args:?}: nothing written");
+    }
+}
+
+#[test]
+fn the_drain_goes_to_the_container_that_serves_the_port_only() {
+    let input = concat!(
+        "apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: api}\nspec:\n",
+        "  selector: {matchLabels: {app: api}}\n  template:\n    metadata: {labels: {app: api}}\n",
+        "    spec:\n      containers:\n      - name: logs\n        image: example/shipper:1\n",
+        "      - name: api\n        image: example/api:1\n        ports: [{name: http, containerPort: 3000}]\n",
+        "---\napiVersion: v1\nkind: Service\nmetadata: {name: api}\nspec:\n  selector: {app: api}\n",
+        "  ports: [{name: http, port: 80, targetPort: http}]\n",
+    );
+    let (out, _) = inject_ok(input, &[]);
+    let d = docs(&out);
+    let deploy = find(&d, "Deployment", "api");
+    assert!(drain_hook(app_container(deploy, "api")).is_some());
+    assert!(
+        app_container(deploy, "logs").get("lifecycle").is_none(),
+        "the shipper serves no session"
+    );
+    assert_lints_clean(&out);
+
+    // Two containers and neither declares the port the Service targets: not guessed.
+    let unclear = input
+        .replace("        ports: [{name: http, containerPort: 3000}]\n", "")
+        .replace("targetPort: http", "targetPort: 3000");
+    let (out, err) = inject_ok(&unclear, &[]);
+    let d = docs(&out);
+    let deploy = find(&d, "Deployment", "api");
+    for c in ["logs", "api"] {
+        assert!(app_container(deploy, c).get("lifecycle").is_none(), "{c}");
+    }
+    assert_eq!(grace(deploy), None);
+    assert!(
+        err.contains(
+            "warning: Deployment/api: several containers and none declares port 3000, so the drain is not wired"
+        ),
+        "{err}"
+    );
+}
+
+/// The README's example of `stickyd inject --diff` is what inject prints,
+/// on standard output and on standard error.
+#[test]
+fn the_readme_example_is_what_inject_prints() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let readme = std::fs::read_to_string(root.join("README.md")).unwrap();
+    let start = readme.find("## `stickyd inject`").expect("the inject section");
+    let section = &readme[start..];
+    let section = &section[..section[3..].find("\n## ").map_or(section.len(), |i| i + 3)];
+    let block_after = |marker: &str| {
+        let at = section
+            .find(marker)
+            .unwrap_or_else(|| panic!("no {marker:?} in the section"))
+            + marker.len();
+        section[at..section[at..].find("```").unwrap() + at].to_string()
+    };
+    let out = Command::new(env!("CARGO_BIN_EXE_stickyd"))
+        .args(["inject", "--diff", "tests/fixtures/inject/plain.yaml"])
+        .current_dir(root)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0));
+    assert_eq!(
+        text(&out.stdout),
+        block_after("$ stickyd inject --diff tests/fixtures/inject/plain.yaml\n")
+    );
+    assert_eq!(text(&out.stderr), block_after("On standard error:\n\n```\n"));
 }

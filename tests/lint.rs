@@ -133,10 +133,228 @@ fn each_rule_fixture() {
     expect("sd009-secret-not-mounted.yaml", 1, &[("SD009", 74)]);
     expect("sd010-typo.yaml", 0, &[("SD010", 24)]);
     expect("sd011-no-affinity.yaml", 0, &[("SD011", 7)]);
+    expect(
+        "sd012-grace-too-short.yaml",
+        1,
+        &[
+            ("SD012", 17),
+            ("SD012", 71),
+            ("SD012", 87),
+            ("SD012", 122),
+            ("SD012", 158),
+            ("SD012", 212),
+        ],
+    );
+    expect(
+        "sd013-drain-unreachable.yaml",
+        1,
+        &[
+            ("SD013", 36),
+            ("SD013", 71),
+            ("SD013", 109),
+            ("SD013", 147),
+            ("SD013", 175),
+            ("SD013", 218),
+            ("SD013", 254),
+        ],
+    );
+    expect(
+        "sd013-no-drain.yaml",
+        0,
+        &[
+            ("SD013", 29),
+            ("SD013", 67),
+            ("SD013", 100),
+            ("SD013", 134),
+            ("SD013", 164),
+        ],
+    );
+}
+
+/// `(object, severity, message, fix)` of each finding of a fixture, in output order.
+fn details(file: &str) -> Vec<(String, String, String, String)> {
+    let (_, v) = json(&[file]);
+    v["findings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| {
+            let s = |k: &str| f[k].as_str().unwrap().to_string();
+            (s("object"), s("severity"), s("message"), s("fix"))
+        })
+        .collect()
+}
+
+/// Each finding is of `Deployment/shop/NAME` with `severity`, its message
+/// holding `why` and its fix `how`, for `(NAME, why, how)` in order.
+fn check_details(d: &[(String, String, String, String)], severity: &str, want: &[(&str, &str, &str)]) {
+    assert_eq!(d.len(), want.len(), "{d:#?}");
+    for ((object, sev, message, fix), (name, why, how)) in d.iter().zip(want) {
+        assert_eq!(object, &format!("Deployment/shop/{name}"));
+        assert_eq!(sev, severity, "{name}");
+        assert!(message.contains(why), "{name}: {message}");
+        assert!(fix.contains(how), "{name}: {fix}");
+    }
+}
+
+#[test]
+fn the_grace_period_must_fit_the_drain_then_the_sidecar() {
+    let d = details("sd012-grace-too-short.yaml");
+    let got: Vec<(&str, &str)> = d.iter().map(|(o, s, ..)| (o.as_str(), s.as_str())).collect();
+    assert_eq!(
+        got,
+        vec![
+            ("Deployment/shop/short", "error"),
+            ("Deployment/shop/unset", "error"),
+            ("Deployment/shop/tight", "warning"),
+            ("Deployment/shop/slow-sidecar", "warning"),
+            ("Deployment/shop/exec", "error"),
+            ("Deployment/shop/short-max", "warning"),
+        ]
+    );
+    let fix = |i: usize| d[i].3.as_str();
+    assert_eq!(
+        fix(0),
+        "set terminationGracePeriodSeconds to at least 335 (max 300s + STICKYD_DRAIN_SECONDS 5s + \
+         STICKYD_DRAIN_TIMEOUT 30s)"
+    );
+    assert!(
+        d[0].2.contains("is 60s, shorter than the drain's max=300s"),
+        "{}",
+        d[0].2
+    );
+    assert!(d[1].2.contains("not set, so Kubernetes allows 30s"), "{}", d[1].2);
+    assert!(d[2].2.contains("stickyd is killed mid-drain"), "{}", d[2].2);
+    // The sidecar's own settings count: STICKYD_DRAIN_TIMEOUT=60.
+    assert!(fix(3).contains("at least 365 ("), "{}", fix(3));
+    // max=2m from an exec hook's drain call.
+    assert!(fix(4).contains("at least 155 (max 120s "), "{}", fix(4));
+    assert!(fix(5).contains("at least 55 (max 20s "), "{}", fix(5));
+}
+
+#[test]
+fn a_drain_the_kubelet_cannot_reach_is_an_error_that_says_why() {
+    let d = details("sd013-drain-unreachable.yaml");
+    let want = [
+        (
+            "named-port",
+            "looks up only among the ports of container \"app\"",
+            "give the port as a number: port: 9090",
+        ),
+        (
+            "wrong-port",
+            "on port 9091, but stickyd's admin listener is on port 9090",
+            "set the preStop httpGet port to 9090",
+        ),
+        ("host", "sets host \"127.0.0.1\"", "remove host"),
+        ("https", "scheme HTTPS", "remove scheme"),
+        (
+            "loopback",
+            "loopback address 127.0.0.1:9090",
+            "set STICKYD_ADMIN_LISTEN to 0.0.0.0:9090",
+        ),
+        // The drain's own words for the bad query.
+        (
+            "bad-query",
+            "idle=\"soon\" is not a duration",
+            "/drain?idle=10s&max=300s",
+        ),
+        (
+            "exec-port",
+            "command of container \"app\" calls the drain on port 9091",
+            "call the drain on port 9090",
+        ),
+    ];
+    check_details(&d, "error", &want);
+    let (_, v) = json(&["sd013-drain-unreachable.yaml"]);
+    let expected = stickyd::drain::DrainParams::parse_path("/drain?idle=soon")
+        .unwrap()
+        .unwrap_err();
+    assert!(v["findings"][5]["message"].as_str().unwrap().contains(&expected));
+}
+
+#[test]
+fn an_app_without_the_drain_is_a_warning() {
+    let d = details("sd013-no-drain.yaml");
+    let want = [
+        (
+            "none",
+            "container \"app\" has no preStop hook calling stickyd's drain",
+            "add lifecycle: {preStop: {httpGet: {path: \"/drain?idle=10s&max=300s\", port: 9090}}}",
+        ),
+        (
+            "sleep",
+            "sleeps instead of calling stickyd's drain",
+            "replace the sleep with httpGet",
+        ),
+        (
+            "own-exec",
+            "a hook of its own (exec)",
+            "call GET http://127.0.0.1:9090/drain?idle=10s&max=300s",
+        ),
+        ("own-get", "a hook of its own (httpGet)", "or replace it with httpGet"),
+        ("unclear", "container \"web\" has no preStop", "to container \"web\""),
+    ];
+    check_details(&d, "warning", &want);
+    for (_, _, _, fix) in &d {
+        assert!(fix.contains("terminationGracePeriodSeconds of at least 335"), "{fix}");
+    }
+}
+
+#[test]
+fn drains_that_reach_stickyd_in_time_are_clean() {
+    let (code, v) = json(&["ok-drain.yaml"]);
+    assert_eq!((code, findings(&v)), (0, vec![]), "{v:#}");
+    assert_eq!(v["objects"], 9);
+}
+
+/// Lints YAML given on standard input; returns the exit code and the findings.
+fn lint_stdin(yaml: &str) -> (i32, serde_json::Value) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_stickyd"))
+        .args(["lint", "--format", "json", "-"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::io::Write::write_all(&mut child.stdin.take().unwrap(), yaml.as_bytes()).unwrap();
+    let out = child.wait_with_output().unwrap();
+    (out.status.code().unwrap(), serde_json::from_slice(&out.stdout).unwrap())
+}
+
+#[test]
+fn the_clean_stack_turns_dirty_without_its_drain_or_its_grace_period() {
+    let clean = std::fs::read_to_string(fixture("clean.yaml")).unwrap();
+    let hook = "        lifecycle:\n          preStop:\n            httpGet: {path: \"/drain?idle=10s&max=300s\", port: 9090}\n";
+    let grace = "      terminationGracePeriodSeconds: 335\n";
+    assert!(clean.contains(hook) && clean.contains(grace));
+
+    // No preStop: the warning, at the app container; the grace period no longer matters.
+    let (code, v) = lint_stdin(&clean.replace(hook, ""));
+    assert_eq!((code, findings(&v)), (0, vec![("SD013".to_string(), 80)]), "{v:#}");
+    // The base's old preStop sleep.
+    let sleep = clean.replace(
+        hook,
+        "        lifecycle:\n          preStop:\n            sleep: {seconds: 5}\n",
+    );
+    let (code, v) = lint_stdin(&sleep);
+    assert_eq!((code, findings(&v)), (0, vec![("SD013".to_string(), 86)]), "{v:#}");
+    // The drain on the sidecar's named port.
+    let named = clean.replace("port: 9090}", "port: stickyd-admin}");
+    let (code, v) = lint_stdin(&named);
+    assert_eq!((code, findings(&v)), (1, vec![("SD013".to_string(), 86)]), "{v:#}");
+    // The base's old grace period, 45s.
+    let (code, v) = lint_stdin(&clean.replace(grace, "      terminationGracePeriodSeconds: 45\n"));
+    assert_eq!((code, findings(&v)), (1, vec![("SD012".to_string(), 90)]), "{v:#}");
+    assert_eq!(v["findings"][0]["severity"], "error");
+    // 300s covers the drain but not stickyd's own after it.
+    let (code, v) = lint_stdin(&clean.replace(grace, "      terminationGracePeriodSeconds: 300\n"));
+    assert_eq!((code, findings(&v)), (0, vec![("SD012".to_string(), 90)]), "{v:#}");
+    assert_eq!(v["findings"][0]["severity"], "warning");
 }
 
 #[test]
 fn every_rule_has_a_fixture_that_triggers_it() {
+    let mut warnings = Vec::new();
     for rule in stickyd::lint::RULES {
         let prefix = rule.id.to_ascii_lowercase();
         let files: Vec<String> = std::fs::read_dir(fixture(""))
@@ -159,7 +377,20 @@ fn every_rule_has_a_fixture_that_triggers_it() {
             } else {
                 "warning"
             };
-            assert!(hits.iter().all(|h| h["severity"] == sev));
+            // A rule that also warns reports its lesser case as a warning.
+            assert!(
+                hits.iter()
+                    .all(|h| h["severity"] == sev || (rule.warns_too && h["severity"] == "warning")),
+                "{f}: {hits:?}"
+            );
+            warnings.extend(hits.iter().filter(|h| h["severity"] == "warning").map(|_| rule.id));
+        }
+        if rule.warns_too {
+            assert!(
+                warnings.contains(&rule.id),
+                "no fixture shows the warning of {}",
+                rule.id
+            );
         }
     }
 }

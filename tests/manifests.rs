@@ -472,18 +472,46 @@ fn sidecar_is_a_native_hardened_init_container_configured_from_the_downward_api(
             assert!(pod[host].as_bool() != Some(true), "{dir}: no {host}");
         }
 
-        // Shutdown: the grace period outlasts the app's preStop sleep plus
-        // stickyd's drain and its wait for in-flight requests.
+        // Shutdown: the app's preStop is the session-aware drain. The kubelet
+        // calls it on the pod IP over plain HTTP and resolves a port name only
+        // among the app container's own ports, so it names the admin port by
+        // number, and the admin listener is not on loopback.
+        let pre_stop = &app["lifecycle"]["preStop"];
+        assert!(pre_stop["sleep"].is_badvalue(), "{dir}: no preStop sleep");
+        let get = &pre_stop["httpGet"];
+        let path = get["path"].as_str().expect("the app's preStop is an httpGet");
+        let params = stickyd::drain::DrainParams::parse_path(path)
+            .unwrap_or_else(|| panic!("{dir}: the preStop path {path:?} is not the drain"))
+            .unwrap_or_else(|e| panic!("{dir}: the preStop path {path:?}: {e}"));
+        assert_eq!(params, stickyd::drain::DrainParams::default(), "{dir}: {path}");
+        assert_eq!(
+            get["port"].as_i64(),
+            Some(admin_port),
+            "{dir}: the drain on STICKYD_ADMIN_LISTEN's port, by number: {:?}",
+            get["port"]
+        );
+        assert!(
+            get["host"].is_badvalue(),
+            "{dir}: no host: the kubelet calls the pod IP"
+        );
+        assert!(
+            get["scheme"].is_badvalue() || get["scheme"].as_str() == Some("HTTP"),
+            "{dir}: plain HTTP"
+        );
+        assert!(
+            !cfg.admin_listen.ip().is_loopback(),
+            "{dir}: the kubelet reaches the admin port"
+        );
+        // The grace period covers the drain's max, then stickyd's own drain
+        // and its wait for in-flight requests.
         let grace = pod["terminationGracePeriodSeconds"]
             .as_i64()
             .expect("terminationGracePeriodSeconds");
-        let sleep = app["lifecycle"]["preStop"]["sleep"]["seconds"].as_i64().unwrap_or(0);
-        let drain = cfg.drain.as_secs() as i64 + cfg.drain_timeout.as_secs() as i64;
+        let need = params.max + cfg.drain + cfg.drain_timeout;
         assert!(
-            sleep >= cfg.drain.as_secs() as i64,
-            "{dir}: the app outlives the drain ({sleep}s)"
+            std::time::Duration::from_secs(grace as u64) >= need,
+            "{dir}: grace {grace}s < {need:?} (max + STICKYD_DRAIN_SECONDS + STICKYD_DRAIN_TIMEOUT)"
         );
-        assert!(grace > sleep + drain, "{dir}: grace {grace}s <= {sleep}s + {drain}s");
         assert_eq!(
             pod["enableServiceLinks"].as_bool(),
             Some(false),
@@ -924,11 +952,16 @@ fn stickyd_inject_produces_the_same_sidecar_rbac_and_service_port() {
         pod.remove(&Yaml::String("initContainers".into())).expect("the sidecar");
         pod.remove(&Yaml::String("serviceAccountName".into()))
             .expect("serviceAccountName");
+        pod.remove(&Yaml::String("terminationGracePeriodSeconds".into()))
+            .expect("terminationGracePeriodSeconds");
         let app = &mut pod.get_mut(&Yaml::String("containers".into())).unwrap()[0];
-        app.as_mut_hash().unwrap().insert(
+        let app = app.as_mut_hash().unwrap();
+        app.insert(
             Yaml::String("image".into()),
             Yaml::String("registry.example.com/app:1".into()),
         );
+        app.remove(&Yaml::String("lifecycle".into()))
+            .expect("the drain preStop");
         let port = &mut svc["spec"]["ports"][0];
         port.as_mut_hash()
             .unwrap()
@@ -965,6 +998,16 @@ fn stickyd_inject_produces_the_same_sidecar_rbac_and_service_port() {
     assert_eq!(
         got["spec"]["template"]["spec"]["serviceAccountName"].as_str(),
         Some("stickyd")
+    );
+    let base_pod = &one(docs, "Deployment", "mysvc")["spec"]["template"]["spec"];
+    assert_eq!(
+        canonical(&got["spec"]["template"]["spec"]["containers"][0]["lifecycle"]),
+        canonical(&base_pod["containers"][0]["lifecycle"]),
+        "the manifests' drain preStop and stickyd inject's differ"
+    );
+    assert_eq!(
+        got["spec"]["template"]["spec"]["terminationGracePeriodSeconds"], base_pod["terminationGracePeriodSeconds"],
+        "the grace period"
     );
     assert_eq!(
         canonical(&one(&injected, "Service", "mysvc")["spec"]["ports"]),
