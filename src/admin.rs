@@ -1,4 +1,6 @@
-//! The admin listener: `/healthz`, `/readyz`, `/metrics`, `/endpoints`.
+//! The admin listener: `/healthz`, `/readyz`, `/metrics`, `/endpoints` and
+//! `/drain`. It serves every endpoint until the process exits, drains
+//! included: probes and scrapes matter most while a pod is going away.
 
 use std::convert::Infallible;
 use std::sync::atomic::Ordering;
@@ -14,10 +16,9 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
-use tokio::sync::watch;
 
+use crate::drain::{self, DrainParams};
 use crate::endpoints::ViewJson;
-use crate::proxy::listener::Phase;
 use crate::proxy::{app_reachable, Shared};
 
 /// State the admin endpoints read.
@@ -82,12 +83,27 @@ async fn route(admin: &Admin, req: Request<Incoming>) -> Response<AdminBody> {
         return reply(StatusCode::METHOD_NOT_ALLOWED, "text/plain", "GET only\n");
     }
     match req.uri().path() {
+        drain::PATH => match DrainParams::parse_query(req.uri().query()) {
+            Ok(params) => {
+                let s = &admin.shared;
+                s.metrics.draining.set(1);
+                let outcome = s.drain.run(params, s.sessions.clone()).await;
+                match serde_json::to_vec(&outcome) {
+                    Ok(b) => reply(StatusCode::OK, "application/json", b),
+                    Err(_) => reply(StatusCode::INTERNAL_SERVER_ERROR, "text/plain", "encoding failed\n"),
+                }
+            }
+            Err(e) => reply(StatusCode::BAD_REQUEST, "text/plain", format!("stickyd: {e}\n")),
+        },
         "/healthz" => reply(StatusCode::OK, "text/plain", "ok\n"),
         "/readyz" => match admin.readiness().await {
             Ok(msg) => reply(StatusCode::OK, "text/plain", msg),
             Err(msg) => reply(StatusCode::SERVICE_UNAVAILABLE, "text/plain", msg),
         },
         "/metrics" => {
+            let s = &admin.shared;
+            let active = s.sessions.active(tokio::time::Instant::now());
+            s.metrics.sessions_active.set(active as i64);
             let mut out = String::new();
             match prometheus_client::encoding::text::encode(&mut out, &admin.registry) {
                 Ok(()) => reply(
@@ -114,24 +130,21 @@ async fn route(admin: &Admin, req: Request<Incoming>) -> Response<AdminBody> {
         _ => reply(
             StatusCode::NOT_FOUND,
             "text/plain",
-            "not found; try /healthz /readyz /metrics /endpoints\n",
+            "not found; try /healthz /readyz /metrics /endpoints /drain\n",
         ),
     }
 }
 
-/// Serves the admin endpoints until `phase` turns to `Closing`.
-pub async fn serve(listener: TcpListener, admin: Arc<Admin>, mut phase: watch::Receiver<Phase>) {
+/// Serves the admin endpoints for as long as the process runs.
+pub async fn serve(listener: TcpListener, admin: Arc<Admin>) {
     loop {
-        let (stream, _) = tokio::select! {
-            _ = phase.changed() => return,
-            a = listener.accept() => match a {
-                Ok(a) => a,
-                Err(e) => {
-                    tracing::warn!(error = %e, "admin accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
+        let stream = match listener.accept().await {
+            Ok((stream, _)) => stream,
+            Err(e) => {
+                tracing::warn!(error = %e, "admin accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
         };
         let admin = admin.clone();
         tokio::spawn(async move {

@@ -3,10 +3,16 @@
 //! The value is opaque. It names a pod by a short hash of the pod's *name*, so
 //! it carries no IP or port and survives IP reuse:
 //!
-//! * unsigned: `ID` (12 characters, base64url of 9 bytes of SHA-256);
-//! * signed: `ID.CREATED.REFRESHED.MAC`, where the times are Unix seconds in
-//!   base 36 and MAC is HMAC-SHA256 over everything before it, truncated to
-//!   16 bytes (22 characters). The first key signs; every key verifies.
+//! * unsigned: `ID.SID`: ID (12 characters, base64url of 9 bytes of SHA-256
+//!   of the pod name) and SID, the session's own random id (8 characters,
+//!   6 random bytes), which counts distinct sessions without naming anyone;
+//! * signed: `ID.SID.CREATED.REFRESHED.MAC`, where the times are Unix seconds
+//!   in base 36 and MAC is HMAC-SHA256 over everything before it, truncated
+//!   to 16 bytes (22 characters). The first key signs; every key verifies.
+//!
+//! Values of the earlier forms (`ID`, `ID.CREATED.REFRESHED.MAC`) are still
+//! accepted and keep their pin; a session pinned here that carries one is
+//! issued a value with a SID on its next request.
 
 use std::fmt;
 use std::time::Duration;
@@ -23,6 +29,8 @@ type HmacSha256 = Hmac<Sha256>;
 
 const ID_BYTES: usize = 9;
 const ID_CHARS: usize = 12;
+const SID_BYTES: usize = 6;
+const SID_CHARS: usize = 8;
 const MAC_BYTES: usize = 16;
 const MAC_CHARS: usize = 22;
 /// Longest cookie value we try to decode; anything longer is invalid.
@@ -70,6 +78,54 @@ impl fmt::Debug for SessionId {
 impl fmt::Display for SessionId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.encode())
+    }
+}
+
+/// A session's own random id, inside the cookie value: it tells sessions
+/// apart (for `stickyd_sessions_active` and the drain), never a pod.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Sid([u8; SID_BYTES]);
+
+impl Sid {
+    /// A fresh random id. Not a secret: it only tells sessions apart, and a
+    /// signed value protects it like the rest.
+    pub fn random() -> Sid {
+        let n = fastrand::u64(..);
+        let mut b = [0u8; SID_BYTES];
+        b.copy_from_slice(&n.to_le_bytes()[..SID_BYTES]);
+        Sid(b)
+    }
+
+    pub fn from_bytes(b: [u8; SID_BYTES]) -> Sid {
+        Sid(b)
+    }
+
+    fn parse(s: &str) -> Option<Sid> {
+        if s.len() != SID_CHARS {
+            return None;
+        }
+        let mut b = [0u8; SID_BYTES];
+        match URL_SAFE_NO_PAD.decode_slice(s, &mut b) {
+            Ok(SID_BYTES) => Some(Sid(b)),
+            _ => None,
+        }
+    }
+
+    pub fn encode(&self) -> String {
+        URL_SAFE_NO_PAD.encode(self.0)
+    }
+
+    /// The id as a number (its bytes are random: a ready-made hash).
+    pub fn as_u64(&self) -> u64 {
+        let mut w = [0u8; 8];
+        w[..SID_BYTES].copy_from_slice(&self.0);
+        u64::from_le_bytes(w)
+    }
+}
+
+impl fmt::Debug for Sid {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Sid({})", self.encode())
     }
 }
 
@@ -143,11 +199,14 @@ pub enum CookieState {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Session {
     pub id: SessionId,
+    /// The session's own id; None in a value of an earlier form.
+    pub sid: Option<Sid>,
     /// When the session was created (signed cookies), Unix seconds.
     pub created: u64,
     /// When the cookie was last (re)issued (signed cookies), Unix seconds.
     pub refreshed: u64,
-    /// The cookie should be issued again to keep the session from idling out.
+    /// The cookie should be issued again: to keep the session from idling
+    /// out, or to give a value of an earlier form its SID.
     pub needs_refresh: bool,
 }
 
@@ -198,18 +257,33 @@ impl Codec {
         Codec::new(Keys::default(), Lifetimes::default())
     }
 
-    /// Encodes a cookie value naming `id`. `created` is the session's creation
-    /// time (kept on refresh), `now` the time of issue.
-    pub fn encode(&self, id: SessionId, created: u64, now: u64) -> String {
+    /// Encodes a cookie value naming pod `id` for session `sid`. `created` is
+    /// the session's creation time (kept on refresh), `now` the time of issue.
+    pub fn encode(&self, id: SessionId, sid: Sid, created: u64, now: u64) -> String {
         let Some(key) = self.keys.0.first() else {
-            return id.encode();
+            return format!("{}.{}", id.encode(), sid.encode());
         };
-        let payload = format!("{}.{}.{}", id.encode(), b36(created), b36(now));
+        let payload = format!("{}.{}.{}.{}", id.encode(), sid.encode(), b36(created), b36(now));
         let tag = Keys::mac(key, &payload).finalize().into_bytes();
         let mut out = payload;
         out.push('.');
         out.push_str(&URL_SAFE_NO_PAD.encode(&tag[..MAC_BYTES]));
         out
+    }
+
+    /// The one spelling of a decoded session's value that this codec accepts
+    /// (in the earlier form when the session has no SID): the fuzz target
+    /// checks that nothing else verifies.
+    pub fn spelling(&self, s: &Session) -> String {
+        match (s.sid, self.keys.0.first()) {
+            (Some(sid), _) => self.encode(s.id, sid, s.created, s.refreshed),
+            (None, None) => s.id.encode(),
+            (None, Some(key)) => {
+                let payload = format!("{}.{}.{}", s.id.encode(), b36(s.created), b36(s.refreshed));
+                let tag = Keys::mac(key, &payload).finalize().into_bytes();
+                format!("{payload}.{}", URL_SAFE_NO_PAD.encode(&tag[..MAC_BYTES]))
+            }
+        }
     }
 
     /// Decodes a cookie value. Never panics; anything unexpected is `Invalid`.
@@ -218,15 +292,18 @@ impl Codec {
             return CookieState::Invalid;
         }
         if self.keys.is_empty() {
-            // Unsigned mode: the id alone. A signed value is accepted for its id
-            // too, so that turning signing off does not move every session.
-            let id_part = value.split('.').next().unwrap_or("");
-            return match SessionId::parse(id_part) {
+            // Unsigned mode: the ids alone. A signed value is accepted for its
+            // ids too, so that turning signing off does not move every session.
+            let mut parts = value.split('.');
+            let id = parts.next().and_then(SessionId::parse);
+            let sid = parts.next().and_then(Sid::parse);
+            return match id {
                 Some(id) => CookieState::Valid(Session {
                     id,
+                    sid,
                     created: 0,
                     refreshed: 0,
-                    needs_refresh: false,
+                    needs_refresh: sid.is_none(),
                 }),
                 None => CookieState::Invalid,
             };
@@ -250,10 +327,17 @@ impl Codec {
         if !verified {
             return CookieState::Invalid;
         }
-        let mut parts = payload.split('.');
-        let (Some(id), Some(created), Some(refreshed), None) = (parts.next(), parts.next(), parts.next(), parts.next())
-        else {
-            return CookieState::Invalid;
+        let parts: Vec<&str> = payload.splitn(6, '.').collect();
+        // `ID.SID.CREATED.REFRESHED`, or the earlier `ID.CREATED.REFRESHED`.
+        let (id, sid, created, refreshed) = match parts[..] {
+            [id, sid, c, r] => (id, Some(sid), c, r),
+            [id, c, r] => (id, None, c, r),
+            _ => return CookieState::Invalid,
+        };
+        let sid = match sid.map(Sid::parse) {
+            Some(None) => return CookieState::Invalid,
+            Some(s) => s,
+            None => None,
         };
         let (Some(id), Some(created), Some(refreshed)) =
             (SessionId::parse(id), parse_b36(created), parse_b36(refreshed))
@@ -273,16 +357,17 @@ impl Codec {
                 return CookieState::Invalid;
             }
         }
-        let mut needs_refresh = false;
+        let mut needs_refresh = sid.is_none();
         if let Some(idle) = self.lifetimes.idle_timeout {
             let idle_for = now.saturating_sub(refreshed);
             if idle_for >= idle.as_secs() {
                 return CookieState::Invalid;
             }
-            needs_refresh = idle_for >= idle.as_secs() / 2;
+            needs_refresh |= idle_for >= idle.as_secs() / 2;
         }
         CookieState::Valid(Session {
             id,
+            sid,
             created,
             refreshed,
             needs_refresh,
@@ -378,6 +463,7 @@ mod tests {
 
     const K1: &str = "0123456789abcdef0123456789abcdef";
     const K2: &str = "fedcba9876543210fedcba9876543210";
+    const SID: Sid = Sid([1, 2, 3, 4, 5, 6]);
 
     #[test]
     fn ids_are_short_opaque_and_stable() {
@@ -394,9 +480,11 @@ mod tests {
     fn unsigned_round_trip() {
         let c = Codec::unsigned();
         let id = SessionId::for_pod("p1");
-        let v = c.encode(id, 0, 0);
-        assert_eq!(v.len(), 12);
-        assert!(matches!(c.decode(&v, 0), CookieState::Valid(s) if s.id == id));
+        let v = c.encode(id, SID, 0, 0);
+        assert_eq!(v.len(), ID_CHARS + 1 + SID_CHARS, "{v}");
+        assert!(
+            matches!(c.decode(&v, 0), CookieState::Valid(s) if s.id == id && s.sid == Some(SID) && !s.needs_refresh)
+        );
         for bad in [
             "",
             "x",
@@ -413,10 +501,10 @@ mod tests {
     fn signed_round_trip_and_tampering() {
         let c = Codec::new(keys(K1), Lifetimes::default());
         let id = SessionId::for_pod("p1");
-        let v = c.encode(id, 1_700_000_000, 1_700_000_000);
+        let v = c.encode(id, SID, 1_700_000_000, 1_700_000_000);
         assert!(v.len() < 64, "{v}");
         assert!(
-            matches!(c.decode(&v, 1_700_000_001), CookieState::Valid(s) if s.id == id && s.created == 1_700_000_000)
+            matches!(c.decode(&v, 1_700_000_001), CookieState::Valid(s) if s.id == id && s.sid == Some(SID) && s.created == 1_700_000_000 && !s.needs_refresh)
         );
         // Unsigned values are refused when a key is set.
         assert_eq!(c.decode(&id.encode(), 0), CookieState::Invalid);
@@ -445,9 +533,9 @@ mod tests {
         let old = Codec::new(keys(K1), Lifetimes::default());
         let rotated = Codec::new(keys(&format!("{K2},{K1}")), Lifetimes::default());
         let id = SessionId::for_pod("p1");
-        let old_value = old.encode(id, 10, 10);
+        let old_value = old.encode(id, SID, 10, 10);
         assert!(matches!(rotated.decode(&old_value, 11), CookieState::Valid(_)));
-        let new_value = rotated.encode(id, 10, 10);
+        let new_value = rotated.encode(id, SID, 10, 10);
         assert_ne!(new_value, old_value);
         assert_eq!(old.decode(&new_value, 11), CookieState::Invalid);
         let only_new = Codec::new(keys(K2), Lifetimes::default());
@@ -465,20 +553,77 @@ mod tests {
             },
         );
         let id = SessionId::for_pod("p1");
-        let v = c.encode(id, 1000, 1000);
+        let v = c.encode(id, SID, 1000, 1000);
         assert!(matches!(c.decode(&v, 1010), CookieState::Valid(s) if !s.needs_refresh));
         assert!(matches!(c.decode(&v, 1060), CookieState::Valid(s) if s.needs_refresh));
         assert_eq!(c.decode(&v, 1100), CookieState::Invalid, "idle");
-        let refreshed = c.encode(id, 1000, 1990);
+        let refreshed = c.encode(id, SID, 1000, 1990);
         assert!(matches!(c.decode(&refreshed, 1995), CookieState::Valid(s) if s.created == 1000));
         assert_eq!(c.decode(&refreshed, 2000), CookieState::Invalid, "absolute lifetime");
         // Never overflows, whatever the clock says.
         assert!(matches!(
-            c.decode(&c.encode(id, 1000, 1000), u64::MAX),
+            c.decode(&c.encode(id, SID, 1000, 1000), u64::MAX),
             CookieState::Invalid
         ));
-        let future = c.encode(id, 100_000, 100_000);
+        let future = c.encode(id, SID, 100_000, 100_000);
         assert_eq!(c.decode(&future, 1000), CookieState::Invalid, "issued in the future");
+    }
+
+    #[test]
+    fn values_of_earlier_forms_keep_their_pin_and_get_a_sid() {
+        let id = SessionId::for_pod("p1");
+        // Unsigned `ID`: valid, no SID, to be issued again.
+        let c = Codec::unsigned();
+        assert!(
+            matches!(c.decode(&id.encode(), 0), CookieState::Valid(s) if s.id == id && s.sid.is_none() && s.needs_refresh)
+        );
+        // Signed `ID.CREATED.REFRESHED.MAC`, as the earlier form signed it.
+        let k = keys(K1);
+        let payload = format!("{}.{}.{}", id.encode(), b36(1000), b36(1000));
+        let tag = Keys::mac(&k.0[0], &payload).finalize().into_bytes();
+        let old = format!("{payload}.{}", URL_SAFE_NO_PAD.encode(&tag[..MAC_BYTES]));
+        let signed = Codec::new(k, Lifetimes::default());
+        let CookieState::Valid(decoded) = signed.decode(&old, 1001) else {
+            panic!("{old}")
+        };
+        assert_eq!(signed.spelling(&decoded), old);
+        assert!(matches!(
+            signed.decode(&old, 1001),
+            CookieState::Valid(s) if s.id == id && s.sid.is_none() && s.created == 1000 && s.needs_refresh
+        ));
+        // Unsigned mode reads the ids of either signed form.
+        assert!(matches!(c.decode(&old, 0), CookieState::Valid(s) if s.id == id && s.sid.is_none()));
+        let new = signed.encode(id, SID, 1000, 1000);
+        assert!(matches!(c.decode(&new, 0), CookieState::Valid(s) if s.id == id && s.sid == Some(SID)));
+        // A value whose SID part is malformed is invalid, even with a good MAC.
+        let payload = format!("{}.{}.{}.{}", id.encode(), "short", b36(1000), b36(1000));
+        let k = keys(K1);
+        let tag = Keys::mac(&k.0[0], &payload).finalize().into_bytes();
+        let bad_sid = format!("{payload}.{}", URL_SAFE_NO_PAD.encode(&tag[..MAC_BYTES]));
+        assert_eq!(signed.decode(&bad_sid, 1001), CookieState::Invalid);
+        // Too many parts.
+        let payload = format!("{}.{}.{}.{}.{}", id.encode(), SID.encode(), b36(1), b36(1), b36(1));
+        let tag = Keys::mac(&k.0[0], &payload).finalize().into_bytes();
+        let extra = format!("{payload}.{}", URL_SAFE_NO_PAD.encode(&tag[..MAC_BYTES]));
+        assert_eq!(signed.decode(&extra, 1001), CookieState::Invalid);
+    }
+
+    #[test]
+    fn sids_are_random_short_and_round_trip() {
+        let a = Sid::random();
+        let b = Sid::random();
+        assert_ne!(a, b);
+        assert_eq!(a.encode().len(), SID_CHARS);
+        assert_eq!(Sid::parse(&a.encode()), Some(a));
+        assert_eq!(Sid::parse("short"), None);
+        assert_eq!(Sid::parse("!!!!!!!!"), None);
+        assert_eq!(SID.as_u64(), u64::from_le_bytes([1, 2, 3, 4, 5, 6, 0, 0]));
+        // The SID is covered by the MAC: another SID with the same tag fails.
+        let c = Codec::new(keys(K1), Lifetimes::default());
+        let id = SessionId::for_pod("p1");
+        let v = c.encode(id, SID, 10, 10);
+        let w = v.replacen(&SID.encode(), &a.encode(), 1);
+        assert_eq!(c.decode(&w, 11), CookieState::Invalid);
     }
 
     #[test]

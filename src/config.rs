@@ -186,6 +186,9 @@ pub struct Config {
     pub max_headers: usize,
     pub max_connections: usize,
     pub pool_idle_timeout: Duration,
+    /// A session pinned here counts as active (`stickyd_sessions_active`)
+    /// this long after its last request.
+    pub session_active_window: Duration,
     pub log: String,
     pub log_format: LogFormat,
     pub worker_threads: usize,
@@ -215,6 +218,7 @@ pub const VARIABLES: &[(&str, Option<&str>)] = &[
     ("STICKYD_COOKIE_SECRET_FILE", None),
     ("STICKYD_SESSION_MAX_LIFETIME", None),
     ("STICKYD_SESSION_IDLE_TIMEOUT", None),
+    ("STICKYD_SESSION_ACTIVE_WINDOW", Some("5m")),
     ("STICKYD_ON_MISSING", Some("repin")),
     ("STICKYD_DRAIN_SECONDS", Some("5")),
     ("STICKYD_DRAIN_TIMEOUT", Some("30")),
@@ -607,6 +611,7 @@ impl Config {
             max_headers: parse_positive(env, "STICKYD_MAX_HEADERS", 100, 10_000)?,
             max_connections: parse_positive(env, "STICKYD_MAX_CONNECTIONS", 4096, 10_000_000)?,
             pool_idle_timeout: nonzero(env, "STICKYD_POOL_IDLE_TIMEOUT", "60")?,
+            session_active_window: nonzero(env, "STICKYD_SESSION_ACTIVE_WINDOW", "5m")?,
             log,
             log_format,
             worker_threads,

@@ -8,7 +8,15 @@
 //! `idle` (and none is in flight), or once `max` has passed. Kubernetes then
 //! stops the app, and the sidecar after it.
 
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
+
+use serde::Serialize;
+use tokio::sync::watch;
+use tokio::time::Instant;
+
+use crate::sessions::SessionTracker;
 
 /// `idle` when the query does not say.
 pub const DEFAULT_IDLE: Duration = Duration::from_secs(10);
@@ -46,7 +54,11 @@ impl DrainParams {
             let slot = match key {
                 "idle" => &mut p.idle,
                 "max" => &mut p.max,
-                _ => return Err(format!("unknown drain parameter {key:?}: use idle=DURATION and max=DURATION")),
+                _ => {
+                    return Err(format!(
+                        "unknown drain parameter {key:?}: use idle=DURATION and max=DURATION"
+                    ))
+                }
             };
             *slot = crate::config::parse_duration(value).ok_or_else(|| {
                 format!("{key}={value:?} is not a duration (e.g. 10s, 500ms, 5m, or seconds like 2.5)")
@@ -66,6 +78,150 @@ impl DrainParams {
             None => (path, None),
         };
         (p == PATH).then(|| DrainParams::parse_query(q))
+    }
+}
+
+/// What ended a drain.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Reason {
+    /// No request of a session pinned here arrived for `idle`.
+    Idle,
+    /// `max` passed first.
+    Max,
+}
+
+/// The answer of a drain call.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize)]
+pub struct Outcome {
+    pub reason: Reason,
+    /// From the first drain call to its end.
+    pub waited_seconds: f64,
+    /// Distinct sessions pinned here that were served during the drain.
+    pub sessions_served: usize,
+}
+
+/// The drain's state: asked for or not, and when the last request of a
+/// session pinned here arrived or finished.
+pub struct Drain {
+    requested: AtomicBool,
+    epoch: Instant,
+    /// Milliseconds since `epoch` of the last pinned request's arrival or end.
+    last: AtomicU64,
+    in_flight: AtomicUsize,
+    started: OnceLock<(Instant, DrainParams)>,
+    outcome: watch::Sender<Option<Outcome>>,
+}
+
+impl Default for Drain {
+    fn default() -> Self {
+        Drain {
+            requested: AtomicBool::new(false),
+            epoch: Instant::now(),
+            last: AtomicU64::new(0),
+            in_flight: AtomicUsize::new(0),
+            started: OnceLock::new(),
+            outcome: watch::channel(None).0,
+        }
+    }
+}
+
+/// A request of a session pinned here, in flight while a drain runs.
+pub struct Pinned<'a>(&'a Drain);
+
+impl Drop for Pinned<'_> {
+    fn drop(&mut self) {
+        self.0.touch();
+        self.0.in_flight.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+impl Drain {
+    /// Has a drain been asked for? From then on this pod takes no new sessions.
+    pub fn requested(&self) -> bool {
+        self.requested.load(Ordering::Relaxed)
+    }
+
+    fn touch(&self) {
+        let ms = Instant::now().saturating_duration_since(self.epoch).as_millis() as u64;
+        self.last.fetch_max(ms, Ordering::AcqRel);
+    }
+
+    /// A request of a session pinned here arrives; it counts as in flight
+    /// until the guard drops. Nothing to do (None) while no drain runs.
+    pub fn pinned_request(&self) -> Option<Pinned<'_>> {
+        if !self.requested() {
+            return None;
+        }
+        self.in_flight.fetch_add(1, Ordering::AcqRel);
+        self.touch();
+        Some(Pinned(self))
+    }
+
+    /// Starts the drain on the first call (later calls join it, whatever
+    /// their parameters) and waits for its end.
+    pub async fn run(self: &Arc<Self>, params: DrainParams, sessions: Arc<SessionTracker>) -> Outcome {
+        let mut rx = self.outcome.subscribe();
+        let mut first = false;
+        let (started, params) = *self.started.get_or_init(|| {
+            first = true;
+            (Instant::now(), params)
+        });
+        if first {
+            self.requested.store(true, Ordering::Relaxed);
+            self.touch();
+            tracing::info!(idle = ?params.idle, max = ?params.max, "drain: taking no new sessions, serving the pinned ones until they go idle");
+            let me = self.clone();
+            tokio::spawn(async move {
+                let reason = me.wait(started, params).await;
+                let outcome = Outcome {
+                    reason,
+                    waited_seconds: started.elapsed().as_secs_f64(),
+                    sessions_served: sessions.seen_since(started),
+                };
+                tracing::info!(
+                    ?reason,
+                    waited_seconds = outcome.waited_seconds,
+                    sessions_served = outcome.sessions_served,
+                    "drain finished"
+                );
+                me.outcome.send_replace(Some(outcome));
+            });
+        }
+        loop {
+            if let Some(o) = *rx.borrow_and_update() {
+                return o;
+            }
+            if rx.changed().await.is_err() {
+                // The sender lives in self, which we hold: not reached.
+                return Outcome {
+                    reason: Reason::Max,
+                    waited_seconds: started.elapsed().as_secs_f64(),
+                    sessions_served: 0,
+                };
+            }
+        }
+    }
+
+    /// Waits until no pinned request arrived or ran for `idle`, or `max`.
+    async fn wait(&self, started: Instant, p: DrainParams) -> Reason {
+        let max_at = started + p.max;
+        // While requests are in flight, look again this often.
+        let poll = p.idle.max(Duration::from_millis(50));
+        loop {
+            let now = Instant::now();
+            if now >= max_at {
+                return Reason::Max;
+            }
+            let last = self.epoch + Duration::from_millis(self.last.load(Ordering::Acquire));
+            let idle_at = last.max(started) + p.idle;
+            let busy = self.in_flight.load(Ordering::Acquire) > 0;
+            if !busy && now >= idle_at {
+                return Reason::Idle;
+            }
+            let next = if busy { now + poll } else { idle_at };
+            tokio::time::sleep_until(next.min(max_at)).await;
+        }
     }
 }
 
@@ -110,5 +266,117 @@ mod tests {
         assert_eq!(DrainParams::parse_path("/drainage"), None);
         assert_eq!(DrainParams::parse_path("/readyz"), None);
         assert!(matches!(DrainParams::parse_path("/drain?max=x"), Some(Err(_))));
+    }
+}
+
+#[cfg(test)]
+mod drain_tests {
+    use super::*;
+    use crate::affinity::Sid;
+
+    fn params(idle: u64, max: u64) -> DrainParams {
+        DrainParams {
+            idle: Duration::from_secs(idle),
+            max: Duration::from_secs(max),
+        }
+    }
+
+    fn tracker() -> Arc<SessionTracker> {
+        Arc::new(SessionTracker::new(Duration::from_secs(300)))
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn nothing_pinned_ends_after_idle() {
+        let d = Arc::new(Drain::default());
+        assert!(!d.requested());
+        assert!(d.pinned_request().is_none(), "no drain: nothing tracked");
+        let o = d.run(params(10, 300), tracker()).await;
+        assert!(d.requested());
+        assert_eq!(o.reason, Reason::Idle);
+        assert_eq!(o.waited_seconds.round() as u64, 10);
+        assert_eq!(o.sessions_served, 0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn each_pinned_request_moves_the_end_and_in_flight_ones_hold_it() {
+        let d = Arc::new(Drain::default());
+        let sessions = tracker();
+        let run = tokio::spawn({
+            let (d, s) = (d.clone(), sessions.clone());
+            async move { d.run(params(10, 300), s).await }
+        });
+        tokio::task::yield_now().await;
+        assert!(d.requested());
+        // A request at 8 s, one more at 15 s that runs for 20 s.
+        tokio::time::advance(Duration::from_secs(8)).await;
+        sessions.note(Sid::from_bytes([1; 6]), Instant::now());
+        drop(d.pinned_request());
+        tokio::time::advance(Duration::from_secs(7)).await;
+        sessions.note(Sid::from_bytes([2; 6]), Instant::now());
+        let long = d.pinned_request().unwrap();
+        tokio::time::advance(Duration::from_secs(20)).await;
+        assert!(!run.is_finished(), "a request in flight holds the drain");
+        drop(long);
+        // It ended at 35 s: the drain ends at 45 s.
+        tokio::time::advance(Duration::from_secs(9)).await;
+        tokio::task::yield_now().await;
+        assert!(!run.is_finished());
+        let o = run.await.unwrap();
+        assert_eq!(o.reason, Reason::Idle);
+        assert_eq!(o.waited_seconds.round() as u64, 45);
+        assert_eq!(o.sessions_served, 2);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn max_ends_it_and_later_callers_join_the_first() {
+        let d = Arc::new(Drain::default());
+        let sessions = tracker();
+        let first = tokio::spawn({
+            let (d, s) = (d.clone(), sessions.clone());
+            async move { d.run(params(10, 30), s).await }
+        });
+        tokio::task::yield_now().await;
+        let _busy = d.pinned_request().unwrap();
+        tokio::time::advance(Duration::from_secs(5)).await;
+        // A second caller with other parameters waits with the first.
+        let second = tokio::spawn({
+            let (d, s) = (d.clone(), sessions.clone());
+            async move { d.run(params(1, 1), s).await }
+        });
+        let a = first.await.unwrap();
+        let b = second.await.unwrap();
+        assert_eq!(a, b);
+        assert_eq!(a.reason, Reason::Max);
+        assert_eq!(a.waited_seconds.round() as u64, 30);
+        // Once ended, a call answers at once with the same outcome.
+        let c = d.run(params(10, 300), sessions).await;
+        assert_eq!(c, a);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_first_caller_going_away_does_not_stop_the_drain() {
+        let d = Arc::new(Drain::default());
+        let first = tokio::spawn({
+            let d = d.clone();
+            async move { d.run(params(10, 300), tracker()).await }
+        });
+        tokio::task::yield_now().await;
+        first.abort();
+        let o = d.run(params(10, 300), tracker()).await;
+        assert_eq!(o.reason, Reason::Idle);
+        assert_eq!(o.waited_seconds.round() as u64, 10);
+    }
+
+    #[test]
+    fn outcome_json() {
+        let o = Outcome {
+            reason: Reason::Idle,
+            waited_seconds: 12.5,
+            sessions_served: 3,
+        };
+        assert_eq!(
+            serde_json::to_string(&o).unwrap(),
+            r#"{"reason":"idle","waited_seconds":12.5,"sessions_served":3}"#
+        );
     }
 }

@@ -14,4 +14,5 @@ pub mod lint;
 pub mod metrics;
 pub mod proxy;
 pub mod route;
+pub mod sessions;
 pub mod sidecar;

@@ -53,6 +53,11 @@ pub struct Metrics {
     pub connections_open: Gauge,
     /// `stickyd_connections_refused_total`: over STICKYD_MAX_CONNECTIONS.
     pub connections_refused: Counter,
+    /// `stickyd_sessions_active`: distinct sessions pinned here seen within
+    /// STICKYD_SESSION_ACTIVE_WINDOW (set at each scrape).
+    pub sessions_active: Gauge,
+    /// `stickyd_draining`: 1 once a drain was asked for (`/drain`) or SIGTERM came.
+    pub draining: Gauge,
     /// `stickyd_key_reloads_total{kind}`: secret file re-reads (ok, error).
     pub key_reloads: Family<KindLabels, Counter>,
     /// The pods of the last view, to forget the series of pods that left it.
@@ -74,6 +79,8 @@ impl Default for Metrics {
             connections_open: Gauge::default(),
             connections_refused: Counter::default(),
             key_reloads: Family::default(),
+            sessions_active: Gauge::default(),
+            draining: Gauge::default(),
             members: Default::default(),
         }
     }
@@ -137,6 +144,16 @@ impl Metrics {
             "connections_refused",
             "Client connections closed at once because STICKYD_MAX_CONNECTIONS was reached",
             self.connections_refused.clone(),
+        );
+        r.register(
+            "sessions_active",
+            "Distinct sessions pinned to this pod seen within STICKYD_SESSION_ACTIVE_WINDOW",
+            self.sessions_active.clone(),
+        );
+        r.register(
+            "draining",
+            "1 while this pod drains: a drain was asked for on /drain, or SIGTERM came",
+            self.draining.clone(),
         );
         r.register(
             "key_reloads",

@@ -1,6 +1,7 @@
 //! The routing decision: one pure function over the cookie, the endpoint
-//! view, this pod and the hop marker. The README's routing table mirrors the
-//! tests at the bottom of this file row for row.
+//! view, this pod and the hop markers, and its second half for a request
+//! whose first upstream failed before any byte of it was sent. The README's
+//! routing table mirrors the tests at the bottom of this file row for row.
 
 use crate::affinity::{CookieState, SessionId};
 use crate::config::OnMissing;
@@ -12,7 +13,7 @@ pub struct ThisPod<'a> {
     pub name: &'a str,
     pub id: SessionId,
     /// This pod takes no new sessions: it is `serving && terminating` in the
-    /// view, or it received SIGTERM.
+    /// view, a drain was asked for (`/drain`), or it received SIGTERM.
     pub draining: bool,
 }
 
@@ -52,16 +53,36 @@ pub enum Decision<'v> {
     Reject,
 }
 
+/// How many sidecars a request passed before this one (its hop markers).
+/// A request with any marker is served here (rows 10 and 11); only the app
+/// fallback (row 16) sends one on, once more at most.
+pub type Hops = u8;
+
+/// A request that made this many hops is never sent on again.
+pub const MAX_HOPS: Hops = 2;
+
+/// Which upstream failed before any byte of the request reached it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Failed {
+    /// The peer the request was forwarded to (refused, timed out, or closed
+    /// an idle connection as a safe request was written into it).
+    Peer,
+    /// The app in this pod refused the connection: it has exited, as in
+    /// Kubernetes' termination order, before this sidecar's own SIGTERM.
+    App,
+}
+
 /// Decides where a request goes. `pick` chooses among ready peers when this
 /// pod drains and must hand a new session to another pod.
 pub fn decide<'v>(
     cookie: &CookieState,
     view: &'v View,
     me: &ThisPod<'_>,
-    hop: bool,
+    hops: Hops,
     on_missing: OnMissing,
     pick: usize,
 ) -> Decision<'v> {
+    let hop = hops > 0;
     let session = match cookie {
         CookieState::Valid(s) => s,
         CookieState::Absent | CookieState::Invalid => {
@@ -135,16 +156,38 @@ fn missing<'v>(view: &'v View, me: &ThisPod<'_>, on_missing: OnMissing, pick: us
     }
 }
 
-/// Forwarding to the pinned peer failed before any request byte was sent
-/// (refused, connect timeout): repin here, or reject. The request is served
-/// locally, never sent on to yet another peer.
-pub fn after_connect_failure(on_missing: OnMissing) -> Decision<'static> {
-    match on_missing {
-        OnMissing::Reject => Decision::Reject,
-        OnMissing::Repin => Decision::Local {
-            mark: SessionMark::Repinned,
-            set_cookie: true,
-        },
+/// Where a request goes after its upstream failed before any byte of it was
+/// sent, the request whole in hand. `mark` is what the first decision told.
+/// None: no other place may take it; answer the failure (502).
+///
+/// * A peer failed (row 14): serve here, pinned here (a new session stays
+///   new), or 503 with `reject`. Never on to yet another peer.
+/// * The app in this pod refused (row 16): a ready peer takes it and repins
+///   it (a new session stays new); or 503 with `reject` for a session pinned
+///   here. At most [`MAX_HOPS`] hops in all.
+pub fn after_failure<'v>(
+    failed: Failed,
+    mark: SessionMark,
+    view: &'v View,
+    me: &ThisPod<'_>,
+    hops: Hops,
+    on_missing: OnMissing,
+    pick: usize,
+) -> Option<Decision<'v>> {
+    let new = mark == SessionMark::New;
+    if on_missing == OnMissing::Reject && !new {
+        return Some(Decision::Reject);
+    }
+    let mark = if new { SessionMark::New } else { SessionMark::Repinned };
+    match failed {
+        Failed::Peer => Some(Decision::Local { mark, set_cookie: true }),
+        Failed::App => {
+            if hops >= MAX_HOPS || !view.synced {
+                return None;
+            }
+            let peer = view.ready_peer_except(&me.id, pick)?;
+            Some(Decision::Forward { peer, mark })
+        }
     }
 }
 
@@ -182,6 +225,7 @@ mod tests {
     fn cookie(pod: &str) -> CookieState {
         CookieState::Valid(Session {
             id: SessionId::for_pod(pod),
+            sid: None,
             created: 0,
             refreshed: 0,
             needs_refresh: false,
@@ -212,7 +256,7 @@ mod tests {
     fn row01_no_cookie_serves_locally_and_pins_here() {
         let v = view(true, Some(PeerState::Ready));
         assert_eq!(
-            decide(&CookieState::Absent, &v, &me(false), false, OnMissing::Repin, 0),
+            decide(&CookieState::Absent, &v, &me(false), 0, OnMissing::Repin, 0),
             NEW
         );
     }
@@ -221,11 +265,11 @@ mod tests {
     fn row02_invalid_cookie_is_no_cookie() {
         let v = view(true, Some(PeerState::Ready));
         assert_eq!(
-            decide(&CookieState::Invalid, &v, &me(false), false, OnMissing::Repin, 0),
+            decide(&CookieState::Invalid, &v, &me(false), 0, OnMissing::Repin, 0),
             NEW
         );
         assert_eq!(
-            decide(&CookieState::Invalid, &v, &me(false), false, OnMissing::Reject, 0),
+            decide(&CookieState::Invalid, &v, &me(false), 0, OnMissing::Reject, 0),
             NEW
         );
     }
@@ -233,7 +277,7 @@ mod tests {
     #[test]
     fn row03_cookie_names_this_pod() {
         let v = view(true, Some(PeerState::Ready));
-        for hop in [false, true] {
+        for hop in [0, 1] {
             assert_eq!(
                 decide(&cookie("pod-a"), &v, &me(false), hop, OnMissing::Repin, 0),
                 PINNED_HERE
@@ -241,12 +285,12 @@ mod tests {
         }
         // Also while this pod drains, and before the first sync.
         assert_eq!(
-            decide(&cookie("pod-a"), &v, &me(true), false, OnMissing::Repin, 0),
+            decide(&cookie("pod-a"), &v, &me(true), 0, OnMissing::Repin, 0),
             PINNED_HERE
         );
         let unsynced = view(false, None);
         assert_eq!(
-            decide(&cookie("pod-a"), &unsynced, &me(false), false, OnMissing::Repin, 0),
+            decide(&cookie("pod-a"), &unsynced, &me(false), 0, OnMissing::Repin, 0),
             PINNED_HERE
         );
     }
@@ -256,12 +300,13 @@ mod tests {
         let v = view(true, Some(PeerState::Ready));
         let c = CookieState::Valid(Session {
             id: SessionId::for_pod("pod-a"),
+            sid: None,
             created: 0,
             refreshed: 0,
             needs_refresh: true,
         });
         assert_eq!(
-            decide(&c, &v, &me(false), false, OnMissing::Repin, 0),
+            decide(&c, &v, &me(false), 0, OnMissing::Repin, 0),
             Decision::Local {
                 mark: SessionMark::Pinned,
                 set_cookie: true
@@ -272,14 +317,14 @@ mod tests {
     #[test]
     fn row05_cookie_names_a_ready_peer_forwards() {
         let v = view(true, Some(PeerState::Ready));
-        let d = decide(&cookie("pod-b"), &v, &me(false), false, OnMissing::Repin, 0);
+        let d = decide(&cookie("pod-b"), &v, &me(false), 0, OnMissing::Repin, 0);
         assert_eq!(forwarded_to(d), Some(("pod-b", SessionMark::Pinned)));
     }
 
     #[test]
     fn row06_cookie_names_a_draining_peer_still_forwards() {
         let v = view(true, Some(PeerState::Ready));
-        let d = decide(&cookie("pod-c"), &v, &me(false), false, OnMissing::Reject, 0);
+        let d = decide(&cookie("pod-c"), &v, &me(false), 0, OnMissing::Reject, 0);
         assert_eq!(forwarded_to(d), Some(("pod-c", SessionMark::Pinned)));
     }
 
@@ -287,7 +332,7 @@ mod tests {
     fn row07_cookie_names_a_pod_not_in_the_view_repins_here() {
         let v = view(true, Some(PeerState::Ready));
         assert_eq!(
-            decide(&cookie("pod-gone"), &v, &me(false), false, OnMissing::Repin, 0),
+            decide(&cookie("pod-gone"), &v, &me(false), 0, OnMissing::Repin, 0),
             REPIN
         );
     }
@@ -296,7 +341,7 @@ mod tests {
     fn row08_cookie_names_a_pod_not_in_the_view_with_reject_gives_503() {
         let v = view(true, Some(PeerState::Ready));
         assert_eq!(
-            decide(&cookie("pod-gone"), &v, &me(false), false, OnMissing::Reject, 0),
+            decide(&cookie("pod-gone"), &v, &me(false), 0, OnMissing::Reject, 0),
             Decision::Reject
         );
     }
@@ -305,7 +350,7 @@ mod tests {
     fn row09_unsynced_view_keeps_the_pin() {
         let v = view(false, None);
         for c in ["pod-b", "pod-gone"] {
-            for hop in [false, true] {
+            for hop in [0, 1] {
                 assert_eq!(
                     decide(&cookie(c), &v, &me(false), hop, OnMissing::Reject, 0),
                     Decision::Local {
@@ -317,7 +362,7 @@ mod tests {
         }
         // No cookie is still a new session here.
         assert_eq!(
-            decide(&CookieState::Absent, &v, &me(false), false, OnMissing::Repin, 0),
+            decide(&CookieState::Absent, &v, &me(false), 0, OnMissing::Repin, 0),
             NEW
         );
     }
@@ -325,10 +370,7 @@ mod tests {
     #[test]
     fn row10_hop_marker_with_no_cookie_serves_locally() {
         let v = view(true, Some(PeerState::Draining));
-        assert_eq!(
-            decide(&CookieState::Absent, &v, &me(true), true, OnMissing::Repin, 0),
-            NEW
-        );
+        assert_eq!(decide(&CookieState::Absent, &v, &me(true), 1, OnMissing::Repin, 0), NEW);
     }
 
     #[test]
@@ -336,7 +378,7 @@ mod tests {
         let v = view(true, Some(PeerState::Ready));
         for c in ["pod-b", "pod-c", "pod-gone"] {
             for m in [OnMissing::Repin, OnMissing::Reject] {
-                assert_eq!(decide(&cookie(c), &v, &me(false), true, m, 0), REPIN, "{c}");
+                assert_eq!(decide(&cookie(c), &v, &me(false), 1, m, 0), REPIN, "{c}");
             }
         }
     }
@@ -344,24 +386,122 @@ mod tests {
     #[test]
     fn row12_draining_pod_hands_new_sessions_to_a_ready_peer() {
         let v = view(true, Some(PeerState::Draining));
-        let d = decide(&CookieState::Absent, &v, &me(true), false, OnMissing::Repin, 5);
+        let d = decide(&CookieState::Absent, &v, &me(true), 0, OnMissing::Repin, 5);
         assert_eq!(forwarded_to(d), Some(("pod-b", SessionMark::New)));
-        let d = decide(&cookie("pod-gone"), &v, &me(true), false, OnMissing::Repin, 5);
+        let d = decide(&cookie("pod-gone"), &v, &me(true), 0, OnMissing::Repin, 5);
         assert_eq!(forwarded_to(d), Some(("pod-b", SessionMark::Repinned)));
     }
 
     #[test]
     fn row13_draining_pod_with_no_ready_peer_serves_new_sessions_itself() {
         let v = View::new(vec![Peer::new("pod-a", addr(1), PeerState::Draining)], true, 1);
-        assert_eq!(
-            decide(&CookieState::Absent, &v, &me(true), false, OnMissing::Repin, 0),
-            NEW
-        );
+        assert_eq!(decide(&CookieState::Absent, &v, &me(true), 0, OnMissing::Repin, 0), NEW);
     }
 
     #[test]
-    fn row14_connect_failure_repins_here_or_rejects() {
-        assert_eq!(after_connect_failure(OnMissing::Repin), REPIN);
-        assert_eq!(after_connect_failure(OnMissing::Reject), Decision::Reject);
+    fn row14_peer_failure_before_a_byte_was_sent_repins_here_or_rejects() {
+        let v = view(true, Some(PeerState::Ready));
+        let after = |mark, m, me: &ThisPod<'_>| after_failure(Failed::Peer, mark, &v, me, 0, m, 0);
+        assert_eq!(after(SessionMark::Pinned, OnMissing::Repin, &me(false)), Some(REPIN));
+        assert_eq!(
+            after(SessionMark::Pinned, OnMissing::Reject, &me(false)),
+            Some(Decision::Reject)
+        );
+        // Served here even while this pod drains: never on to another peer.
+        assert_eq!(after(SessionMark::Pinned, OnMissing::Repin, &me(true)), Some(REPIN));
+        // A new session handed to a peer stays new, also with reject.
+        assert_eq!(after(SessionMark::New, OnMissing::Repin, &me(true)), Some(NEW));
+        assert_eq!(after(SessionMark::New, OnMissing::Reject, &me(true)), Some(NEW));
+    }
+
+    #[test]
+    fn row16_app_refused_before_a_byte_was_sent_goes_to_a_ready_peer_which_repins_it() {
+        let v = view(true, Some(PeerState::Draining));
+        let after = |mark, hops, m| after_failure(Failed::App, mark, &v, &me(true), hops, m, 0);
+        // A session pinned here, arriving from the ingress or from a peer.
+        for hops in [0, 1] {
+            let d = after(SessionMark::Pinned, hops, OnMissing::Repin);
+            assert_eq!(
+                d.and_then(forwarded_to),
+                Some(("pod-b", SessionMark::Repinned)),
+                "{hops}"
+            );
+        }
+        // A new session stays new; a repinned one stays repinned.
+        let d = after(SessionMark::New, 0, OnMissing::Repin);
+        assert_eq!(d.and_then(forwarded_to), Some(("pod-b", SessionMark::New)));
+        let d = after(SessionMark::Repinned, 1, OnMissing::Repin);
+        assert_eq!(d.and_then(forwarded_to), Some(("pod-b", SessionMark::Repinned)));
+        let d = after(SessionMark::Unsynced, 0, OnMissing::Repin);
+        assert_eq!(d.and_then(forwarded_to), Some(("pod-b", SessionMark::Repinned)));
+        // reject: a pinned session gets 503; a new one still goes on.
+        assert_eq!(after(SessionMark::Pinned, 0, OnMissing::Reject), Some(Decision::Reject));
+        let d = after(SessionMark::New, 0, OnMissing::Reject);
+        assert_eq!(d.and_then(forwarded_to), Some(("pod-b", SessionMark::New)));
+        // Two hops made: answer the failure.
+        assert_eq!(after(SessionMark::Pinned, MAX_HOPS, OnMissing::Repin), None);
+        // No ready peer (pod-c only drains), or a view not synced: answer the failure.
+        let alone = View::new(
+            vec![
+                Peer::new("pod-a", addr(1), PeerState::Draining),
+                Peer::new("pod-c", addr(3), PeerState::Draining),
+            ],
+            true,
+            1,
+        );
+        assert_eq!(
+            after_failure(
+                Failed::App,
+                SessionMark::Pinned,
+                &alone,
+                &me(true),
+                0,
+                OnMissing::Repin,
+                0
+            ),
+            None
+        );
+        let unsynced = view(false, None);
+        assert_eq!(
+            after_failure(
+                Failed::App,
+                SessionMark::New,
+                &unsynced,
+                &me(false),
+                0,
+                OnMissing::Repin,
+                0
+            ),
+            None
+        );
+        // The peer is chosen by `pick` among the ready ones, never this pod.
+        let many = View::new(
+            vec![
+                Peer::new("pod-a", addr(1), PeerState::Ready),
+                Peer::new("pod-b", addr(2), PeerState::Ready),
+                Peer::new("pod-d", addr(4), PeerState::Ready),
+            ],
+            true,
+            1,
+        );
+        let picked: Vec<_> = (0..4)
+            .map(|pick| {
+                after_failure(
+                    Failed::App,
+                    SessionMark::Pinned,
+                    &many,
+                    &me(false),
+                    0,
+                    OnMissing::Repin,
+                    pick,
+                )
+                .and_then(forwarded_to)
+                .map(|(p, _)| p.to_string())
+            })
+            .collect();
+        assert_eq!(
+            picked,
+            ["pod-b", "pod-d", "pod-b", "pod-d"].map(|p| Some(p.to_string()))
+        );
     }
 }

@@ -8,7 +8,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use tokio::net::TcpListener;
-use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::admin::Admin;
@@ -16,7 +15,7 @@ use crate::affinity::{Codec, Lifetimes};
 use crate::config::{self, Config, EndpointsSource};
 use crate::endpoints::{fixed, kubernetes, EndpointStore};
 use crate::metrics::{KindLabels, Metrics};
-use crate::proxy::listener::{self, Phase};
+use crate::proxy::listener::{self, Phases};
 use crate::proxy::Shared;
 
 /// Why a sidecar could not start.
@@ -37,7 +36,7 @@ pub struct Sidecar {
     pub listen: SocketAddr,
     pub admin: SocketAddr,
     shared: Arc<Shared>,
-    phase: watch::Sender<Phase>,
+    phases: Phases,
     proxy_task: JoinHandle<()>,
     admin_task: JoinHandle<()>,
     background: Vec<JoinHandle<()>>,
@@ -97,10 +96,10 @@ impl Sidecar {
             background.push(tokio::spawn(watch_secret_file(shared.clone(), path)));
         }
 
-        let (phase, rx) = watch::channel(Phase::Serving);
-        let proxy_task = tokio::spawn(listener::serve(proxy_listener, shared.clone(), rx.clone()));
+        let phases = Phases::default();
+        let proxy_task = tokio::spawn(listener::serve(proxy_listener, shared.clone(), phases.clone()));
         let admin = Arc::new(Admin::new(shared.clone(), registry, started));
-        let admin_task = tokio::spawn(crate::admin::serve(admin_listener, admin, rx));
+        let admin_task = tokio::spawn(crate::admin::serve(admin_listener, admin));
         tracing::info!(
             %listen,
             admin = %admin_addr,
@@ -113,7 +112,7 @@ impl Sidecar {
             listen,
             admin: admin_addr,
             shared,
-            phase,
+            phases,
             proxy_task,
             admin_task,
             background,
@@ -131,19 +130,22 @@ impl Sidecar {
     /// The drain sequence: for STICKYD_DRAIN_SECONDS keep serving (new
     /// sessions go to ready peers, keep-alive responses carry
     /// `Connection: close`, `/readyz` fails), then stop accepting and finish
-    /// in-flight requests within STICKYD_DRAIN_TIMEOUT.
+    /// in-flight requests within STICKYD_DRAIN_TIMEOUT. The admin listener
+    /// serves throughout.
     pub async fn drain_and_stop(self) {
         self.shared.draining.store(true, Ordering::Relaxed);
-        let _ = self.phase.send(Phase::Draining);
+        self.shared.metrics.draining.set(1);
+        self.phases.draining.cancel();
         let drain = self.shared.cfg.drain;
         tracing::info!(?drain, "draining: still serving, new sessions go to ready peers");
         tokio::time::sleep(drain).await;
         self.stop().await;
     }
 
-    /// Stops accepting at once and finishes in-flight requests.
+    /// Stops accepting at once and finishes in-flight requests; the admin
+    /// listener goes last.
     pub async fn stop(self) {
-        let _ = self.phase.send(Phase::Closing);
+        self.phases.closing.cancel();
         let _ = self.proxy_task.await;
         self.admin_task.abort();
         for t in self.background {

@@ -10,7 +10,7 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use common::*;
-use stickyd::affinity::{Codec, Keys, Lifetimes, SessionId};
+use stickyd::affinity::{Codec, Keys, Lifetimes, SessionId, Sid};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -552,10 +552,15 @@ async fn hostile_cookies_signed() {
         Lifetimes::default(),
     );
     let pod1 = SessionId::for_pod("pod-1");
-    let valid = ours.encode(pod1, now, now);
+    let sid = Sid::random();
+    let valid = ours.encode(pod1, sid, now, now);
     let mut cases: Vec<(String, String, &str)> = vec![
         ("unsigned member".into(), pod1.encode(), "new"),
-        ("signed with another key".into(), theirs.encode(pod1, now, now), "new"),
+        (
+            "signed with another key".into(),
+            theirs.encode(pod1, sid, now, now),
+            "new",
+        ),
         ("truncated".into(), valid[..valid.len() - 1].to_string(), "new"),
         (
             "MAC removed".into(),
@@ -564,12 +569,12 @@ async fn hostile_cookies_signed() {
         ),
         (
             "created in the far future".into(),
-            ours.encode(pod1, now + 86_400, now + 86_400),
+            ours.encode(pod1, sid, now + 86_400, now + 86_400),
             "new",
         ),
         (
             "signed non-member".into(),
-            ours.encode(SessionId::for_pod("ghost"), now, now),
+            ours.encode(SessionId::for_pod("ghost"), sid, now, now),
             "repinned",
         ),
     ];
@@ -584,7 +589,20 @@ async fn hostile_cookies_signed() {
     let parts: Vec<&str> = valid.split('.').collect();
     cases.push((
         "time changed".into(),
-        format!("{}.{}.{}.{}", parts[0], "zz", parts[2], parts[3]),
+        format!("{}.{}.{}.{}.{}", parts[0], parts[1], "zz", parts[3], parts[4]),
+        "new",
+    ));
+    // Another session's id under the same MAC.
+    cases.push((
+        "session id changed".into(),
+        format!(
+            "{}.{}.{}.{}.{}",
+            parts[0],
+            Sid::random().encode(),
+            parts[2],
+            parts[3],
+            parts[4]
+        ),
         "new",
     ));
     for (name, value, want) in &cases {

@@ -593,7 +593,7 @@ use bytes::Bytes;
 use http_body_util::{BodyExt, Empty};
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
-use stickyd::affinity::SessionId;
+use stickyd::affinity::{Codec, SessionId, Sid};
 use tokio::net::{TcpListener, TcpStream};
 
 fn ip(net: u8, host: u8) -> IpAddr {
@@ -765,7 +765,11 @@ impl Stickyd {
 
     /// A request with a session pinned to `pod` (or none).
     async fn request(&self, pod: Option<&str>) -> Resp {
-        let cookie = pod.map(|p| format!("stickyd={}", SessionId::for_pod(p).encode()));
+        // A current unsigned value: `ID.SID`.
+        let cookie = pod.map(|p| {
+            let value = Codec::unsigned().encode(SessionId::for_pod(p), Sid::from_bytes(*b"k8s-ok"), 0, 0);
+            format!("stickyd={value}")
+        });
         get(self.listen, "/cart", cookie.as_deref())
             .await
             .expect("the sidecar answers")
@@ -901,7 +905,7 @@ impl Resp {
     /// The pod the response's Set-Cookie pins the session to, if any.
     fn pinned_to(&self) -> Option<String> {
         let sc = self.headers.get("set-cookie")?.to_str().ok()?;
-        let value = sc.strip_prefix("stickyd=")?.split(';').next()?;
+        let value = sc.strip_prefix("stickyd=")?.split(';').next()?.split('.').next()?;
         ["web-0", "web-1", "web-2", "web-3"]
             .into_iter()
             .find(|p| SessionId::for_pod(p).encode() == value)

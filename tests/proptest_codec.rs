@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use http::header::{HeaderMap, HeaderValue, COOKIE};
 use proptest::prelude::*;
-use stickyd::affinity::{read_cookie, Codec, CookieState, Keys, Lifetimes, SessionId};
+use stickyd::affinity::{read_cookie, Codec, CookieState, Keys, Lifetimes, SessionId, Sid};
 
 /// 1 to 3 keys of 16 to 48 characters, as STICKYD_COOKIE_SECRET takes them.
 fn keys() -> impl Strategy<Value = String> {
@@ -17,6 +17,15 @@ fn codec(keys: &str, lifetimes: Lifetimes) -> Codec {
 }
 
 /// Plausible Unix times: 2001 to 2286.
+/// A session id derived from a number, so that each case has its own.
+fn sid(n: u64) -> Sid {
+    Sid::from_bytes(
+        n.wrapping_mul(0x9e37_79b9_7f4a_7c15).to_le_bytes()[..6]
+            .try_into()
+            .unwrap(),
+    )
+}
+
 fn time() -> impl Strategy<Value = u64> {
     1_000_000_000u64..10_000_000_000u64
 }
@@ -88,12 +97,13 @@ proptest! {
         let c = codec(&keys, Lifetimes::default());
         let id = SessionId::for_pod(&pod);
         let now = created + age;
-        let v = c.encode(id, created, now);
+        let v = c.encode(id, sid(created), created, now);
         prop_assert!(v.len() <= stickyd::affinity::MAX_VALUE_LEN);
         prop_assert!(v.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b)), "{}", v);
         match c.decode(&v, now) {
             CookieState::Valid(s) => {
                 prop_assert_eq!(s.id, id);
+                prop_assert_eq!(s.sid, Some(sid(created)));
                 prop_assert_eq!(s.created, created);
                 prop_assert_eq!(s.refreshed, now);
                 prop_assert!(!s.needs_refresh);
@@ -105,14 +115,14 @@ proptest! {
         prop_assert_ne!(other, id);
     }
 
-    /// Unsigned: the id alone round-trips.
+    /// Unsigned: the ids alone round-trip.
     #[test]
     fn unsigned_round_trip(pod in ".{0,80}") {
         let c = Codec::unsigned();
         let id = SessionId::for_pod(&pod);
-        let v = c.encode(id, 0, 0);
-        prop_assert_eq!(v.len(), 12);
-        prop_assert!(matches!(c.decode(&v, 0), CookieState::Valid(s) if s.id == id));
+        let v = c.encode(id, sid(0), 0, 0);
+        prop_assert_eq!(v.len(), 21);
+        prop_assert!(matches!(c.decode(&v, 0), CookieState::Valid(s) if s.id == id && s.sid == Some(sid(0))));
     }
 
     /// Lifetimes: valid strictly inside both windows, invalid from their
@@ -126,7 +136,7 @@ proptest! {
         });
         let id = SessionId::for_pod("p");
         let refreshed = created + refreshed_after;
-        let v = c.encode(id, created, refreshed);
+        let v = c.encode(id, sid(created), created, refreshed);
         let now = refreshed + since_refresh;
         let age = now - created;
         let state = c.decode(&v, now);
@@ -172,7 +182,7 @@ proptest! {
     fn read_cookie_finds_it_among_others(others in prop::collection::vec(("[a-z]{1,8}", "[A-Za-z0-9]{0,16}"), 0..6), at in any::<usize>(), keys in keys(), now in time()) {
         let c = codec(&keys, Lifetimes::default());
         let id = SessionId::for_pod("pod-7");
-        let v = c.encode(id, now, now);
+        let v = c.encode(id, sid(now), now, now);
         let mut pairs: Vec<String> = others.iter().filter(|(k, _)| k != "stickyd").map(|(k, v)| format!("{k}={v}")).collect();
         let i = at % (pairs.len() + 1);
         pairs.insert(i, format!("stickyd={v}"));
@@ -188,7 +198,7 @@ proptest! {
         let c = codec(&keys, Lifetimes::default());
         let id = SessionId::for_pod("pod-1");
         let now = created + age;
-        let v = c.encode(id, created, now);
+        let v = c.encode(id, sid(created), created, now);
         let mut t = v.clone();
         for m in &muts {
             t = apply(&t, m);
@@ -205,20 +215,24 @@ proptest! {
     fn other_spellings_are_refused(keys in keys(), created in time(), age in 0u64..10_000) {
         let c = codec(&keys, Lifetimes::default());
         let now = created + age;
-        let v = c.encode(SessionId::for_pod("pod-1"), created, now);
+        let v = c.encode(SessionId::for_pod("pod-1"), sid(created), created, now);
         let p: Vec<&str> = v.split('.').collect();
+        prop_assert_eq!(p.len(), 5);
         let variants = [
-            format!("{}.0{}.{}.{}", p[0], p[1], p[2], p[3]),
-            format!("{}.{}.0{}.{}", p[0], p[1], p[2], p[3]),
-            format!("{}.{}.{}.{}", p[0], p[1].to_uppercase(), p[2], p[3]),
-            format!("{}.{}.{}.{}==", p[0], p[1], p[2], p[3]),
-            format!("{}.{}.{}.{}", p[0].to_lowercase(), p[1], p[2], p[3]),
-            format!("{}.{}.{}.{}", p[0], p[1], p[2], p[3].to_uppercase()),
-            format!("{}.{}.{}.{}.", p[0], p[1], p[2], p[3]),
+            format!("{}.{}.0{}.{}.{}", p[0], p[1], p[2], p[3], p[4]),
+            format!("{}.{}.{}.0{}.{}", p[0], p[1], p[2], p[3], p[4]),
+            format!("{}.{}.{}.{}.{}", p[0], p[1], p[2].to_uppercase(), p[3], p[4]),
+            format!("{}.{}.{}.{}.{}==", p[0], p[1], p[2], p[3], p[4]),
+            format!("{}.{}.{}.{}.{}", p[0].to_lowercase(), p[1], p[2], p[3], p[4]),
+            format!("{}.{}.{}.{}.{}", p[0], p[1].to_lowercase(), p[2], p[3], p[4]),
+            format!("{}.{}.{}.{}.{}", p[0], p[1], p[2], p[3], p[4].to_uppercase()),
+            format!("{}.{}.{}.{}", p[0], p[2], p[3], p[4]),
+            format!("{v}."),
             format!(".{v}"),
             format!("{v} "),
             p[0].to_string(),
-            p[3].to_string(),
+            format!("{}.{}", p[0], p[1]),
+            p[4].to_string(),
         ];
         for t in variants.iter().filter(|t| **t != v) {
             prop_assert_eq!(c.decode(t, now), CookieState::Invalid, "{} accepted", t);
@@ -227,9 +241,10 @@ proptest! {
 
     /// Random strings never pass a key set: not even well-formed ones.
     #[test]
-    fn random_values_are_refused(keys in keys(), s in "[A-Za-z0-9_-]{12}\\.[0-9a-z]{1,8}\\.[0-9a-z]{1,8}\\.[A-Za-z0-9_-]{22}", junk in ".{0,128}", now in time()) {
+    fn random_values_are_refused(keys in keys(), s in "[A-Za-z0-9_-]{12}\\.[0-9a-z]{1,8}\\.[0-9a-z]{1,8}\\.[A-Za-z0-9_-]{22}", s2 in "[A-Za-z0-9_-]{12}\\.[A-Za-z0-9_-]{8}\\.[0-9a-z]{1,8}\\.[0-9a-z]{1,8}\\.[A-Za-z0-9_-]{22}", junk in ".{0,128}", now in time()) {
         let c = codec(&keys, Lifetimes::default());
         prop_assert_eq!(c.decode(&s, now), CookieState::Invalid);
+        prop_assert_eq!(c.decode(&s2, now), CookieState::Invalid);
         prop_assert_eq!(c.decode(&junk, now), CookieState::Invalid);
     }
 
@@ -241,10 +256,10 @@ proptest! {
         let signer = codec(&a, Lifetimes::default());
         let verifier = codec(&b, Lifetimes::default());
         let id = SessionId::for_pod(&pod);
-        prop_assert_eq!(verifier.decode(&signer.encode(id, now, now), now), CookieState::Invalid);
+        prop_assert_eq!(verifier.decode(&signer.encode(id, sid(now), now, now), now), CookieState::Invalid);
         prop_assert_eq!(verifier.decode(&id.encode(), now), CookieState::Invalid);
         // Rotation: with both keys, in either order, it verifies.
         let both = codec(&format!("{b},{a}"), Lifetimes::default());
-        prop_assert!(matches!(both.decode(&signer.encode(id, now, now), now), CookieState::Valid(_)));
+        prop_assert!(matches!(both.decode(&signer.encode(id, sid(now), now, now), now), CookieState::Valid(_)));
     }
 }

@@ -19,10 +19,10 @@ const K2: &str = "session-test-key-two-0123456789ab";
 /// `ID.CREATED.REFRESHED.MAC` → (created, refreshed), base 36.
 fn times(value: &str) -> (u64, u64) {
     let p: Vec<&str> = value.split('.').collect();
-    assert_eq!(p.len(), 4, "{value}");
+    assert_eq!(p.len(), 5, "{value}");
     (
-        u64::from_str_radix(p[1], 36).unwrap(),
         u64::from_str_radix(p[2], 36).unwrap(),
+        u64::from_str_radix(p[3], 36).unwrap(),
     )
 }
 

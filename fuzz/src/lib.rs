@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use http::header::{HeaderMap, HeaderValue, COOKIE};
-use stickyd::affinity::{read_cookie, Codec, CookieState, Keys, Lifetimes, SessionId};
+use stickyd::affinity::{read_cookie, Codec, CookieState, Keys, Lifetimes, SessionId, Sid};
 use stickyd::config::{parse_duration, parse_peer_list, Config};
 
 const KEY_A: &str = "fuzz-key-a-0123456789abcdef0123";
@@ -48,8 +48,8 @@ pub fn cookie_decode(data: &[u8]) {
                     // Signed: only the codec's own spelling verifies. The
                     // codec with KEY_B first signs with KEY_B, so check with
                     // a codec whose first key is KEY_A when that verified.
-                    let again = signed(KEY_A, Lifetimes::default()).encode(s.id, s.created, s.refreshed);
-                    let again_b = signed(KEY_B, Lifetimes::default()).encode(s.id, s.created, s.refreshed);
+                    let again = signed(KEY_A, Lifetimes::default()).spelling(&s);
+                    let again_b = signed(KEY_B, Lifetimes::default()).spelling(&s);
                     assert!(
                         again == text || again_b == text,
                         "accepted a value the codec did not produce: {text:?}"
@@ -72,8 +72,9 @@ pub fn cookie_decode(data: &[u8]) {
     // A fresh value for a pod named by the input always round-trips.
     let id = SessionId::for_pod(&text);
     let c = &codecs[1];
-    let v = c.encode(id, NOW, NOW);
-    assert!(matches!(c.decode(&v, NOW), CookieState::Valid(s) if s.id == id));
+    let sid = Sid::from_bytes(*b"fuzzed");
+    let v = c.encode(id, sid, NOW, NOW);
+    assert!(matches!(c.decode(&v, NOW), CookieState::Valid(s) if s.id == id && s.sid == Some(sid)));
 }
 
 /// Every variable `Config::from_env` reads.

@@ -1,7 +1,9 @@
 //! The listener: accepts connections, serves HTTP/1.1 and h2c on each with
-//! hyper-util's auto builder, and shuts down gracefully.
+//! hyper-util's auto builder, and shuts down gracefully: the connections are
+//! tasks of a `TaskTracker`, told to stop by cancellation tokens.
 
 use std::convert::Infallible;
+use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
@@ -11,8 +13,10 @@ use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use tokio::net::TcpListener;
-use tokio::sync::{mpsc, watch, Semaphore};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use super::{handle, ConnInfo, Shared};
 
@@ -35,15 +39,15 @@ fn builder(shared: &Shared) -> auto::Builder<TokioExecutor> {
     b
 }
 
-/// Phases of the listener's life, driven by [`crate::sidecar`].
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Phase {
-    Serving,
+/// The stages of stopping, driven by [`crate::sidecar`]: each a token that
+/// is cancelled once, in this order.
+#[derive(Clone, Default)]
+pub struct Phases {
     /// SIGTERM: keep serving; HTTP/1 responses carry `Connection: close`,
     /// HTTP/2 connections get GOAWAY now, so clients move on.
-    Draining,
+    pub draining: CancellationToken,
     /// Stop accepting, finish in-flight requests.
-    Closing,
+    pub closing: CancellationToken,
 }
 
 /// How long connections accepted at the last moment get to have their first
@@ -77,15 +81,13 @@ impl Drop for AbortOnDrop {
     }
 }
 
-/// Serves connections from `listener` until `phase` turns to `Closing`,
-/// then lets in-flight requests finish within `drain_timeout`.
-pub async fn serve(listener: TcpListener, shared: Arc<Shared>, mut phase: watch::Receiver<Phase>) {
+/// Serves connections from `listener` until `phases.closing`, then lets
+/// in-flight requests finish within STICKYD_DRAIN_TIMEOUT.
+pub async fn serve(listener: TcpListener, shared: Arc<Shared>, phases: Phases) {
     let builder = Arc::new(builder(&shared));
     let _heartbeat = AbortOnDrop(tokio::spawn(heartbeat(shared.cfg.header_read_timeout)));
     let limit = Arc::new(Semaphore::new(shared.cfg.max_connections));
-    // Every connection task holds a sender; when all are gone, all
-    // connections are closed.
-    let (alive, mut all_closed) = mpsc::channel::<()>(1);
+    let connections = TaskTracker::new();
     let mut closing = false;
     loop {
         let accepted = if closing {
@@ -98,8 +100,8 @@ pub async fn serve(listener: TcpListener, shared: Arc<Shared>, mut phase: watch:
         } else {
             tokio::select! {
                 biased;
-                changed = phase.changed() => {
-                    closing = changed.is_err() || *phase.borrow_and_update() == Phase::Closing;
+                _ = phases.closing.cancelled() => {
+                    closing = true;
                     continue;
                 }
                 a = listener.accept() => a,
@@ -122,77 +124,92 @@ pub async fn serve(listener: TcpListener, shared: Arc<Shared>, mut phase: watch:
             continue;
         };
         let _ = stream.set_nodelay(true);
-        let info = Arc::new(ConnInfo::new(remote));
-        let svc_shared = shared.clone();
-        let svc_info = info.clone();
-        let service = service_fn(move |req: hyper::Request<Incoming>| {
-            let s = svc_shared.clone();
-            let info = svc_info.clone();
-            async move { Ok::<_, Infallible>(handle(s, info, req).await) }
-        });
-        let builder = builder.clone();
-        let mut phase = phase.clone();
-        let metrics = shared.metrics.clone();
-        let first_byte = shared.cfg.header_read_timeout;
-        let alive = alive.clone();
-        tokio::spawn(async move {
-            // hyper-util's protocol detection reads without a bound: a
-            // connection must send its first byte within the header timeout,
-            // or silent connections would hold STICKYD_MAX_CONNECTIONS slots.
-            let mut b = [0u8; 1];
-            let mut closing = phase.clone();
-            closing.mark_changed();
-            let first = tokio::select! {
-                r = tokio::time::timeout(first_byte, stream.peek(&mut b)) => matches!(r, Ok(Ok(n)) if n > 0),
-                // Stopping: a connection that has sent nothing yet is closed
-                // once the settle time has passed.
-                _ = async {
-                    while closing.changed().await.is_ok() && *closing.borrow_and_update() != Phase::Closing {}
-                    tokio::time::sleep(SETTLE).await;
-                } => false,
-            };
-            if !first {
-                return;
-            }
-            metrics.connections_open.inc();
-            let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
-            tokio::pin!(conn);
-            // Look at the phase once at the start: a connection taken from
-            // the accept queue while closing must be closed too.
-            phase.mark_changed();
-            let mut shutting = false;
-            let result = loop {
-                tokio::select! {
-                    r = conn.as_mut() => break r,
-                    changed = phase.changed(), if !shutting => {
-                        let p = if changed.is_err() { Phase::Closing } else { *phase.borrow_and_update() };
-                        // HTTP/2 gets GOAWAY as the drain starts; HTTP/1 is
-                        // told per response, and closed when stopping.
-                        if p == Phase::Closing || (p == Phase::Draining && info.is_h2()) {
-                            if p == Phase::Closing {
-                                tokio::time::sleep(SETTLE).await;
-                            }
-                            conn.as_mut().graceful_shutdown();
-                            shutting = true;
-                        }
-                    }
-                }
-            };
-            if let Err(e) = result {
-                tracing::debug!(error = %e, %remote, "connection ended with an error");
-            }
-            metrics.connections_open.dec();
-            drop(permit);
-            drop(alive);
-        });
+        connections.spawn(connection(
+            stream,
+            remote,
+            shared.clone(),
+            builder.clone(),
+            phases.clone(),
+            permit,
+        ));
     }
     drop(listener);
-    drop(alive);
+    connections.close();
     tracing::info!("stopped accepting; finishing in-flight requests");
     let timeout = shared.cfg.drain_timeout + SETTLE;
     tokio::select! {
-        _ = all_closed.recv() => tracing::info!("all connections closed"),
+        _ = connections.wait() => tracing::info!("all connections closed"),
         _ = tokio::time::sleep(timeout) => tracing::warn!(?timeout, "STICKYD_DRAIN_TIMEOUT reached; closing the remaining connections"),
     }
     shared.draining.store(true, Ordering::Relaxed);
+}
+
+/// Serves one client connection until it ends, shutting it down gracefully
+/// as the phases say.
+async fn connection(
+    stream: TcpStream,
+    remote: SocketAddr,
+    shared: Arc<Shared>,
+    builder: Arc<auto::Builder<TokioExecutor>>,
+    phases: Phases,
+    permit: OwnedSemaphorePermit,
+) {
+    // Waits for the close, then the settle time: a connection accepted at
+    // the last moment gets to have its first request read.
+    let settled = {
+        let closing = phases.closing.clone();
+        async move {
+            closing.cancelled().await;
+            tokio::time::sleep(SETTLE).await;
+        }
+    };
+    tokio::pin!(settled);
+    // hyper-util's protocol detection reads without a bound: a connection
+    // must send its first byte within the header timeout, or silent
+    // connections would hold STICKYD_MAX_CONNECTIONS slots. Stopping, a
+    // connection that has sent nothing yet is closed after the settle time.
+    let mut b = [0u8; 1];
+    let first = tokio::select! {
+        r = tokio::time::timeout(shared.cfg.header_read_timeout, stream.peek(&mut b)) => matches!(r, Ok(Ok(n)) if n > 0),
+        _ = &mut settled => false,
+    };
+    if !first {
+        return;
+    }
+    let metrics = shared.metrics.clone();
+    metrics.connections_open.inc();
+    let info = Arc::new(ConnInfo::new(remote));
+    let svc_info = info.clone();
+    let service = service_fn(move |req: hyper::Request<Incoming>| {
+        let s = shared.clone();
+        let info = svc_info.clone();
+        async move { Ok::<_, Infallible>(handle(s, info, req).await) }
+    });
+    let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
+    tokio::pin!(conn);
+    let mut shut = false;
+    let mut drain_seen = false;
+    let result = loop {
+        tokio::select! {
+            r = conn.as_mut() => break r,
+            // HTTP/2 gets GOAWAY as the drain starts; HTTP/1 is told per
+            // response, and closed when stopping.
+            _ = phases.draining.cancelled(), if !drain_seen => {
+                drain_seen = true;
+                if info.is_h2() && !shut {
+                    conn.as_mut().graceful_shutdown();
+                    shut = true;
+                }
+            }
+            _ = &mut settled, if !shut => {
+                conn.as_mut().graceful_shutdown();
+                shut = true;
+            }
+        }
+    };
+    if let Err(e) = result {
+        tracing::debug!(error = %e, %remote, "connection ended with an error");
+    }
+    metrics.connections_open.dec();
+    drop(permit);
 }

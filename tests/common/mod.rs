@@ -535,3 +535,68 @@ pub fn tally(sessions: &[Session]) -> HashMap<String, usize> {
     }
     m
 }
+
+/// A recording app on a runtime of its own, so that killing it closes every
+/// connection it has, pooled ones included, as a crashed process would.
+pub struct KillableApp {
+    pub addr: SocketAddr,
+    parts: Option<(App, tokio::runtime::Runtime)>,
+}
+
+impl KillableApp {
+    pub fn start(pod: &str, ip: &str) -> KillableApp {
+        let (pod, ip) = (pod.to_string(), ip.to_string());
+        std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(1)
+                .enable_all()
+                .build()
+                .unwrap();
+            let app = rt.block_on(App::start(&pod, &ip));
+            KillableApp {
+                addr: app.addr,
+                parts: Some((app, rt)),
+            }
+        })
+        .join()
+        .unwrap()
+    }
+
+    pub fn kill(&mut self) {
+        if let Some((app, rt)) = self.parts.take() {
+            drop(app);
+            rt.shutdown_background();
+        }
+    }
+}
+
+impl Drop for KillableApp {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// One HTTP/1.1 request on a fresh TCP connection (`Connection: close`), as
+/// a probe or `curl` makes it: a closed listener shows, where a pooled
+/// client would hide it. Returns the status and the whole response text.
+pub async fn fresh_get(addr: SocketAddr, path: &str) -> Result<(u16, String), String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::time::timeout(Duration::from_secs(2), tokio::net::TcpStream::connect(addr))
+        .await
+        .map_err(|_| "connect timeout".to_string())?
+        .map_err(|e| format!("connect: {e}"))?;
+    let req = format!("GET {path} HTTP/1.1\r\nHost: probe\r\nConnection: close\r\n\r\n");
+    s.write_all(req.as_bytes()).await.map_err(|e| format!("write: {e}"))?;
+    let mut out = Vec::new();
+    tokio::time::timeout(Duration::from_secs(30), s.read_to_end(&mut out))
+        .await
+        .map_err(|_| "read timeout".to_string())?
+        .map_err(|e| format!("read: {e}"))?;
+    let text = String::from_utf8_lossy(&out).into_owned();
+    let status = text
+        .strip_prefix("HTTP/1.1 ")
+        .and_then(|r| r.get(..3))
+        .and_then(|c| c.parse().ok())
+        .ok_or_else(|| format!("not an HTTP response: {text:?}"))?;
+    Ok((status, text))
+}

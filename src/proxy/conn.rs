@@ -1,0 +1,200 @@
+//! One client connection's state: its X-Forwarded-For entry, and the
+//! upstream connections bound to it.
+//!
+//! HTTP/1.1 requests on one client connection come one after another, so
+//! they reuse the connection's own app connection and its own connections to
+//! peers without a pool checkout; the lock around them is never contended.
+//! Bindings are budgeted ([`MAX_BOUND`], [`MAX_BOUND_PEERS`]); beyond the
+//! budget, requests go through the shared pools.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::task::Poll;
+use std::time::{Duration, Instant};
+
+use http::HeaderValue;
+use hyper::body::Incoming;
+use hyper::client::conn::http1;
+
+use super::body::Reclaimable;
+use super::headers;
+
+/// At most this many app connections are bound to client connections; the
+/// requests of further client connections go through the shared pool, so idle
+/// clients cannot pin an app connection each.
+pub const MAX_BOUND: usize = 128;
+/// At most this many connections to peers are bound to client connections
+/// (beyond, the shared pool)...
+pub const MAX_BOUND_PEERS: usize = 256;
+/// ...and at most this many to one client connection (the least recently used
+/// one is closed to make room).
+pub const MAX_PEERS_PER_CONN: usize = 8;
+
+/// The per-connection facts and state a request needs.
+pub struct ConnInfo {
+    pub remote: SocketAddr,
+    /// The client's X-Forwarded-For entry, formatted once.
+    pub(super) forwarded_for: HeaderValue,
+    bound: Mutex<Bound>,
+    /// This connection's place among the [`MAX_BOUND`] app bindings, if any.
+    app_place: OnceLock<Place>,
+    /// The connection spoke HTTP/2 (it gets GOAWAY when the drain starts).
+    h2: AtomicBool,
+}
+
+#[derive(Default)]
+struct Bound {
+    app: Option<http1::SendRequest<Incoming>>,
+    /// Connections to peers' sidecars, at most [`MAX_PEERS_PER_CONN`].
+    peers: Vec<BoundPeer>,
+    /// The response timer, reset for each request: moving a registered
+    /// timer later is one atomic store, where a new timer per request is a
+    /// timer-wheel insert that also wakes the I/O driver.
+    deadline: Option<Pin<Box<tokio::time::Sleep>>>,
+}
+
+struct BoundPeer {
+    addr: SocketAddr,
+    sender: http1::SendRequest<Reclaimable>,
+    used: Instant,
+    _place: Place,
+}
+
+/// One of a bounded number of places for bound connections; given back on drop.
+pub(super) struct Place(Arc<AtomicUsize>);
+
+impl Place {
+    pub(super) fn take(count: &Arc<AtomicUsize>, max: usize) -> Option<Place> {
+        count
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| (n < max).then_some(n + 1))
+            .ok()
+            .map(|_| Place(count.clone()))
+    }
+}
+
+impl Drop for Place {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// The deadline of a request passed.
+pub(super) struct Elapsed;
+
+/// A connection to a peer bound to a client connection, taken for one request:
+/// the open sender if there is one, and the place it holds.
+pub(super) struct PeerBinding {
+    pub sender: Option<http1::SendRequest<Reclaimable>>,
+    pub place: Place,
+}
+
+impl ConnInfo {
+    pub fn new(remote: SocketAddr) -> ConnInfo {
+        ConnInfo {
+            remote,
+            forwarded_for: headers::forwarded_for_value(remote.ip()),
+            bound: Default::default(),
+            app_place: OnceLock::new(),
+            h2: AtomicBool::new(false),
+        }
+    }
+
+    pub fn is_h2(&self) -> bool {
+        self.h2.load(Ordering::Relaxed)
+    }
+
+    pub(super) fn mark_h2(&self) {
+        self.h2.store(true, Ordering::Relaxed);
+    }
+
+    /// Takes one of the app binding places for this connection, if it has
+    /// none and one is free.
+    pub(super) fn bind_app(&self, count: &Arc<AtomicUsize>) -> bool {
+        if self.app_place.get().is_some() {
+            return true;
+        }
+        match Place::take(count, MAX_BOUND) {
+            Some(place) => {
+                let _ = self.app_place.set(place);
+                true
+            }
+            None => false,
+        }
+    }
+
+    pub(super) fn take_app(&self) -> Option<http1::SendRequest<Incoming>> {
+        self.bound.lock().ok()?.app.take().filter(|s| !s.is_closed())
+    }
+
+    pub(super) fn put_app(&self, sender: http1::SendRequest<Incoming>) {
+        if let Ok(mut b) = self.bound.lock() {
+            b.app = Some(sender);
+        }
+    }
+
+    /// This connection's bound connection to the peer at `addr` (if it is
+    /// open and was used within `idle`), and the place it holds; or a free
+    /// place to bind a new one. None: use the shared pool.
+    pub(super) fn take_peer(&self, count: &Arc<AtomicUsize>, idle: Duration, addr: SocketAddr) -> Option<PeerBinding> {
+        let mut b = self.bound.lock().ok()?;
+        if let Some(i) = b.peers.iter().position(|p| p.addr == addr) {
+            let p = b.peers.swap_remove(i);
+            // A connection idle for longer than the peer keeps it open is
+            // not written into: it may be closing just now.
+            let usable = p.used.elapsed() < idle && !p.sender.is_closed();
+            return Some(PeerBinding {
+                sender: usable.then_some(p.sender),
+                place: p._place,
+            });
+        }
+        if b.peers.len() >= MAX_PEERS_PER_CONN {
+            let oldest = (0..b.peers.len()).min_by_key(|&i| b.peers[i].used)?;
+            return Some(PeerBinding {
+                sender: None,
+                place: b.peers.swap_remove(oldest)._place,
+            });
+        }
+        drop(b);
+        Place::take(count, MAX_BOUND_PEERS).map(|place| PeerBinding { sender: None, place })
+    }
+
+    pub(super) fn put_peer(&self, addr: SocketAddr, sender: http1::SendRequest<Reclaimable>, place: Place) {
+        if let Ok(mut b) = self.bound.lock() {
+            b.peers.push(BoundPeer {
+                addr,
+                sender,
+                used: Instant::now(),
+                _place: place,
+            });
+        }
+    }
+
+    /// Runs `f` for at most `limit`, on this connection's reusable timer when
+    /// it is free (HTTP/2 streams running at once get timers of their own).
+    pub(super) async fn within<F: Future>(&self, limit: Duration, f: F) -> Result<F::Output, Elapsed> {
+        let taken = self.bound.lock().ok().and_then(|mut b| b.deadline.take());
+        let deadline = tokio::time::Instant::now() + limit;
+        let mut timer = match taken {
+            Some(mut t) => {
+                t.as_mut().reset(deadline);
+                t
+            }
+            None => Box::pin(tokio::time::sleep_until(deadline)),
+        };
+        let mut f = std::pin::pin!(f);
+        let out = std::future::poll_fn(|cx| {
+            if let Poll::Ready(v) = f.as_mut().poll(cx) {
+                return Poll::Ready(Ok(v));
+            }
+            timer.as_mut().poll(cx).map(|()| Err(Elapsed))
+        })
+        .await;
+        if let Ok(mut b) = self.bound.lock() {
+            b.deadline.get_or_insert(timer);
+        }
+        out
+    }
+}

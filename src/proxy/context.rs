@@ -1,0 +1,138 @@
+//! The request context: what the phases after screening know of one request.
+
+use std::sync::Arc;
+
+use http::header::{HeaderValue, HOST};
+use http::{Request, Uri, Version};
+
+use super::conn::ConnInfo;
+use super::headers::{self, Found, HOP};
+use super::Shared;
+use crate::affinity::{self, CookieState, Sid};
+use crate::endpoints::View;
+use crate::route::{self, Decision, Hops, SessionMark};
+
+/// One request's context, built in the decide phase.
+pub(super) struct Ctx<'a> {
+    pub shared: &'a Shared,
+    pub conn: &'a ConnInfo,
+    /// The client's HTTP version: a fallback sends an HTTP/2 request on as
+    /// HTTP/2 even after a try over HTTP/1.1.
+    pub version: Version,
+    /// The client's request arrived over https (X-Forwarded-Proto).
+    pub https: bool,
+    /// An HTTP/1.1 upgrade request (WebSocket).
+    pub upgrade: bool,
+    /// The hop markers it arrived with.
+    pub hops: Hops,
+    pub cookie: CookieState,
+    /// Unix seconds, for the cookie's times.
+    pub now: u64,
+    /// The view the decision was made on, held while a forward to one of its
+    /// pods runs (one reference count).
+    pub view: Arc<View>,
+    /// Spreads picks of ready peers.
+    pub pick: usize,
+}
+
+impl<'a> Ctx<'a> {
+    /// Reads what the decision needs: the hop markers, the cookie, the view.
+    pub fn new<B>(shared: &'a Shared, conn: &'a ConnInfo, req: &Request<B>, found: Found) -> Ctx<'a> {
+        let hops = if found.hop() {
+            req.headers().get_all(HOP).iter().count().min(Hops::MAX as usize) as Hops
+        } else {
+            0
+        };
+        let now = affinity::unix_now();
+        let cookie = {
+            let codec = shared.codec.load();
+            affinity::read_cookie(req.headers(), &shared.cfg.cookie.name, &codec, now)
+        };
+        let h1 = req.version() <= Version::HTTP_11;
+        Ctx {
+            shared,
+            conn,
+            version: req.version(),
+            https: found.https(req.headers()),
+            upgrade: h1 && found.is_upgrade(req.headers()),
+            hops,
+            cookie,
+            now,
+            view: shared.store.load_full(),
+            pick: shared.next_pick(),
+        }
+    }
+
+    /// Phase 2: the routing decision, on this context.
+    pub fn decide(&self) -> Decision<'_> {
+        let me = self.shared.this_pod(&self.view);
+        route::decide(
+            &self.cookie,
+            &self.view,
+            &me,
+            self.hops,
+            self.shared.cfg.on_missing,
+            self.pick,
+        )
+    }
+
+    /// The cookie names this pod.
+    pub fn pinned_here(&self) -> bool {
+        matches!(self.cookie, CookieState::Valid(s) if s.id == self.shared.me)
+    }
+
+    /// The session's own id: the cookie's, or a fresh one for a new session.
+    pub fn sid(&self, mark: SessionMark) -> Sid {
+        match self.cookie {
+            CookieState::Valid(s) if mark != SessionMark::New => s.sid.unwrap_or_else(Sid::random),
+            _ => Sid::random(),
+        }
+    }
+
+    /// When the session began: kept while it stays on this pod (signed
+    /// cookies), else now.
+    pub fn created(&self) -> u64 {
+        match self.cookie {
+            CookieState::Valid(s) if s.id == self.shared.me && s.created > 0 => s.created,
+            _ => self.now,
+        }
+    }
+
+    /// Prepares the request head for the next hop, whichever it is: client
+    /// copies of stickyd's headers and hop-by-hop headers out, X-Forwarded-For
+    /// in, a Host header for HTTP/2 requests (from their :authority).
+    pub fn prepare<B>(&self, req: &mut Request<B>, found: Found) -> Option<()> {
+        let headers = req.headers_mut();
+        headers::strip_own_found(headers, found);
+        headers::strip_found(headers, found, self.upgrade);
+        headers::append_forwarded_for_found(headers, found, &self.conn.forwarded_for);
+        if !req.headers().contains_key(HOST) {
+            if let Some(a) = req.uri().authority() {
+                let v = HeaderValue::from_str(a.as_str()).ok()?;
+                req.headers_mut().insert(HOST, v);
+            }
+        }
+        Some(())
+    }
+}
+
+/// Points the request at the next hop: origin-form for a connection of our
+/// own, absolute-form naming `authority` for a pool (which picks the
+/// connection by it and sends origin-form). The original Host is kept.
+pub(super) fn set_target<B>(req: &mut Request<B>, authority: Option<http::uri::Authority>, to_h2: bool) -> Option<()> {
+    let mut parts = std::mem::take(req.uri_mut()).into_parts();
+    parts.scheme = authority.as_ref().map(|_| http::uri::Scheme::HTTP);
+    parts.authority = authority;
+    if parts.path_and_query.is_none() {
+        parts.path_and_query = Some(http::uri::PathAndQuery::from_static("/"));
+    }
+    *req.uri_mut() = Uri::from_parts(parts).ok()?;
+    if to_h2 {
+        // HTTP/2 carries the authority itself; a Host header beside it is
+        // allowed but must match, so leave it.
+        *req.version_mut() = Version::HTTP_2;
+    } else if req.version() == Version::HTTP_2 {
+        *req.version_mut() = Version::HTTP_11;
+    }
+    Some(())
+}

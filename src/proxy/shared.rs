@@ -1,0 +1,189 @@
+//! What the data path shares across connections: the configuration, the
+//! endpoint view, the codec, the pools, the drain state and the counters.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use http::header::HeaderValue;
+use prometheus_client::metrics::counter::Counter;
+
+use super::upstream::Pools;
+use crate::affinity::{Codec, Lifetimes, SessionId};
+use crate::config::{Config, UpstreamProtocol};
+use crate::drain::Drain;
+use crate::endpoints::{EndpointStore, IdHash, Peer, PeerState, View};
+use crate::metrics::{DecisionLabels, Metrics};
+use crate::route::{SessionMark, ThisPod};
+use crate::sessions::SessionTracker;
+
+/// `requests_total{decision="forwarded"}` counters by pod and session mark,
+/// for one view generation.
+#[derive(Default)]
+struct ForwardCounts {
+    generation: u64,
+    by_id: HashMap<SessionId, [Option<Counter>; 4], IdHash>,
+}
+
+/// Everything the data path shares across connections.
+pub struct Shared {
+    pub cfg: Config,
+    pub store: EndpointStore,
+    pub metrics: Arc<Metrics>,
+    /// Swapped when the secret file changes.
+    pub codec: ArcSwap<Codec>,
+    pub me: SessionId,
+    /// Set on SIGTERM: take no new sessions, close keep-alive connections.
+    pub draining: AtomicBool,
+    /// The session-aware drain (`/drain`).
+    pub drain: Arc<Drain>,
+    /// The sessions pinned here, seen lately.
+    pub sessions: Arc<SessionTracker>,
+    pub(super) pools: Pools,
+    pub(super) app_authority: http::uri::Authority,
+    pick: AtomicUsize,
+    /// `requests_total{decision="local",target_pod=<this pod>}` by mark, so
+    /// the local path counts without a label allocation.
+    local_counts: [Counter; 4],
+    /// App connections bound to client connections.
+    pub(super) bound_apps: Arc<AtomicUsize>,
+    /// Peer connections bound to client connections.
+    pub(super) bound_peers: Arc<AtomicUsize>,
+    /// How long a connection to a peer may sit idle and still be reused.
+    pub(super) peer_idle: Duration,
+    /// The hop marker's value: this pod's name.
+    pub(super) hop_value: HeaderValue,
+    forward_counts: ArcSwap<ForwardCounts>,
+}
+
+pub(super) fn authority(addr: SocketAddr) -> http::uri::Authority {
+    addr.to_string().parse().expect("a socket address is a valid authority")
+}
+
+impl Shared {
+    pub fn new(cfg: Config, store: EndpointStore, metrics: Arc<Metrics>) -> Shared {
+        let codec = Codec::new(
+            cfg.cookie.keys.clone(),
+            Lifetimes {
+                max_lifetime: cfg.cookie.max_lifetime,
+                idle_timeout: cfg.cookie.idle_timeout,
+            },
+        );
+        // A peer closes its idle connections when it stops, at the end of its
+        // drain; during the drain it answers with `Connection: close`. A pooled
+        // connection to a peer idle for longer than half the drain is never
+        // reused, so a request is never written into a connection that a
+        // stopping peer is closing. Likewise for the peer's header read
+        // timeout, which closes idle keep-alive connections.
+        let mut peer_idle = cfg.pool_idle_timeout.min(cfg.header_read_timeout / 2);
+        if !cfg.drain.is_zero() {
+            peer_idle = peer_idle.min((cfg.drain / 2).max(Duration::from_millis(100)));
+        }
+        let local_counts = [
+            SessionMark::New,
+            SessionMark::Pinned,
+            SessionMark::Repinned,
+            SessionMark::Unsynced,
+        ]
+        .map(|m| {
+            metrics
+                .requests
+                .get_or_create(&DecisionLabels {
+                    decision: "local",
+                    session: m.as_str(),
+                    target_pod: cfg.pod_name.clone(),
+                })
+                .clone()
+        });
+        Shared {
+            me: SessionId::for_pod(&cfg.pod_name),
+            pools: Pools::new(&cfg, cfg.upstream_protocol == UpstreamProtocol::H2c, peer_idle),
+            peer_idle,
+            hop_value: HeaderValue::from_str(&cfg.pod_name).expect("STICKYD_POD_NAME is a DNS label"),
+            app_authority: authority(cfg.upstream),
+            codec: ArcSwap::from_pointee(codec),
+            draining: AtomicBool::new(false),
+            drain: Arc::default(),
+            sessions: Arc::new(SessionTracker::new(cfg.session_active_window)),
+            pick: AtomicUsize::new(0),
+            forward_counts: ArcSwap::default(),
+            bound_apps: Arc::default(),
+            bound_peers: Arc::default(),
+            local_counts,
+            cfg,
+            store,
+            metrics,
+        }
+    }
+
+    /// This pod as the decision sees it: draining once its endpoint is
+    /// terminating in the view, a drain was asked for, or on SIGTERM.
+    pub(super) fn this_pod(&self, view: &View) -> ThisPod<'_> {
+        let draining = self.draining.load(Ordering::Relaxed)
+            || self.drain.requested()
+            || view.get(&self.me).is_some_and(|p| p.state == PeerState::Draining);
+        ThisPod {
+            name: &self.cfg.pod_name,
+            id: self.me,
+            draining,
+        }
+    }
+
+    /// A number that changes with each request, to spread picks over peers.
+    pub(super) fn next_pick(&self) -> usize {
+        self.pick.fetch_add(1, Ordering::Relaxed)
+    }
+
+    pub(super) fn count_local(&self, mark: SessionMark) {
+        self.local_counts[mark as usize].inc();
+    }
+
+    /// Counts a forwarded request through a cache of the current view's
+    /// counters, so that a forward costs no label allocation or hashing.
+    pub(super) fn count_forwarded(&self, peer: &Peer, generation: u64, mark: SessionMark) {
+        let i = mark as usize;
+        let cache = self.forward_counts.load();
+        let current = cache.generation == generation;
+        if current {
+            if let Some(Some(c)) = cache.by_id.get(&peer.id).map(|cs| &cs[i]) {
+                c.inc();
+                return;
+            }
+        }
+        let counter = self
+            .metrics
+            .requests
+            .get_or_create(&DecisionLabels {
+                decision: "forwarded",
+                session: mark.as_str(),
+                target_pod: peer.name.clone(),
+            })
+            .clone();
+        counter.inc();
+        // Remembered for this view only: the series of a pod that leaves the
+        // view is removed (Metrics::observe_view).
+        if generation >= cache.generation {
+            let mut by_id = if current {
+                cache.by_id.clone()
+            } else {
+                HashMap::default()
+            };
+            by_id.entry(peer.id).or_default()[i] = Some(counter);
+            self.forward_counts.store(Arc::new(ForwardCounts { generation, by_id }));
+        }
+    }
+
+    pub(super) fn count(&self, decision: &'static str, mark: Option<SessionMark>, target: &str) {
+        self.metrics
+            .requests
+            .get_or_create(&DecisionLabels {
+                decision,
+                session: mark.map(SessionMark::as_str).unwrap_or("none"),
+                target_pod: target.to_string(),
+            })
+            .inc();
+    }
+}

@@ -1,0 +1,481 @@
+//! Upstream connections: dialling, sending a prepared request over a bound
+//! connection or a shared pool, and the one error type of both upstreams
+//! (the app in this pod, and peers' sidecars).
+//!
+//! One rule decides what a failure leaves in hand, for both upstreams and
+//! every way of sending ([`settle`]): a request that never left, or a safe
+//! request (GET, HEAD, OPTIONS) that a peer's connection closed on before any
+//! byte of the answer, with a body nobody read, comes back whole and may be
+//! served elsewhere. Anything else that went out is never replayed.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use http::{Method, Request, Response, StatusCode, Uri, Version};
+use hyper::body::Incoming;
+use hyper::client::conn::http1;
+use hyper::upgrade::OnUpgrade;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use tokio::sync::oneshot;
+
+use super::body::Reclaimable;
+use super::conn::{ConnInfo, Elapsed, PeerBinding};
+use crate::config::Config;
+
+/// Which upstream a request was sent to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Target {
+    /// The app in this pod.
+    App,
+    /// A peer's sidecar.
+    Peer,
+}
+
+/// How sending to an upstream failed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kind {
+    /// No connection: refused, connect timeout, or closed twice before the
+    /// request could be written.
+    Connect,
+    /// The connection closed before any byte of the response.
+    Closed,
+    /// No response headers within STICKYD_RESPONSE_TIMEOUT.
+    Timeout,
+    /// Any other failure once the request was written.
+    Io,
+}
+
+/// An upstream failure: which upstream, how, and whether the request can be
+/// sent elsewhere (nothing of it reached the upstream, and it is in hand).
+#[derive(Debug)]
+pub struct UpstreamError {
+    pub target: Target,
+    pub kind: Kind,
+    pub replayable: bool,
+    detail: String,
+}
+
+impl std::fmt::Display for UpstreamError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}", self.metric_label(), self.detail)
+    }
+}
+
+impl UpstreamError {
+    pub fn new(target: Target, kind: Kind, replayable: bool, detail: impl ToString) -> UpstreamError {
+        UpstreamError {
+            target,
+            kind,
+            replayable,
+            detail: detail.to_string(),
+        }
+    }
+
+    /// The status the client gets when no other place can take the request.
+    pub fn status(&self) -> StatusCode {
+        match self.kind {
+            Kind::Timeout => StatusCode::GATEWAY_TIMEOUT,
+            Kind::Connect | Kind::Closed | Kind::Io => StatusCode::BAD_GATEWAY,
+        }
+    }
+
+    /// The `kind` label of `stickyd_upstream_errors_total`.
+    pub fn metric_label(&self) -> &'static str {
+        match (self.target, self.kind) {
+            (Target::App, Kind::Connect) => "app_connect",
+            (Target::App, Kind::Timeout) => "app_timeout",
+            (Target::App, Kind::Closed | Kind::Io) => "app_io",
+            (Target::Peer, Kind::Connect) => "peer_connect",
+            (Target::Peer, Kind::Closed) => "peer_closed",
+            (Target::Peer, Kind::Timeout) => "peer_timeout",
+            (Target::Peer, Kind::Io) => "peer_io",
+        }
+    }
+
+    /// The body of stickyd's answer.
+    pub fn message(&self) -> &'static str {
+        match (self.target, self.kind) {
+            (Target::App, Kind::Timeout) => "stickyd: the app did not answer in time (STICKYD_RESPONSE_TIMEOUT)\n",
+            (Target::App, _) => "stickyd: could not reach the app in this pod\n",
+            (Target::Peer, Kind::Timeout) => {
+                "stickyd: the peer pod did not answer in time (STICKYD_RESPONSE_TIMEOUT)\n"
+            }
+            (Target::Peer, _) => "stickyd: the peer pod failed while handling the request\n",
+        }
+    }
+}
+
+/// A failed send: the error, and the request whole when it is replayable.
+pub struct Failure {
+    pub error: UpstreamError,
+    pub request: Option<Request<Incoming>>,
+}
+
+/// The shared pools, for what is not bound to a client connection: HTTP/2,
+/// upgrades, and HTTP/1.1 beyond the binding budget.
+pub struct Pools {
+    pub app: Client<HttpConnector, Reclaimable>,
+    pub peers_h1: Client<HttpConnector, Reclaimable>,
+    pub peers_h2: Client<HttpConnector, Reclaimable>,
+}
+
+fn connector(cfg: &Config) -> HttpConnector {
+    let mut c = HttpConnector::new();
+    c.set_nodelay(true);
+    c.set_connect_timeout(Some(cfg.connect_timeout));
+    c.enforce_http(true);
+    c
+}
+
+fn client(cfg: &Config, h2: bool, idle: Duration) -> Client<HttpConnector, Reclaimable> {
+    let mut b = Client::builder(TokioExecutor::new());
+    // The idle timeout only works with a timer.
+    b.pool_timer(TokioTimer::new())
+        .timer(TokioTimer::new())
+        .pool_idle_timeout(idle)
+        .pool_max_idle_per_host(1024)
+        // Never let a client's Host turn into a destination: the URI names
+        // the exact upstream, and the original Host header is sent as it is.
+        .set_host(false);
+    if h2 {
+        b.http2_only(true);
+    }
+    b.build(connector(cfg))
+}
+
+impl Pools {
+    pub fn new(cfg: &Config, app_h2: bool, peer_idle: Duration) -> Pools {
+        Pools {
+            app: client(cfg, app_h2, cfg.pool_idle_timeout),
+            peers_h1: client(cfg, false, peer_idle),
+            peers_h2: client(cfg, true, peer_idle),
+        }
+    }
+}
+
+/// Opens an HTTP/1.1 connection to `addr` and runs it on a task of its own.
+async fn dial<B>(addr: SocketAddr, timeout: Duration) -> Result<http1::SendRequest<B>, String>
+where
+    B: http_body::Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let stream = tokio::time::timeout(timeout, tokio::net::TcpStream::connect(addr))
+        .await
+        .map_err(|_| "connect timeout".to_string())?
+        .map_err(|e| e.to_string())?;
+    let _ = stream.set_nodelay(true);
+    let (sender, conn) = http1::Builder::new()
+        .handshake(TokioIo::new(stream))
+        .await
+        .map_err(|e| e.to_string())?;
+    tokio::spawn(async move {
+        if let Err(e) = conn.with_upgrades().await {
+            tracing::debug!(error = %e, "upstream connection ended");
+        }
+    });
+    Ok(sender)
+}
+
+/// How a request went on a connection of a client connection's own.
+enum Bound<B> {
+    /// Answered; the connection can serve the next request.
+    Answered(Response<Incoming>, http1::SendRequest<B>),
+    /// Never written: no connection could be opened, or connections closed
+    /// twice before it went out. The request comes back, and why.
+    Unsent(Request<B>, String),
+    /// Written, then the connection failed.
+    Failed(hyper::Error),
+}
+
+/// Sends `req` over `sender`, or over a fresh connection to `addr` when there
+/// is none or it turned out closed. A request that was not written to a
+/// connection that turned out dead is sent again on a fresh one; a written
+/// request never is.
+async fn send_bound<B>(
+    sender: Option<http1::SendRequest<B>>,
+    addr: SocketAddr,
+    connect_timeout: Duration,
+    mut req: Request<B>,
+) -> Bound<B>
+where
+    B: http_body::Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let mut sender = sender;
+    for _ in 0..2 {
+        let mut s = match sender.take() {
+            Some(s) => s,
+            None => match dial(addr, connect_timeout).await {
+                Ok(s) => s,
+                Err(why) => return Bound::Unsent(req, why),
+            },
+        };
+        if s.ready().await.is_err() {
+            continue;
+        }
+        match s.try_send_request(req).await {
+            Ok(resp) => return Bound::Answered(resp, s),
+            Err(mut e) => match e.take_message() {
+                Some(back) => req = back,
+                None => return Bound::Failed(e.into_error()),
+            },
+        }
+    }
+    Bound::Unsent(req, "the connection closed twice before the request was sent".into())
+}
+
+/// How a send ended, whichever way it went.
+enum Sent {
+    Answered(Response<Incoming>),
+    /// Never written; the request is whole.
+    Unsent(Request<Incoming>, String),
+    /// Failed with the request gone into the connection or the pool.
+    Failed {
+        error: Box<dyn std::error::Error + Send + Sync>,
+        connect: bool,
+    },
+}
+
+/// What is kept to rebuild a request that failed inside a pool or after it
+/// was written: its head, and its body if the body is never read.
+struct Keep {
+    head: Option<Head>,
+    body: Option<oneshot::Receiver<Incoming>>,
+    upgrade: Option<OnUpgrade>,
+}
+
+impl Keep {
+    /// Takes the client side of an upgrade out of `req`, to put it back into
+    /// a request that comes back.
+    fn new<B>(req: &mut Request<B>, head: bool) -> Keep {
+        Keep {
+            head: head.then(|| Head::of(req)),
+            body: None,
+            upgrade: req.extensions_mut().remove::<OnUpgrade>(),
+        }
+    }
+
+    fn restore(&mut self, mut req: Request<Incoming>) -> Request<Incoming> {
+        if let Some(u) = self.upgrade.take() {
+            req.extensions_mut().insert(u);
+        }
+        req
+    }
+
+    /// The request again, if its head was kept and its body was never read.
+    async fn rebuild(&mut self) -> Option<Request<Incoming>> {
+        let head = self.head.take()?;
+        let body = self.body.take()?.await.ok()?;
+        Some(self.restore(head.with_body(body)))
+    }
+}
+
+/// The one rule: what a send's end leaves for the caller.
+async fn settle(target: Target, sent: Result<Sent, Elapsed>, mut keep: Keep) -> Result<Response<Incoming>, Failure> {
+    let fail = |kind, replayable, detail: &dyn std::fmt::Display, request| Failure {
+        error: UpstreamError::new(target, kind, replayable, detail),
+        request,
+    };
+    let (error, connect) = match sent {
+        Ok(Sent::Answered(resp)) => return Ok(resp),
+        Err(Elapsed) => return Err(fail(Kind::Timeout, false, &"no response headers in time", None)),
+        Ok(Sent::Unsent(req, why)) => {
+            let req = keep.restore(req);
+            return Err(fail(Kind::Connect, true, &why, Some(req)));
+        }
+        Ok(Sent::Failed { error, connect }) => (error, connect),
+    };
+    // A peer that closes an idle connection just as a request is written
+    // into it: a safe request whose body never left and that got no
+    // response byte may go elsewhere, as browsers retry it (RFC 9110 §9.2.2).
+    let closed = target == Target::Peer
+        && keep.head.as_ref().is_some_and(|h| safe(&h.method))
+        && closed_before_response(&*error);
+    let kind = match (connect, closed) {
+        (true, _) => Kind::Connect,
+        (false, true) => Kind::Closed,
+        (false, false) => return Err(fail(Kind::Io, false, &error, None)),
+    };
+    match keep.rebuild().await {
+        Some(req) => Err(fail(kind, true, &error, Some(req))),
+        // The body was read: nothing may be sent again.
+        None => Err(fail(Kind::Io, false, &error, None)),
+    }
+}
+
+/// May a request that went out be sent again elsewhere, should its
+/// connection close before any byte of the answer?
+fn safe(m: &Method) -> bool {
+    matches!(*m, Method::GET | Method::HEAD | Method::OPTIONS)
+}
+
+/// Did the connection close (or reset) before any byte of the response?
+fn closed_before_response(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cur = Some(e);
+    while let Some(err) = cur {
+        if let Some(h) = err.downcast_ref::<hyper::Error>() {
+            if h.is_incomplete_message() {
+                return true;
+            }
+        }
+        if let Some(io) = err.downcast_ref::<std::io::Error>() {
+            return matches!(
+                io.kind(),
+                std::io::ErrorKind::ConnectionReset | std::io::ErrorKind::BrokenPipe
+            );
+        }
+        cur = err.source();
+    }
+    false
+}
+
+/// The head of a request, kept to send it elsewhere should its upstream fail.
+pub(super) struct Head {
+    method: Method,
+    uri: Uri,
+    version: Version,
+    headers: http::HeaderMap,
+}
+
+impl Head {
+    fn of<B>(req: &Request<B>) -> Head {
+        Head {
+            method: req.method().clone(),
+            uri: req.uri().clone(),
+            version: req.version(),
+            headers: req.headers().clone(),
+        }
+    }
+
+    fn with_body<B>(self, body: B) -> Request<B> {
+        let mut req = Request::new(body);
+        *req.method_mut() = self.method;
+        *req.uri_mut() = self.uri;
+        *req.version_mut() = self.version;
+        *req.headers_mut() = self.headers;
+        req
+    }
+}
+
+fn reclaimable(req: Request<Incoming>, keep: &mut Keep) -> Request<Reclaimable> {
+    let (parts, body) = req.into_parts();
+    let (body, back) = Reclaimable::new(body);
+    keep.body = Some(back);
+    Request::from_parts(parts, body)
+}
+
+/// The request with its own body again, if the body was never read.
+fn unwrap_body(req: Request<Reclaimable>) -> Option<Request<Incoming>> {
+    let (parts, body) = req.into_parts();
+    body.into_inner().map(|b| Request::from_parts(parts, b))
+}
+
+/// How a request reaches its upstream.
+pub(super) enum Via<'a> {
+    /// The client connection's own app connection.
+    BoundApp,
+    /// The client connection's own connection to the peer at this address.
+    BoundPeer(SocketAddr, PeerBinding),
+    /// A shared pool.
+    Pool(&'a Client<HttpConnector, Reclaimable>),
+}
+
+/// Where and how to send, and within what.
+pub(super) struct Outbound<'a> {
+    pub target: Target,
+    pub via: Via<'a>,
+    pub conn: &'a ConnInfo,
+    pub app: SocketAddr,
+    pub connect_timeout: Duration,
+    pub response_timeout: Duration,
+}
+
+impl Outbound<'_> {
+    /// Sends a request whose head is ready for this upstream and target form.
+    /// Upgrades (the client side in the request's extensions) come back
+    /// with the response; the request comes back on a replayable failure.
+    pub async fn run(self, mut req: Request<Incoming>) -> Result<(Response<Incoming>, Option<OnUpgrade>), Failure> {
+        let Outbound {
+            target,
+            via,
+            conn,
+            app,
+            connect_timeout,
+            response_timeout,
+        } = self;
+        let (sent, keep) = match via {
+            Via::BoundApp => {
+                let keep = Keep::new(&mut req, false);
+                let sent = conn
+                    .within(response_timeout, async {
+                        match send_bound(conn.take_app(), app, connect_timeout, req).await {
+                            Bound::Answered(resp, sender) => {
+                                conn.put_app(sender);
+                                Sent::Answered(resp)
+                            }
+                            Bound::Unsent(req, why) => Sent::Unsent(req, why),
+                            Bound::Failed(e) => Sent::Failed {
+                                error: Box::new(e),
+                                connect: false,
+                            },
+                        }
+                    })
+                    .await;
+                (sent, keep)
+            }
+            Via::BoundPeer(addr, binding) => {
+                let is_safe = safe(req.method());
+                let mut keep = Keep::new(&mut req, is_safe);
+                let req = reclaimable(req, &mut keep);
+                let sent = conn
+                    .within(response_timeout, async {
+                        match send_bound(binding.sender, addr, connect_timeout, req).await {
+                            Bound::Answered(resp, sender) => {
+                                conn.put_peer(addr, sender, binding.place);
+                                Sent::Answered(resp)
+                            }
+                            Bound::Unsent(req, why) => match unwrap_body(req) {
+                                Some(req) => Sent::Unsent(req, why),
+                                None => Sent::Failed {
+                                    error: why.into(),
+                                    connect: false,
+                                },
+                            },
+                            Bound::Failed(e) => Sent::Failed {
+                                error: Box::new(e),
+                                connect: false,
+                            },
+                        }
+                    })
+                    .await;
+                (sent, keep)
+            }
+            Via::Pool(client) => {
+                let mut keep = Keep::new(&mut req, true);
+                let req = reclaimable(req, &mut keep);
+                let sent = conn
+                    .within(response_timeout, async {
+                        match client.request(req).await {
+                            Ok(resp) => Sent::Answered(resp),
+                            Err(e) => Sent::Failed {
+                                connect: e.is_connect(),
+                                error: Box::new(e),
+                            },
+                        }
+                    })
+                    .await;
+                (sent, keep)
+            }
+        };
+        let mut keep = keep;
+        let client_upgrade = match &sent {
+            Ok(Sent::Answered(_)) => keep.upgrade.take(),
+            _ => None,
+        };
+        settle(target, sent, keep).await.map(|resp| (resp, client_upgrade))
+    }
+}
