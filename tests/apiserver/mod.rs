@@ -110,6 +110,23 @@ impl ApiServer {
         let listener = TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind the apiserver double");
+        ApiServer::serve(listener, bookmark_interval)
+    }
+
+    /// Starts a double on a listener the caller has already bound, for
+    /// example inside a network namespace (a socket keeps the namespace it
+    /// was created in). Must be called within a Tokio runtime. Such a double
+    /// is not restarted with [`ApiServer::start`], which binds again in the
+    /// caller's own namespace.
+    pub fn on_listener(listener: std::net::TcpListener, bookmark_interval: Duration) -> ApiServer {
+        listener
+            .set_nonblocking(true)
+            .expect("a non-blocking listener for the apiserver double");
+        let listener = TcpListener::from_std(listener).expect("the apiserver double's listener");
+        ApiServer::serve(listener, bookmark_interval)
+    }
+
+    fn serve(listener: TcpListener, bookmark_interval: Duration) -> ApiServer {
         let addr = listener.local_addr().unwrap();
         let shared = Arc::new(Shared {
             state: Mutex::new(State {
