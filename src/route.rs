@@ -253,6 +253,18 @@ mod tests {
     }
 
     #[test]
+    fn session_marks_are_what_the_app_is_told() {
+        let marks = [
+            SessionMark::New,
+            SessionMark::Pinned,
+            SessionMark::Repinned,
+            SessionMark::Unsynced,
+        ]
+        .map(SessionMark::as_str);
+        assert_eq!(marks, ["new", "pinned", "repinned", "unsynced"]);
+    }
+
+    #[test]
     fn row01_no_cookie_serves_locally_and_pins_here() {
         let v = view(true, Some(PeerState::Ready));
         assert_eq!(

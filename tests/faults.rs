@@ -391,6 +391,67 @@ async fn black_holed_peer_repins_after_the_connect_timeout() {
     drop(fillers);
 }
 
+/// A peer that died dark (no RST: its requests are never answered) leaves
+/// the view once the control plane notices. Its requests in flight do not
+/// wait out STICKYD_RESPONSE_TIMEOUT: a GET that got no byte back is served
+/// here and repinned (as in the keep-alive close race), a POST, which the
+/// peer may have acted on, gets 502 at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_in_flight_to_a_peer_that_leaves_the_view_are_not_left_hanging() {
+    // Reads the request, then never answers, holding the connection open.
+    let dark = Fake::start("127.0.114.9", |s: TcpStream| async move {
+        tokio::time::sleep(Duration::from_secs(120)).await;
+        drop(s);
+    })
+    .await;
+    let app = App::start("pod-0", "127.0.114.1").await;
+    let listen = addr_on("127.0.114.1");
+    let peers = temp_path("peers");
+    write_peers(&peers, &[("pod-0", listen), ("pod-9", dark.addr)]);
+    let s = Stickyd::start(
+        "pod-0",
+        listen,
+        app.addr,
+        &[("STICKYD_ENDPOINTS", format!("file:{}", peers.display()))],
+    )
+    .await;
+    wait_for_view(&s, &["pod-0", "pod-9"]).await;
+    let url = format!("http://{listen}/work");
+    let get = tokio::spawn({
+        let url = url.clone();
+        async move { request("GET", &url, &[("cookie", &cookie_for("pod-9"))], empty()).await }
+    });
+    let post = tokio::spawn({
+        let url = url.clone();
+        async move { request("POST", &url, &[("cookie", &cookie_for("pod-9"))], full("order #1")).await }
+    });
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while dark.requests() < 2 {
+        assert!(Instant::now() < deadline, "the requests never reached the peer");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(!get.is_finished() && !post.is_finished());
+    // The control plane notices: pod-9 leaves the view.
+    write_peers(&peers, &[("pod-0", listen)]);
+    let r = get.await.unwrap().expect("the GET is answered");
+    assert_eq!(
+        (r.status, r.pod(), r.field("session")),
+        (200, "pod-0", "repinned"),
+        "{r:?} {}",
+        s.log_text()
+    );
+    assert!(r
+        .sticky_cookie()
+        .is_some_and(|c| c.starts_with(&SessionId::for_pod("pod-0").encode())));
+    let r = post.await.unwrap().expect("the POST is answered");
+    assert_eq!(r.status, 502, "{r:?}");
+    assert!(r.body.contains("went away"), "{r:?} {}", s.log_text());
+    // The POST was never replayed here.
+    assert!(app.seen().iter().all(|seen| seen.method == "GET"), "{:?}", app.seen());
+    let m = s.metrics().await;
+    assert!(m.contains("kind=\"peer_gone\""), "{m}");
+}
+
 /// A peer dies in the middle of its response body: the client sees the
 /// connection end (an incomplete body), never a hang; the request is not
 /// replayed anywhere.

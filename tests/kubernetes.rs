@@ -1175,6 +1175,44 @@ async fn binary_ipv6_slices_with_a_named_port() {
     .await
 }
 
+/// Before its first sync, a sidecar can already be reached: by a connection
+/// the ingress retries to an address a new pod has just taken, or by a
+/// client that ignores readiness. A session pinned to another pod then
+/// waits for the view (within STICKYD_SYNC_TIMEOUT) and goes to its pod,
+/// rather than be answered by an app that does not know it. A request
+/// without a cookie does not wait.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn binary_a_session_pinned_elsewhere_waits_for_the_first_sync() {
+    bounded(async {
+        let api = ApiServer::spawn().await;
+        api.stop();
+        let pods = Pods::start(&api, 43, 1, "20").await;
+        api.set_slice(NS, pods.slice("web-a", &[pods.ep(0, "ready"), pods.ep(1, "ready")]));
+        eventually(Duration::from_secs(10), "watch errors counted", || async {
+            let n = sample(&pods.metrics().await, "stickyd_kubernetes_watch_errors_total");
+            (n.is_some_and(|n| n >= 1.0), n)
+        })
+        .await;
+        // No cookie: served at once, unsynced or not.
+        served(&pods.request(None).await, "web-0", "new", Some("web-0"));
+        // Pinned to web-1: it waits while the API is down...
+        let pinned = tokio::spawn({
+            let sidecar = pods.sidecar().listen;
+            async move {
+                let value = Codec::unsigned().encode(SessionId::for_pod("web-1"), Sid::from_bytes(*b"waits!"), 0, 0);
+                get(sidecar, "/cart", Some(&format!("stickyd={value}"))).await
+            }
+        });
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        assert!(!pinned.is_finished(), "answered before the first sync");
+        // ...and goes to its pod once the view is there.
+        api.start().await;
+        let r = pinned.await.unwrap().expect("answered after the sync");
+        served(&r, "web-1", "", None);
+    })
+    .await
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn binary_keeps_every_pin_while_the_api_is_down() {
     bounded(async {

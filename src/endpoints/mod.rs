@@ -13,6 +13,7 @@ use std::sync::Arc;
 
 use arc_swap::ArcSwap;
 use serde::Serialize;
+use tokio::sync::watch;
 
 use crate::affinity::SessionId;
 
@@ -182,6 +183,8 @@ pub struct ViewJson<'a> {
 #[derive(Clone)]
 pub struct EndpointStore {
     inner: Arc<ArcSwap<View>>,
+    /// The generation of each view swapped in, for those who wait on changes.
+    changes: Arc<watch::Sender<u64>>,
 }
 
 impl Default for EndpointStore {
@@ -192,8 +195,29 @@ impl Default for EndpointStore {
 
 impl EndpointStore {
     pub fn new(view: View) -> EndpointStore {
+        let generation = view.generation;
         EndpointStore {
             inner: Arc::new(ArcSwap::from_pointee(view)),
+            changes: Arc::new(watch::channel(generation).0),
+        }
+    }
+
+    /// Tells of every view swapped in (its generation).
+    pub fn changes(&self) -> watch::Receiver<u64> {
+        self.changes.subscribe()
+    }
+
+    /// Waits until the view is synced, or `deadline`. True: synced.
+    pub async fn synced_by(&self, deadline: tokio::time::Instant) -> bool {
+        let mut changes = self.changes();
+        loop {
+            if self.inner.load().synced {
+                return true;
+            }
+            match tokio::time::timeout_at(deadline, changes.changed()).await {
+                Ok(Ok(())) => {}
+                Ok(Err(_)) | Err(_) => return self.inner.load().synced,
+            }
         }
     }
 
@@ -210,6 +234,7 @@ impl EndpointStore {
     pub fn replace(&self, peers: Vec<Peer>, synced: bool) {
         let generation = self.inner.load().generation + 1;
         self.inner.store(Arc::new(View::new(peers, synced, generation)));
+        self.changes.send_replace(generation);
     }
 }
 
@@ -244,5 +269,34 @@ mod tests {
         assert_eq!(v.count(PeerState::Draining), 1);
         assert_eq!(v.ready_peer_except(&SessionId::for_pod("a"), 7).unwrap().name, "b");
         assert!(v.ready_peer_except(&SessionId::for_pod("b"), 0).is_none());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn waiting_for_the_first_sync() {
+        use tokio::time::{Duration, Instant};
+        let store = EndpointStore::default();
+        let mut changes = store.changes();
+        // Not synced by the deadline.
+        let t = Instant::now();
+        assert!(!store.synced_by(t + Duration::from_secs(2)).await);
+        assert_eq!(t.elapsed(), Duration::from_secs(2));
+        // An unsynced swap does not end the wait; the synced one does, at once.
+        let waiter = tokio::spawn({
+            let store = store.clone();
+            async move {
+                let t = Instant::now();
+                (store.synced_by(t + Duration::from_secs(10)).await, t.elapsed())
+            }
+        });
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        store.replace(vec![], false);
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        store.replace(vec![Peer::new("a", a(1), PeerState::Ready)], true);
+        assert_eq!(waiter.await.unwrap(), (true, Duration::from_secs(2)));
+        assert!(changes.has_changed().unwrap());
+        assert_eq!(*changes.borrow_and_update(), 2);
+        // Synced already: no wait.
+        let t = Instant::now();
+        assert!(store.synced_by(t).await);
     }
 }

@@ -63,6 +63,22 @@ impl<'a> Ctx<'a> {
         }
     }
 
+    /// Before the first sync, a session pinned to another pod waits for the
+    /// view (until STICKYD_SYNC_TIMEOUT after start) rather than be served
+    /// by an app that does not know it: a connection can reach a sidecar
+    /// before it is ready, as when the ingress retries a connection to an
+    /// address a new pod has just taken.
+    pub async fn wait_for_the_view(&mut self) {
+        let pinned_elsewhere = matches!(self.cookie, CookieState::Valid(s) if s.id != self.shared.me);
+        if self.view.synced || !pinned_elsewhere {
+            return;
+        }
+        let deadline = self.shared.started + self.shared.cfg.sync_timeout;
+        if self.shared.store.synced_by(deadline).await {
+            self.view = self.shared.store.load_full();
+        }
+    }
+
     /// Phase 2: the routing decision, on this context.
     pub fn decide(&self) -> Decision<'_> {
         let me = self.shared.this_pod(&self.view);

@@ -13,7 +13,7 @@ use super::headers::{HOP, SESSION};
 use super::respond::{from_upstream, invalid_target, upstream_failed};
 use super::shared::authority;
 use super::upstream::{Kind, Outbound, Target, Via};
-use crate::endpoints::Peer;
+use crate::endpoints::{EndpointStore, Peer};
 use crate::route::{Failed, SessionMark};
 
 /// Forwards a prepared request to `peer`: an HTTP/1.1 request over this
@@ -59,7 +59,7 @@ pub(super) async fn forward(
         connect_timeout: shared.cfg.connect_timeout,
         response_timeout: shared.cfg.response_timeout,
     }
-    .run(req)
+    .run(req, left_the_view(&shared.store, peer))
     .await;
     shared.metrics.forward_duration.observe(started.elapsed().as_secs_f64());
     match sent {
@@ -83,4 +83,18 @@ pub(super) async fn forward(
             }
         }
     }
+}
+
+/// Ends when `peer` is no longer in the (synced) endpoint view: a pod that
+/// died dark answers nothing, and its requests need not wait out
+/// STICKYD_RESPONSE_TIMEOUT once the control plane has noticed.
+async fn left_the_view(store: &EndpointStore, peer: &Peer) {
+    let mut changes = store.changes();
+    while changes.changed().await.is_ok() {
+        let v = store.load();
+        if v.synced && v.get(&peer.id).is_none_or(|p| p.addr != peer.addr) {
+            return;
+        }
+    }
+    std::future::pending().await
 }

@@ -57,7 +57,7 @@ pub(super) async fn serve(
         connect_timeout: shared.cfg.connect_timeout,
         response_timeout: shared.cfg.response_timeout,
     }
-    .run(req)
+    .run(req, std::future::pending())
     .await;
     shared
         .metrics

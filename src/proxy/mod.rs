@@ -75,7 +75,8 @@ async fn pipeline(shared: &Shared, conn: &ConnInfo, mut req: Request<Incoming>) 
 
     // Phase 2: decide.
     let found = Found::scan(req.headers());
-    let ctx = Ctx::new(shared, conn, &req, found);
+    let mut ctx = Ctx::new(shared, conn, &req, found);
+    ctx.wait_for_the_view().await;
     let decision = ctx.decide();
     tracing::debug!(
         method = %req.method(),

@@ -42,6 +42,9 @@ pub struct Shared {
     pub drain: Arc<Drain>,
     /// The sessions pinned here, seen lately.
     pub sessions: Arc<SessionTracker>,
+    /// When this sidecar started: the wait for the first sync ends at this
+    /// plus STICKYD_SYNC_TIMEOUT.
+    pub(super) started: tokio::time::Instant,
     pub(super) pools: Pools,
     pub(super) app_authority: http::uri::Authority,
     pick: AtomicUsize,
@@ -108,6 +111,7 @@ impl Shared {
             draining: AtomicBool::new(false),
             drain: Arc::default(),
             sessions: Arc::new(SessionTracker::new(cfg.session_active_window)),
+            started: tokio::time::Instant::now(),
             pick: AtomicUsize::new(0),
             forward_counts: ArcSwap::default(),
             bound_apps: Arc::default(),

@@ -8,6 +8,7 @@
 //! byte of the answer, with a body nobody read, comes back whole and may be
 //! served elsewhere. Anything else that went out is never replayed.
 
+use std::future::Future;
 use std::net::SocketAddr;
 use std::time::Duration;
 
@@ -43,6 +44,9 @@ pub enum Kind {
     Closed,
     /// No response headers within STICKYD_RESPONSE_TIMEOUT.
     Timeout,
+    /// The peer left the endpoint view while the request waited for its
+    /// answer (a pod that died dark: no RST, nothing answers).
+    Gone,
     /// Any other failure once the request was written.
     Io,
 }
@@ -77,7 +81,7 @@ impl UpstreamError {
     pub fn status(&self) -> StatusCode {
         match self.kind {
             Kind::Timeout => StatusCode::GATEWAY_TIMEOUT,
-            Kind::Connect | Kind::Closed | Kind::Io => StatusCode::BAD_GATEWAY,
+            Kind::Connect | Kind::Closed | Kind::Gone | Kind::Io => StatusCode::BAD_GATEWAY,
         }
     }
 
@@ -86,10 +90,11 @@ impl UpstreamError {
         match (self.target, self.kind) {
             (Target::App, Kind::Connect) => "app_connect",
             (Target::App, Kind::Timeout) => "app_timeout",
-            (Target::App, Kind::Closed | Kind::Io) => "app_io",
+            (Target::App, Kind::Closed | Kind::Gone | Kind::Io) => "app_io",
             (Target::Peer, Kind::Connect) => "peer_connect",
             (Target::Peer, Kind::Closed) => "peer_closed",
             (Target::Peer, Kind::Timeout) => "peer_timeout",
+            (Target::Peer, Kind::Gone) => "peer_gone",
             (Target::Peer, Kind::Io) => "peer_io",
         }
     }
@@ -102,6 +107,7 @@ impl UpstreamError {
             (Target::Peer, Kind::Timeout) => {
                 "stickyd: the peer pod did not answer in time (STICKYD_RESPONSE_TIMEOUT)\n"
             }
+            (Target::Peer, Kind::Gone) => "stickyd: the peer pod went away while handling the request\n",
             (Target::Peer, _) => "stickyd: the peer pod failed while handling the request\n",
         }
     }
@@ -238,6 +244,8 @@ enum Sent {
         error: Box<dyn std::error::Error + Send + Sync>,
         connect: bool,
     },
+    /// Given up on: the upstream left the endpoint view first.
+    Abandoned,
 }
 
 /// What is kept to rebuild a request that failed inside a pool or after it
@@ -288,6 +296,16 @@ async fn settle(target: Target, sent: Result<Sent, Elapsed>, mut keep: Keep) -> 
             return Err(fail(Kind::Connect, true, &why, Some(req)));
         }
         Ok(Sent::Failed { error, connect }) => (error, connect),
+        Ok(Sent::Abandoned) => {
+            // As with a closed connection: a safe request whose body never
+            // left may go elsewhere; anything else may have been acted on.
+            let safe = keep.head.as_ref().is_some_and(|h| safe(&h.method));
+            let why = "it left the endpoint view before answering";
+            return Err(match keep.rebuild().await.filter(|_| safe) {
+                Some(req) => fail(Kind::Gone, true, &why, Some(req)),
+                None => fail(Kind::Gone, false, &why, None),
+            });
+        }
     };
     // A peer that closes an idle connection just as a request is written
     // into it: a safe request whose body never left and that got no
@@ -394,11 +412,25 @@ pub(super) struct Outbound<'a> {
     pub response_timeout: Duration,
 }
 
+/// Runs `send` until it ends, or gives it up when `abandon` ends first.
+async fn unless<F: Future<Output = Sent>>(abandon: impl Future<Output = ()>, send: F) -> Sent {
+    tokio::select! {
+        biased;
+        sent = send => sent,
+        () = abandon => Sent::Abandoned,
+    }
+}
+
 impl Outbound<'_> {
-    /// Sends a request whose head is ready for this upstream and target form.
+    /// Sends a request whose head is ready for this upstream and target form,
+    /// until its response headers, the response timeout, or `abandon`.
     /// Upgrades (the client side in the request's extensions) come back
     /// with the response; the request comes back on a replayable failure.
-    pub async fn run(self, mut req: Request<Incoming>) -> Result<(Response<Incoming>, Option<OnUpgrade>), Failure> {
+    pub async fn run(
+        self,
+        mut req: Request<Incoming>,
+        abandon: impl Future<Output = ()>,
+    ) -> Result<(Response<Incoming>, Option<OnUpgrade>), Failure> {
         let Outbound {
             target,
             via,
@@ -411,19 +443,22 @@ impl Outbound<'_> {
             Via::BoundApp => {
                 let keep = Keep::new(&mut req, false);
                 let sent = conn
-                    .within(response_timeout, async {
-                        match send_bound(conn.take_app(), app, connect_timeout, req).await {
-                            Bound::Answered(resp, sender) => {
-                                conn.put_app(sender);
-                                Sent::Answered(resp)
+                    .within(
+                        response_timeout,
+                        unless(abandon, async {
+                            match send_bound(conn.take_app(), app, connect_timeout, req).await {
+                                Bound::Answered(resp, sender) => {
+                                    conn.put_app(sender);
+                                    Sent::Answered(resp)
+                                }
+                                Bound::Unsent(req, why) => Sent::Unsent(req, why),
+                                Bound::Failed(e) => Sent::Failed {
+                                    error: Box::new(e),
+                                    connect: false,
+                                },
                             }
-                            Bound::Unsent(req, why) => Sent::Unsent(req, why),
-                            Bound::Failed(e) => Sent::Failed {
-                                error: Box::new(e),
-                                connect: false,
-                            },
-                        }
-                    })
+                        }),
+                    )
                     .await;
                 (sent, keep)
             }
@@ -432,25 +467,28 @@ impl Outbound<'_> {
                 let mut keep = Keep::new(&mut req, is_safe);
                 let req = reclaimable(req, &mut keep);
                 let sent = conn
-                    .within(response_timeout, async {
-                        match send_bound(binding.sender, addr, connect_timeout, req).await {
-                            Bound::Answered(resp, sender) => {
-                                conn.put_peer(addr, sender, binding.place);
-                                Sent::Answered(resp)
-                            }
-                            Bound::Unsent(req, why) => match unwrap_body(req) {
-                                Some(req) => Sent::Unsent(req, why),
-                                None => Sent::Failed {
-                                    error: why.into(),
+                    .within(
+                        response_timeout,
+                        unless(abandon, async {
+                            match send_bound(binding.sender, addr, connect_timeout, req).await {
+                                Bound::Answered(resp, sender) => {
+                                    conn.put_peer(addr, sender, binding.place);
+                                    Sent::Answered(resp)
+                                }
+                                Bound::Unsent(req, why) => match unwrap_body(req) {
+                                    Some(req) => Sent::Unsent(req, why),
+                                    None => Sent::Failed {
+                                        error: why.into(),
+                                        connect: false,
+                                    },
+                                },
+                                Bound::Failed(e) => Sent::Failed {
+                                    error: Box::new(e),
                                     connect: false,
                                 },
-                            },
-                            Bound::Failed(e) => Sent::Failed {
-                                error: Box::new(e),
-                                connect: false,
-                            },
-                        }
-                    })
+                            }
+                        }),
+                    )
                     .await;
                 (sent, keep)
             }
@@ -458,15 +496,18 @@ impl Outbound<'_> {
                 let mut keep = Keep::new(&mut req, true);
                 let req = reclaimable(req, &mut keep);
                 let sent = conn
-                    .within(response_timeout, async {
-                        match client.request(req).await {
-                            Ok(resp) => Sent::Answered(resp),
-                            Err(e) => Sent::Failed {
-                                connect: e.is_connect(),
-                                error: Box::new(e),
-                            },
-                        }
-                    })
+                    .within(
+                        response_timeout,
+                        unless(abandon, async {
+                            match client.request(req).await {
+                                Ok(resp) => Sent::Answered(resp),
+                                Err(e) => Sent::Failed {
+                                    connect: e.is_connect(),
+                                    error: Box::new(e),
+                                },
+                            }
+                        }),
+                    )
                     .await;
                 (sent, keep)
             }
