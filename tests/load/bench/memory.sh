@@ -96,14 +96,16 @@ spike() { # port connections pid cookie -> median RSS KiB under load
 
 if [[ -n "$HEAPTRACK" ]]; then
     command -v heaptrack >/dev/null || die "heaptrack is missing (apt-get install heaptrack)"
-    start_stickyd heaptrack -o "$WORK/heap"
+    STICKYD_ENV="$STICKYD_ENV STICKYD_DRAIN_SECONDS=0" start_stickyd heaptrack -o "$OUT/heap-stickyd"
     sleep 1
     log "heaptrack: $HEAPTRACK connections for ${HOLD}s"
-    spike "$SD_PORT" "$HEAPTRACK" "$(pgrep -P "$SD_PID" -n || echo "$SD_PID")" "$COOKIE" >/dev/null
-    kill -INT "$(pgrep -f "$STICKYD_BIN run" | head -1)" 2>/dev/null || true
+    spike "$SD_PORT" "$HEAPTRACK" "$(pgrep -f "^$STICKYD_BIN run")" "$COOKIE" >&2
+    pkill -INT -f "^$STICKYD_BIN run" || true
     wait "$SD_PID" 2>/dev/null || true
-    heaptrack_print -f "$WORK"/heap.*.zst* --print-peaks --peak-limit 25 --print-allocators 0 \
-        --print-leaks 0 --print-temporary 0 --print-histogram "$WORK/hist.txt" 2>/dev/null | sed -n '1,200p'
+    heaptrack_print -f "$OUT"/heap-stickyd*.zst --print-peaks --peak-limit 40 --print-allocators 0 \
+        --print-leaks 0 --print-temporary 0 >"$OUT/heap-peaks.txt" 2>/dev/null
+    log "peak consumers: $OUT/heap-peaks.txt (heaptrack --analyze $OUT/heap-stickyd.zst)"
+    sed -n '/^PEAK MEMORY CONSUMERS/,$p' "$OUT/heap-peaks.txt" | grep -E '^[0-9.]+[KMG]? (peak memory )?consumed'
     exit 0
 fi
 
