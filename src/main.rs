@@ -1,5 +1,7 @@
 #![forbid(unsafe_code)]
 
+use std::io::IsTerminal;
+
 use clap::{Parser, Subcommand};
 use stickyd::config::{Config, LogFormat};
 
@@ -32,8 +34,10 @@ fn init_tracing(filter: &str, format: LogFormat) {
         format!("{filter},kube_client::client::builder=off")
     };
     let filter = tracing_subscriber::EnvFilter::try_new(filter).unwrap_or_else(|_| "info".into());
+    // Colour only for a person at a terminal: a file or a log collector gets plain text.
     let b = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr);
     match format {
         LogFormat::Json => b.json().flatten_event(true).init(),
