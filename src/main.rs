@@ -23,6 +23,9 @@ enum Command {
     Inject(stickyd::inject::InjectArgs),
     /// Check Kubernetes manifests for mistakes that break session stickiness.
     Lint(stickyd::lint::LintArgs),
+    /// A mutating admission webhook that adds the sidecar to Pods annotated
+    /// stickyd.io/inject: enabled. Configured by STICKYD_INJECTOR_* environment variables.
+    Injector,
 }
 
 fn init_tracing(filter: &str, format: LogFormat) {
@@ -77,6 +80,26 @@ fn run() -> anyhow::Result<i32> {
     }
 }
 
+fn injector() -> anyhow::Result<i32> {
+    let settings = match stickyd::injector::Settings::from_env(&stickyd::config::ProcessEnv) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("stickyd injector: configuration error: {e}");
+            return Ok(2);
+        }
+    };
+    let certs = match settings.certificates() {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("stickyd injector: configuration error: {e}");
+            return Ok(2);
+        }
+    };
+    init_tracing(&settings.log, settings.log_format);
+    let rt = runtime(2)?;
+    Ok(rt.block_on(stickyd::injector::run(settings, certs)))
+}
+
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let code = match cli.command.unwrap_or(Command::Run) {
@@ -84,6 +107,7 @@ fn main() -> anyhow::Result<()> {
         Command::Demo(a) => stickyd::demo::run(&a),
         Command::Inject(a) => stickyd::inject::run(&a),
         Command::Lint(a) => stickyd::lint::run(&a),
+        Command::Injector => injector()?,
     };
     std::process::exit(code);
 }
