@@ -602,6 +602,18 @@ fn no_regex_ingress_path_without_a_literal_session_cookie_path() {
                     assert_eq!(path_type, "ImplementationSpecific", "{dir}: a regex path {path:?}");
                 }
             }
+            // use-regex applies to every path of the host in every Ingress:
+            // a regex Ingress keeps to a host of its own, never the
+            // catch-all every host-less Ingress shares.
+            if regex {
+                for rule in list(&ing["spec"]["rules"]) {
+                    assert!(
+                        rule["host"].as_str().is_some_and(|h| !h.is_empty() && !h.contains('*')),
+                        "{dir}: Ingress {} uses regex paths without a host: {rule:?}",
+                        name(ing)
+                    );
+                }
+            }
             for stale in [
                 "kubernetes.io/ingress.class",
                 "nginx.ingress.kubernetes.io/session-cookie-expires",
@@ -813,8 +825,11 @@ fn dockerfile_is_multi_stage_static_nonroot_and_hadolint_clean() {
         .map(|(_, a)| a.as_str())
         .collect();
     assert!(froms.len() >= 2, "multi-stage: {froms:?}");
+    let build = froms[0]
+        .strip_prefix("--platform=$BUILDPLATFORM ")
+        .unwrap_or_else(|| panic!("the build stage runs on the builder's platform: {froms:?}"));
     assert!(
-        froms[0].starts_with("rust:1."),
+        build.starts_with("rust:1."),
         "the build stage uses a pinned official rust image: {froms:?}"
     );
     let last = *froms.last().unwrap();
@@ -841,10 +856,32 @@ fn dockerfile_is_multi_stage_static_nonroot_and_hadolint_clean() {
         .filter(|(op, _)| op == "RUN")
         .map(|(_, a)| a.as_str())
         .collect();
-    assert!(runs.contains("rustup target add x86_64-unknown-linux-musl"), "{runs}");
+    // One Rust musl target per image architecture, from BuildKit's TARGETARCH.
+    let args: Vec<&str> = instrs
+        .iter()
+        .filter(|(op, _)| op == "ARG")
+        .map(|(_, a)| a.as_str())
+        .collect();
+    assert!(args.contains(&"TARGETARCH"), "{args:?}");
+    for (arch, rust) in [("amd64", "x86_64"), ("arm64", "aarch64")] {
+        assert!(
+            runs.contains(&format!("{arch}) arch={rust} ;;")),
+            "{arch} -> {rust}: {runs}"
+        );
+    }
+    assert!(runs.contains(r#"target="${arch}-unknown-linux-musl""#), "{runs}");
+    assert!(runs.contains(r#"rustup target add "${target}""#), "{runs}");
     assert!(
-        runs.contains("cargo build --release --locked --target x86_64-unknown-linux-musl"),
+        runs.contains(r#"cargo build --release --locked --target "${target}""#),
         "{runs}"
+    );
+    assert!(
+        runs.contains("aarch64-linux-gnu-gcc"),
+        "a C cross compiler for arm64: {runs}"
+    );
+    assert!(
+        text.contains("docker buildx build --platform linux/amd64,linux/arm64"),
+        "the multi-arch build is documented"
     );
     let ignore = std::fs::read_to_string(root().join(".dockerignore")).expect(".dockerignore");
     assert!(
@@ -876,12 +913,37 @@ fn kind_e2e_script_parses_and_is_shellcheck_clean() {
     for needed in [
         "trap cleanup EXIT",
         "kind create cluster",
-        "kind load docker-image",
+        "docker save",
+        "kind load image-archive",
+        r#"INGRESS_NGINX_VERSION:-controller-v1.15.1"#,
         "manifests/examples/externalname",
         "tests/k6/stickiness.js",
         "BASE_URL",
     ] {
         assert!(text.contains(needed), "kind.sh: {needed}");
+    }
+    assert!(
+        !text.contains("kind load docker-image"),
+        "kind.sh loads an image archive"
+    );
+    // The port-forward is kubectl itself in the background, so that $! is
+    // the pid cleanup stops.
+    let pf = text
+        .lines()
+        .find(|l| l.contains("port-forward --address"))
+        .expect("a port-forward");
+    assert!(pf.trim_start().starts_with("kubectl "), "{pf}");
+    assert!(text.contains("PF_PID=$!"));
+    // Node images pinned by digest, one per kind release.
+    let pinned: Vec<&str> = text
+        .lines()
+        .filter(|l| l.trim_start().starts_with("v0.") && l.contains("kindest/node:v1."))
+        .collect();
+    assert!(pinned.len() >= 3, "{pinned:?}");
+    for l in &pinned {
+        let digest = l.split("@sha256:").nth(1).unwrap_or("");
+        let hex: String = digest.chars().take_while(char::is_ascii_hexdigit).collect();
+        assert_eq!(hex.len(), 64, "a full sha256 digest: {l}");
     }
     #[cfg(unix)]
     {
@@ -1530,4 +1592,56 @@ fn the_injector_docs_overlays_render() {
         Some("stickyd-injector-tls"),
         "the Secret the docs create"
     );
+}
+
+/// kind.sh applies the ExternalName example with IMAGE in every container,
+/// through a kustomize overlay of its own (`kind.sh --render` prints it).
+#[test]
+fn kind_e2e_script_runs_the_image_it_builds() {
+    let Some(bash) = tool("bash", "kind_e2e_script_runs_the_image_it_builds") else {
+        return;
+    };
+    let Some(kubectl) = tool("kubectl", "kind_e2e_script_runs_the_image_it_builds") else {
+        return;
+    };
+    let want = [
+        (
+            "registry.example.com/team/stickyd:1.2.3",
+            "registry.example.com/team/stickyd:1.2.3",
+        ),
+        ("stickyd:e2e", "stickyd:e2e"),
+        ("localhost:5000/stickyd", "localhost:5000/stickyd:latest"),
+    ];
+    let kubectl_dir = kubectl.parent().unwrap().to_path_buf();
+    for (image, expected) in want {
+        let path = std::env::var_os("PATH").unwrap_or_default();
+        let mut paths = vec![kubectl_dir.clone()];
+        paths.extend(std::env::split_paths(&path));
+        let out = run(Command::new(&bash)
+            .arg(root().join("tests/e2e/kind.sh"))
+            .arg("--render")
+            .env("IMAGE", image)
+            .env("PATH", std::env::join_paths(paths).unwrap()));
+        assert!(
+            out.status.success(),
+            "kind.sh --render: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let text = String::from_utf8(out.stdout).unwrap();
+        let docs: Vec<Yaml> = YamlLoader::load_from_str(&text)
+            .unwrap()
+            .into_iter()
+            .filter(|d| !matches!(d, Yaml::Null))
+            .collect();
+        let deploy = one(&docs, "Deployment", "mysvc");
+        let pod = pod_spec(deploy);
+        let images: Vec<&str> = list(&pod["initContainers"])
+            .iter()
+            .chain(list(&pod["containers"]))
+            .map(|c| c["image"].as_str().unwrap())
+            .collect();
+        assert_eq!(images, vec![expected, expected], "IMAGE={image}");
+        assert_eq!(docs.len(), render(&kubectl, EXTERNALNAME).len(), "the whole example");
+        assert!(lint_rules(&text, docs.len()).is_empty(), "stickyd lint accepts it");
+    }
 }
