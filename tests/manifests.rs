@@ -1645,3 +1645,127 @@ fn kind_e2e_script_runs_the_image_it_builds() {
         assert!(lint_rules(&text, docs.len()).is_empty(), "stickyd lint accepts it");
     }
 }
+
+/// The peers of a NetworkPolicy rule (`from` or `to`), as (namespace
+/// labels, pod labels, CIDR) triples.
+fn peers(rule: &Yaml, key: &str) -> Vec<(Yaml, Yaml, Option<String>)> {
+    list(&rule[key])
+        .iter()
+        .map(|p| {
+            (
+                p["namespaceSelector"]["matchLabels"].clone(),
+                p["podSelector"]["matchLabels"].clone(),
+                p["ipBlock"]["cidr"].as_str().map(str::to_string),
+            )
+        })
+        .collect()
+}
+
+/// (port, protocol) of a NetworkPolicy rule.
+fn rule_ports(rule: &Yaml) -> Vec<(i64, String)> {
+    list(&rule["ports"])
+        .iter()
+        .map(|p| {
+            (
+                p["port"].as_i64().expect("ports by number"),
+                p["protocol"].as_str().unwrap_or("TCP").to_string(),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn networkpolicy_example_allows_what_stickyd_needs_and_nothing_else() {
+    let Some(r) = renders(
+        "networkpolicy_example_allows_what_stickyd_needs_and_nothing_else",
+        &["manifests/examples/networkpolicy"],
+    ) else {
+        return;
+    };
+    let docs = &r[0].1;
+    let deploy = one(docs, "Deployment", "mysvc");
+    let labels = &deploy["spec"]["template"]["metadata"]["labels"];
+    let side = sidecar(deploy);
+    let proxy = port_of(env_value(side, "STICKYD_LISTEN").unwrap()) as i64;
+    let admin = port_of(env_value(side, "STICKYD_ADMIN_LISTEN").unwrap()) as i64;
+    let policies = of_kind(docs, "NetworkPolicy");
+    assert!(!policies.is_empty());
+    let mut ingress = Vec::new();
+    let mut egress = Vec::new();
+    let mut types = BTreeSet::new();
+    for p in &policies {
+        assert_eq!(namespace(p), namespace(deploy), "{}: beside the pods", name(p));
+        let sel = p["spec"]["podSelector"]["matchLabels"]
+            .as_hash()
+            .expect("a podSelector");
+        for (k, v) in sel {
+            assert_eq!(&labels[k.as_str().unwrap()], v, "{} selects the pods of mysvc", name(p));
+        }
+        for t in strs(&p["spec"]["policyTypes"]) {
+            types.insert(t.to_string());
+        }
+        ingress.extend(list(&p["spec"]["ingress"]).iter().cloned());
+        egress.extend(list(&p["spec"]["egress"]).iter().cloned());
+    }
+    assert_eq!(
+        types,
+        BTreeSet::from(["Egress".to_string(), "Ingress".to_string()]),
+        "deny by default both ways"
+    );
+    let tcp = |n: i64| (n, "TCP".to_string());
+    let in_rule = |from: &dyn Fn(&(Yaml, Yaml, Option<String>)) -> bool, port: i64| {
+        ingress
+            .iter()
+            .any(|r| peers(r, "from").iter().any(from) && rule_ports(r).contains(&tcp(port)))
+    };
+    let out_rule = |to: &dyn Fn(&(Yaml, Yaml, Option<String>)) -> bool, port: (i64, &str)| {
+        egress
+            .iter()
+            .any(|r| peers(r, "to").iter().any(to) && rule_ports(r).contains(&(port.0, port.1.to_string())))
+    };
+    let is_peer = |p: &(Yaml, Yaml, Option<String>)| p.0.is_badvalue() && p.1 == *labels;
+    // The ingress controller, to the sidecar's port.
+    assert!(in_rule(
+        &|p| p.0["kubernetes.io/metadata.name"].as_str() == Some("ingress-nginx")
+            && p.1["app.kubernetes.io/name"].as_str() == Some("ingress-nginx"),
+        proxy
+    ));
+    // Sidecar to sidecar, both ends.
+    assert!(in_rule(&is_peer, proxy), "peers reach the sidecar");
+    assert!(out_rule(&is_peer, (proxy, "TCP")), "the sidecar reaches its peers");
+    // The kubelet's probes and preStop, from the node.
+    assert!(in_rule(&|p| p.2.is_some(), admin), "the node reaches the admin port");
+    for probe in ["readinessProbe", "livenessProbe"] {
+        let port = &side[probe]["httpGet"]["port"];
+        assert_eq!(port_number(side, port), Some(admin), "{probe} is on the admin port");
+    }
+    // DNS and the API server.
+    let dns = |p: &(Yaml, Yaml, Option<String>)| {
+        p.0["kubernetes.io/metadata.name"].as_str() == Some("kube-system")
+            && p.1["k8s-app"].as_str() == Some("kube-dns")
+    };
+    assert!(out_rule(&dns, (53, "UDP")) && out_rule(&dns, (53, "TCP")), "DNS");
+    assert!(
+        out_rule(&|p| p.2.is_some(), (443, "TCP")) || out_rule(&|p| p.2.is_some(), (6443, "TCP")),
+        "the API server"
+    );
+    // Nothing else: every ingress rule names peers and ports.
+    for r in ingress.iter().chain(&egress) {
+        assert!(
+            !list(&r["ports"]).is_empty(),
+            "a rule without ports allows them all: {r:?}"
+        );
+        assert!(
+            !list(&r["from"]).is_empty() || !list(&r["to"]).is_empty(),
+            "a rule without peers allows everyone: {r:?}"
+        );
+    }
+    let Some(kubectl) = tool(
+        "kubectl",
+        "networkpolicy_example_allows_what_stickyd_needs_and_nothing_else",
+    ) else {
+        return;
+    };
+    let text = render_text(&kubectl, "manifests/examples/networkpolicy");
+    assert!(lint_rules(&text, docs.len()).is_empty(), "stickyd lint accepts it");
+}
