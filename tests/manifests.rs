@@ -1646,9 +1646,11 @@ fn kind_e2e_script_runs_the_image_it_builds() {
     }
 }
 
-/// The peers of a NetworkPolicy rule (`from` or `to`), as (namespace
-/// labels, pod labels, CIDR) triples.
-fn peers(rule: &Yaml, key: &str) -> Vec<(Yaml, Yaml, Option<String>)> {
+/// A peer of a NetworkPolicy rule: namespace labels, pod labels, CIDR.
+type Peer = (Yaml, Yaml, Option<String>);
+
+/// The peers of a NetworkPolicy rule (`from` or `to`).
+fn peers(rule: &Yaml, key: &str) -> Vec<Peer> {
     list(&rule[key])
         .iter()
         .map(|p| {
@@ -1713,17 +1715,17 @@ fn networkpolicy_example_allows_what_stickyd_needs_and_nothing_else() {
         "deny by default both ways"
     );
     let tcp = |n: i64| (n, "TCP".to_string());
-    let in_rule = |from: &dyn Fn(&(Yaml, Yaml, Option<String>)) -> bool, port: i64| {
+    let in_rule = |from: &dyn Fn(&Peer) -> bool, port: i64| {
         ingress
             .iter()
             .any(|r| peers(r, "from").iter().any(from) && rule_ports(r).contains(&tcp(port)))
     };
-    let out_rule = |to: &dyn Fn(&(Yaml, Yaml, Option<String>)) -> bool, port: (i64, &str)| {
+    let out_rule = |to: &dyn Fn(&Peer) -> bool, port: (i64, &str)| {
         egress
             .iter()
             .any(|r| peers(r, "to").iter().any(to) && rule_ports(r).contains(&(port.0, port.1.to_string())))
     };
-    let is_peer = |p: &(Yaml, Yaml, Option<String>)| p.0.is_badvalue() && p.1 == *labels;
+    let is_peer = |p: &Peer| p.0.is_badvalue() && p.1 == *labels;
     // The ingress controller, to the sidecar's port.
     assert!(in_rule(
         &|p| p.0["kubernetes.io/metadata.name"].as_str() == Some("ingress-nginx")
@@ -1740,7 +1742,7 @@ fn networkpolicy_example_allows_what_stickyd_needs_and_nothing_else() {
         assert_eq!(port_number(side, port), Some(admin), "{probe} is on the admin port");
     }
     // DNS and the API server.
-    let dns = |p: &(Yaml, Yaml, Option<String>)| {
+    let dns = |p: &Peer| {
         p.0["kubernetes.io/metadata.name"].as_str() == Some("kube-system")
             && p.1["k8s-app"].as_str() == Some("kube-dns")
     };
