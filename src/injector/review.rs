@@ -580,24 +580,28 @@ mod tests {
             Decision::Deny(m) => m,
             other => panic!("expected a denial, got {other:?}"),
         };
-        assert!(deny(json!({"stickyd.io/inject": "enabled"})).contains("stickyd.io/service is required"));
-        assert!(deny(json!({"stickyd.io/inject": "yes", "stickyd.io/service": "shop"})).contains("stickyd.io/inject"));
-        assert!(deny(
-            json!({"stickyd.io/inject": "enabled", "stickyd.io/service": "shop", "stickyd.io/cookie-nmae": "x"})
-        )
-        .contains("unknown annotation stickyd.io/cookie-nmae"));
-        assert!(deny(
-            json!({"stickyd.io/inject": "enabled", "stickyd.io/service": "shop", "stickyd.io/cookie-path": "/a(.*)"})
-        )
-        .contains("STICKYD_COOKIE_PATH"));
-        assert!(deny(
-            json!({"stickyd.io/inject": "enabled", "stickyd.io/service": "shop", "stickyd.io/app-port": "web"})
-        )
-        .contains("names no containerPort"));
-        assert!(deny(
-            json!({"stickyd.io/inject": "enabled", "stickyd.io/service": "shop", "stickyd.io/drain-max": "0"})
-        )
-        .contains("--drain-max"));
+        let with = |short: &str, value: &str| {
+            let mut a = json!({"stickyd.io/inject": "enabled", "stickyd.io/service": "shop"});
+            a[format!("{PREFIX}{short}")] = json!(value);
+            a
+        };
+        let cases = [
+            (
+                json!({"stickyd.io/inject": "enabled"}),
+                "stickyd.io/service is required",
+            ),
+            (with("inject", "yes"), "stickyd.io/inject"),
+            (with("cookie-nmae", "x"), "unknown annotation stickyd.io/cookie-nmae"),
+            (with("cookie-path", "/a(.*)"), "STICKYD_COOKIE_PATH"),
+            (with("app-port", "web"), "names no containerPort"),
+            (with("drain-max", "0"), "--drain-max"),
+            (with("port", "http"), "is not a port number"),
+            (with("secret-env", "true"), "needs stickyd.io/secret"),
+        ];
+        for (annotations, want) in cases {
+            let message = deny(annotations.clone());
+            assert!(message.contains(want), "{annotations}: {message}");
+        }
         match decide(&pod_review(json!({"stickyd.io/inject": "disabled"})), "stickyd:test") {
             Decision::Allow { patch, .. } => assert!(patch.is_empty()),
             other => panic!("{other:?}"),
