@@ -22,8 +22,9 @@ ARG TARGETARCH
 
 # The Rust target for the image's architecture, and a C compiler for it:
 # ring (rustls) builds C and assembly. For the builder's own architecture
-# that is musl-gcc; for the other one, Debian's cross gcc, which also links
-# (Rust's musl targets bring their own C runtime and libc).
+# that is musl-gcc, and Rust links as it does natively; for the other one,
+# Debian's cross gcc, which also links (Rust's musl targets bring their own C
+# runtime and libc).
 SHELL ["/bin/bash", "-o", "pipefail", "-c"]
 RUN case "${TARGETARCH}" in \
       amd64) arch=x86_64 ;; \
@@ -32,21 +33,25 @@ RUN case "${TARGETARCH}" in \
     esac \
  && target="${arch}-unknown-linux-musl" \
  && apt-get update \
+ && linker="" \
  && if [ "${TARGETARCH}" = "${BUILDARCH}" ]; then \
       apt-get install -y --no-install-recommends musl-tools=1.2.3-1; \
       cc=musl-gcc; \
     elif [ "${TARGETARCH}" = arm64 ]; then \
       apt-get install -y --no-install-recommends gcc-aarch64-linux-gnu=4:12.2.0-3 libc6-dev-arm64-cross=2.36-8cross1; \
       cc=aarch64-linux-gnu-gcc; \
+      linker="${cc}"; \
     else \
       apt-get install -y --no-install-recommends gcc-x86-64-linux-gnu=4:12.2.0-3 libc6-dev-amd64-cross=2.36-8cross1; \
       cc=x86_64-linux-gnu-gcc; \
+      linker="${cc}"; \
     fi \
  && rm -rf /var/lib/apt/lists/* \
  && rustup target add "${target}" \
  && echo "${target}" > /rust-target \
  && { echo "export CC_${target//-/_}=${cc}"; \
-      echo "export CARGO_TARGET_$(tr 'a-z-' 'A-Z_' <<<"${target}")_LINKER=${cc}"; } > /cross.env
+      if [ -n "${linker}" ]; then echo "export CARGO_TARGET_$(tr 'a-z-' 'A-Z_' <<<"${target}")_LINKER=${linker}"; fi; \
+    } > /cross.env
 
 WORKDIR /src
 COPY . .
