@@ -393,34 +393,207 @@ pub fn read_cookie_values<'a>(
     codec: &Codec,
     now: u64,
 ) -> CookieState {
-    let mut state = CookieState::Absent;
     let name = name.as_bytes();
-    // Bytes, not str: no UTF-8 validation of the whole (often long) header
-    // and ASCII trimming, which is what cookie syntax uses (RFC 6265 §5.4).
-    for h in values {
-        for pair in h.split(|&b| b == b';') {
-            let pair = pair.trim_ascii();
-            let Some(eq) = pair.iter().position(|&b| b == b'=') else {
-                continue;
-            };
-            if pair[..eq].trim_ascii() != name {
-                continue;
-            }
-            let mut v = pair[eq + 1..].trim_ascii();
-            if let [b'"', inner @ .., b'"'] = v {
-                v = inner;
-            }
-            let decoded = match std::str::from_utf8(v) {
-                Ok(v) => codec.decode(v, now),
-                Err(_) => CookieState::Invalid,
-            };
-            match decoded {
-                valid @ CookieState::Valid(_) => return valid,
-                _ => state = CookieState::Invalid,
-            }
+    first_valid(
+        values
+            .flat_map(cookie_pairs)
+            .filter(|(n, _)| *n == name)
+            .map(|(_, v)| unquote(v).0),
+        codec,
+        now,
+    )
+}
+
+/// The token in the values of the affinity header: the first valid one
+/// wins; one that cannot be decoded is `Invalid`, none `Absent`.
+pub fn read_token_values<'a>(values: impl Iterator<Item = &'a [u8]>, codec: &Codec, now: u64) -> CookieState {
+    first_valid(values.map(<[u8]>::trim_ascii), codec, now)
+}
+
+fn first_valid<'a>(values: impl Iterator<Item = &'a [u8]>, codec: &Codec, now: u64) -> CookieState {
+    let mut state = CookieState::Absent;
+    for v in values {
+        let decoded = match std::str::from_utf8(v) {
+            Ok(v) => codec.decode(v, now),
+            Err(_) => CookieState::Invalid,
+        };
+        match decoded {
+            valid @ CookieState::Valid(_) => return valid,
+            _ => state = CookieState::Invalid,
         }
     }
     state
+}
+
+/// The `name=value` pairs of one `Cookie` field, trimmed, as bytes: no
+/// UTF-8 validation of the whole (often long) header, and ASCII trimming,
+/// which is what cookie syntax uses (RFC 6265 §5.4).
+fn cookie_pairs(field: &[u8]) -> impl Iterator<Item = (&[u8], &[u8])> {
+    field.split(|&b| b == b';').filter_map(|pair| {
+        let pair = pair.trim_ascii();
+        let eq = pair.iter().position(|&b| b == b'=')?;
+        Some((pair[..eq].trim_ascii(), pair[eq + 1..].trim_ascii()))
+    })
+}
+
+/// A cookie value without its double quotes, and whether it had them.
+fn unquote(v: &[u8]) -> (&[u8], bool) {
+    match v {
+        [b'"', inner @ .., b'"'] => (inner, true),
+        _ => (v, false),
+    }
+}
+
+/// Between the token and the app's own value in app-cookie mode.
+pub const APP_DELIMITER: u8 = b'~';
+
+/// Splits an app-cookie value (quotes off) into its token prefix and the
+/// app's own value, when it begins with something shaped like a token (a
+/// pod id first, then only the token's characters) and the delimiter: a
+/// token that fails to verify is still taken off, so that the app gets its
+/// own value back. Anything else is the app's value whole.
+pub fn split_app_value(v: &[u8]) -> Option<(&[u8], &[u8])> {
+    let at = v.iter().take(MAX_VALUE_LEN + 1).position(|&b| b == APP_DELIMITER)?;
+    let token = &v[..at];
+    let id = token.split(|&b| b == b'.').next().unwrap_or(token);
+    let shaped = token.iter().all(|&b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+        && std::str::from_utf8(id).ok().and_then(SessionId::parse).is_some();
+    shaped.then(|| (token, &v[at + 1..]))
+}
+
+/// What the app's cookie in a request says, in app-cookie mode.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AppCookie {
+    /// The token's state: `Absent` without the cookie, `Invalid` when it has
+    /// no valid prefix.
+    pub state: CookieState,
+    /// The app's own value, as the app set it (quotes kept, the prefix off),
+    /// of the cookie whose token decided (else of the first): what a re-issue
+    /// carries.
+    pub value: Option<Vec<u8>>,
+}
+
+/// Reads the app's cookie `name` in the request's `Cookie` fields.
+pub fn read_app_cookie<'a>(values: impl Iterator<Item = &'a [u8]>, name: &str, codec: &Codec, now: u64) -> AppCookie {
+    let mut out = AppCookie {
+        state: CookieState::Absent,
+        value: None,
+    };
+    let name = name.as_bytes();
+    for (_, v) in values.flat_map(cookie_pairs).filter(|(n, _)| *n == name) {
+        let (inner, quoted) = unquote(v);
+        let (state, value) = match split_app_value(inner) {
+            Some((token, rest)) => (first_valid(std::iter::once(token), codec, now), requote(rest, quoted)),
+            None => (CookieState::Invalid, v.to_vec()),
+        };
+        if let CookieState::Valid(_) = state {
+            return AppCookie {
+                state,
+                value: Some(value),
+            };
+        }
+        out.state = state;
+        out.value.get_or_insert(value);
+    }
+    out
+}
+
+fn requote(v: &[u8], quoted: bool) -> Vec<u8> {
+    if !quoted {
+        return v.to_vec();
+    }
+    let mut out = Vec::with_capacity(v.len() + 2);
+    out.push(b'"');
+    out.extend_from_slice(v);
+    out.push(b'"');
+    out
+}
+
+/// A `Cookie` field for the app: every `name` pair's token prefix taken
+/// off, everything else byte for byte as it came. None: nothing to take off.
+pub fn strip_app_prefix(field: &[u8], name: &[u8]) -> Option<Vec<u8>> {
+    let mut cuts: Vec<std::ops::Range<usize>> = Vec::new();
+    let mut start = 0;
+    for pair in field.split(|&b| b == b';') {
+        let at = start;
+        start += pair.len() + 1;
+        let Some(eq) = pair.iter().position(|&b| b == b'=') else {
+            continue;
+        };
+        if pair[..eq].trim_ascii() != name {
+            continue;
+        }
+        let v = &pair[eq + 1..];
+        let lead = v.len() - v.trim_ascii_start().len();
+        let (inner, quoted) = unquote(v.trim_ascii());
+        if let Some((token, _)) = split_app_value(inner) {
+            let from = at + eq + 1 + lead + usize::from(quoted);
+            cuts.push(from..from + token.len() + 1);
+        }
+    }
+    if cuts.is_empty() {
+        return None;
+    }
+    let mut out = Vec::with_capacity(field.len());
+    let mut from = 0;
+    for cut in cuts {
+        out.extend_from_slice(&field[from..cut.start]);
+        from = cut.end;
+    }
+    out.extend_from_slice(&field[from..]);
+    Some(out)
+}
+
+/// The cookie a `Set-Cookie` field value sets, and the range of its value
+/// (quotes off) in the field.
+fn set_cookie_value(field: &[u8]) -> Option<(&[u8], std::ops::Range<usize>)> {
+    let pair_end = field.iter().position(|&b| b == b';').unwrap_or(field.len());
+    let pair = &field[..pair_end];
+    let eq = pair.iter().position(|&b| b == b'=')?;
+    let v = &pair[eq + 1..];
+    let lead = v.len() - v.trim_ascii_start().len();
+    let (inner, quoted) = unquote(v.trim_ascii());
+    let from = eq + 1 + lead + usize::from(quoted);
+    Some((pair[..eq].trim_ascii(), from..from + inner.len()))
+}
+
+/// Does this `Set-Cookie` field value set the cookie `name`?
+pub fn sets_cookie(field: &[u8], name: &[u8]) -> bool {
+    set_cookie_value(field).is_some_and(|(n, _)| n == name)
+}
+
+/// The app's `Set-Cookie` of `name` with `token~` before its value, every
+/// attribute as the app wrote it (a prefix already there is replaced).
+/// None: it sets another cookie, or deletes this one (an empty value).
+pub fn prefix_set_cookie(field: &[u8], name: &[u8], token: &[u8]) -> Option<Vec<u8>> {
+    let (n, value) = set_cookie_value(field)?;
+    if n != name || value.is_empty() {
+        return None;
+    }
+    let own = match split_app_value(&field[value.clone()]) {
+        Some((old, _)) => value.start + old.len() + 1,
+        None => value.start,
+    };
+    let mut out = Vec::with_capacity(field.len() + token.len() + 1);
+    out.extend_from_slice(&field[..value.start]);
+    out.extend_from_slice(token);
+    out.push(APP_DELIMITER);
+    out.extend_from_slice(&field[own..]);
+    Some(out)
+}
+
+/// The app's cookie re-issued by stickyd: `TOKEN~VALUE` with the app's
+/// value from the request, and the attributes of STICKYD_COOKIE_*. None:
+/// the value cannot be written back in a header.
+pub fn reissue_app_cookie(cfg: &CookieConfig, token: &str, value: &[u8], https: bool) -> Option<HeaderValue> {
+    let (inner, quoted) = unquote(value);
+    let inner = std::str::from_utf8(inner).ok()?;
+    let v = if quoted {
+        format!("\"{token}~{inner}\"")
+    } else {
+        format!("{token}~{inner}")
+    };
+    cookie_header(cfg, v, https)
 }
 
 /// Builds the `Set-Cookie` header value for a session.
@@ -428,6 +601,10 @@ pub fn read_cookie_values<'a>(
 /// `https` says whether the client's request arrived over TLS (by
 /// X-Forwarded-Proto), for `STICKYD_COOKIE_SECURE=auto`.
 pub fn set_cookie(cfg: &CookieConfig, value: String, https: bool) -> HeaderValue {
+    cookie_header(cfg, value, https).expect("cookie built from validated config is a valid header")
+}
+
+fn cookie_header(cfg: &CookieConfig, value: String, https: bool) -> Option<HeaderValue> {
     let secure = match cfg.secure {
         SecureMode::Always => true,
         SecureMode::Never => false,
@@ -457,7 +634,7 @@ pub fn set_cookie(cfg: &CookieConfig, value: String, https: bool) -> HeaderValue
     if cfg.partitioned {
         b = b.partitioned(true);
     }
-    HeaderValue::from_str(&b.build().to_string()).expect("cookie built from validated config is a valid header")
+    HeaderValue::from_str(&b.build().to_string()).ok()
 }
 
 /// Seconds since the Unix epoch.
@@ -702,5 +879,172 @@ mod tests {
         }
         assert_eq!(parse_b36("ZZ"), None);
         assert_eq!(parse_b36(""), None);
+    }
+
+    fn token(pod: &str) -> String {
+        Codec::unsigned().encode(SessionId::for_pod(pod), SID, 0, 0)
+    }
+
+    #[test]
+    fn the_affinity_header_carries_the_same_value_as_the_cookie() {
+        let c = Codec::new(keys(K1), Lifetimes::default());
+        let id = SessionId::for_pod("p1");
+        let v = c.encode(id, SID, 10, 10);
+        let one = |vals: &[&str]| read_token_values(vals.iter().map(|v| v.as_bytes()), &c, 11);
+        assert_eq!(one(&[]), CookieState::Absent);
+        assert_eq!(one(&["garbage"]), CookieState::Invalid);
+        assert!(matches!(one(&[&format!(" {v} ")]), CookieState::Valid(s) if s.id == id && s.sid == Some(SID)));
+        assert!(matches!(one(&["garbage", &v]), CookieState::Valid(s) if s.id == id));
+        // Unsigned while a key is set: no token.
+        assert_eq!(one(&[&token("p1")]), CookieState::Invalid);
+        assert_eq!(one(&["\u{e9}"]), CookieState::Invalid);
+    }
+
+    #[test]
+    fn app_values_split_only_at_a_token_shaped_prefix() {
+        let t = token("p1");
+        let v = format!("{t}~abc~d");
+        assert_eq!(split_app_value(v.as_bytes()), Some((t.as_bytes(), &b"abc~d"[..])));
+        let signed = Codec::new(keys(K1), Lifetimes::default()).encode(SessionId::for_pod("p1"), SID, 1, 1);
+        let v = format!("{signed}~x");
+        assert_eq!(split_app_value(v.as_bytes()), Some((signed.as_bytes(), &b"x"[..])));
+        // The id alone (the earlier form) is token-shaped too.
+        let id = SessionId::for_pod("p1").encode();
+        assert_eq!(
+            split_app_value(format!("{id}~x").as_bytes()).map(|p| p.1),
+            Some(&b"x"[..])
+        );
+        for own in [
+            "abc".to_string(),
+            "abc~def".to_string(),
+            "short.x~v".to_string(),
+            format!("{id}!~v"),
+            id.clone(),
+            format!("{}~v", "A".repeat(MAX_VALUE_LEN + 1)),
+        ] {
+            assert_eq!(split_app_value(own.as_bytes()), None, "{own}");
+        }
+        // Right up to the longest token.
+        let long = format!("{id}.{}", "a".repeat(MAX_VALUE_LEN - ID_CHARS - 1));
+        assert_eq!(long.len(), MAX_VALUE_LEN);
+        assert!(split_app_value(format!("{long}~v").as_bytes()).is_some());
+    }
+
+    #[test]
+    fn the_app_cookie_is_read_by_its_prefix() {
+        let c = Codec::unsigned();
+        let id = SessionId::for_pod("p1");
+        let t = token("p1");
+        let read = |field: &str| read_app_cookie(std::iter::once(field.as_bytes()), "JSESSIONID", &c, 0);
+        assert_eq!(
+            read("a=1"),
+            AppCookie {
+                state: CookieState::Absent,
+                value: None
+            }
+        );
+        let r = read(&format!("a=1; JSESSIONID={t}~abc; b=2"));
+        assert!(matches!(r.state, CookieState::Valid(s) if s.id == id));
+        assert_eq!(r.value.as_deref(), Some(&b"abc"[..]));
+        // Quotes stay the app's.
+        let r = read(&format!("JSESSIONID=\"{t}~abc\""));
+        assert!(matches!(r.state, CookieState::Valid(_)));
+        assert_eq!(r.value.as_deref(), Some(&b"\"abc\""[..]));
+        // No prefix: a new session; the value whole.
+        let r = read("JSESSIONID=abc~def");
+        assert_eq!(r.state, CookieState::Invalid);
+        assert_eq!(r.value.as_deref(), Some(&b"abc~def"[..]));
+        // A token-shaped prefix that fails to verify is taken off all the same.
+        let signed = Codec::new(keys(K1), Lifetimes::default());
+        let r = read_app_cookie(
+            std::iter::once(format!("JSESSIONID={t}~abc").as_bytes()),
+            "JSESSIONID",
+            &signed,
+            0,
+        );
+        assert_eq!(r.state, CookieState::Invalid);
+        assert_eq!(r.value.as_deref(), Some(&b"abc"[..]));
+        // The first valid one decides, with its own value.
+        let r = read(&format!("JSESSIONID=old; JSESSIONID={t}~new"));
+        assert!(matches!(r.state, CookieState::Valid(_)));
+        assert_eq!(r.value.as_deref(), Some(&b"new"[..]));
+        let r = read("JSESSIONID=first; JSESSIONID=second");
+        assert_eq!(r.value.as_deref(), Some(&b"first"[..]));
+        assert_eq!(
+            read("jsessionid=abc").state,
+            CookieState::Absent,
+            "names are case-sensitive"
+        );
+    }
+
+    #[test]
+    fn the_app_gets_its_own_value_back_and_every_other_cookie_as_it_came() {
+        let t = token("p1");
+        let strip = |f: &str| strip_app_prefix(f.as_bytes(), b"sid").map(|v| String::from_utf8(v).unwrap());
+        assert_eq!(strip("a=1; b=2"), None);
+        assert_eq!(strip("sid=plain"), None);
+        assert_eq!(
+            strip(&format!("a=1;  sid={t}~v1 ;b=x~y")).as_deref(),
+            Some("a=1;  sid=v1 ;b=x~y")
+        );
+        assert_eq!(strip(&format!("sid=\"{t}~v\"")).as_deref(), Some("sid=\"v\""));
+        assert_eq!(
+            strip(&format!("sid={t}~v; other={t}~w; sid= {t}~z")).as_deref(),
+            Some(&*format!("sid=v; other={t}~w; sid= z"))
+        );
+        assert_eq!(strip(&format!("sid={t}~")).as_deref(), Some("sid="));
+        assert_eq!(strip(&format!("nosign; sid={t}~v")).as_deref(), Some("nosign; sid=v"));
+    }
+
+    #[test]
+    fn the_apps_set_cookie_gets_the_prefix_and_keeps_its_attributes() {
+        let t = token("p1");
+        let pre =
+            |f: &str| prefix_set_cookie(f.as_bytes(), b"sid", t.as_bytes()).map(|v| String::from_utf8(v).unwrap());
+        assert_eq!(
+            pre("sid=abc; Max-Age=60; Secure; HttpOnly; Path=/app").as_deref(),
+            Some(&*format!("sid={t}~abc; Max-Age=60; Secure; HttpOnly; Path=/app"))
+        );
+        assert_eq!(pre("sid = abc").as_deref(), Some(&*format!("sid = {t}~abc")));
+        assert_eq!(
+            pre("sid=\"abc\"; Path=/").as_deref(),
+            Some(&*format!("sid=\"{t}~abc\"; Path=/"))
+        );
+        assert_eq!(pre("sid=abc").as_deref(), Some(&*format!("sid={t}~abc")));
+        // A prefix already there is replaced, not doubled.
+        let other = token("p2");
+        assert_eq!(
+            pre(&format!("sid={other}~abc")).as_deref(),
+            Some(&*format!("sid={t}~abc"))
+        );
+        for untouched in ["other=abc", "sid=; Max-Age=0", "sid=\"\"", "sidx=abc", "noequals", ""] {
+            assert_eq!(pre(untouched), None, "{untouched}");
+        }
+        assert!(sets_cookie(b"sid=abc; Path=/", b"sid"));
+        assert!(sets_cookie(b"sid=", b"sid"));
+        assert!(!sets_cookie(b"sidx=abc", b"sid"));
+        assert!(!sets_cookie(b"garbage", b"sid"));
+    }
+
+    #[test]
+    fn a_reissue_carries_the_old_value_and_the_configured_attributes() {
+        let env = [
+            ("STICKYD_POD_NAME", "p"),
+            ("STICKYD_SERVICE", "s"),
+            ("STICKYD_AFFINITY", "app-cookie"),
+            ("STICKYD_APP_COOKIE", "sid"),
+            ("STICKYD_COOKIE_PATH", "/app"),
+        ];
+        let cfg = crate::config::Config::from_env(&env).unwrap().cookie;
+        let v = reissue_app_cookie(&cfg, "TOK", b"abc", false).unwrap();
+        let s = v.to_str().unwrap();
+        assert!(s.starts_with("sid=TOK~abc;"), "{s}");
+        assert!(s.contains("Path=/app") && s.contains("HttpOnly"), "{s}");
+        let v = reissue_app_cookie(&cfg, "TOK", b"\"abc\"", true).unwrap();
+        let s = v.to_str().unwrap();
+        assert!(s.starts_with("sid=\"TOK~abc\";"), "{s}");
+        assert!(s.contains("Secure"), "{s}");
+        assert_eq!(reissue_app_cookie(&cfg, "TOK", b"\xff", false), None);
+        assert_eq!(reissue_app_cookie(&cfg, "TOK", b"a\x01b", false), None);
     }
 }

@@ -140,9 +140,48 @@ pub enum UpstreamProtocol {
     H2c,
 }
 
+/// Where the session token travels (STICKYD_AFFINITY).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AffinityMode {
+    /// stickyd's own cookie (STICKYD_COOKIE_NAME).
+    Cookie,
+    /// A request header, answered in a response header of the same name
+    /// (STICKYD_AFFINITY_HEADER), for clients that keep no cookies.
+    Header,
+    /// Both: either is accepted (the header first), both are emitted.
+    CookieAndHeader,
+    /// The app's own cookie (STICKYD_APP_COOKIE), its value prefixed with
+    /// the token (`TOKEN~VALUE`); stickyd adds no cookie of its own.
+    AppCookie,
+}
+
+impl AffinityMode {
+    /// The token is read from and written to stickyd's own cookie.
+    pub fn cookie(self) -> bool {
+        matches!(self, AffinityMode::Cookie | AffinityMode::CookieAndHeader)
+    }
+
+    /// The token is read from and written to the affinity header.
+    pub fn header(self) -> bool {
+        matches!(self, AffinityMode::Header | AffinityMode::CookieAndHeader)
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AffinityMode::Cookie => "cookie",
+            AffinityMode::Header => "header",
+            AffinityMode::CookieAndHeader => "cookie,header",
+            AffinityMode::AppCookie => "app-cookie",
+        }
+    }
+}
+
 /// The cookie's attributes and keys.
 #[derive(Debug, Clone)]
 pub struct CookieConfig {
+    /// The cookie that carries the token: stickyd's own, or the app's in
+    /// app-cookie mode (whose attributes below are used only when stickyd
+    /// must re-issue the app's cookie itself).
     pub name: String,
     pub path: String,
     pub domain: Option<String>,
@@ -176,6 +215,10 @@ pub struct Config {
     pub port_name: Option<String>,
     pub sync_timeout: Duration,
     pub cookie: CookieConfig,
+    /// Where the session token travels.
+    pub affinity: AffinityMode,
+    /// The header that carries the token in header modes (lowercase).
+    pub affinity_header: http::HeaderName,
     pub on_missing: OnMissing,
     pub drain: Duration,
     pub drain_timeout: Duration,
@@ -206,6 +249,9 @@ pub const VARIABLES: &[(&str, Option<&str>)] = &[
     ("STICKYD_SERVICE", None),
     ("STICKYD_PORT_NAME", None),
     ("STICKYD_SYNC_TIMEOUT", Some("10")),
+    ("STICKYD_AFFINITY", Some("cookie")),
+    ("STICKYD_AFFINITY_HEADER", Some("x-stickyd-affinity")),
+    ("STICKYD_APP_COOKIE", None),
     ("STICKYD_COOKIE_NAME", Some("stickyd")),
     ("STICKYD_COOKIE_PATH", Some("/")),
     ("STICKYD_COOKIE_DOMAIN", None),
@@ -240,6 +286,16 @@ const REGEX_CHARS: &[char] = &['(', ')', '|', '$', '*', '?', '[', ']', '\\', '^'
 
 fn var(env: &dyn Env, name: &'static str) -> Option<String> {
     env.get(name).filter(|v| !v.trim().is_empty())
+}
+
+/// The default of a variable, from [`VARIABLES`].
+fn default_of(name: &str) -> Option<&'static str> {
+    VARIABLES.iter().find(|(n, _)| *n == name).and_then(|(_, d)| *d)
+}
+
+/// A variable's value, or its default from [`VARIABLES`].
+fn var_or_default(env: &dyn Env, name: &'static str) -> Option<String> {
+    var(env, name).or_else(|| default_of(name).map(str::to_string))
 }
 
 fn parse_addr(env: &dyn Env, name: &'static str, default: &str) -> Result<SocketAddr, ConfigError> {
@@ -545,7 +601,8 @@ impl Config {
         }
         let sync_timeout = req_secs(env, "STICKYD_SYNC_TIMEOUT", "10")?;
 
-        let cookie = parse_cookie(env)?;
+        let (affinity, affinity_header) = parse_affinity(env)?;
+        let cookie = parse_cookie(env, affinity)?;
 
         let on_missing =
             match var(env, "STICKYD_ON_MISSING").as_deref().map(str::trim) {
@@ -601,6 +658,8 @@ impl Config {
             port_name,
             sync_timeout,
             cookie,
+            affinity,
+            affinity_header,
             on_missing,
             drain: req_secs(env, "STICKYD_DRAIN_SECONDS", "5")?,
             drain_timeout: req_secs(env, "STICKYD_DRAIN_TIMEOUT", "30")?,
@@ -636,8 +695,114 @@ fn valid_dns_label(s: &str) -> bool {
     valid_pod_name(s) && s.len() <= 63 && !s.contains('.')
 }
 
-fn parse_cookie(env: &dyn Env) -> Result<CookieConfig, ConfigError> {
-    let name = var(env, "STICKYD_COOKIE_NAME").unwrap_or_else(|| "stickyd".into());
+/// Header names the affinity header must not be: HTTP's own framing,
+/// hop-by-hop and cookie fields, and stickyd's other headers.
+const RESERVED_HEADERS: &[&str] = &[
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "te",
+    "transfer-encoding",
+    "upgrade",
+    "content-length",
+    "content-type",
+    "host",
+    "cookie",
+    "set-cookie",
+    "x-forwarded-for",
+    "x-forwarded-proto",
+    "x-stickyd-hop",
+    "x-stickyd-session",
+];
+
+/// STICKYD_AFFINITY and STICKYD_AFFINITY_HEADER; STICKYD_APP_COOKIE is
+/// checked against the mode here, and read as the cookie's name by
+/// [`parse_cookie`].
+fn parse_affinity(env: &dyn Env) -> Result<(AffinityMode, http::HeaderName), ConfigError> {
+    const VAR: &str = "STICKYD_AFFINITY";
+    let raw = var_or_default(env, VAR).expect("STICKYD_AFFINITY has a default");
+    let normal: String = raw
+        .chars()
+        .filter(|c| !c.is_whitespace())
+        .collect::<String>()
+        .to_ascii_lowercase();
+    let mode = match normal.as_str() {
+        "cookie" => AffinityMode::Cookie,
+        "header" => AffinityMode::Header,
+        "cookie,header" | "header,cookie" => AffinityMode::CookieAndHeader,
+        "app-cookie" => AffinityMode::AppCookie,
+        _ => {
+            return Err(ConfigError::invalid(
+                VAR,
+                &raw,
+                "cookie (stickyd's own cookie), header (the STICKYD_AFFINITY_HEADER request and response header), \
+                 cookie,header (both), or app-cookie (the app's own cookie STICKYD_APP_COOKIE, its value prefixed)",
+            ))
+        }
+    };
+    const HEADER: &str = "STICKYD_AFFINITY_HEADER";
+    if !mode.header() && var(env, HEADER).is_some() {
+        return Err(ConfigError::Conflict {
+            var: HEADER,
+            message: format!(
+                "STICKYD_AFFINITY={} carries no header; set STICKYD_AFFINITY=header or cookie,header, or remove it",
+                mode.as_str()
+            ),
+        });
+    }
+    let raw = var_or_default(env, HEADER).expect("STICKYD_AFFINITY_HEADER has a default");
+    let name = raw.trim().to_ascii_lowercase();
+    let header = http::HeaderName::from_bytes(name.as_bytes())
+        .ok()
+        .filter(|_| !name.starts_with("grpc-") && !name.ends_with("-bin") && !RESERVED_HEADERS.contains(&name.as_str()))
+        .ok_or_else(|| {
+            ConfigError::invalid(
+                HEADER,
+                &raw,
+                "a header name (letters, digits, '-'), not one of HTTP's own or stickyd's other headers, not a \
+                 grpc- name and not ending in -bin (gRPC binary metadata)",
+            )
+        })?;
+    const APP: &str = "STICKYD_APP_COOKIE";
+    match (mode, var(env, APP)) {
+        (AffinityMode::AppCookie, None) => {
+            return Err(ConfigError::invalid(
+                APP,
+                "",
+                "the name of the app's own session cookie (e.g. JSESSIONID); required with STICKYD_AFFINITY=app-cookie",
+            ))
+        }
+        (AffinityMode::AppCookie, Some(_)) if var(env, "STICKYD_COOKIE_NAME").is_some() => {
+            return Err(ConfigError::Conflict {
+                var: "STICKYD_COOKIE_NAME",
+                message: "STICKYD_AFFINITY=app-cookie adds no cookie of its own; the token rides in STICKYD_APP_COOKIE"
+                    .into(),
+            })
+        }
+        (AffinityMode::AppCookie, Some(_)) | (_, None) => {}
+        (_, Some(_)) => {
+            return Err(ConfigError::Conflict {
+                var: APP,
+                message: format!(
+                    "STICKYD_APP_COOKIE is read only with STICKYD_AFFINITY=app-cookie, not {}",
+                    mode.as_str()
+                ),
+            })
+        }
+    }
+    Ok((mode, header))
+}
+
+fn parse_cookie(env: &dyn Env, affinity: AffinityMode) -> Result<CookieConfig, ConfigError> {
+    // In app-cookie mode the token rides in the app's cookie, whose name is
+    // checked as stickyd's own would be (the __Host- rules included: they
+    // bind the attributes of a re-issue).
+    let name_var = if affinity == AffinityMode::AppCookie {
+        "STICKYD_APP_COOKIE"
+    } else {
+        "STICKYD_COOKIE_NAME"
+    };
+    let name = var_or_default(env, name_var).expect("the cookie's name is set or has a default");
     let name = name.trim().to_string();
     // RFC 6265 cookie-name is an RFC 9110 token.
     let token_ok = !name.is_empty()
@@ -646,7 +811,7 @@ fn parse_cookie(env: &dyn Env) -> Result<CookieConfig, ConfigError> {
             .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b));
     if !token_ok {
         return Err(ConfigError::invalid(
-            "STICKYD_COOKIE_NAME",
+            name_var,
             &name,
             "a cookie name: letters, digits and !#$%&'*+-.^_`|~ only",
         ));
@@ -932,6 +1097,9 @@ mod tests {
             ("STICKYD_NAMESPACE", "a.b"),
             ("STICKYD_SERVICE", "mysvc.otherns.svc.cluster.local"),
             ("STICKYD_UPSTREAM_PROTOCOL", "spdy"),
+            ("STICKYD_AFFINITY", "url"),
+            ("STICKYD_AFFINITY", "cookie,app-cookie"),
+            ("STICKYD_APP_COOKIE", "a b"),
         ];
         for (k, v) in cases {
             let e = with(&[(k, v)]).expect_err(&format!("{k}={v} must be refused"));
@@ -1012,6 +1180,109 @@ mod tests {
         assert_eq!(Config::from_env(&m).unwrap_err().var(), "STICKYD_SERVICE");
         m.insert("STICKYD_ENDPOINTS".into(), "static:web-0=127.0.0.1:8080".into());
         assert!(Config::from_env(&m).is_ok());
+    }
+
+    #[test]
+    fn affinity_modes() {
+        let c = with(&[]).unwrap();
+        assert_eq!(c.affinity, AffinityMode::Cookie);
+        assert_eq!(c.affinity_header, "x-stickyd-affinity");
+        assert!(c.affinity.cookie() && !c.affinity.header());
+        for (raw, mode, cookie, header) in [
+            ("cookie", AffinityMode::Cookie, true, false),
+            ("header", AffinityMode::Header, false, true),
+            ("cookie,header", AffinityMode::CookieAndHeader, true, true),
+            (" Header , Cookie ", AffinityMode::CookieAndHeader, true, true),
+        ] {
+            let c = with(&[("STICKYD_AFFINITY", raw)]).unwrap();
+            assert_eq!(c.affinity, mode, "{raw}");
+            assert_eq!((c.affinity.cookie(), c.affinity.header()), (cookie, header), "{raw}");
+            assert_eq!(c.cookie.name, "stickyd");
+        }
+        let c = with(&[
+            ("STICKYD_AFFINITY", "header"),
+            ("STICKYD_AFFINITY_HEADER", "X-Session-Pin"),
+        ])
+        .unwrap();
+        assert_eq!(c.affinity_header, "x-session-pin");
+        for bad in [
+            "x stickyd",
+            "cookie",
+            "x-stickyd-hop",
+            "grpc-timeout",
+            "x-token-bin",
+            "Connection",
+            "",
+        ] {
+            let pairs = [("STICKYD_AFFINITY", "header"), ("STICKYD_AFFINITY_HEADER", bad)];
+            if bad.is_empty() {
+                // Empty is unset: the default.
+                assert_eq!(with(&pairs).unwrap().affinity_header, "x-stickyd-affinity");
+                continue;
+            }
+            assert_eq!(err_var(&pairs), "STICKYD_AFFINITY_HEADER", "{bad}");
+        }
+        // A header set while the mode carries none is a mistake, named.
+        assert_eq!(
+            err_var(&[("STICKYD_AFFINITY_HEADER", "x-pin")]),
+            "STICKYD_AFFINITY_HEADER"
+        );
+        // The app's cookie carries the token; its name is checked as a cookie name.
+        let c = with(&[("STICKYD_AFFINITY", "app-cookie"), ("STICKYD_APP_COOKIE", "JSESSIONID")]).unwrap();
+        assert_eq!(c.affinity, AffinityMode::AppCookie);
+        assert!(!c.affinity.cookie() && !c.affinity.header());
+        assert_eq!(c.cookie.name, "JSESSIONID");
+        assert_eq!(AffinityMode::AppCookie.as_str(), "app-cookie");
+        let e = with(&[("STICKYD_AFFINITY", "app-cookie")]).unwrap_err();
+        assert_eq!(e.var(), "STICKYD_APP_COOKIE");
+        assert!(
+            e.to_string().contains("required with STICKYD_AFFINITY=app-cookie"),
+            "{e}"
+        );
+        assert_eq!(err_var(&[("STICKYD_APP_COOKIE", "sid")]), "STICKYD_APP_COOKIE");
+        assert_eq!(
+            err_var(&[("STICKYD_AFFINITY", "header"), ("STICKYD_APP_COOKIE", "sid")]),
+            "STICKYD_APP_COOKIE"
+        );
+        assert_eq!(
+            err_var(&[
+                ("STICKYD_AFFINITY", "app-cookie"),
+                ("STICKYD_APP_COOKIE", "sid"),
+                ("STICKYD_COOKIE_NAME", "other")
+            ]),
+            "STICKYD_COOKIE_NAME"
+        );
+        // The __Host- rules bind the app cookie's re-issue too.
+        assert_eq!(
+            err_var(&[
+                ("STICKYD_AFFINITY", "app-cookie"),
+                ("STICKYD_APP_COOKIE", "__Host-sid"),
+                ("STICKYD_COOKIE_PATH", "/a")
+            ]),
+            "STICKYD_COOKIE_PATH"
+        );
+    }
+
+    #[test]
+    fn the_defaults_table_is_what_parsing_uses() {
+        let mut m = base();
+        // STICKYD_AFFINITY_HEADER, set at all, asks for a mode that carries a header.
+        m.insert("STICKYD_AFFINITY".into(), "header".into());
+        for (k, d) in VARIABLES {
+            if let Some(d) = d.filter(|_| *k != "STICKYD_AFFINITY") {
+                m.insert(k.to_string(), d.to_string());
+            }
+        }
+        let table = Config::from_env(&m).unwrap();
+        let unset = with(&[("STICKYD_AFFINITY", "header")]).unwrap();
+        assert_eq!(format!("{table:?}"), format!("{unset:?}"));
+        assert_eq!(default_of("STICKYD_AFFINITY"), Some("cookie"));
+        assert_eq!(
+            with(&[("STICKYD_AFFINITY", "cookie")]).unwrap().affinity,
+            AffinityMode::Cookie
+        );
+        assert_eq!(default_of("STICKYD_APP_COOKIE"), None);
+        assert_eq!(default_of("STICKYD_NOPE"), None);
     }
 
     #[test]

@@ -1,10 +1,12 @@
 //! The routing decision: one pure function over the cookie, the endpoint
 //! view, this pod and the hop markers, and its second half for a request
-//! whose first upstream failed before any byte of it was sent. The README's
+//! whose first upstream failed before any byte of it was sent; around it,
+//! which carrier's token decides ([`choose`]) and what a response served
+//! here carries of the token ([`emit`]), by STICKYD_AFFINITY. The README's
 //! routing table mirrors the tests at the bottom of this file row for row.
 
 use crate::affinity::{CookieState, SessionId};
-use crate::config::OnMissing;
+use crate::config::{AffinityMode, OnMissing};
 use crate::endpoints::{Peer, View};
 
 /// This pod, as the decision sees it.
@@ -70,6 +72,65 @@ pub enum Failed {
     /// The app in this pod refused the connection: it has exited, as in
     /// Kubernetes' termination order, before this sidecar's own SIGTERM.
     App,
+}
+
+/// The token that decides in `cookie,header` mode: the header's when it is
+/// valid, else the cookie's; a carrier left out by the mode is `Absent`.
+/// Neither valid: `Invalid` when either held something, so that the
+/// request is a new session as with a bad cookie (row 2).
+pub fn choose(header: CookieState, cookie: CookieState) -> CookieState {
+    match (header, cookie) {
+        (valid @ CookieState::Valid(_), _) | (_, valid @ CookieState::Valid(_)) => valid,
+        (CookieState::Absent, CookieState::Absent) => CookieState::Absent,
+        _ => CookieState::Invalid,
+    }
+}
+
+/// What a response served here carries of the session token.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Emit {
+    /// stickyd's Set-Cookie.
+    pub cookie: bool,
+    /// The affinity header (STICKYD_AFFINITY_HEADER).
+    pub header: bool,
+    /// App-cookie: the app's own Set-Cookie of its cookie gets the token
+    /// prefixed to its value, its attributes kept.
+    pub prefix: bool,
+    /// App-cookie: stickyd re-issues the app's cookie, `TOKEN~VALUE` with the
+    /// request's VALUE (the app did not set it on this response).
+    pub reissue: bool,
+}
+
+impl Emit {
+    /// The response carries a token: it must not be stored by shared caches.
+    pub fn any(self) -> bool {
+        self.cookie || self.header || self.prefix || self.reissue
+    }
+}
+
+/// What a response served here carries, by the mode. `issue`: the decision
+/// asks for a token (a new or repinned session, or a refresh: the
+/// `set_cookie` of [`Decision::Local`]). `app_sets`: the app's response sets
+/// its own cookie (app-cookie mode). `app_value`: the request carried the
+/// app's cookie, so its VALUE is known.
+pub fn emit(mode: AffinityMode, issue: bool, app_sets: bool, app_value: bool) -> Emit {
+    match mode {
+        AffinityMode::AppCookie => Emit {
+            // Whatever the decision: a value the app sets here is this
+            // pod's, and a value without the token would start a new session
+            // wherever it lands next.
+            prefix: app_sets,
+            // stickyd cannot invent the app's value: only the request's own
+            // is re-issued, and only when the app does not set one.
+            reissue: issue && !app_sets && app_value,
+            ..Emit::default()
+        },
+        _ => Emit {
+            cookie: issue && mode.cookie(),
+            header: issue && mode.header(),
+            ..Emit::default()
+        },
+    }
 }
 
 /// Decides where a request goes. `pick` chooses among ready peers when this
@@ -248,6 +309,13 @@ mod tests {
     fn forwarded_to(d: Decision<'_>) -> Option<(&str, SessionMark)> {
         match d {
             Decision::Forward { peer, mark } => Some((peer.name.as_str(), mark)),
+            _ => None,
+        }
+    }
+
+    fn cookie_of(c: CookieState) -> Option<String> {
+        match c {
+            CookieState::Valid(s) => Some(format!("{:?}", s.id)),
             _ => None,
         }
     }
@@ -515,5 +583,153 @@ mod tests {
             picked,
             ["pod-b", "pod-d", "pod-b", "pod-d"].map(|p| Some(p.to_string()))
         );
+    }
+
+    /// Every decision that asks for a token, and those that do not.
+    const ISSUE: [bool; 2] = [true, false];
+    const NOTHING: Emit = Emit {
+        cookie: false,
+        header: false,
+        prefix: false,
+        reissue: false,
+    };
+    const PREFIX: Emit = Emit {
+        prefix: true,
+        ..NOTHING
+    };
+    const REISSUE: Emit = Emit {
+        reissue: true,
+        ..NOTHING
+    };
+
+    #[test]
+    fn row17_header_mode_routes_by_the_header_and_answers_in_it() {
+        // The carrier reads the header only (a cookie is Absent to it): the
+        // header's token decides as a cookie would, rows 1 to 16.
+        let v = view(true, Some(PeerState::Ready));
+        let d = decide(
+            &choose(cookie("pod-b"), CookieState::Absent),
+            &v,
+            &me(false),
+            0,
+            OnMissing::Repin,
+            0,
+        );
+        assert_eq!(forwarded_to(d), Some(("pod-b", SessionMark::Pinned)));
+        assert_eq!(
+            decide(
+                &choose(CookieState::Absent, CookieState::Absent),
+                &v,
+                &me(false),
+                0,
+                OnMissing::Repin,
+                0
+            ),
+            NEW
+        );
+        // Where a Set-Cookie would go, the header goes instead.
+        for issue in ISSUE {
+            assert_eq!(
+                emit(AffinityMode::Header, issue, false, false),
+                Emit {
+                    header: issue,
+                    ..NOTHING
+                }
+            );
+            assert_eq!(
+                emit(AffinityMode::Cookie, issue, true, true),
+                Emit {
+                    cookie: issue,
+                    ..NOTHING
+                }
+            );
+        }
+        assert!(!emit(AffinityMode::Header, false, false, false).any());
+        assert!(emit(AffinityMode::Header, true, false, false).any());
+        assert!(emit(AffinityMode::Cookie, true, false, false).any());
+    }
+
+    #[test]
+    fn row18_cookie_and_header_the_valid_header_first_then_the_cookie_both_emitted() {
+        let (b, c) = (cookie("pod-b"), cookie("pod-c"));
+        assert_eq!(cookie_of(choose(b, c)), cookie_of(b));
+        assert_eq!(cookie_of(choose(CookieState::Invalid, c)), cookie_of(c));
+        assert_eq!(cookie_of(choose(CookieState::Absent, c)), cookie_of(c));
+        assert_eq!(cookie_of(choose(b, CookieState::Invalid)), cookie_of(b));
+        assert_eq!(choose(CookieState::Absent, CookieState::Absent), CookieState::Absent);
+        assert_eq!(choose(CookieState::Invalid, CookieState::Absent), CookieState::Invalid);
+        assert_eq!(choose(CookieState::Absent, CookieState::Invalid), CookieState::Invalid);
+        assert_eq!(choose(CookieState::Invalid, CookieState::Invalid), CookieState::Invalid);
+        // Neither valid: a new session, as with a bad cookie (row 2).
+        let v = view(true, Some(PeerState::Ready));
+        let state = choose(CookieState::Invalid, CookieState::Absent);
+        assert_eq!(decide(&state, &v, &me(false), 0, OnMissing::Reject, 0), NEW);
+        for issue in ISSUE {
+            assert_eq!(
+                emit(AffinityMode::CookieAndHeader, issue, false, false),
+                Emit {
+                    cookie: issue,
+                    header: issue,
+                    ..NOTHING
+                }
+            );
+        }
+    }
+
+    #[test]
+    fn row19_app_cookie_absent_is_a_new_session_and_no_cookie_is_added() {
+        let v = view(true, Some(PeerState::Ready));
+        assert_eq!(
+            decide(&CookieState::Absent, &v, &me(false), 0, OnMissing::Repin, 0),
+            NEW
+        );
+        // No value to re-issue: nothing, unless the app sets its cookie.
+        assert_eq!(emit(AffinityMode::AppCookie, true, false, false), NOTHING);
+        assert_eq!(emit(AffinityMode::AppCookie, true, true, false), PREFIX);
+    }
+
+    #[test]
+    fn row20_app_cookie_with_a_valid_prefix_routes_by_it_and_prefixes_what_the_app_sets() {
+        let v = view(true, Some(PeerState::Ready));
+        let d = decide(&cookie("pod-b"), &v, &me(false), 0, OnMissing::Repin, 0);
+        assert_eq!(forwarded_to(d), Some(("pod-b", SessionMark::Pinned)));
+        assert_eq!(
+            decide(&cookie("pod-a"), &v, &me(false), 0, OnMissing::Repin, 0),
+            PINNED_HERE
+        );
+        // Pinned here, no refresh due: the app setting a new value gets the
+        // prefix all the same; not setting one, nothing.
+        for app_value in [true, false] {
+            assert_eq!(emit(AffinityMode::AppCookie, false, true, app_value), PREFIX);
+            assert_eq!(emit(AffinityMode::AppCookie, false, false, app_value), NOTHING);
+        }
+        assert!(emit(AffinityMode::AppCookie, false, true, true).any());
+    }
+
+    #[test]
+    fn row21_app_cookie_without_a_valid_prefix_is_a_new_session_here_its_value_reissued() {
+        let v = view(true, Some(PeerState::Draining));
+        // Served here even with reject, as a bad cookie (row 2); a draining
+        // pod hands it on as any new session (row 12).
+        assert_eq!(
+            decide(&CookieState::Invalid, &v, &me(false), 0, OnMissing::Reject, 0),
+            NEW
+        );
+        let d = decide(&CookieState::Invalid, &v, &me(true), 0, OnMissing::Repin, 0);
+        assert_eq!(forwarded_to(d), Some(("pod-b", SessionMark::New)));
+        assert_eq!(emit(AffinityMode::AppCookie, true, false, true), REISSUE);
+        assert!(emit(AffinityMode::AppCookie, true, false, true).any());
+    }
+
+    #[test]
+    fn row22_app_cookie_repin_or_refresh_reissues_the_old_value_unless_the_app_sets_one() {
+        let v = view(true, Some(PeerState::Ready));
+        assert_eq!(
+            decide(&cookie("pod-gone"), &v, &me(false), 0, OnMissing::Repin, 0),
+            REPIN
+        );
+        assert_eq!(emit(AffinityMode::AppCookie, true, false, true), REISSUE);
+        // The app's own Set-Cookie wins: its value, its attributes, prefixed.
+        assert_eq!(emit(AffinityMode::AppCookie, true, true, true), PREFIX);
     }
 }

@@ -5,12 +5,15 @@ use std::sync::Arc;
 use http::header::{HeaderValue, HOST};
 use http::{Request, Uri, Version};
 
+use http::header::COOKIE;
+
 use super::conn::ConnInfo;
 use super::headers::{self, Found, HOP};
+use super::token::Read;
 use super::Shared;
-use crate::affinity::{self, CookieState, Sid};
+use crate::affinity::{self, CookieState};
 use crate::endpoints::View;
-use crate::route::{self, Decision, Hops, SessionMark};
+use crate::route::{self, Decision, Hops};
 
 /// One request's context, built in the decide phase.
 pub(super) struct Ctx<'a> {
@@ -25,7 +28,10 @@ pub(super) struct Ctx<'a> {
     pub upgrade: bool,
     /// The hop markers it arrived with.
     pub hops: Hops,
+    /// The request's token, from wherever the mode carries it.
     pub cookie: CookieState,
+    /// What the request carried of the token, for the response.
+    pub read: Read,
     /// Unix seconds, for the cookie's times.
     pub now: u64,
     /// The view the decision was made on, held while a forward to one of its
@@ -44,9 +50,15 @@ impl<'a> Ctx<'a> {
             0
         };
         let now = affinity::unix_now();
-        let cookie = {
+        let read = {
+            let h = req.headers();
             let codec = shared.codec.load();
-            affinity::read_cookie(req.headers(), &shared.cfg.cookie.name, &codec, now)
+            shared.carrier.read(
+                h.get_all(COOKIE).iter().map(HeaderValue::as_bytes),
+                h.get_all(shared.carrier.header()).iter().map(HeaderValue::as_bytes),
+                &codec,
+                now,
+            )
         };
         let h1 = req.version() <= Version::HTTP_11;
         Ctx {
@@ -56,7 +68,8 @@ impl<'a> Ctx<'a> {
             https: found.https(req.headers()),
             upgrade: h1 && found.is_upgrade(req.headers()),
             hops,
-            cookie,
+            cookie: read.state,
+            read,
             now,
             view: shared.store.load_full(),
             pick: shared.next_pick(),
@@ -87,23 +100,6 @@ impl<'a> Ctx<'a> {
     /// The cookie names this pod.
     pub fn pinned_here(&self) -> bool {
         matches!(self.cookie, CookieState::Valid(s) if s.id == self.shared.me)
-    }
-
-    /// The session's own id: the cookie's, or a fresh one for a new session.
-    pub fn sid(&self, mark: SessionMark) -> Sid {
-        match self.cookie {
-            CookieState::Valid(s) if mark != SessionMark::New => s.sid.unwrap_or_else(Sid::random),
-            _ => Sid::random(),
-        }
-    }
-
-    /// When the session began: kept while it stays on this pod (signed
-    /// cookies), else now.
-    pub fn created(&self) -> u64 {
-        match self.cookie {
-            CookieState::Valid(s) if s.id == self.shared.me && s.created > 0 => s.created,
-            _ => self.now,
-        }
     }
 
     /// Prepares the request head for the next hop, whichever it is: client

@@ -3,17 +3,17 @@
 
 use std::time::Instant;
 
-use http::header::{HeaderValue, SET_COOKIE};
+use http::header::HeaderValue;
 use http::{Request, Response, Version};
 use hyper::body::Incoming;
 
 use super::body::ResponseBody;
 use super::context::{set_target, Ctx};
 use super::fallback;
-use super::headers::{self, HOP, SESSION};
+use super::headers::{HOP, SESSION};
 use super::respond::{from_upstream, invalid_target, upstream_failed};
+use super::token::Carrier;
 use super::upstream::{Kind, Outbound, Target, Via};
-use crate::affinity;
 use crate::config::UpstreamProtocol;
 use crate::route::{Failed, SessionMark};
 
@@ -39,6 +39,8 @@ pub(super) async fn serve(
     let h = req.headers_mut();
     h.remove(HOP);
     h.insert(SESSION, HeaderValue::from_static(mark.as_str()));
+    // The app gets its own cookie back as it set it.
+    let as_they_came = shared.carrier.for_app(h);
 
     // While a drain runs, a request of a session pinned here holds it.
     let _pinned = (mark == SessionMark::Pinned && ctx.pinned_here())
@@ -68,7 +70,8 @@ pub(super) async fn serve(
         Err(f) => {
             shared.metrics.upstream_error(f.error.metric_label());
             match f.request {
-                Some(req) if may_fall_back && f.error.kind == Kind::Connect => {
+                Some(mut req) if may_fall_back && f.error.kind == Kind::Connect => {
+                    Carrier::restore(req.headers_mut(), as_they_came);
                     tracing::warn!(error = %f.error, "the app in this pod refused the connection; a ready peer takes the request");
                     return fallback::after(ctx, Failed::App, &f.error, req, mark).await;
                 }
@@ -81,17 +84,19 @@ pub(super) async fn serve(
         }
     };
     shared.count_local(mark);
-    let sid = ctx.sid(mark);
+    let sid = shared.sid(&ctx.cookie, mark);
     if mark != SessionMark::Unsynced {
         // A session pinned here now (unsynced: pinned elsewhere, kept as it is).
         shared.sessions.note(sid, tokio::time::Instant::now());
     }
     let mut resp = from_upstream(resp, client_upgrade);
-    if set_cookie {
-        let value = shared.codec.load().encode(shared.me, sid, ctx.created(), ctx.now);
-        let header = affinity::set_cookie(&shared.cfg.cookie, value, ctx.https);
-        resp.headers_mut().append(SET_COOKIE, header);
-        headers::mark_private(resp.headers_mut());
-    }
+    shared.carrier.respond(
+        resp.headers_mut(),
+        set_cookie,
+        &ctx.read,
+        &shared.cfg.cookie,
+        ctx.https,
+        || shared.token(&ctx.cookie, sid, ctx.now),
+    );
     resp
 }

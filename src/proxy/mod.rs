@@ -9,7 +9,8 @@
 //!    ([`forward`]) to a peer's sidecar, over [`upstream`] connections. A
 //!    request whose upstream failed before any byte of it arrived takes the
 //!    one [`fallback`] path ([`route::after_failure`]).
-//! 4. **respond** ([`respond`]): the session cookie beside the app's own,
+//! 4. **respond** ([`respond`]): the session token beside the app's own
+//!    cookies (where it travels is [`token`]'s, by STICKYD_AFFINITY),
 //!    stickyd's headers out, every upstream error mapped to its status.
 
 pub mod body;
@@ -24,6 +25,7 @@ mod local;
 mod respond;
 mod screen;
 mod shared;
+mod token;
 pub mod upstream;
 
 use std::net::SocketAddr;

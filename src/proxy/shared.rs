@@ -11,8 +11,9 @@ use arc_swap::ArcSwap;
 use http::header::HeaderValue;
 use prometheus_client::metrics::counter::Counter;
 
+use super::token::Carrier;
 use super::upstream::Pools;
-use crate::affinity::{Codec, CookieState, Lifetimes, SessionId};
+use crate::affinity::{Codec, CookieState, Lifetimes, SessionId, Sid};
 use crate::config::{Config, UpstreamProtocol};
 use crate::drain::Drain;
 use crate::endpoints::{EndpointStore, IdHash, Peer, PeerState, View};
@@ -35,6 +36,8 @@ pub struct Shared {
     pub metrics: Arc<Metrics>,
     /// Swapped when the secret file changes.
     pub codec: ArcSwap<Codec>,
+    /// Where the session token travels (STICKYD_AFFINITY).
+    pub(super) carrier: Carrier,
     pub me: SessionId,
     /// Set on SIGTERM: take no new sessions, close keep-alive connections.
     pub draining: AtomicBool,
@@ -112,6 +115,7 @@ impl Shared {
             hop_value: HeaderValue::from_str(&cfg.pod_name).expect("STICKYD_POD_NAME is a DNS label"),
             app_authority: authority(cfg.upstream),
             codec: ArcSwap::from_pointee(codec),
+            carrier: Carrier::new(&cfg),
             draining: AtomicBool::new(false),
             drain: Arc::default(),
             sessions: Arc::new(SessionTracker::new(cfg.session_active_window)),
@@ -153,6 +157,25 @@ impl Shared {
         }
         self.store.synced_by(self.started + self.cfg.sync_timeout).await;
         self.store.load_full()
+    }
+
+    /// The session's own id: the token's, or a fresh one for a new session.
+    pub(super) fn sid(&self, cookie: &CookieState, mark: SessionMark) -> Sid {
+        match cookie {
+            CookieState::Valid(s) if mark != SessionMark::New => s.sid.unwrap_or_else(Sid::random),
+            _ => Sid::random(),
+        }
+    }
+
+    /// A token naming this pod for session `sid`, issued `now`. It keeps the
+    /// session's creation time while the session stays on this pod (signed
+    /// tokens), else the session begins now.
+    pub(super) fn token(&self, cookie: &CookieState, sid: Sid, now: u64) -> String {
+        let created = match cookie {
+            CookieState::Valid(s) if s.id == self.me && s.created > 0 => s.created,
+            _ => now,
+        };
+        self.codec.load().encode(self.me, sid, created, now)
     }
 
     /// A number that changes with each request, to spread picks over peers.

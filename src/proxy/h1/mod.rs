@@ -37,9 +37,10 @@ use self::upstream::Upstream;
 use super::conn::{Place, MAX_BOUND, MAX_BOUND_PEERS, MAX_PEERS_PER_CONN};
 use super::listener::Phases;
 use super::screen::Refusal;
+use super::token::Read;
 use super::upstream::{Kind, Target, UpstreamError};
 use super::Shared;
-use crate::affinity::{self, CookieState, Sid};
+use crate::affinity::{self, CookieState};
 use crate::endpoints::{Peer, View};
 use crate::route::{self, Decision, Failed, Hops, SessionMark};
 
@@ -105,7 +106,9 @@ enum Served {
 /// What one request carries through its phases.
 struct Facts<'h> {
     head: &'h RequestHead,
+    /// The request's token, from wherever the mode carries it.
     cookie: CookieState,
+    read: Read,
     hops: Hops,
     https: bool,
     now: u64,
@@ -313,15 +316,18 @@ impl Conn<'_> {
         // Phase 2: decide.
         let buf = &self.buf;
         let now = affinity::unix_now();
-        let cookie = {
+        let carrier = &shared.carrier;
+        let read = {
             let codec = shared.codec.load();
-            affinity::read_cookie_values(head.values(buf, b"cookie"), &shared.cfg.cookie.name, &codec, now)
+            let header = head.values(buf, carrier.header().as_str().as_bytes());
+            carrier.read(head.values(buf, b"cookie"), header, &codec, now)
         };
         let hops = head.values(buf, b"x-stickyd-hop").count().min(Hops::MAX as usize) as Hops;
         let method = head.method(buf);
         let facts = Facts {
             head,
-            cookie,
+            cookie: read.state,
+            read,
             hops,
             https: parse::forwarded_https(buf, head),
             now,
@@ -338,7 +344,10 @@ impl Conn<'_> {
             "route"
         );
         let mut out = Vec::with_capacity(head.len + 128);
-        parse::write_request(&self.buf, head, self.forwarded_for, &mut out);
+        // App-cookie mode: the Cookie fields are written for their
+        // destination, the prefix off for the app.
+        let held = carrier.app_cookie().map(|_| &b"cookie"[..]);
+        parse::write_request(&self.buf, head, self.forwarded_for, held, &mut out);
         let common = out.len();
 
         // Phase 3: serve locally or forward, with the one fallback.
@@ -503,9 +512,20 @@ impl Conn<'_> {
                 out.extend_from_slice(b"x-stickyd-session: ");
                 out.extend_from_slice(mark.as_str().as_bytes());
                 out.extend_from_slice(b"\r\n");
+                if let Some(name) = shared.carrier.app_cookie() {
+                    for v in f.head.values(&self.buf, b"cookie") {
+                        let stripped = affinity::strip_app_prefix(v, name);
+                        parse::push_field(out, b"cookie", stripped.as_deref().unwrap_or(v));
+                    }
+                }
                 (Target::App, shared.cfg.upstream)
             }
             Dest::Peer { peer, .. } => {
+                if shared.carrier.app_cookie().is_some() {
+                    for v in f.head.values(&self.buf, b"cookie") {
+                        parse::push_field(out, b"cookie", v);
+                    }
+                }
                 for _ in 0..=f.hops {
                     out.extend_from_slice(b"x-stickyd-hop: ");
                     out.extend_from_slice(shared.hop_value.as_bytes());
@@ -629,31 +649,34 @@ impl Conn<'_> {
             Dest::Peer { .. } => shared.metrics.forward_duration.observe(waited),
         }
 
-        // Phase 4: respond.
-        let set_cookie = match dest {
+        // Phase 4: respond. A response served here gets the token where the
+        // mode carries it; a peer's comes as that sidecar made it.
+        let carrier = &shared.carrier;
+        let (emit, token) = match dest {
             Dest::Local { mark, set_cookie } => {
                 shared.count_local(mark);
-                let sid = match f.cookie {
-                    CookieState::Valid(s) if mark != SessionMark::New => s.sid.unwrap_or_else(Sid::random),
-                    _ => Sid::random(),
-                };
+                let sid = shared.sid(&f.cookie, mark);
                 if mark != SessionMark::Unsynced {
                     shared.sessions.note(sid, tokio::time::Instant::now());
                 }
-                set_cookie.then(|| {
-                    let created = match f.cookie {
-                        CookieState::Valid(s) if s.id == shared.me && s.created > 0 => s.created,
-                        _ => f.now,
-                    };
-                    let value = shared.codec.load().encode(shared.me, sid, created, f.now);
-                    affinity::set_cookie(&shared.cfg.cookie, value, f.https)
-                })
+                let app_sets = carrier.app_sets(res.values(&ubuf, b"set-cookie"));
+                let emit = carrier.emit(set_cookie, app_sets, &f.read);
+                (emit, emit.any().then(|| shared.token(&f.cookie, sid, f.now)))
             }
             Dest::Peer { peer, mark } => {
                 shared.count_forwarded(peer, view.generation, mark);
-                None
+                (route::Emit::default(), None)
             }
         };
+        let added = match &token {
+            Some(t) => carrier.added(emit, &shared.cfg.cookie, t, &f.read, f.https),
+            None => Vec::new(),
+        };
+        let added: Vec<(&[u8], &[u8])> = added
+            .iter()
+            .map(|(n, v)| (n.as_str().as_bytes(), v.as_bytes()))
+            .collect();
+        let local = matches!(dest, Dest::Local { .. });
         let switching = res.status == 101 && upgrade;
         let client_http10 = head.minor == 0;
         let request_done = body.done();
@@ -665,7 +688,11 @@ impl Conn<'_> {
                 || res.body == BodyKind::Close
                 || (client_http10 && res.body == BodyKind::Chunked));
         let edits = ResponseEdits {
-            set_cookie: set_cookie.as_ref().map(|v| v.as_bytes()),
+            add: &added,
+            drop: (local && carrier.mode().header()).then(|| carrier.header().as_str().as_bytes()),
+            prefix: carrier
+                .app_cookie()
+                .zip(token.as_deref().filter(|_| emit.prefix).map(str::as_bytes)),
             close,
             client_http10,
         };

@@ -109,10 +109,7 @@ impl RequestHead {
     }
     /// The values of every field named `name` (lowercase).
     pub fn values<'b>(&'b self, buf: &'b [u8], name: &'b [u8]) -> impl Iterator<Item = &'b [u8]> + 'b {
-        self.fields
-            .iter()
-            .filter(move |f| f.name(buf).eq_ignore_ascii_case(name))
-            .map(move |f| f.value(buf))
+        values(&self.fields, buf, name)
     }
 }
 
@@ -120,6 +117,17 @@ impl ResponseHead {
     pub fn reason<'b>(&self, buf: &'b [u8]) -> &'b [u8] {
         at(buf, self.reason)
     }
+    /// The values of every field named `name` (lowercase).
+    pub fn values<'b>(&'b self, buf: &'b [u8], name: &'b [u8]) -> impl Iterator<Item = &'b [u8]> + 'b {
+        values(&self.fields, buf, name)
+    }
+}
+
+fn values<'b>(fields: &'b [Field], buf: &'b [u8], name: &'b [u8]) -> impl Iterator<Item = &'b [u8]> + 'b {
+    fields
+        .iter()
+        .filter(move |f| f.name(buf).eq_ignore_ascii_case(name))
+        .map(move |f| f.value(buf))
 }
 
 /// Header arrays up to this size live on the stack.
@@ -397,7 +405,8 @@ fn named(list: &[&[u8]], name: &[u8]) -> bool {
     list.iter().any(|n| n.eq_ignore_ascii_case(name))
 }
 
-fn push_field(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
+/// Writes a field.
+pub fn push_field(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
     out.extend_from_slice(name);
     out.extend_from_slice(b": ");
     out.extend_from_slice(value);
@@ -422,9 +431,10 @@ fn push_u64(out: &mut Vec<u8>, mut n: u64) {
 /// in HTTP/1.1, every end-to-end field as it came, the framing again
 /// (`content-length`, or `transfer-encoding: chunked`), `te: trailers` and
 /// the upgrade fields where they apply, and X-Forwarded-For with the
-/// client's entry appended (several lines folded into one). The caller adds
-/// its own fields and the final CRLF.
-pub fn write_request(buf: &[u8], head: &RequestHead, client: &[u8], out: &mut Vec<u8>) {
+/// client's entry appended (several lines folded into one). Fields named
+/// `held` are left out: the caller writes them for its destination. The
+/// caller adds its own fields and the final CRLF.
+pub fn write_request(buf: &[u8], head: &RequestHead, client: &[u8], held: Option<&[u8]>, out: &mut Vec<u8>) {
     out.extend_from_slice(head.method(buf));
     out.push(b' ');
     // A fragment is no part of a request target (RFC 9112 §3.2): it stays
@@ -439,7 +449,8 @@ pub fn write_request(buf: &[u8], head: &RequestHead, client: &[u8], out: &mut Ve
     for f in &head.fields {
         let name = f.name(buf);
         if !hop_by_hop(name) {
-            if drop.is_empty() || !named(&drop, name) {
+            let keep = drop.is_empty() || !named(&drop, name);
+            if keep && held.is_none_or(|h| !name.eq_ignore_ascii_case(h)) {
                 out.extend_from_slice(&buf[f.line()]);
                 out.extend_from_slice(b"\r\n");
             }
@@ -488,8 +499,15 @@ pub fn write_request(buf: &[u8], head: &RequestHead, client: &[u8], out: &mut Ve
 /// What the response head for the client gets beside the upstream's own.
 #[derive(Default)]
 pub struct ResponseEdits<'a> {
-    /// stickyd's Set-Cookie value, added after the app's.
-    pub set_cookie: Option<&'a [u8]>,
+    /// stickyd's fields (the token's Set-Cookie or header), added after the
+    /// app's own.
+    pub add: &'a [(&'a [u8], &'a [u8])],
+    /// The upstream's fields of this name are left out (the affinity
+    /// header, which is stickyd's).
+    pub drop: Option<&'a [u8]>,
+    /// App-cookie mode: the app's Set-Cookie of this cookie gets this token
+    /// prefixed to its value: `(cookie name, token)`.
+    pub prefix: Option<(&'a [u8], &'a [u8])>,
     /// Tell the client this connection closes after the response.
     pub close: bool,
     /// The client speaks HTTP/1.0: a chunked body goes out decoded and the
@@ -499,10 +517,11 @@ pub struct ResponseEdits<'a> {
 
 /// Writes the response head for the client: the status line in the
 /// client's version, every end-to-end field as it came, the framing, and
-/// the edits. A response that sets the cookie is marked private (`public`
+/// the edits. A response that carries a token is marked private (`public`
 /// and `s-maxage` out, as HAProxy's `nocache`). On a 101 the upgrade fields
 /// stay.
 pub fn write_response(buf: &[u8], head: &ResponseHead, edits: &ResponseEdits<'_>, out: &mut Vec<u8>) {
+    let token = !edits.add.is_empty() || edits.prefix.is_some();
     out.extend_from_slice(if edits.client_http10 {
         b"HTTP/1.0 "
     } else {
@@ -518,7 +537,7 @@ pub fn write_response(buf: &[u8], head: &ResponseHead, edits: &ResponseEdits<'_>
     let mut content_length: Option<&[u8]> = None;
     for f in &head.fields {
         let name = f.name(buf);
-        if edits.set_cookie.is_some() && name.eq_ignore_ascii_case(b"cache-control") {
+        if token && name.eq_ignore_ascii_case(b"cache-control") {
             let c = cache.get_or_insert_with(Vec::new);
             if !c.is_empty() {
                 c.extend_from_slice(b", ");
@@ -527,9 +546,21 @@ pub fn write_response(buf: &[u8], head: &ResponseHead, edits: &ResponseEdits<'_>
             continue;
         }
         if !hop_by_hop(name) {
-            if drop.is_empty() || !named(&drop, name) {
-                out.extend_from_slice(&buf[f.line()]);
-                out.extend_from_slice(b"\r\n");
+            if edits.drop.is_some_and(|d| name.eq_ignore_ascii_case(d)) || !drop.is_empty() && named(&drop, name) {
+                continue;
+            }
+            let prefixed = match edits.prefix {
+                Some((cookie, token)) if name.eq_ignore_ascii_case(b"set-cookie") => {
+                    crate::affinity::prefix_set_cookie(f.value(buf), cookie, token)
+                }
+                _ => None,
+            };
+            match prefixed {
+                Some(v) => push_field(out, name, &v),
+                None => {
+                    out.extend_from_slice(&buf[f.line()]);
+                    out.extend_from_slice(b"\r\n");
+                }
             }
         } else if name.eq_ignore_ascii_case(b"content-length") && content_length.is_none() {
             content_length = Some(f.value(buf));
@@ -548,9 +579,11 @@ pub fn write_response(buf: &[u8], head: &ResponseHead, edits: &ResponseEdits<'_>
             }
         }
     }
-    if let Some(cookie) = edits.set_cookie {
+    if token {
         push_field(out, b"cache-control", &private(cache.as_deref()));
-        push_field(out, b"set-cookie", cookie);
+    }
+    for (name, value) in edits.add {
+        push_field(out, name, value);
     }
     if switching {
         out.extend_from_slice(b"connection: upgrade\r\n");
@@ -707,7 +740,7 @@ mod tests {
     fn written(s: &str, client: &str) -> String {
         let h = ok(s);
         let mut out = Vec::new();
-        write_request(s.as_bytes(), &h, client.as_bytes(), &mut out);
+        write_request(s.as_bytes(), &h, client.as_bytes(), None, &mut out);
         String::from_utf8(out).unwrap()
     }
 
@@ -818,7 +851,7 @@ mod tests {
              x-stickyd-hop: leak\r\nSet-Cookie: app=1\r\nCache-Control: public, max-age=60, s-maxage=600\r\n\
              Content-Length: 2\r\nKeep-Alive: timeout=5\r\n\r\nok",
             ResponseEdits {
-                set_cookie: Some(b"stickyd=v; Path=/"),
+                add: &[(b"set-cookie", b"stickyd=v; Path=/")],
                 ..Default::default()
             },
         );
@@ -830,7 +863,7 @@ mod tests {
         let r = rewritten(
             "HTTP/1.1 200 OK\r\nCache-Control: no-store\r\nTransfer-Encoding: chunked\r\n\r\n",
             ResponseEdits {
-                set_cookie: Some(b"s=1"),
+                add: &[(b"set-cookie", b"s=1")],
                 close: true,
                 ..Default::default()
             },
@@ -860,6 +893,63 @@ mod tests {
         // No reason phrase.
         let r = rewritten("HTTP/1.1 404 \r\nContent-Length: 0\r\n\r\n", ResponseEdits::default());
         assert_eq!(r, "HTTP/1.1 404 \r\ncontent-length: 0\r\n\r\n");
+    }
+
+    #[test]
+    fn held_fields_are_left_to_the_caller() {
+        let s = "GET / HTTP/1.1\r\nCookie: a=1\r\nHost: h\r\ncookie: b=2\r\n\r\n";
+        let h = ok(s);
+        let mut out = Vec::new();
+        write_request(s.as_bytes(), &h, b"::1", Some(b"cookie"), &mut out);
+        assert_eq!(out, b"GET / HTTP/1.1\r\nHost: h\r\nx-forwarded-for: ::1\r\n");
+        assert_eq!(h.values(s.as_bytes(), b"cookie").count(), 2);
+    }
+
+    #[test]
+    fn the_token_edits_of_a_response_served_here() {
+        let t = crate::affinity::Codec::unsigned().encode(
+            crate::affinity::SessionId::for_pod("p"),
+            crate::affinity::Sid::from_bytes([1; 6]),
+            0,
+            0,
+        );
+        let s = "HTTP/1.1 200 OK\r\nSet-Cookie: a=1\r\nX-Pin: the-apps\r\nset-cookie: sid=v; Max-Age=9; HttpOnly\r\n\
+                 Content-Length: 0\r\n\r\n";
+        let r = rewritten(
+            s,
+            ResponseEdits {
+                add: &[(b"x-pin", t.as_bytes())],
+                drop: Some(b"x-pin"),
+                prefix: Some((b"sid", t.as_bytes())),
+                ..Default::default()
+            },
+        );
+        assert_eq!(
+            r,
+            format!(
+                "HTTP/1.1 200 OK\r\nSet-Cookie: a=1\r\nset-cookie: sid={t}~v; Max-Age=9; HttpOnly\r\ncontent-length: 0\r\n\
+                 cache-control: private\r\nx-pin: {t}\r\n\r\n"
+            )
+        );
+        // The prefix alone marks the response private too; nothing asked, nothing changed.
+        let r = rewritten(
+            "HTTP/1.1 200 OK\r\nSet-Cookie: other=1\r\nContent-Length: 0\r\n\r\n",
+            ResponseEdits {
+                prefix: Some((b"sid", t.as_bytes())),
+                ..Default::default()
+            },
+        );
+        assert_eq!(
+            r,
+            "HTTP/1.1 200 OK\r\nSet-Cookie: other=1\r\ncontent-length: 0\r\ncache-control: private\r\n\r\n"
+        );
+        let r = rewritten(
+            "HTTP/1.1 200 OK\r\nX-Pin: kept\r\nContent-Length: 0\r\n\r\n",
+            ResponseEdits::default(),
+        );
+        assert_eq!(r, "HTTP/1.1 200 OK\r\nX-Pin: kept\r\ncontent-length: 0\r\n\r\n");
+        let h = res(s, false);
+        assert_eq!(h.values(s.as_bytes(), b"set-cookie").count(), 2);
     }
 
     #[test]
