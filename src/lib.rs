@@ -10,6 +10,7 @@ pub mod drain;
 pub mod endpoints;
 pub mod inject;
 pub mod kyaml;
+pub mod limits;
 pub mod lint;
 pub mod metrics;
 pub mod proxy;

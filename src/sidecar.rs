@@ -70,6 +70,7 @@ impl Sidecar {
         let admin_addr = admin_listener.local_addr().unwrap_or(cfg.admin_listen);
 
         let metrics = Arc::new(Metrics::default());
+        metrics.observe_limits(&cfg.limits);
         let registry = metrics.registry();
         let store = EndpointStore::default();
         let mut background = Vec::new();
@@ -105,6 +106,7 @@ impl Sidecar {
             admin = %admin_addr,
             pod = %shared.cfg.pod_name,
             upstream = %shared.cfg.upstream,
+            max_connections = shared.cfg.max_connections,
             elapsed_ms = started.elapsed().as_millis() as u64,
             "stickyd listening"
         );
