@@ -755,6 +755,211 @@ fn plan_drain(pod: &Node, sidecar: &Node, upstream: i64, admin: i64, flags: Drai
     e
 }
 
+/// Where stickyd already runs in a pod spec: the index of its own init
+/// container (named `stickyd` and running stickyd), and whether any other
+/// container runs stickyd.
+fn sidecars_in(pod: &Node) -> (Option<usize>, bool) {
+    let init = pod.get("initContainers").map(Node::items).unwrap_or(&[]);
+    let mine = init
+        .iter()
+        .position(|c| c.str_at(&["name"]) == Some(SIDECAR) && is_stickyd(c));
+    let elsewhere = others(pod, mine).any(is_stickyd);
+    (mine, elsewhere)
+}
+
+/// The containers of a pod spec but stickyd's own init container.
+fn others(pod: &Node, mine: Option<usize>) -> impl Iterator<Item = &Node> {
+    let init = pod.get("initContainers").map(Node::items).unwrap_or(&[]);
+    pod.get("containers").map(Node::items).unwrap_or(&[]).iter().chain(
+        init.iter()
+            .enumerate()
+            .filter(move |(i, _)| Some(*i) != mine)
+            .map(|(_, c)| c),
+    )
+}
+
+/// What was added to one pod spec.
+#[derive(Debug)]
+pub struct PodInjection {
+    /// The app's port on 127.0.0.1 (STICKYD_UPSTREAM).
+    pub upstream: i64,
+    /// The sidecar's proxy port: its name and number.
+    pub port: (String, i64),
+    /// The sidecar's admin port: its name and number.
+    pub admin: (String, i64),
+    /// The pod's ServiceAccount: its own, or stickyd's when it named none.
+    pub service_account: String,
+    /// The app containers whose preStop now calls the drain.
+    pub drain_wired: Vec<String>,
+    /// A raised terminationGracePeriodSeconds, with how it is made up.
+    pub grace: Option<(i64, String)>,
+    /// What the user should know (warnings start with `warning:`).
+    pub notes: Vec<String>,
+}
+
+/// Adds stickyd to one pod spec as `stickyd inject` adds it to a workload's
+/// pod template: the native sidecar, the secret volume, the drain preStop
+/// and the grace period, and `serviceAccountName: stickyd` when the pod names
+/// none. `service` names the Service whose EndpointSlices list the pods (it
+/// takes the place of `args.service`); `app_port` is the app's port, else the
+/// first containerPort is. A sidecar injected earlier is regenerated in
+/// place. `id` names the pod in messages.
+pub fn inject_pod(
+    pod: &mut Node,
+    args: &InjectArgs,
+    service: &str,
+    app_port: Option<i64>,
+    id: &str,
+) -> Result<PodInjection, InjectError> {
+    let mut checked = args.clone();
+    checked.service = Some(service.to_string());
+    validate(&checked)?;
+    let drain_flags = DrainFlags::parse(&args.drain)?;
+    let (mine, _) = sidecars_in(pod);
+    let targets: Vec<Node> = app_port
+        .map(|n| Node::map(vec![("port", Node::int(n)), ("targetPort", Node::int(n))]))
+        .into_iter()
+        .collect();
+    inject_into(pod, &checked, drain_flags, service, &targets, mine, id)
+}
+
+/// The pod spec half of [`inject`]: `targets` are the ports of the Services
+/// in front of the pods (the app's port is the HTTP one they reach), and
+/// `mine` the index of a sidecar injected earlier.
+fn inject_into(
+    pod: &mut Node,
+    args: &InjectArgs,
+    drain_flags: DrainFlags,
+    service: &str,
+    targets: &[Node],
+    mine: Option<usize>,
+    id: &str,
+) -> Result<PodInjection, InjectError> {
+    let app_ports: Vec<Port> = others(pod, mine).flat_map(ports_of).collect();
+    let init = pod.get("initContainers").map(Node::items).unwrap_or(&[]);
+
+    // The app's port: kept from an earlier injection, else what the Service targets, else the first declared.
+    let upstream = mine
+        .and_then(|i| upstream_of(&init[i]))
+        .or_else(|| {
+            // The HTTP port of the Services, when they have several (metrics, say).
+            targets
+                .iter()
+                .filter_map(|p| Some((http_rank(p), target_number(p, &app_ports)?)))
+                .min_by_key(|(rank, _)| *rank)
+                .map(|(_, n)| n)
+        })
+        .or_else(|| {
+            pod.get("containers")
+                .map(Node::items)
+                .unwrap_or(&[])
+                .iter()
+                .flat_map(ports_of)
+                .next()
+                .map(|p| p.number)
+        })
+        .ok_or_else(|| InjectError::NoAppPort {
+            workload: id.to_string(),
+        })?;
+
+    let port = free_port(
+        i64::from(args.port),
+        &["stickyd", "stickyd-proxy"],
+        &app_ports,
+        &[upstream],
+    );
+    let admin = free_port(
+        i64::from(args.admin_port),
+        &["stickyd-admin", "stickyd-adm"],
+        &app_ports,
+        &[upstream, port.1],
+    );
+    let image = args
+        .image
+        .clone()
+        .or_else(|| mine.and_then(|i| init[i].str_at(&["image"])).map(str::to_string))
+        .unwrap_or_else(|| DEFAULT_IMAGE.to_string());
+    let plan = Plan {
+        image,
+        service: service.to_string(),
+        upstream,
+        port,
+        admin,
+    };
+    let mut container = sidecar(args, &plan);
+    if let Some(i) = mine {
+        keep_customisations(&mut container, &init[i]);
+        align(&mut container, &init[i]);
+    }
+    let drain = if args.drain.no_drain {
+        DrainEdits::default()
+    } else {
+        plan_drain(pod, &container, upstream, plan.admin.1, drain_flags, id)
+    };
+    let existing_sa = pod
+        .str_at(&["serviceAccountName"])
+        .or_else(|| pod.str_at(&["serviceAccount"]))
+        .map(str::to_string);
+
+    // Edit the pod spec.
+    if let Some(init) = pod.entry_seq("initContainers") {
+        match mine {
+            Some(i) => init[i] = container,
+            None => init.push(container),
+        }
+    }
+    if let Some(apps) = pod.get_mut("containers").and_then(Node::as_seq_mut) {
+        for (i, hook) in drain.hooks {
+            if let Some(lifecycle) = apps.get_mut(i).and_then(|c| c.entry_map("lifecycle")) {
+                lifecycle.set("preStop", hook);
+            }
+        }
+    }
+    let service_account = match existing_sa {
+        Some(sa) => sa,
+        None => {
+            pod.set("serviceAccountName", Node::str(RBAC_NAME));
+            RBAC_NAME.to_string()
+        }
+    };
+    if let Some((grace, _)) = &drain.grace {
+        pod.set("terminationGracePeriodSeconds", Node::int(*grace));
+    }
+    if let Some(secret) = args.cookie.secret.as_ref().filter(|_| !args.cookie.secret_env) {
+        let volume = Node::map(vec![
+            ("name", Node::str(SECRET_VOLUME)),
+            (
+                "secret",
+                Node::map(vec![
+                    ("secretName", Node::str(secret)),
+                    (
+                        "items",
+                        Node::seq(vec![Node::map(vec![
+                            ("key", Node::str(&args.cookie.secret_key)),
+                            ("path", Node::str("key")),
+                        ])]),
+                    ),
+                ]),
+            ),
+        ]);
+        if let Some(vols) = pod.entry_seq("volumes") {
+            match vols.iter().position(|v| v.str_at(&["name"]) == Some(SECRET_VOLUME)) {
+                Some(i) => vols[i] = volume,
+                None => vols.push(volume),
+            }
+        }
+    }
+    Ok(PodInjection {
+        upstream,
+        port: plan.port,
+        admin: plan.admin,
+        service_account,
+        drain_wired: drain.wired,
+        grace: drain.grace,
+        notes: drain.notes,
+    })
+}
+
 /// Injects stickyd into the documents in place.
 pub fn inject(docs: &mut Vec<Node>, args: &InjectArgs) -> Result<Outcome, InjectError> {
     validate(args)?;
@@ -785,22 +990,7 @@ pub fn inject(docs: &mut Vec<Node>, args: &InjectArgs) -> Result<Outcome, Inject
             outcome.notes.push(format!("{id}: no pod template; left as is"));
             continue;
         };
-        let init = pod.get("initContainers").map(Node::items).unwrap_or(&[]);
-        let mine = init
-            .iter()
-            .position(|c| c.str_at(&["name"]) == Some(SIDECAR) && is_stickyd(c));
-        let elsewhere = pod
-            .get("containers")
-            .map(Node::items)
-            .unwrap_or(&[])
-            .iter()
-            .chain(
-                init.iter()
-                    .enumerate()
-                    .filter(|(i, _)| Some(*i) != mine)
-                    .map(|(_, c)| c),
-            )
-            .any(is_stickyd);
+        let (mine, elsewhere) = sidecars_in(pod);
         // A stickyd init container of our own is regenerated; any other is left alone.
         if elsewhere && mine.is_none() {
             outcome
@@ -808,24 +998,13 @@ pub fn inject(docs: &mut Vec<Node>, args: &InjectArgs) -> Result<Outcome, Inject
                 .push(format!("{id}: already has a stickyd container of its own; left as is"));
             continue;
         }
-        let app_ports: Vec<Port> = pod
-            .get("containers")
-            .map(Node::items)
-            .unwrap_or(&[])
-            .iter()
-            .chain(
-                init.iter()
-                    .enumerate()
-                    .filter(|(i, _)| Some(*i) != mine)
-                    .map(|(_, c)| c),
-            )
-            .flat_map(ports_of)
-            .collect();
+        let app_ports: Vec<Port> = others(pod, mine).flat_map(ports_of).collect();
 
         // The Services that select these pods, and the one stickyd watches.
         let matching: Vec<usize> = (0..docs.len())
             .filter(|&i| kind_of(&docs[i]) == "Service" && same_ns(&ns_of(&docs[i]), &ns) && selects(&docs[i], &labels))
             .collect();
+        let init = pod.get("initContainers").map(Node::items).unwrap_or(&[]);
         let earlier = mine
             .and_then(|i| env_of(&init[i], "STICKYD_SERVICE"))
             .map(str::to_string);
@@ -871,122 +1050,18 @@ pub fn inject(docs: &mut Vec<Node>, args: &InjectArgs) -> Result<Outcome, Inject
                 services.push(named);
             }
         }
+        let service_ports: Vec<Node> = services
+            .iter()
+            .flat_map(|&s| docs[s].path(&["spec", "ports"]).map(Node::items).unwrap_or(&[]))
+            .cloned()
+            .collect();
 
-        // The app's port: kept from an earlier injection, else what the Service targets, else the first declared.
-        let upstream = mine
-            .and_then(|i| upstream_of(&init[i]))
-            .or_else(|| {
-                // The HTTP port of the Services, when they have several (metrics, say).
-                services
-                    .iter()
-                    .flat_map(|&s| docs[s].path(&["spec", "ports"]).map(Node::items).unwrap_or(&[]))
-                    .filter_map(|p| Some((http_rank(p), target_number(p, &app_ports)?)))
-                    .min_by_key(|(rank, _)| *rank)
-                    .map(|(_, n)| n)
-            })
-            .or_else(|| {
-                pod.get("containers")
-                    .map(Node::items)
-                    .unwrap_or(&[])
-                    .iter()
-                    .flat_map(ports_of)
-                    .next()
-                    .map(|p| p.number)
-            })
-            .ok_or_else(|| InjectError::NoAppPort { workload: id.clone() })?;
-
-        let port = free_port(
-            i64::from(args.port),
-            &["stickyd", "stickyd-proxy"],
-            &app_ports,
-            &[upstream],
-        );
-        let admin = free_port(
-            i64::from(args.admin_port),
-            &["stickyd-admin", "stickyd-adm"],
-            &app_ports,
-            &[upstream, port.1],
-        );
-        let image = args
-            .image
-            .clone()
-            .or_else(|| mine.and_then(|i| init[i].str_at(&["image"])).map(str::to_string))
-            .unwrap_or_else(|| DEFAULT_IMAGE.to_string());
-        let plan = Plan {
-            image,
-            service: service.clone(),
-            upstream,
-            port,
-            admin,
-        };
-        let mut container = sidecar(args, &plan);
-        if let Some(i) = mine {
-            keep_customisations(&mut container, &init[i]);
-            align(&mut container, &init[i]);
-        }
-        let drain = if args.drain.no_drain {
-            DrainEdits::default()
-        } else {
-            plan_drain(pod, &container, upstream, plan.admin.1, drain_flags, &id)
-        };
-        let existing_sa = pod
-            .str_at(&["serviceAccountName"])
-            .or_else(|| pod.str_at(&["serviceAccount"]))
-            .map(str::to_string);
-
-        // Edit the pod spec.
         let pod = docs[t]
             .get_mut("spec")
             .and_then(|s| s.get_mut("template"))
             .and_then(|s| s.get_mut("spec"))
             .expect("checked above");
-        if let Some(init) = pod.entry_seq("initContainers") {
-            match mine {
-                Some(i) => init[i] = container,
-                None => init.push(container),
-            }
-        }
-        if let Some(apps) = pod.get_mut("containers").and_then(Node::as_seq_mut) {
-            for (i, hook) in drain.hooks {
-                if let Some(lifecycle) = apps.get_mut(i).and_then(|c| c.entry_map("lifecycle")) {
-                    lifecycle.set("preStop", hook);
-                }
-            }
-        }
-        let sa = match existing_sa {
-            Some(sa) => sa,
-            None => {
-                pod.set("serviceAccountName", Node::str(RBAC_NAME));
-                RBAC_NAME.to_string()
-            }
-        };
-        if let Some((grace, _)) = &drain.grace {
-            pod.set("terminationGracePeriodSeconds", Node::int(*grace));
-        }
-        if let Some(secret) = args.cookie.secret.as_ref().filter(|_| !args.cookie.secret_env) {
-            let volume = Node::map(vec![
-                ("name", Node::str(SECRET_VOLUME)),
-                (
-                    "secret",
-                    Node::map(vec![
-                        ("secretName", Node::str(secret)),
-                        (
-                            "items",
-                            Node::seq(vec![Node::map(vec![
-                                ("key", Node::str(&args.cookie.secret_key)),
-                                ("path", Node::str("key")),
-                            ])]),
-                        ),
-                    ]),
-                ),
-            ]);
-            if let Some(vols) = pod.entry_seq("volumes") {
-                match vols.iter().position(|v| v.str_at(&["name"]) == Some(SECRET_VOLUME)) {
-                    Some(i) => vols[i] = volume,
-                    None => vols.push(volume),
-                }
-            }
-        }
+        let done = inject_into(pod, args, drain_flags, &service, &service_ports, mine, &id)?;
 
         // Move the Services' ports that reach the app's port to the sidecar.
         let mut moved = Vec::new();
@@ -998,8 +1073,8 @@ pub fn inject(docs: &mut Vec<Node>, args: &InjectArgs) -> Result<Outcome, Inject
                 .and_then(Node::as_seq_mut)
             {
                 for p in ports.iter_mut() {
-                    if target_number(p, &app_ports) == Some(upstream) {
-                        p.set("targetPort", Node::str(&plan.port.0));
+                    if target_number(p, &app_ports) == Some(done.upstream) {
+                        p.set("targetPort", Node::str(&done.port.0));
                         moved.push(format!(
                             "{name}:{}",
                             p.get("port").and_then(Node::as_str).unwrap_or("?")
@@ -1008,28 +1083,30 @@ pub fn inject(docs: &mut Vec<Node>, args: &InjectArgs) -> Result<Outcome, Inject
                 }
             }
         }
-        ensure_rbac(docs, &sa, &ns);
+        let sa = &done.service_account;
+        ensure_rbac(docs, sa, &ns);
         outcome.notes.push(format!(
-            "{id}: stickyd on port {} ({}), upstream 127.0.0.1:{upstream}, STICKYD_SERVICE={service}, \
+            "{id}: stickyd on port {} ({}), upstream 127.0.0.1:{}, STICKYD_SERVICE={service}, \
              ServiceAccount {sa}{}{}{}",
-            plan.port.1,
-            plan.port.0,
+            done.port.1,
+            done.port.0,
+            done.upstream,
             if moved.is_empty() {
                 String::new()
             } else {
-                format!(", targetPort {} for {}", plan.port.0, moved.join(" "))
+                format!(", targetPort {} for {}", done.port.0, moved.join(" "))
             },
-            if drain.wired.is_empty() {
+            if done.drain_wired.is_empty() {
                 String::new()
             } else {
-                format!(", drain preStop on container {}", drain.wired.join(" "))
+                format!(", drain preStop on container {}", done.drain_wired.join(" "))
             },
-            match &drain.grace {
+            match &done.grace {
                 Some((grace, sum)) => format!(", terminationGracePeriodSeconds {grace} ({sum})"),
                 None => String::new(),
             }
         ));
-        outcome.notes.extend(drain.notes);
+        outcome.notes.extend(done.notes);
     }
     Ok(outcome)
 }

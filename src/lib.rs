@@ -9,6 +9,7 @@ pub mod demo;
 pub mod drain;
 pub mod endpoints;
 pub mod inject;
+pub mod injector;
 pub mod kyaml;
 pub mod limits;
 pub mod lint;

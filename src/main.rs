@@ -1,5 +1,7 @@
 #![forbid(unsafe_code)]
 
+use std::io::IsTerminal;
+
 use clap::{Parser, Subcommand};
 use stickyd::config::{Config, LogFormat, ProcessEnv};
 use stickyd::limits::Host;
@@ -22,6 +24,9 @@ enum Command {
     Inject(stickyd::inject::InjectArgs),
     /// Check Kubernetes manifests for mistakes that break session stickiness.
     Lint(stickyd::lint::LintArgs),
+    /// A mutating admission webhook that adds the sidecar to Pods annotated
+    /// stickyd.io/inject: enabled. Configured by STICKYD_INJECTOR_* environment variables.
+    Injector,
 }
 
 fn init_tracing(filter: &str, format: LogFormat) {
@@ -33,8 +38,10 @@ fn init_tracing(filter: &str, format: LogFormat) {
         format!("{filter},kube_client::client::builder=off")
     };
     let filter = tracing_subscriber::EnvFilter::try_new(filter).unwrap_or_else(|_| "info".into());
+    // Colour only for a person at a terminal: a file or a log collector gets plain text.
     let b = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr);
     match format {
         LogFormat::Json => b.json().flatten_event(true).init(),
@@ -78,6 +85,26 @@ fn run() -> anyhow::Result<i32> {
     }
 }
 
+fn injector() -> anyhow::Result<i32> {
+    let settings = match stickyd::injector::Settings::from_env(&stickyd::config::ProcessEnv) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("stickyd injector: configuration error: {e}");
+            return Ok(2);
+        }
+    };
+    let certs = match settings.certificates() {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("stickyd injector: configuration error: {e}");
+            return Ok(2);
+        }
+    };
+    init_tracing(&settings.log, settings.log_format);
+    let rt = runtime(2)?;
+    Ok(rt.block_on(stickyd::injector::run(settings, certs)))
+}
+
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let code = match cli.command.unwrap_or(Command::Run) {
@@ -85,6 +112,7 @@ fn main() -> anyhow::Result<()> {
         Command::Demo(a) => stickyd::demo::run(&a),
         Command::Inject(a) => stickyd::inject::run(&a),
         Command::Lint(a) => stickyd::lint::run(&a),
+        Command::Injector => injector()?,
     };
     std::process::exit(code);
 }

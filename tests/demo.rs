@@ -479,6 +479,19 @@ async fn app_only_serves_the_demo_app() {
     assert!(r.iter().all(|x| x.pod == "web-7d9f" && x.stickyd_session.is_none()));
     assert_eq!(r.iter().map(|x| x.count).collect::<Vec<_>>(), [1, 2, 3]);
     assert_eq!(r[2].path, "/anything");
+    // What a browser asks for by itself leaves the session's counter alone.
+    let a = send(
+        &c,
+        "GET",
+        &format!("http://{addr}/favicon.ico"),
+        Some(&mut jar),
+        Bytes::new(),
+    )
+    .await;
+    assert_eq!(a.status, 204);
+    assert!(a.headers.get("set-cookie").is_none());
+    let r = session_requests(&c, &format!("http://{addr}/api"), &mut jar, 1).await;
+    assert_eq!(r[0].count, 4, "the favicon did not count as a session request");
     let a = send(&c, "GET", &format!("http://{addr}/healthz"), None, Bytes::new()).await;
     assert_eq!((a.status, &a.body[..]), (200, &b"ok\n"[..]));
     assert!(a.headers.get("set-cookie").is_none());

@@ -602,6 +602,18 @@ fn no_regex_ingress_path_without_a_literal_session_cookie_path() {
                     assert_eq!(path_type, "ImplementationSpecific", "{dir}: a regex path {path:?}");
                 }
             }
+            // use-regex applies to every path of the host in every Ingress:
+            // a regex Ingress keeps to a host of its own, never the
+            // catch-all every host-less Ingress shares.
+            if regex {
+                for rule in list(&ing["spec"]["rules"]) {
+                    assert!(
+                        rule["host"].as_str().is_some_and(|h| !h.is_empty() && !h.contains('*')),
+                        "{dir}: Ingress {} uses regex paths without a host: {rule:?}",
+                        name(ing)
+                    );
+                }
+            }
             for stale in [
                 "kubernetes.io/ingress.class",
                 "nginx.ingress.kubernetes.io/session-cookie-expires",
@@ -813,8 +825,11 @@ fn dockerfile_is_multi_stage_static_nonroot_and_hadolint_clean() {
         .map(|(_, a)| a.as_str())
         .collect();
     assert!(froms.len() >= 2, "multi-stage: {froms:?}");
+    let build = froms[0]
+        .strip_prefix("--platform=$BUILDPLATFORM ")
+        .unwrap_or_else(|| panic!("the build stage runs on the builder's platform: {froms:?}"));
     assert!(
-        froms[0].starts_with("rust:1."),
+        build.starts_with("rust:1."),
         "the build stage uses a pinned official rust image: {froms:?}"
     );
     let last = *froms.last().unwrap();
@@ -841,10 +856,32 @@ fn dockerfile_is_multi_stage_static_nonroot_and_hadolint_clean() {
         .filter(|(op, _)| op == "RUN")
         .map(|(_, a)| a.as_str())
         .collect();
-    assert!(runs.contains("rustup target add x86_64-unknown-linux-musl"), "{runs}");
+    // One Rust musl target per image architecture, from BuildKit's TARGETARCH.
+    let args: Vec<&str> = instrs
+        .iter()
+        .filter(|(op, _)| op == "ARG")
+        .map(|(_, a)| a.as_str())
+        .collect();
+    assert!(args.contains(&"TARGETARCH"), "{args:?}");
+    for (arch, rust) in [("amd64", "x86_64"), ("arm64", "aarch64")] {
+        assert!(
+            runs.contains(&format!("{arch}) arch={rust} ;;")),
+            "{arch} -> {rust}: {runs}"
+        );
+    }
+    assert!(runs.contains(r#"target="${arch}-unknown-linux-musl""#), "{runs}");
+    assert!(runs.contains(r#"rustup target add "${target}""#), "{runs}");
     assert!(
-        runs.contains("cargo build --release --locked --target x86_64-unknown-linux-musl"),
+        runs.contains(r#"cargo build --release --locked --target "${target}""#),
         "{runs}"
+    );
+    assert!(
+        runs.contains("aarch64-linux-gnu-gcc"),
+        "a C cross compiler for arm64: {runs}"
+    );
+    assert!(
+        text.contains("docker buildx build --platform linux/amd64,linux/arm64"),
+        "the multi-arch build is documented"
     );
     let ignore = std::fs::read_to_string(root().join(".dockerignore")).expect(".dockerignore");
     assert!(
@@ -876,12 +913,37 @@ fn kind_e2e_script_parses_and_is_shellcheck_clean() {
     for needed in [
         "trap cleanup EXIT",
         "kind create cluster",
-        "kind load docker-image",
+        "docker save",
+        "kind load image-archive",
+        r#"INGRESS_NGINX_VERSION:-controller-v1.15.1"#,
         "manifests/examples/externalname",
         "tests/k6/stickiness.js",
         "BASE_URL",
     ] {
         assert!(text.contains(needed), "kind.sh: {needed}");
+    }
+    assert!(
+        !text.contains("kind load docker-image"),
+        "kind.sh loads an image archive"
+    );
+    // The port-forward is kubectl itself in the background, so that $! is
+    // the pid cleanup stops.
+    let pf = text
+        .lines()
+        .find(|l| l.contains("port-forward --address"))
+        .expect("a port-forward");
+    assert!(pf.trim_start().starts_with("kubectl "), "{pf}");
+    assert!(text.contains("PF_PID=$!"));
+    // Node images pinned by digest, one per kind release.
+    let pinned: Vec<&str> = text
+        .lines()
+        .filter(|l| l.trim_start().starts_with("v0.") && l.contains("kindest/node:v1."))
+        .collect();
+    assert!(pinned.len() >= 3, "{pinned:?}");
+    for l in &pinned {
+        let digest = l.split("@sha256:").nth(1).unwrap_or("");
+        let hex: String = digest.chars().take_while(char::is_ascii_hexdigit).collect();
+        assert_eq!(hex.len(), 64, "a full sha256 digest: {l}");
     }
     #[cfg(unix)]
     {
@@ -1254,4 +1316,458 @@ fn the_app_container_serves_the_demo_app_under_its_pod_name() {
     let v: serde_json::Value = serde_json::from_str(body).unwrap_or_else(|e| panic!("JSON body ({e}): {resp}"));
     assert_eq!(v["pod"].as_str(), Some(pod_name), "the answer names the pod: {resp}");
     assert_eq!(v["count"].as_u64(), Some(1), "a new session starts at 1: {resp}");
+}
+
+const INJECTOR: &str = "manifests/injector";
+
+/// The `# DIR/FILE` YAML code blocks of a Markdown text, as (FILE, body).
+fn doc_files(text: &str, dir: &str) -> Vec<(String, String)> {
+    let mut files = Vec::new();
+    for block in text.split("```yaml\n").skip(1) {
+        let body = block.split("\n```").next().unwrap();
+        let Some(first) = body.lines().next() else { continue };
+        if let Some(rest) = first.strip_prefix(&format!("# {dir}/")) {
+            let file = rest.split([':', ' ']).next().unwrap().to_string();
+            files.push((file, format!("{body}\n")));
+        }
+    }
+    files
+}
+
+/// Where a named port of a container points.
+fn port_number(container: &Yaml, port: &Yaml) -> Option<i64> {
+    port.as_i64().or_else(|| container_port(container, port.as_str()?))
+}
+
+#[test]
+fn injector_manifests_render_a_hardened_webhook_that_never_blocks_the_cluster() {
+    let Some(r) = renders(
+        "injector_manifests_render_a_hardened_webhook_that_never_blocks_the_cluster",
+        &[INJECTOR],
+    ) else {
+        return;
+    };
+    let docs = &r[0].1;
+    let got: BTreeSet<(String, String)> = docs.iter().map(|o| (kind(o).into(), name(o).into())).collect();
+    let want: BTreeSet<(String, String)> = [
+        ("Namespace", "stickyd-system"),
+        ("ServiceAccount", "stickyd-injector"),
+        ("Service", "stickyd-injector"),
+        ("Deployment", "stickyd-injector"),
+        ("PodDisruptionBudget", "stickyd-injector"),
+        ("Issuer", "stickyd-injector-selfsigned"),
+        ("Issuer", "stickyd-injector-ca"),
+        ("Certificate", "stickyd-injector-ca"),
+        ("Certificate", "stickyd-injector"),
+        ("MutatingWebhookConfiguration", "stickyd-injector"),
+    ]
+    .iter()
+    .map(|(k, n)| (k.to_string(), n.to_string()))
+    .collect();
+    assert_eq!(got, want);
+    let ns = "stickyd-system";
+    for o in docs {
+        let cluster_scoped = matches!(kind(o), "Namespace" | "MutatingWebhookConfiguration");
+        assert_eq!(namespace(o), (!cluster_scoped).then_some(ns), "{}/{}", kind(o), name(o));
+    }
+    for cluster_wide in ["ClusterRole", "ClusterRoleBinding", "Role", "RoleBinding"] {
+        assert!(
+            of_kind(docs, cluster_wide).is_empty(),
+            "the injector needs no {cluster_wide}"
+        );
+    }
+
+    // The Deployment: two hardened replicas, probed over HTTPS, kept up by a PDB.
+    let deploy = one(docs, "Deployment", "stickyd-injector");
+    assert_eq!(deploy["spec"]["replicas"].as_i64(), Some(2));
+    assert_eq!(
+        deploy["spec"]["strategy"]["rollingUpdate"]["maxUnavailable"].as_i64(),
+        Some(0)
+    );
+    let pod = pod_spec(deploy);
+    assert_eq!(pod["serviceAccountName"].as_str(), Some("stickyd-injector"));
+    assert_eq!(
+        pod["automountServiceAccountToken"].as_bool(),
+        Some(false),
+        "no API token: the injector reads nothing from the API server"
+    );
+    assert_eq!(pod["securityContext"]["runAsNonRoot"].as_bool(), Some(true));
+    assert_eq!(
+        pod["securityContext"]["seccompProfile"]["type"].as_str(),
+        Some("RuntimeDefault")
+    );
+    let containers = list(&pod["containers"]);
+    assert_eq!(containers.len(), 1);
+    let c = &containers[0];
+    assert_hardened(c, "injector");
+    assert_resources(c, "injector");
+    assert_eq!(strs(&c["args"]), vec!["injector"]);
+    let https = container_port(c, "https").expect("port https");
+    for probe in ["readinessProbe", "livenessProbe"] {
+        let get = &c[probe]["httpGet"];
+        assert_eq!(get["path"].as_str(), Some("/healthz"), "{probe}");
+        assert_eq!(get["scheme"].as_str(), Some("HTTPS"), "{probe}");
+        assert_eq!(port_number(c, &get["port"]), Some(https), "{probe}");
+    }
+    let pdb = one(docs, "PodDisruptionBudget", "stickyd-injector");
+    assert_eq!(pdb["spec"]["minAvailable"].as_i64(), Some(1));
+    assert_eq!(
+        pdb["spec"]["selector"]["matchLabels"],
+        deploy["spec"]["selector"]["matchLabels"]
+    );
+
+    // Its settings parse, the listener is the container port, the sidecar
+    // image is the injector's own, and the certificate files are the Secret
+    // cert-manager keeps.
+    let mut env: HashMap<String, String> = HashMap::new();
+    for e in list(&c["env"]) {
+        env.insert(
+            e["name"].as_str().unwrap().to_string(),
+            e["value"].as_str().expect("a literal value").to_string(),
+        );
+    }
+    let known: BTreeSet<&str> = stickyd::injector::VARIABLES.iter().map(|(k, _)| *k).collect();
+    for var in env.keys() {
+        assert!(known.contains(var.as_str()), "{var} is an injector setting");
+    }
+    let settings = stickyd::injector::Settings::from_env(&env).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(i64::from(settings.listen.port()), https);
+    assert_eq!(Some(settings.image.as_str()), c["image"].as_str(), "the sidecar image");
+    let mount = list(&c["volumeMounts"])
+        .iter()
+        .find(|m| settings.cert.starts_with(m["mountPath"].as_str().unwrap()))
+        .expect("the certificate is under a volumeMount");
+    assert!(settings.key.starts_with(mount["mountPath"].as_str().unwrap()));
+    assert_eq!(mount["readOnly"].as_bool(), Some(true));
+    let volume = named(&pod["volumes"], mount["name"].as_str().unwrap()).expect("the mounted volume");
+    let secret = volume["secret"]["secretName"].as_str().expect("a Secret volume");
+    let serving = one(docs, "Certificate", "stickyd-injector");
+    assert_eq!(serving["spec"]["secretName"].as_str(), Some(secret));
+    assert_eq!(settings.cert.file_name().unwrap(), "tls.crt");
+    assert_eq!(settings.key.file_name().unwrap(), "tls.key");
+
+    // The Service reaches that port.
+    let svc = one(docs, "Service", "stickyd-injector");
+    let ports = list(&svc["spec"]["ports"]);
+    assert_eq!(ports.len(), 1);
+    assert_eq!(port_number(c, &ports[0]["targetPort"]), Some(https));
+    for (k, v) in svc["spec"]["selector"].as_hash().unwrap() {
+        assert_eq!(&pod_labels(deploy)[k.as_str().unwrap()], v);
+    }
+
+    // Certificates: the serving certificate names the Service, and comes from
+    // a CA that cert-manager injects into the webhook's caBundle.
+    let dns = strs(&serving["spec"]["dnsNames"]);
+    assert!(dns.contains(&format!("{}.{ns}.svc", name(svc)).as_str()), "{dns:?}");
+    let ca_issuer = one(docs, "Issuer", serving["spec"]["issuerRef"]["name"].as_str().unwrap());
+    let ca_secret = ca_issuer["spec"]["ca"]["secretName"].as_str().expect("a CA Issuer");
+    let ca_cert = of_kind(docs, "Certificate")
+        .into_iter()
+        .find(|c| c["spec"]["secretName"].as_str() == Some(ca_secret))
+        .expect("the CA's Certificate");
+    assert_eq!(ca_cert["spec"]["isCA"].as_bool(), Some(true));
+    let self_signed = one(docs, "Issuer", ca_cert["spec"]["issuerRef"]["name"].as_str().unwrap());
+    assert!(self_signed["spec"]["selfSigned"].as_hash().is_some());
+
+    // The webhook.
+    let mwc = one(docs, "MutatingWebhookConfiguration", "stickyd-injector");
+    assert_eq!(
+        annotations(mwc)
+            .get("cert-manager.io/inject-ca-from")
+            .map(String::as_str),
+        Some(format!("{ns}/{}", name(serving)).as_str())
+    );
+    let hooks = list(&mwc["webhooks"]);
+    assert_eq!(hooks.len(), 1);
+    let h = &hooks[0];
+    assert_eq!(h["failurePolicy"].as_str(), Some("Ignore"));
+    assert_eq!(h["sideEffects"].as_str(), Some("None"));
+    assert_eq!(h["reinvocationPolicy"].as_str(), Some("IfNeeded"));
+    assert_eq!(strs(&h["admissionReviewVersions"]), vec!["v1"]);
+    let timeout = h["timeoutSeconds"].as_i64().expect("timeoutSeconds");
+    assert!((1..=10).contains(&timeout), "timeoutSeconds {timeout}");
+    let cc = &h["clientConfig"]["service"];
+    assert_eq!(cc["name"].as_str(), Some(name(svc)));
+    assert_eq!(cc["namespace"].as_str(), Some(ns));
+    assert_eq!(cc["path"].as_str(), Some("/inject"));
+    assert_eq!(cc["port"].as_i64(), ports[0]["port"].as_i64());
+    let rules = list(&h["rules"]);
+    assert_eq!(rules.len(), 1);
+    assert_eq!(strs(&rules[0]["operations"]), vec!["CREATE"]);
+    assert_eq!(strs(&rules[0]["resources"]), vec!["pods"]);
+    assert_eq!(strs(&rules[0]["apiGroups"]), vec![""]);
+    // It never sees kube-system, its own namespace, or its own pods.
+    let excluded = |selector: &Yaml, key: &str| -> Vec<String> {
+        list(&selector["matchExpressions"])
+            .iter()
+            .filter(|e| e["key"].as_str() == Some(key) && e["operator"].as_str() == Some("NotIn"))
+            .flat_map(|e| strs(&e["values"]).into_iter().map(str::to_string))
+            .collect()
+    };
+    let not_ns = excluded(&h["namespaceSelector"], "kubernetes.io/metadata.name");
+    for n in ["kube-system", ns] {
+        assert!(
+            not_ns.iter().any(|x| x == n),
+            "namespaceSelector leaves {n} out: {not_ns:?}"
+        );
+    }
+    let own = pod_labels(deploy)["app.kubernetes.io/name"].as_str().unwrap();
+    assert!(
+        excluded(&h["objectSelector"], "app.kubernetes.io/name")
+            .iter()
+            .any(|x| x == own),
+        "objectSelector leaves the injector's pods out"
+    );
+    let conditions = list(&h["matchConditions"]);
+    assert!(
+        conditions.iter().any(|c| c["expression"]
+            .as_str()
+            .is_some_and(|e| e.contains("'stickyd.io/inject'"))),
+        "only annotated Pods are sent: {conditions:?}"
+    );
+    // The choice of Ignore is explained where it is made.
+    let source = std::fs::read_to_string(root().join("manifests/injector/mutatingwebhookconfiguration.yaml")).unwrap();
+    assert!(
+        source.contains("must not block every pod creation"),
+        "failurePolicy's comment"
+    );
+}
+
+fn pod_labels(deploy: &Yaml) -> &Yaml {
+    &deploy["spec"]["template"]["metadata"]["labels"]
+}
+
+/// docs/injector.md's overlays, written out as a cluster admin would: one
+/// for a registry of one's own, one for certificates without cert-manager.
+#[test]
+fn the_injector_docs_overlays_render() {
+    let Some(kubectl) = tool("kubectl", "the_injector_docs_overlays_render") else {
+        return;
+    };
+    let text = std::fs::read_to_string(root().join("docs/injector.md")).expect("docs/injector.md");
+    let dir = std::env::temp_dir().join(format!("stickyd-injector-overlays-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    copy_dir(&root().join("manifests"), &dir.join("stickyd/manifests"));
+    for overlay in ["my-registry", "my-certs"] {
+        let files = doc_files(&text, overlay);
+        assert!(!files.is_empty(), "docs/injector.md has the {overlay} overlay");
+        std::fs::create_dir_all(dir.join(overlay)).unwrap();
+        for (file, body) in files {
+            let body = body.replace("CA_BUNDLE", "Q0EgQlVORExF");
+            std::fs::write(dir.join(overlay).join(file), body).unwrap();
+        }
+    }
+    let registry = render(&kubectl, dir.join("my-registry").to_str().unwrap());
+    let certs = render(&kubectl, dir.join("my-certs").to_str().unwrap());
+    let _ = std::fs::remove_dir_all(&dir);
+
+    let c = &list(&pod_spec(one(&registry, "Deployment", "stickyd-injector"))["containers"])[0];
+    assert_eq!(c["image"].as_str(), Some("registry.example.com/stickyd:0.1.0"));
+    assert_eq!(
+        env_value(c, "STICKYD_INJECTOR_IMAGE"),
+        Some("registry.example.com/stickyd:0.1.0"),
+        "the sidecar image follows the injector's"
+    );
+
+    for o in &certs {
+        assert!(
+            !o["apiVersion"].as_str().unwrap().starts_with("cert-manager.io/"),
+            "no cert-manager object: {}/{}",
+            kind(o),
+            name(o)
+        );
+    }
+    let mwc = one(&certs, "MutatingWebhookConfiguration", "stickyd-injector");
+    assert!(!annotations(mwc).contains_key("cert-manager.io/inject-ca-from"));
+    let h = &list(&mwc["webhooks"])[0];
+    assert_eq!(h["clientConfig"]["caBundle"].as_str(), Some("Q0EgQlVORExF"));
+    assert_eq!(
+        h["failurePolicy"].as_str(),
+        Some("Ignore"),
+        "the rest of the webhook is kept"
+    );
+    let pod = pod_spec(one(&certs, "Deployment", "stickyd-injector"));
+    assert_eq!(
+        named(&pod["volumes"], "tls").unwrap()["secret"]["secretName"].as_str(),
+        Some("stickyd-injector-tls"),
+        "the Secret the docs create"
+    );
+}
+
+/// kind.sh applies the ExternalName example with IMAGE in every container,
+/// through a kustomize overlay of its own (`kind.sh --render` prints it).
+#[test]
+fn kind_e2e_script_runs_the_image_it_builds() {
+    let Some(bash) = tool("bash", "kind_e2e_script_runs_the_image_it_builds") else {
+        return;
+    };
+    let Some(kubectl) = tool("kubectl", "kind_e2e_script_runs_the_image_it_builds") else {
+        return;
+    };
+    let want = [
+        (
+            "registry.example.com/team/stickyd:1.2.3",
+            "registry.example.com/team/stickyd:1.2.3",
+        ),
+        ("stickyd:e2e", "stickyd:e2e"),
+        ("localhost:5000/stickyd", "localhost:5000/stickyd:latest"),
+    ];
+    let kubectl_dir = kubectl.parent().unwrap().to_path_buf();
+    for (image, expected) in want {
+        let path = std::env::var_os("PATH").unwrap_or_default();
+        let mut paths = vec![kubectl_dir.clone()];
+        paths.extend(std::env::split_paths(&path));
+        let out = run(Command::new(&bash)
+            .arg(root().join("tests/e2e/kind.sh"))
+            .arg("--render")
+            .env("IMAGE", image)
+            .env("PATH", std::env::join_paths(paths).unwrap()));
+        assert!(
+            out.status.success(),
+            "kind.sh --render: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let text = String::from_utf8(out.stdout).unwrap();
+        let docs: Vec<Yaml> = YamlLoader::load_from_str(&text)
+            .unwrap()
+            .into_iter()
+            .filter(|d| !matches!(d, Yaml::Null))
+            .collect();
+        let deploy = one(&docs, "Deployment", "mysvc");
+        let pod = pod_spec(deploy);
+        let images: Vec<&str> = list(&pod["initContainers"])
+            .iter()
+            .chain(list(&pod["containers"]))
+            .map(|c| c["image"].as_str().unwrap())
+            .collect();
+        assert_eq!(images, vec![expected, expected], "IMAGE={image}");
+        assert_eq!(docs.len(), render(&kubectl, EXTERNALNAME).len(), "the whole example");
+        assert!(lint_rules(&text, docs.len()).is_empty(), "stickyd lint accepts it");
+    }
+}
+
+/// A peer of a NetworkPolicy rule: namespace labels, pod labels, CIDR.
+type Peer = (Yaml, Yaml, Option<String>);
+
+/// The peers of a NetworkPolicy rule (`from` or `to`).
+fn peers(rule: &Yaml, key: &str) -> Vec<Peer> {
+    list(&rule[key])
+        .iter()
+        .map(|p| {
+            (
+                p["namespaceSelector"]["matchLabels"].clone(),
+                p["podSelector"]["matchLabels"].clone(),
+                p["ipBlock"]["cidr"].as_str().map(str::to_string),
+            )
+        })
+        .collect()
+}
+
+/// (port, protocol) of a NetworkPolicy rule.
+fn rule_ports(rule: &Yaml) -> Vec<(i64, String)> {
+    list(&rule["ports"])
+        .iter()
+        .map(|p| {
+            (
+                p["port"].as_i64().expect("ports by number"),
+                p["protocol"].as_str().unwrap_or("TCP").to_string(),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn networkpolicy_example_allows_what_stickyd_needs_and_nothing_else() {
+    let Some(r) = renders(
+        "networkpolicy_example_allows_what_stickyd_needs_and_nothing_else",
+        &["manifests/examples/networkpolicy"],
+    ) else {
+        return;
+    };
+    let docs = &r[0].1;
+    let deploy = one(docs, "Deployment", "mysvc");
+    let labels = &deploy["spec"]["template"]["metadata"]["labels"];
+    let side = sidecar(deploy);
+    let proxy = port_of(env_value(side, "STICKYD_LISTEN").unwrap()) as i64;
+    let admin = port_of(env_value(side, "STICKYD_ADMIN_LISTEN").unwrap()) as i64;
+    let policies = of_kind(docs, "NetworkPolicy");
+    assert!(!policies.is_empty());
+    let mut ingress = Vec::new();
+    let mut egress = Vec::new();
+    let mut types = BTreeSet::new();
+    for p in &policies {
+        assert_eq!(namespace(p), namespace(deploy), "{}: beside the pods", name(p));
+        let sel = p["spec"]["podSelector"]["matchLabels"]
+            .as_hash()
+            .expect("a podSelector");
+        for (k, v) in sel {
+            assert_eq!(&labels[k.as_str().unwrap()], v, "{} selects the pods of mysvc", name(p));
+        }
+        for t in strs(&p["spec"]["policyTypes"]) {
+            types.insert(t.to_string());
+        }
+        ingress.extend(list(&p["spec"]["ingress"]).iter().cloned());
+        egress.extend(list(&p["spec"]["egress"]).iter().cloned());
+    }
+    assert_eq!(
+        types,
+        BTreeSet::from(["Egress".to_string(), "Ingress".to_string()]),
+        "deny by default both ways"
+    );
+    let tcp = |n: i64| (n, "TCP".to_string());
+    let in_rule = |from: &dyn Fn(&Peer) -> bool, port: i64| {
+        ingress
+            .iter()
+            .any(|r| peers(r, "from").iter().any(from) && rule_ports(r).contains(&tcp(port)))
+    };
+    let out_rule = |to: &dyn Fn(&Peer) -> bool, port: (i64, &str)| {
+        egress
+            .iter()
+            .any(|r| peers(r, "to").iter().any(to) && rule_ports(r).contains(&(port.0, port.1.to_string())))
+    };
+    let is_peer = |p: &Peer| p.0.is_badvalue() && p.1 == *labels;
+    // The ingress controller, to the sidecar's port.
+    assert!(in_rule(
+        &|p| p.0["kubernetes.io/metadata.name"].as_str() == Some("ingress-nginx")
+            && p.1["app.kubernetes.io/name"].as_str() == Some("ingress-nginx"),
+        proxy
+    ));
+    // Sidecar to sidecar, both ends.
+    assert!(in_rule(&is_peer, proxy), "peers reach the sidecar");
+    assert!(out_rule(&is_peer, (proxy, "TCP")), "the sidecar reaches its peers");
+    // The kubelet's probes and preStop, from the node.
+    assert!(in_rule(&|p| p.2.is_some(), admin), "the node reaches the admin port");
+    for probe in ["readinessProbe", "livenessProbe"] {
+        let port = &side[probe]["httpGet"]["port"];
+        assert_eq!(port_number(side, port), Some(admin), "{probe} is on the admin port");
+    }
+    // DNS and the API server.
+    let dns = |p: &Peer| {
+        p.0["kubernetes.io/metadata.name"].as_str() == Some("kube-system")
+            && p.1["k8s-app"].as_str() == Some("kube-dns")
+    };
+    assert!(out_rule(&dns, (53, "UDP")) && out_rule(&dns, (53, "TCP")), "DNS");
+    assert!(
+        out_rule(&|p| p.2.is_some(), (443, "TCP")) || out_rule(&|p| p.2.is_some(), (6443, "TCP")),
+        "the API server"
+    );
+    // Nothing else: every ingress rule names peers and ports.
+    for r in ingress.iter().chain(&egress) {
+        assert!(
+            !list(&r["ports"]).is_empty(),
+            "a rule without ports allows them all: {r:?}"
+        );
+        assert!(
+            !list(&r["from"]).is_empty() || !list(&r["to"]).is_empty(),
+            "a rule without peers allows everyone: {r:?}"
+        );
+    }
+    let Some(kubectl) = tool(
+        "kubectl",
+        "networkpolicy_example_allows_what_stickyd_needs_and_nothing_else",
+    ) else {
+        return;
+    };
+    let text = render_text(&kubectl, "manifests/examples/networkpolicy");
+    assert!(lint_rules(&text, docs.len()).is_empty(), "stickyd lint accepts it");
 }

@@ -11,7 +11,10 @@
 //! {"pod":"pod-1","count":3,"session":"…","stickyd_session":"pinned","method":"GET","path":"/api","bytes":0}
 //! ```
 //!
-//! `/healthz` answers `ok`. Request bodies are streamed and counted, never
+//! `/healthz` answers `ok`. Requests the browser makes by itself for the page
+//! (`/favicon.ico`, icons, or any request whose `Sec-Fetch-Dest` is an
+//! image, a style sheet, a script, …) get 204 and leave the session alone.
+//! Request bodies are streamed and counted, never
 //! held whole. An `Upgrade: echo` request switches to a raw echo of the
 //! bytes it is sent, after a first line naming the pod.
 
@@ -205,6 +208,21 @@ fn wants_html(req: &Request<Incoming>) -> bool {
             .is_some_and(|a| a.contains("text/html"))
 }
 
+/// Whether a request is one the browser makes by itself for the page (the
+/// favicon, an icon, a style sheet, a script) rather than a call of the page:
+/// such a request must not count as a request of the session, or the page's
+/// next call would see the counter jump and report the session as lost.
+pub fn is_asset(path: &str, fetch_dest: Option<&str>) -> bool {
+    path == "/favicon.ico"
+        || path.starts_with("/apple-touch-icon")
+        || path == "/robots.txt"
+        || path == "/manifest.json"
+        || matches!(
+            fetch_dest,
+            Some("image" | "style" | "script" | "font" | "manifest" | "track" | "audio" | "video")
+        )
+}
+
 fn is_echo_upgrade(req: &Request<Incoming>) -> bool {
     crate::proxy::headers::is_upgrade(req.headers())
         && req
@@ -218,6 +236,16 @@ fn is_echo_upgrade(req: &Request<Incoming>) -> bool {
 pub async fn handle(app: Arc<App>, mut req: Request<Incoming>) -> Result<Response<AppBody>, Infallible> {
     if req.uri().path() == "/healthz" {
         return Ok(text(StatusCode::OK, "ok\n"));
+    }
+    let fetch_dest = req.headers().get("sec-fetch-dest").and_then(|v| v.to_str().ok());
+    if is_asset(req.uri().path(), fetch_dest) {
+        // No content, cached for a day: the page has no assets, and the
+        // session is left as it was.
+        let mut r = Response::new(Full::new(Bytes::new()));
+        *r.status_mut() = StatusCode::NO_CONTENT;
+        r.headers_mut()
+            .insert(CACHE_CONTROL, HeaderValue::from_static("public, max-age=86400"));
+        return Ok(r);
     }
     if is_echo_upgrade(&req) {
         let on_upgrade = hyper::upgrade::on(&mut req);
@@ -352,6 +380,16 @@ mod tests {
         }
         assert_eq!(pod_colour("web-7d9f"), pod_colour("web-7d9f"));
         assert!(pod_colour("web-abc").starts_with("hsl("));
+    }
+
+    #[test]
+    fn browser_asset_requests_are_not_session_requests() {
+        assert!(is_asset("/favicon.ico", None));
+        assert!(is_asset("/apple-touch-icon-precomposed.png", None));
+        assert!(is_asset("/logo.png", Some("image")));
+        assert!(!is_asset("/api", Some("empty")), "the page's fetch");
+        assert!(!is_asset("/", Some("document")));
+        assert!(!is_asset("/favicon", None));
     }
 
     #[test]
