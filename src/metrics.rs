@@ -60,8 +60,6 @@ pub struct Metrics {
     pub draining: Gauge,
     /// `stickyd_key_reloads_total{kind}`: secret file re-reads (ok, error).
     pub key_reloads: Family<KindLabels, Counter>,
-    /// The pods of the last view, to forget the series of pods that left it.
-    members: std::sync::Mutex<Vec<String>>,
 }
 
 impl Default for Metrics {
@@ -81,7 +79,6 @@ impl Default for Metrics {
             key_reloads: Family::default(),
             sessions_active: Gauge::default(),
             draining: Gauge::default(),
-            members: Default::default(),
         }
     }
 }
@@ -163,8 +160,11 @@ impl Metrics {
         r
     }
 
-    /// Updates the endpoint gauges from a view that was just swapped in.
-    pub fn observe_view(&self, view: &View) {
+    /// Updates the endpoint gauges from a view that was just swapped in, and
+    /// removes the per-pod series of `left`, the pods that left the view with
+    /// it, so that a sidecar that lives through many rollouts keeps a bounded
+    /// set of series. O(1) plus the pods that left.
+    pub fn observe_view<'a>(&self, view: &View, left: impl IntoIterator<Item = &'a str>) {
         for s in [PeerState::Ready, PeerState::Draining] {
             self.endpoints
                 .get_or_create(&StateLabels { state: s.as_str() })
@@ -172,25 +172,18 @@ impl Metrics {
         }
         self.endpoints_synced.set(view.synced as i64);
         self.endpoints_updates.inc();
-        // Per-pod series of pods that left the view go too, so a sidecar that
-        // lives through many rollouts keeps a bounded set of series.
-        let now: Vec<String> = view.peers().iter().map(|p| p.name.clone()).collect();
-        let Ok(mut members) = self.members.lock() else {
-            return;
-        };
-        for gone in members.iter().filter(|m| !now.contains(m)) {
-            // ("local" series name this pod, which stays while it runs.)
+        // ("local" series name this pod, which stays while it runs.)
+        for gone in left.into_iter().filter(|name| view.peers().by_name(name).is_none()) {
             for decision in ["forwarded", "rejected"] {
                 for session in ["new", "pinned", "repinned", "unsynced", "none"] {
                     self.requests.remove(&DecisionLabels {
                         decision,
                         session,
-                        target_pod: gone.clone(),
+                        target_pod: gone.to_string(),
                     });
                 }
             }
         }
-        *members = now;
     }
 
     pub fn upstream_error(&self, kind: &'static str) {
