@@ -10,8 +10,8 @@
 //! pointing at it, prints `ready <url>` once every slice is written, and then
 //! reads commands on standard input, one a line:
 //! - `churn on`: start flipping, HZ times a second;
-//! - `churn off`: stop, and print `flips <n> <seconds>` for the run just
-//!   ended;
+//! - `churn off`: stop, print `flips <n> <seconds>` for the run just
+//!   ended, and bring back the pod the last flip took out, if any;
 //! - `quit`, or the end of the input: exit.
 //!
 //! Pod 0 (`pod-00000`) is on 127.0.0.1, the sidecar under test; the others
@@ -83,9 +83,10 @@ async fn main() {
     // A late flip is not made up for with a burst.
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut running: Option<(Instant, u64)> = None;
+    let started = Instant::now();
     loop {
         tokio::select! {
-            command = commands.recv() => match command.as_deref() {
+            command = commands.recv() => match command.as_deref().inspect(|c| eprintln!("{:.3} {c}", started.elapsed().as_secs_f64())) {
                 Some("churn on") => {
                     tick.reset();
                     running = Some((Instant::now(), flipper.flips));
@@ -93,6 +94,10 @@ async fn main() {
                 Some("churn off") => {
                     if let Some((since, flips)) = running.take() {
                         println!("flips {} {:.3}", flipper.flips - flips, since.elapsed().as_secs_f64());
+                    }
+                    // Every pod ready again for what comes next.
+                    if flipper.out(&fleet).is_some() {
+                        flipper.flip(&fleet, &api);
                     }
                 }
                 Some("quit") | None => break,

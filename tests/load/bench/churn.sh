@@ -17,7 +17,8 @@
 # recording k6's p50/p90/p99, the sidecar's CPU (utime+stime deltas from
 # /proc/PID/stat, all threads, and of its endpoint thread "stickyd-watch"
 # alone where it has one), the views it swapped in
-# (stickyd_endpoints_updates_total) and the flips the double made. Rounds
+# (stickyd_endpoints_updates_total) and the flips the double made, over
+# how long it flipped. Rounds
 # interleave the binaries, the order rotating each round.
 #
 # The sidecar is pinned to PROXY_CPU; k6, the backend (nginx) and the double
@@ -68,6 +69,9 @@ DRIVER="$TARGET/debug/examples/churn_apiserver"
 # shellcheck source=SCRIPTDIR/procs.sh
 . "$BENCH/procs.sh"
 bench_scratch stickyd-churn
+# The double's output and the sidecars' logs outlive the scratch directory.
+save_logs() { mkdir -p "$OUT/logs" && cp "$WORK"/driver.* "$WORK"/stickyd-*.err "$OUT/logs/" 2>/dev/null || true; }
+trap 'save_logs; bench_cleanup' EXIT
 
 wait_for() { # seconds what command...: until the command succeeds
     local until=$((SECONDS + $1)) what=$2; shift 2
@@ -77,8 +81,8 @@ wait_for() { # seconds what command...: until the command succeeds
     done
 }
 port_open() { (exec 3<>"/dev/tcp/$1/$2"); }
-metric() { # name -> its value in the sidecar's /metrics (0 if absent)
-    curl -s "http://127.0.0.1:$ADMIN_PORT/metrics" | awk -v m="$1" '$1 == m {print $2; f = 1} END {if (!f) print 0}'
+metric() { # name -> its value in the sidecar's /metrics (nan if absent or not answered in time)
+    curl -s --max-time 20 "http://127.0.0.1:$ADMIN_PORT/metrics" | awk -v m="$1" '$1 == m {print $2; f = 1} END {if (!f) print "nan"}'
 }
 all_listed() { [[ $(metric 'stickyd_endpoints{state="ready"}') == "$PODS" && $(metric stickyd_endpoints_synced) == 1 ]]; }
 ticks() { awk '{print $14 + $15}' "$1"; } # a /proc stat file -> utime + stime
@@ -105,10 +109,11 @@ STARTED+=($!)
 exec 3>"$WORK/ctl"
 wait_for 60 "the apiserver double" grep -q '^ready' "$WORK/driver.out"
 log "$(head -1 "$WORK/driver.out")"
-ctl() { echo "$1" >&3; }
-flips_after() { # n -> the (n+1)-th flips line's count, once there
-    wait_for 30 "the double's flip count" test "$(grep -c '^flips' "$WORK/driver.out")" -gt "$1"
-    grep '^flips' "$WORK/driver.out" | sed -n "$(($1 + 1))p" | awk '{print $2}'
+ctl() { echo "$1" >&3; log "told the double: $1"; }
+flip_lines_over() { (($(grep -c '^flips' "$WORK/driver.out") > $1)); }
+flips_after() { # n -> "count,seconds" of the (n+1)-th flips line, once there
+    wait_for 60 "the double's flip count" flip_lines_over "$1"
+    grep '^flips' "$WORK/driver.out" | sed -n "$(($1 + 1))p" | awk '{print $2 "," $3}'
 }
 
 # An unsigned session cookie of the current form, ID.SID, pinned to pod-00000.
@@ -125,7 +130,7 @@ k6_run() { # seconds out.json
 # One phase on the running sidecar: a CSV line.
 phase() { # round name pid phase
     local round=$1 name=$2 pid=$3 what=$4 out="$WORK/k6-$1-$2-$4.json"
-    local wstat t0 w0=0 u0 t1 w1=0 u1 s0 s1 flips=0 k6="nan,nan,nan,nan,nan,0,0,0"
+    local wstat t0 w0=0 u0 t1 w1=0 u1 s0 s1 flips=0,0 k6="nan,nan,nan,nan,nan,0,0,0"
     wstat=$(watch_stat "$pid")
     local nflips
     nflips=$(grep -c '^flips' "$WORK/driver.out" || true)
@@ -135,7 +140,7 @@ phase() { # round name pid phase
     s1=$(date +%s.%N); t1=$(ticks "/proc/$pid/stat"); [[ -z "$wstat" ]] || w1=$(ticks "$wstat"); u1=$(metric stickyd_endpoints_updates_total)
     if [[ "$what" != steady ]]; then ctl "churn off"; flips=$(flips_after "$nflips"); fi
     [[ "$what" == churn ]] || k6=$(python3 "$BENCH/churn_report.py" parse-k6 "$out")
-    python3 -c "print(f'$round,$name,$what,$k6,{($t1 - $t0) / $CLK_TCK},{($w1 - $w0) / $CLK_TCK},{$s1 - $s0:.3f},{$u1 - $u0:.0f},$flips')"
+    python3 -c "print(f'$round,$name,$what,$k6,{($t1 - $t0) / $CLK_TCK},{($w1 - $w0) / $CLK_TCK},{$s1 - $s0:.3f},{float(\"$u1\") - float(\"$u0\"):.0f},$flips')"
 }
 
 # One round of one binary: a fresh sidecar, listed, warmed up, three phases.
@@ -179,7 +184,7 @@ run_binary() { # round name path
 } >"$OUT/machine.txt"
 cat "$OUT/machine.txt" >&2
 
-echo "round,binary,phase,rps,p50_ms,p90_ms,p99_ms,max_ms,failed,dropped,requests,cpu_s,watch_thread_cpu_s,seconds,updates,flips" >"$OUT/runs.csv"
+echo "round,binary,phase,rps,p50_ms,p90_ms,p99_ms,max_ms,failed,dropped,requests,cpu_s,watch_thread_cpu_s,seconds,updates,flips,flip_seconds" >"$OUT/runs.csv"
 n=${#BIN_LIST[@]}
 for round in $(seq 1 "$ROUNDS"); do
     for ((i = 0; i < n; i++)); do

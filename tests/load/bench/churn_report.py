@@ -59,8 +59,8 @@ def summarize(path):
             f"{med(rs):.2f}× ({per}) | {bad} / {dropped} |"
         )
     out.append("")
-    out.append("| binary | CPU, steady load | CPU, churn + load | CPU, churn alone | of which the endpoint thread | views swapped / flips (churn alone) | CPU per update |")
-    out.append("|---|---:|---:|---:|---:|---:|---:|")
+    out.append("| binary | CPU, steady load | CPU, churn + load | CPU, churn alone | of which the endpoint thread | views swapped / flips (churn alone) | flips a second | CPU per update |")
+    out.append("|---|---:|---:|---:|---:|---:|---:|---:|")
     for b in binaries:
         alone = by[(b, "churn")]
         per_round = ", ".join(f"{share(r):.1f}" for r in alone)
@@ -68,11 +68,12 @@ def summarize(path):
         updates = med([r["updates"] for r in alone])
         flips = med([r["flips"] for r in alone])
         per_update = med([1000 * r["cpu_s"] / r["updates"] for r in alone if r["updates"]])
+        rate = med([r["flips"] / r["flip_seconds"] for r in alone if r["flip_seconds"]])
         out.append(
             f"| {b} | {med([share(r) for r in by[(b, 'steady')]]):.1f} % | "
             f"{med([share(r) for r in by[(b, 'churn+load')]]):.1f} % | "
             f"{med([share(r) for r in alone]):.1f} % ({per_round}) | {watch:.1f} % | "
-            f"{updates:.0f} / {flips:.0f} | {per_update:.2f} ms |"
+            f"{updates:.0f} / {flips:.0f} | {rate:.1f} | {per_update:.2f} ms |"
         )
     out.append("")
     out.append("CPU: utime + stime of the sidecar over the phase, as a share of one core.")
