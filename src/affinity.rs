@@ -387,12 +387,27 @@ impl Codec {
 /// Finds the affinity cookie in the request's `Cookie` headers and decodes it.
 /// When several cookies carry the name, the first valid one wins.
 pub fn read_cookie(headers: &HeaderMap, name: &str, codec: &Codec, now: u64) -> CookieState {
+    read_cookie_values(
+        headers.get_all(COOKIE).iter().map(HeaderValue::as_bytes),
+        name,
+        codec,
+        now,
+    )
+}
+
+/// [`read_cookie`] over the values of the `Cookie` fields, as bytes.
+pub fn read_cookie_values<'a>(
+    values: impl Iterator<Item = &'a [u8]>,
+    name: &str,
+    codec: &Codec,
+    now: u64,
+) -> CookieState {
     let mut state = CookieState::Absent;
     let name = name.as_bytes();
     // Bytes, not str: no UTF-8 validation of the whole (often long) header
     // and ASCII trimming, which is what cookie syntax uses (RFC 6265 §5.4).
-    for h in headers.get_all(COOKIE) {
-        for pair in h.as_bytes().split(|&b| b == b';') {
+    for h in values {
+        for pair in h.split(|&b| b == b';') {
             let pair = pair.trim_ascii();
             let Some(eq) = pair.iter().position(|&b| b == b'=') else {
                 continue;

@@ -278,6 +278,41 @@ async fn invalid_chunk_sizes_close_the_connection_and_smuggle_nothing() {
     assert!(peer.app.seen().is_empty());
 }
 
+/// A chunked body the client framed wrongly is the client's fault: 400,
+/// counted as a bad request (`kind="body"`), never a 502 of the upstream's;
+/// when the break comes with the head, the app never sees the request.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_body_framed_wrongly_gets_400_not_502() {
+    let (t, _peer) = Target::start("127.0.100.71", "127.0.100.72", false).await;
+    for (name, body) in [
+        ("chunk size not hex", "zz\r\nabc\r\n0\r\n\r\n"),
+        ("chunk size overflow", "fffffffffffffffffff\r\nabc\r\n0\r\n\r\n"),
+    ] {
+        let req = format!("POST /framed HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n{body}");
+        let got = raw(t.sidecar.listen, req.as_bytes()).await;
+        assert_eq!(statuses(&got), vec![400], "{name}: {got:?}");
+        assert!(got.contains("chunked framing is invalid"), "{name}: {got:?}");
+    }
+    // The break after a first good chunk that went on to the app: 400 too.
+    let mut s = TcpStream::connect(t.sidecar.listen).await.unwrap();
+    s.write_all(b"POST /late HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n")
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    s.write_all(b"-5\r\nxxxxx\r\n0\r\n\r\n").await.unwrap();
+    let got = read_all(&mut s).await;
+    assert_eq!(statuses(&got), vec![400], "{got:?}");
+    assert!(
+        t.app.seen().iter().all(|s| s.path != "/framed"),
+        "{:?}",
+        paths(&t.app.seen())
+    );
+    let m = t.sidecar.metrics().await;
+    assert!(m.contains("stickyd_bad_requests_total{kind=\"body\"} 3"), "{m}");
+    assert!(!m.contains("kind=\"app_io\""), "{m}");
+    t.still_serving("after bodies framed wrongly").await;
+}
+
 /// A valid request whose body holds a second request: exactly one request
 /// reaches the app, with exactly Content-Length bytes.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

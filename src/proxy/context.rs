@@ -64,18 +64,10 @@ impl<'a> Ctx<'a> {
     }
 
     /// Before the first sync, a session pinned to another pod waits for the
-    /// view (until STICKYD_SYNC_TIMEOUT after start) rather than be served
-    /// by an app that does not know it: a connection can reach a sidecar
-    /// before it is ready, as when the ingress retries a connection to an
-    /// address a new pod has just taken.
+    /// view ([`Shared::view_for`]).
     pub async fn wait_for_the_view(&mut self) {
-        let pinned_elsewhere = matches!(self.cookie, CookieState::Valid(s) if s.id != self.shared.me);
-        if self.view.synced || !pinned_elsewhere {
-            return;
-        }
-        let deadline = self.shared.started + self.shared.cfg.sync_timeout;
-        if self.shared.store.synced_by(deadline).await {
-            self.view = self.shared.store.load_full();
+        if !self.view.synced {
+            self.view = self.shared.view_for(&self.cookie).await;
         }
     }
 

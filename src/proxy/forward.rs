@@ -88,7 +88,7 @@ pub(super) async fn forward(
 /// Ends when `peer` is no longer in the (synced) endpoint view: a pod that
 /// died dark answers nothing, and its requests need not wait out
 /// STICKYD_RESPONSE_TIMEOUT once the control plane has noticed.
-async fn left_the_view(store: &EndpointStore, peer: &Peer) {
+pub(super) async fn left_the_view(store: &EndpointStore, peer: &Peer) {
     let mut changes = store.changes();
     while changes.changed().await.is_ok() {
         let v = store.load();

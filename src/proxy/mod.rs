@@ -17,6 +17,7 @@ mod conn;
 mod context;
 mod fallback;
 mod forward;
+pub mod h1;
 pub mod headers;
 pub mod listener;
 mod local;

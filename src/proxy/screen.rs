@@ -16,6 +16,14 @@ pub(super) enum Refusal {
     Target,
     /// A head larger than STICKYD_MAX_HEADER_BYTES.
     HeaderTooLarge,
+    /// More header fields than STICKYD_MAX_HEADERS.
+    TooManyHeaders,
+    /// Not HTTP/1.x syntax.
+    Malformed,
+    /// A Content-Length or Transfer-Encoding that cannot frame the body.
+    Framing,
+    /// A chunked request body whose framing breaks (the client's fault).
+    Body,
 }
 
 impl Refusal {
@@ -26,11 +34,21 @@ impl Refusal {
             Refusal::AbsoluteForm => "absolute_form",
             Refusal::Target => "target",
             Refusal::HeaderTooLarge => "header_too_large",
+            Refusal::TooManyHeaders => "too_many_headers",
+            Refusal::Malformed => "malformed",
+            Refusal::Framing => "framing",
+            Refusal::Body => "body",
         }
     }
 
     pub fn response(self) -> Response<ResponseBody> {
-        let (status, msg) = match self {
+        let (status, msg) = self.status_and_message();
+        own_response(status, msg)
+    }
+
+    /// The status of stickyd's answer, and its body.
+    pub fn status_and_message(self) -> (StatusCode, &'static str) {
+        match self {
             Refusal::Connect => (
                 StatusCode::METHOD_NOT_ALLOWED,
                 "stickyd: CONNECT is not allowed; this is not a forward proxy\n",
@@ -44,8 +62,20 @@ impl Refusal {
                 StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
                 "stickyd: request header fields too large (STICKYD_MAX_HEADER_BYTES)\n",
             ),
-        };
-        own_response(status, msg)
+            Refusal::TooManyHeaders => (
+                StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+                "stickyd: too many request header fields (STICKYD_MAX_HEADERS)\n",
+            ),
+            Refusal::Malformed => (StatusCode::BAD_REQUEST, "stickyd: malformed request head\n"),
+            Refusal::Framing => (
+                StatusCode::BAD_REQUEST,
+                "stickyd: the request's Content-Length or Transfer-Encoding cannot frame its body\n",
+            ),
+            Refusal::Body => (
+                StatusCode::BAD_REQUEST,
+                "stickyd: the request body's chunked framing is invalid\n",
+            ),
+        }
     }
 }
 

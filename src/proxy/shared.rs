@@ -12,7 +12,7 @@ use http::header::HeaderValue;
 use prometheus_client::metrics::counter::Counter;
 
 use super::upstream::Pools;
-use crate::affinity::{Codec, Lifetimes, SessionId};
+use crate::affinity::{Codec, CookieState, Lifetimes, SessionId};
 use crate::config::{Config, UpstreamProtocol};
 use crate::drain::Drain;
 use crate::endpoints::{EndpointStore, IdHash, Peer, PeerState, View};
@@ -46,6 +46,9 @@ pub struct Shared {
     /// plus STICKYD_SYNC_TIMEOUT.
     pub(super) started: tokio::time::Instant,
     pub(super) pools: Pools,
+    /// Idle upstream connections of the HTTP/1.1 path, shared by client
+    /// connections.
+    pub(super) idle: super::h1::upstream::Pool,
     pub(super) app_authority: http::uri::Authority,
     pick: AtomicUsize,
     /// `requests_total{decision="local",target_pod=<this pod>}` by mark, so
@@ -104,6 +107,7 @@ impl Shared {
         Shared {
             me: SessionId::for_pod(&cfg.pod_name),
             pools: Pools::new(&cfg, cfg.upstream_protocol == UpstreamProtocol::H2c, peer_idle),
+            idle: Default::default(),
             peer_idle,
             hop_value: HeaderValue::from_str(&cfg.pod_name).expect("STICKYD_POD_NAME is a DNS label"),
             app_authority: authority(cfg.upstream),
@@ -134,6 +138,21 @@ impl Shared {
             id: self.me,
             draining,
         }
+    }
+
+    /// The view to decide a request on. Before the first sync, a session
+    /// pinned to another pod waits for the view (until STICKYD_SYNC_TIMEOUT
+    /// after start) rather than be served by an app that does not know it: a
+    /// connection can reach a sidecar before it is ready, as when the
+    /// ingress retries a connection to an address a new pod has just taken.
+    pub(super) async fn view_for(&self, cookie: &CookieState) -> Arc<View> {
+        let view = self.store.load_full();
+        let pinned_elsewhere = matches!(cookie, CookieState::Valid(s) if s.id != self.me);
+        if view.synced || !pinned_elsewhere {
+            return view;
+        }
+        self.store.synced_by(self.started + self.cfg.sync_timeout).await;
+        self.store.load_full()
     }
 
     /// A number that changes with each request, to spread picks over peers.

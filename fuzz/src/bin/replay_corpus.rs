@@ -14,9 +14,10 @@ type Target = fn(&[u8]);
 
 fn main() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("corpus");
-    let targets: [(&str, Target); 2] = [
+    let targets: [(&str, Target); 3] = [
         ("cookie_decode", stickyd_fuzz::cookie_decode),
         ("config_parse", stickyd_fuzz::config_parse),
+        ("h1_request", stickyd_fuzz::h1_request),
     ];
     let mut total = 0;
     for (name, run) in targets {

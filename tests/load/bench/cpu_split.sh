@@ -53,7 +53,7 @@ SD_PID=$!
 STARTED+=("$SD_PID")
 wait_port 127.0.0.1 "$HAPROXY_PORT"
 wait_port 127.0.0.1 "$SD_PORT"
-COOKIE=$(python3 -c 'import base64,hashlib; print(base64.urlsafe_b64encode(hashlib.sha256(b"stickyd/pod/pod-a").digest()[:9]).decode().rstrip("="))')
+COOKIE=$(cookie_for pod-a)
 
 ticks() { awk '{print $14, $15}' "/proc/$1/stat"; }
 HZ=$(getconf CLK_TCK)

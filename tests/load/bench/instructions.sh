@@ -45,9 +45,6 @@ nginx -c "$WORK/backend.nginx.conf" -e "$WORK/backend.err" 2>"$WORK/backend.stde
 STARTED+=($!)
 wait_port 127.0.0.1 "$BACKEND_PORT"
 
-cookie_for() {
-    python3 -c 'import base64,hashlib,sys; print(base64.urlsafe_b64encode(hashlib.sha256(b"stickyd/pod/"+sys.argv[1].encode()).digest()[:9]).decode().rstrip("="))' "$1"
-}
 ENDPOINTS="static:pod-a=127.0.0.1:$P_A,pod-b=127.0.0.2:$P_A"
 sd_env() { # pod listen admin
     echo STICKYD_LISTEN="$2" STICKYD_ADMIN_LISTEN="$3" STICKYD_UPSTREAM="http://127.0.0.1:$BACKEND_PORT" STICKYD_POD_NAME="$1" \

@@ -1,0 +1,918 @@
+//! The HTTP/1.1 path: a client connection served end to end on one task,
+//! with heads parsed by httparse into the connection's own buffer and
+//! bodies streamed, never held whole.
+//!
+//! Why not hyper here: a hyper connection holds an 8 KiB write buffer from
+//! its first byte and grows its read buffer to 16 KiB, a client connection
+//! to the app holds as much again, and each runs as a task of its own (see
+//! BENCHMARKS.md, "Where the memory goes"). Here a connection between
+//! requests holds its socket and a few words; a request in flight holds its
+//! head, a read buffer of [`READ`] bytes (more only for a larger head), and
+//! the upstream connection, which is a plain socket too. HTTP/2 (h2c, gRPC)
+//! and an app spoken to over h2c stay on hyper (`super::handle`).
+//!
+//! The phases are those of every request ([`super`]): screen, decide, serve
+//! locally or forward, and respond, with the one fallback path
+//! ([`route::after_failure`]) and the one upstream error type
+//! ([`UpstreamError`]).
+
+pub mod body;
+pub mod parse;
+pub mod upstream;
+
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use http::StatusCode;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::time::Sleep;
+
+use self::body::{ChunkError, Piece, Remaining};
+use self::parse::{BodyKind, HeadError, RequestHead, ResponseEdits, ResponseHead};
+use self::upstream::Upstream;
+use super::conn::{Place, MAX_BOUND, MAX_BOUND_PEERS, MAX_PEERS_PER_CONN};
+use super::listener::Phases;
+use super::screen::Refusal;
+use super::upstream::{Kind, Target, UpstreamError};
+use super::Shared;
+use crate::affinity::{self, CookieState, Sid};
+use crate::endpoints::{Peer, View};
+use crate::route::{self, Decision, Failed, Hops, SessionMark};
+
+/// A read takes at most this much; a head that does not fit grows the
+/// buffer, up to STICKYD_MAX_HEADER_BYTES.
+pub const READ: usize = 4096;
+/// Bodies are copied in pieces of at most this size.
+const COPY: usize = 16 * 1024;
+/// The longest response head taken from an upstream.
+const MAX_RESPONSE_HEAD: usize = 64 * 1024;
+/// How long connections accepted at the last moment get to have their first
+/// request read before idle connections are closed (as on the hyper path).
+const SETTLE: Duration = Duration::from_millis(300);
+
+/// Serves one HTTP/1.x client connection until it ends.
+pub async fn serve(stream: TcpStream, remote: SocketAddr, shared: Arc<Shared>, phases: Phases) {
+    let forwarded_for = super::headers::forwarded_for_value(remote.ip());
+    let mut c = Conn {
+        shared: &shared,
+        phases: &phases,
+        client: stream,
+        forwarded_for: forwarded_for.as_bytes(),
+        buf: Vec::new(),
+        timer: Box::pin(tokio::time::sleep(Duration::ZERO)),
+        app: None,
+        peers: Vec::new(),
+        held: None,
+        settle_at: None,
+    };
+    c.run().await;
+    // The upstream connections it kept serve the next client connections.
+    let pool = &shared.idle;
+    for (u, _place) in c.app.take().into_iter().chain(c.peers.drain(..)) {
+        pool.put(u);
+    }
+}
+
+/// Where one attempt of a request goes.
+#[derive(Clone, Copy)]
+enum Dest<'v> {
+    Local { mark: SessionMark, set_cookie: bool },
+    Peer { peer: &'v Peer, mark: SessionMark },
+}
+
+/// A failed attempt.
+enum Failure {
+    /// The upstream failed before any byte of a response reached the
+    /// client; the error says whether the request may go elsewhere.
+    Upstream(UpstreamError),
+    /// Already answered (the client's own fault), or the client went away:
+    /// nothing more to send.
+    Done,
+}
+
+/// How an attempt that got a response ended.
+enum Served {
+    /// The response went out whole; the client connection may go on.
+    KeepAlive,
+    /// The response went out (or the client went away); close.
+    Close,
+}
+
+/// What one request carries through its phases.
+struct Facts<'h> {
+    head: &'h RequestHead,
+    cookie: CookieState,
+    hops: Hops,
+    https: bool,
+    now: u64,
+    safe: bool,
+}
+
+struct Conn<'a> {
+    shared: &'a Shared,
+    phases: &'a Phases,
+    client: TcpStream,
+    forwarded_for: &'a [u8],
+    /// Bytes read from the client and not yet used: the head being read, or
+    /// what came after the last one (a body's start, a pipelined request).
+    buf: Vec<u8>,
+    /// One timer for every wait of this connection, reset each time.
+    timer: Pin<Box<Sleep>>,
+    /// The upstream connections this client connection keeps between its
+    /// requests, each holding a place of the binding budget
+    /// ([`MAX_BOUND`], [`MAX_BOUND_PEERS`]).
+    app: Option<(Upstream, Place)>,
+    peers: Vec<(Upstream, Place)>,
+    /// The place of the kept connection the request in flight uses.
+    held: Option<Place>,
+    /// Stopping: idle after this instant, the connection closes.
+    settle_at: Option<tokio::time::Instant>,
+}
+
+/// Writes `a` then `b` with as few system calls as the socket allows.
+async fn write_two(s: &mut TcpStream, mut a: &[u8], mut b: &[u8]) -> std::io::Result<()> {
+    while !a.is_empty() {
+        let n = if b.is_empty() {
+            s.write(a).await?
+        } else {
+            s.write_vectored(&[std::io::IoSlice::new(a), std::io::IoSlice::new(b)])
+                .await?
+        };
+        if n == 0 {
+            return Err(std::io::ErrorKind::WriteZero.into());
+        }
+        if n >= a.len() {
+            b = &b[n - a.len()..];
+            a = &[];
+        } else {
+            a = &a[n..];
+        }
+    }
+    if !b.is_empty() {
+        s.write_all(b).await?;
+    }
+    Ok(())
+}
+
+/// A response of stickyd's own, with a short explanation.
+fn own(status: StatusCode, msg: &str, close: bool) -> Vec<u8> {
+    let mut out = Vec::with_capacity(160 + msg.len());
+    out.extend_from_slice(b"HTTP/1.1 ");
+    out.extend_from_slice(status.as_str().as_bytes());
+    out.push(b' ');
+    out.extend_from_slice(status.canonical_reason().unwrap_or("").as_bytes());
+    out.extend_from_slice(
+        b"\r\ncontent-type: text/plain; charset=utf-8\r\ncache-control: no-store\r\ncontent-length: ",
+    );
+    out.extend_from_slice(msg.len().to_string().as_bytes());
+    if close {
+        out.extend_from_slice(b"\r\nconnection: close");
+    }
+    out.extend_from_slice(b"\r\n\r\n");
+    out.extend_from_slice(msg.as_bytes());
+    out
+}
+
+fn refusal_of(e: HeadError) -> Refusal {
+    match e {
+        HeadError::TooLarge => Refusal::HeaderTooLarge,
+        HeadError::TooManyHeaders => Refusal::TooManyHeaders,
+        HeadError::ContentLength | HeadError::TransferEncoding => Refusal::Framing,
+        HeadError::Malformed => Refusal::Malformed,
+    }
+}
+
+/// Does `target` parse as a URI, as hyper requires of every request
+/// target? (httparse passes a few characters that the URI grammar does not.)
+pub fn target_is_valid(target: &[u8]) -> bool {
+    http::Uri::try_from(target).is_ok()
+}
+
+/// Phase 1 on this path: the request line's rules (the head's syntax and
+/// framing were checked by the parse, its size by the read).
+fn screen(method: &[u8], target: &[u8]) -> Option<Refusal> {
+    if method == b"CONNECT" {
+        return Some(Refusal::Connect);
+    }
+    if target.first() == Some(&b'/') {
+        return (!target_is_valid(target)).then_some(Refusal::Target);
+    }
+    if target == b"*" {
+        return (method != b"OPTIONS").then_some(Refusal::Target);
+    }
+    // Absolute-form (`http://host/`) or authority-form (`host:443`).
+    Some(Refusal::AbsoluteForm)
+}
+
+impl Conn<'_> {
+    async fn run(&mut self) {
+        loop {
+            let head = match self.read_head().await {
+                Ok(Some(h)) => h,
+                Ok(None) => return,
+                Err(e) => {
+                    let refused = refusal_of(e);
+                    self.shared.metrics.bad_request(refused.metric_label());
+                    let (status, msg) = refused.status_and_message();
+                    let _ = self.client.write_all(&own(status, msg, true)).await;
+                    return;
+                }
+            };
+            // Boxed: a connection between requests holds only the small
+            // state of waiting for a head, not that of an exchange.
+            match Box::pin(self.request(&head)).await {
+                Served::KeepAlive => {}
+                Served::Close => return,
+            }
+            if self.shared.draining.load(Ordering::Relaxed) {
+                return;
+            }
+        }
+    }
+
+    /// Waits for the next request head and reads it whole. None: the
+    /// connection ends (closed, idle for STICKYD_HEADER_READ_TIMEOUT, or
+    /// stopping with nothing in it).
+    async fn read_head(&mut self) -> Result<Option<RequestHead>, HeadError> {
+        let cfg = &self.shared.cfg;
+        let deadline = tokio::time::Instant::now() + cfg.header_read_timeout;
+        self.timer.as_mut().reset(deadline);
+        loop {
+            if !self.buf.is_empty() {
+                match parse::request(&self.buf, cfg.max_headers) {
+                    Ok(Some(h)) if h.len > cfg.max_header_bytes => return Err(HeadError::TooLarge),
+                    Ok(Some(h)) => return Ok(Some(h)),
+                    Ok(None) if self.buf.len() >= cfg.max_header_bytes => return Err(HeadError::TooLarge),
+                    Ok(None) => {}
+                    Err(e) => return Err(e),
+                }
+            } else if self.buf.capacity() > 0 {
+                // Idle between requests: hold no buffer.
+                self.buf = Vec::new();
+            }
+            let want = if self.buf.is_empty() {
+                READ
+            } else {
+                (self.buf.len() * 2).min(cfg.max_header_bytes + 1) - self.buf.len()
+            };
+            if self.buf.capacity() - self.buf.len() < want.min(READ) {
+                self.buf.reserve(want);
+            }
+            let idle = self.buf.is_empty();
+            if let Some(at) = self.settle_at.filter(|_| idle) {
+                // Stopping: an idle connection closes once the settle time
+                // has passed.
+                if tokio::time::Instant::now() >= at {
+                    return Ok(None);
+                }
+                self.timer.as_mut().reset(at.min(deadline));
+            }
+            let closing = &self.phases.closing;
+            tokio::select! {
+                biased;
+                r = self.client.read_buf(&mut self.buf) => match r {
+                    Ok(0) | Err(_) => return Ok(None),
+                    Ok(_) => {}
+                },
+                () = &mut self.timer => {
+                    if tokio::time::Instant::now() >= deadline || self.settle_at.is_some() && self.buf.is_empty() {
+                        return Ok(None);
+                    }
+                    // The settle time was for an idle connection that has
+                    // since begun a request: back to the head's deadline.
+                    self.timer.as_mut().reset(deadline);
+                }
+                () = closing.cancelled(), if idle && self.settle_at.is_none() => {
+                    self.settle_at = Some(tokio::time::Instant::now() + SETTLE);
+                }
+            }
+        }
+    }
+
+    /// One request: screen, decide, serve or forward (with the fallback),
+    /// respond.
+    async fn request(&mut self, head: &RequestHead) -> Served {
+        let shared = self.shared;
+        // Phase 1: screen.
+        if let Some(refused) = screen(head.method(&self.buf), head.target(&self.buf)) {
+            shared.metrics.bad_request(refused.metric_label());
+            let (status, msg) = refused.status_and_message();
+            // Keep the connection only when no body follows to be skipped.
+            let close = !head.keep_alive || head.body != BodyKind::None;
+            if self.client.write_all(&own(status, msg, close)).await.is_err() || close {
+                return Served::Close;
+            }
+            self.buf.drain(..head.len);
+            return Served::KeepAlive;
+        }
+
+        // Phase 2: decide.
+        let buf = &self.buf;
+        let now = affinity::unix_now();
+        let cookie = {
+            let codec = shared.codec.load();
+            affinity::read_cookie_values(head.values(buf, b"cookie"), &shared.cfg.cookie.name, &codec, now)
+        };
+        let hops = head.values(buf, b"x-stickyd-hop").count().min(Hops::MAX as usize) as Hops;
+        let method = head.method(buf);
+        let facts = Facts {
+            head,
+            cookie,
+            hops,
+            https: parse::forwarded_https(buf, head),
+            now,
+            safe: matches!(method, b"GET" | b"HEAD" | b"OPTIONS") && head.body == BodyKind::None,
+        };
+        let view = shared.view_for(&facts.cookie).await;
+        let me = shared.this_pod(&view);
+        let pick = shared.next_pick();
+        let decision = route::decide(&facts.cookie, &view, &me, hops, shared.cfg.on_missing, pick);
+        tracing::debug!(
+            method = %String::from_utf8_lossy(method),
+            hops,
+            decision = ?decision,
+            "route"
+        );
+        let mut out = Vec::with_capacity(head.len + 128);
+        parse::write_request(&self.buf, head, self.forwarded_for, &mut out);
+        let common = out.len();
+
+        // Phase 3: serve locally or forward, with the one fallback.
+        let mut dest = match decision {
+            Decision::Reject => {
+                shared.count("rejected", None, "");
+                return self
+                    .answer(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "stickyd: the pod this session is pinned to is gone (STICKYD_ON_MISSING=reject)\n",
+                        head,
+                    )
+                    .await;
+            }
+            Decision::Local { mark, set_cookie } => Dest::Local { mark, set_cookie },
+            Decision::Forward { peer, mark } => Dest::Peer { peer, mark },
+        };
+        let mut may_fall_back = true;
+        loop {
+            out.truncate(common);
+            let error = match self.attempt(&facts, &view, dest, &mut out).await {
+                Ok(served) => return served,
+                Err(Failure::Done) => return Served::Close,
+                Err(Failure::Upstream(e)) => e,
+            };
+            shared.metrics.upstream_error(error.metric_label());
+            let failed = match dest {
+                Dest::Local { .. } => Failed::App,
+                Dest::Peer { .. } => Failed::Peer,
+            };
+            let may = may_fall_back && error.replayable && (failed == Failed::Peer || error.kind == Kind::Connect);
+            let (mark, peer_name) = match dest {
+                Dest::Local { mark, .. } => (mark, None),
+                Dest::Peer { peer, mark } => (mark, Some(peer.name.as_str())),
+            };
+            if !may {
+                match peer_name {
+                    None => {
+                        tracing::warn!(error = %error, "the app in this pod failed");
+                        shared.count_local(mark);
+                    }
+                    Some(peer) if error.kind != Kind::Timeout => {
+                        tracing::warn!(%peer, error = %error, "forwarding to the peer failed after the request was sent");
+                    }
+                    Some(_) => {}
+                }
+                return self.answer_error(&error).await;
+            }
+            match peer_name {
+                None => {
+                    tracing::warn!(error = %error, "the app in this pod refused the connection; a ready peer takes the request")
+                }
+                Some(peer) => tracing::info!(%peer, error = %error, "peer unreachable; serving locally"),
+            }
+            may_fall_back = false;
+            let me = shared.this_pod(&view);
+            dest = match route::after_failure(failed, mark, &view, &me, hops, shared.cfg.on_missing, pick) {
+                Some(Decision::Local { mark, set_cookie }) => Dest::Local { mark, set_cookie },
+                Some(Decision::Forward { peer, mark }) => Dest::Peer { peer, mark },
+                Some(Decision::Reject) => {
+                    shared.count("rejected", None, "");
+                    let msg = match failed {
+                        Failed::Peer => {
+                            "stickyd: the pod this session is pinned to is unreachable (STICKYD_ON_MISSING=reject)\n"
+                        }
+                        Failed::App => {
+                            "stickyd: the app of the pod this session is pinned to is gone (STICKYD_ON_MISSING=reject)\n"
+                        }
+                    };
+                    return self.answer(StatusCode::SERVICE_UNAVAILABLE, msg, head).await;
+                }
+                None => return self.answer_error(&error).await,
+            };
+        }
+    }
+
+    /// Answers a request with a response of stickyd's own. The connection
+    /// stays only when no unread body is left behind.
+    async fn answer(&mut self, status: StatusCode, msg: &str, head: &RequestHead) -> Served {
+        let close = !head.keep_alive || head.body != BodyKind::None || self.shared.draining.load(Ordering::Relaxed);
+        if self.client.write_all(&own(status, msg, close)).await.is_err() || close {
+            return Served::Close;
+        }
+        self.buf.drain(..head.len);
+        Served::KeepAlive
+    }
+
+    async fn answer_error(&mut self, e: &UpstreamError) -> Served {
+        // The request may have been partly sent: never keep the connection.
+        let _ = self.client.write_all(&own(e.status(), e.message(), true)).await;
+        Served::Close
+    }
+
+    /// Takes a connection to `addr`: this client connection's own, or one
+    /// from the shared pool, or a new one.
+    async fn upstream(&mut self, to: Target, addr: SocketAddr) -> std::io::Result<Upstream> {
+        let shared = self.shared;
+        self.held = None;
+        let idle = match to {
+            Target::App => shared.cfg.pool_idle_timeout,
+            Target::Peer => shared.peer_idle,
+        };
+        let kept = match to {
+            Target::App => self.app.take(),
+            Target::Peer => self
+                .peers
+                .iter()
+                .position(|(u, _)| u.addr == addr)
+                .map(|i| self.peers.swap_remove(i)),
+        };
+        if let Some((mut u, place)) = kept {
+            if u.usable(idle) {
+                u.fresh = false;
+                // The place stays taken while the request runs.
+                self.held = Some(place);
+                return Ok(u);
+            }
+        }
+        if let Some(u) = shared.idle.take(addr, idle) {
+            return Ok(u);
+        }
+        Upstream::dial(addr, shared.cfg.connect_timeout).await
+    }
+
+    /// Keeps `u` for this client connection's next request, if the binding
+    /// budget has room; else the shared pool gets it.
+    fn keep_upstream(&mut self, to: Target, mut u: Upstream) {
+        u.used = Instant::now();
+        let shared = self.shared;
+        let held = self.held.take();
+        let place = match to {
+            Target::App => held.or_else(|| Place::take(&shared.bound_apps, MAX_BOUND)),
+            Target::Peer => {
+                if self.peers.len() >= MAX_PEERS_PER_CONN {
+                    if let Some(oldest) = (0..self.peers.len()).min_by_key(|&i| self.peers[i].0.used) {
+                        let (old, _place) = self.peers.swap_remove(oldest);
+                        shared.idle.put(old);
+                    }
+                }
+                held.or_else(|| Place::take(&shared.bound_peers, MAX_BOUND_PEERS))
+            }
+        };
+        match (to, place) {
+            (Target::App, Some(place)) => self.app = Some((u, place)),
+            (Target::Peer, Some(place)) => self.peers.push((u, place)),
+            (_, None) => shared.idle.put(u),
+        }
+    }
+
+    /// One attempt: the request to `dest`, and its response to the client.
+    /// Err: nothing was written to the client yet.
+    async fn attempt(
+        &mut self,
+        f: &Facts<'_>,
+        view: &View,
+        dest: Dest<'_>,
+        out: &mut Vec<u8>,
+    ) -> Result<Served, Failure> {
+        let shared = self.shared;
+        let (target, addr) = match dest {
+            Dest::Local { mark, .. } => {
+                out.extend_from_slice(b"x-stickyd-session: ");
+                out.extend_from_slice(mark.as_str().as_bytes());
+                out.extend_from_slice(b"\r\n");
+                (Target::App, shared.cfg.upstream)
+            }
+            Dest::Peer { peer, .. } => {
+                for _ in 0..=f.hops {
+                    out.extend_from_slice(b"x-stickyd-hop: ");
+                    out.extend_from_slice(shared.hop_value.as_bytes());
+                    out.extend_from_slice(b"\r\n");
+                }
+                (Target::Peer, peer.addr)
+            }
+        };
+        out.extend_from_slice(b"\r\n");
+        let fail = |kind, replayable, detail: &dyn std::fmt::Display| {
+            Failure::Upstream(UpstreamError::new(target, kind, replayable, detail))
+        };
+
+        // While a drain runs, a request of a session pinned here holds it.
+        let pinned_here = matches!(
+            dest,
+            Dest::Local {
+                mark: SessionMark::Pinned,
+                ..
+            }
+        ) && matches!(f.cookie, CookieState::Valid(s) if s.id == shared.me);
+        let _pinned = pinned_here.then(|| shared.drain.pinned_request()).flatten();
+
+        // The request: head, then body. What of the body came with the head
+        // is checked before anything goes out.
+        let head = f.head;
+        let mut body = Remaining::of(head.body);
+        let in_buf = match body.take(&self.buf[head.len..]) {
+            Ok(n) => n,
+            Err(e) => return Err(self.client_body_error(e).await),
+        };
+        let started = Instant::now();
+        let mut up = match self.upstream(target, addr).await {
+            Ok(u) => u,
+            Err(e) => return Err(fail(Kind::Connect, true, &e)),
+        };
+        let upgrade = head.upgrade;
+        let wait_continue = head.expect_continue && !body.done();
+        let first = head.len + in_buf;
+        if let Err(e) = write_two(&mut up.stream, out, &self.buf[head.len..first]).await {
+            // A kept connection the other side had closed: nothing reached
+            // it (a request written into a dead socket gets RST, not an
+            // answer). Once more on a fresh one.
+            if up.fresh {
+                return Err(fail(Kind::Connect, true, &e));
+            }
+            up = match Upstream::dial(addr, shared.cfg.connect_timeout).await {
+                Ok(u) => u,
+                Err(e) => return Err(fail(Kind::Connect, true, &e)),
+            };
+            if let Err(e) = write_two(&mut up.stream, out, &self.buf[head.len..first]).await {
+                return Err(fail(Kind::Connect, true, &e));
+            }
+        }
+        let mut sent_body_from_socket = false;
+        if !body.done() && !wait_continue {
+            sent_body_from_socket = true;
+            if let Err(e) = self.copy_request_body(&mut up, &mut body).await {
+                return Err(e.into_failure(self, target).await);
+            }
+        }
+
+        // The response head, within STICKYD_RESPONSE_TIMEOUT.
+        let deadline = tokio::time::Instant::now() + shared.cfg.response_timeout;
+        let mut ubuf: Vec<u8> = Vec::with_capacity(READ);
+        let res = loop {
+            let got = self
+                .read_response_head(&mut up, &mut ubuf, deadline, dest, head, wait_continue && !body.done())
+                .await;
+            let r = match got {
+                Ok(ResponseRead::Head(r)) => r,
+                Ok(ResponseRead::ClientBodyFirst) => {
+                    // The client sends its body without waiting for 100.
+                    sent_body_from_socket = true;
+                    if let Err(e) = self.copy_request_body(&mut up, &mut body).await {
+                        return Err(e.into_failure(self, target).await);
+                    }
+                    continue;
+                }
+                Err(ReadError::Timeout) => return Err(fail(Kind::Timeout, false, &"no response headers in time")),
+                Err(ReadError::Gone) => {
+                    let replayable = f.safe && !sent_body_from_socket;
+                    return Err(fail(
+                        Kind::Gone,
+                        replayable,
+                        &"it left the endpoint view before answering",
+                    ));
+                }
+                Err(ReadError::Closed(e)) => {
+                    // Nothing came back: the keep-alive race, or a peer that
+                    // stopped. A safe request with no body may go elsewhere.
+                    let replayable = f.safe && !sent_body_from_socket;
+                    let kind = if target == Target::App && !replayable {
+                        Kind::Io
+                    } else {
+                        Kind::Closed
+                    };
+                    return Err(fail(kind, replayable, &e));
+                }
+                Err(ReadError::Bad(e)) => return Err(fail(Kind::Io, false, &e)),
+            };
+            if (100..200).contains(&r.status) && r.status != 101 {
+                // Interim responses go to the client as they are.
+                if head.minor == 1 && self.client.write_all(&ubuf[..r.len]).await.is_err() {
+                    return Ok(Served::Close);
+                }
+                ubuf.drain(..r.len);
+                if r.status == 100 && !body.done() {
+                    sent_body_from_socket = true;
+                    if let Err(e) = self.copy_request_body(&mut up, &mut body).await {
+                        return Err(e.into_failure(self, target).await);
+                    }
+                }
+                continue;
+            }
+            break r;
+        };
+        let waited = started.elapsed().as_secs_f64();
+        match dest {
+            Dest::Local { .. } => shared.metrics.upstream_duration.observe(waited),
+            Dest::Peer { .. } => shared.metrics.forward_duration.observe(waited),
+        }
+
+        // Phase 4: respond.
+        let set_cookie = match dest {
+            Dest::Local { mark, set_cookie } => {
+                shared.count_local(mark);
+                let sid = match f.cookie {
+                    CookieState::Valid(s) if mark != SessionMark::New => s.sid.unwrap_or_else(Sid::random),
+                    _ => Sid::random(),
+                };
+                if mark != SessionMark::Unsynced {
+                    shared.sessions.note(sid, tokio::time::Instant::now());
+                }
+                set_cookie.then(|| {
+                    let created = match f.cookie {
+                        CookieState::Valid(s) if s.id == shared.me && s.created > 0 => s.created,
+                        _ => f.now,
+                    };
+                    let value = shared.codec.load().encode(shared.me, sid, created, f.now);
+                    affinity::set_cookie(&shared.cfg.cookie, value, f.https)
+                })
+            }
+            Dest::Peer { peer, mark } => {
+                shared.count_forwarded(peer, view.generation, mark);
+                None
+            }
+        };
+        let switching = res.status == 101 && upgrade;
+        let client_http10 = head.minor == 0;
+        let request_done = body.done();
+        let stopping = shared.draining.load(Ordering::Relaxed) || (f.hops == 0 && shared.drain.requested());
+        let close = !switching
+            && (!head.keep_alive
+                || stopping
+                || !request_done
+                || res.body == BodyKind::Close
+                || (client_http10 && res.body == BodyKind::Chunked));
+        let edits = ResponseEdits {
+            set_cookie: set_cookie.as_ref().map(|v| v.as_bytes()),
+            close,
+            client_http10,
+        };
+        out.clear();
+        parse::write_response(&ubuf, &res, &edits, out);
+        ubuf.drain(..res.len);
+
+        if switching {
+            return Ok(self.splice(up, out, ubuf, head.len + in_buf).await);
+        }
+        // The body: what came with the head, then the rest.
+        let mut rbody = Remaining::of(res.body);
+        let decode = client_http10 && res.body == BodyKind::Chunked;
+        let with_head = if decode {
+            0
+        } else {
+            match rbody.take(&ubuf) {
+                Ok(n) => n,
+                Err(_) => {
+                    let _ = self.client.write_all(out).await;
+                    return Ok(Served::Close);
+                }
+            }
+        };
+        if write_two(&mut self.client, out, &ubuf[..with_head]).await.is_err() {
+            return Ok(Served::Close);
+        }
+        ubuf.drain(..with_head);
+        let streamed = if decode {
+            self.copy_decoded(&mut up, ubuf).await
+        } else {
+            self.copy_response_body(&mut up, &mut rbody, ubuf).await
+        };
+        // The request is done with: what follows it in the buffer is the
+        // next request.
+        self.buf.drain(..first.min(self.buf.len()));
+        if !request_done && !sent_body_from_socket {
+            // A body the client never sent (the upstream answered first).
+            return Ok(Served::Close);
+        }
+        if streamed && res.keep_alive && rbody.done() {
+            self.keep_upstream(target, up);
+        }
+        Ok(if close || !streamed {
+            Served::Close
+        } else {
+            Served::KeepAlive
+        })
+    }
+
+    /// A client whose chunked body is malformed gets 400 (its fault, not the
+    /// upstream's); the upstream connection, which has part of it, is
+    /// dropped with the attempt.
+    async fn client_body_error(&mut self, e: ChunkError) -> Failure {
+        self.shared.metrics.bad_request(Refusal::Body.metric_label());
+        let (status, msg) = Refusal::Body.status_and_message();
+        let _ = self.client.write_all(&own(status, msg, true)).await;
+        tracing::debug!(error = ?e, "malformed chunked request body");
+        Failure::Done
+    }
+
+    /// Copies the rest of the request body from the client to `up`.
+    async fn copy_request_body(&mut self, up: &mut Upstream, body: &mut Remaining) -> Result<(), BodyError> {
+        // What of the body was in the buffer went with the head.
+        let mut piece = vec![0u8; COPY];
+        while !body.done() {
+            let n = match self.client.read(&mut piece).await {
+                Ok(0) | Err(_) => return Err(BodyError::ClientGone),
+                Ok(n) => n,
+            };
+            let take = body.take(&piece[..n]).map_err(BodyError::Framing)?;
+            if take < n {
+                // Pipelined bytes after the body: the next request's.
+                self.buf.extend_from_slice(&piece[take..n]);
+            }
+            up.stream
+                .write_all(&piece[..take])
+                .await
+                .map_err(|e| BodyError::Upstream(e.to_string()))?;
+        }
+        Ok(())
+    }
+
+    /// Copies the rest of a response body from `up` to the client. False:
+    /// the copy broke off (either side went away, or the upstream's framing
+    /// broke); the client connection must close.
+    async fn copy_response_body(&mut self, up: &mut Upstream, body: &mut Remaining, mut piece: Vec<u8>) -> bool {
+        if body.done() {
+            return true;
+        }
+        piece.clear();
+        piece.resize(COPY, 0);
+        while !body.done() {
+            let n = match up.stream.read(&mut piece).await {
+                Ok(0) => return matches!(body, Remaining::Close),
+                Err(_) => return false,
+                Ok(n) => n,
+            };
+            let Ok(take) = body.take(&piece[..n]) else {
+                return false;
+            };
+            if self.client.write_all(&piece[..take]).await.is_err() {
+                return false;
+            }
+        }
+        true
+    }
+
+    /// A chunked response for an HTTP/1.0 client: the payload alone, then
+    /// the connection closes.
+    async fn copy_decoded(&mut self, up: &mut Upstream, mut pending: Vec<u8>) -> bool {
+        let mut chunked = body::Chunked::default();
+        let mut piece = vec![0u8; COPY];
+        loop {
+            let mut at = 0;
+            while at < pending.len() && !chunked.done() {
+                match chunked.step(&pending[at..]) {
+                    Ok(Piece::Data(n)) => {
+                        if self.client.write_all(&pending[at..at + n]).await.is_err() {
+                            return false;
+                        }
+                        at += n;
+                    }
+                    Ok(Piece::Framing(n)) => at += n,
+                    Err(_) => return false,
+                }
+            }
+            if chunked.done() {
+                return false;
+            }
+            let n = match up.stream.read(&mut piece).await {
+                Ok(0) | Err(_) => return false,
+                Ok(n) => n,
+            };
+            pending.clear();
+            pending.extend_from_slice(&piece[..n]);
+        }
+    }
+
+    /// Reads a response head from `up` into `ubuf`. While `client_may_send`,
+    /// a client that starts its body before a 100 (Expect: 100-continue)
+    /// ends the wait.
+    async fn read_response_head(
+        &mut self,
+        up: &mut Upstream,
+        ubuf: &mut Vec<u8>,
+        deadline: tokio::time::Instant,
+        dest: Dest<'_>,
+        head: &RequestHead,
+        client_may_send: bool,
+    ) -> Result<ResponseRead, ReadError> {
+        let head_request = head.method(&self.buf) == b"HEAD";
+        self.timer.as_mut().reset(deadline);
+        let store = &self.shared.store;
+        let gone = async {
+            match dest {
+                Dest::Peer { peer, .. } => super::forward::left_the_view(store, peer).await,
+                Dest::Local { .. } => std::future::pending().await,
+            }
+        };
+        tokio::pin!(gone);
+        loop {
+            if !ubuf.is_empty() {
+                match parse::response(ubuf, self.shared.cfg.max_headers, head_request) {
+                    Ok(Some(r)) => return Ok(ResponseRead::Head(r)),
+                    Ok(None) if ubuf.len() >= MAX_RESPONSE_HEAD => {
+                        return Err(ReadError::Bad("response head too large".into()))
+                    }
+                    Ok(None) => {}
+                    Err(e) => return Err(ReadError::Bad(format!("malformed response head: {e:?}"))),
+                }
+            }
+            if ubuf.capacity() - ubuf.len() < 1024 {
+                ubuf.reserve(READ);
+            }
+            let client = &self.client;
+            tokio::select! {
+                biased;
+                r = up.stream.read_buf(ubuf) => match r {
+                    Ok(0) if ubuf.is_empty() => return Err(ReadError::Closed("closed before any byte of a response".into())),
+                    Ok(0) => return Err(ReadError::Bad("closed inside the response head".into())),
+                    Err(e) if ubuf.is_empty() => return Err(ReadError::Closed(e.to_string())),
+                    Err(e) => return Err(ReadError::Bad(e.to_string())),
+                    Ok(_) => {}
+                },
+                () = &mut self.timer => return Err(ReadError::Timeout),
+                () = &mut gone => return Err(ReadError::Gone),
+                r = client.readable(), if client_may_send => {
+                    if r.is_ok() {
+                        return Ok(ResponseRead::ClientBodyFirst);
+                    }
+                }
+            }
+        }
+    }
+
+    /// After a 101: the client and the upstream are joined, byte for byte,
+    /// until either side ends.
+    async fn splice(&mut self, mut up: Upstream, out: &[u8], early: Vec<u8>, used: usize) -> Served {
+        if write_two(&mut self.client, out, &early).await.is_err() {
+            return Served::Close;
+        }
+        let pending: Vec<u8> = self.buf.drain(..).skip(used).collect();
+        if !pending.is_empty() && up.stream.write_all(&pending).await.is_err() {
+            return Served::Close;
+        }
+        drop(early);
+        self.buf = Vec::new();
+        if let Err(e) = tokio::io::copy_bidirectional(&mut self.client, &mut up.stream).await {
+            tracing::debug!(error = %e, "upgraded connection closed");
+        }
+        Served::Close
+    }
+}
+
+enum ResponseRead {
+    Head(ResponseHead),
+    /// The client began its body before the upstream answered.
+    ClientBodyFirst,
+}
+
+enum ReadError {
+    Timeout,
+    /// The peer left the endpoint view.
+    Gone,
+    /// The connection closed or reset before any byte of a response.
+    Closed(String),
+    /// A broken or oversized response head.
+    Bad(String),
+}
+
+/// How copying a request body broke off.
+enum BodyError {
+    /// The client's chunked framing is malformed: its fault, 400.
+    Framing(ChunkError),
+    /// The client went away mid-body.
+    ClientGone,
+    /// The upstream stopped taking it.
+    Upstream(String),
+}
+
+impl BodyError {
+    async fn into_failure(self, c: &mut Conn<'_>, target: Target) -> Failure {
+        match self {
+            BodyError::Framing(e) => c.client_body_error(e).await,
+            BodyError::ClientGone => Failure::Done,
+            BodyError::Upstream(e) => Failure::Upstream(UpstreamError::new(target, Kind::Io, false, e)),
+        }
+    }
+}

@@ -1,0 +1,153 @@
+//! Upstream connections of the HTTP/1.1 path: plain TCP streams that hold
+//! no buffer while idle. A client connection keeps the ones its requests
+//! used (its app connection and up to eight to peers, within a budget for
+//! all client connections), so that its next request needs no lookup; the
+//! others, and those of a client connection that ends, go to a shared idle
+//! pool, bounded per address and in all, that serves the next requests.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use futures_util::FutureExt;
+use tokio::io::Interest;
+use tokio::net::TcpStream;
+
+/// Idle connections the shared pool keeps per upstream address...
+const POOL_PER_ADDR: usize = 64;
+/// ...and in all.
+const POOL_TOTAL: usize = 512;
+
+/// One connection to an upstream (the app or a peer's sidecar).
+pub struct Upstream {
+    pub addr: SocketAddr,
+    pub stream: TcpStream,
+    /// Opened for the request at hand (not reused).
+    pub fresh: bool,
+    /// When its last exchange ended.
+    pub used: Instant,
+}
+
+impl Upstream {
+    /// Opens a connection, within `timeout`.
+    pub async fn dial(addr: SocketAddr, timeout: Duration) -> std::io::Result<Upstream> {
+        let stream = tokio::time::timeout(timeout, TcpStream::connect(addr))
+            .await
+            .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "connect timeout"))??;
+        let _ = stream.set_nodelay(true);
+        Ok(Upstream {
+            addr,
+            stream,
+            fresh: true,
+            used: Instant::now(),
+        })
+    }
+
+    /// May an idle connection be written into? Not when it sat idle for
+    /// `idle` or more (the other side may be closing it just now), nor when
+    /// it is readable: an idle HTTP/1.1 connection has nothing to say but
+    /// its end. Asks the runtime's readiness, no system call.
+    pub fn usable(&self, idle: Duration) -> bool {
+        if self.used.elapsed() >= idle {
+            return false;
+        }
+        match self.stream.ready(Interest::READABLE).now_or_never() {
+            Some(Ok(r)) => !(r.is_readable() || r.is_read_closed() || r.is_error()),
+            Some(Err(_)) => false,
+            None => true,
+        }
+    }
+}
+
+/// Idle upstream connections shared by client connections.
+#[derive(Default)]
+pub struct Pool {
+    idle: Mutex<HashMap<SocketAddr, Vec<Upstream>>>,
+}
+
+impl Pool {
+    /// The most recently used idle connection to `addr` that is usable.
+    pub fn take(&self, addr: SocketAddr, idle: Duration) -> Option<Upstream> {
+        let mut map = self.idle.lock().ok()?;
+        let list = map.get_mut(&addr)?;
+        while let Some(mut u) = list.pop() {
+            if u.usable(idle) {
+                u.fresh = false;
+                return Some(u);
+            }
+        }
+        None
+    }
+
+    /// Keeps `u` for later, if there is room.
+    pub fn put(&self, u: Upstream) {
+        let Ok(mut map) = self.idle.lock() else {
+            return;
+        };
+        let total: usize = map.values().map(Vec::len).sum();
+        let list = map.entry(u.addr).or_default();
+        if list.len() < POOL_PER_ADDR && total < POOL_TOTAL {
+            list.push(u);
+        }
+    }
+
+    /// Closes every idle connection to an address not in `keep`.
+    pub fn retain(&self, keep: impl Fn(&SocketAddr) -> bool) {
+        if let Ok(mut map) = self.idle.lock() {
+            map.retain(|addr, _| keep(addr));
+        }
+    }
+
+    #[cfg(test)]
+    fn len(&self) -> usize {
+        self.idle.lock().unwrap().values().map(Vec::len).sum()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::AsyncWriteExt;
+    use tokio::net::TcpListener;
+
+    #[tokio::test]
+    async fn idle_connections_are_checked_before_reuse() {
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        let pool = Pool::default();
+        let a = Upstream::dial(addr, Duration::from_secs(1)).await.unwrap();
+        let (mut server_a, _) = l.accept().await.unwrap();
+        let b = Upstream::dial(addr, Duration::from_secs(1)).await.unwrap();
+        let (_server_b, _) = l.accept().await.unwrap();
+        pool.put(a);
+        pool.put(b);
+        assert_eq!(pool.len(), 2);
+        // b, the newer, first; then a, once it is closed by the other side, is not.
+        let got = pool.take(addr, Duration::from_secs(60)).unwrap();
+        assert!(!got.fresh);
+        server_a.shutdown().await.unwrap();
+        drop(server_a);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(pool.take(addr, Duration::from_secs(60)).is_none());
+        // Too long idle: not reused.
+        pool.put(got);
+        assert!(pool.take(addr, Duration::ZERO).is_none());
+        assert_eq!(pool.len(), 0);
+    }
+
+    #[tokio::test]
+    async fn the_pool_is_bounded() {
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        let pool = Pool::default();
+        let mut servers = Vec::new();
+        for _ in 0..POOL_PER_ADDR + 3 {
+            pool.put(Upstream::dial(addr, Duration::from_secs(1)).await.unwrap());
+            servers.push(l.accept().await.unwrap());
+        }
+        assert_eq!(pool.len(), POOL_PER_ADDR);
+        pool.retain(|a| *a != addr);
+        assert_eq!(pool.len(), 0);
+    }
+}

@@ -1,0 +1,145 @@
+#!/usr/bin/env bash
+# Memory under load, stickyd beside HAProxy in one run.
+#
+#   tests/load/bench/memory.sh
+#
+# nginx (the backend) and wrk run on LOAD_CPU; stickyd (one worker, every
+# request carrying a cookie that names the local pod) and HAProxy (cookie
+# insert) on PROXY_CPU. For each count of active keep-alive connections in
+# CONNS, wrk keeps that many connections busy for HOLD seconds against each
+# proxy in turn (the order alternates per round); VmRSS is sampled every
+# 0.5 s from the second second on and the median kept. Then, for stickyd, the
+# RSS AFTER seconds after the last spike ended. Per-connection KiB is
+# (RSS under load - RSS idle) / connections.
+#
+# HEAPTRACK=N: instead, run stickyd under heaptrack for one spike of N
+# connections and print heaptrack_print's peak-memory report (apt-get install
+# heaptrack).
+#
+# Environment (all optional): CONNS="1000 2000 4000" HOLD=8 ROUNDS=3 AFTER=20
+#   PROXY_CPU=1 LOAD_CPU=0 BASE_PORT=18600 OUT=benchmarks/results
+#   STICKYD_BIN=path (default target/release/stickyd) STICKYD_ENV="VAR=value ..."
+#
+# Not part of CI. Loopback only; stops everything it started on exit.
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "$0")/../../.." && pwd)
+BENCH="$ROOT/tests/load/bench"
+CONNS=${CONNS:-1000 2000 4000}
+HOLD=${HOLD:-8}
+ROUNDS=${ROUNDS:-3}
+AFTER=${AFTER:-20}
+PROXY_CPU=${PROXY_CPU:-1}
+LOAD_CPU=${LOAD_CPU:-0}
+BASE_PORT=${BASE_PORT:-18600}
+OUT=${OUT:-$ROOT/benchmarks/results}
+HEAPTRACK=${HEAPTRACK:-}
+STICKYD_BIN=${STICKYD_BIN:-$ROOT/target/release/stickyd}
+STICKYD_ENV=${STICKYD_ENV:-}
+
+BACKEND_PORT=$((BASE_PORT + 1))
+HAPROXY_PORT=$((BASE_PORT + 20))
+SD_PORT=$((BASE_PORT + 10))
+SD_ADMIN=$((BASE_PORT + 11))
+
+log() { printf '[memory %s] %s\n' "$(date -u +%H:%M:%S)" "$*" >&2; }
+die() { log "FAIL: $*"; exit 1; }
+[[ -x "$STICKYD_BIN" ]] || die "no stickyd at $STICKYD_BIN (cargo build --release)"
+for t in nginx haproxy wrk taskset; do command -v "$t" >/dev/null || die "$t is missing"; done
+ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
+
+# shellcheck source=SCRIPTDIR/procs.sh
+. "$BENCH/procs.sh"
+bench_scratch stickyd-memory
+
+render() { # template -> file in $WORK
+    sed -e "s|@DIR@|$WORK|g" -e "s|@BACKEND_PORT@|$BACKEND_PORT|g" -e "s|@HAPROXY_PORT@|$HAPROXY_PORT|g" \
+        "$BENCH/$1" >"$WORK/$1"
+}
+wait_port() {
+    for _ in $(seq 1 200); do
+        (exec 3<>"/dev/tcp/$1/$2") 2>/dev/null && return 0
+        sleep 0.05
+    done
+    die "nothing listens on $1:$2"
+}
+rss_kib() { awk '/^VmRSS:/ {print $2}' "/proc/$1/status"; }
+median() { sort -n | awk '{a[NR]=$1} END {if (NR) print a[int((NR+1)/2)]; else print 0}'; }
+
+render backend.nginx.conf; render haproxy.cfg
+taskset -c "$LOAD_CPU" nginx -c "$WORK/backend.nginx.conf" -e "$WORK/backend.err" 2>"$WORK/backend.stderr" &
+STARTED+=($!)
+wait_port 127.0.0.1 "$BACKEND_PORT"
+
+start_stickyd() { # [wrapper...]
+    # shellcheck disable=SC2086
+    taskset -c "$PROXY_CPU" env STICKYD_LISTEN="127.0.0.1:$SD_PORT" STICKYD_ADMIN_LISTEN="127.0.0.1:$SD_ADMIN" \
+        STICKYD_UPSTREAM="http://127.0.0.1:$BACKEND_PORT" STICKYD_POD_NAME=pod-a \
+        STICKYD_ENDPOINTS="static:pod-a=127.0.0.1:$SD_PORT" STICKYD_WORKER_THREADS=1 STICKYD_LOG=warn \
+        STICKYD_MAX_CONNECTIONS=20000 $STICKYD_ENV "$@" "$STICKYD_BIN" run 2>"$WORK/stickyd.err" &
+    SD_PID=$!
+    STARTED+=("$SD_PID")
+    wait_port 127.0.0.1 "$SD_PORT"
+}
+
+COOKIE="stickyd=$(cookie_for pod-a)"
+spike() { # port connections pid cookie -> median RSS KiB under load
+    local samples=()
+    taskset -c "$LOAD_CPU" wrk -t1 -c"$2" -d"${HOLD}s" -H "Cookie: $4" "http://127.0.0.1:$1/" >"$WORK/wrk.out" 2>&1 &
+    local w=$!
+    sleep 2
+    for _ in $(seq 1 $(((HOLD - 3) * 2))); do samples+=("$(rss_kib "$3")"); sleep 0.5; done
+    wait "$w"
+    grep -q "Socket errors" "$WORK/wrk.out" && log "  $(grep 'Socket errors' "$WORK/wrk.out")"
+    printf '%s\n' "${samples[@]}" | median
+}
+
+if [[ -n "$HEAPTRACK" ]]; then
+    command -v heaptrack >/dev/null || die "heaptrack is missing (apt-get install heaptrack)"
+    STICKYD_ENV="$STICKYD_ENV STICKYD_DRAIN_SECONDS=0" start_stickyd heaptrack -o "$OUT/heap-stickyd"
+    sleep 1
+    log "heaptrack: $HEAPTRACK connections for ${HOLD}s"
+    spike "$SD_PORT" "$HEAPTRACK" "$(pgrep -f "^$STICKYD_BIN run")" "$COOKIE" >&2
+    pkill -INT -f "^$STICKYD_BIN run" || true
+    wait "$SD_PID" 2>/dev/null || true
+    heaptrack_print -f "$OUT"/heap-stickyd*.zst --print-peaks --peak-limit 40 --print-allocators 0 \
+        --print-leaks 0 --print-temporary 0 >"$OUT/heap-peaks.txt" 2>/dev/null
+    log "peak consumers: $OUT/heap-peaks.txt (heaptrack --analyze $OUT/heap-stickyd.zst)"
+    sed -n '/^PEAK MEMORY CONSUMERS/,$p' "$OUT/heap-peaks.txt" | grep -E '^[0-9.]+[KMG]? (peak memory )?consumed'
+    exit 0
+fi
+
+start_stickyd
+taskset -c "$PROXY_CPU" haproxy -f "$WORK/haproxy.cfg" -db >"$WORK/haproxy.log" 2>&1 &
+HP_PID=$!; STARTED+=("$HP_PID")
+wait_port 127.0.0.1 "$HAPROXY_PORT"
+sleep 1
+SD_IDLE=$(rss_kib "$SD_PID"); HP_IDLE=$(rss_kib "$HP_PID")
+CSV="$OUT/memory-load.csv"
+echo "round,connections,proxy,idle_kib,load_kib,per_conn_kib" >"$CSV"
+log "idle: stickyd $SD_IDLE KiB, haproxy $HP_IDLE KiB"
+for r in $(seq 1 "$ROUNDS"); do
+    for n in $CONNS; do
+        order=("stickyd" "haproxy"); ((r % 2 == 0)) && order=("haproxy" "stickyd")
+        for p in "${order[@]}"; do
+            if [[ $p == stickyd ]]; then port=$SD_PORT pid=$SD_PID idle=$SD_IDLE cookie=$COOKIE
+            else port=$HAPROXY_PORT pid=$HP_PID idle=$HP_IDLE cookie="SRV=s1"; fi
+            kib=$(spike "$port" "$n" "$pid" "$cookie")
+            per=$(awk -v a="$kib" -v b="$idle" -v n="$n" 'BEGIN {printf "%.1f", (a - b) / n}')
+            echo "$r,$n,$p,$idle,$kib,$per" | tee -a "$CSV" >&2
+            sleep 2
+        done
+    done
+done
+log "stickyd RSS $AFTER s after the last spike"
+sleep "$AFTER"
+echo "after,$AFTER,stickyd,$SD_IDLE,$(rss_kib "$SD_PID")," | tee -a "$CSV" >&2
+echo "after,$AFTER,haproxy,$HP_IDLE,$(rss_kib "$HP_PID")," | tee -a "$CSV" >&2
+log "medians per connection count (KiB):"
+for n in $CONNS; do
+    for p in stickyd haproxy; do
+        m=$(awk -F, -v n="$n" -v p="$p" '$2==n && $3==p {print $5}' "$CSV" | median)
+        per=$(awk -F, -v n="$n" -v p="$p" '$2==n && $3==p {print $6}' "$CSV" | median)
+        echo "  $n connections: $p RSS $((m / 1024)) MiB, $per KiB per connection" >&2
+    done
+done
