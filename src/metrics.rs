@@ -79,8 +79,6 @@ pub struct Metrics {
     /// `stickyd_shed_total{kind="request"}`: a request already read answered
     /// 503 because the budget was used up.
     pub shed_request: Counter,
-    /// The pods of the last view, to forget the series of pods that left it.
-    members: std::sync::Mutex<Vec<String>>,
 }
 
 /// A gauge of the bytes in use in a [`BufferBudget`], read when scraped (0
@@ -135,7 +133,6 @@ impl Default for Metrics {
             shed,
             shed_connection,
             shed_request,
-            members: Default::default(),
         }
     }
 }
@@ -239,8 +236,11 @@ impl Metrics {
         self.buffer_bytes.attach(limits.buffers.clone());
     }
 
-    /// Updates the endpoint gauges from a view that was just swapped in.
-    pub fn observe_view(&self, view: &View) {
+    /// Updates the endpoint gauges from a view that was just swapped in, and
+    /// removes the per-pod series of `left`, the pods that left the view with
+    /// it, so that a sidecar that lives through many rollouts keeps a bounded
+    /// set of series. O(1) plus the pods that left.
+    pub fn observe_view<'a>(&self, view: &View, left: impl IntoIterator<Item = &'a str>) {
         for s in [PeerState::Ready, PeerState::Draining] {
             self.endpoints
                 .get_or_create(&StateLabels { state: s.as_str() })
@@ -248,25 +248,18 @@ impl Metrics {
         }
         self.endpoints_synced.set(view.synced as i64);
         self.endpoints_updates.inc();
-        // Per-pod series of pods that left the view go too, so a sidecar that
-        // lives through many rollouts keeps a bounded set of series.
-        let now: Vec<String> = view.peers().iter().map(|p| p.name.clone()).collect();
-        let Ok(mut members) = self.members.lock() else {
-            return;
-        };
-        for gone in members.iter().filter(|m| !now.contains(m)) {
-            // ("local" series name this pod, which stays while it runs.)
+        // ("local" series name this pod, which stays while it runs.)
+        for gone in left.into_iter().filter(|name| view.peers().by_name(name).is_none()) {
             for decision in ["forwarded", "rejected"] {
                 for session in ["new", "pinned", "repinned", "unsynced", "none"] {
                     self.requests.remove(&DecisionLabels {
                         decision,
                         session,
-                        target_pod: gone.clone(),
+                        target_pod: gone.to_string(),
                     });
                 }
             }
         }
-        *members = now;
     }
 
     pub fn upstream_error(&self, kind: &'static str) {

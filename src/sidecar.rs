@@ -77,7 +77,7 @@ impl Sidecar {
         match &cfg.endpoints {
             EndpointsSource::Static(list) => {
                 fixed::install(&store, list);
-                metrics.observe_view(&store.load());
+                metrics.observe_view(&store.load(), []);
             }
             EndpointsSource::File(path) => {
                 background.push(fixed::watch_file(
@@ -88,7 +88,7 @@ impl Sidecar {
                 ));
             }
             EndpointsSource::Kubernetes => {
-                metrics.observe_view(&store.load());
+                metrics.observe_view(&store.load(), []);
                 background.push(kubernetes::start(&cfg, store.clone(), metrics.clone()).await?);
             }
         }
