@@ -22,20 +22,30 @@ use std::sync::Arc;
 // ---------------------------------------------------------------------------
 
 /// Resident memory of a running stickyd with no connection open: code, the
-/// C library, the runtime and the endpoint view. Set from BENCHMARKS.md's
-/// measurements (idle RSS, "Memory and start-up"); 8 MiB is the placeholder
-/// until the rebuilt data path is measured.
+/// C library, the runtime and the endpoint view. Measured idle RSS: 7.1–7.3
+/// MiB (BENCHMARKS.md, "Memory under load"), rounded up.
 pub const BASE_RSS: u64 = 8 << 20;
 
-/// Memory of one open, idle client connection (socket, task, its share of the
-/// connections bound to it). Set from BENCHMARKS.md's measurements (RSS with
-/// 1,000 keep-alive connections, less the idle RSS, over 1,000); 12 KiB is the
-/// placeholder until the rebuilt data path is measured.
+/// Memory of one open client connection on the HTTP/1.1 path with a small
+/// request in flight: its socket, task, head buffer, the upstream connection
+/// and the response head's buffer. Measured (BENCHMARKS.md, "Memory under
+/// load"): 9.6–11.8 KiB per active keep-alive connection at 1,000 to 4,000
+/// connections, RSS under load less idle RSS over the connections; an idle
+/// one holds about 7.5 KiB (`tests/limits.rs`). What a request needs beyond
+/// that (a head larger than 4 KiB, body copy buffers, a hyper connection's
+/// buffers) comes from the buffer budget.
 pub const CONNECTION_COST: u64 = 12 << 10;
 
-/// What one buffer lease reserves: a request head up to the default
-/// STICKYD_MAX_HEADER_BYTES. Set from BENCHMARKS.md's measurements; 64 KiB is
-/// the placeholder until the rebuilt data path is measured.
+/// What a connection served by hyper (HTTP/2, or any connection to an h2c
+/// app) takes from the buffer budget besides [`CONNECTION_COST`]: hyper's
+/// read and write buffers, its connection task and the client connection to
+/// the app. From the heap profile in BENCHMARKS.md ("Where the memory
+/// goes"): about 73 KiB per active connection on that path.
+pub const HYPER_CONNECTION_COST: usize = 64 << 10;
+
+/// The largest single lease from the buffer budget: a hyper connection
+/// ([`HYPER_CONNECTION_COST`]), or a request head at the default
+/// STICKYD_MAX_HEADER_BYTES. The budget always has room for one.
 pub const BUFFER_RESERVE: u64 = 64 << 10;
 
 /// The share of the memory limit stickyd plans to use; the rest is headroom
@@ -1339,6 +1349,20 @@ mod tests {
         );
         assert!(b.fits());
         assert!(b.buffer_bytes.unwrap() >= free - percent(free, CONNECTION_SHARE_PERCENT));
+    }
+
+    /// The README's table "Memory limit and shedding", row for row.
+    #[test]
+    fn the_readmes_sizing_table() {
+        for (mib, connections, buffer_tenths_mib) in
+            [(64, 2764, 108), (128, 6041, 236), (256, 12595, 492), (512, 25702, 1004)]
+        {
+            let b = Budget::for_limit(Some(mib << 20), None);
+            assert_eq!(b.max_connections, connections, "{mib}Mi");
+            let tenths = (b.buffer_bytes.unwrap() * 10 + (1 << 19)) >> 20;
+            assert_eq!(tenths, buffer_tenths_mib, "{mib}Mi");
+            assert!(b.fits(), "{mib}Mi");
+        }
     }
 
     #[test]

@@ -600,3 +600,30 @@ pub async fn fresh_get(addr: SocketAddr, path: &str) -> Result<(u16, String), St
         .ok_or_else(|| format!("not an HTTP response: {text:?}"))?;
     Ok((status, text))
 }
+
+/// Reads one HTTP/1.x message from `s`: its head, lower-cased, and its
+/// Content-Length body (none without one). None when the connection ended
+/// first.
+pub async fn read_message(s: &mut tokio::net::TcpStream) -> Option<(String, Vec<u8>)> {
+    use tokio::io::AsyncReadExt;
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 4096];
+    loop {
+        if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
+            let len: usize = head
+                .lines()
+                .find_map(|l| l.strip_prefix("content-length:"))
+                .and_then(|v| v.trim().parse().ok())
+                .unwrap_or(0);
+            if buf.len() >= end + 4 + len {
+                return Some((head, buf[end + 4..end + 4 + len].to_vec()));
+            }
+        }
+        let n = s.read(&mut chunk).await.ok()?;
+        if n == 0 {
+            return None;
+        }
+        buf.extend_from_slice(&chunk[..n]);
+    }
+}
