@@ -2,6 +2,17 @@
 
 use std::io::IsTerminal;
 
+#[cfg(all(feature = "mimalloc", feature = "jemalloc"))]
+compile_error!("features mimalloc and jemalloc each choose the allocator: enable one");
+
+#[cfg(feature = "mimalloc")]
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+#[cfg(feature = "jemalloc")]
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 use clap::{Parser, Subcommand};
 use stickyd::config::{Config, LogFormat, ProcessEnv};
 use stickyd::limits::Host;

@@ -562,10 +562,19 @@ impl KillableApp {
         .unwrap()
     }
 
+    /// Stops the app and waits until its runtime is down: when this
+    /// returns, its listener refuses connections and every connection it had
+    /// is closed. (Shut down in the background, the listener could still
+    /// accept for a moment, and a request meant to find the app gone would
+    /// find it closing instead.)
     pub fn kill(&mut self) {
         if let Some((app, rt)) = self.parts.take() {
-            drop(app);
-            rt.shutdown_background();
+            std::thread::spawn(move || {
+                drop(app);
+                rt.shutdown_timeout(Duration::from_secs(5));
+            })
+            .join()
+            .unwrap();
         }
     }
 }
