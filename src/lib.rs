@@ -13,6 +13,7 @@ pub mod injector;
 pub mod kyaml;
 pub mod lint;
 pub mod metrics;
+pub mod migrate;
 pub mod proxy;
 pub mod route;
 pub mod sessions;
