@@ -14,6 +14,7 @@ pub mod kyaml;
 pub mod limits;
 pub mod lint;
 pub mod metrics;
+pub mod migrate;
 pub mod proxy;
 pub mod route;
 pub mod sessions;

@@ -405,7 +405,12 @@ impl Drop for RandomLb {
 
 impl RandomLb {
     pub async fn start(backends: Vec<SocketAddr>) -> RandomLb {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        RandomLb::start_on("127.0.0.1", backends).await
+    }
+
+    /// A random load balancer listening on `ip`.
+    pub async fn start_on(ip: &str, backends: Vec<SocketAddr>) -> RandomLb {
+        let listener = TcpListener::bind((ip, 0)).await.unwrap();
         let addr = listener.local_addr().unwrap();
         let backends = Arc::new(Mutex::new(backends));
         let picks = Arc::new(AtomicUsize::new(0));
