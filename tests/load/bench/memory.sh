@@ -121,7 +121,7 @@ if [[ -n "$HEAPTRACK" ]]; then
     log "heaptrack: $HEAPTRACK connections for ${HOLD}s"
     spike "$SD_PORT" "$HEAPTRACK" "$(pgrep -f "^$STICKYD_BIN run")" "$COOKIE" >&2
     pkill -INT -f "^$STICKYD_BIN run" || true
-    wait "$SD_PID" 2>/dev/null || true
+    wait "$PID" 2>/dev/null || true
     heaptrack_print -f "$OUT"/heap-stickyd*.zst --print-peaks --peak-limit 40 --print-allocators 0 \
         --print-leaks 0 --print-temporary 0 >"$OUT/heap-peaks.txt" 2>/dev/null
     log "peak consumers: $OUT/heap-peaks.txt (heaptrack --analyze $OUT/heap-stickyd.zst)"
