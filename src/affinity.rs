@@ -42,8 +42,17 @@ pub const MIN_KEY_LEN: usize = 16;
 #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct SessionId([u8; ID_BYTES]);
 
+#[cfg(test)]
+thread_local! {
+    /// How many pod names this thread has hashed, for tests that check that
+    /// unchanged pods are not hashed again.
+    pub(crate) static POD_HASHES: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
+}
+
 impl SessionId {
     pub fn for_pod(pod_name: &str) -> SessionId {
+        #[cfg(test)]
+        POD_HASHES.with(|n| n.set(n.get() + 1));
         let mut h = Sha256::new();
         h.update(b"stickyd/pod/");
         h.update(pod_name.as_bytes());

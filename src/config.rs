@@ -10,6 +10,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use crate::affinity::Keys;
+use crate::limits::{self, Host, Limits};
 
 /// Where configuration values come from.
 pub trait Env {
@@ -227,6 +228,8 @@ pub struct Config {
     pub header_read_timeout: Duration,
     pub max_header_bytes: usize,
     pub max_headers: usize,
+    /// The connection limit: STICKYD_MAX_CONNECTIONS, or the default the
+    /// memory limit allows (the same as `limits.budget.max_connections`).
     pub max_connections: usize,
     pub pool_idle_timeout: Duration,
     /// A session pinned here counts as active (`stickyd_sessions_active`)
@@ -235,6 +238,9 @@ pub struct Config {
     pub log: String,
     pub log_format: LogFormat,
     pub worker_threads: usize,
+    /// The memory limit (STICKYD_MEMORY_LIMIT or the cgroup's), the budget
+    /// derived from it and the buffer budget shared by every connection.
+    pub limits: Limits,
 }
 
 /// Every variable `stickyd run` reads, with its default (`None`: unset).
@@ -273,7 +279,8 @@ pub const VARIABLES: &[(&str, Option<&str>)] = &[
     ("STICKYD_HEADER_READ_TIMEOUT", Some("10")),
     ("STICKYD_MAX_HEADER_BYTES", Some("65536")),
     ("STICKYD_MAX_HEADERS", Some("100")),
-    ("STICKYD_MAX_CONNECTIONS", Some("4096")),
+    ("STICKYD_MAX_CONNECTIONS", None),
+    ("STICKYD_MEMORY_LIMIT", None),
     ("STICKYD_POOL_IDLE_TIMEOUT", Some("60")),
     ("STICKYD_LOG", Some("info")),
     ("STICKYD_LOG_FORMAT", Some("text")),
@@ -474,37 +481,31 @@ pub fn read_secret_file(path: &std::path::Path) -> Result<Keys, ConfigError> {
     })
 }
 
-/// The number of CPUs the cgroup quota allows, rounded up, if a quota is set.
-pub fn cgroup_cpu_limit() -> Option<usize> {
-    // cgroup v2: "max 100000" or "200000 100000"
-    if let Ok(s) = std::fs::read_to_string("/sys/fs/cgroup/cpu.max") {
-        return cpu_limit_from_v2(&s);
-    }
-    let quota = std::fs::read_to_string("/sys/fs/cgroup/cpu/cpu.cfs_quota_us").ok()?;
-    let period = std::fs::read_to_string("/sys/fs/cgroup/cpu/cpu.cfs_period_us").ok()?;
-    cpu_limit_from_quota(quota.trim().parse().ok()?, period.trim().parse().ok()?)
-}
-
-fn cpu_limit_from_v2(s: &str) -> Option<usize> {
-    let mut it = s.split_whitespace();
-    let quota = it.next()?;
-    let period: i64 = it.next()?.parse().ok()?;
-    if quota == "max" {
-        return None;
-    }
-    cpu_limit_from_quota(quota.parse().ok()?, period)
-}
-
-fn cpu_limit_from_quota(quota: i64, period: i64) -> Option<usize> {
-    if quota <= 0 || period <= 0 {
-        return None;
-    }
-    Some(((quota + period - 1) / period).max(1) as usize)
-}
-
-fn default_worker_threads() -> usize {
+/// One runtime thread per CPU the cgroup quota allows, at most one per core.
+fn default_worker_threads(quota_cpus: Option<usize>) -> usize {
     let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
-    cgroup_cpu_limit().unwrap_or(cores).min(cores).max(1)
+    quota_cpus.unwrap_or(cores).min(cores).max(1)
+}
+
+/// STICKYD_MEMORY_LIMIT: bytes, or a Kubernetes memory quantity.
+fn parse_memory_limit(env: &dyn Env) -> Result<Option<u64>, ConfigError> {
+    let Some(raw) = var(env, "STICKYD_MEMORY_LIMIT") else {
+        return Ok(None);
+    };
+    let forms = "bytes, or a quantity as Kubernetes writes it: 128Mi, 1Gi, 512Ki (powers of 1024) or 128M, 1G, 500k (powers of 1000)";
+    let bytes = limits::parse_bytes(&raw)
+        .map_err(|why| ConfigError::invalid("STICKYD_MEMORY_LIMIT", &raw, format!("{forms}; {why}")))?;
+    if bytes < limits::BASE_RSS {
+        return Err(ConfigError::invalid(
+            "STICKYD_MEMORY_LIMIT",
+            &raw,
+            format!(
+                "{forms}; at least {} (stickyd's own memory with no connection); a number without a unit is bytes",
+                limits::Bytes(limits::BASE_RSS)
+            ),
+        ));
+    }
+    Ok(Some(bytes))
 }
 
 fn default_pod_name() -> Option<String> {
@@ -516,13 +517,22 @@ fn default_pod_name() -> Option<String> {
 }
 
 impl Config {
-    /// Parses the configuration from the process environment.
+    /// Parses the configuration from the process environment, with the
+    /// limits of this process's cgroups (read here).
     pub fn from_process_env() -> Result<Config, ConfigError> {
-        Config::from_env(&ProcessEnv)
+        Config::from_env_on(&ProcessEnv, &Host::detect())
     }
 
-    /// Parses the configuration from any [`Env`], e.g. a map in tests.
+    /// Parses the configuration from any [`Env`], e.g. a map in tests, as on
+    /// a host without cgroup limits: the memory limit is STICKYD_MEMORY_LIMIT
+    /// alone.
     pub fn from_env(env: &dyn Env) -> Result<Config, ConfigError> {
+        Config::from_env_on(env, &Host::default())
+    }
+
+    /// Parses the configuration from `env` on a host with the cgroup limits
+    /// `host` (read by [`Host::detect`] at startup). Reads no cgroup file.
+    pub fn from_env_on(env: &dyn Env, host: &Host) -> Result<Config, ConfigError> {
         let listen = parse_addr(env, "STICKYD_LISTEN", "0.0.0.0:8080")?;
         let admin_listen = parse_addr(env, "STICKYD_ADMIN_LISTEN", "0.0.0.0:9090")?;
         let upstream_raw = var(env, "STICKYD_UPSTREAM").unwrap_or_else(|| "http://127.0.0.1:8081".into());
@@ -632,10 +642,16 @@ impl Config {
         };
         let worker_threads = parse_positive(env, "STICKYD_WORKER_THREADS", 0, 1024)?;
         let worker_threads = if worker_threads == 0 {
-            default_worker_threads()
+            default_worker_threads(host.cpus)
         } else {
             worker_threads
         };
+        let memory_limit = parse_memory_limit(env)?;
+        // Unset: derived from the memory limit.
+        let max_connections = var(env, "STICKYD_MAX_CONNECTIONS")
+            .map(|_| parse_positive(env, "STICKYD_MAX_CONNECTIONS", 0, limits::MAX_CONNECTIONS_CAP))
+            .transpose()?;
+        let limits = Limits::resolve(memory_limit, max_connections, host.memory.as_ref());
         let max_header_bytes = parse_positive(env, "STICKYD_MAX_HEADER_BYTES", 65536, 1 << 24)?;
         if max_header_bytes < 8192 {
             return Err(ConfigError::invalid(
@@ -668,12 +684,13 @@ impl Config {
             header_read_timeout: nonzero(env, "STICKYD_HEADER_READ_TIMEOUT", "10")?,
             max_header_bytes,
             max_headers: parse_positive(env, "STICKYD_MAX_HEADERS", 100, 10_000)?,
-            max_connections: parse_positive(env, "STICKYD_MAX_CONNECTIONS", 4096, 10_000_000)?,
+            max_connections: limits.budget.max_connections,
             pool_idle_timeout: nonzero(env, "STICKYD_POOL_IDLE_TIMEOUT", "60")?,
             session_active_window: nonzero(env, "STICKYD_SESSION_ACTIVE_WINDOW", "5m")?,
             log,
             log_format,
             worker_threads,
+            limits,
         })
     }
 }
@@ -1100,6 +1117,14 @@ mod tests {
             ("STICKYD_AFFINITY", "url"),
             ("STICKYD_AFFINITY", "cookie,app-cookie"),
             ("STICKYD_APP_COOKIE", "a b"),
+            ("STICKYD_MAX_CONNECTIONS", "0"),
+            ("STICKYD_MAX_CONNECTIONS", "10000001"),
+            ("STICKYD_MEMORY_LIMIT", "lots"),
+            ("STICKYD_MEMORY_LIMIT", "128m"),
+            ("STICKYD_MEMORY_LIMIT", "128MB"),
+            ("STICKYD_MEMORY_LIMIT", "128"),
+            ("STICKYD_MEMORY_LIMIT", "-1"),
+            ("STICKYD_MEMORY_LIMIT", "99999999999999999999"),
         ];
         for (k, v) in cases {
             let e = with(&[(k, v)]).expect_err(&format!("{k}={v} must be refused"));
@@ -1298,12 +1323,87 @@ mod tests {
     }
 
     #[test]
-    fn cgroup_quota() {
-        assert_eq!(cpu_limit_from_v2("max 100000\n"), None);
-        assert_eq!(cpu_limit_from_v2("200000 100000\n"), Some(2));
-        assert_eq!(cpu_limit_from_v2("50000 100000\n"), Some(1));
-        assert_eq!(cpu_limit_from_v2("150000 100000"), Some(2));
-        assert_eq!(cpu_limit_from_quota(-1, 100000), None);
+    fn memory_limit_sets_the_default_connection_limit() {
+        use crate::limits::{Budget, CgroupLimit, CgroupVersion, LimitSource};
+
+        // No limit known: the fixed default, an unbounded buffer budget.
+        let c = with(&[]).unwrap();
+        assert_eq!(c.max_connections, 4096);
+        assert_eq!(c.limits.source, LimitSource::None);
+        assert!(c.limits.buffers.is_unbounded());
+
+        let c = with(&[("STICKYD_MEMORY_LIMIT", "128Mi")]).unwrap();
+        let budget = Budget::for_limit(Some(128 << 20), None);
+        assert_eq!(c.limits.source, LimitSource::Env);
+        assert_eq!(c.limits.memory_limit(), Some(128 << 20));
+        assert_eq!(c.max_connections, budget.max_connections);
+        assert_eq!(c.limits.budget, budget);
+        assert_eq!(Some(c.limits.buffers.capacity() as u64), budget.buffer_bytes);
+        assert!(c.limits.warnings().is_empty());
+        for (raw, bytes) in [("1Gi", 1u64 << 30), ("1G", 1_000_000_000), ("134217728", 128 << 20)] {
+            let c = with(&[("STICKYD_MEMORY_LIMIT", raw)]).unwrap();
+            assert_eq!(c.limits.memory_limit(), Some(bytes), "{raw}");
+        }
+
+        // STICKYD_MAX_CONNECTIONS wins, with a warning when it does not fit.
+        let c = with(&[("STICKYD_MEMORY_LIMIT", "128Mi"), ("STICKYD_MAX_CONNECTIONS", "100")]).unwrap();
+        assert_eq!(c.max_connections, 100);
+        assert!(c.limits.warnings().is_empty());
+        let c = with(&[("STICKYD_MEMORY_LIMIT", "128Mi"), ("STICKYD_MAX_CONNECTIONS", "100000")]).unwrap();
+        assert_eq!(c.max_connections, 100_000);
+        assert_eq!(c.limits.budget.max_connections, 100_000);
+        assert_eq!(c.limits.warnings().len(), 1);
+        assert!(c.limits.warnings()[0].contains("STICKYD_MAX_CONNECTIONS=100000"));
+        assert_eq!(with(&[("STICKYD_MAX_CONNECTIONS", "7")]).unwrap().max_connections, 7);
+
+        // The cgroup's limit, unless STICKYD_MEMORY_LIMIT overrides it.
+        let host = Host {
+            memory: Some(CgroupLimit {
+                bytes: 256 << 20,
+                version: CgroupVersion::V2,
+                file: "/sys/fs/cgroup/memory.max".into(),
+            }),
+            cpus: Some(1),
+            problems: Vec::new(),
+        };
+        let c = Config::from_env_on(&base(), &host).unwrap();
+        assert_eq!(c.limits.source, LimitSource::CgroupV2);
+        assert_eq!(
+            c.max_connections,
+            Budget::for_limit(Some(256 << 20), None).max_connections
+        );
+        assert_eq!(c.worker_threads, 1, "the CPU quota sets the worker threads");
+        let mut env = base();
+        env.insert("STICKYD_MEMORY_LIMIT".into(), "64Mi".into());
+        let c = Config::from_env_on(&env, &host).unwrap();
+        assert_eq!(
+            (c.limits.source, c.limits.memory_limit()),
+            (LimitSource::Env, Some(64 << 20))
+        );
+        assert_eq!(c.limits.cgroup.as_ref().map(|l| l.bytes), Some(256 << 20));
+        // Config::from_env ignores the host's cgroups.
+        assert_eq!(Config::from_env(&base()).unwrap().limits.source, LimitSource::None);
+    }
+
+    #[test]
+    fn memory_limit_errors_say_what_is_valid() {
+        let msg = with(&[("STICKYD_MEMORY_LIMIT", "128m")]).unwrap_err().to_string();
+        assert!(msg.contains("STICKYD_MEMORY_LIMIT=\"128m\""), "{msg}");
+        assert!(msg.contains("128Mi"), "{msg}");
+        let msg = with(&[("STICKYD_MEMORY_LIMIT", "128")]).unwrap_err().to_string();
+        let least = format!("at least {}", crate::limits::Bytes(crate::limits::BASE_RSS));
+        assert!(msg.contains(&least), "{msg}");
+        assert!(msg.contains("without a unit is bytes"), "{msg}");
+    }
+
+    #[test]
+    fn every_variable_is_listed() {
+        let names: Vec<&str> = VARIABLES.iter().map(|(k, _)| *k).collect();
+        for v in ["STICKYD_MEMORY_LIMIT", "STICKYD_MAX_CONNECTIONS"] {
+            assert!(names.contains(&v), "{v}");
+        }
+        // Its default depends on the memory limit.
+        assert!(VARIABLES.contains(&("STICKYD_MAX_CONNECTIONS", None)));
     }
 
     #[test]

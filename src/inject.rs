@@ -43,6 +43,9 @@ pub struct InjectArgs {
     /// The session-aware drain on the app's preStop.
     #[command(flatten)]
     pub drain: DrainArgs,
+    /// Affinity settings already written for ingress-nginx or a Gateway.
+    #[command(flatten)]
+    pub migrate: MigrateArgs,
     /// Print a unified diff of what would change instead of the manifests.
     #[arg(long, visible_alias = "dry-run")]
     pub diff: bool,
@@ -80,6 +83,25 @@ pub struct CookieArgs {
     /// mounted file (a file is re-read on rotation; an env var is not).
     #[arg(long, requires = "secret")]
     pub secret_env: bool,
+    /// Further sidecar settings (`--from-ingress`, `--from-httproute`).
+    #[arg(skip)]
+    pub extra_env: Vec<(String, String)>,
+    /// A signing key is configured other than by `--secret` (an earlier sidecar's env).
+    #[arg(skip)]
+    pub keyed: bool,
+}
+
+/// Where affinity settings may already be written, to move them onto the sidecar.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct MigrateArgs {
+    /// Map the ingress-nginx affinity and session-cookie-* annotations of the Ingresses that route to the Service
+    /// (directly or through an ExternalName Service) onto the sidecar, and remove them from those Ingresses.
+    #[arg(long)]
+    pub from_ingress: bool,
+    /// Map the Gateway API sessionPersistence (GEP-1619) of the HTTPRoute and GRPCRoute rules whose backendRefs
+    /// reach the Service, and of BackendLBPolicies on it, onto the sidecar, and remove it there.
+    #[arg(long)]
+    pub from_httproute: bool,
 }
 
 /// The drain options of `stickyd inject`.
@@ -145,20 +167,20 @@ pub struct Outcome {
     pub notes: Vec<String>,
 }
 
-fn kind_of(n: &Node) -> &str {
+pub(crate) fn kind_of(n: &Node) -> &str {
     n.str_at(&["kind"]).unwrap_or("")
 }
 
-fn name_of(n: &Node) -> &str {
+pub(crate) fn name_of(n: &Node) -> &str {
     n.str_at(&["metadata", "name"]).unwrap_or("")
 }
 
-fn ns_of(n: &Node) -> Option<String> {
+pub(crate) fn ns_of(n: &Node) -> Option<String> {
     n.str_at(&["metadata", "namespace"]).map(str::to_string)
 }
 
 /// Objects without a namespace go to whatever namespace they are applied to.
-fn same_ns(a: &Option<String>, b: &Option<String>) -> bool {
+pub(crate) fn same_ns(a: &Option<String>, b: &Option<String>) -> bool {
     match (a, b) {
         (Some(a), Some(b)) => a == b,
         _ => true,
@@ -232,8 +254,8 @@ fn strs(items: &[&str]) -> Node {
     Node::seq(items.iter().map(|s| Node::str(*s)).collect())
 }
 
-/// The cookie env from the options, in a fixed order.
-fn cookie_env(args: &InjectArgs) -> Vec<(&'static str, String)> {
+/// The cookie env from the options, in a fixed order, then the further settings.
+fn cookie_env(args: &InjectArgs) -> Vec<(String, String)> {
     let mut out = Vec::new();
     for (var, v) in [
         ("STICKYD_COOKIE_NAME", &args.cookie.cookie_name),
@@ -244,9 +266,10 @@ fn cookie_env(args: &InjectArgs) -> Vec<(&'static str, String)> {
         ("STICKYD_COOKIE_SAMESITE", &args.cookie.cookie_samesite),
     ] {
         if let Some(v) = v {
-            out.push((var, v.clone()));
+            out.push((var.to_string(), v.clone()));
         }
     }
+    out.extend(args.cookie.extra_env.iter().cloned());
     out
 }
 
@@ -266,9 +289,9 @@ pub fn validate(args: &InjectArgs) -> Result<(), ConfigError> {
     );
     m.insert("STICKYD_UPSTREAM".into(), "http://127.0.0.1:1".into());
     for (k, v) in cookie_env(args) {
-        m.insert(k.into(), v);
+        m.insert(k, v);
     }
-    if args.cookie.secret.is_some() {
+    if args.cookie.secret.is_some() || args.cookie.keyed {
         m.insert(
             "STICKYD_COOKIE_SECRET".into(),
             "0123456789abcdef0123456789abcdef".into(),
@@ -298,7 +321,7 @@ fn sidecar(args: &InjectArgs, plan: &Plan) -> Node {
         env("STICKYD_UPSTREAM", format!("http://127.0.0.1:{}", plan.upstream)),
     ];
     for (k, v) in cookie_env(args) {
-        envs.push(env(k, v));
+        envs.push(env(&k, v));
     }
     let mut c = vec![
         ("name", Node::str(SIDECAR)),
@@ -1056,12 +1079,46 @@ pub fn inject(docs: &mut Vec<Node>, args: &InjectArgs) -> Result<Outcome, Inject
             .cloned()
             .collect();
 
+        // --from-ingress, --from-httproute: the settings written for the controller or the Gateway.
+        let migrating = args.migrate.from_ingress || args.migrate.from_httproute;
+        let mut mapped = None;
+        if migrating {
+            let mut names: Vec<String> = services.iter().map(|&s| name_of(&docs[s]).to_string()).collect();
+            if !names.contains(&service) {
+                names.push(service.clone());
+            }
+            let keyed = mine.is_some_and(|i| {
+                ["STICKYD_COOKIE_SECRET", "STICKYD_COOKIE_SECRET_FILE"]
+                    .iter()
+                    .any(|v| lint::is_set(&init[i], v))
+            });
+            let plan = crate::migrate::plan(
+                docs,
+                &names,
+                &ns,
+                args.migrate.from_ingress,
+                args.migrate.from_httproute,
+                keyed || args.cookie.secret.is_some(),
+            );
+            let mut a = args.clone();
+            a.cookie.keyed = keyed;
+            let notes = take_settings(&mut a, &plan);
+            validate(&a)?;
+            outcome.notes.extend(plan.notes.iter().map(|n| prefixed(&id, n)));
+            outcome.notes.extend(notes.iter().map(|n| prefixed(&id, n)));
+            mapped = Some((a, plan));
+        }
+        let wargs = mapped.as_ref().map_or(args, |(a, _)| a);
+
         let pod = docs[t]
             .get_mut("spec")
             .and_then(|s| s.get_mut("template"))
             .and_then(|s| s.get_mut("spec"))
             .expect("checked above");
-        let done = inject_into(pod, args, drain_flags, &service, &service_ports, mine, &id)?;
+        let done = inject_into(pod, wargs, drain_flags, &service, &service_ports, mine, &id)?;
+        if let Some((_, plan)) = &mapped {
+            crate::migrate::apply(docs, plan);
+        }
 
         // Move the Services' ports that reach the app's port to the sidecar.
         let mut moved = Vec::new();
@@ -1109,6 +1166,46 @@ pub fn inject(docs: &mut Vec<Node>, args: &InjectArgs) -> Result<Outcome, Inject
         outcome.notes.extend(done.notes);
     }
     Ok(outcome)
+}
+
+/// `id: note`, keeping a `warning:` first.
+fn prefixed(id: &str, note: &str) -> String {
+    match note.strip_prefix("warning: ") {
+        Some(w) => format!("warning: {id}: {w}"),
+        None => format!("{id}: {note}"),
+    }
+}
+
+/// Puts the settings a migration plan asks for into the options: the cookie
+/// options unless given on the command line (which wins, with a note), the
+/// rest as further env. Returns the notes.
+fn take_settings(args: &mut InjectArgs, plan: &crate::migrate::Plan) -> Vec<String> {
+    let mut notes = Vec::new();
+    for w in &plan.wanted {
+        let (flag, slot) = match w.var {
+            "STICKYD_COOKIE_NAME" => ("--cookie-name", &mut args.cookie.cookie_name),
+            "STICKYD_COOKIE_PATH" => ("--cookie-path", &mut args.cookie.cookie_path),
+            "STICKYD_COOKIE_DOMAIN" => ("--cookie-domain", &mut args.cookie.cookie_domain),
+            "STICKYD_COOKIE_MAX_AGE" => ("--cookie-max-age", &mut args.cookie.cookie_max_age),
+            "STICKYD_COOKIE_SECURE" => ("--cookie-secure", &mut args.cookie.cookie_secure),
+            "STICKYD_COOKIE_SAMESITE" => ("--cookie-samesite", &mut args.cookie.cookie_samesite),
+            var => {
+                if !args.cookie.extra_env.iter().any(|(k, _)| k == var) {
+                    args.cookie.extra_env.push((var.to_string(), w.value.clone()));
+                }
+                continue;
+            }
+        };
+        match slot {
+            Some(given) if *given != w.value => notes.push(format!(
+                "{flag} {given} given: kept over {}={} from {}",
+                w.var, w.value, w.from
+            )),
+            Some(_) => {}
+            None => *slot = Some(w.value.clone()),
+        }
+    }
+    notes
 }
 
 /// Parses, injects and renders: the new manifests, or with `diff` a unified
@@ -1221,6 +1318,7 @@ mod tests {
             admin_port: 9090,
             cookie: Box::default(),
             drain: DrainArgs::default(),
+            migrate: MigrateArgs::default(),
             diff: false,
         };
         assert!(validate(&args).is_ok());

@@ -18,6 +18,7 @@ use serde::Serialize;
 use crate::config::{Config, ConfigError};
 use crate::drain::{self, DrainParams};
 use crate::kyaml::{self, Node};
+use crate::migrate::{self, Wanted};
 
 /// Arguments of `stickyd lint`.
 #[derive(Debug, clap::Args)]
@@ -145,6 +146,18 @@ pub const DRAIN_NOT_REACHED: Rule = Rule {
     warns_too: true,
     title: "the app's preStop does not reach stickyd's session-aware drain",
 };
+pub const SAME_COOKIE: Rule = Rule {
+    id: "SD014",
+    severity: Severity::Error,
+    warns_too: false,
+    title: "the ingress or Gateway pins sessions with the cookie (or header) of the stickyd sidecar it reaches",
+};
+pub const AFFINITY_MISMATCH: Rule = Rule {
+    id: "SD015",
+    severity: Severity::Warning,
+    warns_too: false,
+    title: "affinity settings of an Ingress or route that the stickyd sidecar it reaches does not have",
+};
 
 /// Every rule, in id order.
 pub const RULES: &[Rule] = &[
@@ -161,6 +174,8 @@ pub const RULES: &[Rule] = &[
     AFFINITY_NOT_ENABLED,
     GRACE_SHORTER_THAN_DRAIN,
     DRAIN_NOT_REACHED,
+    SAME_COOKIE,
+    AFFINITY_MISMATCH,
 ];
 
 /// One problem found.
@@ -213,7 +228,7 @@ impl Report {
     }
 }
 
-const NGINX: &str = "nginx.ingress.kubernetes.io/";
+pub(crate) const NGINX: &str = "nginx.ingress.kubernetes.io/";
 
 /// A Kubernetes object from one of the inputs.
 struct Obj<'a> {
@@ -274,13 +289,13 @@ fn collect<'a>(file: &'a str, node: &'a Node, out: &mut Vec<Obj<'a>>) {
 }
 
 /// The ingress-nginx annotations of an Ingress, by their short name.
-struct Annotations<'a> {
-    map: BTreeMap<&'a str, (&'a Node, &'a Node)>,
+pub(crate) struct Annotations<'a> {
+    pub(crate) map: BTreeMap<&'a str, (&'a Node, &'a Node)>,
     line: usize,
 }
 
 impl<'a> Annotations<'a> {
-    fn of(root: &'a Node) -> Self {
+    pub(crate) fn of(root: &'a Node) -> Self {
         let mut map = BTreeMap::new();
         let ann = root.path(&["metadata", "annotations"]);
         for (k, key, v) in ann.into_iter().flat_map(|a| a.entries()) {
@@ -296,17 +311,17 @@ impl<'a> Annotations<'a> {
         Annotations { map, line }
     }
 
-    fn get(&self, short: &str) -> Option<&'a str> {
+    pub(crate) fn get(&self, short: &str) -> Option<&'a str> {
         self.map.get(short).and_then(|(_, v)| v.as_str()).map(str::trim)
     }
 
-    fn line_of(&self, short: &str) -> usize {
+    pub(crate) fn line_of(&self, short: &str) -> usize {
         self.map.get(short).map_or(self.line, |(k, _)| k.line)
     }
 
     /// Cookie affinity is intended when any affinity or session-cookie
     /// annotation is set (`affinity: cookie` is sometimes left out by mistake).
-    fn affinity_intended(&self) -> bool {
+    pub(crate) fn affinity_intended(&self) -> bool {
         self.map
             .keys()
             .any(|k| k.starts_with("affinity") || k.starts_with("session-cookie-"))
@@ -320,9 +335,9 @@ impl<'a> Annotations<'a> {
 }
 
 /// One backend of an Ingress.
-struct Backend<'a> {
-    service: &'a Node,
-    path: Option<&'a Node>,
+pub(crate) struct Backend<'a> {
+    pub(crate) service: &'a Node,
+    pub(crate) path: Option<&'a Node>,
 }
 
 fn backend_of<'a>(b: &'a Node, path: Option<&'a Node>, out: &mut Vec<Backend<'a>>) {
@@ -332,7 +347,7 @@ fn backend_of<'a>(b: &'a Node, path: Option<&'a Node>, out: &mut Vec<Backend<'a>
     }
 }
 
-fn ingress_backends(root: &Node) -> Vec<Backend<'_>> {
+pub(crate) fn ingress_backends(root: &Node) -> Vec<Backend<'_>> {
     let mut out = Vec::new();
     let spec = root.get("spec");
     for b in [
@@ -357,10 +372,10 @@ fn ingress_backends(root: &Node) -> Vec<Backend<'_>> {
     out
 }
 
-const REGEX_CHARS: &[char] = &['(', ')', '|', '$', '*', '?', '[', ']', '\\', '^', '+', '{', '}'];
+pub(crate) const REGEX_CHARS: &[char] = &['(', ')', '|', '$', '*', '?', '[', ']', '\\', '^', '+', '{', '}'];
 
 /// The literal prefix of a regex path, as a cookie Path: `/mysite(/|$)(.*)` → `/mysite`.
-fn literal_prefix(path: &str) -> String {
+pub(crate) fn literal_prefix(path: &str) -> String {
     let cut = path.find(REGEX_CHARS).unwrap_or(path.len());
     let p = path[..cut].trim_end_matches('.').trim_end_matches('/');
     if p.is_empty() || !p.starts_with('/') {
@@ -482,12 +497,50 @@ fn default_of(var: &str) -> &'static str {
         .unwrap_or("")
 }
 
+/// Whether a container's env sets a variable (a literal or from elsewhere).
+pub fn is_set(container: &Node, var: &str) -> bool {
+    env_value(container, var).is_some()
+}
+
 /// The literal value of a sidecar setting, or its default.
 fn setting<'a>(sidecar: &'a Node, var: &str) -> &'a str {
     env_value(sidecar, var)
         .and_then(|e| e.str_at(&["value"]))
         .filter(|v| !v.trim().is_empty())
         .unwrap_or_else(|| default_of(var))
+}
+
+/// A sidecar setting as the manifest proves it: its literal value, its
+/// default ("" when it has none), or `None` when it is set from elsewhere
+/// (a ConfigMap, or possibly `envFrom`).
+fn literal<'a>(sidecar: &'a Node, var: &str) -> Option<&'a str> {
+    match env_value(sidecar, var) {
+        Some(e) => e.get("value").map(|v| v.as_str().unwrap_or("").trim()),
+        None if sidecar.get("envFrom").is_some_and(|e| !e.items().is_empty()) => None,
+        None => Some(default_of(var)),
+    }
+}
+
+/// Whether a sidecar's value of a setting gives what an Ingress or route
+/// asks for, as far as keeping the session goes: an equal lifetime or mode; a
+/// Path that covers the one asked for; Secure unless the sidecar turns it off;
+/// the same Domain.
+fn gives(var: &str, have: &str, want: &str) -> bool {
+    let lower = |v: &str| v.trim().trim_start_matches('.').to_ascii_lowercase();
+    match var {
+        "STICKYD_COOKIE_MAX_AGE" | "STICKYD_SESSION_MAX_LIFETIME" | "STICKYD_SESSION_IDLE_TIMEOUT" => {
+            crate::config::parse_duration(have) == crate::config::parse_duration(want)
+        }
+        "STICKYD_COOKIE_PATH" => {
+            let have = if have.is_empty() { "/" } else { have };
+            // A regex Path is SD009's.
+            have.contains(REGEX_CHARS) || want.starts_with(have.trim_end_matches('/')) || have == "/"
+        }
+        // Not compared: an Ingress's SameSite=None was often for ingress-nginx's own cookie's sake.
+        "STICKYD_COOKIE_SAMESITE" => true,
+        "STICKYD_COOKIE_SECURE" => !matches!(lower(have).as_str(), "false" | "0" | "no"),
+        _ => lower(have) == lower(want),
+    }
 }
 
 /// The address of a sidecar's admin listener (STICKYD_ADMIN_LISTEN, or its default).
@@ -731,21 +784,107 @@ impl<'a> Linter<'a> {
 
     /// Whether the pods of Service `name` (in namespace `ns`, if known) run the stickyd sidecar.
     fn stickyd_behind(&self, name: &str, ns: Option<&str>) -> bool {
+        !self.sidecars_behind(name, ns).is_empty()
+    }
+
+    /// The workloads behind Service `name` (in namespace `ns`, if known) and their stickyd sidecars.
+    fn sidecars_behind(&self, name: &str, ns: Option<&str>) -> Vec<(&Obj<'a>, &'a Node)> {
         let Some(svc) = self.objs.iter().find(|o| {
             o.kind == "Service" && o.name == name && (ns.is_none() || o.namespace.is_none() || o.namespace == ns)
         }) else {
-            return false;
+            return Vec::new();
         };
-        self.objs.iter().any(|w| {
-            w.same_namespace(svc)
-                && pod_template(w).is_some_and(|(labels, pod)| selects(svc.root, labels) && sidecar(pod).is_some())
-        })
+        self.objs
+            .iter()
+            .filter(|w| w.same_namespace(svc))
+            .filter_map(|w| {
+                let (labels, pod) = pod_template(w)?;
+                Some((w, sidecar(pod).filter(|_| selects(svc.root, labels))?.container))
+            })
+            .collect()
+    }
+
+    /// The sidecars behind Service `name` seen from namespace `ns`: its
+    /// pods', or those of the Service an ExternalName Service `name` points to.
+    fn sidecars_reached(&self, name: &str, ns: Option<&str>) -> Vec<(&Obj<'a>, &'a Node)> {
+        let alias = self.objs.iter().find(|o| {
+            o.kind == "Service" && o.name == name && (ns.is_none() || o.namespace.is_none() || o.namespace == ns)
+        });
+        match alias.and_then(|a| Some((a, migrate::external_name_target(a.root)?))) {
+            Some((a, (real, real_ns))) => self.sidecars_behind(real, real_ns.or(a.namespace)),
+            None => self.sidecars_behind(name, ns),
+        }
+    }
+
+    /// SD014 and SD015 for one Ingress or route rule and the sidecars it
+    /// reaches: `names` the cookie (or header) names it pins with and the
+    /// variable of the sidecar's that names its own, `wanted` what it asks of
+    /// the sidecar, `fix` how to move it there.
+    fn affinity_against(
+        &self,
+        obj: &Obj,
+        at: (usize, usize),
+        names: &[(&str, &str)],
+        wanted: &[Wanted],
+        fix: &str,
+        sidecars: &[(&Obj, &Node)],
+    ) -> Vec<Finding> {
+        let mut out = Vec::new();
+        for (w, side) in sidecars {
+            for (name, var) in names {
+                if literal(side, var).is_some_and(|v| v.eq_ignore_ascii_case(name)) {
+                    out.push(obj.finding(
+                        SAME_COOKIE,
+                        SAME_COOKIE.severity,
+                        at.0,
+                        format!(
+                            "this {} pins sessions with {name:?}, which is also the {var} of the stickyd sidecar of \
+                             {} behind it: the two write the same name with values the other cannot read, so each \
+                             replaces the other's and sessions keep being placed anew.",
+                            obj.kind,
+                            w.id()
+                        ),
+                        fix.to_string(),
+                    ));
+                }
+            }
+            let differ: Vec<String> = wanted
+                .iter()
+                .filter(|x| x.var != "STICKYD_COOKIE_NAME")
+                .filter_map(|x| {
+                    let have = literal(side, x.var)?;
+                    (!gives(x.var, have, &x.value)).then(|| {
+                        let have = if have.is_empty() {
+                            "unset".to_string()
+                        } else {
+                            have.to_string()
+                        };
+                        format!("{} asks for {}={} (the sidecar has {have})", x.from, x.var, x.value)
+                    })
+                })
+                .collect();
+            if !differ.is_empty() {
+                out.push(obj.finding(
+                    AFFINITY_MISMATCH,
+                    AFFINITY_MISMATCH.severity,
+                    at.1,
+                    format!(
+                        "the cookie that keeps a session on its pod is the one of the stickyd sidecar of {}, but: {}.",
+                        w.id(),
+                        differ.join("; ")
+                    ),
+                    fix.to_string(),
+                ));
+            }
+        }
+        out
     }
 
     fn lint(&mut self) {
         for i in 0..self.objs.len() {
             match self.objs[i].kind {
                 "Ingress" => self.ingress(i),
+                "HTTPRoute" | "GRPCRoute" => self.route(i),
                 _ => {
                     if pod_template(&self.objs[i]).is_some() {
                         self.workload(i);
@@ -971,6 +1110,77 @@ impl<'a> Linter<'a> {
             .collect();
         self.findings.extend(found);
         self.findings.extend(extra);
+
+        // SD014, SD015: the affinity annotations against the sidecars they reach.
+        if !affinity {
+            return;
+        }
+        let mut sidecars: Vec<(&Obj, &Node)> = Vec::new();
+        let mut paths = Vec::new();
+        for b in &backends {
+            let name = b.service.as_str().unwrap_or_default();
+            let behind = self.sidecars_reached(name, obj.namespace);
+            if !behind.is_empty() {
+                paths.extend(b.path.and_then(Node::as_str));
+            }
+            for s in behind {
+                if !sidecars.iter().any(|(w, _)| std::ptr::eq(*w, s.0)) {
+                    sidecars.push(s);
+                }
+            }
+        }
+        let wanted = migrate::from_annotations(&ann, &paths).wanted;
+        let cookie = migrate::nginx_cookie_name(&ann);
+        // ingress-nginx writes its cookie only with affinity: cookie.
+        let names: Vec<(&str, &str)> = ann
+            .get("affinity")
+            .filter(|a| a.eq_ignore_ascii_case("cookie"))
+            .map(|_| (cookie, "STICKYD_COOKIE_NAME"))
+            .into_iter()
+            .collect();
+        let fix = "stickyd inject --from-ingress moves these annotations onto the sidecar and removes them from the \
+                   Ingress; or remove the affinity and session-cookie-* annotations and set the sidecar's env";
+        let at = (ann.line_of("session-cookie-name"), ann.line);
+        let found = self.affinity_against(obj, at, &names, &wanted, fix, &sidecars);
+        self.findings.extend(found);
+    }
+
+    /// SD014, SD015 for the sessionPersistence of a route's rules.
+    fn route(&mut self, i: usize) {
+        let obj = &self.objs[i];
+        let rules = obj.root.path(&["spec", "rules"]).map(Node::items).unwrap_or(&[]);
+        let mut found = Vec::new();
+        for rule in rules {
+            let Some(sp) = rule.get("sessionPersistence").filter(|s| !s.is_null()) else {
+                continue;
+            };
+            let mut sidecars: Vec<(&Obj, &Node)> = Vec::new();
+            for b in rule.get("backendRefs").map(Node::items).unwrap_or(&[]) {
+                let core = b.str_at(&["group"]).unwrap_or("").is_empty()
+                    && b.str_at(&["kind"]).unwrap_or("Service") == "Service";
+                let Some(name) = b.str_at(&["name"]).filter(|_| core) else {
+                    continue;
+                };
+                let ns = b.str_at(&["namespace"]).or(obj.namespace);
+                for s in self.sidecars_reached(name, ns) {
+                    if !sidecars.iter().any(|(w, _)| std::ptr::eq(*w, s.0)) {
+                        sidecars.push(s);
+                    }
+                }
+            }
+            // Lifetimes are asked for whether or not the sidecar signs: one it cannot enforce is a mismatch.
+            let wanted = migrate::from_session_persistence(sp, true).wanted;
+            let names: Vec<(&str, &str)> = wanted
+                .iter()
+                .filter(|w| matches!(w.var, "STICKYD_COOKIE_NAME" | "STICKYD_AFFINITY_HEADER"))
+                .map(|w| (w.value.as_str(), w.var))
+                .collect();
+            let fix = "stickyd inject --from-httproute moves sessionPersistence onto the sidecar and removes it from \
+                       the route; or remove it and set the sidecar's env (session lifetimes need a signing key)";
+            let line = rule.key("sessionPersistence").map_or(rule.line, |k| k.line);
+            found.extend(self.affinity_against(obj, (line, line), &names, &wanted, fix, &sidecars));
+        }
+        self.findings.extend(found);
     }
 
     fn workload(&mut self, i: usize) {

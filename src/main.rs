@@ -2,8 +2,20 @@
 
 use std::io::IsTerminal;
 
+#[cfg(all(feature = "mimalloc", feature = "jemalloc"))]
+compile_error!("features mimalloc and jemalloc each choose the allocator: enable one");
+
+#[cfg(feature = "mimalloc")]
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+#[cfg(feature = "jemalloc")]
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 use clap::{Parser, Subcommand};
-use stickyd::config::{Config, LogFormat};
+use stickyd::config::{Config, LogFormat, ProcessEnv};
+use stickyd::limits::Host;
 
 /// stickyd: strict cookie session stickiness for Kubernetes services, as a sidecar.
 #[derive(Parser)]
@@ -60,7 +72,10 @@ fn runtime(threads: usize) -> std::io::Result<tokio::runtime::Runtime> {
 }
 
 fn run() -> anyhow::Result<i32> {
-    let cfg = match Config::from_process_env() {
+    // The only read of the cgroups: everything after it is parsed from the
+    // environment and this.
+    let host = Host::detect();
+    let cfg = match Config::from_env_on(&ProcessEnv, &host) {
         Ok(c) => c,
         Err(e) => {
             eprintln!("stickyd: configuration error: {e}");
@@ -69,6 +84,7 @@ fn run() -> anyhow::Result<i32> {
     };
     init_tracing(&cfg.log, cfg.log_format);
     tracing::info!(worker_threads = cfg.worker_threads, "starting");
+    cfg.limits.log(&host);
     let rt = runtime(cfg.worker_threads)?;
     match rt.block_on(stickyd::sidecar::run(cfg)) {
         Ok(()) => Ok(0),

@@ -1,13 +1,18 @@
 //! Prometheus metrics, exposed on the admin listener's `/metrics`.
 
-use prometheus_client::encoding::EncodeLabelSet;
+use std::sync::Arc;
+
+use arc_swap::ArcSwapOption;
+use prometheus_client::encoding::{EncodeLabelSet, EncodeMetric, MetricEncoder};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::Registry;
 
 use crate::endpoints::{PeerState, View};
+use crate::limits::{BufferBudget, Limits};
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct DecisionLabels {
@@ -60,12 +65,54 @@ pub struct Metrics {
     pub draining: Gauge,
     /// `stickyd_key_reloads_total{kind}`: secret file re-reads (ok, error).
     pub key_reloads: Family<KindLabels, Counter>,
-    /// The pods of the last view, to forget the series of pods that left it.
-    members: std::sync::Mutex<Vec<String>>,
+    /// `stickyd_memory_limit_bytes`: the memory limit in use (0: none).
+    pub memory_limit_bytes: Gauge,
+    /// `stickyd_buffer_bytes`: bytes held from the buffer budget, read from
+    /// it at each scrape.
+    pub buffer_bytes: BufferGauge,
+    /// `stickyd_shed_total{kind}`: work refused at the budget. Count through
+    /// [`Metrics::shed_connection`] and [`Metrics::shed_request`].
+    pub shed: Family<KindLabels, Counter>,
+    /// `stickyd_shed_total{kind="connection"}`: a new client connection
+    /// refused because the budget was used up.
+    pub shed_connection: Counter,
+    /// `stickyd_shed_total{kind="request"}`: a request already read answered
+    /// 503 because the budget was used up.
+    pub shed_request: Counter,
+}
+
+/// A gauge of the bytes in use in a [`BufferBudget`], read when scraped (0
+/// until a budget is attached). Clones share the budget.
+#[derive(Clone, Debug, Default)]
+pub struct BufferGauge(Arc<ArcSwapOption<BufferBudget>>);
+
+impl BufferGauge {
+    /// Reports `budget` from now on.
+    pub fn attach(&self, budget: Arc<BufferBudget>) {
+        self.0.store(Some(budget));
+    }
+
+    /// The bytes the attached budget holds now.
+    pub fn get(&self) -> u64 {
+        self.0.load().as_ref().map_or(0, |b| b.used() as u64)
+    }
+}
+
+impl EncodeMetric for BufferGauge {
+    fn encode(&self, mut encoder: MetricEncoder) -> Result<(), std::fmt::Error> {
+        encoder.encode_gauge(&self.get())
+    }
+
+    fn metric_type(&self) -> MetricType {
+        MetricType::Gauge
+    }
 }
 
 impl Default for Metrics {
     fn default() -> Self {
+        let shed = Family::<KindLabels, Counter>::default();
+        let shed_connection = shed.get_or_create(&KindLabels { kind: "connection" }).clone();
+        let shed_request = shed.get_or_create(&KindLabels { kind: "request" }).clone();
         Metrics {
             requests: Family::default(),
             forward_duration: Histogram::new(exponential_buckets(0.0001, 2.5, 14)),
@@ -81,7 +128,11 @@ impl Default for Metrics {
             key_reloads: Family::default(),
             sessions_active: Gauge::default(),
             draining: Gauge::default(),
-            members: Default::default(),
+            memory_limit_bytes: Gauge::default(),
+            buffer_bytes: BufferGauge::default(),
+            shed,
+            shed_connection,
+            shed_request,
         }
     }
 }
@@ -160,11 +211,36 @@ impl Metrics {
             "Re-reads of STICKYD_COOKIE_SECRET_FILE, by outcome",
             self.key_reloads.clone(),
         );
+        r.register(
+            "memory_limit_bytes",
+            "The memory limit stickyd sizes itself for (STICKYD_MEMORY_LIMIT or the cgroup's); 0 when none is known",
+            self.memory_limit_bytes.clone(),
+        );
+        r.register(
+            "buffer_bytes",
+            "Bytes of buffers held from the buffer budget",
+            self.buffer_bytes.clone(),
+        );
+        r.register(
+            "shed",
+            "Work refused because the memory budget was used up: new connections, and requests already read (503)",
+            self.shed.clone(),
+        );
         r
     }
 
-    /// Updates the endpoint gauges from a view that was just swapped in.
-    pub fn observe_view(&self, view: &View) {
+    /// Reports the limits in force: the memory limit and the buffer budget.
+    pub fn observe_limits(&self, limits: &Limits) {
+        let limit = limits.memory_limit().unwrap_or(0);
+        self.memory_limit_bytes.set(i64::try_from(limit).unwrap_or(i64::MAX));
+        self.buffer_bytes.attach(limits.buffers.clone());
+    }
+
+    /// Updates the endpoint gauges from a view that was just swapped in, and
+    /// removes the per-pod series of `left`, the pods that left the view with
+    /// it, so that a sidecar that lives through many rollouts keeps a bounded
+    /// set of series. O(1) plus the pods that left.
+    pub fn observe_view<'a>(&self, view: &View, left: impl IntoIterator<Item = &'a str>) {
         for s in [PeerState::Ready, PeerState::Draining] {
             self.endpoints
                 .get_or_create(&StateLabels { state: s.as_str() })
@@ -172,25 +248,18 @@ impl Metrics {
         }
         self.endpoints_synced.set(view.synced as i64);
         self.endpoints_updates.inc();
-        // Per-pod series of pods that left the view go too, so a sidecar that
-        // lives through many rollouts keeps a bounded set of series.
-        let now: Vec<String> = view.peers().iter().map(|p| p.name.clone()).collect();
-        let Ok(mut members) = self.members.lock() else {
-            return;
-        };
-        for gone in members.iter().filter(|m| !now.contains(m)) {
-            // ("local" series name this pod, which stays while it runs.)
+        // ("local" series name this pod, which stays while it runs.)
+        for gone in left.into_iter().filter(|name| view.peers().by_name(name).is_none()) {
             for decision in ["forwarded", "rejected"] {
                 for session in ["new", "pinned", "repinned", "unsynced", "none"] {
                     self.requests.remove(&DecisionLabels {
                         decision,
                         session,
-                        target_pod: gone.clone(),
+                        target_pod: gone.to_string(),
                     });
                 }
             }
         }
-        *members = now;
     }
 
     pub fn upstream_error(&self, kind: &'static str) {
@@ -199,5 +268,67 @@ impl Metrics {
 
     pub fn bad_request(&self, kind: &'static str) {
         self.bad_requests.get_or_create(&KindLabels { kind }).inc();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn scrape(m: &Metrics) -> String {
+        let mut out = String::new();
+        prometheus_client::encoding::text::encode(&mut out, &m.registry()).unwrap();
+        out
+    }
+
+    fn value<'a>(text: &'a str, series: &str) -> Option<&'a str> {
+        text.lines()
+            .find_map(|l| l.strip_prefix(series).and_then(|rest| rest.strip_prefix(' ')))
+    }
+
+    /// Scrapes `m` and checks each series' value.
+    fn assert_series(m: &Metrics, expected: &[(&str, &str)]) -> String {
+        let text = scrape(m);
+        for (series, v) in expected {
+            assert_eq!(value(&text, series), Some(*v), "{series} in {text}");
+        }
+        text
+    }
+
+    const CONNECTION: &str = "stickyd_shed_total{kind=\"connection\"}";
+    const REQUEST: &str = "stickyd_shed_total{kind=\"request\"}";
+
+    #[test]
+    fn limits_and_shedding() {
+        let m = Metrics::default();
+        // Both kinds of shedding are there from the start, at 0.
+        let text = assert_series(
+            &m,
+            &[
+                ("stickyd_memory_limit_bytes", "0"),
+                ("stickyd_buffer_bytes", "0"),
+                (CONNECTION, "0"),
+                (REQUEST, "0"),
+            ],
+        );
+        assert!(text.contains("# TYPE stickyd_buffer_bytes gauge"), "{text}");
+
+        let limits = Limits::resolve(Some(128 << 20), None, None);
+        m.observe_limits(&limits);
+        let lease = limits.buffers.try_take(4096).unwrap();
+        m.shed_connection.inc();
+        m.shed_request.inc();
+        m.shed_request.inc();
+        assert_series(
+            &m,
+            &[
+                ("stickyd_memory_limit_bytes", "134217728"),
+                ("stickyd_buffer_bytes", "4096"),
+                (CONNECTION, "1"),
+                (REQUEST, "2"),
+            ],
+        );
+        drop(lease);
+        assert_eq!(value(&scrape(&m), "stickyd_buffer_bytes"), Some("0"));
     }
 }

@@ -70,13 +70,14 @@ impl Sidecar {
         let admin_addr = admin_listener.local_addr().unwrap_or(cfg.admin_listen);
 
         let metrics = Arc::new(Metrics::default());
+        metrics.observe_limits(&cfg.limits);
         let registry = metrics.registry();
         let store = EndpointStore::default();
         let mut background = Vec::new();
         match &cfg.endpoints {
             EndpointsSource::Static(list) => {
                 fixed::install(&store, list);
-                metrics.observe_view(&store.load());
+                metrics.observe_view(&store.load(), []);
             }
             EndpointsSource::File(path) => {
                 background.push(fixed::watch_file(
@@ -87,7 +88,7 @@ impl Sidecar {
                 ));
             }
             EndpointsSource::Kubernetes => {
-                metrics.observe_view(&store.load());
+                metrics.observe_view(&store.load(), []);
                 background.push(kubernetes::start(&cfg, store.clone(), metrics.clone()).await?);
             }
         }
@@ -105,6 +106,7 @@ impl Sidecar {
             admin = %admin_addr,
             pod = %shared.cfg.pod_name,
             upstream = %shared.cfg.upstream,
+            max_connections = shared.cfg.max_connections,
             elapsed_ms = started.elapsed().as_millis() as u64,
             "stickyd listening"
         );

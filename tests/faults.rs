@@ -25,30 +25,7 @@ fn cookie_for(pod: &str) -> String {
 /// Reads one request head (and a Content-Length body) from `s`. Returns
 /// false when the connection ended first.
 async fn read_request(s: &mut TcpStream) -> bool {
-    let mut buf = Vec::new();
-    let mut chunk = [0u8; 4096];
-    loop {
-        if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-            let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
-            let len: usize = head
-                .lines()
-                .find_map(|l| l.strip_prefix("content-length:"))
-                .and_then(|v| v.trim().parse().ok())
-                .unwrap_or(0);
-            let mut have = buf.len() - end - 4;
-            while have < len {
-                match s.read(&mut chunk).await {
-                    Ok(0) | Err(_) => return false,
-                    Ok(n) => have += n,
-                }
-            }
-            return true;
-        }
-        match s.read(&mut chunk).await {
-            Ok(0) | Err(_) => return false,
-            Ok(n) => buf.extend_from_slice(&chunk[..n]),
-        }
-    }
+    read_message(s).await.is_some()
 }
 
 /// A hand-written server on `ip`: for every connection, reads one request

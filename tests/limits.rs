@@ -3,6 +3,8 @@
 //! and 10,000 idle keep-alive connections within a memory bound.
 //!
 //! Addresses: 127.0.120.x to 127.0.129.x.
+//!
+//! Shedding at the buffer budget (STICKYD_MEMORY_LIMIT) is here too.
 
 mod common;
 
@@ -38,32 +40,8 @@ async fn exchange(s: &mut TcpStream, path: &str, within: Duration) -> Option<u16
 }
 
 async fn read_response(s: &mut TcpStream) -> Option<u16> {
-    let mut buf = Vec::with_capacity(1024);
-    let mut chunk = [0u8; 2048];
-    loop {
-        if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-            let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
-            let status: u16 = head.get(9..12)?.parse().ok()?;
-            let len: usize = head
-                .lines()
-                .find_map(|l| l.strip_prefix("content-length:"))
-                .and_then(|v| v.trim().parse().ok())
-                .unwrap_or(0);
-            while buf.len() < end + 4 + len {
-                let n = s.read(&mut chunk).await.ok()?;
-                if n == 0 {
-                    return None;
-                }
-                buf.extend_from_slice(&chunk[..n]);
-            }
-            return Some(status);
-        }
-        let n = s.read(&mut chunk).await.ok()?;
-        if n == 0 {
-            return None;
-        }
-        buf.extend_from_slice(&chunk[..n]);
-    }
+    let (head, _) = read_message(s).await?;
+    head.get(9..12)?.parse().ok()
 }
 
 /// True when the server closed `s` (EOF or reset) within `within`,
@@ -107,6 +85,7 @@ async fn max_connections_closes_the_next_one_and_counts_it() {
     assert!(t.elapsed() < Duration::from_secs(1), "not at once: {:?}", t.elapsed());
     let m = s.metrics().await;
     assert_eq!(metric(&m, "stickyd_connections_refused_total"), 1, "{m}");
+    assert_eq!(metric(&m, "stickyd_shed_total{kind=\"connection\"}"), 1, "{m}");
     assert_eq!(metric(&m, "stickyd_connections_open"), 50, "{m}");
     // The earlier ones keep working.
     for (i, c) in conns.iter_mut().enumerate() {
@@ -420,4 +399,153 @@ async fn metrics_forget_pods_that_left_the_view() {
         .filter(|l| l.starts_with("stickyd_") && l.contains("target_pod=\"web-"))
         .count();
     assert!(series <= 2, "{series} series for pods that left the view");
+}
+
+/// One response on `s`, its head lower-cased and its body as text, within
+/// `within`.
+async fn response_text(s: &mut TcpStream, within: Duration) -> Option<(String, String)> {
+    let (head, body) = tokio::time::timeout(within, read_message(s)).await.ok()??;
+    Some((head, String::from_utf8_lossy(&body).into_owned()))
+}
+
+/// The buffer budget (STICKYD_MEMORY_LIMIT=10Mi leaves it its minimum, 64
+/// KiB): a client holding a large head half-sent holds most of it; a second
+/// large head does not fit and is answered 503 with Retry-After, counted in
+/// stickyd_shed_total{kind="request"}; a body is still copied whole, in
+/// smaller pieces; once the first head is served, the budget is free again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn at_the_buffer_budget_a_large_head_is_shed_with_503_and_retry_after() {
+    let (_app, s) = one_pod(
+        "127.0.128.1",
+        &[
+            ("STICKYD_MEMORY_LIMIT", "10Mi".into()),
+            ("STICKYD_MAX_CONNECTIONS", "100".into()),
+        ],
+    )
+    .await;
+    let m = s.metrics().await;
+    assert_eq!(metric(&m, "stickyd_memory_limit_bytes"), 10 << 20, "{m}");
+    let big = |path: &str, pad: usize| format!("GET {path} HTTP/1.1\r\nHost: t\r\nx-pad: {}\r\n", "a".repeat(pad));
+
+    // A: 40 KiB of a head, not yet ended: its buffer holds ~60 KiB of the
+    // budget beyond the connection's own 4 KiB.
+    let mut a = TcpStream::connect(s.listen).await.unwrap();
+    a.write_all(big("/a", 40 << 10).as_bytes()).await.unwrap();
+    let held = Instant::now() + Duration::from_secs(5);
+    while metric(&s.metrics().await, "stickyd_buffer_bytes") < 48 << 10 {
+        assert!(Instant::now() < held, "A's head holds no budget: {}", s.metrics().await);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    // B: a 10 KiB head does not fit beside it.
+    let mut b = TcpStream::connect(s.listen).await.unwrap();
+    b.write_all(format!("{}\r\n", big("/b", 10 << 10)).as_bytes())
+        .await
+        .unwrap();
+    let (head, body) = response_text(&mut b, Duration::from_secs(5))
+        .await
+        .expect("B got no answer");
+    assert!(head.starts_with("http/1.1 503"), "{head}");
+    assert!(head.contains("\r\nretry-after: 1"), "{head}");
+    assert!(head.contains("\r\nconnection: close"), "{head}");
+    assert!(body.contains("STICKYD_MEMORY_LIMIT"), "{body}");
+    assert!(closed_within(&mut b, Duration::from_secs(2)).await, "B stayed open");
+
+    // C: a small head fits in the connection's own share, and its 200 KiB
+    // body goes through whole, in pieces the budget does not pay for.
+    let mut c = TcpStream::connect(s.listen).await.unwrap();
+    let body_len = 200 << 10;
+    c.write_all(format!("POST /c HTTP/1.1\r\nHost: t\r\ncontent-length: {body_len}\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+    c.write_all(&vec![b'x'; body_len]).await.unwrap();
+    let (head, body) = response_text(&mut c, Duration::from_secs(5))
+        .await
+        .expect("C got no answer");
+    assert!(head.starts_with("http/1.1 200"), "{head}");
+    assert!(body.contains(&format!("bytes={body_len}")), "{body}");
+
+    // A ends its head and is served; its budget comes back.
+    a.write_all(b"\r\n").await.unwrap();
+    let (head, _) = response_text(&mut a, Duration::from_secs(5))
+        .await
+        .expect("A got no answer");
+    assert!(head.starts_with("http/1.1 200"), "{head}");
+    let freed = Instant::now() + Duration::from_secs(5);
+    while metric(&s.metrics().await, "stickyd_buffer_bytes") > 0 {
+        assert!(
+            Instant::now() < freed,
+            "A's budget never came back: {}",
+            s.metrics().await
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let mut again = TcpStream::connect(s.listen).await.unwrap();
+    again
+        .write_all(format!("{}\r\n", big("/again", 10 << 10)).as_bytes())
+        .await
+        .unwrap();
+    let (head, _) = response_text(&mut again, Duration::from_secs(5))
+        .await
+        .expect("no answer after A");
+    assert!(head.starts_with("http/1.1 200"), "{head}");
+
+    let m = s.metrics().await;
+    assert_eq!(metric(&m, "stickyd_shed_total{kind=\"request\"}"), 1, "{m}");
+    assert_eq!(metric(&m, "stickyd_shed_total{kind=\"connection\"}"), 0, "{m}");
+}
+
+/// A connection served by hyper (here h2c with prior knowledge) takes its
+/// buffers from the budget for as long as it lives: with the minimum budget
+/// (64 KiB) one fits, the next is closed at once and counted in
+/// stickyd_shed_total{kind="connection"}.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn at_the_buffer_budget_a_second_http2_connection_is_shed() {
+    let (_app, s) = one_pod(
+        "127.0.128.2",
+        &[
+            ("STICKYD_MEMORY_LIMIT", "10Mi".into()),
+            ("STICKYD_MAX_CONNECTIONS", "100".into()),
+        ],
+    )
+    .await;
+    const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\0\0\0\x04\0\0\0\0\0";
+    let mut first = TcpStream::connect(s.listen).await.unwrap();
+    first.write_all(PREFACE).await.unwrap();
+    let mut got = [0u8; 9];
+    tokio::time::timeout(Duration::from_secs(5), first.read_exact(&mut got))
+        .await
+        .expect("no SETTINGS from stickyd")
+        .unwrap();
+    assert_eq!(got[3], 4, "the first frame is not SETTINGS: {got:?}");
+
+    let mut second = TcpStream::connect(s.listen).await.unwrap();
+    second.write_all(PREFACE).await.unwrap();
+    let mut any = [0u8; 9];
+    let n = tokio::time::timeout(Duration::from_secs(5), second.read(&mut any))
+        .await
+        .expect("the second connection was neither served nor closed");
+    assert!(
+        matches!(n, Ok(0) | Err(_)),
+        "the second connection was served: {:?}",
+        &any
+    );
+    let m = s.metrics().await;
+    assert_eq!(metric(&m, "stickyd_shed_total{kind=\"connection\"}"), 1, "{m}");
+
+    // The first one closes: its budget comes back, and h2c is served again.
+    drop(first);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let mut c = TcpStream::connect(s.listen).await.unwrap();
+        c.write_all(PREFACE).await.unwrap();
+        if let Ok(Ok(9)) = tokio::time::timeout(Duration::from_secs(2), c.read_exact(&mut got)).await {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no h2c connection served after the first closed"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }

@@ -133,6 +133,8 @@ fn each_rule_fixture() {
     expect("sd009-secret-not-mounted.yaml", 1, &[("SD009", 74)]);
     expect("sd010-typo.yaml", 0, &[("SD010", 24)]);
     expect("sd011-no-affinity.yaml", 0, &[("SD011", 7)]);
+    expect("sd014-same-cookie.yaml", 1, &[("SD014", 23)]);
+    expect("sd015-httproute.yaml", 0, &[("SD015", 106)]);
     expect(
         "sd012-grace-too-short.yaml",
         1,

@@ -40,8 +40,11 @@ pub fn watch_file(
     let mut last_stamp: Option<(Option<SystemTime>, u64)> = None;
     let mut apply = move |path: &PathBuf| match read(path) {
         Ok(list) if Some(&list) != last_list.as_ref() => {
+            let before = store.load_full();
             install(&store, &list);
-            metrics.observe_view(&store.load());
+            let view = store.load();
+            let left = before.peers().iter().filter(|p| view.get(&p.id).is_none());
+            metrics.observe_view(&view, left.map(|p| p.name.as_str()));
             tracing::info!(peers = list.len(), path = %path.display(), "endpoint file loaded");
             last_list = Some(list);
         }

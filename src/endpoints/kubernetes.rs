@@ -3,8 +3,28 @@
 //! A kube-runtime [`watcher`] lists and watches the `discovery.k8s.io/v1`
 //! EndpointSlices labelled `kubernetes.io/service-name=$STICKYD_SERVICE` in
 //! one namespace, with the watcher's default backoff and watch bookmarks.
-//! Every change recomputes the whole view from all the slices of the service
-//! ([`view_from_slices`]) and swaps it into the [`EndpointStore`] at once.
+//! The slices go, without their `managedFields`, into kube's reflector store
+//! ([`reflector::store::Writer`]), which also holds a relist back until it is
+//! complete.
+//!
+//! The work an event costs is proportional to the slice it carries, not to
+//! the Service: a [`SliceIndex`] keeps what each slice contributed, compares
+//! a changed slice with it, and rebuilds only the peers of the pods whose
+//! address or state changed; the new view is the previous one's peers with
+//! those patched in (see [`super::PeerSet`]), so the `Peer`s, and the hashed
+//! `SessionId`s, of all other pods are shared rather than rebuilt. A relist
+//! applies again only the slices whose resourceVersion changed.
+//!
+//! The source runs on a thread of its own, on a current-thread Tokio runtime
+//! ([`spawn`]): the watch connection, the decoding of every event's JSON and
+//! the building of views never run on the runtime that serves requests,
+//! which with STICKYD_WORKER_THREADS=1 is a single thread. Handing only the
+//! build to `spawn_blocking` would leave the decoding, which costs more than
+//! the build for a slice of 100 endpoints, on that thread, holding up every
+//! request queued behind an event; a thread of its own is preempted by the
+//! kernel instead, and costs one idle thread and its stack. The view store
+//! is `Send + Sync` and read lock-free, so the data path only ever sees a
+//! new `Arc<View>` appear, announced on `EndpointStore::changes`.
 //!
 //! Never destroy a pin on a guess:
 //! - the view stays unsynced until the first list has completed;
@@ -15,17 +35,20 @@
 //!   `stickyd_kubernetes_watch_errors_total`; the outage is logged once at
 //!   warn, and its end at info.
 
-use std::collections::{BTreeMap, HashMap};
-use std::net::{IpAddr, SocketAddr};
+use std::future::Future;
 use std::path::Path;
 use std::sync::Arc;
 
 use futures_util::StreamExt;
-use k8s_openapi::api::discovery::v1::{Endpoint, EndpointPort, EndpointSlice};
+use k8s_openapi::api::discovery::v1::{EndpointPort, EndpointSlice};
+use kube::runtime::reflector::{self, store::Writer};
 use kube::runtime::watcher::{self, Event};
 use kube::runtime::WatchStreamExt;
 use kube::{Api, Client};
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
 
+use super::slices::{slice_name, Change, SliceIndex};
 use super::{EndpointStore, Peer, PeerState};
 use crate::config::Config;
 use crate::metrics::Metrics;
@@ -35,6 +58,9 @@ pub const NAMESPACE_FILE: &str = "/var/run/secrets/kubernetes.io/serviceaccount/
 
 /// The label the EndpointSlice controller puts on every slice of a Service.
 pub const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
+
+/// The name of the source's thread.
+pub const THREAD_NAME: &str = "stickyd-watch";
 
 /// Why the Kubernetes endpoint source could not start.
 #[derive(Debug, thiserror::Error)]
@@ -48,6 +74,8 @@ pub enum KubeSourceError {
     NoService,
     #[error("no Kubernetes client configuration: {0}; run in a pod with a service account, or set KUBECONFIG")]
     Client(#[source] kube::Error),
+    #[error("cannot start the endpoint source's thread: {0}")]
+    Thread(#[source] std::io::Error),
 }
 
 /// Which port of a slice is the sidecar's.
@@ -71,7 +99,7 @@ impl PortSelector {
     /// The port number this selector picks among a slice's ports. UDP and
     /// SCTP ports are never picked. A port with no number means "all ports":
     /// it matches a number selector with that number.
-    fn pick(&self, ports: &[EndpointPort]) -> Option<u16> {
+    pub(super) fn pick(&self, ports: &[EndpointPort]) -> Option<u16> {
         ports
             .iter()
             .filter(|p| p.protocol.as_deref().is_none_or(|proto| proto == "TCP"))
@@ -101,26 +129,8 @@ impl std::fmt::Display for PortSelector {
     }
 }
 
-/// The state an endpoint's conditions give it, `None` when it is gone.
-///
-/// Per the EndpointSlice API: a nil `ready` means ready, a nil `terminating`
-/// means not terminating, and a nil `serving` defers to `ready`. A
-/// terminating endpoint drains while it is serving; this also holds for
-/// Services with `publishNotReadyAddresses`, whose endpoints stay `ready`
-/// while they terminate.
-fn endpoint_state(ep: &Endpoint) -> Option<PeerState> {
-    let c = ep.conditions.as_ref();
-    let ready = c.and_then(|c| c.ready).unwrap_or(true);
-    let terminating = c.and_then(|c| c.terminating).unwrap_or(false);
-    let serving = c.and_then(|c| c.serving).unwrap_or(ready);
-    if terminating {
-        serving.then_some(PeerState::Draining)
-    } else {
-        ready.then_some(PeerState::Ready)
-    }
-}
-
-/// Merges every slice of a Service into one list of peers, by pod.
+/// Merges every slice of a Service into one list of peers, by pod, sorted
+/// by name; slices are told apart by name.
 ///
 /// A pod is identified by `targetRef.name`, or by its address when the
 /// endpoint has no targetRef. Its address is the endpoint's first address
@@ -128,68 +138,15 @@ fn endpoint_state(ep: &Endpoint) -> Option<PeerState> {
 /// slices and unparsable addresses contribute nothing. `ready` endpoints are
 /// [`PeerState::Ready`], `serving && terminating` ones [`PeerState::Draining`],
 /// any other endpoint is left out. A pod listed twice (while endpoints move
-/// between slices) is Ready if any of its entries is. The result is sorted by
-/// name.
+/// between slices, or in the IPv4 and IPv6 slices of a dual-stack Service)
+/// takes a Ready entry over a Draining one, then the entry of the slice whose
+/// name sorts first.
 pub fn view_from_slices<'a>(slices: impl IntoIterator<Item = &'a EndpointSlice>, port: &PortSelector) -> Vec<Peer> {
-    let mut by_name: BTreeMap<String, Peer> = BTreeMap::new();
+    let mut index = SliceIndex::default();
     for slice in slices {
-        if !matches!(slice.address_type.as_str(), "IPv4" | "IPv6") {
-            continue;
-        }
-        let Some(port) = port.pick(slice.ports.as_deref().unwrap_or(&[])) else {
-            continue;
-        };
-        for ep in &slice.endpoints {
-            let Some(state) = endpoint_state(ep) else {
-                continue;
-            };
-            let Some(ip) = ep.addresses.iter().find_map(|a| a.parse::<IpAddr>().ok()) else {
-                continue;
-            };
-            let name = ep
-                .target_ref
-                .as_ref()
-                .and_then(|r| r.name.clone())
-                .filter(|n| !n.is_empty())
-                .unwrap_or_else(|| ip.to_string());
-            let peer = Peer::new(name, SocketAddr::new(ip, port), state);
-            match by_name.get(&peer.name) {
-                Some(existing) if existing.state == PeerState::Ready || peer.state == PeerState::Draining => {}
-                _ => {
-                    by_name.insert(peer.name.clone(), peer);
-                }
-            }
-        }
+        index.apply(slice, port);
     }
-    by_name.into_values().collect()
-}
-
-/// The slices (with endpoints) that have no port matching `port`, each
-/// with the ports it does have: their endpoints are left out of the view,
-/// which usually means STICKYD_PORT_NAME or STICKYD_LISTEN does not match
-/// the Service.
-fn slices_without_port<'a>(slices: impl IntoIterator<Item = &'a EndpointSlice>, port: &PortSelector) -> Vec<String> {
-    slices
-        .into_iter()
-        .filter(|s| matches!(s.address_type.as_str(), "IPv4" | "IPv6") && !s.endpoints.is_empty())
-        .filter(|s| port.pick(s.ports.as_deref().unwrap_or(&[])).is_none())
-        .map(|s| {
-            let ports: Vec<String> = s
-                .ports
-                .iter()
-                .flatten()
-                .map(|p| {
-                    format!(
-                        "{}={}/{}",
-                        p.name.as_deref().unwrap_or(""),
-                        p.port.map(|n| n.to_string()).unwrap_or_else(|| "*".into()),
-                        p.protocol.as_deref().unwrap_or("TCP")
-                    )
-                })
-                .collect();
-            format!("{} [{}]", slice_name(s), ports.join(", "))
-        })
-        .collect()
+    index.peers().iter().cloned().collect()
 }
 
 /// The namespace to watch: `STICKYD_NAMESPACE`, else the service account's.
@@ -215,21 +172,37 @@ fn namespace_from(configured: Option<&str>, file: &Path) -> Result<String, KubeS
 
 /// Starts the source from the configuration: the namespace from
 /// `STICKYD_NAMESPACE` or the service account, the client from `KUBECONFIG`
-/// or the in-cluster configuration. The returned task runs until aborted.
+/// or the in-cluster configuration. The client is built on the source's own
+/// thread, so that all of its connections live there. The returned task
+/// runs until aborted; aborting it stops the thread.
 pub async fn start(
     cfg: &Config,
     store: EndpointStore,
     metrics: Arc<Metrics>,
-) -> Result<tokio::task::JoinHandle<()>, KubeSourceError> {
+) -> Result<JoinHandle<()>, KubeSourceError> {
     let service = cfg.service.clone().ok_or(KubeSourceError::NoService)?;
     let namespace = namespace(cfg)?;
     let config = kube::Config::infer()
         .await
         .map_err(|e| KubeSourceError::Client(kube::Error::InferConfig(e)))?;
-    let client = client(config)?;
     let port = PortSelector::from_config(cfg);
     tracing::info!(%namespace, %service, %port, "watching EndpointSlices");
-    Ok(spawn(client, &namespace, &service, port, store, metrics))
+    let (built, client_built) = oneshot::channel();
+    let task = on_own_thread(move || async move {
+        match client(config) {
+            Ok(client) => {
+                let _ = built.send(Ok(()));
+                follow(client, &namespace, &service, Source::new(port, store, metrics)).await;
+            }
+            Err(e) => {
+                let _ = built.send(Err(e));
+            }
+        }
+    })
+    .map_err(KubeSourceError::Thread)?;
+    // A thread that ended without a word has ended the task with it.
+    client_built.await.unwrap_or(Ok(()))?;
+    Ok(task)
 }
 
 /// A client for the source. kube's own retry of 429/503/504 responses is
@@ -243,7 +216,9 @@ pub fn client(mut config: kube::Config) -> Result<Client, KubeSourceError> {
 }
 
 /// Watches the EndpointSlices of `service` in `namespace` with `client` and
-/// keeps `store` up to date. The task runs until aborted.
+/// keeps `store` up to date, on a thread of its own (the client's requests
+/// are made from there). Call within a Tokio runtime: the returned task runs
+/// until aborted, and aborting it, or dropping its runtime, stops the thread.
 pub fn spawn(
     client: Client,
     namespace: &str,
@@ -251,73 +226,109 @@ pub fn spawn(
     port: PortSelector,
     store: EndpointStore,
     metrics: Arc<Metrics>,
-) -> tokio::task::JoinHandle<()> {
-    let api: Api<EndpointSlice> = Api::namespaced(client, namespace);
-    let config = watcher::Config::default().labels(&format!("{SERVICE_NAME_LABEL}={service}"));
-    let mut source = Source::new(port, store, metrics);
-    tokio::spawn(async move {
-        let mut events = watcher::watcher(api, config).default_backoff().boxed();
-        while let Some(item) = events.next().await {
-            match item {
-                Ok(event) => source.on_event(event),
-                Err(e) => source.on_error(&e),
-            }
-        }
-    })
+) -> JoinHandle<()> {
+    let (namespace, service) = (namespace.to_string(), service.to_string());
+    let source = Source::new(port, store, metrics);
+    on_own_thread(move || async move { follow(client, &namespace, &service, source).await })
+        .expect("start the endpoint source's thread")
 }
 
-/// The watch state: the slices by name, and the relist in progress.
+/// Runs the future `make` returns on a new thread, on a current-thread
+/// runtime of its own. The returned task, on the caller's runtime, ends when
+/// the future does; aborting it (or dropping it with its runtime) stops the
+/// future and the thread.
+fn on_own_thread<F, Fut>(make: F) -> std::io::Result<JoinHandle<()>>
+where
+    F: FnOnce() -> Fut + Send + 'static,
+    Fut: Future<Output = ()> + 'static,
+{
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let (stop, stopped) = oneshot::channel::<()>();
+    let (done, finished) = oneshot::channel::<()>();
+    std::thread::Builder::new().name(THREAD_NAME.into()).spawn(move || {
+        runtime.block_on(async move {
+            tokio::select! {
+                () = make() => {}
+                _ = stopped => {}
+            }
+        });
+        drop(runtime);
+        drop(done);
+    })?;
+    Ok(tokio::spawn(async move {
+        let _stop = stop;
+        let _ = finished.await;
+    }))
+}
+
+/// Lists and watches, feeding `source`, until the stream ends (it does not).
+async fn follow(client: Client, namespace: &str, service: &str, mut source: Source) {
+    let api: Api<EndpointSlice> = Api::namespaced(client, namespace);
+    let config = watcher::Config::default().labels(&format!("{SERVICE_NAME_LABEL}={service}"));
+    let mut events = watcher::watcher(api, config).default_backoff().boxed();
+    while let Some(item) = events.next().await {
+        match item {
+            Ok(event) => source.on_event(event),
+            Err(e) => source.on_error(&e),
+        }
+    }
+}
+
+/// The watch state: the slices as listed and watched, what they make of the
+/// view, and the outage in progress.
 struct Source {
     port: PortSelector,
     store: EndpointStore,
     metrics: Arc<Metrics>,
-    slices: HashMap<String, EndpointSlice>,
-    /// Slices of a relist, until it is complete.
-    relist: Option<HashMap<String, EndpointSlice>>,
+    /// kube's reflector store of the slices, which holds a relist until it
+    /// is complete; `slices` reads it.
+    writer: Writer<EndpointSlice>,
+    slices: reflector::Store<EndpointSlice>,
+    index: SliceIndex,
+    /// A list has completed: until then nothing is published.
+    listed: bool,
     /// Consecutive failed attempts; non-zero during an outage.
     failures: u64,
 }
 
-fn slice_name(s: &EndpointSlice) -> String {
-    s.metadata.name.clone().unwrap_or_default()
-}
-
 impl Source {
     fn new(port: PortSelector, store: EndpointStore, metrics: Arc<Metrics>) -> Source {
+        let writer = Writer::default();
+        let slices = writer.as_reader();
         Source {
             port,
             store,
             metrics,
-            slices: HashMap::new(),
-            relist: None,
+            writer,
+            slices,
+            index: SliceIndex::default(),
+            listed: false,
             failures: 0,
         }
     }
 
     fn on_event(&mut self, event: Event<EndpointSlice>) {
+        // What kube's docs advise for a reflector's memory: managedFields
+        // are most of a slice's metadata, and nothing here reads them.
+        let event = event.modify(|slice| slice.metadata.managed_fields = None);
+        self.writer.apply_watcher_event(&event);
         match event {
-            Event::Init => {
-                tracing::debug!("listing EndpointSlices");
-                self.relist = Some(HashMap::new());
-            }
-            Event::InitApply(slice) => {
-                self.relist
-                    .get_or_insert_with(HashMap::new)
-                    .insert(slice_name(&slice), slice);
-            }
+            Event::Init => tracing::debug!("listing EndpointSlices"),
+            Event::InitApply(_) => {}
             Event::InitDone => {
-                self.slices = self.relist.take().unwrap_or_default();
+                self.index.relist(&self.slices.state(), &self.port);
+                self.listed = true;
                 self.recovered();
                 self.publish("list");
             }
             Event::Apply(slice) => {
                 self.recovered();
-                self.slices.insert(slice_name(&slice), slice);
+                self.index.apply(&slice, &self.port);
                 self.publish("watch");
             }
             Event::Delete(slice) => {
                 self.recovered();
-                self.slices.remove(&slice_name(&slice));
+                self.index.remove(slice_name(&slice));
                 self.publish("watch");
             }
         }
@@ -354,17 +365,13 @@ impl Source {
         }
     }
 
-    /// Recomputes the view from every slice and swaps it in if it changed
-    /// (or is the first synced one).
-    fn publish(&self, from: &'static str) {
-        let peers = view_from_slices(self.slices.values(), &self.port);
-        let current = self.store.load();
-        if current.synced && current.peers() == peers.as_slice() {
-            tracing::debug!(from, slices = self.slices.len(), "endpoint view unchanged");
+    /// Swaps in the index's peers if they changed (or for the first synced
+    /// view). The cost is that of the changes, not of the view.
+    fn publish(&mut self, from: &'static str) {
+        if !self.listed {
             return;
         }
-        let unmatched = slices_without_port(self.slices.values(), &self.port);
-        if !unmatched.is_empty() {
+        if let Some(unmatched) = self.index.unmatched_if_changed().filter(|u| !u.is_empty()) {
             tracing::warn!(
                 port = %self.port,
                 slices = ?unmatched,
@@ -372,25 +379,36 @@ impl Source {
                  check STICKYD_PORT_NAME (or STICKYD_LISTEN's port) against the Service's ports"
             );
         }
-        let ready = peers.iter().filter(|p| p.state == PeerState::Ready).count();
-        let draining = peers.len() - ready;
-        let names: Vec<String> = peers
-            .iter()
-            .map(|p| format!("{}={}({})", p.name, p.addr, p.state.as_str()))
-            .collect();
-        drop(current);
-        self.store.replace(peers, true);
-        let view = self.store.load();
-        self.metrics.observe_view(&view);
+        let changes = self.index.take_changes();
+        if changes.is_empty() && self.store.load().synced {
+            tracing::debug!(from, slices = self.index.slices(), "endpoint view unchanged");
+            return;
+        }
+        let view = self.store.publish(self.index.peers().clone(), true);
+        let left = changes.iter().filter_map(|c| match c {
+            Change::Gone(p) => Some(p.name.as_str()),
+            Change::Set(_) => None,
+        });
+        self.metrics.observe_view(&view, left);
         tracing::info!(
             from,
             generation = view.generation,
-            slices = self.slices.len(),
-            ready,
-            draining,
+            slices = self.index.slices(),
+            ready = view.count(PeerState::Ready),
+            draining = view.count(PeerState::Draining),
+            changed = changes.len(),
             "endpoint view updated"
         );
-        tracing::debug!(from, generation = view.generation, peers = ?names, "endpoint view peers");
+        if tracing::enabled!(tracing::Level::DEBUG) {
+            let changes: Vec<String> = changes
+                .iter()
+                .map(|c| match c {
+                    Change::Set(p) => format!("{}={}({})", p.name, p.addr, p.state.as_str()),
+                    Change::Gone(p) => format!("-{}", p.name),
+                })
+                .collect();
+            tracing::debug!(from, generation = view.generation, ?changes, "endpoint view changes");
+        }
     }
 }
 
@@ -398,8 +416,10 @@ impl Source {
 mod tests {
     use super::*;
     use k8s_openapi::api::core::v1::ObjectReference;
-    use k8s_openapi::api::discovery::v1::EndpointConditions;
-    use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+    use k8s_openapi::api::discovery::v1::{Endpoint, EndpointConditions};
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ManagedFieldsEntry, ObjectMeta};
+
+    use crate::endpoints::View;
 
     fn port(name: &str, n: i32) -> EndpointPort {
         EndpointPort {
@@ -443,9 +463,9 @@ mod tests {
         }
     }
 
-    fn summary(peers: &[Peer]) -> Vec<(String, String, &'static str)> {
+    fn summary<'a>(peers: impl IntoIterator<Item = &'a Peer>) -> Vec<(String, String, &'static str)> {
         peers
-            .iter()
+            .into_iter()
             .map(|p| (p.name.clone(), p.addr.to_string(), p.state.as_str()))
             .collect()
     }
@@ -530,29 +550,6 @@ mod tests {
         assert!(view_from_slices([&none], &PortSelector::Number(8080)).is_empty());
         none.ports = None;
         assert!(view_from_slices([&none], &PortSelector::Number(8080)).is_empty());
-    }
-
-    #[test]
-    fn slices_without_the_port_are_named() {
-        let good = slice(
-            "web-a",
-            "IPv4",
-            vec![port("http", 8080)],
-            vec![ready("web-0", "10.0.0.1")],
-        );
-        let bad = slice(
-            "web-b",
-            "IPv4",
-            vec![port("metrics", 9090), port("web", 80)],
-            vec![ready("web-1", "10.0.0.2")],
-        );
-        let empty = slice("web-c", "IPv4", vec![port("web", 80)], vec![]);
-        let sel = PortSelector::Name("http".into());
-        assert_eq!(
-            slices_without_port([&good, &bad, &empty], &sel),
-            vec!["web-b [metrics=9090/TCP, web=80/TCP]".to_string()]
-        );
-        assert!(slices_without_port([&good], &PortSelector::Number(8080)).is_empty());
     }
 
     #[test]
@@ -718,5 +715,135 @@ mod tests {
         assert_eq!(store.load().generation, generation);
         assert!(applied(&mut src, Event::Delete(b)).is_empty());
         assert!(store.load().synced, "an empty service is still a synced view");
+    }
+
+    /// Slice `s` of a fleet of 100-endpoint slices: pod-NNNNN, ready but for
+    /// the endpoints `not_ready` (gone from the view) and `draining`, with
+    /// managedFields as the EndpointSlice controller writes them.
+    fn fleet_slice(s: usize, version: u64, not_ready: &[usize], draining: &[usize]) -> EndpointSlice {
+        let endpoints = (0..100)
+            .map(|j| {
+                let i = s * 100 + j;
+                let (pod, addr) = (format!("pod-{i:05}"), format!("10.1.{}.{}", i / 200, i % 200 + 1));
+                if draining.contains(&j) {
+                    ep(Some(&pod), &addr, Some(false), Some(true), Some(true))
+                } else {
+                    ep(
+                        Some(&pod),
+                        &addr,
+                        Some(!not_ready.contains(&j)),
+                        Some(true),
+                        Some(false),
+                    )
+                }
+            })
+            .collect();
+        let mut sl = slice(&format!("web-{s:02}"), "IPv4", vec![port("http", 8080)], endpoints);
+        sl.metadata.resource_version = Some(version.to_string());
+        sl.metadata.managed_fields = Some(vec![ManagedFieldsEntry {
+            manager: Some("endpointslice-controller.k8s.io".into()),
+            operation: Some("Update".into()),
+            ..Default::default()
+        }]);
+        sl
+    }
+
+    fn hashes() -> u64 {
+        crate::affinity::POD_HASHES.with(|n| n.get())
+    }
+
+    /// Every peer of `a` but those named in `except` is the very same
+    /// allocation in `b`.
+    #[track_caller]
+    fn shared(a: &View, b: &View, except: &[&str]) {
+        for p in a.peers().iter().filter(|p| !except.contains(&p.name.as_str())) {
+            let q = b
+                .peers()
+                .by_name(&p.name)
+                .unwrap_or_else(|| panic!("{} is gone", p.name));
+            assert!(std::ptr::eq(p, &**q), "{} was rebuilt", p.name);
+        }
+    }
+
+    /// What an event costs: 5,000 pods in 50 slices of 100, one slice
+    /// changing. The pods of the other slices, and the unchanged pods of the
+    /// changed one, keep their `Peer` (the same allocation) and are not
+    /// hashed again; a relist of unchanged slices changes nothing.
+    #[test]
+    fn an_event_rebuilds_only_the_pods_it_changes() {
+        let store = EndpointStore::default();
+        let metrics = Arc::new(Metrics::default());
+        let mut src = Source::new(PortSelector::Number(8080), store.clone(), metrics.clone());
+        src.on_event(Event::Init);
+        for s in 0..50 {
+            src.on_event(Event::InitApply(fleet_slice(s, 1, &[], &[])));
+        }
+        let t = hashes();
+        src.on_event(Event::InitDone);
+        assert_eq!(hashes() - t, 5000, "each name hashed once");
+        let listed = store.load_full();
+        assert_eq!((listed.len(), listed.generation), (5000, 1));
+
+        // pod-00703 fails its readiness probe and leaves: nothing is hashed,
+        // nothing rebuilt.
+        let t = hashes();
+        src.on_event(Event::Apply(fleet_slice(7, 2, &[3], &[])));
+        assert_eq!(hashes() - t, 0);
+        let flipped = store.load_full();
+        assert_eq!((flipped.len(), flipped.generation), (4999, 2));
+        shared(&flipped, &listed, &[]);
+        assert_eq!(
+            metrics
+                .endpoints
+                .get_or_create(&crate::metrics::StateLabels { state: "ready" })
+                .get(),
+            4999
+        );
+
+        // It comes back: its name alone is hashed.
+        let t = hashes();
+        src.on_event(Event::Apply(fleet_slice(7, 3, &[], &[])));
+        assert_eq!(hashes() - t, 1);
+        let back = store.load_full();
+        assert_eq!(back.len(), 5000);
+        shared(&listed, &back, &["pod-00703"]);
+
+        // A pod of the view that starts draining keeps its id.
+        let t = hashes();
+        src.on_event(Event::Apply(fleet_slice(12, 2, &[], &[40])));
+        assert_eq!(hashes() - t, 0);
+        let drain = store.load_full();
+        assert_eq!(drain.count(PeerState::Draining), 1);
+        let p = drain.peers().by_name("pod-01240").unwrap();
+        assert_eq!(
+            (p.state, p.id),
+            (PeerState::Draining, listed.peers().by_name("pod-01240").unwrap().id)
+        );
+        shared(&back, &drain, &["pod-01240"]);
+
+        // A relist of the same versions: no swap, nothing hashed or rebuilt.
+        let t = hashes();
+        src.on_event(Event::Init);
+        for s in 0..50 {
+            let version = match s {
+                7 => 3,
+                12 => 2,
+                _ => 1,
+            };
+            src.on_event(Event::InitApply(fleet_slice(
+                s,
+                version,
+                &[],
+                if s == 12 { &[40] } else { &[] },
+            )));
+        }
+        src.on_event(Event::InitDone);
+        assert_eq!(hashes() - t, 0);
+        assert_eq!(store.load().generation, drain.generation);
+
+        // The reflector store holds the slices without their managedFields.
+        let stored = src.slices.state();
+        assert_eq!(stored.len(), 50);
+        assert!(stored.iter().all(|s| s.metadata.managed_fields.is_none()));
     }
 }

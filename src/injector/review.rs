@@ -273,6 +273,7 @@ fn inject_spec(
         admin_port: opts.admin_port,
         cookie: Box::new(opts.cookie),
         drain: opts.drain,
+        migrate: Default::default(),
         diff: false,
     };
     let mut node = to_node(spec);
@@ -424,6 +425,7 @@ impl Options {
                 secret,
                 secret_key: opt("secret-key").unwrap_or_else(|| "key".into()),
                 secret_env,
+                ..CookieArgs::default()
             },
             drain,
         })

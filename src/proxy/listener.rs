@@ -22,6 +22,7 @@ use tokio_util::task::TaskTracker;
 
 use super::{handle, ConnInfo, Shared};
 use crate::config::UpstreamProtocol;
+use crate::limits::HYPER_CONNECTION_COST;
 
 fn builder(shared: &Shared) -> auto::Builder<TokioExecutor> {
     let cfg = &shared.cfg;
@@ -123,6 +124,7 @@ pub async fn serve(listener: TcpListener, shared: Arc<Shared>, phases: Phases) {
             // Past STICKYD_MAX_CONNECTIONS: close at once (a reset for the
             // client, which its load balancer retries elsewhere).
             shared.metrics.connections_refused.inc();
+            shared.metrics.shed_connection.inc();
             drop(stream);
             continue;
         };
@@ -202,6 +204,13 @@ async fn connection(
         drop(permit);
         return;
     }
+    // A hyper connection holds buffers of its own (BENCHMARKS.md, "Where
+    // the memory goes"): the buffer budget pays for them, or the connection
+    // is shed.
+    let Some(_lease) = shared.cfg.limits.buffers.try_take(HYPER_CONNECTION_COST) else {
+        shared.metrics.shed_connection.inc();
+        return;
+    };
     // Boxed: only HTTP/2 connections pay for hyper's connection state.
     Box::pin(with_hyper(stream, remote, shared, builder, phases, settled)).await;
     drop(permit);

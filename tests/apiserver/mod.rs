@@ -18,6 +18,7 @@
 //!
 //! The test controls it directly: [`ApiServer::set_slice`],
 //! [`ApiServer::delete_slice`], [`ApiServer::compact`],
+//! [`ApiServer::trim_history`] (forget old writes),
 //! [`ApiServer::fail_with`] (5xx for a while), [`ApiServer::drop_watches`]
 //! (open watches break mid-stream), [`ApiServer::stop`] and
 //! [`ApiServer::start`] (stop accepting and close every connection; listen
@@ -26,6 +27,8 @@
 //! Not modelled: pagination (`limit` is ignored, as servers may), set-based
 //! selectors, field selectors, authentication, other resources.
 #![allow(dead_code)]
+
+pub mod fleet;
 
 use std::collections::BTreeMap;
 use std::convert::Infallible;
@@ -69,6 +72,9 @@ struct State {
     rv: u64,
     /// Watches may not resume from a version older than this.
     compacted: u64,
+    /// The last write dropped from the log by `trim_history`: an open watch
+    /// that has not streamed past it has missed writes.
+    trimmed: u64,
     objects: BTreeMap<(String, String), Value>,
     log: Vec<Entry>,
     fail: Option<(StatusCode, Instant)>,
@@ -132,6 +138,7 @@ impl ApiServer {
             state: Mutex::new(State {
                 rv: 1000,
                 compacted: 0,
+                trimmed: 0,
                 objects: BTreeMap::new(),
                 log: Vec::new(),
                 fail: None,
@@ -294,6 +301,23 @@ impl ApiServer {
         let mut st = self.shared.state();
         st.rv += 1;
         st.compacted = st.rv;
+    }
+
+    /// Forgets all but the last `keep` writes, as etcd's compaction does
+    /// for a busy resource, so that a long run of writes keeps the log
+    /// bounded: a watch that resumes from a forgotten version, or an open
+    /// one that has not streamed past it, gets an ERROR event with a 410
+    /// Expired `Status`.
+    pub fn trim_history(&self, keep: usize) {
+        let mut st = self.shared.state();
+        let n = st.log.len();
+        if n <= keep {
+            return;
+        }
+        let last = st.log[n - keep - 1].rv;
+        st.log.drain(..n - keep);
+        st.trimmed = last;
+        st.compacted = st.compacted.max(last);
     }
 
     /// Every request (list and watch) answers `status` with a `Status` body
@@ -517,15 +541,9 @@ fn watch(
         }
         v => match v.parse::<u64>() {
             Ok(v) if v < st.compacted => {
-                let code = StatusCode::GONE;
-                let expired = status(
-                    code,
-                    "Expired",
-                    &format!("too old resource version: {v} ({})", st.compacted),
-                );
+                let expired = expired(v, st.compacted);
                 drop(st);
-                let events =
-                    futures_util::stream::iter([Ok::<_, std::io::Error>(Frame::data(line("ERROR", &expired)))]);
+                let events = futures_util::stream::iter([Ok::<_, std::io::Error>(Frame::data(expired))]);
                 return stream_response(StreamBody::new(events).boxed());
             }
             Ok(v) => v,
@@ -564,6 +582,17 @@ fn watch(
     stream_response(body.boxed())
 }
 
+/// The ERROR event of a watch from a version older than `compacted`.
+fn expired(from: u64, compacted: u64) -> Bytes {
+    let code = StatusCode::GONE;
+    let status = status(
+        code,
+        "Expired",
+        &format!("too old resource version: {from} ({compacted})"),
+    );
+    line("ERROR", &status)
+}
+
 fn stream_response(body: Body) -> Response<Body> {
     Response::builder()
         .status(StatusCode::OK)
@@ -598,6 +627,14 @@ async fn stream_events(shared: Arc<Shared>, tx: mpsc::Sender<Chunk>, mut drops: 
     tick.reset();
     loop {
         written.mark_unchanged();
+        let behind = {
+            let st = shared.state();
+            (pos < st.trimmed).then(|| expired(pos, st.compacted))
+        };
+        if let Some(expired) = behind {
+            let _ = tx.send(Ok(Frame::data(expired))).await;
+            return;
+        }
         let pending: Vec<(u64, Bytes)> = {
             let st = shared.state();
             let first = st.log.partition_point(|e| e.rv <= pos);

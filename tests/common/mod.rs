@@ -405,7 +405,12 @@ impl Drop for RandomLb {
 
 impl RandomLb {
     pub async fn start(backends: Vec<SocketAddr>) -> RandomLb {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        RandomLb::start_on("127.0.0.1", backends).await
+    }
+
+    /// A random load balancer listening on `ip`.
+    pub async fn start_on(ip: &str, backends: Vec<SocketAddr>) -> RandomLb {
+        let listener = TcpListener::bind((ip, 0)).await.unwrap();
         let addr = listener.local_addr().unwrap();
         let backends = Arc::new(Mutex::new(backends));
         let picks = Arc::new(AtomicUsize::new(0));
@@ -562,10 +567,19 @@ impl KillableApp {
         .unwrap()
     }
 
+    /// Stops the app and waits until its runtime is down: when this
+    /// returns, its listener refuses connections and every connection it had
+    /// is closed. (Shut down in the background, the listener could still
+    /// accept for a moment, and a request meant to find the app gone would
+    /// find it closing instead.)
     pub fn kill(&mut self) {
         if let Some((app, rt)) = self.parts.take() {
-            drop(app);
-            rt.shutdown_background();
+            std::thread::spawn(move || {
+                drop(app);
+                rt.shutdown_timeout(Duration::from_secs(5));
+            })
+            .join()
+            .unwrap();
         }
     }
 }
@@ -599,4 +613,31 @@ pub async fn fresh_get(addr: SocketAddr, path: &str) -> Result<(u16, String), St
         .and_then(|c| c.parse().ok())
         .ok_or_else(|| format!("not an HTTP response: {text:?}"))?;
     Ok((status, text))
+}
+
+/// Reads one HTTP/1.x message from `s`: its head, lower-cased, and its
+/// Content-Length body (none without one). None when the connection ended
+/// first.
+pub async fn read_message(s: &mut tokio::net::TcpStream) -> Option<(String, Vec<u8>)> {
+    use tokio::io::AsyncReadExt;
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 4096];
+    loop {
+        if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
+            let len: usize = head
+                .lines()
+                .find_map(|l| l.strip_prefix("content-length:"))
+                .and_then(|v| v.trim().parse().ok())
+                .unwrap_or(0);
+            if buf.len() >= end + 4 + len {
+                return Some((head, buf[end + 4..end + 4 + len].to_vec()));
+            }
+        }
+        let n = s.read(&mut chunk).await.ok()?;
+        if n == 0 {
+            return None;
+        }
+        buf.extend_from_slice(&chunk[..n]);
+    }
 }

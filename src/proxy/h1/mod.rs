@@ -42,13 +42,19 @@ use super::upstream::{Kind, Target, UpstreamError};
 use super::Shared;
 use crate::affinity::{self, CookieState};
 use crate::endpoints::{Peer, View};
+use crate::limits::{Lease, CONNECTION_COST};
 use crate::route::{self, Decision, Failed, Hops, SessionMark};
 
 /// A read takes at most this much; a head that does not fit grows the
 /// buffer, up to STICKYD_MAX_HEADER_BYTES.
 pub const READ: usize = 4096;
-/// Bodies are copied in pieces of at most this size.
+/// Bodies are copied in pieces of at most this size, when the buffer budget
+/// has room; else in pieces of [`READ`] bytes.
 const COPY: usize = 16 * 1024;
+// A connection's cost, as the memory budget counts it, covers its head
+// buffer of READ bytes and a response head's; more comes from the buffer
+// budget.
+const _: () = assert!(2 * READ as u64 <= CONNECTION_COST);
 /// The longest response head taken from an upstream.
 const MAX_RESPONSE_HEAD: usize = 64 * 1024;
 /// How long connections accepted at the last moment get to have their first
@@ -69,6 +75,7 @@ pub async fn serve(stream: TcpStream, remote: SocketAddr, shared: Arc<Shared>, p
         peers: Vec::new(),
         held: None,
         settle_at: None,
+        head_lease: None,
     };
     c.run().await;
     // The upstream connections it kept serve the next client connections.
@@ -134,6 +141,23 @@ struct Conn<'a> {
     held: Option<Place>,
     /// Stopping: idle after this instant, the connection closes.
     settle_at: Option<tokio::time::Instant>,
+    /// What the head buffer holds beyond [`READ`] bytes, from the buffer
+    /// budget.
+    head_lease: Option<Lease>,
+}
+
+/// Why no request head came.
+enum NoHead {
+    /// The client sent something that is not a request head we take.
+    Bad(HeadError),
+    /// A larger head than [`READ`] bytes did not fit in the buffer budget.
+    Shed,
+}
+
+impl From<HeadError> for NoHead {
+    fn from(e: HeadError) -> NoHead {
+        NoHead::Bad(e)
+    }
 }
 
 /// Writes `a` then `b` with as few system calls as the socket allows.
@@ -163,7 +187,12 @@ async fn write_two(s: &mut TcpStream, mut a: &[u8], mut b: &[u8]) -> std::io::Re
 
 /// A response of stickyd's own, with a short explanation.
 fn own(status: StatusCode, msg: &str, close: bool) -> Vec<u8> {
-    let mut out = Vec::with_capacity(160 + msg.len());
+    own_with(status, msg, close, b"")
+}
+
+/// [`own`] with `extra`, header lines each ending in CRLF.
+fn own_with(status: StatusCode, msg: &str, close: bool, extra: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(160 + msg.len() + extra.len());
     out.extend_from_slice(b"HTTP/1.1 ");
     out.extend_from_slice(status.as_str().as_bytes());
     out.push(b' ');
@@ -175,7 +204,9 @@ fn own(status: StatusCode, msg: &str, close: bool) -> Vec<u8> {
     if close {
         out.extend_from_slice(b"\r\nconnection: close");
     }
-    out.extend_from_slice(b"\r\n\r\n");
+    out.extend_from_slice(b"\r\n");
+    out.extend_from_slice(extra);
+    out.extend_from_slice(b"\r\n");
     out.extend_from_slice(msg.as_bytes());
     out
 }
@@ -217,7 +248,11 @@ impl Conn<'_> {
             let head = match self.read_head().await {
                 Ok(Some(h)) => h,
                 Ok(None) => return,
-                Err(e) => {
+                Err(NoHead::Shed) => {
+                    self.shed().await;
+                    return;
+                }
+                Err(NoHead::Bad(e)) => {
                     let refused = refusal_of(e);
                     self.shared.metrics.bad_request(refused.metric_label());
                     let (status, msg) = refused.status_and_message();
@@ -240,22 +275,23 @@ impl Conn<'_> {
     /// Waits for the next request head and reads it whole. None: the
     /// connection ends (closed, idle for STICKYD_HEADER_READ_TIMEOUT, or
     /// stopping with nothing in it).
-    async fn read_head(&mut self) -> Result<Option<RequestHead>, HeadError> {
+    async fn read_head(&mut self) -> Result<Option<RequestHead>, NoHead> {
         let cfg = &self.shared.cfg;
         let deadline = tokio::time::Instant::now() + cfg.header_read_timeout;
         self.timer.as_mut().reset(deadline);
         loop {
             if !self.buf.is_empty() {
                 match parse::request(&self.buf, cfg.max_headers) {
-                    Ok(Some(h)) if h.len > cfg.max_header_bytes => return Err(HeadError::TooLarge),
+                    Ok(Some(h)) if h.len > cfg.max_header_bytes => return Err(HeadError::TooLarge.into()),
                     Ok(Some(h)) => return Ok(Some(h)),
-                    Ok(None) if self.buf.len() >= cfg.max_header_bytes => return Err(HeadError::TooLarge),
+                    Ok(None) if self.buf.len() >= cfg.max_header_bytes => return Err(HeadError::TooLarge.into()),
                     Ok(None) => {}
-                    Err(e) => return Err(e),
+                    Err(e) => return Err(e.into()),
                 }
             } else if self.buf.capacity() > 0 {
                 // Idle between requests: hold no buffer.
                 self.buf = Vec::new();
+                self.head_lease = None;
             }
             let want = if self.buf.is_empty() {
                 READ
@@ -263,7 +299,12 @@ impl Conn<'_> {
                 (self.buf.len() * 2).min(cfg.max_header_bytes + 1) - self.buf.len()
             };
             if self.buf.capacity() - self.buf.len() < want.min(READ) {
-                self.buf.reserve(want);
+                // Past READ bytes, the buffer budget pays for the head.
+                let beyond = (self.buf.len() + want).saturating_sub(READ);
+                if beyond > 0 && !self.lease_head(beyond) {
+                    return Err(NoHead::Shed);
+                }
+                self.buf.reserve_exact(want);
             }
             let idle = self.buf.is_empty();
             if let Some(at) = self.settle_at.filter(|_| idle) {
@@ -294,6 +335,49 @@ impl Conn<'_> {
                 }
             }
         }
+    }
+
+    /// Makes the head buffer's lease hold `bytes`. False: the buffer budget
+    /// has no room for them.
+    fn lease_head(&mut self, bytes: usize) -> bool {
+        match &mut self.head_lease {
+            Some(l) if l.bytes() >= bytes => true,
+            Some(l) => {
+                let more = bytes - l.bytes();
+                l.try_grow(more)
+            }
+            None => {
+                self.head_lease = self.shared.cfg.limits.buffers.try_take(bytes);
+                self.head_lease.is_some()
+            }
+        }
+    }
+
+    /// A buffer to copy a body with: [`COPY`] bytes while the buffer budget
+    /// has room (held by the lease returned), else [`READ`] bytes, the
+    /// connection's own share: a body is never refused for want of memory,
+    /// only copied in smaller pieces.
+    fn copy_buffer(&self, mut v: Vec<u8>) -> (Vec<u8>, Option<Lease>) {
+        let lease = self.shared.cfg.limits.buffers.try_take(COPY);
+        v.clear();
+        v.resize(if lease.is_some() { COPY } else { READ }, 0);
+        (v, lease)
+    }
+
+    /// At the buffer budget: 503 with Retry-After, and the connection closes
+    /// (what was read of the request is not kept).
+    async fn shed(&mut self) {
+        self.shared.metrics.shed_request.inc();
+        let msg = "stickyd: this pod is at its memory budget (STICKYD_MEMORY_LIMIT); retry shortly\n";
+        let _ = self
+            .client
+            .write_all(&own_with(
+                StatusCode::SERVICE_UNAVAILABLE,
+                msg,
+                true,
+                b"retry-after: 1\r\n",
+            ))
+            .await;
     }
 
     /// One request: screen, decide, serve or forward (with the fallback),
@@ -757,7 +841,7 @@ impl Conn<'_> {
     /// Copies the rest of the request body from the client to `up`.
     async fn copy_request_body(&mut self, up: &mut Upstream, body: &mut Remaining) -> Result<(), BodyError> {
         // What of the body was in the buffer went with the head.
-        let mut piece = vec![0u8; COPY];
+        let (mut piece, _lease) = self.copy_buffer(Vec::new());
         while !body.done() {
             let n = match self.client.read(&mut piece).await {
                 Ok(0) | Err(_) => return Err(BodyError::ClientGone),
@@ -779,12 +863,11 @@ impl Conn<'_> {
     /// Copies the rest of a response body from `up` to the client. False:
     /// the copy broke off (either side went away, or the upstream's framing
     /// broke); the client connection must close.
-    async fn copy_response_body(&mut self, up: &mut Upstream, body: &mut Remaining, mut piece: Vec<u8>) -> bool {
+    async fn copy_response_body(&mut self, up: &mut Upstream, body: &mut Remaining, piece: Vec<u8>) -> bool {
         if body.done() {
             return true;
         }
-        piece.clear();
-        piece.resize(COPY, 0);
+        let (mut piece, _lease) = self.copy_buffer(piece);
         while !body.done() {
             let n = match up.stream.read(&mut piece).await {
                 Ok(0) => return matches!(body, Remaining::Close),
@@ -805,7 +888,7 @@ impl Conn<'_> {
     /// the connection closes.
     async fn copy_decoded(&mut self, up: &mut Upstream, mut pending: Vec<u8>) -> bool {
         let mut chunked = body::Chunked::default();
-        let mut piece = vec![0u8; COPY];
+        let (mut piece, _lease) = self.copy_buffer(Vec::new());
         loop {
             let mut at = 0;
             while at < pending.len() && !chunked.done() {

@@ -5,12 +5,18 @@
 #
 # nginx (the backend) and wrk run on LOAD_CPU; stickyd (one worker, every
 # request carrying a cookie that names the local pod) and HAProxy (cookie
-# insert) on PROXY_CPU. For each count of active keep-alive connections in
-# CONNS, wrk keeps that many connections busy for HOLD seconds against each
-# proxy in turn (the order alternates per round); VmRSS is sampled every
-# 0.5 s from the second second on and the median kept. Then, for stickyd, the
-# RSS AFTER seconds after the last spike ended. Per-connection KiB is
-# (RSS under load - RSS idle) / connections.
+# insert) on PROXY_CPU. For each round, each count of active keep-alive
+# connections in CONNS and each proxy (the order rotates per round), a fresh
+# proxy process is started, its idle RSS read, and wrk keeps that many
+# connections busy for HOLD seconds; VmRSS is sampled every 0.5 s from the
+# second second on and the median kept. AFTER seconds after wrk ended the RSS
+# is read again (does the memory come back?), and the process is stopped. A
+# fresh process per spike keeps one spike's high-water mark out of the next.
+# Per-connection KiB is (RSS under load - RSS idle) / connections.
+#
+# STICKYD_BINS="name=path name=path ..." compares several stickyd binaries
+# (allocators, targets) in the same run; each name's STICKYD_ENV_<name> is
+# added to its environment (e.g. STICKYD_ENV_glibc_trim="GLIBC_TUNABLES=...").
 #
 # HEAPTRACK=N: instead, run stickyd under heaptrack for one spike of N
 # connections and print heaptrack_print's peak-memory report (apt-get install
@@ -71,15 +77,29 @@ taskset -c "$LOAD_CPU" nginx -c "$WORK/backend.nginx.conf" -e "$WORK/backend.err
 STARTED+=($!)
 wait_port 127.0.0.1 "$BACKEND_PORT"
 
-start_stickyd() { # [wrapper...]
+start_stickyd() { # bin extra-env [wrapper...]
+    local bin=$1 extra=$2; shift 2
     # shellcheck disable=SC2086
     taskset -c "$PROXY_CPU" env STICKYD_LISTEN="127.0.0.1:$SD_PORT" STICKYD_ADMIN_LISTEN="127.0.0.1:$SD_ADMIN" \
         STICKYD_UPSTREAM="http://127.0.0.1:$BACKEND_PORT" STICKYD_POD_NAME=pod-a \
         STICKYD_ENDPOINTS="static:pod-a=127.0.0.1:$SD_PORT" STICKYD_WORKER_THREADS=1 STICKYD_LOG=warn \
-        STICKYD_MAX_CONNECTIONS=20000 $STICKYD_ENV "$@" "$STICKYD_BIN" run 2>"$WORK/stickyd.err" &
-    SD_PID=$!
-    STARTED+=("$SD_PID")
+        STICKYD_MAX_CONNECTIONS=20000 STICKYD_DRAIN_SECONDS=0 $STICKYD_ENV $extra "$@" "$bin" run \
+        2>>"$WORK/stickyd.err" &
+    PID=$!
+    STARTED+=("$PID")
     wait_port 127.0.0.1 "$SD_PORT"
+}
+start_haproxy() {
+    taskset -c "$PROXY_CPU" haproxy -f "$WORK/haproxy.cfg" -db >>"$WORK/haproxy.log" 2>&1 &
+    PID=$!
+    STARTED+=("$PID")
+    wait_port 127.0.0.1 "$HAPROXY_PORT"
+}
+stop() { # pid
+    kill -TERM "$1" 2>/dev/null || true
+    for _ in $(seq 1 100); do kill -0 "$1" 2>/dev/null || return 0; sleep 0.05; done
+    kill -KILL "$1" 2>/dev/null || true
+    wait "$1" 2>/dev/null || true
 }
 
 COOKIE="stickyd=$(cookie_for pod-a)"
@@ -90,18 +110,18 @@ spike() { # port connections pid cookie -> median RSS KiB under load
     sleep 2
     for _ in $(seq 1 $(((HOLD - 3) * 2))); do samples+=("$(rss_kib "$3")"); sleep 0.5; done
     wait "$w"
-    grep -q "Socket errors" "$WORK/wrk.out" && log "  $(grep 'Socket errors' "$WORK/wrk.out")"
+    if grep -q "Socket errors" "$WORK/wrk.out"; then log "  $(grep 'Socket errors' "$WORK/wrk.out")"; fi
     printf '%s\n' "${samples[@]}" | median
 }
 
 if [[ -n "$HEAPTRACK" ]]; then
     command -v heaptrack >/dev/null || die "heaptrack is missing (apt-get install heaptrack)"
-    STICKYD_ENV="$STICKYD_ENV STICKYD_DRAIN_SECONDS=0" start_stickyd heaptrack -o "$OUT/heap-stickyd"
+    start_stickyd "$STICKYD_BIN" "" heaptrack -o "$OUT/heap-stickyd"
     sleep 1
     log "heaptrack: $HEAPTRACK connections for ${HOLD}s"
     spike "$SD_PORT" "$HEAPTRACK" "$(pgrep -f "^$STICKYD_BIN run")" "$COOKIE" >&2
     pkill -INT -f "^$STICKYD_BIN run" || true
-    wait "$SD_PID" 2>/dev/null || true
+    wait "$PID" 2>/dev/null || true
     heaptrack_print -f "$OUT"/heap-stickyd*.zst --print-peaks --peak-limit 40 --print-allocators 0 \
         --print-leaks 0 --print-temporary 0 >"$OUT/heap-peaks.txt" 2>/dev/null
     log "peak consumers: $OUT/heap-peaks.txt (heaptrack --analyze $OUT/heap-stickyd.zst)"
@@ -109,37 +129,50 @@ if [[ -n "$HEAPTRACK" ]]; then
     exit 0
 fi
 
-start_stickyd
-taskset -c "$PROXY_CPU" haproxy -f "$WORK/haproxy.cfg" -db >"$WORK/haproxy.log" 2>&1 &
-HP_PID=$!; STARTED+=("$HP_PID")
-wait_port 127.0.0.1 "$HAPROXY_PORT"
-sleep 1
-SD_IDLE=$(rss_kib "$SD_PID"); HP_IDLE=$(rss_kib "$HP_PID")
+BINS=${STICKYD_BINS:-stickyd=$STICKYD_BIN}
+NAMES=()
+declare -A BIN
+for b in $BINS; do
+    NAMES+=("${b%%=*}"); BIN[${b%%=*}]=${b#*=}
+    [[ -x "${BIN[${b%%=*}]}" ]] || die "no stickyd at ${BIN[${b%%=*}]}"
+done
+PROXIES=("${NAMES[@]}" haproxy)
 CSV="$OUT/memory-load.csv"
-echo "round,connections,proxy,idle_kib,load_kib,per_conn_kib" >"$CSV"
-log "idle: stickyd $SD_IDLE KiB, haproxy $HP_IDLE KiB"
+echo "round,connections,proxy,idle_kib,load_kib,per_conn_kib,after_kib,req_per_s" >"$CSV"
 for r in $(seq 1 "$ROUNDS"); do
     for n in $CONNS; do
-        order=("stickyd" "haproxy"); ((r % 2 == 0)) && order=("haproxy" "stickyd")
+        # Rotate the order each round, so no proxy always runs first.
+        order=()
+        for i in "${!PROXIES[@]}"; do order+=("${PROXIES[$(((i + r) % ${#PROXIES[@]}))]}"); done
         for p in "${order[@]}"; do
-            if [[ $p == stickyd ]]; then port=$SD_PORT pid=$SD_PID idle=$SD_IDLE cookie=$COOKIE
-            else port=$HAPROXY_PORT pid=$HP_PID idle=$HP_IDLE cookie="SRV=s1"; fi
-            kib=$(spike "$port" "$n" "$pid" "$cookie")
+            if [[ $p == haproxy ]]; then
+                start_haproxy; port=$HAPROXY_PORT cookie="SRV=s1"
+            else
+                env_var="STICKYD_ENV_$p"
+                start_stickyd "${BIN[$p]}" "${!env_var:-}"; port=$SD_PORT cookie=$COOKIE
+            fi
+            sleep 1
+            idle=$(rss_kib "$PID")
+            kib=$(spike "$port" "$n" "$PID" "$cookie")
+            rps=$(awk '/^Requests\/sec:/ {printf "%d", $2}' "$WORK/wrk.out")
+            sleep "$AFTER"
+            after=$(rss_kib "$PID")
+            stop "$PID"
             per=$(awk -v a="$kib" -v b="$idle" -v n="$n" 'BEGIN {printf "%.1f", (a - b) / n}')
-            echo "$r,$n,$p,$idle,$kib,$per" | tee -a "$CSV" >&2
-            sleep 2
+            echo "$r,$n,$p,$idle,$kib,$per,$after,$rps" | tee -a "$CSV" >&2
         done
     done
 done
-log "stickyd RSS $AFTER s after the last spike"
-sleep "$AFTER"
-echo "after,$AFTER,stickyd,$SD_IDLE,$(rss_kib "$SD_PID")," | tee -a "$CSV" >&2
-echo "after,$AFTER,haproxy,$HP_IDLE,$(rss_kib "$HP_PID")," | tee -a "$CSV" >&2
-log "medians per connection count (KiB):"
-for n in $CONNS; do
-    for p in stickyd haproxy; do
-        m=$(awk -F, -v n="$n" -v p="$p" '$2==n && $3==p {print $5}' "$CSV" | median)
-        per=$(awk -F, -v n="$n" -v p="$p" '$2==n && $3==p {print $6}' "$CSV" | median)
-        echo "  $n connections: $p RSS $((m / 1024)) MiB, $per KiB per connection" >&2
+col() { awk -F, -v n="$1" -v p="$2" -v c="$3" '$2==n && $3==p {print $c}' "$CSV" | median; }
+log "medians of $ROUNDS rounds:"
+{
+    echo "| connections | proxy | RSS idle | RSS under load | KiB per connection | RSS ${AFTER} s after | req/s |"
+    echo "|---:|---|---:|---:|---:|---:|---:|"
+    for n in $CONNS; do
+        for p in "${PROXIES[@]}"; do
+            printf '| %s | %s | %.1f MiB | %.1f MiB | %s | %.1f MiB | %s |\n' "$n" "$p" \
+                "$(col "$n" "$p" 4 | awk '{print $1 / 1024}')" "$(col "$n" "$p" 5 | awk '{print $1 / 1024}')" \
+                "$(col "$n" "$p" 6)" "$(col "$n" "$p" 7 | awk '{print $1 / 1024}')" "$(col "$n" "$p" 8)"
+        done
     done
-done
+} | tee "$OUT/memory-summary.md"
