@@ -161,7 +161,12 @@ fn page_state(browser: &PathBuf, lb: SocketAddr, virtual_ms: u64) -> Value {
         }
         std::thread::sleep(Duration::from_millis(100));
     };
-    let _ = Command::new("kill").args(["-KILL", &format!("-{pgid}")]).status();
+    // The group by the system call itself: procps-ng 4.0.2's kill(1) reads
+    // `-KILL -12345` as kill(-1, SIGKILL), every process there is.
+    let _ = nix::sys::signal::killpg(
+        nix::unistd::Pid::from_raw(pgid as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    );
     let _ = child.wait();
     let dom = reader.join().unwrap_or_default();
     let _ = std::fs::remove_dir_all(&profile);
