@@ -10,11 +10,12 @@
 //! tests print a SKIP line and pass, unless `STICKYD_REQUIRE_TOOLS=1` (as in
 //! CI), where a missing browser fails them.
 
-use std::io::{BufRead, BufReader, Write};
+mod common;
+
+use std::io::Write;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
@@ -78,15 +79,7 @@ impl Demo {
             .spawn()
             .expect("stickyd demo starts");
         let stdout = child.stdout.take().unwrap();
-        let (tx, rx) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines() {
-                let Ok(line) = line else { break };
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
+        let rx = common::line_channel(stdout);
         let deadline = Instant::now() + Duration::from_secs(20);
         let lb = loop {
             let left = deadline.saturating_duration_since(Instant::now());

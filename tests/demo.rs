@@ -3,8 +3,9 @@
 //! through its load balancer, churn through the control endpoints, the
 //! app-only mode, and argument errors.
 
+mod common;
+
 use std::collections::BTreeMap;
-use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::mpsc;
@@ -47,15 +48,7 @@ impl Demo {
         }
         let mut child = cmd.spawn().expect("spawn stickyd demo");
         let stdout = child.stdout.take().unwrap();
-        let (tx, lines) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines() {
-                let Ok(line) = line else { break };
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
+        let lines = common::line_channel(stdout);
         Demo {
             child,
             lines,

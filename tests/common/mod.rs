@@ -641,3 +641,20 @@ pub async fn read_message(s: &mut tokio::net::TcpStream) -> Option<(String, Vec<
         buf.extend_from_slice(&chunk[..n]);
     }
 }
+
+/// The lines `out` prints, as they come, from a thread of their own (a
+/// child's stdout, read while the test goes on). The channel closes when
+/// `out` ends.
+pub fn line_channel(out: impl std::io::Read + Send + 'static) -> std::sync::mpsc::Receiver<String> {
+    use std::io::BufRead;
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(out).lines() {
+            let Ok(line) = line else { break };
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    rx
+}

@@ -76,6 +76,17 @@ pub struct ResponseHead {
     pub keep_alive: bool,
 }
 
+/// The header fields httparse found, as ranges of `buf`.
+fn fields(buf: &[u8], headers: &[httparse::Header<'_>]) -> Vec<Field> {
+    headers
+        .iter()
+        .map(|h| Field {
+            name: range(buf, h.name.as_bytes()),
+            value: range(buf, h.value),
+        })
+        .collect()
+}
+
 fn range(buf: &[u8], part: &[u8]) -> (u32, u32) {
     // Both point into the same buffer; the offset is plain arithmetic on
     // their addresses.
@@ -210,14 +221,7 @@ pub fn request(buf: &[u8], max_headers: usize) -> Result<Option<RequestHead>, He
             return Err(HeadError::Malformed);
         };
         let http11 = minor == 1;
-        let fields: Vec<Field> = req
-            .headers
-            .iter()
-            .map(|h| Field {
-                name: range(buf, h.name.as_bytes()),
-                value: range(buf, h.value),
-            })
-            .collect();
+        let fields = fields(buf, req.headers);
         let mut head = RequestHead {
             len,
             method: range(buf, method.as_bytes()),
@@ -301,14 +305,7 @@ pub fn response(buf: &[u8], max_headers: usize, head_request: bool) -> Result<Op
             return Err(HeadError::Malformed);
         };
         let reason = res.reason.unwrap_or("");
-        let fields: Vec<Field> = res
-            .headers
-            .iter()
-            .map(|h| Field {
-                name: range(buf, h.name.as_bytes()),
-                value: range(buf, h.value),
-            })
-            .collect();
+        let fields = fields(buf, res.headers);
         let reason_range = if reason.is_empty() {
             (len as u32, len as u32)
         } else {
