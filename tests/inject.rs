@@ -1112,15 +1112,13 @@ fn the_drain_goes_to_the_container_that_serves_the_port_only() {
     );
 }
 
-/// The README's example of `stickyd inject --diff` is what inject prints,
-/// on standard output and on standard error.
+/// The example of `stickyd inject --diff` in docs/inject.md is what inject
+/// prints, on standard output and on standard error.
 #[test]
-fn the_readme_example_is_what_inject_prints() {
+fn the_documented_example_is_what_inject_prints() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let readme = std::fs::read_to_string(root.join("README.md")).unwrap();
-    let start = readme.find("## `stickyd inject`").expect("the inject section");
-    let section = &readme[start..];
-    let section = &section[..section[3..].find("\n## ").map_or(section.len(), |i| i + 3)];
+    let doc = std::fs::read_to_string(root.join("docs/inject.md")).expect("docs/inject.md");
+    let section = doc.as_str();
     let block_after = |marker: &str| {
         let at = section
             .find(marker)

@@ -1103,30 +1103,20 @@ fn copy_dir(from: &Path, to: &Path) {
     }
 }
 
-/// The "Deploy to Kubernetes" section: in README.md once merged there, else
-/// in docs/README-deploy.md.
-fn deploy_section() -> String {
-    for file in ["README.md", "docs/README-deploy.md"] {
-        if let Ok(text) = std::fs::read_to_string(root().join(file)) {
-            if let Some(start) = text.find("## Deploy to Kubernetes") {
-                let rest = &text[start..];
-                let end = rest[3..].find("\n## ").map(|i| i + 3).unwrap_or(rest.len());
-                return rest[..end].to_string();
-            }
-        }
-    }
-    panic!("no \"## Deploy to Kubernetes\" section in README.md or docs/README-deploy.md");
+/// The deployment guide, docs/kubernetes.md.
+fn deploy_guide() -> String {
+    std::fs::read_to_string(root().join("docs/kubernetes.md")).expect("docs/kubernetes.md")
 }
 
-/// The README's overlay, written out as a cluster admin would from its
-/// `# my-app/<file>` code blocks, renders on top of the base into a valid,
-/// lint-clean deployment with the cookie secret wired in.
+/// The deployment guide's overlay, written out as a cluster admin would from
+/// its `# my-app/<file>` code blocks, renders on top of the base into a
+/// valid, lint-clean deployment with the cookie secret wired in.
 #[test]
-fn the_readme_overlay_renders_and_wires_the_cookie_secret() {
-    let Some(kubectl) = tool("kubectl", "the_readme_overlay_renders_and_wires_the_cookie_secret") else {
+fn the_guides_overlay_renders_and_wires_the_cookie_secret() {
+    let Some(kubectl) = tool("kubectl", "the_guides_overlay_renders_and_wires_the_cookie_secret") else {
         return;
     };
-    let section = deploy_section();
+    let section = deploy_guide();
     let dir = std::env::temp_dir().join(format!("stickyd-overlay-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     copy_dir(&root().join("manifests"), &dir.join("stickyd/manifests"));
@@ -1146,7 +1136,7 @@ fn the_readme_overlay_renders_and_wires_the_cookie_secret() {
     assert_eq!(
         files,
         vec!["app.yaml", "cookie-secret.yaml", "kustomization.yaml"],
-        "the README's overlay files"
+        "the guide's overlay files"
     );
     std::fs::copy(
         root().join("manifests/examples/same-namespace/ingress.yaml"),
