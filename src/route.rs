@@ -3,7 +3,8 @@
 //! whose first upstream failed before any byte of it was sent; around it,
 //! which carrier's token decides ([`choose`]) and what a response served
 //! here carries of the token ([`emit`]), by STICKYD_AFFINITY. The README's
-//! routing table mirrors the tests at the bottom of this file row for row.
+//! routing table mirrors the tests at the bottom of this file row for row
+//! (`tests/docs.rs` checks the numbers; docs/routing.md explains the rest).
 
 use crate::affinity::{CookieState, SessionId};
 use crate::config::{AffinityMode, OnMissing};
