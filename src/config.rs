@@ -2,7 +2,9 @@
 //!
 //! Every setting comes from an environment variable. Parsing goes through the
 //! small [`Env`] trait so that tests (and `stickyd lint`, which checks the env
-//! of a manifest) can drive it from a plain map.
+//! of a manifest) can drive it from a plain map, and reads nothing else but
+//! the [`Startup`] facts gathered once at startup. Each default is written
+//! once, in [`VARIABLES`], which the parser reads.
 
 use std::cmp::Ordering;
 use std::collections::{BTreeMap, HashMap};
@@ -365,59 +367,55 @@ pub fn is_service_link(name: &str, value: Option<&str>) -> bool {
     let Some(rest) = name.strip_prefix("STICKYD") else {
         return false;
     };
-    let value_ok = |check: fn(&str) -> bool| value.is_none_or(|v| check(v.trim()));
+    // A Service or port name as the kubelet writes it: upper case, '-' as '_'.
+    let env_name = |n: &str| {
+        !n.is_empty()
+            && n.bytes()
+                .all(|b| b.is_ascii_uppercase() || b.is_ascii_digit() || b == b'_')
+    };
+    let value_is = |check: &dyn Fn(&str) -> bool| value.is_none_or(|v| check(v.trim()));
     let ip = |v: &str| v.parse::<std::net::IpAddr>().is_ok();
     let port = |v: &str| v.parse::<u16>().is_ok();
+    // `tcp://10.0.0.1:80`, `udp://[fd00::1]:53`: the protocol and the port.
     let url = |v: &str| {
-        v.split_once("://")
-            .is_some_and(|(proto, addr)| matches!(proto, "tcp" | "udp" | "sctp") && addr.parse::<SocketAddr>().is_ok())
+        let (proto, addr) = v.split_once("://")?;
+        let addr: SocketAddr = addr.parse().ok()?;
+        matches!(proto, "tcp" | "udp" | "sctp").then(|| (proto.to_ascii_uppercase(), addr.port()))
     };
     // Every split into `<service part><link suffix>`, the service part
     // being empty (Service "stickyd") or `_<NAME>` (Service "stickyd-name").
     (0..=rest.len()).filter(|&i| rest.is_char_boundary(i)).any(|i| {
         let (service, link) = rest.split_at(i);
-        let service_ok = service.is_empty()
-            || service.strip_prefix('_').is_some_and(|n| {
-                !n.is_empty()
-                    && n.bytes()
-                        .all(|b| b.is_ascii_uppercase() || b.is_ascii_digit() || b == b'_')
-            });
-        if !service_ok {
+        if !(service.is_empty() || service.strip_prefix('_').is_some_and(env_name)) {
             return false;
         }
         match link {
-            "_SERVICE_HOST" => value_ok(ip),
-            "_SERVICE_PORT" => value_ok(port),
-            "_PORT" => value_ok(url),
-            _ => {
-                if let Some(port_name) = link.strip_prefix("_SERVICE_PORT_") {
-                    return !port_name.is_empty()
-                        && port_name
-                            .bytes()
-                            .all(|b| b.is_ascii_uppercase() || b.is_ascii_digit() || b == b'_')
-                        && value_ok(port);
-                }
-                let Some(numbered) = link.strip_prefix("_PORT_") else {
-                    return false;
-                };
-                let Some((number, proto_and_field)) = numbered.split_once('_') else {
-                    return false;
-                };
-                if number.parse::<u16>().is_err() || !number.bytes().all(|b| b.is_ascii_digit()) {
-                    return false;
-                }
-                let (proto, field) = proto_and_field.split_once('_').unwrap_or((proto_and_field, ""));
-                if !matches!(proto, "TCP" | "UDP" | "SCTP") {
-                    return false;
-                }
-                match field {
-                    "" => value_ok(url),
-                    "PROTO" => value.is_none_or(|v| v.trim().eq_ignore_ascii_case(proto)),
-                    "PORT" => value.is_none_or(|v| v.trim() == number),
-                    "ADDR" => value_ok(ip),
-                    _ => false,
-                }
-            }
+            "_SERVICE_HOST" => return value_is(&ip),
+            "_SERVICE_PORT" => return value_is(&port),
+            "_PORT" => return value_is(&|v| url(v).is_some()),
+            _ => {}
+        }
+        if let Some(port_name) = link.strip_prefix("_SERVICE_PORT_") {
+            return env_name(port_name) && value_is(&port);
+        }
+        // _PORT_<N>_<PROTO>, and that followed by _PROTO, _PORT or _ADDR.
+        let Some((number, proto_and_field)) = link.strip_prefix("_PORT_").and_then(|l| l.split_once('_')) else {
+            return false;
+        };
+        // The number as the kubelet writes it: digits, no sign, no leading zero.
+        let Some(n) = number.parse::<u16>().ok().filter(|n| n.to_string() == number) else {
+            return false;
+        };
+        let (proto, field) = proto_and_field.split_once('_').unwrap_or((proto_and_field, ""));
+        if !matches!(proto, "TCP" | "UDP" | "SCTP") {
+            return false;
+        }
+        match field {
+            "" => value_is(&|v| url(v) == Some((proto.to_string(), n))),
+            "PROTO" => value_is(&|v| v.eq_ignore_ascii_case(proto)),
+            "PORT" => value_is(&|v| v.parse() == Ok(n)),
+            "ADDR" => value_is(&ip),
+            _ => false,
         }
     })
 }
@@ -1661,6 +1659,9 @@ mod tests {
             ("STICKYD_PORT_80_TCP_PORT", "81"),
             ("STICKYD_PORT_80_TCP_PROTO", "udp"),
             ("STICKYD_PORT_80_TCP", "http://10.96.0.12:80"),
+            ("STICKYD_PORT_80_TCP", "tcp://10.96.0.12:81"),
+            ("STICKYD_PORT_80_TCP", "udp://10.96.0.12:80"),
+            ("STICKYD_PORT_080_TCP_PORT", "80"),
             ("STICKYD_PORT", "8080"),
             ("STICKYD_SERVICE_HOST", "shop"),
             ("STICKYD_SERVICE_PORT", "http"),
