@@ -2,19 +2,25 @@
 //!
 //! Every setting comes from an environment variable. Parsing goes through the
 //! small [`Env`] trait so that tests (and `stickyd lint`, which checks the env
-//! of a manifest) can drive it from a plain map.
+//! of a manifest) can drive it from a plain map, and reads nothing else but
+//! the [`Startup`] facts gathered once at startup. Each default is written
+//! once, in [`VARIABLES`], which the parser reads.
 
+use std::cmp::Ordering;
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
 use crate::affinity::Keys;
-use crate::limits::{self, Host, Limits};
+use crate::limits::{self, Limits};
+use crate::startup::Startup;
 
 /// Where configuration values come from.
 pub trait Env {
     fn get(&self, key: &str) -> Option<String>;
+    /// The names of every variable set, to find the misspelt ones.
+    fn names(&self) -> Vec<String>;
 }
 
 /// The process environment.
@@ -24,11 +30,19 @@ impl Env for ProcessEnv {
     fn get(&self, key: &str) -> Option<String> {
         std::env::var(key).ok()
     }
+    fn names(&self) -> Vec<String> {
+        std::env::vars_os()
+            .map(|(k, _)| k.to_string_lossy().into_owned())
+            .collect()
+    }
 }
 
 impl Env for HashMap<String, String> {
     fn get(&self, key: &str) -> Option<String> {
         HashMap::get(self, key).cloned()
+    }
+    fn names(&self) -> Vec<String> {
+        self.keys().cloned().collect()
     }
 }
 
@@ -36,11 +50,17 @@ impl Env for BTreeMap<String, String> {
     fn get(&self, key: &str) -> Option<String> {
         BTreeMap::get(self, key).cloned()
     }
+    fn names(&self) -> Vec<String> {
+        self.keys().cloned().collect()
+    }
 }
 
 impl<const N: usize> Env for [(&str, &str); N] {
     fn get(&self, key: &str) -> Option<String> {
         self.iter().find(|(k, _)| *k == key).map(|(_, v)| v.to_string())
+    }
+    fn names(&self) -> Vec<String> {
+        self.iter().map(|(k, _)| k.to_string()).collect()
     }
 }
 
@@ -62,13 +82,18 @@ pub enum ConfigError {
         path: String,
         message: String,
     },
+    /// A `STICKYD_*` variable that no part of stickyd reads: most likely a
+    /// misspelt one, which would otherwise leave its setting at the default.
+    #[error("{var} is not a stickyd variable; did you mean {closest}?")]
+    Unknown { var: String, closest: &'static str },
 }
 
 impl ConfigError {
     /// The variable this error is about.
-    pub fn var(&self) -> &'static str {
+    pub fn var(&self) -> &str {
         match self {
             ConfigError::Invalid { var, .. } | ConfigError::Conflict { var, .. } | ConfigError::File { var, .. } => var,
+            ConfigError::Unknown { var, .. } => var,
         }
     }
 
@@ -287,6 +312,120 @@ pub const VARIABLES: &[(&str, Option<&str>)] = &[
     ("STICKYD_WORKER_THREADS", None),
 ];
 
+/// Every variable any part of stickyd reads: the sidecar's ([`VARIABLES`])
+/// and `stickyd injector`'s ([`crate::injector::VARIABLES`]).
+pub fn known_variables() -> impl Iterator<Item = &'static str> {
+    VARIABLES
+        .iter()
+        .chain(crate::injector::VARIABLES)
+        .map(|(name, _)| *name)
+}
+
+/// The first `STICKYD_*` name among `names` that stickyd does not read, as
+/// an error naming the closest variable it does read. The variables that
+/// Kubernetes' service links inject for a Service named `stickyd` or
+/// `stickyd-…` (`STICKYD_SERVICE_HOST`, `STICKYD_PORT`, …) are not stickyd's,
+/// and are left alone when their values have the shape Kubernetes gives them.
+pub fn unknown_variable<'a>(vars: impl IntoIterator<Item = (&'a str, Option<&'a str>)>) -> Option<ConfigError> {
+    vars.into_iter()
+        .filter(|(name, _)| name.starts_with("STICKYD_"))
+        .filter(|(name, _)| !known_variables().any(|k| k == *name))
+        .find(|(name, value)| !is_service_link(name, *value))
+        .map(|(name, _)| ConfigError::Unknown {
+            var: name.to_string(),
+            closest: closest_variable(name),
+        })
+}
+
+/// The variable stickyd reads whose name is nearest to `name`, after the
+/// common `STICKYD_`: the fewest edits for the length (a swap of two letters
+/// counting as one, so `STICKYD_PORT` is nearer `STICKYD_PORT_NAME` than
+/// `STICKYD_LOG`); between equals, one the name begins (a name cut short).
+pub fn closest_variable(name: &str) -> &'static str {
+    let typed = name.strip_prefix("STICKYD_").unwrap_or(name);
+    let rank = |k: &'static str| {
+        let tail = k.strip_prefix("STICKYD_").unwrap_or(k);
+        (
+            strsim::normalized_damerau_levenshtein(tail, typed),
+            tail.starts_with(typed),
+        )
+    };
+    known_variables()
+        .max_by(|a, b| {
+            let (ra, rb) = (rank(a), rank(b));
+            ra.0.total_cmp(&rb.0).then(ra.1.cmp(&rb.1)).then(Ordering::Greater)
+        })
+        .expect("stickyd reads variables")
+}
+
+/// Whether `name` (with `value`, when known) is one of the variables the
+/// kubelet sets for a Service named `stickyd` or `stickyd-<name>` in the
+/// pod's namespace: `…_SERVICE_HOST`, `…_SERVICE_PORT`,
+/// `…_SERVICE_PORT_<PORT NAME>`, `…_PORT`, `…_PORT_<N>_<PROTO>` and that
+/// followed by `_PROTO`, `_PORT` or `_ADDR`.
+pub fn is_service_link(name: &str, value: Option<&str>) -> bool {
+    let Some(rest) = name.strip_prefix("STICKYD") else {
+        return false;
+    };
+    // A Service or port name as the kubelet writes it: upper case, '-' as '_'.
+    let env_name = |n: &str| {
+        !n.is_empty()
+            && n.bytes()
+                .all(|b| b.is_ascii_uppercase() || b.is_ascii_digit() || b == b'_')
+    };
+    let value_is = |check: &dyn Fn(&str) -> bool| value.is_none_or(|v| check(v.trim()));
+    let ip = |v: &str| v.parse::<std::net::IpAddr>().is_ok();
+    let port = |v: &str| v.parse::<u16>().is_ok();
+    // `tcp://10.0.0.1:80`, `udp://[fd00::1]:53`: the protocol and the port.
+    let url = |v: &str| {
+        let (proto, addr) = v.split_once("://")?;
+        let addr: SocketAddr = addr.parse().ok()?;
+        matches!(proto, "tcp" | "udp" | "sctp").then(|| (proto.to_ascii_uppercase(), addr.port()))
+    };
+    // Every split into `<service part><link suffix>`, the service part
+    // being empty (Service "stickyd") or `_<NAME>` (Service "stickyd-name").
+    (0..=rest.len()).filter(|&i| rest.is_char_boundary(i)).any(|i| {
+        let (service, link) = rest.split_at(i);
+        if !(service.is_empty() || service.strip_prefix('_').is_some_and(env_name)) {
+            return false;
+        }
+        match link {
+            "_SERVICE_HOST" => return value_is(&ip),
+            "_SERVICE_PORT" => return value_is(&port),
+            "_PORT" => return value_is(&|v| url(v).is_some()),
+            _ => {}
+        }
+        if let Some(port_name) = link.strip_prefix("_SERVICE_PORT_") {
+            return env_name(port_name) && value_is(&port);
+        }
+        // _PORT_<N>_<PROTO>, and that followed by _PROTO, _PORT or _ADDR.
+        let Some((number, proto_and_field)) = link.strip_prefix("_PORT_").and_then(|l| l.split_once('_')) else {
+            return false;
+        };
+        // The number as the kubelet writes it: digits, no sign, no leading zero.
+        let Some(n) = number.parse::<u16>().ok().filter(|n| n.to_string() == number) else {
+            return false;
+        };
+        let (proto, field) = proto_and_field.split_once('_').unwrap_or((proto_and_field, ""));
+        if !matches!(proto, "TCP" | "UDP" | "SCTP") {
+            return false;
+        }
+        match field {
+            "" => value_is(&|v| url(v) == Some((proto.to_string(), n))),
+            "PROTO" => value_is(&|v| v.eq_ignore_ascii_case(proto)),
+            "PORT" => value_is(&|v| v.parse() == Ok(n)),
+            "ADDR" => value_is(&ip),
+            _ => false,
+        }
+    })
+}
+
+/// Refuses an unknown `STICKYD_*` variable in `env`.
+pub fn check_names(env: &dyn Env) -> Result<(), ConfigError> {
+    let vars: Vec<(Option<String>, String)> = env.names().into_iter().map(|n| (env.get(&n), n)).collect();
+    unknown_variable(vars.iter().map(|(v, n)| (n.as_str(), v.as_deref()))).map_or(Ok(()), Err)
+}
+
 /// Characters that make a cookie Path a regular expression rather than a
 /// literal prefix.
 const REGEX_CHARS: &[char] = &['(', ')', '|', '$', '*', '?', '[', ']', '\\', '^', '+', '{', '}'];
@@ -305,21 +444,25 @@ fn var_or_default(env: &dyn Env, name: &'static str) -> Option<String> {
     var(env, name).or_else(|| default_of(name).map(str::to_string))
 }
 
-fn parse_addr(env: &dyn Env, name: &'static str, default: &str) -> Result<SocketAddr, ConfigError> {
-    let raw = var(env, name).unwrap_or_else(|| default.to_string());
+/// A variable's value, or its default from [`VARIABLES`], for a variable
+/// that has one.
+fn value(env: &dyn Env, name: &'static str) -> String {
+    var_or_default(env, name).unwrap_or_else(|| panic!("{name} has a default in VARIABLES"))
+}
+
+fn parse_addr(env: &dyn Env, name: &'static str) -> Result<SocketAddr, ConfigError> {
+    let raw = value(env, name);
     raw.trim()
         .parse()
         .map_err(|_| ConfigError::invalid(name, &raw, "an IP:PORT socket address, e.g. 0.0.0.0:8080 or [::]:8080"))
 }
 
-fn parse_bool(env: &dyn Env, name: &'static str, default: bool) -> Result<bool, ConfigError> {
-    match var(env, name) {
-        None => Ok(default),
-        Some(v) => match v.trim().to_ascii_lowercase().as_str() {
-            "true" | "1" | "yes" | "on" => Ok(true),
-            "false" | "0" | "no" | "off" => Ok(false),
-            _ => Err(ConfigError::invalid(name, &v, "true or false")),
-        },
+fn parse_bool(env: &dyn Env, name: &'static str) -> Result<bool, ConfigError> {
+    let v = value(env, name);
+    match v.trim().to_ascii_lowercase().as_str() {
+        "true" | "1" | "yes" | "on" => Ok(true),
+        "false" | "0" | "no" | "off" => Ok(false),
+        _ => Err(ConfigError::invalid(name, &v, "true or false")),
     }
 }
 
@@ -347,8 +490,9 @@ pub fn parse_duration(raw: &str) -> Option<Duration> {
     Some(Duration::from_secs_f64(v * mult))
 }
 
-fn parse_secs(env: &dyn Env, name: &'static str, default: Option<&str>) -> Result<Option<Duration>, ConfigError> {
-    let Some(raw) = var(env, name).or(default.map(str::to_string)) else {
+/// A duration, or its default (`None` when it has none and is unset).
+fn parse_secs(env: &dyn Env, name: &'static str) -> Result<Option<Duration>, ConfigError> {
+    let Some(raw) = var_or_default(env, name) else {
         return Ok(None);
     };
     parse_duration(&raw).map(Some).ok_or_else(|| {
@@ -360,21 +504,23 @@ fn parse_secs(env: &dyn Env, name: &'static str, default: Option<&str>) -> Resul
     })
 }
 
-fn req_secs(env: &dyn Env, name: &'static str, default: &str) -> Result<Duration, ConfigError> {
-    Ok(parse_secs(env, name, Some(default))?.expect("default is set"))
+fn req_secs(env: &dyn Env, name: &'static str) -> Result<Duration, ConfigError> {
+    parse_secs(env, name).map(|d| d.unwrap_or_else(|| panic!("{name} has a default in VARIABLES")))
 }
 
-fn parse_positive(env: &dyn Env, name: &'static str, default: usize, max: usize) -> Result<usize, ConfigError> {
-    match var(env, name) {
-        None => Ok(default),
-        Some(v) => match v.trim().parse::<usize>() {
-            Ok(n) if n >= 1 && n <= max => Ok(n),
-            _ => Err(ConfigError::invalid(
-                name,
-                &v,
-                format!("a whole number from 1 to {max}"),
-            )),
-        },
+/// A whole number from 1 to `max`, or its default (`None` when it has none
+/// and is unset).
+fn parse_positive(env: &dyn Env, name: &'static str, max: usize) -> Result<Option<usize>, ConfigError> {
+    let Some(v) = var_or_default(env, name) else {
+        return Ok(None);
+    };
+    match v.trim().parse::<usize>() {
+        Ok(n) if n >= 1 && n <= max => Ok(Some(n)),
+        _ => Err(ConfigError::invalid(
+            name,
+            &v,
+            format!("a whole number from 1 to {max}"),
+        )),
     }
 }
 
@@ -449,7 +595,7 @@ pub fn parse_peer_list(list: &str) -> Result<Vec<(String, SocketAddr)>, String> 
 
 const ENDPOINTS_FORMS: &str = "kubernetes, static:NAME=IP:PORT,NAME=IP:PORT,..., or file:PATH (a file of NAME=IP:PORT lines, re-read when it changes)";
 
-fn parse_endpoints(raw: &str) -> Result<EndpointsSource, ConfigError> {
+fn parse_endpoints(raw: &str, startup: &Startup) -> Result<EndpointsSource, ConfigError> {
     let bad = |why: String| ConfigError::invalid("STICKYD_ENDPOINTS", raw, format!("{ENDPOINTS_FORMS} ({why})"));
     let s = raw.trim();
     if s == "kubernetes" {
@@ -458,32 +604,56 @@ fn parse_endpoints(raw: &str) -> Result<EndpointsSource, ConfigError> {
         Ok(EndpointsSource::Static(parse_peer_list(list).map_err(bad)?))
     } else if let Some(path) = s.strip_prefix("file:") {
         let path = PathBuf::from(path.trim());
-        let text = std::fs::read_to_string(&path).map_err(|e| bad(format!("cannot read {}: {e}", path.display())))?;
-        parse_peer_list(&text).map_err(|e| bad(format!("{}: {e}", path.display())))?;
+        let text = file_text(startup, &path).map_err(|e| bad(format!("cannot read {}: {e}", path.display())))?;
+        parse_peer_list(text).map_err(|e| bad(format!("{}: {e}", path.display())))?;
         Ok(EndpointsSource::File(path))
     } else {
         Err(ConfigError::invalid("STICKYD_ENDPOINTS", raw, ENDPOINTS_FORMS))
     }
 }
 
-/// Reads the HMAC keys from STICKYD_COOKIE_SECRET or the file named by
-/// STICKYD_COOKIE_SECRET_FILE.
+/// The files the variables in `env` name, which [`Startup::gather`] reads
+/// at startup: STICKYD_COOKIE_SECRET_FILE, and STICKYD_ENDPOINTS=file:PATH.
+pub fn files_named(env: &dyn Env) -> Vec<(&'static str, PathBuf)> {
+    let mut files = Vec::new();
+    if let Some(path) = var(env, "STICKYD_COOKIE_SECRET_FILE") {
+        files.push(("STICKYD_COOKIE_SECRET_FILE", PathBuf::from(path)));
+    }
+    if let Some(path) = var(env, "STICKYD_ENDPOINTS").and_then(|v| v.trim().strip_prefix("file:").map(str::to_string)) {
+        files.push(("STICKYD_ENDPOINTS", PathBuf::from(path.trim())));
+    }
+    files
+}
+
+/// The text of a file named by a variable, as read at startup.
+fn file_text<'a>(startup: &'a Startup, path: &std::path::Path) -> Result<&'a str, String> {
+    match startup.files.get(path) {
+        Some(Ok(text)) => Ok(text),
+        Some(Err(e)) => Err(e.clone()),
+        None => Err("not read at startup".into()),
+    }
+}
+
+/// The HMAC keys in the text of STICKYD_COOKIE_SECRET_FILE.
+fn secret_file_keys(path: &std::path::Path, text: Result<&str, String>) -> Result<Keys, ConfigError> {
+    let error = |message| ConfigError::File {
+        var: "STICKYD_COOKIE_SECRET_FILE",
+        path: path.display().to_string(),
+        message,
+    };
+    Keys::parse(text.map_err(error)?).map_err(error)
+}
+
+/// Reads the HMAC keys from the file named by STICKYD_COOKIE_SECRET_FILE
+/// again (a rotated Secret).
 pub fn read_secret_file(path: &std::path::Path) -> Result<Keys, ConfigError> {
-    let text = std::fs::read_to_string(path).map_err(|e| ConfigError::File {
-        var: "STICKYD_COOKIE_SECRET_FILE",
-        path: path.display().to_string(),
-        message: e.to_string(),
-    })?;
-    Keys::parse(&text).map_err(|why| ConfigError::File {
-        var: "STICKYD_COOKIE_SECRET_FILE",
-        path: path.display().to_string(),
-        message: why,
-    })
+    let text = std::fs::read_to_string(path).map_err(|e| e.to_string());
+    secret_file_keys(path, text.as_deref().map_err(Clone::clone))
 }
 
 /// One runtime thread per CPU the cgroup quota allows, at most one per core.
-fn default_worker_threads(quota_cpus: Option<usize>) -> usize {
-    let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+fn default_worker_threads(quota_cpus: Option<usize>, cores: usize) -> usize {
+    let cores = cores.max(1);
     quota_cpus.unwrap_or(cores).min(cores).max(1)
 }
 
@@ -508,39 +678,28 @@ fn parse_memory_limit(env: &dyn Env) -> Result<Option<u64>, ConfigError> {
     Ok(Some(bytes))
 }
 
-fn default_pod_name() -> Option<String> {
-    std::env::var("HOSTNAME")
-        .ok()
-        .or_else(|| std::fs::read_to_string("/etc/hostname").ok())
-        .map(|s| s.trim().to_string())
-        .filter(|s| !s.is_empty())
-}
-
 impl Config {
-    /// Parses the configuration from the process environment, with the
-    /// limits of this process's cgroups (read here).
-    pub fn from_process_env() -> Result<Config, ConfigError> {
-        Config::from_env_on(&ProcessEnv, &Host::detect())
-    }
-
-    /// Parses the configuration from any [`Env`], e.g. a map in tests, as on
-    /// a host without cgroup limits: the memory limit is STICKYD_MEMORY_LIMIT
-    /// alone.
+    /// Parses the configuration from any [`Env`], e.g. a map in tests, on a
+    /// machine nothing is known about ([`Startup::default`]): no hostname,
+    /// no cgroup limit, no file.
     pub fn from_env(env: &dyn Env) -> Result<Config, ConfigError> {
-        Config::from_env_on(env, &Host::default())
+        Config::parse(env, &Startup::default())
     }
 
-    /// Parses the configuration from `env` on a host with the cgroup limits
-    /// `host` (read by [`Host::detect`] at startup). Reads no cgroup file.
-    pub fn from_env_on(env: &dyn Env, host: &Host) -> Result<Config, ConfigError> {
-        let listen = parse_addr(env, "STICKYD_LISTEN", "0.0.0.0:8080")?;
-        let admin_listen = parse_addr(env, "STICKYD_ADMIN_LISTEN", "0.0.0.0:9090")?;
-        let upstream_raw = var(env, "STICKYD_UPSTREAM").unwrap_or_else(|| "http://127.0.0.1:8081".into());
+    /// Parses the configuration from `env` with the facts `startup` has
+    /// about the machine (gathered once by [`Startup::gather`]). Reads
+    /// nothing else: the same `env` and `startup` give the same result.
+    pub fn parse(env: &dyn Env, startup: &Startup) -> Result<Config, ConfigError> {
+        check_names(env)?;
+        let host = &startup.host;
+        let listen = parse_addr(env, "STICKYD_LISTEN")?;
+        let admin_listen = parse_addr(env, "STICKYD_ADMIN_LISTEN")?;
+        let upstream_raw = value(env, "STICKYD_UPSTREAM");
         let (upstream, upstream_authority) = parse_upstream(&upstream_raw)?;
-        let upstream_protocol = match var(env, "STICKYD_UPSTREAM_PROTOCOL").as_deref().map(str::trim) {
-            None | Some("http1") => UpstreamProtocol::Http1,
-            Some("h2c") | Some("http2") | Some("h2") => UpstreamProtocol::H2c,
-            Some(other) => {
+        let upstream_protocol = match value(env, "STICKYD_UPSTREAM_PROTOCOL").trim() {
+            "http1" => UpstreamProtocol::Http1,
+            "h2c" | "http2" | "h2" => UpstreamProtocol::H2c,
+            other => {
                 return Err(ConfigError::invalid(
                     "STICKYD_UPSTREAM_PROTOCOL",
                     other,
@@ -561,7 +720,7 @@ impl Config {
             });
         }
 
-        let pod_name = match var(env, "STICKYD_POD_NAME").or_else(default_pod_name) {
+        let pod_name = match var(env, "STICKYD_POD_NAME").or_else(|| startup.hostname.clone()) {
             Some(n) => n.trim().to_string(),
             None => {
                 return Err(ConfigError::invalid(
@@ -579,8 +738,7 @@ impl Config {
             ));
         }
 
-        let endpoints_raw = var(env, "STICKYD_ENDPOINTS").unwrap_or_else(|| "kubernetes".into());
-        let endpoints = parse_endpoints(&endpoints_raw)?;
+        let endpoints = parse_endpoints(&value(env, "STICKYD_ENDPOINTS"), startup)?;
         let namespace = var(env, "STICKYD_NAMESPACE").map(|s| s.trim().to_string());
         let service = var(env, "STICKYD_SERVICE").map(|s| s.trim().to_string());
         let port_name = var(env, "STICKYD_PORT_NAME").map(|s| s.trim().to_string());
@@ -609,23 +767,23 @@ impl Config {
                 "the name of the Service whose EndpointSlices list the peers (required with STICKYD_ENDPOINTS=kubernetes)",
             ));
         }
-        let sync_timeout = req_secs(env, "STICKYD_SYNC_TIMEOUT", "10")?;
+        let sync_timeout = req_secs(env, "STICKYD_SYNC_TIMEOUT")?;
 
         let (affinity, affinity_header) = parse_affinity(env)?;
-        let cookie = parse_cookie(env, affinity)?;
+        let cookie = parse_cookie(env, affinity, startup)?;
 
         let on_missing =
-            match var(env, "STICKYD_ON_MISSING").as_deref().map(str::trim) {
-                None | Some("repin") => OnMissing::Repin,
-                Some("reject") => OnMissing::Reject,
-                Some(other) => return Err(ConfigError::invalid(
+            match value(env, "STICKYD_ON_MISSING").trim() {
+                "repin" => OnMissing::Repin,
+                "reject" => OnMissing::Reject,
+                other => return Err(ConfigError::invalid(
                     "STICKYD_ON_MISSING",
                     other,
                     "repin (serve here and pin the session to this pod) or reject (503 while the pinned pod is gone)",
                 )),
             };
 
-        let log = var(env, "STICKYD_LOG").unwrap_or_else(|| "info".into());
+        let log = value(env, "STICKYD_LOG");
         // tracing-subscriber's filter parser can panic on control characters.
         let printable = log.bytes().all(|b| (0x20..0x7f).contains(&b));
         if !printable || tracing_subscriber::EnvFilter::try_new(&log).is_err() {
@@ -635,24 +793,19 @@ impl Config {
                 "a tracing filter such as info, debug, or stickyd=debug,hyper=info",
             ));
         }
-        let log_format = match var(env, "STICKYD_LOG_FORMAT").as_deref().map(str::trim) {
-            None | Some("text") => LogFormat::Text,
-            Some("json") => LogFormat::Json,
-            Some(other) => return Err(ConfigError::invalid("STICKYD_LOG_FORMAT", other, "text or json")),
+        let log_format = match value(env, "STICKYD_LOG_FORMAT").trim() {
+            "text" => LogFormat::Text,
+            "json" => LogFormat::Json,
+            other => return Err(ConfigError::invalid("STICKYD_LOG_FORMAT", other, "text or json")),
         };
-        let worker_threads = parse_positive(env, "STICKYD_WORKER_THREADS", 0, 1024)?;
-        let worker_threads = if worker_threads == 0 {
-            default_worker_threads(host.cpus)
-        } else {
-            worker_threads
-        };
+        // Unset: from the CPU quota and the cores.
+        let worker_threads = parse_positive(env, "STICKYD_WORKER_THREADS", 1024)?
+            .unwrap_or_else(|| default_worker_threads(host.cpus, startup.cores));
         let memory_limit = parse_memory_limit(env)?;
         // Unset: derived from the memory limit.
-        let max_connections = var(env, "STICKYD_MAX_CONNECTIONS")
-            .map(|_| parse_positive(env, "STICKYD_MAX_CONNECTIONS", 0, limits::MAX_CONNECTIONS_CAP))
-            .transpose()?;
+        let max_connections = parse_positive(env, "STICKYD_MAX_CONNECTIONS", limits::MAX_CONNECTIONS_CAP)?;
         let limits = Limits::resolve(memory_limit, max_connections, host.memory.as_ref());
-        let max_header_bytes = parse_positive(env, "STICKYD_MAX_HEADER_BYTES", 65536, 1 << 24)?;
+        let max_header_bytes = positive(env, "STICKYD_MAX_HEADER_BYTES", 1 << 24)?;
         if max_header_bytes < 8192 {
             return Err(ConfigError::invalid(
                 "STICKYD_MAX_HEADER_BYTES",
@@ -677,16 +830,16 @@ impl Config {
             affinity,
             affinity_header,
             on_missing,
-            drain: req_secs(env, "STICKYD_DRAIN_SECONDS", "5")?,
-            drain_timeout: req_secs(env, "STICKYD_DRAIN_TIMEOUT", "30")?,
-            connect_timeout: nonzero(env, "STICKYD_CONNECT_TIMEOUT", "1")?,
-            response_timeout: nonzero(env, "STICKYD_RESPONSE_TIMEOUT", "60")?,
-            header_read_timeout: nonzero(env, "STICKYD_HEADER_READ_TIMEOUT", "10")?,
+            drain: req_secs(env, "STICKYD_DRAIN_SECONDS")?,
+            drain_timeout: req_secs(env, "STICKYD_DRAIN_TIMEOUT")?,
+            connect_timeout: nonzero(env, "STICKYD_CONNECT_TIMEOUT")?,
+            response_timeout: nonzero(env, "STICKYD_RESPONSE_TIMEOUT")?,
+            header_read_timeout: nonzero(env, "STICKYD_HEADER_READ_TIMEOUT")?,
             max_header_bytes,
-            max_headers: parse_positive(env, "STICKYD_MAX_HEADERS", 100, 10_000)?,
+            max_headers: positive(env, "STICKYD_MAX_HEADERS", 10_000)?,
             max_connections: limits.budget.max_connections,
-            pool_idle_timeout: nonzero(env, "STICKYD_POOL_IDLE_TIMEOUT", "60")?,
-            session_active_window: nonzero(env, "STICKYD_SESSION_ACTIVE_WINDOW", "5m")?,
+            pool_idle_timeout: nonzero(env, "STICKYD_POOL_IDLE_TIMEOUT")?,
+            session_active_window: nonzero(env, "STICKYD_SESSION_ACTIVE_WINDOW")?,
             log,
             log_format,
             worker_threads,
@@ -700,8 +853,13 @@ pub fn has_prefix(name: &str, prefix: &str) -> bool {
     name.len() >= prefix.len() && name.as_bytes()[..prefix.len()].eq_ignore_ascii_case(prefix.as_bytes())
 }
 
-fn nonzero(env: &dyn Env, name: &'static str, default: &str) -> Result<Duration, ConfigError> {
-    let d = req_secs(env, name, default)?;
+/// [`parse_positive`] for a variable that has a default.
+fn positive(env: &dyn Env, name: &'static str, max: usize) -> Result<usize, ConfigError> {
+    parse_positive(env, name, max).map(|n| n.unwrap_or_else(|| panic!("{name} has a default in VARIABLES")))
+}
+
+fn nonzero(env: &dyn Env, name: &'static str) -> Result<Duration, ConfigError> {
+    let d = req_secs(env, name)?;
     if d.is_zero() {
         return Err(ConfigError::invalid(name, "0", "a duration greater than zero"));
     }
@@ -737,7 +895,7 @@ const RESERVED_HEADERS: &[&str] = &[
 /// [`parse_cookie`].
 fn parse_affinity(env: &dyn Env) -> Result<(AffinityMode, http::HeaderName), ConfigError> {
     const VAR: &str = "STICKYD_AFFINITY";
-    let raw = var_or_default(env, VAR).expect("STICKYD_AFFINITY has a default");
+    let raw = value(env, VAR);
     let normal: String = raw
         .chars()
         .filter(|c| !c.is_whitespace())
@@ -767,7 +925,7 @@ fn parse_affinity(env: &dyn Env) -> Result<(AffinityMode, http::HeaderName), Con
             ),
         });
     }
-    let raw = var_or_default(env, HEADER).expect("STICKYD_AFFINITY_HEADER has a default");
+    let raw = value(env, HEADER);
     let name = raw.trim().to_ascii_lowercase();
     let header = http::HeaderName::from_bytes(name.as_bytes())
         .ok()
@@ -810,7 +968,7 @@ fn parse_affinity(env: &dyn Env) -> Result<(AffinityMode, http::HeaderName), Con
     Ok((mode, header))
 }
 
-fn parse_cookie(env: &dyn Env, affinity: AffinityMode) -> Result<CookieConfig, ConfigError> {
+fn parse_cookie(env: &dyn Env, affinity: AffinityMode, startup: &Startup) -> Result<CookieConfig, ConfigError> {
     // In app-cookie mode the token rides in the app's cookie, whose name is
     // checked as stickyd's own would be (the __Host- rules included: they
     // bind the attributes of a re-issue).
@@ -819,7 +977,7 @@ fn parse_cookie(env: &dyn Env, affinity: AffinityMode) -> Result<CookieConfig, C
     } else {
         "STICKYD_COOKIE_NAME"
     };
-    let name = var_or_default(env, name_var).expect("the cookie's name is set or has a default");
+    let name = value(env, name_var);
     let name = name.trim().to_string();
     // RFC 6265 cookie-name is an RFC 9110 token.
     let token_ok = !name.is_empty()
@@ -834,7 +992,7 @@ fn parse_cookie(env: &dyn Env, affinity: AffinityMode) -> Result<CookieConfig, C
         ));
     }
 
-    let path = var(env, "STICKYD_COOKIE_PATH").unwrap_or_else(|| "/".into());
+    let path = value(env, "STICKYD_COOKIE_PATH");
     if let Some(c) = path.chars().find(|c| REGEX_CHARS.contains(c)) {
         return Err(ConfigError::invalid(
             "STICKYD_COOKIE_PATH",
@@ -869,7 +1027,7 @@ fn parse_cookie(env: &dyn Env, affinity: AffinityMode) -> Result<CookieConfig, C
         }
     }
 
-    let max_age = parse_secs(env, "STICKYD_COOKIE_MAX_AGE", None)?;
+    let max_age = parse_secs(env, "STICKYD_COOKIE_MAX_AGE")?;
     if max_age.is_some_and(|d| d.as_secs() == 0) {
         return Err(ConfigError::invalid(
             "STICKYD_COOKIE_MAX_AGE",
@@ -878,14 +1036,11 @@ fn parse_cookie(env: &dyn Env, affinity: AffinityMode) -> Result<CookieConfig, C
         ));
     }
 
-    let secure = match var(env, "STICKYD_COOKIE_SECURE")
-        .map(|s| s.trim().to_ascii_lowercase())
-        .as_deref()
-    {
-        None | Some("auto") => SecureMode::Auto,
-        Some("true") | Some("1") | Some("yes") => SecureMode::Always,
-        Some("false") | Some("0") | Some("no") => SecureMode::Never,
-        Some(other) => {
+    let secure = match value(env, "STICKYD_COOKIE_SECURE").trim().to_ascii_lowercase().as_str() {
+        "auto" => SecureMode::Auto,
+        "true" | "1" | "yes" => SecureMode::Always,
+        "false" | "0" | "no" => SecureMode::Never,
+        other => {
             return Err(ConfigError::invalid(
                 "STICKYD_COOKIE_SECURE",
                 other,
@@ -893,15 +1048,16 @@ fn parse_cookie(env: &dyn Env, affinity: AffinityMode) -> Result<CookieConfig, C
             ))
         }
     };
-    let http_only = parse_bool(env, "STICKYD_COOKIE_HTTPONLY", true)?;
-    let same_site = match var(env, "STICKYD_COOKIE_SAMESITE")
-        .map(|s| s.trim().to_ascii_lowercase())
-        .as_deref()
+    let http_only = parse_bool(env, "STICKYD_COOKIE_HTTPONLY")?;
+    let same_site = match value(env, "STICKYD_COOKIE_SAMESITE")
+        .trim()
+        .to_ascii_lowercase()
+        .as_str()
     {
-        None | Some("lax") => SameSite::Lax,
-        Some("strict") => SameSite::Strict,
-        Some("none") => SameSite::None,
-        Some(other) => {
+        "lax" => SameSite::Lax,
+        "strict" => SameSite::Strict,
+        "none" => SameSite::None,
+        other => {
             return Err(ConfigError::invalid(
                 "STICKYD_COOKIE_SAMESITE",
                 other,
@@ -909,7 +1065,7 @@ fn parse_cookie(env: &dyn Env, affinity: AffinityMode) -> Result<CookieConfig, C
             ))
         }
     };
-    let partitioned = parse_bool(env, "STICKYD_COOKIE_PARTITIONED", false)?;
+    let partitioned = parse_bool(env, "STICKYD_COOKIE_PARTITIONED")?;
 
     if partitioned && secure == SecureMode::Never {
         return Err(ConfigError::Conflict {
@@ -964,12 +1120,12 @@ fn parse_cookie(env: &dyn Env, affinity: AffinityMode) -> Result<CookieConfig, C
         (Some(s), None) => {
             Keys::parse(s).map_err(|why| ConfigError::invalid("STICKYD_COOKIE_SECRET", "<redacted>", why))?
         }
-        (None, Some(p)) => read_secret_file(p)?,
+        (None, Some(p)) => secret_file_keys(p, file_text(startup, p))?,
         (None, None) => Keys::default(),
     };
 
-    let max_lifetime = parse_secs(env, "STICKYD_SESSION_MAX_LIFETIME", None)?;
-    let idle_timeout = parse_secs(env, "STICKYD_SESSION_IDLE_TIMEOUT", None)?;
+    let max_lifetime = parse_secs(env, "STICKYD_SESSION_MAX_LIFETIME")?;
+    let idle_timeout = parse_secs(env, "STICKYD_SESSION_IDLE_TIMEOUT")?;
     for (v, d) in [
         ("STICKYD_SESSION_MAX_LIFETIME", max_lifetime),
         ("STICKYD_SESSION_IDLE_TIMEOUT", idle_timeout),
@@ -1022,8 +1178,8 @@ mod tests {
         Config::from_env(&m)
     }
 
-    fn err_var(pairs: &[(&str, &str)]) -> &'static str {
-        with(pairs).expect_err("must be refused").var()
+    fn err_var(pairs: &[(&str, &str)]) -> String {
+        with(pairs).expect_err("must be refused").var().to_string()
     }
 
     #[test]
@@ -1324,7 +1480,7 @@ mod tests {
 
     #[test]
     fn memory_limit_sets_the_default_connection_limit() {
-        use crate::limits::{Budget, CgroupLimit, CgroupVersion, LimitSource};
+        use crate::limits::{Budget, CgroupLimit, CgroupVersion, Host, LimitSource};
 
         // No limit known: the fixed default, an unbounded buffer budget.
         let c = with(&[]).unwrap();
@@ -1366,7 +1522,12 @@ mod tests {
             cpus: Some(1),
             problems: Vec::new(),
         };
-        let c = Config::from_env_on(&base(), &host).unwrap();
+        let on = |host: &Host| Startup {
+            host: host.clone(),
+            cores: 8,
+            ..Startup::default()
+        };
+        let c = Config::parse(&base(), &on(&host)).unwrap();
         assert_eq!(c.limits.source, LimitSource::CgroupV2);
         assert_eq!(
             c.max_connections,
@@ -1375,7 +1536,7 @@ mod tests {
         assert_eq!(c.worker_threads, 1, "the CPU quota sets the worker threads");
         let mut env = base();
         env.insert("STICKYD_MEMORY_LIMIT".into(), "64Mi".into());
-        let c = Config::from_env_on(&env, &host).unwrap();
+        let c = Config::parse(&env, &on(&host)).unwrap();
         assert_eq!(
             (c.limits.source, c.limits.memory_limit()),
             (LimitSource::Env, Some(64 << 20))
@@ -1404,6 +1565,178 @@ mod tests {
         }
         // Its default depends on the memory limit.
         assert!(VARIABLES.contains(&("STICKYD_MAX_CONNECTIONS", None)));
+    }
+
+    #[test]
+    fn a_misspelt_variable_names_the_closest_one() {
+        let e = with(&[("STICKYD_COOKIE_SECERT", "0123456789abcdef0123456789abcdef")]).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "STICKYD_COOKIE_SECERT is not a stickyd variable; did you mean STICKYD_COOKIE_SECRET?"
+        );
+        assert_eq!(e.var(), "STICKYD_COOKIE_SECERT");
+        for (typo, closest) in [
+            ("STICKYD_PORT_NAM", "STICKYD_PORT_NAME"),
+            ("STICKYD_SERVCE", "STICKYD_SERVICE"),
+            ("STICKYD_LISTENN", "STICKYD_LISTEN"),
+            ("STICKYD_DRAIN_SECOND", "STICKYD_DRAIN_SECONDS"),
+            ("STICKYD_INJECTOR_IMAGES", "STICKYD_INJECTOR_IMAGE"),
+            // Shaped like a service link, but not with a link's value.
+            ("STICKYD_PORT", "STICKYD_PORT_NAME"),
+            ("STICKYD_SERVICE_HOST", "STICKYD_SERVICE"),
+        ] {
+            let value = if typo.ends_with("HOST") { "web" } else { "http" };
+            match with(&[(typo, value)]).unwrap_err() {
+                ConfigError::Unknown { var, closest: c } => assert_eq!((var.as_str(), c), (typo, closest)),
+                other => panic!("{typo}: {other}"),
+            }
+        }
+        // Every variable, with its last letter dropped or two letters of it
+        // swapped, is found again.
+        for k in known_variables() {
+            let dropped = &k[..k.len() - 1];
+            let mut swapped: Vec<char> = k.chars().collect();
+            let mid = swapped.len() / 2 + 4;
+            swapped.swap(mid - 1, mid);
+            let swapped: String = swapped.into_iter().collect();
+            for typo in [dropped, swapped.as_str()] {
+                if typo != k {
+                    assert_eq!(closest_variable(typo), k, "{typo}");
+                }
+            }
+        }
+        // Other names are not stickyd's to judge; the injector's are known.
+        assert!(with(&[
+            ("STICKYDX", "1"),
+            ("HOSTNAME", "x"),
+            ("KUBERNETES_PORT", "tcp://10.0.0.1:443")
+        ])
+        .is_ok());
+        assert!(with(&[("STICKYD_INJECTOR_IMAGE", "stickyd:2")]).is_ok());
+    }
+
+    #[test]
+    fn service_link_variables_are_ignored_and_real_ones_still_parsed() {
+        // What the kubelet sets for `Service stickyd` with ports http 80/TCP
+        // and metrics 9090/UDP, and for `Service stickyd-injector` (443/TCP).
+        let links = [
+            ("STICKYD_SERVICE_HOST", "10.96.0.12"),
+            ("STICKYD_SERVICE_PORT", "80"),
+            ("STICKYD_SERVICE_PORT_HTTP", "80"),
+            ("STICKYD_SERVICE_PORT_METRICS", "9090"),
+            ("STICKYD_PORT", "tcp://10.96.0.12:80"),
+            ("STICKYD_PORT_80_TCP", "tcp://10.96.0.12:80"),
+            ("STICKYD_PORT_80_TCP_PROTO", "tcp"),
+            ("STICKYD_PORT_80_TCP_PORT", "80"),
+            ("STICKYD_PORT_80_TCP_ADDR", "10.96.0.12"),
+            ("STICKYD_PORT_9090_UDP", "udp://10.96.0.12:9090"),
+            ("STICKYD_PORT_9090_UDP_PROTO", "udp"),
+            ("STICKYD_PORT_9090_UDP_PORT", "9090"),
+            ("STICKYD_PORT_9090_UDP_ADDR", "10.96.0.12"),
+            ("STICKYD_PORT_7_SCTP", "sctp://[fd00::c]:7"),
+            ("STICKYD_INJECTOR_SERVICE_HOST", "fd00::c"),
+            ("STICKYD_INJECTOR_SERVICE_PORT", "443"),
+            ("STICKYD_INJECTOR_PORT", "tcp://[fd00::c]:443"),
+            ("STICKYD_INJECTOR_PORT_443_TCP_ADDR", "fd00::c"),
+        ];
+        for (k, v) in links {
+            assert!(is_service_link(k, Some(v)), "{k}={v}");
+        }
+        let mut pairs = links.to_vec();
+        pairs.extend([("STICKYD_SERVICE", "shop"), ("STICKYD_PORT_NAME", "web")]);
+        let c = with(&pairs).unwrap();
+        assert_eq!(c.service.as_deref(), Some("shop"));
+        assert_eq!(c.port_name.as_deref(), Some("web"));
+        assert_eq!(format!("{c:?}"), format!("{:?}", with(&pairs[links.len()..]).unwrap()));
+
+        // Near the shapes, but not them: refused, with the closest name.
+        for (k, v) in [
+            ("STICKYD_PORT_NAM", "web"),
+            ("STICKYD_PORT_X_TCP", "tcp://10.96.0.12:80"),
+            ("STICKYD_PORT_80", "tcp://10.96.0.12:80"),
+            ("STICKYD_PORT_80_HTTP", "tcp://10.96.0.12:80"),
+            ("STICKYD_PORT_80_TCP_HOST", "10.96.0.12"),
+            ("STICKYD_PORT_80_TCP_PORT", "81"),
+            ("STICKYD_PORT_80_TCP_PROTO", "udp"),
+            ("STICKYD_PORT_80_TCP", "http://10.96.0.12:80"),
+            ("STICKYD_PORT_80_TCP", "tcp://10.96.0.12:81"),
+            ("STICKYD_PORT_80_TCP", "udp://10.96.0.12:80"),
+            ("STICKYD_PORT_080_TCP_PORT", "80"),
+            ("STICKYD_PORT", "8080"),
+            ("STICKYD_SERVICE_HOST", "shop"),
+            ("STICKYD_SERVICE_PORT", "http"),
+            ("STICKYD_SERVICE_PORT_", "80"),
+            ("STICKYD_SERVICE_PORT_http", "80"),
+            ("STICKYD__PORT", "tcp://10.96.0.12:80"),
+            ("STICKYD_SERVICE_NAME", "shop"),
+        ] {
+            assert!(!is_service_link(k, Some(v)), "{k}={v}");
+            let e = with(&[(k, v)]).expect_err(k);
+            assert!(matches!(e, ConfigError::Unknown { .. }), "{k}={v}: {e}");
+        }
+        assert_eq!(closest_variable("STICKYD_PORT_NAM"), "STICKYD_PORT_NAME");
+        // A name alone (lint with a value from a ConfigMap) is judged by its shape.
+        assert!(is_service_link("STICKYD_PORT_80_TCP", None));
+        assert!(!is_service_link("STICKYD_PORT_NAM", None));
+    }
+
+    #[test]
+    fn parsing_reads_only_the_variables_and_the_startup_facts() {
+        let mut env = base();
+        env.remove("STICKYD_POD_NAME");
+        // The hostname is the pod name's default, from the facts alone.
+        assert_eq!(Config::from_env(&env).unwrap_err().var(), "STICKYD_POD_NAME");
+        let c = Config::parse(&env, &Startup::with(Some("web-7"), &[])).unwrap();
+        assert_eq!(c.pod_name, "web-7");
+        assert_eq!(
+            Config::parse(&env, &Startup::with(Some("Web_7"), &[]))
+                .unwrap_err()
+                .var(),
+            "STICKYD_POD_NAME"
+        );
+        // Files named by the variables come from the facts.
+        let key = "0123456789abcdef0123456789abcdef";
+        env.insert("STICKYD_COOKIE_SECRET_FILE".into(), "/no/such/dir/key".into());
+        env.insert("STICKYD_ENDPOINTS".into(), "file:/no/such/dir/peers".into());
+        assert_eq!(
+            files_named(&env),
+            vec![
+                ("STICKYD_COOKIE_SECRET_FILE", PathBuf::from("/no/such/dir/key")),
+                ("STICKYD_ENDPOINTS", PathBuf::from("/no/such/dir/peers")),
+            ]
+        );
+        let facts = Startup::with(
+            Some("web-7"),
+            &[("/no/such/dir/key", key), ("/no/such/dir/peers", "web-7=127.0.0.1:1\n")],
+        );
+        let c = Config::parse(&env, &facts).unwrap();
+        assert_eq!(c.cookie.keys.len(), 1);
+        assert_eq!(c.endpoints, EndpointsSource::File("/no/such/dir/peers".into()));
+        let e = Config::parse(&env, &Startup::with(Some("web-7"), &[("/no/such/dir/key", key)])).unwrap_err();
+        assert_eq!(e.var(), "STICKYD_ENDPOINTS");
+        let e = Config::parse(
+            &env,
+            &Startup::with(Some("web-7"), &[("/no/such/dir/peers", "web-7=127.0.0.1:1")]),
+        )
+        .unwrap_err();
+        assert_eq!(e.var(), "STICKYD_COOKIE_SECRET_FILE");
+        let mut unreadable = facts.clone();
+        unreadable
+            .files
+            .insert("/no/such/dir/key".into(), Err("permission denied".into()));
+        let e = Config::parse(&env, &unreadable).unwrap_err();
+        assert!(e.to_string().contains("permission denied"), "{e}");
+        // Worker threads: the CPU quota, at most the cores the facts give.
+        let on = |cpus: Option<usize>, cores: usize| {
+            let mut f = facts.clone();
+            f.host.cpus = cpus;
+            f.cores = cores;
+            Config::parse(&env, &f).unwrap().worker_threads
+        };
+        assert_eq!(
+            (on(None, 6), on(Some(2), 6), on(Some(16), 6), on(None, 0)),
+            (6, 2, 6, 1)
+        );
     }
 
     #[test]

@@ -19,3 +19,4 @@ pub mod proxy;
 pub mod route;
 pub mod sessions;
 pub mod sidecar;
+pub mod startup;

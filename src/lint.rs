@@ -19,6 +19,7 @@ use crate::config::{Config, ConfigError};
 use crate::drain::{self, DrainParams};
 use crate::kyaml::{self, Node};
 use crate::migrate::{self, Wanted};
+use crate::startup::Startup;
 
 /// Arguments of `stickyd lint`.
 #[derive(Debug, clap::Args)]
@@ -385,19 +386,6 @@ pub(crate) fn literal_prefix(path: &str) -> String {
     }
 }
 
-fn levenshtein(a: &str, b: &str) -> usize {
-    let b: Vec<char> = b.chars().collect();
-    let mut prev: Vec<usize> = (0..=b.len()).collect();
-    for (i, ca) in a.chars().enumerate() {
-        let mut cur = vec![i + 1];
-        for (j, cb) in b.iter().enumerate() {
-            cur.push((prev[j] + usize::from(ca != *cb)).min(prev[j + 1] + 1).min(cur[j] + 1));
-        }
-        prev = cur;
-    }
-    prev[b.len()]
-}
-
 /// The pod template of a workload: its labels and pod spec.
 fn pod_template<'a>(obj: &Obj<'a>) -> Option<(Option<&'a Node>, &'a Node)> {
     let root = obj.root;
@@ -475,16 +463,17 @@ struct Sidecar<'a> {
 
 fn sidecar<'a>(pod: &'a Node) -> Option<Sidecar<'a>> {
     let container = containers(pod).find(|c| is_stickyd(c))?;
-    let port = |var: &str, default: i64| {
+    let port = |var: &str| {
         env_value(container, var)
             .and_then(|e| e.str_at(&["value"]))
             .and_then(port_of_addr)
-            .unwrap_or(default)
+            .or_else(|| port_of_addr(default_of(var)))
+            .unwrap_or_else(|| panic!("{var}'s default has a port"))
     };
     Some(Sidecar {
         container,
-        listen_port: port("STICKYD_LISTEN", 8080),
-        upstream_port: port("STICKYD_UPSTREAM", 8081),
+        listen_port: port("STICKYD_LISTEN"),
+        upstream_port: port("STICKYD_UPSTREAM"),
     })
 }
 
@@ -1033,7 +1022,7 @@ impl<'a> Linter<'a> {
                         .objs
                         .iter()
                         .filter(|o| o.kind == "Service" && o.same_namespace(obj) && !o.name.is_empty())
-                        .map(|o| (levenshtein(o.name, name), o))
+                        .map(|o| (strsim::levenshtein(o.name, name), o))
                         .filter(|(d, _)| *d <= 2)
                         .min_by_key(|(d, _)| *d);
                     if let Some((_, s)) = similar {
@@ -1621,33 +1610,44 @@ fn drain_findings(pod: &Node, side: &Sidecar) -> Vec<Found> {
 }
 
 /// The first configuration error stickyd would stop at that the manifest
-/// proves. An error about a variable whose value is not in the manifest
-/// (configMapKeyRef, envFrom) proves nothing: that variable gets a plausible
-/// value and the rest is checked again.
+/// proves, on any machine. A misspelt variable comes first, as in stickyd.
+/// An error about a variable whose value is not in the manifest
+/// (configMapKeyRef, envFrom) proves nothing: such a variable has been given
+/// a plausible value ([`SidecarEnv::vars`]) where one is needed, and an
+/// error that is still about it is not reported.
 fn config_error(env: &SidecarEnv) -> Option<ConfigError> {
-    let knowable = |var: &str| !env.unknown.contains(var) && (env.vars.contains_key(var) || !env.has_env_from);
-    let mut vars = env.vars.clone();
-    for _ in 0..crate::config::VARIABLES.len() {
-        let e = Config::from_env(&vars).err()?;
-        if knowable(e.var()) {
-            return Some(e);
-        }
-        let plausible = match e.var() {
-            "STICKYD_SERVICE" => "svc",
-            "STICKYD_POD_NAME" => "pod-0",
-            "STICKYD_NAMESPACE" => "default",
-            "STICKYD_COOKIE_SECRET" => PLACEHOLDER_KEY,
-            _ => "",
-        };
-        if vars.get(e.var()).map(String::as_str) == Some(plausible) {
-            return None;
-        }
-        vars.insert(e.var().to_string(), plausible.to_string());
+    if let Some(e) = crate::config::unknown_variable(env.names.iter().map(|(n, v)| (n.as_str(), v.as_deref()))) {
+        return Some(e);
     }
-    None
+    let knowable = |var: &str| !env.unknown.contains(var) && (env.literal.contains(var) || !env.has_env_from);
+    let e = Config::parse(&env.vars, &in_a_pod(&env.vars)).err()?;
+    knowable(e.var()).then_some(e)
+}
+
+/// What stickyd finds at startup in a pod, as far as a manifest tells:
+/// Kubernetes sets HOSTNAME to the pod's name, and the files the variables
+/// name hold something valid (their contents are not in the manifest; a
+/// secret file outside every volume mount is reported on its own). Nothing
+/// is read from the machine lint runs on, so its results do not depend on it.
+fn in_a_pod(vars: &BTreeMap<String, String>) -> Startup {
+    let files: Vec<(String, &str)> = crate::config::files_named(vars)
+        .into_iter()
+        .map(|(var, path)| {
+            let placeholder = match var {
+                "STICKYD_COOKIE_SECRET_FILE" => PLACEHOLDER_KEY,
+                _ => PLACEHOLDER_PEERS,
+            };
+            (path.display().to_string(), placeholder)
+        })
+        .collect();
+    let files: Vec<(&str, &str)> = files.iter().map(|(p, t)| (p.as_str(), *t)).collect();
+    Startup::with(Some("pod-0"), &files)
 }
 
 fn config_fix(e: &ConfigError, workload: &str) -> String {
+    if let ConfigError::Unknown { var, closest } = e {
+        return format!("rename {var} to {closest}, or remove it: stickyd reads no variable of that name");
+    }
     match e.var() {
         "STICKYD_SERVICE" => format!(
             "set STICKYD_SERVICE to the name of the Service in this namespace that selects the pods of {workload:?}"
@@ -1662,7 +1662,14 @@ fn config_fix(e: &ConfigError, workload: &str) -> String {
 /// The env of a sidecar as stickyd would see it at start, with values that
 /// cannot be known offline replaced by plausible ones.
 struct SidecarEnv {
+    /// Every variable the manifest sets, with its literal value if it has one.
+    names: Vec<(String, Option<String>)>,
+    /// The values stickyd would parse: the literals, the downward API's
+    /// fields as a pod would have them, and plausible values for the
+    /// required settings that come from elsewhere.
     vars: BTreeMap<String, String>,
+    /// The variables whose value is in the manifest.
+    literal: BTreeSet<String>,
     /// Variables whose value cannot be known offline (configMapKeyRef, or
     /// anything when the container has envFrom).
     unknown: BTreeSet<String>,
@@ -1674,13 +1681,19 @@ struct SidecarEnv {
 /// A syntactically valid key standing for a Secret's value.
 const PLACEHOLDER_KEY: &str = "0123456789abcdef0123456789abcdef";
 
+/// A valid peer list standing for the contents of an endpoints file.
+const PLACEHOLDER_PEERS: &str = "pod-0=10.0.0.1:8080";
+
 fn sidecar_env(container: &Node, namespace: Option<&str>) -> SidecarEnv {
+    let mut names = Vec::new();
     let mut vars = BTreeMap::new();
     let mut unknown = BTreeSet::new();
     for e in container.get("env").map(Node::items).unwrap_or(&[]) {
         let Some(name) = e.str_at(&["name"]) else { continue };
-        let value = if let Some(v) = e.get("value") {
-            v.as_str().unwrap_or("").to_string()
+        let literal = e.get("value").map(|v| v.as_str().unwrap_or("").to_string());
+        names.push((name.to_string(), literal.clone()));
+        let value = if let Some(v) = literal {
+            v
         } else if let Some(field) = e.str_at(&["valueFrom", "fieldRef", "fieldPath"]) {
             match field {
                 "metadata.name" | "spec.nodeName" => "pod-0".into(),
@@ -1697,8 +1710,18 @@ fn sidecar_env(container: &Node, namespace: Option<&str>) -> SidecarEnv {
         };
         vars.insert(name.to_string(), value);
     }
+    let literal: BTreeSet<String> = vars.keys().cloned().collect();
+    let has_env_from = container.get("envFrom").is_some_and(|e| !e.items().is_empty());
+    // Required settings whose value comes from elsewhere get a plausible one,
+    // so that the settings the manifest does show are checked.
+    if unknown.contains("STICKYD_SERVICE") || (has_env_from && !vars.contains_key("STICKYD_SERVICE")) {
+        vars.insert("STICKYD_SERVICE".into(), "svc".into());
+    }
+    if unknown.contains("STICKYD_COOKIE_SECRET") && !vars.contains_key("STICKYD_COOKIE_SECRET_FILE") {
+        vars.insert("STICKYD_COOKIE_SECRET".into(), PLACEHOLDER_KEY.into());
+    }
     let mut file_problem = None;
-    if let Some(path) = vars.remove("STICKYD_COOKIE_SECRET_FILE") {
+    if let Some(path) = vars.get("STICKYD_COOKIE_SECRET_FILE") {
         let mounted = container
             .get("volumeMounts")
             .map(Node::items)
@@ -1717,16 +1740,11 @@ fn sidecar_env(container: &Node, namespace: Option<&str>) -> SidecarEnv {
                 ),
             ));
         }
-        if vars.contains_key("STICKYD_COOKIE_SECRET") {
-            // Both set: keep both so the parser reports the conflict.
-            vars.insert("STICKYD_COOKIE_SECRET_FILE".into(), path);
-        } else {
-            vars.insert("STICKYD_COOKIE_SECRET".into(), PLACEHOLDER_KEY.into());
-        }
     }
-    let has_env_from = container.get("envFrom").is_some_and(|e| !e.items().is_empty());
     SidecarEnv {
+        names,
         vars,
+        literal,
         unknown,
         has_env_from,
         file_problem,
@@ -1859,6 +1877,65 @@ mod tests {
     );
 
     #[test]
+    fn a_misspelt_variable_is_named_with_the_closest_one() {
+        let static_ep = "        - {name: STICKYD_ENDPOINTS, value: 'static:pod-0=10.0.0.1:8080'}\n";
+        let typo = format!("{SIDECAR_STACK}{static_ep}        - {{name: STICKYD_COOKIE_SECERT, value: x}}\n");
+        let r = lint(&typo);
+        assert_eq!(rules(&r), vec!["SD009"]);
+        let f = &r.findings[0];
+        let line = typo.lines().position(|l| l.contains("SECERT")).unwrap() + 1;
+        assert_eq!(f.line, line, "the line of the misspelt variable");
+        assert!(
+            f.message
+                .contains("STICKYD_COOKIE_SECERT is not a stickyd variable; did you mean STICKYD_COOKIE_SECRET?"),
+            "{}",
+            f.message
+        );
+        assert!(
+            f.fix.contains("rename STICKYD_COOKIE_SECERT to STICKYD_COOKIE_SECRET"),
+            "{}",
+            f.fix
+        );
+        // Its value from a ConfigMap: the name alone is wrong all the same.
+        let from_cm = format!(
+            "{SIDECAR_STACK}{static_ep}        - {{name: STICKYD_PORT_NAM, valueFrom: {{configMapKeyRef: {{name: c, key: k}}}}}}\n"
+        );
+        let r = lint(&from_cm);
+        assert_eq!(rules(&r), vec!["SD009"]);
+        assert!(
+            r.findings[0].message.contains("did you mean STICKYD_PORT_NAME?"),
+            "{}",
+            r.findings[0].message
+        );
+        // The real variables near the service links' names, and the links themselves, are fine.
+        let fine = format!(
+            "{SIDECAR_STACK}{static_ep}        - {{name: STICKYD_PORT_NAME, value: http}}\n\
+             \x20       - {{name: STICKYD_SERVICE_HOST, value: 10.0.0.9}}\n\
+             \x20       - {{name: STICKYD_PORT_80_TCP, valueFrom: {{configMapKeyRef: {{name: c, key: k}}}}}}\n"
+        );
+        assert_eq!(rules(&lint(&fine)), Vec::<&str>::new());
+    }
+
+    #[test]
+    fn files_and_values_lint_cannot_see_are_assumed_valid() {
+        // An endpoints file on the pod's disk, not this machine's.
+        let file_ep =
+            SIDECAR_STACK.to_string() + "        - {name: STICKYD_ENDPOINTS, value: 'file:/no/such/dir/peers'}\n";
+        assert_eq!(rules(&lint(&file_ep)), Vec::<&str>::new());
+        // A key from a ConfigMap still signs cookies, so session lifetimes are allowed.
+        let static_ep = "        - {name: STICKYD_ENDPOINTS, value: 'static:pod-0=10.0.0.1:8080'}\n";
+        let keyed = SIDECAR_STACK.to_string()
+            + static_ep
+            + "        - {name: STICKYD_COOKIE_SECRET, valueFrom: {configMapKeyRef: {name: c, key: k}}}\n\
+               \x20       - {name: STICKYD_SESSION_MAX_LIFETIME, value: 1h}\n";
+        assert_eq!(rules(&lint(&keyed)), Vec::<&str>::new());
+        // Set in the manifest, the same mistake is reported.
+        let unkeyed =
+            SIDECAR_STACK.to_string() + static_ep + "        - {name: STICKYD_SESSION_MAX_LIFETIME, value: 1h}\n";
+        assert_eq!(rules(&lint(&unkeyed)), vec!["SD009"]);
+    }
+
+    #[test]
     fn rbac_through_a_cluster_role_with_wildcards() {
         let ok = format!(
             "{SIDECAR_STACK}---\nkind: ClusterRole\nmetadata: {{name: reader}}\nrules:\n- apiGroups: ['*']\n  \
@@ -1962,9 +2039,7 @@ mod tests {
 
     #[test]
     fn levenshtein_distance() {
-        assert_eq!(levenshtein("msvc-proxy", "mysvc-proxy"), 1);
-        assert_eq!(levenshtein("abc", "abc"), 0);
-        assert_eq!(levenshtein("", "ab"), 2);
+        assert_eq!(strsim::levenshtein("msvc-proxy", "mysvc-proxy"), 1);
     }
 
     #[test]
@@ -2175,9 +2250,11 @@ mod tests {
         assert_eq!(env.vars.get("STICKYD_POD_NAME").map(String::as_str), Some("pod-0"));
         assert!(!env.vars.contains_key("STICKYD_LOG"));
         assert!(env.file_problem.is_none());
-        assert_eq!(
-            env.vars.get("STICKYD_COOKIE_SECRET").map(String::as_str),
-            Some(PLACEHOLDER_KEY)
-        );
+        // The key file's contents are not in the manifest: a valid key stands for them.
+        let mut vars = env.vars.clone();
+        vars.insert("STICKYD_SERVICE".into(), "web".into());
+        let cfg = Config::parse(&vars, &in_a_pod(&vars)).unwrap();
+        assert_eq!(cfg.cookie.keys.len(), 1);
+        assert_eq!(cfg.pod_name, "pod-0");
     }
 }

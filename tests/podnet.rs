@@ -5,7 +5,7 @@
 //!
 //! Each test builds its own cluster and removes it, also when it fails.
 //! They need root, `ip`, `iptables`, `haproxy` and `k6`; without them each
-//! test says why and passes, unless STICKYD_REQUIRE_TOOLS=1 (CI), where it
+//! test says why and passes, unless STICKYDTEST_REQUIRE_TOOLS=1 (CI), where it
 //! fails. They run one at a time.
 #![forbid(unsafe_code)]
 
@@ -27,7 +27,7 @@ static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 const SCENARIO_LIMIT: Duration = Duration::from_secs(150);
 
 fn required() -> bool {
-    std::env::var("STICKYD_REQUIRE_TOOLS").is_ok_and(|v| v == "1")
+    std::env::var("STICKYDTEST_REQUIRE_TOOLS").is_ok_and(|v| v == "1")
 }
 
 fn on_path(tool: &str) -> bool {
@@ -68,7 +68,7 @@ fn unavailable(ingress: bool) -> Option<String> {
 async fn begin(test: &str, ingress: bool) -> Option<tokio::sync::MutexGuard<'static, ()>> {
     if let Some(why) = unavailable(ingress) {
         if required() {
-            panic!("{test}: {why}, and STICKYD_REQUIRE_TOOLS=1");
+            panic!("{test}: {why}, and STICKYDTEST_REQUIRE_TOOLS=1");
         }
         println!("skipped {test}: {why}");
         return None;

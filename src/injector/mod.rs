@@ -62,6 +62,18 @@ fn value(env: &dyn Env, var: &str) -> Option<String> {
     env.get(var).map(|v| v.trim().to_string()).filter(|v| !v.is_empty())
 }
 
+/// A variable's value, or its default from [`VARIABLES`].
+fn value_or_default(env: &dyn Env, var: &'static str) -> String {
+    value(env, var)
+        .or_else(|| {
+            VARIABLES
+                .iter()
+                .find(|(k, _)| *k == var)
+                .and_then(|(_, d)| d.map(str::to_string))
+        })
+        .unwrap_or_else(|| panic!("{var} has a default in VARIABLES"))
+}
+
 fn invalid(var: &'static str, value: &str, expected: &str) -> ConfigError {
     ConfigError::Invalid {
         var,
@@ -71,18 +83,18 @@ fn invalid(var: &'static str, value: &str, expected: &str) -> ConfigError {
 }
 
 impl Settings {
-    /// Reads the settings; an invalid or missing value names its variable.
+    /// Reads the settings; an invalid or missing value names its variable,
+    /// and an unknown STICKYD_* variable is refused with the nearest one.
     pub fn from_env(env: &dyn Env) -> Result<Settings, ConfigError> {
-        let listen = match value(env, "STICKYD_INJECTOR_LISTEN") {
-            None => SocketAddr::from(([0, 0, 0, 0], 8443)),
-            Some(v) => v.parse().map_err(|_| {
-                invalid(
-                    "STICKYD_INJECTOR_LISTEN",
-                    &v,
-                    "an IP:PORT socket address, e.g. 0.0.0.0:8443 (port 0 picks a free one)",
-                )
-            })?,
-        };
+        crate::config::check_names(env)?;
+        let listen = value_or_default(env, "STICKYD_INJECTOR_LISTEN");
+        let listen = listen.parse().map_err(|_| {
+            invalid(
+                "STICKYD_INJECTOR_LISTEN",
+                &listen,
+                "an IP:PORT socket address, e.g. 0.0.0.0:8443 (port 0 picks a free one)",
+            )
+        })?;
         let file = |var: &'static str, what: &str| {
             value(env, var).map(PathBuf::from).ok_or_else(|| ConfigError::Conflict {
                 var,
@@ -94,19 +106,17 @@ impl Settings {
             "certificate chain, e.g. /etc/stickyd/tls/tls.crt",
         )?;
         let key = file("STICKYD_INJECTOR_TLS_KEY", "private key, e.g. /etc/stickyd/tls/tls.key")?;
-        let reload = match value(env, "STICKYD_INJECTOR_TLS_RELOAD") {
-            None => Duration::from_secs(10),
-            Some(v) => crate::config::parse_duration(&v)
-                .filter(|d| !d.is_zero() && *d <= Duration::from_secs(3600))
-                .ok_or_else(|| {
-                    invalid(
-                        "STICKYD_INJECTOR_TLS_RELOAD",
-                        &v,
-                        "a duration between 1ms and 1h, e.g. 10s or 500ms",
-                    )
-                })?,
-        };
-        let image = value(env, "STICKYD_INJECTOR_IMAGE").unwrap_or_else(|| crate::inject::DEFAULT_IMAGE.to_string());
+        let reload = value_or_default(env, "STICKYD_INJECTOR_TLS_RELOAD");
+        let reload = crate::config::parse_duration(&reload)
+            .filter(|d| !d.is_zero() && *d <= Duration::from_secs(3600))
+            .ok_or_else(|| {
+                invalid(
+                    "STICKYD_INJECTOR_TLS_RELOAD",
+                    &reload,
+                    "a duration between 1ms and 1h, e.g. 10s or 500ms",
+                )
+            })?;
+        let image = value_or_default(env, "STICKYD_INJECTOR_IMAGE");
         if image.contains(char::is_whitespace) {
             return Err(invalid(
                 "STICKYD_INJECTOR_IMAGE",
@@ -114,11 +124,11 @@ impl Settings {
                 "an image reference without spaces",
             ));
         }
-        let log = value(env, "STICKYD_LOG").unwrap_or_else(|| "info".into());
-        let log_format = match value(env, "STICKYD_LOG_FORMAT").as_deref() {
-            None | Some("text") => LogFormat::Text,
-            Some("json") => LogFormat::Json,
-            Some(other) => return Err(invalid("STICKYD_LOG_FORMAT", other, "text or json")),
+        let log = value_or_default(env, "STICKYD_LOG");
+        let log_format = match value_or_default(env, "STICKYD_LOG_FORMAT").as_str() {
+            "text" => LogFormat::Text,
+            "json" => LogFormat::Json,
+            other => return Err(invalid("STICKYD_LOG_FORMAT", other, "text or json")),
         };
         Ok(Settings {
             listen,
@@ -309,6 +319,20 @@ mod tests {
             e.insert(var.into(), bad.into());
             assert_eq!(Settings::from_env(&e).unwrap_err().var(), var, "{var}={bad}");
         }
+        // A misspelt variable is refused first, naming the closest; the
+        // injector's own Service's links are not.
+        let mut e = env(&ok);
+        e.insert("STICKYD_INJECTOR_IMAEG".into(), "stickyd:2".into());
+        let err = Settings::from_env(&e).unwrap_err();
+        assert_eq!(err.var(), "STICKYD_INJECTOR_IMAEG");
+        assert!(
+            err.to_string().ends_with("did you mean STICKYD_INJECTOR_IMAGE?"),
+            "{err}"
+        );
+        let mut e = env(&ok);
+        e.insert("STICKYD_INJECTOR_SERVICE_HOST".into(), "10.96.0.9".into());
+        e.insert("STICKYD_INJECTOR_PORT_443_TCP".into(), "tcp://10.96.0.9:443".into());
+        assert!(Settings::from_env(&e).is_ok());
         for var in ["STICKYD_INJECTOR_TLS_CERT", "STICKYD_INJECTOR_TLS_KEY"] {
             let mut e = env(&ok);
             e.remove(var);

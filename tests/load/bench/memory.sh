@@ -14,9 +14,9 @@
 # fresh process per spike keeps one spike's high-water mark out of the next.
 # Per-connection KiB is (RSS under load - RSS idle) / connections.
 #
-# STICKYD_BINS="name=path name=path ..." compares several stickyd binaries
-# (allocators, targets) in the same run; each name's STICKYD_ENV_<name> is
-# added to its environment (e.g. STICKYD_ENV_glibc_trim="GLIBC_TUNABLES=...").
+# STICKYDTEST_BINS="name=path name=path ..." compares several stickyd binaries
+# (allocators, targets) in the same run; each name's STICKYDTEST_ENV_<name> is
+# added to its environment (e.g. STICKYDTEST_ENV_glibc_trim="GLIBC_TUNABLES=...").
 #
 # HEAPTRACK=N: instead, run stickyd under heaptrack for one spike of N
 # connections and print heaptrack_print's peak-memory report (apt-get install
@@ -24,7 +24,7 @@
 #
 # Environment (all optional): CONNS="1000 2000 4000" HOLD=8 ROUNDS=3 AFTER=20
 #   PROXY_CPU=1 LOAD_CPU=0 BASE_PORT=18600 OUT=benchmarks/results
-#   STICKYD_BIN=path (default target/release/stickyd) STICKYD_ENV="VAR=value ..."
+#   STICKYDTEST_BIN=path (default target/release/stickyd) STICKYDTEST_ENV="VAR=value ..."
 #
 # Not part of CI. Loopback only; stops everything it started on exit.
 set -euo pipefail
@@ -40,8 +40,8 @@ LOAD_CPU=${LOAD_CPU:-0}
 BASE_PORT=${BASE_PORT:-18600}
 OUT=${OUT:-$ROOT/benchmarks/results}
 HEAPTRACK=${HEAPTRACK:-}
-STICKYD_BIN=${STICKYD_BIN:-$ROOT/target/release/stickyd}
-STICKYD_ENV=${STICKYD_ENV:-}
+STICKYDTEST_BIN=${STICKYDTEST_BIN:-$ROOT/target/release/stickyd}
+STICKYDTEST_ENV=${STICKYDTEST_ENV:-}
 
 BACKEND_PORT=$((BASE_PORT + 1))
 HAPROXY_PORT=$((BASE_PORT + 20))
@@ -50,7 +50,7 @@ SD_ADMIN=$((BASE_PORT + 11))
 
 log() { printf '[memory %s] %s\n' "$(date -u +%H:%M:%S)" "$*" >&2; }
 die() { log "FAIL: $*"; exit 1; }
-[[ -x "$STICKYD_BIN" ]] || die "no stickyd at $STICKYD_BIN (cargo build --release)"
+[[ -x "$STICKYDTEST_BIN" ]] || die "no stickyd at $STICKYDTEST_BIN (cargo build --release)"
 for t in nginx haproxy wrk taskset; do command -v "$t" >/dev/null || die "$t is missing"; done
 ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 
@@ -83,7 +83,7 @@ start_stickyd() { # bin extra-env [wrapper...]
     taskset -c "$PROXY_CPU" env STICKYD_LISTEN="127.0.0.1:$SD_PORT" STICKYD_ADMIN_LISTEN="127.0.0.1:$SD_ADMIN" \
         STICKYD_UPSTREAM="http://127.0.0.1:$BACKEND_PORT" STICKYD_POD_NAME=pod-a \
         STICKYD_ENDPOINTS="static:pod-a=127.0.0.1:$SD_PORT" STICKYD_WORKER_THREADS=1 STICKYD_LOG=warn \
-        STICKYD_MAX_CONNECTIONS=20000 STICKYD_DRAIN_SECONDS=0 $STICKYD_ENV $extra "$@" "$bin" run \
+        STICKYD_MAX_CONNECTIONS=20000 STICKYD_DRAIN_SECONDS=0 $STICKYDTEST_ENV $extra "$@" "$bin" run \
         2>>"$WORK/stickyd.err" &
     PID=$!
     STARTED+=("$PID")
@@ -116,11 +116,11 @@ spike() { # port connections pid cookie -> median RSS KiB under load
 
 if [[ -n "$HEAPTRACK" ]]; then
     command -v heaptrack >/dev/null || die "heaptrack is missing (apt-get install heaptrack)"
-    start_stickyd "$STICKYD_BIN" "" heaptrack -o "$OUT/heap-stickyd"
+    start_stickyd "$STICKYDTEST_BIN" "" heaptrack -o "$OUT/heap-stickyd"
     sleep 1
     log "heaptrack: $HEAPTRACK connections for ${HOLD}s"
-    spike "$SD_PORT" "$HEAPTRACK" "$(pgrep -f "^$STICKYD_BIN run")" "$COOKIE" >&2
-    pkill -INT -f "^$STICKYD_BIN run" || true
+    spike "$SD_PORT" "$HEAPTRACK" "$(pgrep -f "^$STICKYDTEST_BIN run")" "$COOKIE" >&2
+    pkill -INT -f "^$STICKYDTEST_BIN run" || true
     wait "$PID" 2>/dev/null || true
     heaptrack_print -f "$OUT"/heap-stickyd*.zst --print-peaks --peak-limit 40 --print-allocators 0 \
         --print-leaks 0 --print-temporary 0 >"$OUT/heap-peaks.txt" 2>/dev/null
@@ -129,7 +129,7 @@ if [[ -n "$HEAPTRACK" ]]; then
     exit 0
 fi
 
-BINS=${STICKYD_BINS:-stickyd=$STICKYD_BIN}
+BINS=${STICKYDTEST_BINS:-stickyd=$STICKYDTEST_BIN}
 NAMES=()
 declare -A BIN
 for b in $BINS; do
@@ -148,7 +148,7 @@ for r in $(seq 1 "$ROUNDS"); do
             if [[ $p == haproxy ]]; then
                 start_haproxy; port=$HAPROXY_PORT cookie="SRV=s1"
             else
-                env_var="STICKYD_ENV_$p"
+                env_var="STICKYDTEST_ENV_$p"
                 start_stickyd "${BIN[$p]}" "${!env_var:-}"; port=$SD_PORT cookie=$COOKIE
             fi
             sleep 1
