@@ -136,36 +136,3 @@ async fn service_link_variables_do_not_stop_the_sidecar() {
     assert_eq!(app.seen().len(), 1, "the request reached the app");
     assert!(!s.log_text().contains("configuration error"), "{}", s.log_text());
 }
-
-/// The README's table of variables (wherever the Configuration section
-/// lives) has a row for each variable `stickyd run` reads, with the default
-/// the parser uses.
-#[test]
-fn the_configuration_table_lists_every_variable_with_its_default() {
-    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
-    let mut text = std::fs::read_to_string(root.join("README.md")).unwrap();
-    for doc in std::fs::read_dir(root.join("docs")).unwrap() {
-        let path = doc.unwrap().path();
-        if path.extension().is_some_and(|e| e == "md") {
-            text += &std::fs::read_to_string(path).unwrap();
-        }
-    }
-    for (var, default) in stickyd::config::VARIABLES {
-        let row = text
-            .lines()
-            .filter_map(|l| l.strip_prefix("| "))
-            .find(|l| {
-                l.split(" | ")
-                    .next()
-                    .is_some_and(|names| names.split(" / ").any(|n| n == *var))
-            })
-            .unwrap_or_else(|| panic!("no row for {var} in the configuration table"));
-        let default_cell = row.split(" | ").nth(1).unwrap_or_default();
-        if let Some(d) = default {
-            assert!(
-                default_cell.contains(d),
-                "{var}: the table's default {default_cell:?} is not {d:?}"
-            );
-        }
-    }
-}
