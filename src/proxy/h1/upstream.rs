@@ -8,11 +8,13 @@
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Mutex;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use futures_util::FutureExt;
 use tokio::io::Interest;
 use tokio::net::TcpStream;
+
+use crate::proxy::Connector;
 
 /// Idle connections the shared pool keeps per upstream address...
 const POOL_PER_ADDR: usize = 64;
@@ -26,21 +28,19 @@ pub struct Upstream {
     /// Opened for the request at hand (not reused).
     pub fresh: bool,
     /// When its last exchange ended.
-    pub used: Instant,
+    /// (tokio's clock: a paused test clock drives the idle limit.)
+    pub used: tokio::time::Instant,
 }
 
 impl Upstream {
-    /// Opens a connection, within `timeout`.
-    pub async fn dial(addr: SocketAddr, timeout: Duration) -> std::io::Result<Upstream> {
-        let stream = tokio::time::timeout(timeout, TcpStream::connect(addr))
-            .await
-            .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "connect timeout"))??;
-        let _ = stream.set_nodelay(true);
+    /// Opens a connection with `connector`, within `timeout`.
+    pub async fn dial(connector: &Connector, addr: SocketAddr, timeout: Duration) -> std::io::Result<Upstream> {
+        let stream = connector.connect(addr, timeout).await?;
         Ok(Upstream {
             addr,
             stream,
             fresh: true,
-            used: Instant::now(),
+            used: tokio::time::Instant::now(),
         })
     }
 
@@ -116,9 +116,13 @@ mod tests {
         let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = l.local_addr().unwrap();
         let pool = Pool::default();
-        let a = Upstream::dial(addr, Duration::from_secs(1)).await.unwrap();
+        let a = Upstream::dial(&Connector::Tcp, addr, Duration::from_secs(1))
+            .await
+            .unwrap();
         let (mut server_a, _) = l.accept().await.unwrap();
-        let b = Upstream::dial(addr, Duration::from_secs(1)).await.unwrap();
+        let b = Upstream::dial(&Connector::Tcp, addr, Duration::from_secs(1))
+            .await
+            .unwrap();
         let (_server_b, _) = l.accept().await.unwrap();
         pool.put(a);
         pool.put(b);
@@ -143,7 +147,11 @@ mod tests {
         let pool = Pool::default();
         let mut servers = Vec::new();
         for _ in 0..POOL_PER_ADDR + 3 {
-            pool.put(Upstream::dial(addr, Duration::from_secs(1)).await.unwrap());
+            pool.put(
+                Upstream::dial(&Connector::Tcp, addr, Duration::from_secs(1))
+                    .await
+                    .unwrap(),
+            );
             servers.push(l.accept().await.unwrap());
         }
         assert_eq!(pool.len(), POOL_PER_ADDR);
