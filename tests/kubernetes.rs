@@ -667,12 +667,12 @@ impl Drop for Stickyd {
 
 impl Stickyd {
     /// Starts `stickyd run` for `pod`, watching the double, and waits until
-    /// its admin listener answers.
+    /// its admin listener (port 0 on `listen`'s address, read back from the
+    /// startup log line) answers.
     async fn spawn(
         api: &ApiServer,
         pod: &str,
         listen: SocketAddr,
-        admin: SocketAddr,
         upstream: SocketAddr,
         sync_timeout: &str,
         extra_env: &[(&str, &str)],
@@ -695,7 +695,7 @@ impl Stickyd {
             .env("STICKYD_SERVICE", SVC)
             .env("STICKYD_POD_NAME", pod)
             .env("STICKYD_LISTEN", listen.to_string())
-            .env("STICKYD_ADMIN_LISTEN", admin.to_string())
+            .env("STICKYD_ADMIN_LISTEN", SocketAddr::new(listen.ip(), 0).to_string())
             .env("STICKYD_UPSTREAM", format!("http://{upstream}"))
             .env("STICKYD_SYNC_TIMEOUT", sync_timeout)
             .env("STICKYD_WORKER_THREADS", "2")
@@ -710,8 +710,17 @@ impl Stickyd {
             child,
             dir,
             listen,
-            admin,
+            admin: listen,
         };
+        sidecar.admin = eventually(Duration::from_secs(10), "stickyd listening", || {
+            if let Some(status) = sidecar.child.try_wait().unwrap() {
+                panic!("stickyd exited with {status}: {}", sidecar.log());
+            }
+            let admin = common::logged_admin(&sidecar.log());
+            std::future::ready((admin.is_some(), admin))
+        })
+        .await
+        .unwrap();
         eventually(Duration::from_secs(10), "stickyd answering /healthz", || {
             if let Some(status) = sidecar.child.try_wait().unwrap() {
                 panic!("stickyd exited with {status}: {}", sidecar.log());
@@ -788,12 +797,8 @@ impl Pods {
     }
 
     async fn start_with(api: &ApiServer, net: u8, real: u8, others: u8, sync_timeout: &str) -> Pods {
-        let port = TcpListener::bind((ip(net, 10), 0))
-            .await
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
+        // Each test owns its /24: one constant port for every pod there.
+        let port = common::SIDECAR_PORT;
         let mut echoes = Vec::new();
         let mut sidecars = Vec::new();
         for i in 0..real {
@@ -802,9 +807,8 @@ impl Pods {
             let upstream = app.local_addr().unwrap();
             let name = format!("web-{i}");
             echoes.push(echo_on(app, &name).await);
-            let admin = TcpListener::bind((me, 0)).await.unwrap().local_addr().unwrap();
             let listen = SocketAddr::new(me, port);
-            sidecars.push(Stickyd::spawn(api, &name, listen, admin, upstream, sync_timeout, &[]).await);
+            sidecars.push(Stickyd::spawn(api, &name, listen, upstream, sync_timeout, &[]).await);
         }
         for i in real..real + others {
             let l = TcpListener::bind((ip(net, 10 + i), port)).await.unwrap();
@@ -1078,18 +1082,9 @@ async fn binary_ipv6_slices_with_a_named_port() {
         let peer = TcpListener::bind((lo, 0)).await.unwrap();
         let peer_addr = peer.local_addr().unwrap();
         let _peer = echo_on(peer, "web-1").await;
-        let listen = TcpListener::bind((lo, 0)).await.unwrap().local_addr().unwrap();
-        let admin = TcpListener::bind((lo, 0)).await.unwrap().local_addr().unwrap();
-        let sidecar = Stickyd::spawn(
-            &api,
-            "web-0",
-            listen,
-            admin,
-            upstream,
-            "10",
-            &[("STICKYD_PORT_NAME", "proxy")],
-        )
-        .await;
+        // ::1 is this test's alone.
+        let listen = SocketAddr::new(lo, common::SIDECAR_PORT);
+        let sidecar = Stickyd::spawn(&api, "web-0", listen, upstream, "10", &[("STICKYD_PORT_NAME", "proxy")]).await;
 
         let pod_slice = |name: &str, pod: &str, port: u16, state: (bool, bool, bool)| {
             let mut v = slice(SVC, name, ("proxy", port), &[(pod, "::1", state.0, state.1, state.2)]);
