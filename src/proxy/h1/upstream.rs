@@ -124,19 +124,26 @@ mod tests {
             .await
             .unwrap();
         let (_server_b, _) = l.accept().await.unwrap();
+        // The other side closes a: once a is readable, its end has arrived.
+        server_a.shutdown().await.unwrap();
+        drop(server_a);
+        a.stream.readable().await.unwrap();
         pool.put(a);
         pool.put(b);
         assert_eq!(pool.len(), 2);
-        // b, the newer, first; then a, once it is closed by the other side, is not.
-        let got = pool.take(addr, Duration::from_secs(60)).unwrap();
+        // b, the newer, first; then a, closed by the other side, is not.
+        let mut got = pool.take(addr, Duration::from_secs(60)).unwrap();
         assert!(!got.fresh);
-        server_a.shutdown().await.unwrap();
-        drop(server_a);
-        tokio::time::sleep(Duration::from_millis(50)).await;
         assert!(pool.take(addr, Duration::from_secs(60)).is_none());
-        // Too long idle: not reused.
+        // Idle for the whole limit, on tokio's clock: not reused.
+        tokio::time::pause();
+        got.used = tokio::time::Instant::now();
         pool.put(got);
-        assert!(pool.take(addr, Duration::ZERO).is_none());
+        tokio::time::advance(Duration::from_millis(59_999)).await;
+        let got = pool.take(addr, Duration::from_secs(60)).expect("within the limit");
+        pool.put(got);
+        tokio::time::advance(Duration::from_millis(1)).await;
+        assert!(pool.take(addr, Duration::from_secs(60)).is_none());
         assert_eq!(pool.len(), 0);
     }
 
