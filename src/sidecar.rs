@@ -16,7 +16,7 @@ use crate::config::{self, Config, EndpointsSource};
 use crate::endpoints::{fixed, kubernetes, EndpointStore};
 use crate::metrics::{KindLabels, Metrics};
 use crate::proxy::listener::{self, Phases};
-use crate::proxy::Shared;
+use crate::proxy::{Clock, Connector, Shared};
 
 /// Why a sidecar could not start.
 #[derive(Debug, thiserror::Error)]
@@ -29,6 +29,15 @@ pub enum StartError {
     },
     #[error("kubernetes endpoint source: {0}")]
     Kubernetes(#[from] kubernetes::KubeSourceError),
+}
+
+/// What [`Sidecar::start_with`] serves with: the listeners, bound already,
+/// the clock of the session token's times and the upstream connector.
+pub struct Parts {
+    pub proxy: TcpListener,
+    pub admin: TcpListener,
+    pub clock: Clock,
+    pub connector: Connector,
 }
 
 /// A running sidecar.
@@ -63,9 +72,28 @@ impl Sidecar {
     /// Binds both listeners and starts serving. Returns once the listeners
     /// accept connections; the endpoint source syncs in the background.
     pub async fn start(cfg: Config) -> Result<Sidecar, StartError> {
+        let proxy = bind("STICKYD_LISTEN", cfg.listen).await?;
+        let admin = bind("STICKYD_ADMIN_LISTEN", cfg.admin_listen).await?;
+        let parts = Parts {
+            proxy,
+            admin,
+            clock: Clock::System,
+            connector: Connector::Tcp,
+        };
+        Sidecar::start_with(cfg, parts).await
+    }
+
+    /// Starts serving on listeners bound already (`cfg`'s listen addresses
+    /// are not used), with the token's clock and the upstream connector of
+    /// `parts`: a sidecar in a test's own process.
+    pub async fn start_with(cfg: Config, parts: Parts) -> Result<Sidecar, StartError> {
         let started = Instant::now();
-        let proxy_listener = bind("STICKYD_LISTEN", cfg.listen).await?;
-        let admin_listener = bind("STICKYD_ADMIN_LISTEN", cfg.admin_listen).await?;
+        let Parts {
+            proxy: proxy_listener,
+            admin: admin_listener,
+            clock,
+            connector,
+        } = parts;
         let listen = proxy_listener.local_addr().unwrap_or(cfg.listen);
         let admin_addr = admin_listener.local_addr().unwrap_or(cfg.admin_listen);
 
@@ -92,7 +120,10 @@ impl Sidecar {
                 background.push(kubernetes::start(&cfg, store.clone(), metrics.clone()).await?);
             }
         }
-        let shared = Arc::new(Shared::new(cfg, store, metrics));
+        let mut shared = Shared::new(cfg, store, metrics);
+        shared.clock = clock;
+        shared.connector = connector;
+        let shared = Arc::new(shared);
         if let Some(path) = shared.cfg.cookie.secret_file.clone() {
             background.push(tokio::spawn(watch_secret_file(shared.clone(), path)));
         }

@@ -11,7 +11,7 @@ use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::*;
 use http::{Request, Response};
@@ -410,14 +410,11 @@ async fn grpc_header_affinity_through_two_sidecars() {
     // metadata.
     let admin = s.list[0].admin;
     let drain = tokio::spawn(async move { get(&format!("http://{admin}/drain?idle=30s&max=30s"), &[]).await });
-    let deadline = Instant::now() + Duration::from_secs(5);
-    let calls = loop {
+    let calls = eventually(Duration::from_secs(5), "a new session handed on", || async {
         let calls = grpc_calls(4, &entries[..1], "echo").await;
-        if calls[0]["pod"] == "pod-1" || Instant::now() > deadline {
-            break calls;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+        (calls[0]["pod"] == "pod-1", calls)
+    })
+    .await;
     drain.abort();
     assert_eq!(calls[0]["pod"], "pod-1", "{calls:?}");
     let token = calls[0]["initial"].as_str().expect("the peer's token, forwarded");

@@ -1,6 +1,8 @@
-//! Faults get a defined outcome, proven on real processes: the app down or
-//! slow, a peer black-holed, dying mid-response or overloaded, and a
-//! rolling restart with zero failed requests.
+//! Faults get a defined outcome, proven on real processes: the app down, a
+//! peer dying dark, mid-response or overloaded, SIGTERM's drain, and a
+//! rolling restart with zero failed requests. (The slow app, the
+//! black-holed peer and long-lived streams against the timeouts are
+//! durations: `timing.rs`, on tokio's paused clock.)
 //!
 //! Addresses: 127.0.110.x to 127.0.115.x.
 
@@ -12,7 +14,6 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::*;
-use futures_util::{SinkExt, StreamExt};
 use http_body_util::BodyExt;
 use stickyd::affinity::SessionId;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -98,31 +99,23 @@ fn plain_client() -> hyper_util::client::legacy::Client<hyper_util::client::lega
 
 /// Polls `/readyz` until it answers `want`.
 async fn wait_ready(s: &Stickyd, want: u16) {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
+    let what = format!("{} /readyz answering {want}", s.pod);
+    eventually(Duration::from_secs(10), &what, || async {
         let r = get(&format!("http://{}/readyz", s.admin), &[]).await;
-        if matches!(&r, Ok(r) if r.status == want) {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{} /readyz never answered {want}: {r:?}",
-            s.pod
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+        (matches!(&r, Ok(r) if r.status == want), format!("{r:?}"))
+    })
+    .await;
 }
 
 /// Waits for the process to exit; returns its status.
 async fn wait_exit(s: &mut Stickyd, within: Duration) -> std::process::ExitStatus {
-    let deadline = Instant::now() + within;
-    loop {
-        if let Some(st) = s.child.try_wait().unwrap() {
-            return st;
-        }
-        assert!(Instant::now() < deadline, "{} did not exit: {}", s.pod, s.log_text());
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let what = format!("{} exiting", s.pod);
+    let status = eventually(within, &what, || {
+        let st = s.child.try_wait().unwrap();
+        std::future::ready((st.is_some(), st))
+    })
+    .await;
+    status.unwrap()
 }
 
 /// The app is down (never started, or gone): 502 with a body saying stickyd
@@ -163,209 +156,13 @@ async fn app_down_is_502_with_a_reason_and_readyz_fails() {
     app.kill();
     // The pooled connection to the app dies with it: the next request may
     // be the one that finds out (502 either way), never a hang.
-    let deadline = Instant::now() + Duration::from_secs(5);
-    loop {
+    let r = eventually(Duration::from_secs(5), "502 once the app is gone", || async {
         let r = get(&format!("http://{listen}/"), &[]).await.unwrap();
-        if r.status == 502 {
-            assert!(r.body.contains("could not reach the app"), "{r:?}");
-            break;
-        }
-        assert!(Instant::now() < deadline, "still {r:?}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    wait_ready(&s, 503).await;
-}
-
-/// A slow app: STICKYD_RESPONSE_TIMEOUT bounds the wait for response
-/// headers with 504, locally and through a peer.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn slow_app_gets_504_after_the_response_timeout() {
-    let app0 = App::start("pod-0", "127.0.110.11").await;
-    let app1 = App::start("pod-1", "127.0.110.12").await;
-    let l0 = addr_on("127.0.110.11");
-    let l1 = addr_on("127.0.110.12");
-    let env = [
-        ("STICKYD_ENDPOINTS", format!("static:pod-0={l0},pod-1={l1}")),
-        ("STICKYD_RESPONSE_TIMEOUT", "1".to_string()),
-    ];
-    let _s0 = Stickyd::start("pod-0", l0, app0.addr, &env).await;
-    let _s1 = Stickyd::start("pod-1", l1, app1.addr, &env).await;
-    // Locally.
-    let t = Instant::now();
-    let r = get(&format!("http://{l0}/slow"), &[]).await.unwrap();
-    let took = t.elapsed();
-    assert_eq!(r.status, 504, "{r:?}");
-    assert!(r.body.contains("STICKYD_RESPONSE_TIMEOUT"), "{}", r.body);
-    assert!(
-        took >= Duration::from_millis(900) && took < Duration::from_millis(2500),
-        "{took:?}"
-    );
-    // Through a peer: pod-1 times out its app, pod-0 passes the 504 on.
-    let t = Instant::now();
-    let r = get(&format!("http://{l0}/slow"), &[("cookie", &cookie_for("pod-1"))])
-        .await
-        .unwrap();
-    assert_eq!(r.status, 504, "{r:?}");
-    assert!(t.elapsed() < Duration::from_millis(2500), "{:?}", t.elapsed());
-    // A fast request right after is fine.
-    assert_eq!(get(&format!("http://{l0}/"), &[]).await.unwrap().status, 200);
-}
-
-/// A WebSocket held open well past STICKYD_RESPONSE_TIMEOUT is not cut,
-/// locally or through a peer.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn websocket_outlives_the_response_timeout() {
-    let app0 = App::start("pod-0", "127.0.111.1").await;
-    let app1 = App::start("pod-1", "127.0.111.2").await;
-    let l0 = addr_on("127.0.111.1");
-    let l1 = addr_on("127.0.111.2");
-    let env = [
-        ("STICKYD_ENDPOINTS", format!("static:pod-0={l0},pod-1={l1}")),
-        ("STICKYD_RESPONSE_TIMEOUT", "1".to_string()),
-    ];
-    let _s0 = Stickyd::start("pod-0", l0, app0.addr, &env).await;
-    let _s1 = Stickyd::start("pod-1", l1, app1.addr, &env).await;
-    let mut sockets = Vec::new();
-    for (cookie, pod) in [(None, "pod-0"), (Some(cookie_for("pod-1")), "pod-1")] {
-        let mut req =
-            tokio_tungstenite::tungstenite::client::IntoClientRequest::into_client_request(format!("ws://{l0}/ws"))
-                .unwrap();
-        if let Some(c) = cookie {
-            req.headers_mut().insert("cookie", c.parse().unwrap());
-        }
-        let (ws, resp) = tokio::time::timeout(Duration::from_secs(5), tokio_tungstenite::connect_async(req))
-            .await
-            .unwrap()
-            .unwrap();
-        assert_eq!(resp.status(), 101);
-        sockets.push((ws, pod));
-    }
-    let started = Instant::now();
-    let mut round = 0;
-    // Messages at 0 s, then after 1.3 s and 2.6 s of silence: each gap is
-    // longer than the response timeout.
-    while round < 3 {
-        for (ws, pod) in sockets.iter_mut() {
-            ws.send(tokio_tungstenite::tungstenite::Message::text(format!("m{round}")))
-                .await
-                .unwrap();
-            let reply = tokio::time::timeout(Duration::from_secs(5), ws.next())
-                .await
-                .expect("a reply in time")
-                .expect("open")
-                .expect("a frame");
-            assert_eq!(reply.into_text().unwrap().as_str(), format!("{pod}:m{round}"));
-        }
-        round += 1;
-        if round < 3 {
-            // The point of the test: time passing with the socket idle.
-            tokio::time::sleep(Duration::from_millis(1300)).await;
-        }
-    }
-    assert!(started.elapsed() > Duration::from_secs(2));
-    for (mut ws, _) in sockets {
-        ws.close(None).await.unwrap();
-    }
-}
-
-/// A streamed response whose head came fast but whose body takes three
-/// times the response timeout is not cut, locally or through a peer.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn streamed_response_outlives_the_response_timeout() {
-    let gap = Duration::from_millis(500);
-    let app0 = Fake::start("127.0.111.11", move |s| trickle(s, 6, gap)).await;
-    let app1 = Fake::start("127.0.111.12", move |s| trickle(s, 6, gap)).await;
-    let l0 = addr_on("127.0.111.11");
-    let l1 = addr_on("127.0.111.12");
-    let env = [
-        ("STICKYD_ENDPOINTS", format!("static:pod-0={l0},pod-1={l1}")),
-        ("STICKYD_RESPONSE_TIMEOUT", "1".to_string()),
-    ];
-    let _s0 = Stickyd::start("pod-0", l0, app0.addr, &env).await;
-    let _s1 = Stickyd::start("pod-1", l1, app1.addr, &env).await;
-    for cookie in [None, Some(cookie_for("pod-1"))] {
-        let t = Instant::now();
-        let headers: Vec<(&str, &str)> = cookie.iter().map(|c| ("cookie", c.as_str())).collect();
-        let r = tokio::time::timeout(Duration::from_secs(10), get(&format!("http://{l0}/stream"), &headers))
-            .await
-            .expect("bounded")
-            .expect("complete body");
-        assert_eq!(r.status, 200);
-        let want: String = (0..6).map(|i| format!("part{i}\n")).collect();
-        assert_eq!(r.body, want);
-        assert!(t.elapsed() > Duration::from_millis(2500), "{:?}", t.elapsed());
-    }
-    assert_eq!(app0.requests(), 1);
-    assert_eq!(app1.requests(), 1);
-}
-
-/// A black-holed peer (its SYNs are dropped: a listener whose accept queue
-/// is full and never drained): the connect times out after
-/// STICKYD_CONNECT_TIMEOUT and the request is served here, repinned (row 14).
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn black_holed_peer_repins_after_the_connect_timeout() {
-    let hole = addr_on("127.0.112.9");
-    let sock = tokio::net::TcpSocket::new_v4().unwrap();
-    sock.bind(hole).unwrap();
-    let _listener = sock.listen(1).unwrap();
-    // Fill the accept queue until a connect no longer completes.
-    let mut fillers = Vec::new();
-    for _ in 0..16 {
-        match tokio::time::timeout(Duration::from_millis(300), TcpStream::connect(hole)).await {
-            Ok(Ok(s)) => fillers.push(s),
-            _ => break,
-        }
-    }
-    assert!(
-        tokio::time::timeout(Duration::from_millis(500), TcpStream::connect(hole))
-            .await
-            .is_err(),
-        "the black hole answers connects"
-    );
-
-    let app = App::start("pod-0", "127.0.112.1").await;
-    let fast = addr_on("127.0.112.1");
-    let dflt = addr_on("127.0.112.2");
-    let peers = format!("static:pod-0={fast},pod-2={dflt},pod-9={hole}");
-    let s_fast = Stickyd::start(
-        "pod-0",
-        fast,
-        app.addr,
-        &[
-            ("STICKYD_ENDPOINTS", peers.clone()),
-            ("STICKYD_CONNECT_TIMEOUT", "0.2".into()),
-        ],
-    )
+        (r.status == 502, r)
+    })
     .await;
-    let s_dflt = Stickyd::start("pod-2", dflt, app.addr, &[("STICKYD_ENDPOINTS", peers)]).await;
-    let body = "a body that must survive the repin";
-    for (s, pod, min, max) in [(&s_fast, "pod-0", 150, 1500), (&s_dflt, "pod-2", 900, 2500)] {
-        let t = Instant::now();
-        let r = request(
-            "POST",
-            &format!("http://{}/up", s.listen),
-            &[("cookie", &cookie_for("pod-9"))],
-            full(body),
-        )
-        .await
-        .unwrap();
-        let took = t.elapsed();
-        assert_eq!(r.status, 200, "{r:?}");
-        assert_eq!(r.pod(), "pod-0", "the app behind both sidecars");
-        assert_eq!(r.field("session"), "repinned");
-        assert_eq!(r.field("bytes"), body.len().to_string());
-        // The new cookie names the pod that repinned it (ID.SID).
-        assert_eq!(
-            r.sticky_cookie().as_deref().and_then(|c| c.split('.').next()),
-            Some(SessionId::for_pod(pod).encode().as_str())
-        );
-        assert!(
-            took >= Duration::from_millis(min) && took < Duration::from_millis(max),
-            "{pod}: {took:?}"
-        );
-        assert!(s.metrics().await.contains("kind=\"peer_connect\""));
-    }
-    drop(fillers);
+    assert!(r.body.contains("could not reach the app"), "{r:?}");
+    wait_ready(&s, 503).await;
 }
 
 /// A peer that died dark (no RST: its requests are never answered) leaves
@@ -402,11 +199,10 @@ async fn requests_in_flight_to_a_peer_that_leaves_the_view_are_not_left_hanging(
         let url = url.clone();
         async move { request("POST", &url, &[("cookie", &cookie_for("pod-9"))], full("order #1")).await }
     });
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while dark.requests() < 2 {
-        assert!(Instant::now() < deadline, "the requests never reached the peer");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    eventually(Duration::from_secs(10), "the requests reaching the peer", || {
+        std::future::ready((dark.requests() >= 2, dark.requests()))
+    })
+    .await;
     assert!(!get.is_finished() && !post.is_finished());
     // The control plane notices: pod-9 leaves the view.
     write_peers(&peers, &[("pod-0", listen)]);
@@ -456,7 +252,6 @@ async fn peer_dying_mid_response_ends_the_client_connection() {
     )
     .await;
     let client = plain_client();
-    let t = Instant::now();
     let req = http::Request::get(format!("http://{listen}/big"))
         .header("cookie", cookie_for("pod-9"))
         .body(empty())
@@ -470,7 +265,6 @@ async fn peer_dying_mid_response_ends_the_client_connection() {
         .await
         .expect("the body ends: no hang");
     assert!(body.is_err(), "a truncated body must not look complete");
-    assert!(t.elapsed() < Duration::from_secs(3), "{:?}", t.elapsed());
 
     let r = request(
         "POST",
@@ -487,7 +281,7 @@ async fn peer_dying_mid_response_ends_the_client_connection() {
 }
 
 /// A real peer sidecar killed (SIGKILL) while its response streams through
-/// another sidecar: the client's body ends with an error within a bound.
+/// another sidecar: the client's body ends with an error, never a hang.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killed_peer_sidecar_mid_stream_ends_the_client_connection() {
     let app0 = App::start("pod-0", "127.0.113.11").await;
@@ -515,7 +309,6 @@ async fn killed_peer_sidecar_mid_stream_ends_the_client_connection() {
         .unwrap();
     assert!(first.data_ref().is_some());
     s1.child.kill().unwrap();
-    let killed = Instant::now();
     let outcome = tokio::time::timeout(Duration::from_secs(5), async {
         loop {
             match body.frame().await {
@@ -528,29 +321,33 @@ async fn killed_peer_sidecar_mid_stream_ends_the_client_connection() {
     .await
     .expect("the body ends: no hang");
     assert!(outcome.is_err(), "a cut stream must not end like a complete one");
-    assert!(killed.elapsed() < Duration::from_secs(2), "{:?}", killed.elapsed());
     assert!(app0.seen().is_empty(), "never replayed locally");
     // pod-0 keeps serving.
     assert_eq!(get(&format!("http://{l0}/"), &[]).await.unwrap().status, 200);
 }
 
-/// An overloaded peer that answers 503 slowly: stickyd passes each 503 on,
-/// makes exactly one attempt per request (no retry storm), replays nothing
-/// locally.
+/// An overloaded peer that answers 503 only once all eight requests are in
+/// (they go out together, none waits for another): stickyd passes each 503
+/// on, makes exactly one attempt per request (no retry storm), replays
+/// nothing locally.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn overloaded_peer_503_is_passed_on_once() {
-    let peer = Fake::start("127.0.114.9", |mut s: TcpStream| async move {
-        tokio::time::sleep(Duration::from_millis(800)).await;
-        let body = "overloaded\n";
-        let head = format!(
-            "HTTP/1.1 503 Service Unavailable\r\nRetry-After: 1\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-            body.len()
-        );
-        let _ = s.write_all(head.as_bytes()).await;
+    let all_in = Arc::new(tokio::sync::Barrier::new(8));
+    let peer = Fake::start("127.0.114.19", move |mut s: TcpStream| {
+        let all_in = all_in.clone();
+        async move {
+            all_in.wait().await;
+            let body = "overloaded\n";
+            let head = format!(
+                "HTTP/1.1 503 Service Unavailable\r\nRetry-After: 1\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                body.len()
+            );
+            let _ = s.write_all(head.as_bytes()).await;
+        }
     })
     .await;
-    let app = App::start("pod-0", "127.0.114.1").await;
-    let listen = addr_on("127.0.114.1");
+    let app = App::start("pod-0", "127.0.114.11").await;
+    let listen = addr_on("127.0.114.11");
     let s = Stickyd::start(
         "pod-0",
         listen,
@@ -562,7 +359,6 @@ async fn overloaded_peer_503_is_passed_on_once() {
     )
     .await;
     let cookie = cookie_for("pod-9");
-    let t = Instant::now();
     let results = futures_util::future::join_all((0..8).map(|i| {
         let url = format!("http://{listen}/r{i}");
         let cookie = cookie.clone();
@@ -582,7 +378,6 @@ async fn overloaded_peer_503_is_passed_on_once() {
         assert_eq!(r.headers.get("retry-after").unwrap(), "1");
         assert!(r.sticky_cookie().is_none(), "a passed-on 503 does not repin");
     }
-    assert!(t.elapsed() < Duration::from_secs(3), "{:?}", t.elapsed());
     assert_eq!(peer.requests(), 8, "exactly one attempt per request");
     assert!(app.seen().is_empty(), "nothing replayed locally");
     let m = s.metrics().await;
@@ -610,7 +405,9 @@ async fn rolling_restart(keep_in_view: bool) -> Vec<String> {
     const SESSIONS: usize = 12;
     let peers_file = temp_path("drain-peers");
     let names = ["pod-0", "pod-1", "pod-2"];
-    let addrs: Vec<SocketAddr> = (1..=3).map(|i| addr_on(&format!("127.0.115.{i}"))).collect();
+    // Each variant on addresses of its own: they run at once.
+    let base = if keep_in_view { 30 } else { 0 };
+    let addrs: Vec<SocketAddr> = (1..=3).map(|i| addr_on(&format!("127.0.115.{}", base + i))).collect();
     let list: Vec<(&str, SocketAddr)> = names.iter().copied().zip(addrs.iter().copied()).collect();
     write_peers(&peers_file, &list);
     let env = vec![
@@ -623,7 +420,7 @@ async fn rolling_restart(keep_in_view: bool) -> Vec<String> {
     for (i, name) in names.iter().enumerate() {
         // The app on an address of its own: its port never collides with the
         // sidecar's port picked in advance.
-        let app = App::start(name, &format!("127.0.115.{}", 101 + i)).await;
+        let app = App::start(name, &format!("127.0.115.{}", 101 + base + i)).await;
         sidecars.push(Stickyd::start(name, addrs[i], app.addr, &env).await);
         apps.push(app);
     }
@@ -665,19 +462,11 @@ async fn rolling_restart(keep_in_view: bool) -> Vec<String> {
         })
         .collect();
     // Every session has its pod before the first restart.
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while log
-        .lock()
-        .unwrap()
-        .iter()
-        .map(|e| e.0)
-        .collect::<std::collections::HashSet<_>>()
-        .len()
-        < SESSIONS
-    {
-        assert!(Instant::now() < deadline, "sessions did not start");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    eventually(Duration::from_secs(10), "every session started", || {
+        let started: std::collections::HashSet<usize> = log.lock().unwrap().iter().map(|e| e.0).collect();
+        std::future::ready((started.len() >= SESSIONS, started.len()))
+    })
+    .await;
     tokio::time::sleep(Duration::from_millis(500)).await;
 
     let mut drain_times = Vec::new();
@@ -775,8 +564,9 @@ async fn rolling_restart(keep_in_view: bool) -> Vec<String> {
 
 /// On SIGTERM, while the drain lasts, keep-alive clients are told to go:
 /// an HTTP/1.1 connection opened before gets `Connection: close` on its
-/// next response and is closed. An HTTP/2 connection gets GOAWAY as the
-/// drain starts, and the process exits 0.
+/// next response and is closed. An HTTP/2 connection gets GOAWAY. Both
+/// happen while the drain still serves (a fresh connection is still
+/// answered, with `Connection: close`), and the process then exits 0.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn drain_tells_keep_alive_clients_to_go() {
     let app = App::start("pod-0", "127.0.115.21").await;
@@ -787,7 +577,7 @@ async fn drain_tells_keep_alive_clients_to_go() {
         app.addr,
         &[
             ("STICKYD_ENDPOINTS", format!("static:pod-0={listen}")),
-            ("STICKYD_DRAIN_SECONDS", "3".into()),
+            ("STICKYD_DRAIN_SECONDS", "5".into()),
         ],
     )
     .await;
@@ -817,7 +607,6 @@ async fn drain_tells_keep_alive_clients_to_go() {
     assert_eq!(r.status(), 200);
 
     s.signal("TERM");
-    let signalled = Instant::now();
     // HTTP/1.1: the next response says close, and the server closes.
     h1.write_all(b"GET /during HTTP/1.1\r\nHost: t\r\n\r\n").await.unwrap();
     let mut got = Vec::new();
@@ -833,16 +622,19 @@ async fn drain_tells_keep_alive_clients_to_go() {
         text.starts_with("http/1.1 200") && text.contains("connection: close"),
         "{text}"
     );
-    assert!(signalled.elapsed() < Duration::from_secs(2));
-    // HTTP/2: GOAWAY within the first second of a 3 s drain.
-    let deadline = signalled + Duration::from_secs(1);
-    loop {
-        if h2.is_closed() || h2_conn.is_finished() {
-            break;
-        }
-        assert!(Instant::now() < deadline, "no GOAWAY during the drain");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    // HTTP/2: GOAWAY.
+    eventually(Duration::from_secs(10), "GOAWAY", || {
+        std::future::ready((h2.is_closed() || h2_conn.is_finished(), ()))
+    })
+    .await;
+    // Still draining: a fresh connection is served, and told to go.
+    assert!(
+        s.child.try_wait().unwrap().is_none(),
+        "exited before the clients were told"
+    );
+    let (status, text) = fresh_get(listen, "/still").await.unwrap();
+    assert_eq!(status, 200, "{text}");
+    assert!(text.to_ascii_lowercase().contains("connection: close"), "{text}");
     let st = wait_exit(&mut s, Duration::from_secs(10)).await;
     assert!(st.success(), "{st:?}");
 }

@@ -62,8 +62,8 @@ impl Target {
     /// One pod (`pod-0`) whose view also lists `pod-1` (a real second pod
     /// on `ip2`), signed cookies when `signed`.
     async fn start(ip: &str, ip2: &str, signed: bool) -> (Target, Target) {
-        let listen0: SocketAddr = format!("{ip}:{}", free_port(ip)).parse().unwrap();
-        let listen1: SocketAddr = format!("{ip2}:{}", free_port(ip2)).parse().unwrap();
+        let listen0 = addr_on(ip);
+        let listen1 = addr_on(ip2);
         let peers = format!("static:pod-0={listen0},pod-1={listen1}");
         let mut env = vec![("STICKYD_ENDPOINTS", peers)];
         if signed {

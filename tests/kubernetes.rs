@@ -4,9 +4,12 @@
 
 #[path = "apiserver/mod.rs"]
 mod apiserver;
+mod common;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+
+use common::eventually;
 
 use apiserver::{slice, ApiServer};
 use futures_util::{StreamExt, TryStreamExt};
@@ -19,8 +22,9 @@ use stickyd::metrics::Metrics;
 const NS: &str = "shop";
 const SVC: &str = "web";
 const PORT: u16 = 8080;
-/// Every change must show up within this long.
-const FOLLOW: Duration = Duration::from_secs(1);
+/// A hang guard for a change to show up: changes come by the open watch,
+/// without a relist (the tests count the lists), never by waiting.
+const FOLLOW: Duration = Duration::from_secs(10);
 /// Long enough for the watcher's default backoff (0.8 s doubling, jittered)
 /// to retry a few times after an outage.
 const RECOVER: Duration = Duration::from_secs(10);
@@ -87,32 +91,17 @@ fn p(name: &str, ip: &str, state: &'static str) -> (String, String, &'static str
     (name.into(), format!("{ip}:{PORT}"), state)
 }
 
-/// Polls until `ok` holds, or panics after `within` with what was seen.
-async fn until<T: std::fmt::Debug>(within: Duration, what: &str, mut probe: impl FnMut() -> (bool, T)) -> Duration {
-    let start = Instant::now();
-    loop {
-        let (ok, seen) = probe();
-        if ok {
-            return start.elapsed();
-        }
-        if start.elapsed() > within {
-            panic!("{what}: not within {within:?}; last seen {seen:?}");
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-}
-
-/// Waits until the synced view's peers are `want`; returns how long it took.
-async fn view_is(src: &Source, within: Duration, want: &[(String, String, &'static str)]) -> Duration {
-    until(within, "endpoint view", || {
+/// Waits until the synced view's peers are `want`.
+async fn view_is(src: &Source, within: Duration, want: &[(String, String, &'static str)]) {
+    eventually(within, "endpoint view", || {
         let v = src.store.load();
-        (v.synced && peers(&v) == want, (v.synced, v.generation, peers(&v)))
+        std::future::ready((v.synced && peers(&v) == want, (v.synced, v.generation, peers(&v))))
     })
-    .await
+    .await;
 }
 
 #[tokio::test]
-async fn follows_every_change_within_a_second() {
+async fn follows_every_change_by_the_watch() {
     bounded(async {
         let api = ApiServer::spawn().await;
         api.set_slice(
@@ -122,13 +111,13 @@ async fn follows_every_change_within_a_second() {
         let src = source(&api);
         view_is(
             &src,
-            FOLLOW * 5,
+            FOLLOW,
             &[p("web-0", "10.0.0.1", "ready"), p("web-1", "10.0.0.2", "ready")],
         )
         .await;
         assert_eq!(src.metrics.endpoints_synced.get(), 1);
 
-        let mut slowest = Duration::ZERO;
+        let lists = api.lists();
         let steps: Vec<(Vec<Ep<'_>>, Peers)> = vec![
             // Scale up.
             (
@@ -171,16 +160,17 @@ async fn follows_every_change_within_a_second() {
         for (endpoints, want) in steps {
             let generation = src.store.load().generation;
             api.set_slice(NS, web("web-a", &endpoints));
-            slowest = slowest.max(view_is(&src, FOLLOW, &want).await);
+            view_is(&src, FOLLOW, &want).await;
             assert_eq!(src.store.load().generation, generation + 1, "one swap per change");
+            assert_eq!(api.lists(), lists, "followed by the watch, not by a relist");
         }
         assert!(api.delete_slice(NS, "web-a"));
-        slowest = slowest.max(view_is(&src, FOLLOW, &[]).await);
+        view_is(&src, FOLLOW, &[]).await;
+        assert_eq!(api.lists(), lists, "followed by the watch, not by a relist");
         assert!(src.store.load().synced);
         let text = metrics_text(&src.metrics);
         assert!(text.contains("stickyd_endpoints{state=\"ready\"} 0"), "{text}");
         assert_eq!(src.metrics.kube_watch_errors.get(), 0);
-        eprintln!("slowest change followed in {slowest:?}");
     })
     .await
 }
@@ -206,7 +196,7 @@ async fn merges_the_services_slices_and_ignores_the_rest() {
         let src = source(&api);
         view_is(
             &src,
-            FOLLOW * 5,
+            FOLLOW,
             &[
                 p("web-0", "10.0.0.1", "ready"),
                 p("web-1", "10.0.0.2", "draining"),
@@ -258,9 +248,9 @@ async fn api_down_at_start_serves_unsynced_then_syncs() {
         api.set_slice(NS, web("web-a", &[ready("web-0", "10.0.0.1")]));
         api.stop();
         let src = source(&api);
-        until(RECOVER, "watch errors counted", || {
+        eventually(RECOVER, "watch errors counted", || {
             let n = src.metrics.kube_watch_errors.get();
-            (n >= 2, n)
+            std::future::ready((n >= 2, n))
         })
         .await;
         let v = src.store.load();
@@ -294,15 +284,15 @@ async fn outages_keep_the_last_good_view() {
         );
         let src = source(&api);
         let both = [p("web-0", "10.0.0.1", "ready"), p("web-1", "10.0.0.2", "ready")];
-        view_is(&src, FOLLOW * 5, &both).await;
+        view_is(&src, FOLLOW, &both).await;
         let generation = src.store.load().generation;
 
         // 5xx for a while, and the open watch breaks.
         api.fail_with(500, Duration::from_secs(2));
         api.drop_watches();
-        until(RECOVER, "5xx counted", || {
+        eventually(RECOVER, "5xx counted", || {
             let n = src.metrics.kube_watch_errors.get();
-            (n >= 1, n)
+            std::future::ready((n >= 1, n))
         })
         .await;
         assert_eq!(peers(&src.store.load()), both);
@@ -316,9 +306,9 @@ async fn outages_keep_the_last_good_view() {
         let errors = src.metrics.kube_watch_errors.get();
         api.fail_with(503, Duration::from_secs(1));
         api.drop_watches();
-        until(RECOVER, "503 counted", || {
+        eventually(RECOVER, "503 counted", || {
             let n = src.metrics.kube_watch_errors.get();
-            (n > errors, n)
+            std::future::ready((n > errors, n))
         })
         .await;
         api.set_slice(
@@ -338,9 +328,9 @@ async fn outages_keep_the_last_good_view() {
         let errors = src.metrics.kube_watch_errors.get();
         let generation = src.store.load().generation;
         api.stop();
-        until(RECOVER, "connection failures counted", || {
+        eventually(RECOVER, "connection failures counted", || {
             let n = src.metrics.kube_watch_errors.get();
-            (n > errors, n)
+            std::future::ready((n > errors, n))
         })
         .await;
         assert!(src.store.load().synced);
@@ -370,8 +360,11 @@ async fn a_dropped_watch_resumes_from_its_resource_version() {
         let api = ApiServer::spawn().await;
         api.set_slice(NS, web("web-a", &[ready("web-0", "10.0.0.1")]));
         let src = source(&api);
-        view_is(&src, FOLLOW * 5, &[p("web-0", "10.0.0.1", "ready")]).await;
-        until(FOLLOW, "watch open", || (api.watches() == 1, api.watches())).await;
+        view_is(&src, FOLLOW, &[p("web-0", "10.0.0.1", "ready")]).await;
+        eventually(FOLLOW, "watch open", || {
+            std::future::ready((api.watches() == 1, api.watches()))
+        })
+        .await;
         let lists = api.lists();
         for i in 2..5u8 {
             api.drop_watches();
@@ -419,7 +412,7 @@ async fn gone_410_relists_and_replaces_the_view() {
         let src = source(&api);
         view_is(
             &src,
-            FOLLOW * 5,
+            FOLLOW,
             &[p("web-0", "10.0.0.1", "ready"), p("web-1", "10.0.0.2", "ready")],
         )
         .await;
@@ -452,7 +445,10 @@ async fn gone_410_relists_and_replaces_the_view() {
         let lists = api.lists();
         api.compact();
         api.drop_watches();
-        until(RECOVER, "relist after 410", || (api.lists() > lists, api.lists())).await;
+        eventually(RECOVER, "relist after 410", || {
+            std::future::ready((api.lists() > lists, api.lists()))
+        })
+        .await;
         api.delete_slice(NS, "web-a");
         view_is(&src, RECOVER, &[p("web-3", "10.0.0.4", "ready")]).await;
     })
@@ -519,44 +515,47 @@ async fn the_double_follows_the_watch_conventions() {
             "the stream ends after the error"
         );
 
-        // 5xx for a while, as a Status.
+        // 5xx for a while, as a Status, then served again.
         api.fail_with(500, Duration::from_millis(300));
         match slices.list(&Default::default()).await {
             Err(kube::Error::Api(s)) => assert_eq!(s.code, 500),
             other => panic!("expected a 500, got {other:?}"),
         }
-        let start = Instant::now();
-        loop {
+        let list = eventually(RECOVER, "served after the failure", || async {
             match slices.list(&Default::default()).await {
-                Ok(list) => {
-                    assert_eq!(list.items.len(), 2, "no label selector: every slice of the namespace");
-                    assert!(start.elapsed() >= Duration::from_millis(200), "{:?}", start.elapsed());
-                    break;
-                }
-                Err(e) if start.elapsed() < Duration::from_secs(2) => {
+                Ok(list) => (true, Some(list)),
+                Err(e) => {
                     assert!(matches!(&e, kube::Error::Api(s) if s.code == 500), "{e}");
-                    tokio::time::sleep(Duration::from_millis(20)).await;
+                    (false, None)
                 }
-                Err(e) => panic!("still failing after the window: {e}"),
             }
-        }
+        })
+        .await
+        .unwrap();
+        assert_eq!(list.items.len(), 2, "no label selector: every slice of the namespace");
 
-        // A watch ends cleanly after its timeoutSeconds.
+        // A watch ends cleanly after its timeoutSeconds, not before: a change
+        // made while it is open still comes on it.
         let short = WatchParams::default().labels(&sel).timeout(1);
         let mut events = slices
             .watch(&short, &api.resource_version().to_string())
             .await
             .unwrap()
             .boxed();
-        let start = Instant::now();
+        let changed = api.set_slice(NS, web("web-a", &[ready("web-2", "10.0.0.3")]));
+        let mut modified = false;
         loop {
             match tokio::time::timeout(Duration::from_secs(5), events.try_next()).await {
                 Ok(Ok(Some(WatchEvent::Bookmark(_)))) => continue,
+                Ok(Ok(Some(WatchEvent::Modified(s)))) => {
+                    assert_eq!(s.metadata.resource_version, Some(changed.to_string()));
+                    modified = true;
+                }
                 Ok(Ok(None)) => break,
                 other => panic!("expected the watch to end, got {other:?}"),
             }
         }
-        assert!(start.elapsed() >= Duration::from_millis(900), "{:?}", start.elapsed());
+        assert!(modified, "the watch ended before the change came");
 
         // A dropped watch breaks mid-stream, without the last chunk.
         let mut events = slices
@@ -668,12 +667,12 @@ impl Drop for Stickyd {
 
 impl Stickyd {
     /// Starts `stickyd run` for `pod`, watching the double, and waits until
-    /// its admin listener answers.
+    /// its admin listener (port 0 on `listen`'s address, read back from the
+    /// startup log line) answers.
     async fn spawn(
         api: &ApiServer,
         pod: &str,
         listen: SocketAddr,
-        admin: SocketAddr,
         upstream: SocketAddr,
         sync_timeout: &str,
         extra_env: &[(&str, &str)],
@@ -696,7 +695,7 @@ impl Stickyd {
             .env("STICKYD_SERVICE", SVC)
             .env("STICKYD_POD_NAME", pod)
             .env("STICKYD_LISTEN", listen.to_string())
-            .env("STICKYD_ADMIN_LISTEN", admin.to_string())
+            .env("STICKYD_ADMIN_LISTEN", SocketAddr::new(listen.ip(), 0).to_string())
             .env("STICKYD_UPSTREAM", format!("http://{upstream}"))
             .env("STICKYD_SYNC_TIMEOUT", sync_timeout)
             .env("STICKYD_WORKER_THREADS", "2")
@@ -711,22 +710,28 @@ impl Stickyd {
             child,
             dir,
             listen,
-            admin,
+            admin: listen,
         };
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
+        sidecar.admin = eventually(Duration::from_secs(10), "stickyd listening", || {
             if let Some(status) = sidecar.child.try_wait().unwrap() {
                 panic!("stickyd exited with {status}: {}", sidecar.log());
             }
-            if get(sidecar.admin, "/healthz", None)
-                .await
-                .is_some_and(|r| r.status == 200)
-            {
-                break;
+            let admin = common::logged_admin(&sidecar.log());
+            std::future::ready((admin.is_some(), admin))
+        })
+        .await
+        .unwrap();
+        eventually(Duration::from_secs(10), "stickyd answering /healthz", || {
+            if let Some(status) = sidecar.child.try_wait().unwrap() {
+                panic!("stickyd exited with {status}: {}", sidecar.log());
             }
-            assert!(Instant::now() < deadline, "stickyd does not answer /healthz");
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
+            let admin = sidecar.admin;
+            async move {
+                let r = get(admin, "/healthz", None).await;
+                (r.as_ref().is_some_and(|r| r.status == 200), r)
+            }
+        })
+        .await;
         sidecar
     }
 
@@ -792,12 +797,8 @@ impl Pods {
     }
 
     async fn start_with(api: &ApiServer, net: u8, real: u8, others: u8, sync_timeout: &str) -> Pods {
-        let port = TcpListener::bind((ip(net, 10), 0))
-            .await
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
+        // Each test owns its /24: one constant port for every pod there.
+        let port = common::SIDECAR_PORT;
         let mut echoes = Vec::new();
         let mut sidecars = Vec::new();
         for i in 0..real {
@@ -806,9 +807,8 @@ impl Pods {
             let upstream = app.local_addr().unwrap();
             let name = format!("web-{i}");
             echoes.push(echo_on(app, &name).await);
-            let admin = TcpListener::bind((me, 0)).await.unwrap().local_addr().unwrap();
             let listen = SocketAddr::new(me, port);
-            sidecars.push(Stickyd::spawn(api, &name, listen, admin, upstream, sync_timeout, &[]).await);
+            sidecars.push(Stickyd::spawn(api, &name, listen, upstream, sync_timeout, &[]).await);
         }
         for i in real..real + others {
             let l = TcpListener::bind((ip(net, 10 + i), port)).await.unwrap();
@@ -856,8 +856,8 @@ impl Pods {
     }
 
     /// Waits until every real sidecar's `/endpoints` is synced with exactly
-    /// `want` (pod index, state); returns how long that took.
-    async fn endpoints_are(&self, within: Duration, want: &[(u8, &str)]) -> Duration {
+    /// `want` (pod index, state).
+    async fn endpoints_are(&self, within: Duration, want: &[(u8, &str)]) {
         let want: Vec<(String, String, String)> = want
             .iter()
             .map(|(i, s)| {
@@ -868,16 +868,13 @@ impl Pods {
                 )
             })
             .collect();
-        let start = Instant::now();
         for sidecar in &self.sidecars {
-            let left = within.saturating_sub(start.elapsed());
-            eventually(left, &format!("{} /endpoints", sidecar.pod), || async {
+            eventually(within, &format!("{} /endpoints", sidecar.pod), || async {
                 let seen = sidecar.endpoints().await;
                 (seen.as_ref().is_some_and(|(synced, p)| *synced && *p == want), seen)
             })
             .await;
         }
-        start.elapsed()
     }
 
     async fn metrics(&self) -> String {
@@ -941,26 +938,6 @@ async fn get(addr: SocketAddr, path: &str, cookie: Option<&str>) -> Option<Resp>
     tokio::time::timeout(Duration::from_secs(5), fut).await.ok()?
 }
 
-/// Polls `probe` until it reports success, or panics after `within`.
-async fn eventually<T, F, Fut>(within: Duration, what: &str, mut probe: F) -> Duration
-where
-    T: std::fmt::Debug,
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = (bool, T)>,
-{
-    let start = Instant::now();
-    loop {
-        let (ok, seen) = probe().await;
-        if ok {
-            return start.elapsed();
-        }
-        if start.elapsed() > within {
-            panic!("{what}: not within {within:?}; last seen {seen:?}");
-        }
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-}
-
 /// The value of one sample in an OpenMetrics text.
 fn sample(text: &str, series: &str) -> Option<f64> {
     text.lines().find_map(|l| {
@@ -991,7 +968,6 @@ async fn binary_follows_scaling_and_the_drain_of_a_pod() {
     bounded(async {
         let api = ApiServer::spawn().await;
         let pods = Pods::start(&api, 41, 3, "10").await;
-        let mut slowest = Duration::ZERO;
         let step = |eps: Vec<(String, String, bool, bool, bool)>| {
             api.set_slice(NS, pods.slice("web-a", &eps));
         };
@@ -1009,20 +985,16 @@ async fn binary_follows_scaling_and_the_drain_of_a_pod() {
 
         // Scale up.
         step(vec![pods.ep(0, "ready"), pods.ep(1, "ready"), pods.ep(2, "ready")]);
-        slowest = slowest.max(
-            pods.endpoints_are(FOLLOW, &[(0, "ready"), (1, "ready"), (2, "ready")])
-                .await,
-        );
+        pods.endpoints_are(FOLLOW, &[(0, "ready"), (1, "ready"), (2, "ready")])
+            .await;
         served(&pods.request(Some("web-2")).await, "web-2", "", None);
         let m = pods.metrics().await;
         assert_eq!(sample(&m, "stickyd_endpoints{state=\"ready\"}"), Some(3.0), "{m}");
 
         // web-1 terminates: its sessions stay with it, new ones go elsewhere.
         step(vec![pods.ep(0, "ready"), pods.ep(1, "draining"), pods.ep(2, "ready")]);
-        slowest = slowest.max(
-            pods.endpoints_are(FOLLOW, &[(0, "ready"), (1, "draining"), (2, "ready")])
-                .await,
-        );
+        pods.endpoints_are(FOLLOW, &[(0, "ready"), (1, "draining"), (2, "ready")])
+            .await;
         served(&pods.request(Some("web-1")).await, "web-1", "", None);
         served(&pods.request(None).await, "web-0", "new", Some("web-0"));
         let m = pods.metrics().await;
@@ -1031,20 +1003,19 @@ async fn binary_follows_scaling_and_the_drain_of_a_pod() {
 
         // web-1 stops serving: its sessions repin here.
         step(vec![pods.ep(0, "ready"), pods.ep(1, "terminated"), pods.ep(2, "ready")]);
-        slowest = slowest.max(pods.endpoints_are(FOLLOW, &[(0, "ready"), (2, "ready")]).await);
+        pods.endpoints_are(FOLLOW, &[(0, "ready"), (2, "ready")]).await;
         served(&pods.request(Some("web-1")).await, "web-0", "repinned", Some("web-0"));
         served(&pods.request(Some("web-2")).await, "web-2", "", None);
 
         // Scale down: web-1 and web-2 leave the slice.
         step(vec![pods.ep(0, "ready"), pods.ep(3, "ready")]);
-        slowest = slowest.max(pods.endpoints_are(FOLLOW, &[(0, "ready"), (3, "ready")]).await);
+        pods.endpoints_are(FOLLOW, &[(0, "ready"), (3, "ready")]).await;
         served(&pods.request(Some("web-2")).await, "web-0", "repinned", Some("web-0"));
         served(&pods.request(Some("web-3")).await, "web-3", "", None);
         let m = pods.metrics().await;
         assert_eq!(sample(&m, "stickyd_endpoints{state=\"ready\"}"), Some(2.0), "{m}");
         assert_eq!(sample(&m, "stickyd_endpoints{state=\"draining\"}"), Some(0.0), "{m}");
         assert_eq!(sample(&m, "stickyd_kubernetes_watch_errors_total"), Some(0.0), "{m}");
-        eprintln!("stickyd followed each slice change within {slowest:?}");
         assert!(pods.sidecar().log().contains("endpoint view updated"));
     })
     .await
@@ -1079,8 +1050,7 @@ async fn binary_two_real_sidecars_through_a_drain() {
         // Serving and terminating: web-1 keeps its sessions, and hands new ones
         // to web-0.
         api.set_slice(NS, pods.slice("web-a", &[pods.ep(0, "ready"), pods.ep(1, "draining")]));
-        let took = pods.endpoints_are(FOLLOW, &[(0, "ready"), (1, "draining")]).await;
-        eprintln!("both sidecars saw the drain within {took:?}");
+        pods.endpoints_are(FOLLOW, &[(0, "ready"), (1, "draining")]).await;
         app_saw(&web0.request(Some("web-1")).await, "web-1", "pinned", None);
         app_saw(&web1.request(Some("web-1")).await, "web-1", "pinned", None);
         app_saw(&web1.request(None).await, "web-0", "new", Some("web-0"));
@@ -1112,18 +1082,9 @@ async fn binary_ipv6_slices_with_a_named_port() {
         let peer = TcpListener::bind((lo, 0)).await.unwrap();
         let peer_addr = peer.local_addr().unwrap();
         let _peer = echo_on(peer, "web-1").await;
-        let listen = TcpListener::bind((lo, 0)).await.unwrap().local_addr().unwrap();
-        let admin = TcpListener::bind((lo, 0)).await.unwrap().local_addr().unwrap();
-        let sidecar = Stickyd::spawn(
-            &api,
-            "web-0",
-            listen,
-            admin,
-            upstream,
-            "10",
-            &[("STICKYD_PORT_NAME", "proxy")],
-        )
-        .await;
+        // ::1 is this test's alone.
+        let listen = SocketAddr::new(lo, common::SIDECAR_PORT);
+        let sidecar = Stickyd::spawn(&api, "web-0", listen, upstream, "10", &[("STICKYD_PORT_NAME", "proxy")]).await;
 
         let pod_slice = |name: &str, pod: &str, port: u16, state: (bool, bool, bool)| {
             let mut v = slice(SVC, name, ("proxy", port), &[(pod, "::1", state.0, state.1, state.2)]);
@@ -1143,7 +1104,7 @@ async fn binary_ipv6_slices_with_a_named_port() {
         let endpoints_are = |w: Vec<(String, String, String)>| {
             let sidecar = &sidecar;
             async move {
-                eventually(FOLLOW * 5, "/endpoints", || async {
+                eventually(FOLLOW, "/endpoints", || async {
                     let seen = sidecar.endpoints().await;
                     (seen.as_ref().is_some_and(|(synced, p)| *synced && *p == w), seen)
                 })
@@ -1154,17 +1115,14 @@ async fn binary_ipv6_slices_with_a_named_port() {
         api.set_slice(NS, pod_slice("web-x1", "web-0", listen.port(), (true, true, false)));
         api.set_slice(NS, pod_slice("web-x2", "web-1", peer_addr.port(), (true, true, false)));
         endpoints_are(want(&[("web-0", listen, "ready"), ("web-1", peer_addr, "ready")])).await;
-        let took_at_most = Duration::from_secs(1);
         served(&sidecar.request(Some("web-1")).await, "web-1", "", None);
 
         api.set_slice(NS, pod_slice("web-x2", "web-1", peer_addr.port(), (false, true, true)));
-        let took = endpoints_are(want(&[("web-0", listen, "ready"), ("web-1", peer_addr, "draining")])).await;
-        assert!(took < took_at_most, "{took:?}");
+        endpoints_are(want(&[("web-0", listen, "ready"), ("web-1", peer_addr, "draining")])).await;
         served(&sidecar.request(Some("web-1")).await, "web-1", "", None);
 
         assert!(api.delete_slice(NS, "web-x2"));
-        let took = endpoints_are(want(&[("web-0", listen, "ready")])).await;
-        assert!(took < took_at_most, "{took:?}");
+        endpoints_are(want(&[("web-0", listen, "ready")])).await;
         served(
             &sidecar.request(Some("web-1")).await,
             "web-0",

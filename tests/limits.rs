@@ -1,6 +1,7 @@
-//! Bounded resources on real processes: STICKYD_MAX_CONNECTIONS, the
-//! header read timeout against slowloris, header size and count limits,
-//! and 10,000 idle keep-alive connections within a memory bound.
+//! Bounded resources on real processes: STICKYD_MAX_CONNECTIONS, header
+//! size and count limits, and 10,000 idle keep-alive connections within a
+//! memory bound. (The header read timeout against slowloris and silent
+//! connections is a duration: `timing.rs`, on tokio's paused clock.)
 //!
 //! Addresses: 127.0.120.x to 127.0.129.x.
 //!
@@ -68,21 +69,27 @@ fn metric(text: &str, name: &str) -> u64 {
         .unwrap_or(0)
 }
 
-/// STICKYD_MAX_CONNECTIONS=50: the 51st connection is closed at once and
-/// counted; the 50 before it keep working; once one closes, a new one is
-/// accepted again.
+/// STICKYD_MAX_CONNECTIONS=50: the 51st connection is closed unserved and
+/// counted (at once: the header read timeout, which could close it too, is
+/// far beyond the wait); the 50 before it keep working; once one closes, a
+/// new one is accepted again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn max_connections_closes_the_next_one_and_counts_it() {
-    let (_app, s) = one_pod("127.0.120.1", &[("STICKYD_MAX_CONNECTIONS", "50".into())]).await;
+    let (_app, s) = one_pod(
+        "127.0.120.1",
+        &[
+            ("STICKYD_MAX_CONNECTIONS", "50".into()),
+            ("STICKYD_HEADER_READ_TIMEOUT", "600".into()),
+        ],
+    )
+    .await;
     let mut conns = served_connections(s.listen, 50, "/c").await;
-    let t = Instant::now();
     let mut extra = TcpStream::connect(s.listen).await.unwrap();
     let _ = extra.write_all(b"GET /extra HTTP/1.1\r\nHost: t\r\n\r\n").await;
-    assert!(
-        closed_within(&mut extra, Duration::from_secs(2)).await,
-        "the 51st was served"
-    );
-    assert!(t.elapsed() < Duration::from_secs(1), "not at once: {:?}", t.elapsed());
+    let mut got = Vec::new();
+    let end = tokio::time::timeout(Duration::from_secs(30), extra.read_to_end(&mut got)).await;
+    assert!(end.is_ok(), "the 51st stayed open");
+    assert!(got.is_empty(), "the 51st was served: {}", String::from_utf8_lossy(&got));
     let m = s.metrics().await;
     assert_eq!(metric(&m, "stickyd_connections_refused_total"), 1, "{m}");
     assert_eq!(metric(&m, "stickyd_shed_total{kind=\"connection\"}"), 1, "{m}");
@@ -97,60 +104,16 @@ async fn max_connections_closes_the_next_one_and_counts_it() {
     // One leaves: a new connection is served again (the permit comes back
     // when the server sees the close).
     drop(conns.pop());
-    let deadline = Instant::now() + Duration::from_secs(5);
-    loop {
-        let mut c = TcpStream::connect(s.listen).await.unwrap();
-        if exchange(&mut c, "/after", Duration::from_secs(2)).await == Some(200) {
-            break;
-        }
-        assert!(Instant::now() < deadline, "no connection accepted after one closed");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
-/// Slowloris: a request head that trickles in never completes; with
-/// STICKYD_HEADER_READ_TIMEOUT=1 the connection is closed within ~2 s.
-/// Others are served meanwhile. (A connection that sends nothing at all is
-/// cut too: `silent_connections_are_closed_by_the_header_read_timeout`.)
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn slowloris_is_cut_by_the_header_read_timeout() {
-    let (app, s) = one_pod("127.0.121.1", &[("STICKYD_HEADER_READ_TIMEOUT", "1".into())]).await;
-    let mut slow = TcpStream::connect(s.listen).await.unwrap();
-    let t = Instant::now();
-    slow.write_all(b"GET /loris HTTP/1.1\r\nHost: t\r\n").await.unwrap();
-    // One more header line every 200 ms, forever, until the server hangs up.
-    let mut cut = None;
-    for i in 0..20 {
-        if slow.write_all(format!("X-{i}: a\r\n").as_bytes()).await.is_err() {
-            cut = Some(t.elapsed());
-            break;
-        }
-        let mut b = [0u8; 256];
-        match tokio::time::timeout(Duration::from_millis(200), slow.read(&mut b)).await {
-            Ok(Ok(0)) | Ok(Err(_)) => {
-                cut = Some(t.elapsed());
-                break;
-            }
-            // A 408 before the close is fine too.
-            Ok(Ok(n)) => assert!(
-                String::from_utf8_lossy(&b[..n]).starts_with("HTTP/1.1 408"),
-                "{:?}",
-                &b[..n]
-            ),
-            Err(_) => {}
-        }
-        // Meanwhile, a normal client is served.
-        if i == 2 {
-            let r = get(&format!("http://{}/", s.listen), &[]).await.unwrap();
-            assert_eq!(r.status, 200);
-        }
-    }
-    let cut = cut.expect("the slowloris connection was never closed");
-    assert!(
-        cut >= Duration::from_millis(900) && cut < Duration::from_millis(2200),
-        "{cut:?}"
-    );
-    assert!(app.seen().iter().all(|s| s.path != "/loris"));
+    eventually(
+        Duration::from_secs(5),
+        "a connection served after one closed",
+        || async {
+            let mut c = TcpStream::connect(s.listen).await.unwrap();
+            let st = exchange(&mut c, "/after", Duration::from_secs(2)).await;
+            (st == Some(200), st)
+        },
+    )
+    .await;
 }
 
 /// 431 for a head over STICKYD_MAX_HEADER_BYTES and for more than
@@ -258,7 +221,6 @@ async fn ten_thousand_idle_keep_alive_connections_stay_within_a_memory_bound() {
     let baseline = rss_kib(pid);
     let listen = s.listen;
     let started = Instant::now();
-    let mut conns: Vec<TcpStream> = Vec::with_capacity(n);
     let sources = [
         "127.0.124.1",
         "127.0.124.2",
@@ -267,42 +229,41 @@ async fn ten_thousand_idle_keep_alive_connections_stay_within_a_memory_bound() {
         "127.0.124.5",
     ];
     let batch = 100;
-    while conns.len() < n {
-        let take = batch.min(n - conns.len());
-        let base = conns.len();
-        let opened = futures_util::future::join_all((0..take).map(|k| {
-            let src: SocketAddr = format!("{}:0", sources[(base + k) % sources.len()]).parse().unwrap();
-            async move {
-                let sock = TcpSocket::new_v4().unwrap();
-                sock.bind(src).unwrap();
-                let mut c = tokio::time::timeout(Duration::from_secs(10), sock.connect(listen))
-                    .await
-                    .expect("connect in time")
-                    .expect("connect");
-                let st = exchange(&mut c, "/idle", Duration::from_secs(20)).await;
-                assert_eq!(st, Some(200), "connection {}", base + k);
-                c
-            }
-        }))
-        .await;
-        conns.extend(opened);
-        assert!(
-            started.elapsed() < Duration::from_secs(240),
-            "too slow: {} open",
-            conns.len()
-        );
-    }
+    let opening = async {
+        let mut conns: Vec<TcpStream> = Vec::with_capacity(n);
+        while conns.len() < n {
+            let take = batch.min(n - conns.len());
+            let base = conns.len();
+            let opened = futures_util::future::join_all((0..take).map(|k| {
+                let src: SocketAddr = format!("{}:0", sources[(base + k) % sources.len()]).parse().unwrap();
+                async move {
+                    let sock = TcpSocket::new_v4().unwrap();
+                    sock.bind(src).unwrap();
+                    let mut c = tokio::time::timeout(Duration::from_secs(10), sock.connect(listen))
+                        .await
+                        .expect("connect in time")
+                        .expect("connect");
+                    let st = exchange(&mut c, "/idle", Duration::from_secs(20)).await;
+                    assert_eq!(st, Some(200), "connection {}", base + k);
+                    c
+                }
+            }))
+            .await;
+            conns.extend(opened);
+        }
+        conns
+    };
+    // A hang guard: the measure is memory, not time.
+    let mut conns = tokio::time::timeout(Duration::from_secs(240), opening)
+        .await
+        .expect("opening the connections hung");
     let opened_in = started.elapsed();
     // Let the sidecar settle, then measure.
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
+    eventually(Duration::from_secs(10), "every connection open", || async {
         let m = s.metrics().await;
-        if metric(&m, "stickyd_connections_open") >= n as u64 {
-            break;
-        }
-        assert!(Instant::now() < deadline, "{m}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+        (metric(&m, "stickyd_connections_open") >= n as u64, m)
+    })
+    .await;
     let rss = rss_kib(pid);
     let peak = s.peak_rss_kib();
     let bound = baseline + 24 * n as u64 + 16 * 1024;
@@ -326,25 +287,6 @@ async fn ten_thousand_idle_keep_alive_connections_stay_within_a_memory_bound() {
     assert_eq!(metric(&m, "stickyd_connections_refused_total"), 0, "{m}");
 }
 
-/// A connection that never sends a byte is closed by the header read
-/// timeout too: silent connections must not hold STICKYD_MAX_CONNECTIONS
-/// slots forever. (An idle keep-alive connection already is.)
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn silent_connections_are_closed_by_the_header_read_timeout() {
-    let (_app, s) = one_pod("127.0.126.1", &[("STICKYD_HEADER_READ_TIMEOUT", "1".into())]).await;
-    let mut silent = TcpStream::connect(s.listen).await.unwrap();
-    let mut idle = TcpStream::connect(s.listen).await.unwrap();
-    assert_eq!(exchange(&mut idle, "/once", Duration::from_secs(5)).await, Some(200));
-    assert!(
-        closed_within(&mut idle, Duration::from_secs(3)).await,
-        "an idle keep-alive connection stayed open"
-    );
-    assert!(
-        closed_within(&mut silent, Duration::from_secs(3)).await,
-        "a silent connection stayed open"
-    );
-}
-
 /// Idle client keep-alive connections pin at most `MAX_BOUND` app
 /// connections: 300 clients that each made one request, one after the
 /// other, leave at most 128 app connections open (the rest went through the
@@ -357,15 +299,11 @@ async fn idle_client_connections_do_not_pin_app_connections() {
     let before = fds();
     // Held open while the descriptors are counted.
     let _open = served_connections(s.listen, 300, "/p").await;
-    let deadline = Instant::now() + Duration::from_secs(5);
-    loop {
+    eventually(Duration::from_secs(5), "descriptors for 300 idle clients", || {
         let extra = fds() - before;
-        if extra <= 300 + stickyd::proxy::MAX_BOUND + 8 {
-            break;
-        }
-        assert!(Instant::now() < deadline, "{extra} descriptors for 300 idle clients");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+        std::future::ready((extra <= 300 + stickyd::proxy::MAX_BOUND + 8, extra))
+    })
+    .await;
 }
 
 /// Per-pod metric series do not outlive the pod: after 30 pods came and
@@ -431,11 +369,11 @@ async fn at_the_buffer_budget_a_large_head_is_shed_with_503_and_retry_after() {
     // budget beyond the connection's own 4 KiB.
     let mut a = TcpStream::connect(s.listen).await.unwrap();
     a.write_all(big("/a", 40 << 10).as_bytes()).await.unwrap();
-    let held = Instant::now() + Duration::from_secs(5);
-    while metric(&s.metrics().await, "stickyd_buffer_bytes") < 48 << 10 {
-        assert!(Instant::now() < held, "A's head holds no budget: {}", s.metrics().await);
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    eventually(Duration::from_secs(5), "A's head holding budget", || async {
+        let m = s.metrics().await;
+        (metric(&m, "stickyd_buffer_bytes") >= 48 << 10, m)
+    })
+    .await;
 
     // B: a 10 KiB head does not fit beside it.
     let mut b = TcpStream::connect(s.listen).await.unwrap();
@@ -449,7 +387,7 @@ async fn at_the_buffer_budget_a_large_head_is_shed_with_503_and_retry_after() {
     assert!(head.contains("\r\nretry-after: 1"), "{head}");
     assert!(head.contains("\r\nconnection: close"), "{head}");
     assert!(body.contains("STICKYD_MEMORY_LIMIT"), "{body}");
-    assert!(closed_within(&mut b, Duration::from_secs(2)).await, "B stayed open");
+    assert!(closed_within(&mut b, Duration::from_secs(30)).await, "B stayed open");
 
     // C: a small head fits in the connection's own share, and its 200 KiB
     // body goes through whole, in pieces the budget does not pay for.
@@ -471,15 +409,11 @@ async fn at_the_buffer_budget_a_large_head_is_shed_with_503_and_retry_after() {
         .await
         .expect("A got no answer");
     assert!(head.starts_with("http/1.1 200"), "{head}");
-    let freed = Instant::now() + Duration::from_secs(5);
-    while metric(&s.metrics().await, "stickyd_buffer_bytes") > 0 {
-        assert!(
-            Instant::now() < freed,
-            "A's budget never came back: {}",
-            s.metrics().await
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    eventually(Duration::from_secs(5), "A's budget coming back", || async {
+        let m = s.metrics().await;
+        (metric(&m, "stickyd_buffer_bytes") == 0, m)
+    })
+    .await;
     let mut again = TcpStream::connect(s.listen).await.unwrap();
     again
         .write_all(format!("{}\r\n", big("/again", 10 << 10)).as_bytes())
@@ -535,17 +469,12 @@ async fn at_the_buffer_budget_a_second_http2_connection_is_shed() {
 
     // The first one closes: its budget comes back, and h2c is served again.
     drop(first);
-    let deadline = Instant::now() + Duration::from_secs(5);
-    loop {
+    eventually(Duration::from_secs(5), "h2c served after the first closed", || async {
         let mut c = TcpStream::connect(s.listen).await.unwrap();
         c.write_all(PREFACE).await.unwrap();
-        if let Ok(Ok(9)) = tokio::time::timeout(Duration::from_secs(2), c.read_exact(&mut got)).await {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "no h2c connection served after the first closed"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+        let mut got = [0u8; 9];
+        let r = tokio::time::timeout(Duration::from_secs(2), c.read_exact(&mut got)).await;
+        (matches!(r, Ok(Ok(9))), format!("{r:?}"))
+    })
+    .await;
 }

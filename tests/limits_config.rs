@@ -183,7 +183,7 @@ fn a_bad_memory_limit_exits_2() {
             .env_clear()
             .env("STICKYD_POD_NAME", "pod-0")
             .env("STICKYD_LISTEN", listen.to_string())
-            .env("STICKYD_ADMIN_LISTEN", addr_on("127.0.141.5").to_string())
+            .env("STICKYD_ADMIN_LISTEN", "127.0.141.5:0")
             .env("STICKYD_ENDPOINTS", format!("static:pod-0={listen}"))
             .env("STICKYD_MEMORY_LIMIT", bad)
             .stdout(Stdio::null())

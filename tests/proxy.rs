@@ -44,9 +44,7 @@ impl Cluster {
     }
 
     fn next_addr(&self, i: usize) -> (String, SocketAddr) {
-        let ip = format!("127.0.{}.{}", self.net, i + 1);
-        let port = free_port(&ip);
-        (format!("pod-{i}"), format!("{ip}:{port}").parse().unwrap())
+        (format!("pod-{i}"), addr_on(&format!("127.0.{}.{}", self.net, i + 1)))
     }
 
     fn write_file(&self, peers: &[(String, SocketAddr)]) {
@@ -550,7 +548,7 @@ async fn failure_after_the_request_was_sent_is_502_and_never_replayed() {
         }
     });
     let app = App::start("pod-0", "127.0.22.1").await;
-    let listen: SocketAddr = format!("127.0.22.1:{}", free_port("127.0.22.1")).parse().unwrap();
+    let listen: SocketAddr = addr_on("127.0.22.1");
     let s = Stickyd::start(
         "pod-0",
         listen,
@@ -588,7 +586,7 @@ async fn failure_after_the_request_was_sent_is_502_and_never_replayed() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn app_down_gives_502_and_readyz_fails() {
     let app = App::start("pod-0", "127.0.23.1").await;
-    let listen: SocketAddr = format!("127.0.23.1:{}", free_port("127.0.23.1")).parse().unwrap();
+    let listen: SocketAddr = addr_on("127.0.23.1");
     let s = Stickyd::start(
         "pod-0",
         listen,

@@ -13,7 +13,7 @@ use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::task::Poll;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use http::HeaderValue;
 use hyper::body::Incoming;
@@ -59,7 +59,7 @@ struct Bound {
 struct BoundPeer {
     addr: SocketAddr,
     sender: http1::SendRequest<Reclaimable>,
-    used: Instant,
+    used: tokio::time::Instant,
     _place: Place,
 }
 
@@ -166,7 +166,7 @@ impl ConnInfo {
             b.peers.push(BoundPeer {
                 addr,
                 sender,
-                used: Instant::now(),
+                used: tokio::time::Instant::now(),
                 _place: place,
             });
         }

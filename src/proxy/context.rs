@@ -11,7 +11,7 @@ use super::conn::ConnInfo;
 use super::headers::{self, Found, HOP};
 use super::token::Read;
 use super::Shared;
-use crate::affinity::{self, CookieState};
+use crate::affinity::CookieState;
 use crate::endpoints::View;
 use crate::route::{self, Decision, Hops};
 
@@ -49,7 +49,7 @@ impl<'a> Ctx<'a> {
         } else {
             0
         };
-        let now = affinity::unix_now();
+        let now = shared.clock.unix_now();
         let read = {
             let h = req.headers();
             let codec = shared.codec.load();

@@ -56,6 +56,7 @@ pub(super) async fn serve(
         },
         conn: ctx.conn,
         app: shared.cfg.upstream,
+        connector: &shared.connector,
         connect_timeout: shared.cfg.connect_timeout,
         response_timeout: shared.cfg.response_timeout,
     }

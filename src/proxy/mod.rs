@@ -14,7 +14,9 @@
 //!    stickyd's headers out, every upstream error mapped to its status.
 
 pub mod body;
+mod clock;
 mod conn;
+mod connect;
 mod context;
 mod fallback;
 mod forward;
@@ -37,7 +39,9 @@ use http::header::{HeaderValue, CONNECTION};
 use http::{Request, Response, StatusCode, Version};
 use hyper::body::Incoming;
 
+pub use clock::Clock;
 pub use conn::{ConnInfo, MAX_BOUND, MAX_BOUND_PEERS, MAX_PEERS_PER_CONN};
+pub use connect::{Connector, Dial};
 pub use shared::Shared;
 
 use body::ResponseBody;

@@ -13,6 +13,7 @@ use prometheus_client::metrics::counter::Counter;
 
 use super::token::Carrier;
 use super::upstream::Pools;
+use super::{Clock, Connector};
 use crate::affinity::{Codec, CookieState, Lifetimes, SessionId, Sid};
 use crate::config::{Config, UpstreamProtocol};
 use crate::drain::Drain;
@@ -45,6 +46,10 @@ pub struct Shared {
     pub drain: Arc<Drain>,
     /// The sessions pinned here, seen lately.
     pub sessions: Arc<SessionTracker>,
+    /// The wall time of the session token's times.
+    pub clock: Clock,
+    /// Opens the data path's own upstream connections.
+    pub connector: Connector,
     /// When this sidecar started: the wait for the first sync ends at this
     /// plus STICKYD_SYNC_TIMEOUT.
     pub(super) started: tokio::time::Instant,
@@ -119,6 +124,8 @@ impl Shared {
             draining: AtomicBool::new(false),
             drain: Arc::default(),
             sessions: Arc::new(SessionTracker::new(cfg.session_active_window)),
+            clock: Clock::System,
+            connector: Connector::Tcp,
             started: tokio::time::Instant::now(),
             pick: AtomicUsize::new(0),
             forward_counts: ArcSwap::default(),

@@ -23,6 +23,7 @@ use tokio::sync::oneshot;
 
 use super::body::Reclaimable;
 use super::conn::{ConnInfo, Elapsed, PeerBinding};
+use super::Connector;
 use crate::config::Config;
 
 /// Which upstream a request was sent to.
@@ -162,17 +163,13 @@ impl Pools {
 }
 
 /// Opens an HTTP/1.1 connection to `addr` and runs it on a task of its own.
-async fn dial<B>(addr: SocketAddr, timeout: Duration) -> Result<http1::SendRequest<B>, String>
+async fn dial<B>(connector: &Connector, addr: SocketAddr, timeout: Duration) -> Result<http1::SendRequest<B>, String>
 where
     B: http_body::Body + Send + 'static,
     B::Data: Send,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
-    let stream = tokio::time::timeout(timeout, tokio::net::TcpStream::connect(addr))
-        .await
-        .map_err(|_| "connect timeout".to_string())?
-        .map_err(|e| e.to_string())?;
-    let _ = stream.set_nodelay(true);
+    let stream = connector.connect(addr, timeout).await.map_err(|e| e.to_string())?;
     let (sender, conn) = http1::Builder::new()
         .handshake(TokioIo::new(stream))
         .await
@@ -202,6 +199,7 @@ enum Bound<B> {
 /// request never is.
 async fn send_bound<B>(
     sender: Option<http1::SendRequest<B>>,
+    connector: &Connector,
     addr: SocketAddr,
     connect_timeout: Duration,
     mut req: Request<B>,
@@ -215,7 +213,7 @@ where
     for _ in 0..2 {
         let mut s = match sender.take() {
             Some(s) => s,
-            None => match dial(addr, connect_timeout).await {
+            None => match dial(connector, addr, connect_timeout).await {
                 Ok(s) => s,
                 Err(why) => return Bound::Unsent(req, why),
             },
@@ -408,6 +406,7 @@ pub(super) struct Outbound<'a> {
     pub via: Via<'a>,
     pub conn: &'a ConnInfo,
     pub app: SocketAddr,
+    pub connector: &'a Connector,
     pub connect_timeout: Duration,
     pub response_timeout: Duration,
 }
@@ -436,6 +435,7 @@ impl Outbound<'_> {
             via,
             conn,
             app,
+            connector,
             connect_timeout,
             response_timeout,
         } = self;
@@ -446,7 +446,7 @@ impl Outbound<'_> {
                     .within(
                         response_timeout,
                         unless(abandon, async {
-                            match send_bound(conn.take_app(), app, connect_timeout, req).await {
+                            match send_bound(conn.take_app(), connector, app, connect_timeout, req).await {
                                 Bound::Answered(resp, sender) => {
                                     conn.put_app(sender);
                                     Sent::Answered(resp)
@@ -470,7 +470,7 @@ impl Outbound<'_> {
                     .within(
                         response_timeout,
                         unless(abandon, async {
-                            match send_bound(binding.sender, addr, connect_timeout, req).await {
+                            match send_bound(binding.sender, connector, addr, connect_timeout, req).await {
                                 Bound::Answered(resp, sender) => {
                                     conn.put_peer(addr, sender, binding.place);
                                     Sent::Answered(resp)

@@ -1,6 +1,11 @@
 //! Shared pieces of the whole-proxy tests: a recording app, real stickyd
 //! processes, a random load balancer standing in for kube-proxy, and a small
 //! HTTP client with a cookie jar.
+//!
+//! Time: a test of a duration (a timeout, a session window) runs in process
+//! on tokio's paused clock (`timing.rs`); the process-level tests assert
+//! outcomes, and wait for them with [`eventually`], whose bound is a hang
+//! guard, never a measure. Ports: see [`SIDECAR_PORT`].
 #![allow(dead_code)]
 
 use std::collections::HashMap;
@@ -33,13 +38,26 @@ pub fn empty() -> Body {
     Empty::new().map_err(|never| match never {}).boxed()
 }
 
-/// A free port on `ip`.
-pub fn free_port(ip: &str) -> u16 {
-    std::net::TcpListener::bind((ip, 0))
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+/// Polls `probe` until it reports success (`(true, seen)`) and returns
+/// what it saw; panics after `within` with what it saw last. `within` is a
+/// hang guard, never a measure: no test asserts how long a wait took.
+pub async fn eventually<T, F, Fut>(within: Duration, what: &str, mut probe: F) -> T
+where
+    T: std::fmt::Debug,
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = (bool, T)>,
+{
+    let deadline = Instant::now() + within;
+    loop {
+        let (ok, seen) = probe().await;
+        if ok {
+            return seen;
+        }
+        if Instant::now() > deadline {
+            panic!("{what}: not within {within:?}; last seen {seen:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
 }
 
 /// What the app saw of one request.
@@ -234,21 +252,17 @@ pub fn temp_path(name: &str) -> PathBuf {
 
 impl Stickyd {
     /// Starts `stickyd run` for `pod` on `listen`, with `app` as upstream and
-    /// `extra` env, and waits until `/healthz` answers.
+    /// `extra` env, and waits until `/healthz` answers. The admin listener
+    /// binds port 0 on `listen`'s address; its address is read back from the
+    /// `stickyd listening` log line.
     pub async fn start(pod: &str, listen: SocketAddr, app: SocketAddr, extra: &[(&str, String)]) -> Stickyd {
-        let admin = loop {
-            let port = free_port(&listen.ip().to_string());
-            if port != listen.port() && port != app.port() {
-                break SocketAddr::new(listen.ip(), port);
-            }
-        };
         let log = temp_path(&format!("{pod}.log"));
         let mut cmd = Command::new(bin());
         cmd.arg("run")
             .env_clear()
             .env("STICKYD_POD_NAME", pod)
             .env("STICKYD_LISTEN", listen.to_string())
-            .env("STICKYD_ADMIN_LISTEN", admin.to_string())
+            .env("STICKYD_ADMIN_LISTEN", SocketAddr::new(listen.ip(), 0).to_string())
             .env("STICKYD_UPSTREAM", format!("http://{app}"))
             .env("STICKYD_WORKER_THREADS", "1")
             .env("STICKYD_LOG", "info")
@@ -257,7 +271,17 @@ impl Stickyd {
         for (k, v) in extra {
             cmd.env(k, v);
         }
-        let child = cmd.spawn().expect("spawn stickyd");
+        let mut child = cmd.spawn().expect("spawn stickyd");
+        let admin = eventually(Duration::from_secs(10), &format!("stickyd {pod} listening"), || {
+            let text = std::fs::read_to_string(&log).unwrap_or_default();
+            if let Some(status) = child.try_wait().unwrap() {
+                panic!("stickyd {pod} exited with {status}: {text}");
+            }
+            let admin = logged_admin(&text);
+            std::future::ready((admin.is_some(), admin))
+        })
+        .await
+        .unwrap();
         let s = Stickyd {
             pod: pod.into(),
             listen,
@@ -265,20 +289,11 @@ impl Stickyd {
             child,
             log,
         };
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            if let Ok(r) = get(&format!("http://{admin}/healthz"), &[]).await {
-                if r.status == 200 {
-                    break;
-                }
-            }
-            assert!(
-                Instant::now() < deadline,
-                "stickyd {pod} did not start: {}",
-                s.log_text()
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        eventually(Duration::from_secs(10), &format!("stickyd {pod} /healthz"), || async {
+            let r = get(&format!("http://{admin}/healthz"), &[]).await;
+            (matches!(&r, Ok(r) if r.status == 200), format!("{r:?}"))
+        })
+        .await;
         s
     }
 
@@ -311,9 +326,30 @@ impl Stickyd {
     }
 }
 
-/// `ip` with a free port on it.
+/// The admin address a `stickyd listening` log line names, in the text or
+/// the JSON log format.
+pub fn logged_admin(log: &str) -> Option<SocketAddr> {
+    let line = log.lines().find(|l| l.contains("stickyd listening"))?;
+    let (_, rest) = line.split_once("admin=").or_else(|| line.split_once("\"admin\":\""))?;
+    rest.split(|c: char| c.is_whitespace() || c == '"' || c == ',')
+        .next()?
+        .parse()
+        .ok()
+}
+
+/// The port every sidecar of the process-level tests listens on, as the
+/// pods of a Deployment share one: each test owns its loopback addresses
+/// (the `Addresses:` line of each test file), so a constant port on them is
+/// free by construction, where a port found free and then reused could be
+/// taken in between. It is below the ephemeral range (32768 and up), so no
+/// port-0 listener and no outgoing connection takes it. Apps and other
+/// helpers bind port 0 and read their port back; admin listeners likewise
+/// ([`Stickyd::start`]).
+pub const SIDECAR_PORT: u16 = 4140;
+
+/// The sidecar address on `ip` ([`SIDECAR_PORT`]).
 pub fn addr_on(ip: &str) -> SocketAddr {
-    format!("{ip}:{}", free_port(ip)).parse().unwrap()
+    SocketAddr::new(ip.parse().unwrap(), SIDECAR_PORT)
 }
 
 /// One pod on `ip`: a recording app and its sidecar, alone in its view.
@@ -486,10 +522,9 @@ pub fn write_peers(path: &PathBuf, peers: &[(&str, SocketAddr)]) {
 
 /// Polls `/endpoints` on a sidecar until it lists exactly `names`.
 pub async fn wait_for_view(s: &Stickyd, names: &[&str]) {
-    let deadline = Instant::now() + Duration::from_secs(5);
     let mut want: Vec<String> = names.iter().map(|s| s.to_string()).collect();
     want.sort();
-    loop {
+    eventually(Duration::from_secs(5), &format!("{} view", s.pod), || async {
         let body = get(&format!("http://{}/endpoints", s.admin), &[]).await.unwrap().body;
         let v: serde_json::Value = serde_json::from_str(&body).unwrap();
         let mut have: Vec<String> = v["peers"]
@@ -499,12 +534,9 @@ pub async fn wait_for_view(s: &Stickyd, names: &[&str]) {
             .map(|p| p["name"].as_str().unwrap().to_string())
             .collect();
         have.sort();
-        if have == want {
-            return;
-        }
-        assert!(Instant::now() < deadline, "{} view is {have:?}, want {want:?}", s.pod);
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+        (have == want, have)
+    })
+    .await;
 }
 
 /// A browser-like session: keeps the `stickyd` cookie it is given.

@@ -399,7 +399,7 @@ impl Conn<'_> {
 
         // Phase 2: decide.
         let buf = &self.buf;
-        let now = affinity::unix_now();
+        let now = shared.clock.unix_now();
         let carrier = &shared.carrier;
         let read = {
             let codec = shared.codec.load();
@@ -553,13 +553,13 @@ impl Conn<'_> {
         if let Some(u) = shared.idle.take(addr, idle) {
             return Ok(u);
         }
-        Upstream::dial(addr, shared.cfg.connect_timeout).await
+        Upstream::dial(&shared.connector, addr, shared.cfg.connect_timeout).await
     }
 
     /// Keeps `u` for this client connection's next request, if the binding
     /// budget has room; else the shared pool gets it.
     fn keep_upstream(&mut self, to: Target, mut u: Upstream) {
-        u.used = Instant::now();
+        u.used = tokio::time::Instant::now();
         let shared = self.shared;
         let held = self.held.take();
         let place = match to {
@@ -656,7 +656,7 @@ impl Conn<'_> {
             if up.fresh {
                 return Err(fail(Kind::Connect, true, &e));
             }
-            up = match Upstream::dial(addr, shared.cfg.connect_timeout).await {
+            up = match Upstream::dial(&shared.connector, addr, shared.cfg.connect_timeout).await {
                 Ok(u) => u,
                 Err(e) => return Err(fail(Kind::Connect, true, &e)),
             };

@@ -8,11 +8,13 @@
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Mutex;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use futures_util::FutureExt;
 use tokio::io::Interest;
 use tokio::net::TcpStream;
+
+use crate::proxy::Connector;
 
 /// Idle connections the shared pool keeps per upstream address...
 const POOL_PER_ADDR: usize = 64;
@@ -26,21 +28,19 @@ pub struct Upstream {
     /// Opened for the request at hand (not reused).
     pub fresh: bool,
     /// When its last exchange ended.
-    pub used: Instant,
+    /// (tokio's clock: a paused test clock drives the idle limit.)
+    pub used: tokio::time::Instant,
 }
 
 impl Upstream {
-    /// Opens a connection, within `timeout`.
-    pub async fn dial(addr: SocketAddr, timeout: Duration) -> std::io::Result<Upstream> {
-        let stream = tokio::time::timeout(timeout, TcpStream::connect(addr))
-            .await
-            .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "connect timeout"))??;
-        let _ = stream.set_nodelay(true);
+    /// Opens a connection with `connector`, within `timeout`.
+    pub async fn dial(connector: &Connector, addr: SocketAddr, timeout: Duration) -> std::io::Result<Upstream> {
+        let stream = connector.connect(addr, timeout).await?;
         Ok(Upstream {
             addr,
             stream,
             fresh: true,
-            used: Instant::now(),
+            used: tokio::time::Instant::now(),
         })
     }
 
@@ -116,23 +116,34 @@ mod tests {
         let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = l.local_addr().unwrap();
         let pool = Pool::default();
-        let a = Upstream::dial(addr, Duration::from_secs(1)).await.unwrap();
+        let a = Upstream::dial(&Connector::Tcp, addr, Duration::from_secs(1))
+            .await
+            .unwrap();
         let (mut server_a, _) = l.accept().await.unwrap();
-        let b = Upstream::dial(addr, Duration::from_secs(1)).await.unwrap();
+        let b = Upstream::dial(&Connector::Tcp, addr, Duration::from_secs(1))
+            .await
+            .unwrap();
         let (_server_b, _) = l.accept().await.unwrap();
+        // The other side closes a: once a is readable, its end has arrived.
+        server_a.shutdown().await.unwrap();
+        drop(server_a);
+        a.stream.readable().await.unwrap();
         pool.put(a);
         pool.put(b);
         assert_eq!(pool.len(), 2);
-        // b, the newer, first; then a, once it is closed by the other side, is not.
-        let got = pool.take(addr, Duration::from_secs(60)).unwrap();
+        // b, the newer, first; then a, closed by the other side, is not.
+        let mut got = pool.take(addr, Duration::from_secs(60)).unwrap();
         assert!(!got.fresh);
-        server_a.shutdown().await.unwrap();
-        drop(server_a);
-        tokio::time::sleep(Duration::from_millis(50)).await;
         assert!(pool.take(addr, Duration::from_secs(60)).is_none());
-        // Too long idle: not reused.
+        // Idle for the whole limit, on tokio's clock: not reused.
+        tokio::time::pause();
+        got.used = tokio::time::Instant::now();
         pool.put(got);
-        assert!(pool.take(addr, Duration::ZERO).is_none());
+        tokio::time::advance(Duration::from_millis(59_999)).await;
+        let got = pool.take(addr, Duration::from_secs(60)).expect("within the limit");
+        pool.put(got);
+        tokio::time::advance(Duration::from_millis(1)).await;
+        assert!(pool.take(addr, Duration::from_secs(60)).is_none());
         assert_eq!(pool.len(), 0);
     }
 
@@ -143,7 +154,11 @@ mod tests {
         let pool = Pool::default();
         let mut servers = Vec::new();
         for _ in 0..POOL_PER_ADDR + 3 {
-            pool.put(Upstream::dial(addr, Duration::from_secs(1)).await.unwrap());
+            pool.put(
+                Upstream::dial(&Connector::Tcp, addr, Duration::from_secs(1))
+                    .await
+                    .unwrap(),
+            );
             servers.push(l.accept().await.unwrap());
         }
         assert_eq!(pool.len(), POOL_PER_ADDR);
