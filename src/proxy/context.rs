@@ -39,6 +39,8 @@ pub(super) struct Ctx<'a> {
     pub view: Arc<View>,
     /// Spreads picks of ready peers.
     pub pick: usize,
+    /// The first hop marker's value: the pod that forwarded the request.
+    pub hop_from: Option<HeaderValue>,
 }
 
 impl<'a> Ctx<'a> {
@@ -73,6 +75,7 @@ impl<'a> Ctx<'a> {
             now,
             view: shared.store.load_full(),
             pick: shared.next_pick(),
+            hop_from: (hops > 0).then(|| req.headers().get(HOP).cloned()).flatten(),
         }
     }
 
@@ -87,14 +90,22 @@ impl<'a> Ctx<'a> {
     /// Phase 2: the routing decision, on this context.
     pub fn decide(&self) -> Decision<'_> {
         let me = self.shared.this_pod(&self.view);
-        route::decide(
+        let sample = self.shared.sample_for_new(&self.cookie, self.hops, &me, &self.view);
+        let load = sample.as_ref().map(|(here, (sampled, n))| route::Load {
+            here: *here,
+            sampled: &sampled[..*n],
+        });
+        let decision = route::decide(
             &self.cookie,
             &self.view,
             &me,
             self.hops,
             self.shared.cfg.on_missing,
             self.pick,
-        )
+            load.as_ref(),
+        );
+        self.shared.count_placement(&decision, self.hops);
+        decision
     }
 
     /// The cookie names this pod.

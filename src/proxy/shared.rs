@@ -14,11 +14,12 @@ use prometheus_client::metrics::counter::Counter;
 use super::token::Carrier;
 use super::upstream::Pools;
 use crate::affinity::{Codec, CookieState, Lifetimes, SessionId, Sid};
-use crate::config::{Config, UpstreamProtocol};
+use crate::config::{Config, NewSessions, UpstreamProtocol};
 use crate::drain::Drain;
 use crate::endpoints::{EndpointStore, IdHash, Peer, PeerState, View};
 use crate::metrics::{DecisionLabels, Metrics};
-use crate::route::{SessionMark, ThisPod};
+use crate::placement::{PeerLoads, Sample};
+use crate::route::{Decision, Hops, SessionMark, ThisPod};
 use crate::sessions::SessionTracker;
 
 /// `requests_total{decision="forwarded"}` counters by pod and session mark,
@@ -45,6 +46,8 @@ pub struct Shared {
     pub drain: Arc<Drain>,
     /// The sessions pinned here, seen lately.
     pub sessions: Arc<SessionTracker>,
+    /// The peers' active sessions as last learned (least-sessions placement).
+    pub loads: PeerLoads,
     /// When this sidecar started: the wait for the first sync ends at this
     /// plus STICKYD_SYNC_TIMEOUT.
     pub(super) started: tokio::time::Instant,
@@ -119,6 +122,7 @@ impl Shared {
             draining: AtomicBool::new(false),
             drain: Arc::default(),
             sessions: Arc::new(SessionTracker::new(cfg.session_active_window)),
+            loads: PeerLoads::default(),
             started: tokio::time::Instant::now(),
             pick: AtomicUsize::new(0),
             forward_counts: ArcSwap::default(),
@@ -176,6 +180,62 @@ impl Shared {
             _ => now,
         };
         self.codec.load().encode(self.me, sid, created, now)
+    }
+
+    /// With least-sessions placement, for a request that starts a new
+    /// session here (no valid token, no hop marker, this pod not draining,
+    /// the view synced): this pod's active sessions and the peers sampled.
+    pub(super) fn sample_for_new(
+        &self,
+        cookie: &CookieState,
+        hops: Hops,
+        me: &ThisPod<'_>,
+        view: &View,
+    ) -> Option<(u64, Sample)> {
+        let new = !matches!(cookie, CookieState::Valid(_));
+        if self.cfg.new_sessions != NewSessions::LeastSessions || !new || hops > 0 || me.draining || !view.synced {
+            return None;
+        }
+        let now = tokio::time::Instant::now();
+        let sample = self.loads.sample(view, &self.me, now, |n| fastrand::usize(..n));
+        Some((self.sessions.count() as u64, sample))
+    }
+
+    /// Counts where a new session that entered here was placed
+    /// (`stickyd_new_sessions_total{placed}`).
+    pub(super) fn count_placement(&self, decision: &Decision<'_>, hops: Hops) {
+        if hops > 0 {
+            return;
+        }
+        let counter = match decision {
+            Decision::Local {
+                mark: SessionMark::New, ..
+            } => &self.metrics.new_sessions_local,
+            Decision::Forward {
+                mark: SessionMark::New, ..
+            } => &self.metrics.new_sessions_peer,
+            _ => return,
+        };
+        counter.inc();
+    }
+
+    /// The count a response served here tells the peer that forwarded the
+    /// request (least-sessions placement): only when its first hop marker
+    /// names a pod of the view. (Not the address the request came from: a
+    /// pod's outbound connections need not leave from its listening address.)
+    pub(super) fn count_for_peer(&self, view: &View, hop_from: Option<&[u8]>) -> Option<u64> {
+        if self.cfg.new_sessions != NewSessions::LeastSessions {
+            return None;
+        }
+        let name = std::str::from_utf8(hop_from?).ok()?;
+        view.peers().by_name(name.trim()).map(|_| self.sessions.count() as u64)
+    }
+
+    /// Records the count a peer's response carried.
+    pub(super) fn learn_count(&self, peer: &Peer, value: Option<&[u8]>) {
+        if let Some(count) = value.and_then(crate::placement::parse_count) {
+            self.loads.record(peer.id, count, tokio::time::Instant::now());
+        }
     }
 
     /// A number that changes with each request, to spread picks over peers.

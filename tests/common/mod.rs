@@ -234,14 +234,19 @@ pub fn temp_path(name: &str) -> PathBuf {
 
 impl Stickyd {
     /// Starts `stickyd run` for `pod` on `listen`, with `app` as upstream and
-    /// `extra` env, and waits until `/healthz` answers.
+    /// `extra` env, and waits until `/healthz` answers. The admin listener
+    /// is STICKYD_ADMIN_LISTEN of `extra`, or a free port on `listen`'s IP.
     pub async fn start(pod: &str, listen: SocketAddr, app: SocketAddr, extra: &[(&str, String)]) -> Stickyd {
-        let admin = loop {
+        let given = extra
+            .iter()
+            .find(|(k, _)| *k == "STICKYD_ADMIN_LISTEN")
+            .map(|(_, v)| v.parse::<SocketAddr>().expect("STICKYD_ADMIN_LISTEN"));
+        let admin = given.unwrap_or_else(|| loop {
             let port = free_port(&listen.ip().to_string());
             if port != listen.port() && port != app.port() {
                 break SocketAddr::new(listen.ip(), port);
             }
-        };
+        });
         let log = temp_path(&format!("{pod}.log"));
         let mut cmd = Command::new(bin());
         cmd.arg("run")
@@ -486,12 +491,9 @@ pub fn write_peers(path: &PathBuf, peers: &[(&str, SocketAddr)]) {
 
 /// Polls `/endpoints` on a sidecar until it lists exactly `names`.
 pub async fn wait_for_view(s: &Stickyd, names: &[&str]) {
-    let deadline = Instant::now() + Duration::from_secs(5);
     let mut want: Vec<String> = names.iter().map(|s| s.to_string()).collect();
     want.sort();
-    loop {
-        let body = get(&format!("http://{}/endpoints", s.admin), &[]).await.unwrap().body;
-        let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    wait_for_endpoints(s, &format!("a view of {want:?}"), |v| {
         let mut have: Vec<String> = v["peers"]
             .as_array()
             .unwrap()
@@ -499,10 +501,22 @@ pub async fn wait_for_view(s: &Stickyd, names: &[&str]) {
             .map(|p| p["name"].as_str().unwrap().to_string())
             .collect();
         have.sort();
-        if have == want {
+        have == want
+    })
+    .await;
+}
+
+/// Polls `/endpoints` on a sidecar (for 5 s at most) until `done` holds of
+/// its JSON.
+pub async fn wait_for_endpoints(s: &Stickyd, what: &str, mut done: impl FnMut(&serde_json::Value) -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let body = get(&format!("http://{}/endpoints", s.admin), &[]).await.unwrap().body;
+        let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+        if done(&v) {
             return;
         }
-        assert!(Instant::now() < deadline, "{} view is {have:?}, want {want:?}", s.pod);
+        assert!(Instant::now() < deadline, "{}: no {what}: {v}", s.pod);
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }

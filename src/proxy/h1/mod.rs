@@ -420,7 +420,21 @@ impl Conn<'_> {
         let view = shared.view_for(&facts.cookie).await;
         let me = shared.this_pod(&view);
         let pick = shared.next_pick();
-        let decision = route::decide(&facts.cookie, &view, &me, hops, shared.cfg.on_missing, pick);
+        let sample = shared.sample_for_new(&facts.cookie, hops, &me, &view);
+        let load = sample.as_ref().map(|(here, (sampled, n))| route::Load {
+            here: *here,
+            sampled: &sampled[..*n],
+        });
+        let decision = route::decide(
+            &facts.cookie,
+            &view,
+            &me,
+            hops,
+            shared.cfg.on_missing,
+            pick,
+            load.as_ref(),
+        );
+        shared.count_placement(&decision, hops);
         tracing::debug!(
             method = %String::from_utf8_lossy(method),
             hops,
@@ -749,8 +763,19 @@ impl Conn<'_> {
             }
             Dest::Peer { peer, mark } => {
                 shared.count_forwarded(peer, view.generation, mark);
+                shared.learn_count(
+                    peer,
+                    res.values(&ubuf, crate::placement::HEADER.as_str().as_bytes()).next(),
+                );
                 (route::Emit::default(), None)
             }
+        };
+        let sessions = match dest {
+            Dest::Local { .. } if f.hops > 0 => {
+                let hop_from = f.head.values(&self.buf, b"x-stickyd-hop").next();
+                shared.count_for_peer(view, hop_from)
+            }
+            _ => None,
         };
         let added = match &token {
             Some(t) => carrier.added(emit, &shared.cfg.cookie, t, &f.read, f.https),
@@ -779,6 +804,7 @@ impl Conn<'_> {
                 .zip(token.as_deref().filter(|_| emit.prefix).map(str::as_bytes)),
             close,
             client_http10,
+            sessions,
         };
         out.clear();
         parse::write_response(&ubuf, &res, &edits, out);
