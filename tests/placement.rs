@@ -26,23 +26,41 @@ struct Cluster {
     admin_port: u16,
     mode: &'static str,
     base: &'static str,
+    /// Pod i (from 0) is on `base`.(offset + i + 1), the load balancer on
+    /// `base`.(offset + 100).
+    offset: usize,
+    /// More env for every sidecar.
+    extra: Vec<(&'static str, String)>,
 }
 
 impl Cluster {
     async fn start(base: &'static str, mode: &'static str, pods: usize) -> Cluster {
-        let admin_port = free_port(&format!("{base}.1"));
+        Cluster::start_with(base, 0, mode, pods, Vec::new()).await
+    }
+
+    async fn start_with(
+        base: &'static str,
+        offset: usize,
+        mode: &'static str,
+        pods: usize,
+        extra: Vec<(&'static str, String)>,
+    ) -> Cluster {
+        let admin_port = free_port(&format!("{base}.{}", offset + 1));
         let file = temp_path("placement-peers");
         let listens: Vec<(String, SocketAddr)> = (1..=pods)
-            .map(|i| (format!("pod-{i}"), addr_on(&format!("{base}.{i}"))))
+            .map(|i| (format!("pod-{i}"), addr_on(&format!("{base}.{}", offset + i))))
             .collect();
+        let lb_ip = format!("{base}.{}", offset + 100);
         let mut c = Cluster {
             pods: Vec::new(),
-            lb: RandomLb::start_on(&format!("{base}.100"), listens.iter().map(|(_, a)| *a).collect()).await,
+            lb: RandomLb::start_on(&lb_ip, listens.iter().map(|(_, a)| *a).collect()).await,
             file,
             listens,
             admin_port,
             mode,
             base,
+            offset,
+            extra,
         };
         c.write_peers();
         for i in 0..pods {
@@ -58,13 +76,14 @@ impl Cluster {
 
     async fn start_pod(&mut self, i: usize) {
         let (name, listen) = self.listens[i].clone();
-        let ip = format!("{}.{}", self.base, i + 1);
+        let ip = format!("{}.{}", self.base, self.offset + i + 1);
         let app = App::start(&name, &ip).await;
-        let env = [
+        let mut env = vec![
             ("STICKYD_ENDPOINTS", format!("file:{}", self.file.display())),
             ("STICKYD_ADMIN_LISTEN", format!("{ip}:{}", self.admin_port)),
             ("STICKYD_NEW_SESSIONS", self.mode.to_string()),
         ];
+        env.extend(self.extra.iter().cloned());
         let sidecar = Stickyd::start(&name, listen, app.addr, &env).await;
         self.pods.push((app, sidecar));
     }
@@ -73,8 +92,10 @@ impl Cluster {
     /// behind the load balancer once every view has it.
     async fn add_pod(&mut self) {
         let i = self.listens.len();
-        self.listens
-            .push((format!("pod-{}", i + 1), addr_on(&format!("{}.{}", self.base, i + 1))));
+        self.listens.push((
+            format!("pod-{}", i + 1),
+            addr_on(&format!("{}.{}", self.base, self.offset + i + 1)),
+        ));
         self.write_peers();
         self.start_pod(i).await;
         let names: Vec<&str> = self.listens.iter().map(|(n, _)| n.as_str()).collect();
@@ -155,6 +176,7 @@ async fn scale_up(base: &'static str, mode: &'static str) -> (usize, Cluster) {
     let mut c = Cluster::start(base, mode, 3).await;
     let mut established = new_sessions(&c.url(), ESTABLISHED).await;
     let spread = tally(&established);
+    eprintln!("{mode}: {ESTABLISHED} sessions established: {spread:?}");
     for pod in ["pod-1", "pod-2", "pod-3"] {
         let n = spread.get(pod).copied().unwrap_or(0);
         assert!(
@@ -222,4 +244,82 @@ async fn local_placement_gives_a_new_pod_about_a_quarter() {
         .body;
     let v: serde_json::Value = serde_json::from_str(&body).unwrap();
     assert!(v.get("sessions").is_none(), "{v}");
+}
+
+/// How a mode carries the token: the request header that sends it back,
+/// from the response that issued it.
+fn token_of(mode: &str, r: &Resp) -> (&'static str, String) {
+    let set_cookie = |name: &str| {
+        r.headers
+            .get_all("set-cookie")
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .find_map(|v| v.strip_prefix(name)?.strip_prefix('='))
+            .map(|v| format!("{name}={}", v.split(';').next().unwrap()))
+    };
+    match mode {
+        "cookie" => ("cookie", set_cookie("stickyd").expect("stickyd's cookie")),
+        "header" => (
+            "x-stickyd-affinity",
+            r.headers
+                .get("x-stickyd-affinity")
+                .expect("the affinity header")
+                .to_str()
+                .unwrap()
+                .to_string(),
+        ),
+        "app-cookie" => ("cookie", set_cookie("app").expect("the app's cookie, prefixed")),
+        _ => unreachable!(),
+    }
+}
+
+/// In every affinity mode, the peer a new session is placed on serves it as
+/// new and issues the token naming itself: the next request, wherever it
+/// lands, goes there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_placed_peer_issues_the_token_in_every_affinity_mode() {
+    for (n, mode) in ["cookie", "header", "app-cookie"].into_iter().enumerate() {
+        let mut extra = vec![("STICKYD_AFFINITY", mode.to_string())];
+        if mode == "app-cookie" {
+            extra.push(("STICKYD_APP_COOKIE", "app".to_string()));
+        }
+        let c = Cluster::start_with("127.0.171", 10 * (n + 1), "least-sessions", 2, extra).await;
+        let (pod1, pod2) = (&c.pods[0].1, &c.pods[1].1);
+        let at_pod1 = format!("http://{}/", pod1.listen);
+        // One session on pod-1, none on pod-2: once pod-1 knows pod-2's
+        // count, its next new session goes to pod-2.
+        let first = get(&at_pod1, &[]).await.unwrap();
+        assert_eq!(
+            (first.pod(), first.field("session")),
+            ("pod-1", "new"),
+            "{mode}: {first:?}"
+        );
+        wait_for_endpoints(pod1, "counts", |v| {
+            v["sessions"]["pod-1"].as_u64() == Some(1) && v["sessions"]["pod-2"].as_u64() == Some(0)
+        })
+        .await;
+        let placed = get(&at_pod1, &[]).await.unwrap();
+        assert_eq!(placed.status, 200, "{mode}: {placed:?}");
+        assert_eq!(
+            (placed.pod(), placed.field("session")),
+            ("pod-2", "new"),
+            "{mode}: {placed:?}"
+        );
+        assert!(placed.headers.get("x-stickyd-sessions").is_none(), "{mode}: {placed:?}");
+        let (name, value) = token_of(mode, &placed);
+        // Back through pod-1, and through pod-2 directly: pinned to pod-2.
+        for s in [pod1, pod2] {
+            let r = get(&format!("http://{}/", s.listen), &[(name, value.as_str())])
+                .await
+                .unwrap();
+            assert_eq!(
+                (r.pod(), r.field("session")),
+                ("pod-2", "pinned"),
+                "{mode} via {}: {r:?}",
+                s.pod
+            );
+        }
+        // pod-1 learned pod-2's count from the forwarded response.
+        wait_for_endpoints(pod1, "pod-2's count", |v| v["sessions"]["pod-2"].as_u64() == Some(1)).await;
+    }
 }
