@@ -13,7 +13,7 @@ use super::token::Read;
 use super::Shared;
 use crate::affinity::{self, CookieState};
 use crate::endpoints::View;
-use crate::route::{self, Decision, Hops};
+use crate::route::{Decision, Hops};
 
 /// One request's context, built in the decide phase.
 pub(super) struct Ctx<'a> {
@@ -89,23 +89,7 @@ impl<'a> Ctx<'a> {
 
     /// Phase 2: the routing decision, on this context.
     pub fn decide(&self) -> Decision<'_> {
-        let me = self.shared.this_pod(&self.view);
-        let sample = self.shared.sample_for_new(&self.cookie, self.hops, &me, &self.view);
-        let load = sample.as_ref().map(|(here, (sampled, n))| route::Load {
-            here: *here,
-            sampled: &sampled[..*n],
-        });
-        let decision = route::decide(
-            &self.cookie,
-            &self.view,
-            &me,
-            self.hops,
-            self.shared.cfg.on_missing,
-            self.pick,
-            load.as_ref(),
-        );
-        self.shared.count_placement(&decision, self.hops);
-        decision
+        self.shared.decide(&self.cookie, &self.view, self.hops, self.pick)
     }
 
     /// The cookie names this pod.

@@ -378,6 +378,7 @@ mod tests {
             ("transfer-encoding", "chunked"),
             ("x-stickyd-hop", "pod-b"),
             ("x-stickyd-session", "new"),
+            ("x-stickyd-sessions", "300"),
             ("set-cookie", "app=1"),
         ]);
         finish_response(&mut h, false);

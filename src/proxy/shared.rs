@@ -19,7 +19,7 @@ use crate::drain::Drain;
 use crate::endpoints::{EndpointStore, IdHash, Peer, PeerState, View};
 use crate::metrics::{DecisionLabels, Metrics};
 use crate::placement::{PeerLoads, Sample};
-use crate::route::{Decision, Hops, SessionMark, ThisPod};
+use crate::route::{self, Decision, Hops, Load, SessionMark, ThisPod};
 use crate::sessions::SessionTracker;
 
 /// `requests_total{decision="forwarded"}` counters by pod and session mark,
@@ -182,16 +182,25 @@ impl Shared {
         self.codec.load().encode(self.me, sid, created, now)
     }
 
+    /// The routing decision for a request that arrived with `hops` markers,
+    /// with what least-sessions placement knows of the load when it starts
+    /// a new session here; counts where such a session was placed.
+    pub(super) fn decide<'v>(&self, cookie: &CookieState, view: &'v View, hops: Hops, pick: usize) -> Decision<'v> {
+        let me = self.this_pod(view);
+        let sample = self.sample_for_new(cookie, hops, &me, view);
+        let load = sample.as_ref().map(|(here, (sampled, n))| Load {
+            here: *here,
+            sampled: &sampled[..*n],
+        });
+        let decision = route::decide(cookie, view, &me, hops, self.cfg.on_missing, pick, load.as_ref());
+        self.count_placement(&decision, hops);
+        decision
+    }
+
     /// With least-sessions placement, for a request that starts a new
     /// session here (no valid token, no hop marker, this pod not draining,
     /// the view synced): this pod's active sessions and the peers sampled.
-    pub(super) fn sample_for_new(
-        &self,
-        cookie: &CookieState,
-        hops: Hops,
-        me: &ThisPod<'_>,
-        view: &View,
-    ) -> Option<(u64, Sample)> {
+    fn sample_for_new(&self, cookie: &CookieState, hops: Hops, me: &ThisPod<'_>, view: &View) -> Option<(u64, Sample)> {
         let new = !matches!(cookie, CookieState::Valid(_));
         if self.cfg.new_sessions != NewSessions::LeastSessions || !new || hops > 0 || me.draining || !view.synced {
             return None;
@@ -203,7 +212,7 @@ impl Shared {
 
     /// Counts where a new session that entered here was placed
     /// (`stickyd_new_sessions_total{placed}`).
-    pub(super) fn count_placement(&self, decision: &Decision<'_>, hops: Hops) {
+    fn count_placement(&self, decision: &Decision<'_>, hops: Hops) {
         if hops > 0 {
             return;
         }

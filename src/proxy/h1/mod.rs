@@ -418,23 +418,8 @@ impl Conn<'_> {
             safe: matches!(method, b"GET" | b"HEAD" | b"OPTIONS") && head.body == BodyKind::None,
         };
         let view = shared.view_for(&facts.cookie).await;
-        let me = shared.this_pod(&view);
         let pick = shared.next_pick();
-        let sample = shared.sample_for_new(&facts.cookie, hops, &me, &view);
-        let load = sample.as_ref().map(|(here, (sampled, n))| route::Load {
-            here: *here,
-            sampled: &sampled[..*n],
-        });
-        let decision = route::decide(
-            &facts.cookie,
-            &view,
-            &me,
-            hops,
-            shared.cfg.on_missing,
-            pick,
-            load.as_ref(),
-        );
-        shared.count_placement(&decision, hops);
+        let decision = shared.decide(&facts.cookie, &view, hops, pick);
         tracing::debug!(
             method = %String::from_utf8_lossy(method),
             hops,
