@@ -1,5 +1,5 @@
-//! The admin listener: `/healthz`, `/readyz`, `/metrics`, `/endpoints` and
-//! `/drain`. It serves every endpoint until the process exits, drains
+//! The admin listener: `/healthz`, `/readyz`, `/metrics`, `/endpoints`,
+//! `/sessions` and `/drain`. It serves every endpoint until the process exits, drains
 //! included: probes and scrapes matter most while a pod is going away.
 
 use std::convert::Infallible;
@@ -17,6 +17,7 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
 
+use crate::config::NewSessions;
 use crate::drain::{self, DrainParams};
 use crate::endpoints::ViewJson;
 use crate::proxy::{app_reachable, Shared};
@@ -96,6 +97,13 @@ async fn route(admin: &Admin, req: Request<Incoming>) -> Response<AdminBody> {
             Err(e) => reply(StatusCode::BAD_REQUEST, "text/plain", format!("stickyd: {e}\n")),
         },
         "/healthz" => reply(StatusCode::OK, "text/plain", "ok\n"),
+        // This pod's active sessions, for its peers' least-sessions
+        // placement: the count as of the last sweep (one atomic load; the
+        // placement refresher sweeps every second).
+        crate::placement::PATH => {
+            let n = admin.shared.sessions.count();
+            reply(StatusCode::OK, "text/plain", format!("{n}\n"))
+        }
         "/readyz" => match admin.readiness().await {
             Ok(msg) => reply(StatusCode::OK, "text/plain", msg),
             Err(msg) => reply(StatusCode::SERVICE_UNAVAILABLE, "text/plain", msg),
@@ -115,12 +123,19 @@ async fn route(admin: &Admin, req: Request<Incoming>) -> Response<AdminBody> {
             }
         }
         "/endpoints" => {
-            let view = admin.shared.store.load();
+            let s = &admin.shared;
+            let view = s.store.load();
+            let sessions = (s.cfg.new_sessions == NewSessions::LeastSessions).then(|| {
+                let mut known = s.loads.known(&view, tokio::time::Instant::now());
+                known.insert(&s.cfg.pod_name, s.sessions.count() as u64);
+                known
+            });
             let json = ViewJson {
                 synced: view.synced,
                 generation: view.generation,
-                this_pod: &admin.shared.cfg.pod_name,
+                this_pod: &s.cfg.pod_name,
                 peers: view.peers(),
+                sessions,
             };
             match serde_json::to_vec_pretty(&json) {
                 Ok(b) => reply(StatusCode::OK, "application/json", b),
@@ -130,7 +145,7 @@ async fn route(admin: &Admin, req: Request<Incoming>) -> Response<AdminBody> {
         _ => reply(
             StatusCode::NOT_FOUND,
             "text/plain",
-            "not found; try /healthz /readyz /metrics /endpoints /drain\n",
+            "not found; try /healthz /readyz /metrics /endpoints /sessions /drain\n",
         ),
     }
 }

@@ -126,6 +126,25 @@ pub enum OnMissing {
     Reject,
 }
 
+/// Where a new session goes (STICKYD_NEW_SESSIONS).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NewSessions {
+    /// On the pod whose sidecar the request reached.
+    Local,
+    /// On the pod with the fewest active sessions among this pod and two
+    /// random ready peers (the power of two choices).
+    LeastSessions,
+}
+
+impl NewSessions {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            NewSessions::Local => "local",
+            NewSessions::LeastSessions => "least-sessions",
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SecureMode {
     Always,
@@ -246,6 +265,8 @@ pub struct Config {
     /// The header that carries the token in header modes (lowercase).
     pub affinity_header: http::HeaderName,
     pub on_missing: OnMissing,
+    /// Where a new session goes.
+    pub new_sessions: NewSessions,
     pub drain: Duration,
     pub drain_timeout: Duration,
     pub connect_timeout: Duration,
@@ -297,6 +318,7 @@ pub const VARIABLES: &[(&str, Option<&str>)] = &[
     ("STICKYD_SESSION_IDLE_TIMEOUT", None),
     ("STICKYD_SESSION_ACTIVE_WINDOW", Some("5m")),
     ("STICKYD_ON_MISSING", Some("repin")),
+    ("STICKYD_NEW_SESSIONS", Some("local")),
     ("STICKYD_DRAIN_SECONDS", Some("5")),
     ("STICKYD_DRAIN_TIMEOUT", Some("30")),
     ("STICKYD_CONNECT_TIMEOUT", Some("1")),
@@ -783,6 +805,18 @@ impl Config {
                 )),
             };
 
+        let new_sessions = match value(env, "STICKYD_NEW_SESSIONS").trim() {
+            "local" => NewSessions::Local,
+            "least-sessions" => NewSessions::LeastSessions,
+            other => {
+                return Err(ConfigError::invalid(
+                    "STICKYD_NEW_SESSIONS",
+                    other,
+                    "local (a new session stays on the pod its first request reached) or least-sessions (on the pod with the fewest active sessions of this pod and two random ready peers)",
+                ))
+            }
+        };
+
         let log = value(env, "STICKYD_LOG");
         // tracing-subscriber's filter parser can panic on control characters.
         let printable = log.bytes().all(|b| (0x20..0x7f).contains(&b));
@@ -830,6 +864,7 @@ impl Config {
             affinity,
             affinity_header,
             on_missing,
+            new_sessions,
             drain: req_secs(env, "STICKYD_DRAIN_SECONDS")?,
             drain_timeout: req_secs(env, "STICKYD_DRAIN_TIMEOUT")?,
             connect_timeout: nonzero(env, "STICKYD_CONNECT_TIMEOUT")?,
@@ -1196,6 +1231,7 @@ mod tests {
         assert_eq!(c.cookie.same_site, SameSite::Lax);
         assert!(c.cookie.keys.is_empty());
         assert_eq!(c.on_missing, OnMissing::Repin);
+        assert_eq!(c.new_sessions, NewSessions::Local);
         assert_eq!(c.drain, Duration::from_secs(5));
         assert!(c.worker_threads >= 1);
     }
@@ -1260,6 +1296,8 @@ mod tests {
             ("STICKYD_COOKIE_SAMESITE", "lenient"),
             ("STICKYD_COOKIE_SECRET", "short"),
             ("STICKYD_ON_MISSING", "retry"),
+            ("STICKYD_NEW_SESSIONS", "least"),
+            ("STICKYD_NEW_SESSIONS", "random"),
             ("STICKYD_DRAIN_SECONDS", "x"),
             ("STICKYD_LOG_FORMAT", "xml"),
             ("STICKYD_LOG", "[[["),
@@ -1464,6 +1502,27 @@ mod tests {
         );
         assert_eq!(default_of("STICKYD_APP_COOKIE"), None);
         assert_eq!(default_of("STICKYD_NOPE"), None);
+    }
+
+    #[test]
+    fn new_sessions_placement() {
+        for (raw, want) in [
+            ("local", NewSessions::Local),
+            ("least-sessions", NewSessions::LeastSessions),
+            (" least-sessions ", NewSessions::LeastSessions),
+            ("", NewSessions::Local),
+        ] {
+            let c = with(&[("STICKYD_NEW_SESSIONS", raw)]).unwrap();
+            assert_eq!(c.new_sessions, want, "{raw:?}");
+            assert_eq!(c.new_sessions.as_str(), want.as_str());
+        }
+        assert_eq!(default_of("STICKYD_NEW_SESSIONS"), Some(NewSessions::Local.as_str()));
+        let e = with(&[("STICKYD_NEW_SESSIONS", "Least-Sessions")]).unwrap_err();
+        let msg = e.to_string();
+        assert!(
+            msg.contains("STICKYD_NEW_SESSIONS") && msg.contains("least-sessions"),
+            "{msg}"
+        );
     }
 
     #[test]

@@ -15,6 +15,7 @@ pub mod limits;
 pub mod lint;
 pub mod metrics;
 pub mod migrate;
+pub mod placement;
 pub mod proxy;
 pub mod route;
 pub mod sessions;

@@ -2062,6 +2062,28 @@ mod tests {
     }
 
     #[test]
+    fn new_sessions_placement_is_checked_with_the_configuration() {
+        let with = |v: &str| {
+            SIDECAR_STACK.replace(
+                "        - {name: STICKYD_SERVICE, value: web}\n",
+                &format!("        - {{name: STICKYD_SERVICE, value: web}}\n        - {{name: STICKYD_NEW_SESSIONS, value: {v}}}\n"),
+            )
+        };
+        assert_ne!(with("local"), SIDECAR_STACK);
+        for ok in ["local", "least-sessions"] {
+            assert!(!rules(&lint(&with(ok))).contains(&"SD009"), "{ok}");
+        }
+        let r = lint(&with("fewest"));
+        let sd009: Vec<_> = r.findings.iter().filter(|f| f.rule == "SD009").collect();
+        assert_eq!(sd009.len(), 1, "{:?}", r.findings);
+        assert!(
+            sd009[0].message.contains("STICKYD_NEW_SESSIONS=\"fewest\""),
+            "{sd009:?}"
+        );
+        assert!(sd009[0].message.contains("least-sessions"), "{sd009:?}");
+    }
+
+    #[test]
     fn env_from_elsewhere_is_not_reported_missing() {
         let from_cm = SIDECAR_STACK.replace(
             "        - {name: STICKYD_SERVICE, value: web}\n",

@@ -79,6 +79,21 @@ pub struct Metrics {
     /// `stickyd_shed_total{kind="request"}`: a request already read answered
     /// 503 because the budget was used up.
     pub shed_request: Counter,
+    /// `stickyd_new_sessions_total{placed}`: new sessions that entered here,
+    /// by where they were placed. Count through [`Metrics::new_sessions_local`]
+    /// and [`Metrics::new_sessions_peer`].
+    pub new_sessions: Family<PlacedLabels, Counter>,
+    /// `stickyd_new_sessions_total{placed="local"}`: served here.
+    pub new_sessions_local: Counter,
+    /// `stickyd_new_sessions_total{placed="peer"}`: handed to a peer (this
+    /// pod drains, or a peer had fewer active sessions).
+    pub new_sessions_peer: Counter,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PlacedLabels {
+    /// local, peer
+    pub placed: &'static str,
 }
 
 /// A gauge of the bytes in use in a [`BufferBudget`], read when scraped (0
@@ -113,6 +128,9 @@ impl Default for Metrics {
         let shed = Family::<KindLabels, Counter>::default();
         let shed_connection = shed.get_or_create(&KindLabels { kind: "connection" }).clone();
         let shed_request = shed.get_or_create(&KindLabels { kind: "request" }).clone();
+        let new_sessions = Family::<PlacedLabels, Counter>::default();
+        let new_sessions_local = new_sessions.get_or_create(&PlacedLabels { placed: "local" }).clone();
+        let new_sessions_peer = new_sessions.get_or_create(&PlacedLabels { placed: "peer" }).clone();
         Metrics {
             requests: Family::default(),
             forward_duration: Histogram::new(exponential_buckets(0.0001, 2.5, 14)),
@@ -133,6 +151,9 @@ impl Default for Metrics {
             shed,
             shed_connection,
             shed_request,
+            new_sessions,
+            new_sessions_local,
+            new_sessions_peer,
         }
     }
 }
@@ -225,6 +246,11 @@ impl Metrics {
             "shed",
             "Work refused because the memory budget was used up: new connections, and requests already read (503)",
             self.shed.clone(),
+        );
+        r.register(
+            "new_sessions",
+            "New sessions that entered at this pod, by where they were placed (STICKYD_NEW_SESSIONS)",
+            self.new_sessions.clone(),
         );
         r
     }
@@ -330,5 +356,17 @@ mod tests {
         );
         drop(lease);
         assert_eq!(value(&scrape(&m), "stickyd_buffer_bytes"), Some("0"));
+    }
+
+    #[test]
+    fn new_sessions_by_placement() {
+        let m = Metrics::default();
+        let local = "stickyd_new_sessions_total{placed=\"local\"}";
+        let peer = "stickyd_new_sessions_total{placed=\"peer\"}";
+        assert_series(&m, &[(local, "0"), (peer, "0")]);
+        m.new_sessions_local.inc();
+        m.new_sessions_peer.inc();
+        m.new_sessions_peer.inc();
+        assert_series(&m, &[(local, "1"), (peer, "2")]);
     }
 }

@@ -2,13 +2,15 @@
 //! view, this pod and the hop markers, and its second half for a request
 //! whose first upstream failed before any byte of it was sent; around it,
 //! which carrier's token decides ([`choose`]) and what a response served
-//! here carries of the token ([`emit`]), by STICKYD_AFFINITY. The README's
-//! routing table mirrors the tests at the bottom of this file row for row
-//! (`tests/docs.rs` checks the numbers; docs/routing.md explains the rest).
+//! here carries of the token ([`emit`]), by STICKYD_AFFINITY; and where a
+//! new session goes by the load of this pod and of peers sampled for it
+//! ([`Load`], STICKYD_NEW_SESSIONS). The README's routing table mirrors the
+//! tests at the bottom of this file row for row (`tests/docs.rs` checks the
+//! numbers; docs/routing.md explains the rest).
 
 use crate::affinity::{CookieState, SessionId};
 use crate::config::{AffinityMode, OnMissing};
-use crate::endpoints::{Peer, View};
+use crate::endpoints::{Peer, PeerState, View};
 
 /// This pod, as the decision sees it.
 #[derive(Clone, Copy, Debug)]
@@ -134,8 +136,35 @@ pub fn emit(mode: AffinityMode, issue: bool, app_sets: bool, app_value: bool) ->
     }
 }
 
+/// What placement knows of the load, for a new session with
+/// STICKYD_NEW_SESSIONS=least-sessions: the active sessions of this pod
+/// (always known), and of the peers sampled for this session (two random
+/// ready peers, sampled by the caller), `None` where unknown: never learned,
+/// or learned too long ago.
+#[derive(Clone, Copy, Debug)]
+pub struct Load<'a> {
+    pub here: u64,
+    pub sampled: &'a [(SessionId, Option<u64>)],
+}
+
+/// The sampled peer with the fewest active sessions, if it has fewer than
+/// this pod: only peers ready in the view (never this pod, never a draining
+/// one), only known counts; of equal counts the first sampled. A tie with
+/// this pod stays here: a hop costs more than an even spread gains.
+fn least_loaded<'v>(view: &'v View, me: &ThisPod<'_>, load: &Load<'_>) -> Option<&'v Peer> {
+    let (peer, count) = load
+        .sampled
+        .iter()
+        .filter_map(|(id, count)| Some((view.get(id)?, (*count)?)))
+        .filter(|(p, _)| p.state == PeerState::Ready && p.id != me.id)
+        .min_by_key(|(_, count)| *count)?;
+    (count < load.here).then_some(peer)
+}
+
 /// Decides where a request goes. `pick` chooses among ready peers when this
-/// pod drains and must hand a new session to another pod.
+/// pod drains and must hand a new session to another pod. `load`: with
+/// STICKYD_NEW_SESSIONS=least-sessions, what is known of the load, for a
+/// new session; `None` places every new session here.
 pub fn decide<'v>(
     cookie: &CookieState,
     view: &'v View,
@@ -143,6 +172,7 @@ pub fn decide<'v>(
     hops: Hops,
     on_missing: OnMissing,
     pick: usize,
+    load: Option<&Load<'_>>,
 ) -> Decision<'v> {
     let hop = hops > 0;
     let session = match cookie {
@@ -152,6 +182,16 @@ pub fn decide<'v>(
             // the request already made its one hop.
             if me.draining && !hop {
                 if let Some(peer) = view.ready_peer_except(&me.id, pick) {
+                    return Decision::Forward {
+                        peer,
+                        mark: SessionMark::New,
+                    };
+                }
+            }
+            // Least-sessions: to the least loaded of this pod and the
+            // sampled peers. A forwarded request is never placed again.
+            if !hop && !me.draining {
+                if let Some(peer) = load.and_then(|l| least_loaded(view, me, l)) {
                     return Decision::Forward {
                         peer,
                         mark: SessionMark::New,
@@ -258,8 +298,19 @@ mod tests {
     //! One test per row of the README's routing table, in the same order.
     use super::*;
     use crate::affinity::Session;
-    use crate::endpoints::PeerState;
     use std::net::SocketAddr;
+
+    /// The decision with STICKYD_NEW_SESSIONS=local (no load known).
+    fn decide<'v>(
+        cookie: &CookieState,
+        view: &'v View,
+        me: &ThisPod<'_>,
+        hops: Hops,
+        on_missing: OnMissing,
+        pick: usize,
+    ) -> Decision<'v> {
+        super::decide(cookie, view, me, hops, on_missing, pick, None)
+    }
 
     fn addr(n: u8) -> SocketAddr {
         SocketAddr::from(([127, 0, 0, n], 8080))
@@ -732,5 +783,148 @@ mod tests {
         assert_eq!(emit(AffinityMode::AppCookie, true, false, true), REISSUE);
         // The app's own Set-Cookie wins: its value, its attributes, prefixed.
         assert_eq!(emit(AffinityMode::AppCookie, true, true, true), PREFIX);
+    }
+
+    /// pod-a (this pod), pod-b and pod-d ready, pod-c draining.
+    fn four() -> View {
+        View::new(
+            vec![
+                Peer::new("pod-a", addr(1), PeerState::Ready),
+                Peer::new("pod-b", addr(2), PeerState::Ready),
+                Peer::new("pod-c", addr(3), PeerState::Draining),
+                Peer::new("pod-d", addr(4), PeerState::Ready),
+            ],
+            true,
+            1,
+        )
+    }
+
+    fn id(pod: &str) -> SessionId {
+        SessionId::for_pod(pod)
+    }
+
+    /// A new session's decision with least-sessions placement: `here`
+    /// active sessions on this pod, the sampled peers' counts.
+    fn placed<'v>(
+        v: &'v View,
+        c: &CookieState,
+        me: &ThisPod<'_>,
+        hops: Hops,
+        here: u64,
+        sampled: &[(&str, Option<u64>)],
+    ) -> Decision<'v> {
+        let sampled: Vec<(SessionId, Option<u64>)> = sampled.iter().map(|(p, n)| (id(p), *n)).collect();
+        let load = Load {
+            here,
+            sampled: &sampled,
+        };
+        super::decide(c, v, me, hops, OnMissing::Repin, 0, Some(&load))
+    }
+
+    /// Where a new session goes: the peer it is handed to (as a new
+    /// session), or "here" when it is served here as new.
+    fn lands(c: CookieState, draining: bool, hops: Hops, here: u64, sampled: &[(&str, Option<u64>)]) -> String {
+        let v = four();
+        match placed(&v, &c, &me(draining), hops, here, sampled) {
+            NEW => "here".to_string(),
+            Decision::Forward {
+                peer,
+                mark: SessionMark::New,
+            } => peer.name.clone(),
+            other => panic!("not a new session: {other:?}"),
+        }
+    }
+
+    const NEW_SESSIONS: [CookieState; 2] = [CookieState::Absent, CookieState::Invalid];
+
+    #[test]
+    fn row23_least_sessions_new_session_goes_to_the_sampled_peer_with_fewer() {
+        for c in NEW_SESSIONS {
+            assert_eq!(
+                lands(c, false, 0, 300, &[("pod-b", Some(299)), ("pod-d", Some(0))]),
+                "pod-d"
+            );
+            assert_eq!(
+                lands(c, false, 0, 300, &[("pod-d", Some(5)), ("pod-b", Some(4))]),
+                "pod-b"
+            );
+            // One fewer is enough; of two peers with the same count, the first sampled.
+            assert_eq!(lands(c, false, 0, 1, &[("pod-b", Some(0))]), "pod-b");
+            assert_eq!(
+                lands(c, false, 0, 9, &[("pod-d", Some(3)), ("pod-b", Some(3))]),
+                "pod-d"
+            );
+        }
+        // Placement is for new sessions only: a pinned or repinned one is not moved.
+        let v = four();
+        let low = [("pod-b", Some(0))];
+        assert_eq!(placed(&v, &cookie("pod-a"), &me(false), 0, 300, &low), PINNED_HERE);
+        assert_eq!(placed(&v, &cookie("pod-gone"), &me(false), 0, 300, &low), REPIN);
+        let d = placed(&v, &cookie("pod-d"), &me(false), 0, 300, &low);
+        assert_eq!(forwarded_to(d), Some(("pod-d", SessionMark::Pinned)));
+    }
+
+    #[test]
+    fn row24_least_sessions_this_pod_with_the_fewest_or_a_tie_serves_locally() {
+        for c in NEW_SESSIONS {
+            assert_eq!(lands(c, false, 0, 3, &[("pod-b", Some(3)), ("pod-d", Some(4))]), "here");
+            assert_eq!(lands(c, false, 0, 0, &[("pod-b", Some(0)), ("pod-d", Some(0))]), "here");
+            assert_eq!(lands(c, false, 0, 2, &[("pod-b", Some(7))]), "here");
+            // A single ready pod: nobody sampled.
+            assert_eq!(lands(c, false, 0, 1000, &[]), "here");
+        }
+    }
+
+    #[test]
+    fn row25_least_sessions_unknown_counts_are_no_candidates_none_known_serves_locally() {
+        for c in NEW_SESSIONS {
+            assert_eq!(lands(c, false, 0, 500, &[("pod-b", None), ("pod-d", None)]), "here");
+            // The known one decides, even when the unknown one may have fewer.
+            assert_eq!(
+                lands(c, false, 0, 500, &[("pod-b", None), ("pod-d", Some(400))]),
+                "pod-d"
+            );
+            assert_eq!(
+                lands(c, false, 0, 300, &[("pod-b", None), ("pod-d", Some(301))]),
+                "here"
+            );
+        }
+        // Before the first sync the view has no peer: served here.
+        let unsynced = view(false, None);
+        let d = placed(
+            &unsynced,
+            &CookieState::Absent,
+            &me(false),
+            0,
+            500,
+            &[("pod-b", Some(0))],
+        );
+        assert_eq!(d, NEW);
+    }
+
+    #[test]
+    fn row26_least_sessions_a_draining_peer_or_one_not_in_the_view_is_never_a_candidate() {
+        for gone in ["pod-c", "pod-gone", "pod-a"] {
+            assert_eq!(
+                lands(CookieState::Absent, false, 0, 500, &[(gone, Some(0))]),
+                "here",
+                "{gone}"
+            );
+            let sampled = [(gone, Some(0)), ("pod-b", Some(10))];
+            assert_eq!(lands(CookieState::Absent, false, 0, 500, &sampled), "pod-b", "{gone}");
+        }
+        // This pod draining: row 12 (the `pick`-th ready peer), whatever the counts.
+        assert_eq!(lands(CookieState::Absent, true, 0, 0, &[("pod-d", Some(100))]), "pod-b");
+    }
+
+    #[test]
+    fn row27_least_sessions_a_forwarded_request_is_never_placed_again() {
+        let low = [("pod-b", Some(0)), ("pod-d", Some(0))];
+        for hops in [1, MAX_HOPS] {
+            for c in NEW_SESSIONS {
+                assert_eq!(lands(c, false, hops, 300, &low), "here");
+                assert_eq!(lands(c, true, hops, 300, &low), "here");
+            }
+        }
     }
 }

@@ -8,6 +8,7 @@
 
 use std::collections::HashMap;
 use std::hash::{BuildHasherDefault, Hasher};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
 use std::time::Duration;
 
@@ -49,6 +50,9 @@ pub struct SessionTracker {
     shards: Vec<Mutex<Shard>>,
     window: Duration,
     epoch: Instant,
+    /// The sessions in the table: [`SessionTracker::count`], without a pass
+    /// over it.
+    tracked: AtomicUsize,
 }
 
 impl SessionTracker {
@@ -57,6 +61,7 @@ impl SessionTracker {
             shards: (0..SHARDS).map(|_| Mutex::new(Shard::default())).collect(),
             window,
             epoch: Instant::now(),
+            tracked: AtomicUsize::new(0),
         }
     }
 
@@ -76,26 +81,42 @@ impl SessionTracker {
             return;
         }
         if shard.len() >= MAX_TRACKED / SHARDS {
-            let oldest_kept = t.saturating_sub(to_ticks(self.window));
-            shard.retain(|_, seen| *seen >= oldest_kept);
+            self.forget_older(&mut shard, t);
             if shard.len() >= MAX_TRACKED / SHARDS {
                 return;
             }
         }
         shard.insert(key, t);
+        self.tracked.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Forgets the sessions of `shard` not seen within the window before `t`.
+    fn forget_older(&self, shard: &mut Shard, t: u32) {
+        let oldest_kept = t.saturating_sub(to_ticks(self.window));
+        let before = shard.len();
+        shard.retain(|_, seen| *seen >= oldest_kept);
+        self.tracked.fetch_sub(before - shard.len(), Ordering::Relaxed);
     }
 
     /// Forgets the sessions not seen within the window, and counts the rest.
     pub fn active(&self, now: Instant) -> usize {
-        let oldest_kept = self.ticks(now).saturating_sub(to_ticks(self.window));
+        let t = self.ticks(now);
         let mut n = 0;
         for shard in &self.shards {
             if let Ok(mut s) = shard.lock() {
-                s.retain(|_, seen| *seen >= oldest_kept);
+                self.forget_older(&mut s, t);
                 n += s.len();
             }
         }
         n
+    }
+
+    /// The active sessions as of the last [`SessionTracker::active`]: one
+    /// atomic load, which also counts the sessions that expired since
+    /// then. What placement compares (`STICKYD_NEW_SESSIONS`), many times a
+    /// second; the placement refresher calls `active` every second.
+    pub fn count(&self) -> usize {
+        self.tracked.load(Ordering::Relaxed)
     }
 
     /// Distinct sessions seen at or after `since` (within the window).
@@ -126,6 +147,7 @@ mod tests {
         }
         t.note(sid(2), Instant::now());
         assert_eq!(t.active(Instant::now()), 2);
+        assert_eq!(t.count(), 2);
         tokio::time::advance(Duration::from_secs(200)).await;
         t.note(sid(3), Instant::now());
         let mid = Instant::now();
@@ -133,10 +155,14 @@ mod tests {
         assert_eq!(t.seen_since(start), 3);
         assert_eq!(t.seen_since(mid), 1);
         // 301 s after the first two were seen: only the third is active.
+        // The cheap count still has them until a pass forgets them.
         tokio::time::advance(Duration::from_secs(101)).await;
+        assert_eq!(t.count(), 3);
         assert_eq!(t.active(Instant::now()), 1);
+        assert_eq!(t.count(), 1);
         // Seen again: active again.
         t.note(sid(1), Instant::now());
+        assert_eq!(t.count(), 2);
         assert_eq!(t.active(Instant::now()), 2);
         assert_eq!(t.seen_since(mid), 2);
     }
@@ -151,8 +177,10 @@ mod tests {
         let full = t.active(Instant::now());
         assert!(full <= MAX_TRACKED, "{full}");
         assert!(full > MAX_TRACKED / 2, "{full}");
+        assert_eq!(t.count(), full);
         tokio::time::advance(Duration::from_secs(11)).await;
         t.note(key(u64::MAX >> 20), Instant::now());
         assert_eq!(t.active(Instant::now()), 1);
+        assert_eq!(t.count(), 1);
     }
 }

@@ -12,7 +12,7 @@ use tokio::task::JoinHandle;
 
 use crate::admin::Admin;
 use crate::affinity::{Codec, Lifetimes};
-use crate::config::{self, Config, EndpointsSource};
+use crate::config::{self, Config, EndpointsSource, NewSessions};
 use crate::endpoints::{fixed, kubernetes, EndpointStore};
 use crate::metrics::{KindLabels, Metrics};
 use crate::proxy::listener::{self, Phases};
@@ -124,6 +124,9 @@ impl Sidecar {
         shared.clock = clock;
         shared.connector = connector;
         let shared = Arc::new(shared);
+        if shared.cfg.new_sessions == NewSessions::LeastSessions {
+            background.push(tokio::spawn(crate::placement::refresh(shared.clone())));
+        }
         if let Some(path) = shared.cfg.cookie.secret_file.clone() {
             background.push(tokio::spawn(watch_secret_file(shared.clone(), path)));
         }

@@ -1722,6 +1722,12 @@ fn networkpolicy_example_allows_what_stickyd_needs_and_nothing_else() {
     // Sidecar to sidecar, both ends.
     assert!(in_rule(&is_peer, proxy), "peers reach the sidecar");
     assert!(out_rule(&is_peer, (proxy, "TCP")), "the sidecar reaches its peers");
+    // Least-sessions placement: the sidecars ask each other's admin port.
+    assert!(in_rule(&is_peer, admin), "peers reach the admin port");
+    assert!(
+        out_rule(&is_peer, (admin, "TCP")),
+        "the sidecar reaches its peers' admin port"
+    );
     // The kubelet's probes and preStop, from the node.
     assert!(in_rule(&|p| p.2.is_some(), admin), "the node reaches the admin port");
     for probe in ["readinessProbe", "livenessProbe"] {

@@ -342,6 +342,10 @@ pub struct ViewJson<'a> {
     pub generation: u64,
     pub this_pod: &'a str,
     pub peers: &'a PeerSet,
+    /// With least-sessions placement: the active sessions of this pod and
+    /// of each peer whose count is known (learned within 3 s), by name.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sessions: Option<std::collections::BTreeMap<&'a str, u64>>,
 }
 
 /// Where the data path reads the current view from.

@@ -13,7 +13,7 @@ use super::token::Read;
 use super::Shared;
 use crate::affinity::CookieState;
 use crate::endpoints::View;
-use crate::route::{self, Decision, Hops};
+use crate::route::{Decision, Hops};
 
 /// One request's context, built in the decide phase.
 pub(super) struct Ctx<'a> {
@@ -39,6 +39,8 @@ pub(super) struct Ctx<'a> {
     pub view: Arc<View>,
     /// Spreads picks of ready peers.
     pub pick: usize,
+    /// The first hop marker's value: the pod that forwarded the request.
+    pub hop_from: Option<HeaderValue>,
 }
 
 impl<'a> Ctx<'a> {
@@ -73,6 +75,7 @@ impl<'a> Ctx<'a> {
             now,
             view: shared.store.load_full(),
             pick: shared.next_pick(),
+            hop_from: (hops > 0).then(|| req.headers().get(HOP).cloned()).flatten(),
         }
     }
 
@@ -86,15 +89,7 @@ impl<'a> Ctx<'a> {
 
     /// Phase 2: the routing decision, on this context.
     pub fn decide(&self) -> Decision<'_> {
-        let me = self.shared.this_pod(&self.view);
-        route::decide(
-            &self.cookie,
-            &self.view,
-            &me,
-            self.hops,
-            self.shared.cfg.on_missing,
-            self.pick,
-        )
+        self.shared.decide(&self.cookie, &self.view, self.hops, self.pick)
     }
 
     /// The cookie names this pod.

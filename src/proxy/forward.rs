@@ -66,6 +66,7 @@ pub(super) async fn forward(
     match sent {
         Ok((resp, client_upgrade)) => {
             shared.count_forwarded(peer, ctx.view.generation, mark);
+            shared.learn_count(peer, resp.headers().get(crate::placement::HEADER).map(|v| v.as_bytes()));
             from_upstream(resp, client_upgrade)
         }
         Err(f) => {

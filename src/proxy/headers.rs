@@ -35,6 +35,7 @@ impl Found {
     const SESSION: u16 = 1 << 7;
     const X_FORWARDED_FOR: u16 = 1 << 8;
     const X_FORWARDED_PROTO: u16 = 1 << 9;
+    const SESSIONS: u16 = 1 << 10;
 
     /// One pass over the names of `headers`.
     pub fn scan(headers: &HeaderMap) -> Found {
@@ -51,6 +52,7 @@ impl Found {
                 "x-stickyd-session" => Self::SESSION,
                 "x-forwarded-for" => Self::X_FORWARDED_FOR,
                 "x-forwarded-proto" => Self::X_FORWARDED_PROTO,
+                "x-stickyd-sessions" => Self::SESSIONS,
                 _ => 0,
             };
         }
@@ -118,7 +120,7 @@ pub fn strip_found(headers: &mut HeaderMap, found: Found, keep_upgrade: bool) {
             .filter_map(|t| HeaderName::from_bytes(t.as_bytes()).ok())
             .collect();
         for name in named {
-            if name == HOP || name == SESSION {
+            if name == HOP || name == SESSION || name == crate::placement::HEADER {
                 // A client cannot use Connection to strip what we rely on.
                 continue;
             }
@@ -196,6 +198,9 @@ pub fn strip_own_found(headers: &mut HeaderMap, found: Found) {
     }
     if found.has(Found::SESSION) {
         headers.remove(SESSION);
+    }
+    if found.has(Found::SESSIONS) {
+        headers.remove(crate::placement::HEADER);
     }
 }
 
@@ -373,6 +378,7 @@ mod tests {
             ("transfer-encoding", "chunked"),
             ("x-stickyd-hop", "pod-b"),
             ("x-stickyd-session", "new"),
+            ("x-stickyd-sessions", "300"),
             ("set-cookie", "app=1"),
         ]);
         finish_response(&mut h, false);

@@ -15,11 +15,12 @@ use super::token::Carrier;
 use super::upstream::Pools;
 use super::{Clock, Connector};
 use crate::affinity::{Codec, CookieState, Lifetimes, SessionId, Sid};
-use crate::config::{Config, UpstreamProtocol};
+use crate::config::{Config, NewSessions, UpstreamProtocol};
 use crate::drain::Drain;
 use crate::endpoints::{EndpointStore, IdHash, Peer, PeerState, View};
 use crate::metrics::{DecisionLabels, Metrics};
-use crate::route::{SessionMark, ThisPod};
+use crate::placement::{PeerLoads, Sample};
+use crate::route::{self, Decision, Hops, Load, SessionMark, ThisPod};
 use crate::sessions::SessionTracker;
 
 /// `requests_total{decision="forwarded"}` counters by pod and session mark,
@@ -50,6 +51,8 @@ pub struct Shared {
     pub clock: Clock,
     /// Opens the data path's own upstream connections.
     pub connector: Connector,
+    /// The peers' active sessions as last learned (least-sessions placement).
+    pub loads: PeerLoads,
     /// When this sidecar started: the wait for the first sync ends at this
     /// plus STICKYD_SYNC_TIMEOUT.
     pub(super) started: tokio::time::Instant,
@@ -126,6 +129,7 @@ impl Shared {
             sessions: Arc::new(SessionTracker::new(cfg.session_active_window)),
             clock: Clock::System,
             connector: Connector::Tcp,
+            loads: PeerLoads::default(),
             started: tokio::time::Instant::now(),
             pick: AtomicUsize::new(0),
             forward_counts: ArcSwap::default(),
@@ -183,6 +187,71 @@ impl Shared {
             _ => now,
         };
         self.codec.load().encode(self.me, sid, created, now)
+    }
+
+    /// The routing decision for a request that arrived with `hops` markers,
+    /// with what least-sessions placement knows of the load when it starts
+    /// a new session here; counts where such a session was placed.
+    pub(super) fn decide<'v>(&self, cookie: &CookieState, view: &'v View, hops: Hops, pick: usize) -> Decision<'v> {
+        let me = self.this_pod(view);
+        let sample = self.sample_for_new(cookie, hops, &me, view);
+        let load = sample.as_ref().map(|(here, (sampled, n))| Load {
+            here: *here,
+            sampled: &sampled[..*n],
+        });
+        let decision = route::decide(cookie, view, &me, hops, self.cfg.on_missing, pick, load.as_ref());
+        self.count_placement(&decision, hops);
+        decision
+    }
+
+    /// With least-sessions placement, for a request that starts a new
+    /// session here (no valid token, no hop marker, this pod not draining,
+    /// the view synced): this pod's active sessions and the peers sampled.
+    fn sample_for_new(&self, cookie: &CookieState, hops: Hops, me: &ThisPod<'_>, view: &View) -> Option<(u64, Sample)> {
+        let new = !matches!(cookie, CookieState::Valid(_));
+        if self.cfg.new_sessions != NewSessions::LeastSessions || !new || hops > 0 || me.draining || !view.synced {
+            return None;
+        }
+        let now = tokio::time::Instant::now();
+        let sample = self.loads.sample(view, &self.me, now, |n| fastrand::usize(..n));
+        Some((self.sessions.count() as u64, sample))
+    }
+
+    /// Counts where a new session that entered here was placed
+    /// (`stickyd_new_sessions_total{placed}`).
+    fn count_placement(&self, decision: &Decision<'_>, hops: Hops) {
+        if hops > 0 {
+            return;
+        }
+        let counter = match decision {
+            Decision::Local {
+                mark: SessionMark::New, ..
+            } => &self.metrics.new_sessions_local,
+            Decision::Forward {
+                mark: SessionMark::New, ..
+            } => &self.metrics.new_sessions_peer,
+            _ => return,
+        };
+        counter.inc();
+    }
+
+    /// The count a response served here tells the peer that forwarded the
+    /// request (least-sessions placement): only when its first hop marker
+    /// names a pod of the view. (Not the address the request came from: a
+    /// pod's outbound connections need not leave from its listening address.)
+    pub(super) fn count_for_peer(&self, view: &View, hop_from: Option<&[u8]>) -> Option<u64> {
+        if self.cfg.new_sessions != NewSessions::LeastSessions {
+            return None;
+        }
+        let name = std::str::from_utf8(hop_from?).ok()?;
+        view.peers().by_name(name.trim()).map(|_| self.sessions.count() as u64)
+    }
+
+    /// Records the count a peer's response carried.
+    pub(super) fn learn_count(&self, peer: &Peer, value: Option<&[u8]>) {
+        if let Some(count) = value.and_then(crate::placement::parse_count) {
+            self.loads.record(peer.id, count, tokio::time::Instant::now());
+        }
     }
 
     /// A number that changes with each request, to spread picks over peers.

@@ -524,9 +524,7 @@ pub fn write_peers(path: &PathBuf, peers: &[(&str, SocketAddr)]) {
 pub async fn wait_for_view(s: &Stickyd, names: &[&str]) {
     let mut want: Vec<String> = names.iter().map(|s| s.to_string()).collect();
     want.sort();
-    eventually(Duration::from_secs(5), &format!("{} view", s.pod), || async {
-        let body = get(&format!("http://{}/endpoints", s.admin), &[]).await.unwrap().body;
-        let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    wait_for_endpoints(s, &format!("a view of {want:?}"), |v| {
         let mut have: Vec<String> = v["peers"]
             .as_array()
             .unwrap()
@@ -534,7 +532,20 @@ pub async fn wait_for_view(s: &Stickyd, names: &[&str]) {
             .map(|p| p["name"].as_str().unwrap().to_string())
             .collect();
         have.sort();
-        (have == want, have)
+        have == want
+    })
+    .await;
+}
+
+/// Polls `/endpoints` on a sidecar (5 s at most, a hang guard) until `done`
+/// holds of its JSON.
+pub async fn wait_for_endpoints(s: &Stickyd, what: &str, done: impl FnMut(&serde_json::Value) -> bool) {
+    let done = std::cell::RefCell::new(done);
+    let url = format!("http://{}/endpoints", s.admin);
+    eventually(Duration::from_secs(5), &format!("{}: {what}", s.pod), || async {
+        let body = get(&url, &[]).await.unwrap().body;
+        let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+        ((done.borrow_mut())(&v), v)
     })
     .await;
 }

@@ -418,9 +418,8 @@ impl Conn<'_> {
             safe: matches!(method, b"GET" | b"HEAD" | b"OPTIONS") && head.body == BodyKind::None,
         };
         let view = shared.view_for(&facts.cookie).await;
-        let me = shared.this_pod(&view);
         let pick = shared.next_pick();
-        let decision = route::decide(&facts.cookie, &view, &me, hops, shared.cfg.on_missing, pick);
+        let decision = shared.decide(&facts.cookie, &view, hops, pick);
         tracing::debug!(
             method = %String::from_utf8_lossy(method),
             hops,
@@ -749,8 +748,19 @@ impl Conn<'_> {
             }
             Dest::Peer { peer, mark } => {
                 shared.count_forwarded(peer, view.generation, mark);
+                shared.learn_count(
+                    peer,
+                    res.values(&ubuf, crate::placement::HEADER.as_str().as_bytes()).next(),
+                );
                 (route::Emit::default(), None)
             }
+        };
+        let sessions = match dest {
+            Dest::Local { .. } if f.hops > 0 => {
+                let hop_from = f.head.values(&self.buf, b"x-stickyd-hop").next();
+                shared.count_for_peer(view, hop_from)
+            }
+            _ => None,
         };
         let added = match &token {
             Some(t) => carrier.added(emit, &shared.cfg.cookie, t, &f.read, f.https),
@@ -779,6 +789,7 @@ impl Conn<'_> {
                 .zip(token.as_deref().filter(|_| emit.prefix).map(str::as_bytes)),
             close,
             client_http10,
+            sessions,
         };
         out.clear();
         parse::write_response(&ubuf, &res, &edits, out);

@@ -368,7 +368,7 @@ pub fn response(buf: &[u8], max_headers: usize, head_request: bool) -> Result<Op
 /// Hop-by-hop fields (RFC 9110 §7.6.1) and stickyd's own, never copied to
 /// the next hop as they came.
 fn hop_by_hop(name: &[u8]) -> bool {
-    const NAMES: [&[u8]; 10] = [
+    const NAMES: [&[u8]; 11] = [
         b"connection",
         b"keep-alive",
         b"proxy-connection",
@@ -378,6 +378,7 @@ fn hop_by_hop(name: &[u8]) -> bool {
         b"content-length",
         b"x-stickyd-hop",
         b"x-stickyd-session",
+        b"x-stickyd-sessions",
         b"x-forwarded-for",
     ];
     NAMES.iter().any(|n| n.eq_ignore_ascii_case(name))
@@ -510,6 +511,9 @@ pub struct ResponseEdits<'a> {
     /// The client speaks HTTP/1.0: a chunked body goes out decoded and the
     /// connection closes after it.
     pub client_http10: bool,
+    /// This pod's active sessions, for the peer that forwarded the request
+    /// (`x-stickyd-sessions`, least-sessions placement).
+    pub sessions: Option<u64>,
 }
 
 /// Writes the response head for the client: the status line in the
@@ -581,6 +585,11 @@ pub fn write_response(buf: &[u8], head: &ResponseHead, edits: &ResponseEdits<'_>
     }
     for (name, value) in edits.add {
         push_field(out, name, value);
+    }
+    if let Some(n) = edits.sessions {
+        out.extend_from_slice(b"x-stickyd-sessions: ");
+        push_u64(out, n);
+        out.extend_from_slice(b"\r\n");
     }
     if switching {
         out.extend_from_slice(b"connection: upgrade\r\n");
@@ -890,6 +899,27 @@ mod tests {
         // No reason phrase.
         let r = rewritten("HTTP/1.1 404 \r\nContent-Length: 0\r\n\r\n", ResponseEdits::default());
         assert_eq!(r, "HTTP/1.1 404 \r\ncontent-length: 0\r\n\r\n");
+    }
+
+    #[test]
+    fn the_session_count_for_a_peer_replaces_any_copy_and_marks_nothing_private() {
+        let r = rewritten(
+            "HTTP/1.1 200 OK\r\nX-Stickyd-Sessions: 1\r\nx-stickyd-sessions: 2\r\nContent-Length: 0\r\n\r\n",
+            ResponseEdits {
+                sessions: Some(300),
+                ..Default::default()
+            },
+        );
+        assert_eq!(
+            r,
+            "HTTP/1.1 200 OK\r\ncontent-length: 0\r\nx-stickyd-sessions: 300\r\n\r\n"
+        );
+        // Not for a peer: a copy (the app's, or a peer's on its way to the client) never passes.
+        let r = rewritten(
+            "HTTP/1.1 200 OK\r\nx-stickyd-sessions: 2\r\nContent-Length: 0\r\n\r\n",
+            ResponseEdits::default(),
+        );
+        assert_eq!(r, "HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n");
     }
 
     #[test]
