@@ -45,7 +45,7 @@ impl Cluster {
         pods: usize,
         extra: Vec<(&'static str, String)>,
     ) -> Cluster {
-        let admin_port = free_port(&format!("{base}.{}", offset + 1));
+        let admin_port = SHARED_ADMIN_PORT;
         let file = temp_path("placement-peers");
         let listens: Vec<(String, SocketAddr)> = (1..=pods)
             .map(|i| (format!("pod-{i}"), addr_on(&format!("{base}.{}", offset + i))))

@@ -347,6 +347,11 @@ pub fn logged_admin(log: &str) -> Option<SocketAddr> {
 /// ([`Stickyd::start`]).
 pub const SIDECAR_PORT: u16 = 4140;
 
+/// The admin port of tests whose pods must share one, as least-sessions
+/// placement needs (a sidecar asks its peers' admin port, on its own port
+/// number); free on a test's own addresses for the reason [`SIDECAR_PORT`] is.
+pub const SHARED_ADMIN_PORT: u16 = 4141;
+
 /// The sidecar address on `ip` ([`SIDECAR_PORT`]).
 pub fn addr_on(ip: &str) -> SocketAddr {
     SocketAddr::new(ip.parse().unwrap(), SIDECAR_PORT)
