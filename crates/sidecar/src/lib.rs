@@ -1,0 +1,23 @@
+//! The stickyd sidecar: a proxy that gives Kubernetes services strict cookie
+//! session stickiness, even behind an ExternalName Service. Configuration
+//! (`config`, `startup`, `limits`), the routing decision (`route`), the
+//! session cookie (`affinity`), the endpoint view and its sources
+//! (`endpoints`), the proxy (`proxy`), the session-aware drain (`drain`,
+//! `sessions`), the admin listener and metrics (`admin`, `metrics`), and one
+//! running sidecar made of them (`sidecar`).
+//!
+//! It depends on none of stickyd's manifest tooling or demo.
+#![forbid(unsafe_code)]
+
+pub mod admin;
+pub mod affinity;
+pub mod config;
+pub mod drain;
+pub mod endpoints;
+pub mod limits;
+pub mod metrics;
+pub mod proxy;
+pub mod route;
+pub mod sessions;
+pub mod sidecar;
+pub mod startup;
