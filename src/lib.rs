@@ -9,7 +9,5 @@
 #![forbid(unsafe_code)]
 
 pub use stickyd_demo as demo;
-pub use stickyd_sidecar::{
-    admin, affinity, config, drain, endpoints, limits, metrics, proxy, route, sessions, sidecar, startup,
-};
-pub use stickyd_tooling::{inject, injector, kyaml, lint, migrate};
+pub use stickyd_sidecar::{affinity, config, drain, endpoints, limits, metrics, proxy, sidecar, startup};
+pub use stickyd_tooling::{inject, injector, kyaml, lint};

@@ -9,7 +9,7 @@
 //! It depends on none of stickyd's manifest tooling or demo.
 #![forbid(unsafe_code)]
 
-pub mod admin;
+pub(crate) mod admin;
 pub mod affinity;
 pub mod config;
 pub mod drain;
@@ -18,6 +18,6 @@ pub mod limits;
 pub mod metrics;
 pub mod proxy;
 pub mod route;
-pub mod sessions;
+pub(crate) mod sessions;
 pub mod sidecar;
 pub mod startup;

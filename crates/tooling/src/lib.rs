@@ -10,4 +10,4 @@ pub mod inject;
 pub mod injector;
 pub mod kyaml;
 pub mod lint;
-pub mod migrate;
+pub(crate) mod migrate;

@@ -7,7 +7,7 @@
 //! change.
 
 pub mod review;
-pub mod tls;
+pub(crate) mod tls;
 
 use std::convert::Infallible;
 use std::io::Write;
