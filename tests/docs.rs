@@ -1,7 +1,7 @@
 //! The documentation against itself and against the code: every relative
 //! link of README.md and docs/*.md reaches a file and, with `#anchor`, a
 //! heading of it; the README's routing table is numbered as the unit tests
-//! of src/route.rs; docs/configuration.md lists every variable stickyd reads,
+//! of crates/sidecar/src/route.rs; docs/configuration.md lists every variable stickyd reads,
 //! with its default; docs/lint.md lists every lint rule with its severity.
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -264,7 +264,7 @@ fn table_after(text: &str, heading: &str) -> Vec<Vec<String>> {
     rows
 }
 
-/// The README's routing table and the unit tests of src/route.rs mirror each
+/// The README's routing table and the unit tests of crates/sidecar/src/route.rs mirror each
 /// other row for row: rows numbered 1, 2, … and each with a `rowNN_` test,
 /// in the same order, except the rows the README names as tested on real
 /// processes.
@@ -281,7 +281,7 @@ fn the_routing_table_rows_are_the_route_tests() {
         "rows numbered 1, 2, …"
     );
 
-    let route = read("src/route.rs");
+    let route = read("crates/sidecar/src/route.rs");
     let tests: Vec<u32> = route
         .split("fn row")
         .skip(1)
@@ -305,7 +305,7 @@ fn the_routing_table_rows_are_the_route_tests() {
     for r in &untested {
         assert!(
             section.contains(&format!("row {r} is tested on real processes")),
-            "row {r} has no unit test in src/route.rs, and the README does not say where it is tested"
+            "row {r} has no unit test in crates/sidecar/src/route.rs, and the README does not say where it is tested"
         );
     }
     assert!(untested.len() <= 1, "rows without a unit test: {untested:?}");

@@ -1357,7 +1357,7 @@ mod tests {
     #[test]
     fn the_documented_sizing_table() {
         let rows = [(64, 2764, 108), (128, 6041, 236), (256, 12595, 492), (512, 25702, 1004)];
-        let doc = include_str!("../docs/operations.md");
+        let doc = include_str!("../../../docs/operations.md");
         let table: Vec<(u64, usize, u64)> = doc
             .lines()
             .filter_map(|l| {

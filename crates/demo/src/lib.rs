@@ -6,6 +6,7 @@
 //! synthetic client ([`load`]) runs browser-like sessions through it and a
 //! live line shows how many stayed on their pod. `--no-sidecar` wires the
 //! load balancer straight to the apps: the story's failure.
+#![forbid(unsafe_code)]
 
 pub mod app;
 pub mod cluster;
@@ -83,12 +84,12 @@ pub enum DemoError {
     #[error("the sidecar of {pod} has an invalid configuration: {source}")]
     Config {
         pod: String,
-        source: crate::config::ConfigError,
+        source: stickyd_sidecar::config::ConfigError,
     },
     #[error("the sidecar of {pod} did not start: {source}")]
     Sidecar {
         pod: String,
-        source: crate::sidecar::StartError,
+        source: stickyd_sidecar::sidecar::StartError,
     },
     #[error("{0}")]
     Invalid(String),
@@ -156,10 +157,10 @@ async fn until_done(duration: Option<f64>) {
         Some(s) => {
             tokio::select! {
                 _ = tokio::time::sleep(Duration::from_secs_f64(s.max(0.0))) => {}
-                _ = crate::sidecar::shutdown_signal() => {}
+                _ = stickyd_sidecar::sidecar::shutdown_signal() => {}
             }
         }
-        None => crate::sidecar::shutdown_signal().await,
+        None => stickyd_sidecar::sidecar::shutdown_signal().await,
     }
 }
 

@@ -7,7 +7,7 @@
 //! change.
 
 pub mod review;
-pub mod tls;
+pub(crate) mod tls;
 
 use std::convert::Infallible;
 use std::io::Write;
@@ -27,19 +27,9 @@ use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
 
-use crate::config::{ConfigError, Env, LogFormat};
+use stickyd_sidecar::config::{ConfigError, Env, LogFormat};
 
-/// Every variable `stickyd injector` reads, with its default (`None`: required
-/// or unset).
-pub const VARIABLES: &[(&str, Option<&str>)] = &[
-    ("STICKYD_INJECTOR_LISTEN", Some("0.0.0.0:8443")),
-    ("STICKYD_INJECTOR_TLS_CERT", None),
-    ("STICKYD_INJECTOR_TLS_KEY", None),
-    ("STICKYD_INJECTOR_TLS_RELOAD", Some("10s")),
-    ("STICKYD_INJECTOR_IMAGE", Some(crate::inject::DEFAULT_IMAGE)),
-    ("STICKYD_LOG", Some("info")),
-    ("STICKYD_LOG_FORMAT", Some("text")),
-];
+pub use stickyd_sidecar::config::INJECTOR_VARIABLES as VARIABLES;
 
 /// The largest AdmissionReview body accepted.
 const MAX_BODY: usize = 8 << 20;
@@ -86,7 +76,7 @@ impl Settings {
     /// Reads the settings; an invalid or missing value names its variable,
     /// and an unknown STICKYD_* variable is refused with the nearest one.
     pub fn from_env(env: &dyn Env) -> Result<Settings, ConfigError> {
-        crate::config::check_names(env)?;
+        stickyd_sidecar::config::check_names(env)?;
         let listen = value_or_default(env, "STICKYD_INJECTOR_LISTEN");
         let listen = listen.parse().map_err(|_| {
             invalid(
@@ -107,7 +97,7 @@ impl Settings {
         )?;
         let key = file("STICKYD_INJECTOR_TLS_KEY", "private key, e.g. /etc/stickyd/tls/tls.key")?;
         let reload = value_or_default(env, "STICKYD_INJECTOR_TLS_RELOAD");
-        let reload = crate::config::parse_duration(&reload)
+        let reload = stickyd_sidecar::config::parse_duration(&reload)
             .filter(|d| !d.is_zero() && *d <= Duration::from_secs(3600))
             .ok_or_else(|| {
                 invalid(
@@ -283,7 +273,7 @@ pub async fn run(settings: Settings, certs: tls::Certificates) -> i32 {
         Arc::new(certs),
         settings.reload,
         settings.image,
-        crate::sidecar::shutdown_signal(),
+        stickyd_sidecar::sidecar::shutdown_signal(),
     )
     .await;
     0

@@ -15,11 +15,11 @@ use std::time::Duration;
 
 use serde::Serialize;
 
-use crate::config::{Config, ConfigError};
-use crate::drain::{self, DrainParams};
 use crate::kyaml::{self, Node};
 use crate::migrate::{self, Wanted};
-use crate::startup::Startup;
+use stickyd_sidecar::config::{Config, ConfigError};
+use stickyd_sidecar::drain::{self, DrainParams};
+use stickyd_sidecar::startup::Startup;
 
 /// Arguments of `stickyd lint`.
 #[derive(Debug, clap::Args)]
@@ -479,7 +479,7 @@ fn sidecar<'a>(pod: &'a Node) -> Option<Sidecar<'a>> {
 
 /// The default of a stickyd setting, from the configuration's own table.
 fn default_of(var: &str) -> &'static str {
-    crate::config::VARIABLES
+    stickyd_sidecar::config::VARIABLES
         .iter()
         .find(|(k, _)| *k == var)
         .and_then(|(_, d)| *d)
@@ -518,7 +518,7 @@ fn gives(var: &str, have: &str, want: &str) -> bool {
     let lower = |v: &str| v.trim().trim_start_matches('.').to_ascii_lowercase();
     match var {
         "STICKYD_COOKIE_MAX_AGE" | "STICKYD_SESSION_MAX_LIFETIME" | "STICKYD_SESSION_IDLE_TIMEOUT" => {
-            crate::config::parse_duration(have) == crate::config::parse_duration(want)
+            stickyd_sidecar::config::parse_duration(have) == stickyd_sidecar::config::parse_duration(want)
         }
         "STICKYD_COOKIE_PATH" => {
             let have = if have.is_empty() { "/" } else { have };
@@ -577,8 +577,8 @@ impl ShutdownBudget {
     /// its settings from its env (their defaults when not literal there).
     pub fn of(sidecar: &Node, max: Duration) -> ShutdownBudget {
         let secs = |var: &str| {
-            crate::config::parse_duration(setting(sidecar, var))
-                .or_else(|| crate::config::parse_duration(default_of(var)))
+            stickyd_sidecar::config::parse_duration(setting(sidecar, var))
+                .or_else(|| stickyd_sidecar::config::parse_duration(default_of(var)))
                 .unwrap_or_default()
         };
         ShutdownBudget {
@@ -1616,7 +1616,9 @@ fn drain_findings(pod: &Node, side: &Sidecar) -> Vec<Found> {
 /// a plausible value ([`SidecarEnv::vars`]) where one is needed, and an
 /// error that is still about it is not reported.
 fn config_error(env: &SidecarEnv) -> Option<ConfigError> {
-    if let Some(e) = crate::config::unknown_variable(env.names.iter().map(|(n, v)| (n.as_str(), v.as_deref()))) {
+    if let Some(e) =
+        stickyd_sidecar::config::unknown_variable(env.names.iter().map(|(n, v)| (n.as_str(), v.as_deref())))
+    {
         return Some(e);
     }
     let knowable = |var: &str| !env.unknown.contains(var) && (env.literal.contains(var) || !env.has_env_from);
@@ -1630,7 +1632,7 @@ fn config_error(env: &SidecarEnv) -> Option<ConfigError> {
 /// secret file outside every volume mount is reported on its own). Nothing
 /// is read from the machine lint runs on, so its results do not depend on it.
 fn in_a_pod(vars: &BTreeMap<String, String>) -> Startup {
-    let files: Vec<(String, &str)> = crate::config::files_named(vars)
+    let files: Vec<(String, &str)> = stickyd_sidecar::config::files_named(vars)
         .into_iter()
         .map(|(var, path)| {
             let placeholder = match var {
@@ -2129,7 +2131,11 @@ mod tests {
             (Duration::from_micros(1500), "0.0015"),
         ] {
             assert_eq!(fmt_duration(d), text);
-            assert_eq!(crate::config::parse_duration(text), Some(d), "{text} reads back");
+            assert_eq!(
+                stickyd_sidecar::config::parse_duration(text),
+                Some(d),
+                "{text} reads back"
+            );
         }
     }
 

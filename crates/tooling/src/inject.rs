@@ -10,10 +10,10 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use crate::config::{Config, ConfigError};
-use crate::drain::DrainParams;
 use crate::kyaml::{self, Node, ParseError};
 use crate::lint::{self, is_stickyd, PreStop, ShutdownBudget};
+use stickyd_sidecar::config::{Config, ConfigError};
+use stickyd_sidecar::drain::DrainParams;
 
 /// Arguments of `stickyd inject`.
 #[derive(Debug, Clone, clap::Args)]
@@ -107,10 +107,10 @@ pub struct MigrateArgs {
 /// The drain options of `stickyd inject`.
 #[derive(Debug, Clone, Default, clap::Args)]
 pub struct DrainArgs {
-    #[arg(long, value_name = "DURATION", help = drain_help("idle", crate::drain::DEFAULT_IDLE,
+    #[arg(long, value_name = "DURATION", help = drain_help("idle", stickyd_sidecar::drain::DEFAULT_IDLE,
         "it answers once no request of a session pinned to the pod arrived for this long"))]
     pub drain_idle: Option<String>,
-    #[arg(long, value_name = "DURATION", help = drain_help("max", crate::drain::DEFAULT_MAX,
+    #[arg(long, value_name = "DURATION", help = drain_help("max", stickyd_sidecar::drain::DEFAULT_MAX,
         "it answers at the latest after this long (the grace period is raised to fit)"))]
     pub drain_max: Option<String>,
     /// Leave the app containers' preStop hooks and the grace period as they are.
@@ -300,8 +300,7 @@ pub fn validate(args: &InjectArgs) -> Result<(), ConfigError> {
     Config::from_env(&m).map(|_| ())
 }
 
-/// The image of a sidecar when none is given.
-pub const DEFAULT_IMAGE: &str = concat!("stickyd:", env!("CARGO_PKG_VERSION"));
+pub use stickyd_sidecar::config::DEFAULT_IMAGE;
 
 struct Plan {
     image: String,
@@ -612,7 +611,7 @@ impl DrainFlags {
             let Some(raw) = raw else { return Ok(None) };
             // What the drain itself says of this value in its query; a value
             // with `&` would read as more than one parameter there.
-            let query = match crate::config::parse_duration(raw) {
+            let query = match stickyd_sidecar::config::parse_duration(raw) {
                 Some(d) => format!("{key}={}", lint::fmt_duration(d)),
                 None => format!("{key}={}", raw.replace('&', "%26")),
             };

@@ -29,7 +29,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, oneshot};
 
-use crate::proxy::headers;
+use stickyd_sidecar::proxy::headers;
 
 /// Names the backend the load balancer picked (the pod kube-proxy chose,
 /// which is not always the pod that served the request).

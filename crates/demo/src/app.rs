@@ -224,7 +224,7 @@ pub fn is_asset(path: &str, fetch_dest: Option<&str>) -> bool {
 }
 
 fn is_echo_upgrade(req: &Request<Incoming>) -> bool {
-    crate::proxy::headers::is_upgrade(req.headers())
+    stickyd_sidecar::proxy::headers::is_upgrade(req.headers())
         && req
             .headers()
             .get(UPGRADE)
@@ -270,7 +270,7 @@ pub async fn handle(app: Arc<App>, mut req: Request<Incoming>) -> Result<Respons
     let cookie = session_cookie(&req);
     let stickyd_session = req
         .headers()
-        .get(crate::proxy::headers::SESSION)
+        .get(stickyd_sidecar::proxy::headers::SESSION)
         .and_then(|v| v.to_str().ok())
         .map(str::to_string);
     let method = req.method().to_string();

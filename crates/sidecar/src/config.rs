@@ -334,13 +334,26 @@ pub const VARIABLES: &[(&str, Option<&str>)] = &[
     ("STICKYD_WORKER_THREADS", None),
 ];
 
+/// Every variable `stickyd injector` reads, with its default (`None`: required
+/// or unset). Listed here, beside the sidecar's, because both run from the one
+/// binary and either refuses a `STICKYD_*` name that neither reads.
+pub const INJECTOR_VARIABLES: &[(&str, Option<&str>)] = &[
+    ("STICKYD_INJECTOR_LISTEN", Some("0.0.0.0:8443")),
+    ("STICKYD_INJECTOR_TLS_CERT", None),
+    ("STICKYD_INJECTOR_TLS_KEY", None),
+    ("STICKYD_INJECTOR_TLS_RELOAD", Some("10s")),
+    ("STICKYD_INJECTOR_IMAGE", Some(DEFAULT_IMAGE)),
+    ("STICKYD_LOG", Some("info")),
+    ("STICKYD_LOG_FORMAT", Some("text")),
+];
+
+/// The image of a sidecar when none is given: this build's.
+pub const DEFAULT_IMAGE: &str = concat!("stickyd:", env!("CARGO_PKG_VERSION"));
+
 /// Every variable any part of stickyd reads: the sidecar's ([`VARIABLES`])
-/// and `stickyd injector`'s ([`crate::injector::VARIABLES`]).
+/// and `stickyd injector`'s ([`INJECTOR_VARIABLES`]).
 pub fn known_variables() -> impl Iterator<Item = &'static str> {
-    VARIABLES
-        .iter()
-        .chain(crate::injector::VARIABLES)
-        .map(|(name, _)| *name)
+    VARIABLES.iter().chain(INJECTOR_VARIABLES).map(|(name, _)| *name)
 }
 
 /// The first `STICKYD_*` name among `names` that stickyd does not read, as

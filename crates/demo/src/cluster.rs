@@ -16,9 +16,9 @@ use tokio::task::JoinHandle;
 use super::app::{self, App};
 use super::lb::{Backend, Backends, ControlOp, ControlReply, ControlRequest};
 use super::DemoError;
-use crate::config::Config;
-use crate::endpoints::{Peer, PeerState};
-use crate::sidecar::Sidecar;
+use stickyd_sidecar::config::Config;
+use stickyd_sidecar::endpoints::{Peer, PeerState};
+use stickyd_sidecar::sidecar::Sidecar;
 
 /// Where and how the pods run.
 #[derive(Debug, Clone)]
