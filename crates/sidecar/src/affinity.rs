@@ -833,6 +833,9 @@ mod tests {
         assert!(Keys::parse("short").is_err());
         assert_eq!(Keys::parse(&format!("{K1}, {K2}\n")).unwrap().len(), 2);
         assert!(!format!("{:?}", keys(K1)).contains(K1));
+        // The bound is inclusive: MIN_KEY_LEN bytes is a key, one fewer is not.
+        assert!(Keys::parse(&"k".repeat(MIN_KEY_LEN)).is_ok());
+        assert!(Keys::parse(&"k".repeat(MIN_KEY_LEN - 1)).is_err());
     }
 
     #[test]
@@ -888,6 +891,9 @@ mod tests {
         }
         assert_eq!(parse_b36("ZZ"), None);
         assert_eq!(parse_b36(""), None);
+        // At most 12 digits (36^12 < 2^64): 12 parse, 13 do not.
+        assert_eq!(parse_b36("100000000000"), Some(36u64.pow(11)));
+        assert_eq!(parse_b36("1000000000000"), None);
     }
 
     fn token(pod: &str) -> String {
