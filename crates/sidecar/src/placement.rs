@@ -129,9 +129,9 @@ impl PeerLoads {
         for slot in 0..SAMPLED.min(n) {
             // The k-th of the peers not picked yet, in index order.
             let mut k = rand(n - slot);
-            let mut sorted = picked[..slot].to_vec();
-            sorted.sort_unstable();
-            for p in sorted {
+            let mut sorted = picked;
+            sorted[..slot].sort_unstable();
+            for &p in &sorted[..slot] {
                 if k >= p {
                     k += 1;
                 }
