@@ -6,6 +6,7 @@
 
 mod common;
 
+use std::net::SocketAddr;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -45,7 +46,7 @@ fn sidecar(extra: &[(&str, &str)]) -> Command {
         .env_clear()
         .env("STICKYD_POD_NAME", "pod-0")
         .env("STICKYD_LISTEN", listen.to_string())
-        .env("STICKYD_ADMIN_LISTEN", addr_on("127.0.172.1").to_string())
+        .env("STICKYD_ADMIN_LISTEN", SocketAddr::new(listen.ip(), 0).to_string())
         .env("STICKYD_ENDPOINTS", format!("static:pod-0={listen}"))
         .env("STICKYD_UPSTREAM", "http://127.0.172.1:1");
     for (k, v) in extra {
