@@ -2,14 +2,13 @@
 
 use std::io::IsTerminal;
 
-#[cfg(all(feature = "mimalloc", feature = "jemalloc"))]
-compile_error!("features mimalloc and jemalloc each choose the allocator: enable one");
-
+// The allocator: jemalloc (the default feature), mimalloc when that feature
+// is on, or the system's with --no-default-features.
 #[cfg(feature = "mimalloc")]
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-#[cfg(feature = "jemalloc")]
+#[cfg(all(feature = "jemalloc", not(feature = "mimalloc")))]
 #[global_allocator]
 static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 

@@ -22,18 +22,22 @@ use std::sync::Arc;
 // ---------------------------------------------------------------------------
 
 /// Resident memory of a running stickyd with no connection open: code, the
-/// C library, the runtime and the endpoint view. Measured idle RSS: 7.1–7.3
-/// MiB (BENCHMARKS.md, "Memory under load"), rounded up.
-pub const BASE_RSS: u64 = 8 << 20;
+/// C library, the allocator, the runtime and the endpoint view. Measured idle
+/// RSS of the shipped build (jemalloc): 9.9–10.8 MiB, of which 7–8 MiB are
+/// pages of the binary itself (BENCHMARKS.md, "Memory under load"), rounded
+/// up.
+pub const BASE_RSS: u64 = 12 << 20;
 
 /// Memory of one open client connection on the HTTP/1.1 path with a small
-/// request in flight: its socket, task, head buffer, the upstream connection
-/// and the response head's buffer. Measured (BENCHMARKS.md, "Memory under
-/// load"): 9.6–11.8 KiB per active keep-alive connection at 1,000 to 4,000
-/// connections, RSS under load less idle RSS over the connections; an idle
-/// one holds about 7.5 KiB (`tests/limits.rs`). What a request needs beyond
-/// that (a head larger than 4 KiB, body copy buffers, a hyper connection's
-/// buffers) comes from the buffer budget.
+/// request in flight, as the cgroup charges it: in the process, its task,
+/// the exchange's state and the bytes of its heads, 3.8–4.5 KiB of RSS per
+/// active keep-alive connection at 1,000 to 4,000 connections
+/// (BENCHMARKS.md, "Memory under load"); in the kernel, which the cgroup
+/// charges too, the client socket and the upstream one with their queued
+/// bytes. 12 KiB leaves room for a head of [`crate::proxy::h1::READ`] bytes
+/// each way besides. What a request needs beyond that (a larger head, body
+/// pieces its receiver did not take at once, a hyper connection's buffers)
+/// comes from the buffer budget.
 pub const CONNECTION_COST: u64 = 12 << 10;
 
 /// What a connection served by hyper (HTTP/2, or any connection to an h2c
@@ -1356,7 +1360,7 @@ mod tests {
     /// computes.
     #[test]
     fn the_documented_sizing_table() {
-        let rows = [(64, 2764, 108), (128, 6041, 236), (256, 12595, 492), (512, 25702, 1004)];
+        let rows = [(64, 2508, 98), (128, 5785, 226), (256, 12339, 482), (512, 25446, 994)];
         let doc = include_str!("../../../docs/operations.md");
         let table: Vec<(u64, usize, u64)> = doc
             .lines()

@@ -6,10 +6,13 @@
 //! its first byte and grows its read buffer to 16 KiB, a client connection
 //! to the app holds as much again, and each runs as a task of its own (see
 //! BENCHMARKS.md, "Where the memory goes"). Here a connection between
-//! requests holds its socket and a few words; a request in flight holds its
-//! head, a read buffer of [`READ`] bytes (more only for a larger head), and
-//! the upstream connection, which is a plain socket too. HTTP/2 (h2c, gRPC)
-//! and an app spoken to over h2c stay on hyper (`super::handle`).
+//! requests holds its socket and a few words; a request in flight holds the
+//! bytes of its head, at their size, and the upstream connection, which is a
+//! plain socket too. Reads go through one scratch buffer per thread
+//! ([`io`]), so no connection holds room for bytes that have not come; a
+//! body passes through it and only what the receiving side does not take at
+//! once is copied. HTTP/2 (h2c, gRPC) and an app spoken to over h2c stay on
+//! hyper (`super::handle`).
 //!
 //! The phases are those of every request ([`super`]): screen, decide, serve
 //! locally or forward, and respond, with the one fallback path
@@ -17,6 +20,7 @@
 //! ([`UpstreamError`]).
 
 pub mod body;
+pub mod io;
 pub mod parse;
 pub mod upstream;
 
@@ -45,16 +49,16 @@ use crate::endpoints::{Peer, View};
 use crate::limits::{Lease, CONNECTION_COST};
 use crate::route::{self, Decision, Failed, Hops, SessionMark};
 
-/// A read takes at most this much; a head that does not fit grows the
-/// buffer, up to STICKYD_MAX_HEADER_BYTES.
+/// A head read takes at most this much at once; a request head longer than
+/// this is paid for by the buffer budget, up to STICKYD_MAX_HEADER_BYTES.
 pub const READ: usize = 4096;
 /// Bodies are copied in pieces of at most this size, when the buffer budget
 /// has room; else in pieces of [`READ`] bytes.
 const COPY: usize = 16 * 1024;
-// A connection's cost, as the memory budget counts it, covers its head
-// buffer of READ bytes and a response head's; more comes from the buffer
-// budget.
+// A connection's cost, as the memory budget counts it, covers a request head
+// and a response head of READ bytes each; more comes from the buffer budget.
 const _: () = assert!(2 * READ as u64 <= CONNECTION_COST);
+const _: () = assert!(COPY <= io::SCRATCH);
 /// The longest response head taken from an upstream.
 const MAX_RESPONSE_HEAD: usize = 64 * 1024;
 /// How long connections accepted at the last moment get to have their first
@@ -298,13 +302,10 @@ impl Conn<'_> {
             } else {
                 (self.buf.len() * 2).min(cfg.max_header_bytes + 1) - self.buf.len()
             };
-            if self.buf.capacity() - self.buf.len() < want.min(READ) {
-                // Past READ bytes, the buffer budget pays for the head.
-                let beyond = (self.buf.len() + want).saturating_sub(READ);
-                if beyond > 0 && !self.lease_head(beyond) {
-                    return Err(NoHead::Shed);
-                }
-                self.buf.reserve_exact(want);
+            // Past READ bytes, the buffer budget pays for the head.
+            let beyond = (self.buf.len() + want).saturating_sub(READ);
+            if beyond > 0 && !self.lease_head(beyond) {
+                return Err(NoHead::Shed);
             }
             let idle = self.buf.is_empty();
             if let Some(at) = self.settle_at.filter(|_| idle) {
@@ -318,7 +319,7 @@ impl Conn<'_> {
             let closing = &self.phases.closing;
             tokio::select! {
                 biased;
-                r = self.client.read_buf(&mut self.buf) => match r {
+                r = io::read_into(&mut self.client, &mut self.buf, want) => match r {
                     Ok(0) | Err(_) => return Ok(None),
                     Ok(_) => {}
                 },
@@ -351,17 +352,6 @@ impl Conn<'_> {
                 self.head_lease.is_some()
             }
         }
-    }
-
-    /// A buffer to copy a body with: [`COPY`] bytes while the buffer budget
-    /// has room (held by the lease returned), else [`READ`] bytes, the
-    /// connection's own share: a body is never refused for want of memory,
-    /// only copied in smaller pieces.
-    fn copy_buffer(&self, mut v: Vec<u8>) -> (Vec<u8>, Option<Lease>) {
-        let lease = self.shared.cfg.limits.buffers.try_take(COPY);
-        v.clear();
-        v.resize(if lease.is_some() { COPY } else { READ }, 0);
-        (v, lease)
     }
 
     /// At the buffer budget: 503 with Retry-After, and the connection closes
@@ -426,13 +416,6 @@ impl Conn<'_> {
             decision = ?decision,
             "route"
         );
-        let mut out = Vec::with_capacity(head.len + 128);
-        // App-cookie mode: the Cookie fields are written for their
-        // destination, the prefix off for the app.
-        let held = carrier.app_cookie().map(|_| &b"cookie"[..]);
-        parse::write_request(&self.buf, head, self.forwarded_for, held, &mut out);
-        let common = out.len();
-
         // Phase 3: serve locally or forward, with the one fallback.
         let mut dest = match decision {
             Decision::Reject => {
@@ -450,8 +433,7 @@ impl Conn<'_> {
         };
         let mut may_fall_back = true;
         loop {
-            out.truncate(common);
-            let error = match self.attempt(&facts, &view, dest, &mut out).await {
+            let error = match self.attempt(&facts, &view, dest).await {
                 Ok(served) => return served,
                 Err(Failure::Done) => return Served::Close,
                 Err(Failure::Upstream(e)) => e,
@@ -582,14 +564,15 @@ impl Conn<'_> {
 
     /// One attempt: the request to `dest`, and its response to the client.
     /// Err: nothing was written to the client yet.
-    async fn attempt(
-        &mut self,
-        f: &Facts<'_>,
-        view: &View,
-        dest: Dest<'_>,
-        out: &mut Vec<u8>,
-    ) -> Result<Served, Failure> {
+    async fn attempt(&mut self, f: &Facts<'_>, view: &View, dest: Dest<'_>) -> Result<Served, Failure> {
         let shared = self.shared;
+        // The head as it goes on, built for each attempt (a retry rebuilds
+        // it) and dropped once sent: a request waiting for its response
+        // holds only the client's bytes. App-cookie mode: the Cookie fields
+        // are written for their destination, the prefix off for the app.
+        let mut out = Vec::with_capacity(f.head.len + 256);
+        let held = shared.carrier.app_cookie().map(|_| &b"cookie"[..]);
+        parse::write_request(&self.buf, f.head, self.forwarded_for, held, &mut out);
         let (target, addr) = match dest {
             Dest::Local { mark, .. } => {
                 out.extend_from_slice(b"x-stickyd-session: ");
@@ -598,7 +581,7 @@ impl Conn<'_> {
                 if let Some(name) = shared.carrier.app_cookie() {
                     for v in f.head.values(&self.buf, b"cookie") {
                         let stripped = affinity::strip_app_prefix(v, name);
-                        parse::push_field(out, b"cookie", stripped.as_deref().unwrap_or(v));
+                        parse::push_field(&mut out, b"cookie", stripped.as_deref().unwrap_or(v));
                     }
                 }
                 (Target::App, shared.cfg.upstream)
@@ -606,7 +589,7 @@ impl Conn<'_> {
             Dest::Peer { peer, .. } => {
                 if shared.carrier.app_cookie().is_some() {
                     for v in f.head.values(&self.buf, b"cookie") {
-                        parse::push_field(out, b"cookie", v);
+                        parse::push_field(&mut out, b"cookie", v);
                     }
                 }
                 for _ in 0..=f.hops {
@@ -648,7 +631,7 @@ impl Conn<'_> {
         let upgrade = head.upgrade;
         let wait_continue = head.expect_continue && !body.done();
         let first = head.len + in_buf;
-        if let Err(e) = write_two(&mut up.stream, out, &self.buf[head.len..first]).await {
+        if let Err(e) = write_two(&mut up.stream, &out, &self.buf[head.len..first]).await {
             // A kept connection the other side had closed: nothing reached
             // it (a request written into a dead socket gets RST, not an
             // answer). Once more on a fresh one.
@@ -659,10 +642,11 @@ impl Conn<'_> {
                 Ok(u) => u,
                 Err(e) => return Err(fail(Kind::Connect, true, &e)),
             };
-            if let Err(e) = write_two(&mut up.stream, out, &self.buf[head.len..first]).await {
+            if let Err(e) = write_two(&mut up.stream, &out, &self.buf[head.len..first]).await {
                 return Err(fail(Kind::Connect, true, &e));
             }
         }
+        drop(out);
         let mut sent_body_from_socket = false;
         if !body.done() && !wait_continue {
             sent_body_from_socket = true;
@@ -673,7 +657,7 @@ impl Conn<'_> {
 
         // The response head, within STICKYD_RESPONSE_TIMEOUT.
         let deadline = tokio::time::Instant::now() + shared.cfg.response_timeout;
-        let mut ubuf: Vec<u8> = Vec::with_capacity(READ);
+        let mut ubuf: Vec<u8> = Vec::new();
         let res = loop {
             let got = self
                 .read_response_head(&mut up, &mut ubuf, deadline, dest, head, wait_continue && !body.done())
@@ -791,12 +775,13 @@ impl Conn<'_> {
             client_http10,
             sessions,
         };
-        out.clear();
-        parse::write_response(&ubuf, &res, &edits, out);
+        let extra: usize = added.iter().map(|(n, v)| n.len() + v.len() + 16).sum();
+        let mut out = Vec::with_capacity(res.len + extra + 64);
+        parse::write_response(&ubuf, &res, &edits, &mut out);
         ubuf.drain(..res.len);
 
         if switching {
-            return Ok(self.splice(up, out, ubuf, head.len + in_buf).await);
+            return Ok(self.splice(up, &out, ubuf, head.len + in_buf).await);
         }
         // The body: what came with the head, then the rest.
         let mut rbody = Remaining::of(res.body);
@@ -807,19 +792,21 @@ impl Conn<'_> {
             match rbody.take(&ubuf) {
                 Ok(n) => n,
                 Err(_) => {
-                    let _ = self.client.write_all(out).await;
+                    let _ = self.client.write_all(&out).await;
                     return Ok(Served::Close);
                 }
             }
         };
-        if write_two(&mut self.client, out, &ubuf[..with_head]).await.is_err() {
+        if write_two(&mut self.client, &out, &ubuf[..with_head]).await.is_err() {
             return Ok(Served::Close);
         }
+        drop(out);
         ubuf.drain(..with_head);
         let streamed = if decode {
             self.copy_decoded(&mut up, ubuf).await
         } else {
-            self.copy_response_body(&mut up, &mut rbody, ubuf).await
+            drop(ubuf);
+            self.copy_response_body(&mut up, &mut rbody).await
         };
         // The request is done with: what follows it in the buffer is the
         // next request.
@@ -849,24 +836,40 @@ impl Conn<'_> {
         Failure::Done
     }
 
+    /// How much a body copy reads at once: [`COPY`] bytes while the buffer
+    /// budget has room (held by the lease returned), else [`READ`] bytes,
+    /// the connection's own share. A body is never refused for want of
+    /// memory, only copied in smaller pieces. The bytes pass through the
+    /// thread's scratch buffer ([`io`]); the connection holds only what the
+    /// receiving side did not take at once.
+    fn copy_size(&self) -> (usize, Option<Lease>) {
+        let lease = self.shared.cfg.limits.buffers.try_take(COPY);
+        (if lease.is_some() { COPY } else { READ }, lease)
+    }
+
     /// Copies the rest of the request body from the client to `up`.
     async fn copy_request_body(&mut self, up: &mut Upstream, body: &mut Remaining) -> Result<(), BodyError> {
         // What of the body was in the buffer went with the head.
-        let (mut piece, _lease) = self.copy_buffer(Vec::new());
+        let (size, _lease) = self.copy_size();
         while !body.done() {
-            let n = match self.client.read(&mut piece).await {
-                Ok(0) | Err(_) => return Err(BodyError::ClientGone),
-                Ok(n) => n,
-            };
-            let take = body.take(&piece[..n]).map_err(BodyError::Framing)?;
-            if take < n {
+            let buf = &mut self.buf;
+            let step = io::read_with(&mut self.client, size, |bytes| {
+                if bytes.is_empty() {
+                    return Err(BodyError::ClientGone);
+                }
+                let take = body.take(bytes).map_err(BodyError::Framing)?;
                 // Pipelined bytes after the body: the next request's.
-                self.buf.extend_from_slice(&piece[take..n]);
+                buf.extend_from_slice(&bytes[take..]);
+                io::write_or_keep(&up.stream, &bytes[..take]).map_err(|e| BodyError::Upstream(e.to_string()))
+            })
+            .await;
+            let kept = step.map_err(|_| BodyError::ClientGone)??;
+            if !kept.is_empty() {
+                up.stream
+                    .write_all(&kept)
+                    .await
+                    .map_err(|e| BodyError::Upstream(e.to_string()))?;
             }
-            up.stream
-                .write_all(&piece[..take])
-                .await
-                .map_err(|e| BodyError::Upstream(e.to_string()))?;
         }
         Ok(())
     }
@@ -874,21 +877,27 @@ impl Conn<'_> {
     /// Copies the rest of a response body from `up` to the client. False:
     /// the copy broke off (either side went away, or the upstream's framing
     /// broke); the client connection must close.
-    async fn copy_response_body(&mut self, up: &mut Upstream, body: &mut Remaining, piece: Vec<u8>) -> bool {
+    async fn copy_response_body(&mut self, up: &mut Upstream, body: &mut Remaining) -> bool {
         if body.done() {
             return true;
         }
-        let (mut piece, _lease) = self.copy_buffer(piece);
+        let (size, _lease) = self.copy_size();
         while !body.done() {
-            let n = match up.stream.read(&mut piece).await {
-                Ok(0) => return matches!(body, Remaining::Close),
+            let client = &self.client;
+            let step = io::read_with(&mut up.stream, size, |bytes| {
+                if bytes.is_empty() {
+                    return Err(matches!(body, Remaining::Close));
+                }
+                let take = body.take(bytes).map_err(|_| false)?;
+                io::write_or_keep(client, &bytes[..take]).map_err(|_| false)
+            })
+            .await;
+            let kept = match step {
+                Ok(Ok(kept)) => kept,
+                Ok(Err(ended_well)) => return ended_well,
                 Err(_) => return false,
-                Ok(n) => n,
             };
-            let Ok(take) = body.take(&piece[..n]) else {
-                return false;
-            };
-            if self.client.write_all(&piece[..take]).await.is_err() {
+            if !kept.is_empty() && self.client.write_all(&kept).await.is_err() {
                 return false;
             }
         }
@@ -899,7 +908,8 @@ impl Conn<'_> {
     /// the connection closes.
     async fn copy_decoded(&mut self, up: &mut Upstream, mut pending: Vec<u8>) -> bool {
         let mut chunked = body::Chunked::default();
-        let (mut piece, _lease) = self.copy_buffer(Vec::new());
+        let (size, _lease) = self.copy_size();
+        let mut piece = vec![0; size];
         loop {
             let mut at = 0;
             while at < pending.len() && !chunked.done() {
@@ -959,13 +969,10 @@ impl Conn<'_> {
                     Err(e) => return Err(ReadError::Bad(format!("malformed response head: {e:?}"))),
                 }
             }
-            if ubuf.capacity() - ubuf.len() < 1024 {
-                ubuf.reserve(READ);
-            }
             let client = &self.client;
             tokio::select! {
                 biased;
-                r = up.stream.read_buf(ubuf) => match r {
+                r = io::read_into(&mut up.stream, ubuf, READ) => match r {
                     Ok(0) if ubuf.is_empty() => return Err(ReadError::Closed("closed before any byte of a response".into())),
                     Ok(0) => return Err(ReadError::Bad("closed inside the response head".into())),
                     Err(e) if ubuf.is_empty() => return Err(ReadError::Closed(e.to_string())),
