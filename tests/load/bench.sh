@@ -184,10 +184,14 @@ got=$(set_cookie_of "$h" stickyd)
 h=$(hdr "$SA" "stickyd=$COOKIE_A"); [[ $(status_of "$h") == 200 ]] || die "stickyd local: $h"
 [[ -z $(set_cookie_of "$h" stickyd) ]] || die "stickyd local path set a cookie: $h"
 h=$(hdr "$SA" "stickyd=$COOKIE_B"); [[ $(status_of "$h") == 200 ]] || die "stickyd forwarded: $h"
-curl -s "http://127.0.0.1:$ADMIN_A/metrics" | grep -q 'decision="forwarded".*target_pod="pod-b"' \
-    || die "pod-a did not count a forward to pod-b"
-curl -s "http://127.0.0.1:$ADMIN_B/metrics" | grep -E 'decision="local".*target_pod="pod-b".*} [1-9]' -q \
-    || die "pod-b did not serve the forwarded request"
+# The metrics are read whole first: `curl | grep -q` under pipefail fails when grep
+# stops reading at its match before curl has written the rest (curl exits 23).
+metrics_a=$(curl -s "http://127.0.0.1:$ADMIN_A/metrics")
+grep -q 'decision="forwarded".*target_pod="pod-b"' <<<"$metrics_a" \
+    || die "pod-a did not count a forward to pod-b: $(grep '^stickyd_requests_total' <<<"$metrics_a")"
+metrics_b=$(curl -s "http://127.0.0.1:$ADMIN_B/metrics")
+grep -q -E 'decision="local".*target_pod="pod-b".*} [1-9]' <<<"$metrics_b" \
+    || die "pod-b did not serve the forwarded request: $(grep '^stickyd_requests_total' <<<"$metrics_b")"
 
 HP="http://127.0.0.1:$HAPROXY_PORT/"
 h=$(hdr "$HP"); [[ $(status_of "$h") == 200 ]] || die "haproxy: $h"

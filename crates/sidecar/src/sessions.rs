@@ -5,6 +5,9 @@
 //! Sessions are told apart by the random SID inside the cookie value. The
 //! table is bounded: at [`MAX_TRACKED`] sessions a new one is counted only
 //! once an old one expired (the gauge saturates; pins are never affected).
+//! A full shard is searched for expired sessions at most once per tick of
+//! its clock, and only once its oldest session can have expired: clients
+//! without a cookie, each one a new session, cost no pass over the table.
 
 use std::collections::HashMap;
 use std::hash::{BuildHasherDefault, Hasher};
@@ -38,7 +41,16 @@ impl Hasher for SidHasher {
     }
 }
 
-type Shard = HashMap<u64, u32, BuildHasherDefault<SidHasher>>;
+/// One lock's part of the table.
+#[derive(Default)]
+struct Shard {
+    /// When each session was last seen (ticks).
+    seen: HashMap<u64, u32, BuildHasherDefault<SidHasher>>,
+    /// No session of `seen` can expire before this tick: every one was
+    /// seen at or after the last pass's oldest kept, or at that pass's own
+    /// tick, whichever is earlier. A full shard is not searched before it.
+    none_expire_before: u32,
+}
 
 fn to_ticks(d: Duration) -> u32 {
     (d.as_millis() / 100).min(u32::MAX as u128) as u32
@@ -53,6 +65,9 @@ pub struct SessionTracker {
     /// The sessions in the table: [`SessionTracker::count`], without a pass
     /// over it.
     tracked: AtomicUsize,
+    /// Passes over a shard, for the tests that bound them.
+    #[cfg(test)]
+    passes: AtomicUsize,
 }
 
 impl SessionTracker {
@@ -62,6 +77,8 @@ impl SessionTracker {
             window,
             epoch: Instant::now(),
             tracked: AtomicUsize::new(0),
+            #[cfg(test)]
+            passes: AtomicUsize::new(0),
         }
     }
 
@@ -76,26 +93,42 @@ impl SessionTracker {
         let Ok(mut shard) = self.shards[key as usize % SHARDS].lock() else {
             return;
         };
-        if let Some(seen) = shard.get_mut(&key) {
+        if let Some(seen) = shard.seen.get_mut(&key) {
             *seen = t;
             return;
         }
-        if shard.len() >= MAX_TRACKED / SHARDS {
+        if shard.seen.len() >= MAX_TRACKED / SHARDS {
+            if t < shard.none_expire_before {
+                return;
+            }
             self.forget_older(&mut shard, t);
-            if shard.len() >= MAX_TRACKED / SHARDS {
+            if shard.seen.len() >= MAX_TRACKED / SHARDS {
                 return;
             }
         }
-        shard.insert(key, t);
+        shard.seen.insert(key, t);
         self.tracked.fetch_add(1, Ordering::Relaxed);
     }
 
     /// Forgets the sessions of `shard` not seen within the window before `t`.
     fn forget_older(&self, shard: &mut Shard, t: u32) {
-        let oldest_kept = t.saturating_sub(to_ticks(self.window));
-        let before = shard.len();
-        shard.retain(|_, seen| *seen >= oldest_kept);
-        self.tracked.fetch_sub(before - shard.len(), Ordering::Relaxed);
+        let window = to_ticks(self.window);
+        let oldest_kept = t.saturating_sub(window);
+        let before = shard.seen.len();
+        // Sessions seen later than this pass are seen at `t` or after.
+        let mut oldest = t;
+        shard.seen.retain(|_, seen| {
+            let keep = *seen >= oldest_kept;
+            if keep {
+                oldest = oldest.min(*seen);
+            }
+            keep
+        });
+        // A session seen at tick s is kept while s >= now - window.
+        shard.none_expire_before = oldest.saturating_add(window).saturating_add(1);
+        self.tracked.fetch_sub(before - shard.seen.len(), Ordering::Relaxed);
+        #[cfg(test)]
+        self.passes.fetch_add(1, Ordering::Relaxed);
     }
 
     /// Forgets the sessions not seen within the window, and counts the rest.
@@ -105,7 +138,7 @@ impl SessionTracker {
         for shard in &self.shards {
             if let Ok(mut s) = shard.lock() {
                 self.forget_older(&mut s, t);
-                n += s.len();
+                n += s.seen.len();
             }
         }
         n
@@ -125,7 +158,7 @@ impl SessionTracker {
         self.shards
             .iter()
             .filter_map(|s| s.lock().ok())
-            .map(|s| s.values().filter(|seen| **seen >= from).count())
+            .map(|s| s.seen.values().filter(|seen| **seen >= from).count())
             .sum()
     }
 }
@@ -182,5 +215,46 @@ mod tests {
         t.note(key(u64::MAX >> 20), Instant::now());
         assert_eq!(t.active(Instant::now()), 1);
         assert_eq!(t.count(), 1);
+    }
+
+    /// Clients without a cookie are a new session each: at the bound, each
+    /// would otherwise pay a pass over its shard.
+    #[tokio::test(start_paused = true)]
+    async fn a_full_table_is_searched_only_once_its_oldest_session_can_have_expired() {
+        let tick = Duration::from_millis(100);
+        // A window of 100 ticks.
+        let t = SessionTracker::new(Duration::from_secs(10));
+        // Consecutive keys fall into the shards in turn: this fills each one
+        // exactly, half at tick 0 and half at tick 50.
+        let key = |i: u64| Sid::from_bytes(i.to_le_bytes()[..6].try_into().unwrap());
+        let all = MAX_TRACKED as u64;
+        for i in 0..all / 2 {
+            t.note(key(i), Instant::now());
+        }
+        tokio::time::advance(tick * 50).await;
+        for i in all / 2..all {
+            t.note(key(i), Instant::now());
+        }
+        let passes = || t.passes.load(Ordering::Relaxed);
+        assert_eq!((t.count(), passes()), (MAX_TRACKED, 0));
+        // A thousand new sessions while all are live: one pass per shard.
+        for i in all..all + 1000 {
+            t.note(key(i), Instant::now());
+        }
+        assert_eq!((t.count(), passes()), (MAX_TRACKED, SHARDS));
+        // Tick 100: those seen at tick 0 are still within the window.
+        tokio::time::advance(tick * 50).await;
+        t.note(key(all + 1000), Instant::now());
+        assert_eq!((t.count(), passes()), (MAX_TRACKED, SHARDS));
+        // Tick 101: they have expired; one pass of the shard makes room.
+        tokio::time::advance(tick).await;
+        t.note(key(all + 1001), Instant::now());
+        assert_eq!(passes(), SHARDS + 1);
+        assert_eq!(t.count(), MAX_TRACKED - MAX_TRACKED / SHARDS / 2 + 1);
+        // The shard now holds the tick-50 half and the newcomer, and is not
+        // full: new sessions get in with no pass.
+        t.note(key(all + 1001 + SHARDS as u64), Instant::now());
+        assert_eq!(passes(), SHARDS + 1);
+        assert_eq!(t.count(), MAX_TRACKED - MAX_TRACKED / SHARDS / 2 + 2);
     }
 }
