@@ -217,6 +217,19 @@ mod tests {
         assert_eq!(t.count(), 1);
     }
 
+    /// The clock runs for years: a session still expires after a month of
+    /// uptime (ticks of 100 ms in a u32).
+    #[tokio::test(start_paused = true)]
+    async fn sessions_expire_after_long_uptime() {
+        let t = SessionTracker::new(Duration::from_secs(300));
+        tokio::time::advance(Duration::from_secs(30 * 24 * 3600)).await;
+        t.note(sid(1), Instant::now());
+        tokio::time::advance(Duration::from_secs(300)).await;
+        assert_eq!(t.active(Instant::now()), 1);
+        tokio::time::advance(Duration::from_millis(100)).await;
+        assert_eq!(t.active(Instant::now()), 0);
+    }
+
     /// Clients without a cookie are a new session each: at the bound, each
     /// would otherwise pay a pass over its shard.
     #[tokio::test(start_paused = true)]
