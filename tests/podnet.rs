@@ -455,7 +455,10 @@ async fn scale_down_in_termination_order_with_drain() {
 async fn scale_down_with_sleep_prestop() {
     let test = "scale_down_with_sleep_prestop";
     scenario(test, Spec::new("sleep", 3), async |cluster| {
-        let load = long_sessions(80, Duration::from_secs(10));
+        // Sessions of 12 s or more: every session the pod holds when it is
+        // deleted (LEAD in) outlasts the 5 s sleep, however the random hop
+        // spread them and however fast the requests are answered.
+        let load = long_sessions(120, Duration::from_secs(10));
         let (t, out) = scale_down(test, &cluster, &load, PreStop::Sleep(Duration::from_secs(5))).await;
         let active = out
             .sessions
