@@ -15,7 +15,9 @@ use serde_json::Value;
 fn graph() -> BTreeMap<String, BTreeSet<String>> {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let out = Command::new(env!("CARGO"))
-        .args(["metadata", "--format-version", "1", "--locked", "--offline"])
+        // Not --offline: the resolve covers every platform's packages, and a
+        // fresh machine has not downloaded the Windows-only ones.
+        .args(["metadata", "--format-version", "1", "--locked"])
         .arg("--manifest-path")
         .arg(root.join("Cargo.toml"))
         .output()
