@@ -1,8 +1,27 @@
 //! The admin listener: `/healthz`, `/readyz`, `/metrics`, `/endpoints`,
 //! `/sessions` and `/drain`. It serves every endpoint until the process exits, drains
 //! included: probes and scrapes matter most while a pod is going away.
+//!
+//! Who gets an answer ([`Access`]):
+//!
+//! * `/healthz`, `/readyz`, `/metrics`: anyone (the kubelet's probes, the
+//!   scraper); they tell about this pod only, and change nothing.
+//! * `/drain` changes what this pod does: only this pod itself (a connection
+//!   from this pod's own address, as `kubectl port-forward` makes), or a
+//!   caller with the drain token (STICKYD_DRAIN_TOKEN) in `Authorization:
+//!   Bearer`, which is how the kubelet's preStop `httpGet` calls it.
+//! * `/sessions` and `/endpoints` tell about this pod's sessions and about
+//!   other pods: only this pod itself, or a peer that proves it is one: with
+//!   keys, a signed [`crate::peer::PEER`] proof; without, a connection from
+//!   the address of a pod in the endpoint view.
+//!
+//! Anyone else gets 403, changes nothing, and is counted
+//! (`stickyd_admin_refused_total{endpoint}`). At most
+//! [`MAX_CONNECTIONS`] admin connections are served at once; one more is
+//! answered 503 and closed.
 
 use std::convert::Infallible;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -16,10 +35,12 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
 
 use crate::config::NewSessions;
 use crate::drain::{self, DrainParams};
 use crate::endpoints::ViewJson;
+use crate::peer::{self, Purpose};
 use crate::proxy::{app_reachable, Shared};
 
 /// State the admin endpoints read.
@@ -69,6 +90,80 @@ impl Admin {
     }
 }
 
+/// Admin connections served at once; one more is answered 503 and closed.
+/// Probes, scrapes, the drain and the peers' refreshers need a handful.
+pub const MAX_CONNECTIONS: usize = 64;
+
+/// Who may have an answer from an admin endpoint.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Access {
+    /// Anyone: probes and metrics.
+    Anyone,
+    /// This pod itself, or the drain token.
+    Drain,
+    /// This pod itself, or a verified peer.
+    Peers,
+}
+
+/// Where an admin connection comes from.
+#[derive(Clone, Copy, Debug)]
+pub struct Caller {
+    /// The connection's local address: this pod's, as the caller reached it.
+    pub local: SocketAddr,
+    pub remote: SocketAddr,
+}
+
+impl Caller {
+    /// A connection from this pod itself: from the address it reached, so
+    /// from inside this pod's network namespace (the kernel drops a packet
+    /// from outside that bears one of its own addresses as its source).
+    pub fn is_this_pod(&self) -> bool {
+        self.local.ip().to_canonical() == self.remote.ip().to_canonical()
+    }
+
+    fn ip(&self) -> IpAddr {
+        self.remote.ip().to_canonical()
+    }
+}
+
+fn access(path: &str) -> Access {
+    match path {
+        drain::PATH => Access::Drain,
+        crate::placement::PATH | "/endpoints" => Access::Peers,
+        _ => Access::Anyone,
+    }
+}
+
+impl Admin {
+    /// May `caller` have an answer from `path`, with the request's `headers`?
+    fn allows(&self, path: &str, caller: &Caller, headers: &http::HeaderMap) -> bool {
+        let s = &self.shared;
+        match access(path) {
+            Access::Anyone => true,
+            _ if caller.is_this_pod() => true,
+            Access::Drain => s.cfg.drain_token.as_ref().is_some_and(|token| {
+                headers
+                    .get_all(http::header::AUTHORIZATION)
+                    .iter()
+                    .any(|v| token.authorizes(v.as_bytes()))
+            }),
+            Access::Peers => {
+                let codec = s.codec.load();
+                if codec.keys.is_empty() {
+                    // Without keys: a pod of the view, by its address.
+                    let ip = caller.ip();
+                    s.store.load().peers().iter().any(|p| p.addr.ip().to_canonical() == ip)
+                } else {
+                    let now = s.clock.unix_now();
+                    headers.get_all(peer::PEER).iter().any(|v| {
+                        peer::verify(&codec.keys, Purpose::Sessions, v.as_bytes(), &s.cfg.pod_name, now).is_ok()
+                    })
+                }
+            }
+        }
+    }
+}
+
 type AdminBody = Full<Bytes>;
 
 fn reply(status: StatusCode, content_type: &'static str, body: impl Into<Bytes>) -> Response<AdminBody> {
@@ -79,14 +174,30 @@ fn reply(status: StatusCode, content_type: &'static str, body: impl Into<Bytes>)
     r
 }
 
-async fn route(admin: &Admin, req: Request<Incoming>) -> Response<AdminBody> {
+async fn route(admin: &Admin, caller: &Caller, req: Request<Incoming>) -> Response<AdminBody> {
     if req.method() != Method::GET && req.method() != Method::HEAD {
         return reply(StatusCode::METHOD_NOT_ALLOWED, "text/plain", "GET only\n");
     }
-    match req.uri().path() {
+    let path = req.uri().path();
+    if !admin.allows(path, caller, req.headers()) {
+        let endpoint = match access(path) {
+            Access::Drain => "drain",
+            _ if path == crate::placement::PATH => "sessions",
+            _ => "endpoints",
+        };
+        admin.shared.metrics.admin_refused(endpoint);
+        tracing::warn!(remote = %caller.remote, path, "admin request refused: not this pod, its drain token or a verified peer");
+        let why = match access(path) {
+            Access::Drain => "stickyd: /drain answers this pod itself, or a caller with the drain token (STICKYD_DRAIN_TOKEN) as Authorization: Bearer\n",
+            _ => "stickyd: this endpoint answers this pod itself and its verified peers only\n",
+        };
+        return reply(StatusCode::FORBIDDEN, "text/plain", why);
+    }
+    match path {
         drain::PATH => match DrainParams::parse_query(req.uri().query()) {
             Ok(params) => {
                 let s = &admin.shared;
+                let params = params.bounded(s.cfg.drain_max);
                 s.metrics.draining.set(1);
                 let outcome = s.drain.run(params, s.sessions.clone()).await;
                 match serde_json::to_vec(&outcome) {
@@ -150,22 +261,38 @@ async fn route(admin: &Admin, req: Request<Incoming>) -> Response<AdminBody> {
     }
 }
 
+/// The answer to a connection over [`MAX_CONNECTIONS`], written at once.
+const BUSY: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: text/plain\r\ncontent-length: 48\r\nretry-after: 1\r\nconnection: close\r\n\r\nstickyd: too many admin connections; retry soon\n";
+
 /// Serves the admin endpoints for as long as the process runs.
 pub async fn serve(listener: TcpListener, admin: Arc<Admin>) {
+    let places = Arc::new(Semaphore::new(MAX_CONNECTIONS));
     loop {
-        let stream = match listener.accept().await {
-            Ok((stream, _)) => stream,
+        let (stream, remote) = match listener.accept().await {
+            Ok(accepted) => accepted,
             Err(e) => {
                 tracing::warn!(error = %e, "admin accept failed");
                 tokio::time::sleep(Duration::from_millis(50)).await;
                 continue;
             }
         };
+        let Ok(place) = places.clone().try_acquire_owned() else {
+            admin.shared.metrics.admin_refused("connection");
+            // A fresh socket takes these few bytes at once; if not, the
+            // close alone tells the caller.
+            let _ = stream.try_write(BUSY);
+            continue;
+        };
+        let Ok(local) = stream.local_addr() else {
+            continue;
+        };
+        let caller = Caller { local, remote };
         let admin = admin.clone();
         tokio::spawn(async move {
+            let _place = place;
             let svc = service_fn(move |req| {
                 let admin = admin.clone();
-                async move { Ok::<_, Infallible>(route(&admin, req).await) }
+                async move { Ok::<_, Infallible>(route(&admin, &caller, req).await) }
             });
             let _ = hyper::server::conn::http1::Builder::new()
                 .timer(TokioTimer::new())

@@ -180,9 +180,33 @@ impl Keys {
     }
 
     fn mac(key: &[u8], payload: &str) -> HmacSha256 {
+        Keys::mac_bytes(key, payload.as_bytes())
+    }
+
+    fn mac_bytes(key: &[u8], payload: &[u8]) -> HmacSha256 {
         let mut m = HmacSha256::new_from_slice(key).expect("HMAC takes any key length");
-        m.update(payload.as_bytes());
+        m.update(payload);
         m
+    }
+
+    /// The first key's MAC of `payload`, truncated to 16 bytes, as 22
+    /// base64url characters. None: no key.
+    pub(crate) fn tag(&self, payload: &[u8]) -> Option<String> {
+        let key = self.0.first()?;
+        let tag = Keys::mac_bytes(key, payload).finalize().into_bytes();
+        Some(URL_SAFE_NO_PAD.encode(&tag[..MAC_BYTES]))
+    }
+
+    /// Does `tag` (22 base64url characters) verify `payload` under any key?
+    /// Constant time in the tag (hmac's `verify_truncated_left`, on subtle).
+    pub(crate) fn verifies(&self, payload: &[u8], tag: &str) -> bool {
+        let mut raw = [0u8; MAC_BYTES];
+        if tag.len() != MAC_CHARS || !matches!(URL_SAFE_NO_PAD.decode_slice(tag, &mut raw), Ok(MAC_BYTES)) {
+            return false;
+        }
+        self.0
+            .iter()
+            .any(|k| Keys::mac_bytes(k, payload).verify_truncated_left(&raw).is_ok())
     }
 }
 

@@ -267,11 +267,20 @@ pub struct Config {
     pub on_missing: OnMissing,
     /// Where a new session goes.
     pub new_sessions: NewSessions,
+    /// The bearer token a `/drain` caller from outside this pod must send
+    /// (the preStop's `Authorization` header). None: only this pod itself
+    /// may drain it.
+    pub drain_token: Option<DrainToken>,
+    /// The longest `idle` and `max` a drain call may ask for.
+    pub drain_max: Duration,
     pub drain: Duration,
     pub drain_timeout: Duration,
     pub connect_timeout: Duration,
     pub response_timeout: Duration,
     pub header_read_timeout: Duration,
+    /// The longest a request or response body may go without a byte
+    /// (streams exempt: SSE, gRPC, upgraded connections).
+    pub body_read_timeout: Duration,
     pub max_header_bytes: usize,
     pub max_headers: usize,
     /// The connection limit: STICKYD_MAX_CONNECTIONS, or the default the
@@ -319,11 +328,14 @@ pub const VARIABLES: &[(&str, Option<&str>)] = &[
     ("STICKYD_SESSION_ACTIVE_WINDOW", Some("5m")),
     ("STICKYD_ON_MISSING", Some("repin")),
     ("STICKYD_NEW_SESSIONS", Some("local")),
+    ("STICKYD_DRAIN_TOKEN", None),
+    ("STICKYD_DRAIN_MAX", Some("300")),
     ("STICKYD_DRAIN_SECONDS", Some("5")),
     ("STICKYD_DRAIN_TIMEOUT", Some("30")),
     ("STICKYD_CONNECT_TIMEOUT", Some("1")),
     ("STICKYD_RESPONSE_TIMEOUT", Some("60")),
     ("STICKYD_HEADER_READ_TIMEOUT", Some("10")),
+    ("STICKYD_BODY_READ_TIMEOUT", Some("60")),
     ("STICKYD_MAX_HEADER_BYTES", Some("65536")),
     ("STICKYD_MAX_HEADERS", Some("100")),
     ("STICKYD_MAX_CONNECTIONS", None),
@@ -878,11 +890,14 @@ impl Config {
             affinity_header,
             on_missing,
             new_sessions,
+            drain_token: parse_drain_token(env)?,
+            drain_max: nonzero(env, "STICKYD_DRAIN_MAX")?,
             drain: req_secs(env, "STICKYD_DRAIN_SECONDS")?,
             drain_timeout: req_secs(env, "STICKYD_DRAIN_TIMEOUT")?,
             connect_timeout: nonzero(env, "STICKYD_CONNECT_TIMEOUT")?,
             response_timeout: nonzero(env, "STICKYD_RESPONSE_TIMEOUT")?,
             header_read_timeout: nonzero(env, "STICKYD_HEADER_READ_TIMEOUT")?,
+            body_read_timeout: nonzero(env, "STICKYD_BODY_READ_TIMEOUT")?,
             max_header_bytes,
             max_headers: positive(env, "STICKYD_MAX_HEADERS", 10_000)?,
             max_connections: limits.budget.max_connections,
@@ -894,6 +909,69 @@ impl Config {
             limits,
         })
     }
+}
+
+/// The drain token (STICKYD_DRAIN_TOKEN): a bearer secret that the app's
+/// preStop sends as `Authorization: Bearer TOKEN`. Its Debug form never
+/// shows it, and it is compared in constant time.
+#[derive(Clone, PartialEq, Eq)]
+pub struct DrainToken(String);
+
+/// The shortest drain token accepted, in characters.
+pub const MIN_DRAIN_TOKEN_LEN: usize = 16;
+/// The longest drain token accepted, in characters.
+pub const MAX_DRAIN_TOKEN_LEN: usize = 512;
+
+impl std::fmt::Debug for DrainToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("DrainToken(redacted)")
+    }
+}
+
+impl DrainToken {
+    /// A token as STICKYD_DRAIN_TOKEN gives it: 16 to 512 visible ASCII
+    /// characters (it travels in a header value, and a short one could be
+    /// guessed). The error says what is wrong, never the value.
+    pub fn parse(raw: &str) -> Result<DrainToken, String> {
+        let t = raw.trim();
+        if !t.bytes().all(|b| b.is_ascii_graphic()) {
+            return Err("only visible ASCII characters: letters, digits and punctuation, no spaces".into());
+        }
+        if t.len() < MIN_DRAIN_TOKEN_LEN || t.len() > MAX_DRAIN_TOKEN_LEN {
+            return Err(format!(
+                "{} characters; a token has {MIN_DRAIN_TOKEN_LEN} to {MAX_DRAIN_TOKEN_LEN} (e.g. openssl rand -hex 32)",
+                t.len()
+            ));
+        }
+        Ok(DrainToken(t.to_string()))
+    }
+
+    /// Does an `Authorization` header value carry this token (`Bearer
+    /// TOKEN`, the scheme in any case)? Constant time in the token.
+    pub fn authorizes(&self, authorization: &[u8]) -> bool {
+        use subtle::ConstantTimeEq;
+        let Some(given) = authorization
+            .get(..7)
+            .filter(|scheme| scheme.eq_ignore_ascii_case(b"bearer "))
+            .map(|_| authorization[7..].trim_ascii())
+        else {
+            return false;
+        };
+        given.len() == self.0.len() && bool::from(given.ct_eq(self.0.as_bytes()))
+    }
+
+    /// The header value that carries it.
+    pub fn header_value(&self) -> String {
+        format!("Bearer {}", self.0)
+    }
+}
+
+fn parse_drain_token(env: &dyn Env) -> Result<Option<DrainToken>, ConfigError> {
+    var(env, "STICKYD_DRAIN_TOKEN")
+        .map(|raw| {
+            DrainToken::parse(&raw).map_err(|why| ConfigError::invalid("STICKYD_DRAIN_TOKEN", "<redacted>", why))
+        })
+        .transpose()
 }
 
 /// Cookie name prefixes are matched case-insensitively by browsers.

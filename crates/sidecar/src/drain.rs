@@ -70,6 +70,15 @@ impl DrainParams {
         Ok(p)
     }
 
+    /// These parameters within `bound` (STICKYD_DRAIN_MAX): a longer `idle`
+    /// or `max` is cut to it.
+    pub fn bounded(self, bound: Duration) -> DrainParams {
+        DrainParams {
+            idle: self.idle.min(bound),
+            max: self.max.min(bound),
+        }
+    }
+
     /// Parses a whole drain path with its query (`/drain?idle=10s`), as it
     /// stands in a `preStop: httpGet: path:`. None: not the drain path.
     pub fn parse_path(path: &str) -> Option<Result<DrainParams, String>> {
@@ -99,6 +108,10 @@ pub struct Outcome {
     pub waited_seconds: f64,
     /// Distinct sessions pinned here that were served during the drain.
     pub sessions_served: usize,
+    /// The drain's `idle`, as the first call set it (within STICKYD_DRAIN_MAX).
+    pub idle_seconds: f64,
+    /// The drain's `max`, as the first call set it (within STICKYD_DRAIN_MAX).
+    pub max_seconds: f64,
 }
 
 /// The drain's state: asked for or not, and when the last request of a
@@ -178,6 +191,8 @@ impl Drain {
                     reason,
                     waited_seconds: started.elapsed().as_secs_f64(),
                     sessions_served: sessions.seen_since(started),
+                    idle_seconds: params.idle.as_secs_f64(),
+                    max_seconds: params.max.as_secs_f64(),
                 };
                 tracing::info!(
                     ?reason,
@@ -198,6 +213,8 @@ impl Drain {
                     reason: Reason::Max,
                     waited_seconds: started.elapsed().as_secs_f64(),
                     sessions_served: 0,
+                    idle_seconds: params.idle.as_secs_f64(),
+                    max_seconds: params.max.as_secs_f64(),
                 };
             }
         }
@@ -254,6 +271,18 @@ mod tests {
             let e = DrainParams::parse_query(Some(q)).unwrap_err();
             assert!(e.contains(word), "{q}: {e}");
         }
+    }
+
+    #[test]
+    fn a_drain_asks_for_at_most_the_bound() {
+        let p = DrainParams::parse_query(Some("idle=1e10&max=1e10")).unwrap();
+        let b = p.bounded(Duration::from_secs(120));
+        assert_eq!((b.idle, b.max), (Duration::from_secs(120), Duration::from_secs(120)));
+        let p = DrainParams::parse_query(Some("idle=10s&max=60s")).unwrap();
+        assert_eq!(p.bounded(Duration::from_secs(60)), p);
+        assert_eq!(p.bounded(Duration::from_secs(300)), p);
+        let b = p.bounded(Duration::from_secs(5));
+        assert_eq!((b.idle, b.max), (Duration::from_secs(5), Duration::from_secs(5)));
     }
 
     #[test]
@@ -373,10 +402,12 @@ mod drain_tests {
             reason: Reason::Idle,
             waited_seconds: 12.5,
             sessions_served: 3,
+            idle_seconds: 10.0,
+            max_seconds: 300.0,
         };
         assert_eq!(
             serde_json::to_string(&o).unwrap(),
-            r#"{"reason":"idle","waited_seconds":12.5,"sessions_served":3}"#
+            r#"{"reason":"idle","waited_seconds":12.5,"sessions_served":3,"idle_seconds":10.0,"max_seconds":300.0}"#
         );
     }
 }

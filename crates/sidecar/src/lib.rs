@@ -16,6 +16,7 @@ pub mod drain;
 pub mod endpoints;
 pub mod limits;
 pub mod metrics;
+pub mod peer;
 pub(crate) mod placement;
 pub mod proxy;
 pub mod route;

@@ -30,6 +30,24 @@ pub struct KindLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct EndpointLabels {
+    /// The admin endpoint (drain, sessions, endpoints), or `connection`: a
+    /// connection over the admin listener's cap.
+    pub endpoint: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabels {
+    pub reason: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DirectionLabels {
+    /// request, response
+    pub direction: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct StateLabels {
     pub state: &'static str,
 }
@@ -88,6 +106,16 @@ pub struct Metrics {
     /// `stickyd_new_sessions_total{placed="peer"}`: handed to a peer (this
     /// pod drains, or a peer had fewer active sessions).
     pub new_sessions_peer: Counter,
+    /// `stickyd_admin_refused_total{endpoint}`: admin requests refused (403)
+    /// because the caller is not allowed there, and admin connections closed
+    /// over the cap (`endpoint="connection"`).
+    pub admin_refused: Family<EndpointLabels, Counter>,
+    /// `stickyd_hop_refused_total{reason}`: hop markers that did not verify
+    /// (with keys), each counted as no marker.
+    pub hop_refused: Family<ReasonLabels, Counter>,
+    /// `stickyd_body_timeouts_total{direction}`: bodies that went
+    /// STICKYD_BODY_READ_TIMEOUT without a byte.
+    pub body_timeouts: Family<DirectionLabels, Counter>,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -154,6 +182,9 @@ impl Default for Metrics {
             new_sessions,
             new_sessions_local,
             new_sessions_peer,
+            admin_refused: Family::default(),
+            hop_refused: Family::default(),
+            body_timeouts: Family::default(),
         }
     }
 }
@@ -252,6 +283,21 @@ impl Metrics {
             "New sessions that entered at this pod, by where they were placed (STICKYD_NEW_SESSIONS)",
             self.new_sessions.clone(),
         );
+        r.register(
+            "admin_refused",
+            "Admin requests refused (403) to a caller that is not this pod, its kubelet (drain token) or a verified peer; and admin connections over the cap",
+            self.admin_refused.clone(),
+        );
+        r.register(
+            "hop_refused",
+            "Hop markers that did not verify against the session keys, each taken as no marker, by reason",
+            self.hop_refused.clone(),
+        );
+        r.register(
+            "body_timeouts",
+            "Request and response bodies cut after STICKYD_BODY_READ_TIMEOUT without a byte",
+            self.body_timeouts.clone(),
+        );
         r
     }
 
@@ -294,6 +340,18 @@ impl Metrics {
 
     pub fn bad_request(&self, kind: &'static str) {
         self.bad_requests.get_or_create(&KindLabels { kind }).inc();
+    }
+
+    pub fn admin_refused(&self, endpoint: &'static str) {
+        self.admin_refused.get_or_create(&EndpointLabels { endpoint }).inc();
+    }
+
+    pub fn hop_refused(&self, reason: &'static str) {
+        self.hop_refused.get_or_create(&ReasonLabels { reason }).inc();
+    }
+
+    pub fn body_timeout(&self, direction: &'static str) {
+        self.body_timeouts.get_or_create(&DirectionLabels { direction }).inc();
     }
 }
 

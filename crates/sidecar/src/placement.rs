@@ -19,12 +19,12 @@
 //! out, and with no peer count known a new session stays here.
 
 use std::collections::HashMap;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::header::{HeaderName, HOST};
+use http::header::{HeaderName, HeaderValue, HOST};
 use http::{Request, StatusCode};
 use http_body_util::{BodyExt, Empty};
 use hyper_util::rt::TokioIo;
@@ -32,6 +32,7 @@ use tokio::time::Instant;
 
 use crate::affinity::SessionId;
 use crate::endpoints::{IdHash, PeerState, View};
+use crate::peer::Purpose;
 use crate::proxy::Shared;
 
 /// The serving sidecar's active sessions, on responses to forwarded requests.
@@ -160,19 +161,35 @@ pub fn parse_count(raw: &[u8]) -> Option<u64> {
     s.parse().ok()
 }
 
-/// Asks the admin port at `addr` for its count.
-async fn fetch(addr: SocketAddr, timeout: Duration) -> Option<u64> {
+/// Asks the admin port at `addr` for its count, with the peer proof
+/// `proof` ([`crate::peer::PEER`], with keys), from `from` when this sidecar
+/// listens on one address (a peer without keys answers only the addresses
+/// of its view; in a cluster a pod's connections leave from its own
+/// address anyway).
+async fn fetch(addr: SocketAddr, timeout: Duration, proof: Option<HeaderValue>, from: Option<IpAddr>) -> Option<u64> {
     let ask = async {
-        let stream = tokio::net::TcpStream::connect(addr).await.ok()?;
+        let socket = if addr.is_ipv4() {
+            tokio::net::TcpSocket::new_v4()
+        } else {
+            tokio::net::TcpSocket::new_v6()
+        }
+        .ok()?;
+        if let Some(ip) = from.filter(|ip| ip.is_ipv4() == addr.is_ipv4()) {
+            socket.bind(SocketAddr::new(ip, 0)).ok()?;
+        }
+        let stream = socket.connect(addr).await.ok()?;
         let _ = stream.set_nodelay(true);
         let (mut send, conn) = hyper::client::conn::http1::handshake::<_, Empty<Bytes>>(TokioIo::new(stream))
             .await
             .ok()?;
         let conn = tokio::spawn(conn);
-        let req = Request::get(PATH)
+        let mut req = Request::get(PATH)
             .header(HOST, addr.to_string())
             .body(Empty::new())
             .ok()?;
+        if let Some(p) = proof {
+            req.headers_mut().insert(crate::peer::PEER, p);
+        }
         let resp = send.send_request(req).await.ok()?;
         let ok = resp.status() == StatusCode::OK;
         let body = resp.into_body().collect().await.ok()?.to_bytes();
@@ -193,6 +210,8 @@ async fn fetch(addr: SocketAddr, timeout: Duration) -> Option<u64> {
 /// [`REFRESH_PER_TICK`] ready peers whose count is not fresh.
 pub async fn refresh(shared: Arc<Shared>) {
     let admin_port = shared.cfg.admin_listen.port();
+    let listen_ip = shared.cfg.listen.ip();
+    let from = (!listen_ip.is_unspecified()).then_some(listen_ip);
     let timeout = shared.cfg.connect_timeout.min(REFRESH_EVERY);
     let mut tick = tokio::time::interval(REFRESH_EVERY);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -210,14 +229,16 @@ pub async fn refresh(shared: Arc<Shared>) {
             view.get(id)
                 .filter(|p| p.state == PeerState::Ready && p.id != shared.me)
                 .filter(|p| shared.loads.younger_than(&p.id, now, REFRESH_EVERY).is_none())
-                .map(|p| (p.id, SocketAddr::new(p.addr.ip(), admin_port)))
+                .map(|p| (p.id, SocketAddr::new(p.addr.ip(), admin_port), p.name.clone()))
         };
-        let mut ask: Vec<(SessionId, SocketAddr)> = Vec::new();
+        let mut ask: Vec<(SessionId, SocketAddr, String)> = Vec::new();
         for id in shared.loads.take_wanted() {
             if ask.len() < REFRESH_PER_TICK {
                 ask.extend(stale(&id).filter(|a| !ask.contains(a)));
             }
         }
+        let keys = shared.codec.load().keys.clone();
+        let unix = shared.clock.unix_now();
         let ready = view.count(PeerState::Ready);
         for _ in 0..ready {
             if ask.len() >= REFRESH_PER_TICK {
@@ -228,12 +249,17 @@ pub async fn refresh(shared: Arc<Shared>) {
                 ask.extend(stale(&p.id).filter(|a| !ask.contains(a)));
             }
         }
-        let answers = futures_util::future::join_all(ask.into_iter().map(|(id, addr)| async move {
-            let count = fetch(addr, timeout).await;
-            if count.is_none() {
-                tracing::debug!(%addr, "no session count from the peer's admin port");
+        let answers = futures_util::future::join_all(ask.into_iter().map(|(id, addr, name)| {
+            let proof = (!keys.is_empty())
+                .then(|| crate::peer::sign(&keys, Purpose::Sessions, &shared.cfg.pod_name, &name, unix))
+                .and_then(|p| HeaderValue::try_from(p).ok());
+            async move {
+                let count = fetch(addr, timeout, proof, from).await;
+                if count.is_none() {
+                    tracing::debug!(%addr, "no session count from the peer's admin port");
+                }
+                (id, count)
             }
-            (id, count)
         }))
         .await;
         let at = Instant::now();

@@ -144,6 +144,18 @@ impl Sidecar {
             elapsed_ms = started.elapsed().as_millis() as u64,
             "stickyd listening"
         );
+        if shared.cfg.cookie.keys.is_empty() {
+            tracing::warn!(
+                "running unsigned: no STICKYD_COOKIE_SECRET or STICKYD_COOKIE_SECRET_FILE is set, so any client can \
+                 pin itself to any pod by name, and hop markers and peers cannot be verified (see SECURITY.md)"
+            );
+        }
+        if shared.cfg.drain_token.is_none() {
+            tracing::warn!(
+                "STICKYD_DRAIN_TOKEN is not set: /drain answers this pod itself only, so a preStop httpGet from the \
+                 kubelet gets 403 and the pod stops without its session drain (stickyd inject writes a token)"
+            );
+        }
         Ok(Sidecar {
             listen,
             admin: admin_addr,

@@ -13,6 +13,7 @@ use super::token::Read;
 use super::Shared;
 use crate::affinity::CookieState;
 use crate::endpoints::View;
+use crate::peer::Marked;
 use crate::route::{Decision, Hops};
 
 /// One request's context, built in the decide phase.
@@ -26,8 +27,10 @@ pub(super) struct Ctx<'a> {
     pub https: bool,
     /// An HTTP/1.1 upgrade request (WebSocket).
     pub upgrade: bool,
-    /// The hop markers it arrived with.
+    /// The hop markers it arrived with (with keys, those that verified).
     pub hops: Hops,
+    /// A hop marker verified: a peer forwarded the request.
+    pub hop_verified: bool,
     /// The request's token, from wherever the mode carries it.
     pub cookie: CookieState,
     /// What the request carried of the token, for the response.
@@ -39,19 +42,17 @@ pub(super) struct Ctx<'a> {
     pub view: Arc<View>,
     /// Spreads picks of ready peers.
     pub pick: usize,
-    /// The first hop marker's value: the pod that forwarded the request.
-    pub hop_from: Option<HeaderValue>,
 }
 
 impl<'a> Ctx<'a> {
     /// Reads what the decision needs: the hop markers, the cookie, the view.
     pub fn new<B>(shared: &'a Shared, conn: &'a ConnInfo, req: &Request<B>, found: Found) -> Ctx<'a> {
-        let hops = if found.hop() {
-            req.headers().get_all(HOP).iter().count().min(Hops::MAX as usize) as Hops
-        } else {
-            0
-        };
         let now = shared.clock.unix_now();
+        let marked = if found.hop() {
+            shared.read_hops(req.headers().get_all(HOP).iter().map(HeaderValue::as_bytes), now)
+        } else {
+            Marked::default()
+        };
         let read = {
             let h = req.headers();
             let codec = shared.codec.load();
@@ -69,13 +70,13 @@ impl<'a> Ctx<'a> {
             version: req.version(),
             https: found.https(req.headers()),
             upgrade: h1 && found.is_upgrade(req.headers()),
-            hops,
+            hops: marked.hops,
+            hop_verified: marked.verified,
             cookie: read.state,
             read,
             now,
             view: shared.store.load_full(),
             pick: shared.next_pick(),
-            hop_from: (hops > 0).then(|| req.headers().get(HOP).cloned()).flatten(),
         }
     }
 

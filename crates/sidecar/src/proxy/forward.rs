@@ -40,11 +40,12 @@ pub(super) async fn forward(
     }
     let h = req.headers_mut();
     h.remove(SESSION);
-    // One marker per hop made, this one included.
-    h.insert(HOP, shared.hop_value.clone());
+    // One marker per hop made, this one included, each signed for this peer.
+    let marker = shared.hop_marker(peer, ctx.now);
     for _ in 0..ctx.hops {
-        h.append(HOP, shared.hop_value.clone());
+        h.append(HOP, marker.clone());
     }
+    h.append(HOP, marker);
     let via = match binding {
         Some(b) => Via::BoundPeer(peer.addr, b),
         None if to_h2 => Via::Pool(&shared.pools.peers_h2),

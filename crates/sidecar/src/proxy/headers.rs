@@ -7,8 +7,8 @@ use bytes::BytesMut;
 
 use http::header::{HeaderMap, HeaderName, HeaderValue, CACHE_CONTROL, CONNECTION, TE, TRANSFER_ENCODING, UPGRADE};
 
-/// The hop marker: set by the sidecar that forwards a request to a peer.
-pub const HOP: HeaderName = HeaderName::from_static("x-stickyd-hop");
+/// The hop marker ([`crate::peer`]).
+pub use crate::peer::HOP;
 /// Tells the app what happened to the session: new, pinned, repinned, unsynced.
 pub const SESSION: HeaderName = HeaderName::from_static("x-stickyd-session");
 /// Names the pod that served the response (for operators; on the admin side

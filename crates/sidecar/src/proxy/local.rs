@@ -91,8 +91,7 @@ pub(super) async fn serve(
         shared.sessions.note(sid, tokio::time::Instant::now());
     }
     let mut resp = from_upstream(resp, client_upgrade);
-    let hop_from = ctx.hop_from.as_ref().map(HeaderValue::as_bytes);
-    if let Some(n) = shared.count_for_peer(&ctx.view, hop_from) {
+    if let Some(n) = shared.count_for_peer(ctx.hop_verified) {
         resp.headers_mut()
             .insert(crate::placement::HEADER, HeaderValue::from(n));
     }

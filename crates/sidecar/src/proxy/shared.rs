@@ -19,6 +19,7 @@ use crate::config::{Config, NewSessions, UpstreamProtocol};
 use crate::drain::Drain;
 use crate::endpoints::{EndpointStore, IdHash, Peer, PeerState, View};
 use crate::metrics::{DecisionLabels, Metrics};
+use crate::peer::{self, Purpose};
 use crate::placement::{PeerLoads, Sample};
 use crate::route::{self, Decision, Hops, Load, SessionMark, ThisPod};
 use crate::sessions::SessionTracker;
@@ -71,8 +72,6 @@ pub struct Shared {
     pub(super) bound_peers: Arc<AtomicUsize>,
     /// How long a connection to a peer may sit idle and still be reused.
     pub(super) peer_idle: Duration,
-    /// The hop marker's value: this pod's name.
-    pub(super) hop_value: HeaderValue,
     forward_counts: ArcSwap<ForwardCounts>,
 }
 
@@ -120,7 +119,6 @@ impl Shared {
             pools: Pools::new(&cfg, cfg.upstream_protocol == UpstreamProtocol::H2c, peer_idle),
             idle: Default::default(),
             peer_idle,
-            hop_value: HeaderValue::from_str(&cfg.pod_name).expect("STICKYD_POD_NAME is a DNS label"),
             app_authority: authority(cfg.upstream),
             codec: ArcSwap::from_pointee(codec),
             carrier: Carrier::new(&cfg),
@@ -235,16 +233,32 @@ impl Shared {
         counter.inc();
     }
 
-    /// The count a response served here tells the peer that forwarded the
-    /// request (least-sessions placement): only when its first hop marker
-    /// names a pod of the view. (Not the address the request came from: a
-    /// pod's outbound connections need not leave from its listening address.)
-    pub(super) fn count_for_peer(&self, view: &View, hop_from: Option<&[u8]>) -> Option<u64> {
-        if self.cfg.new_sessions != NewSessions::LeastSessions {
-            return None;
+    /// Reads the hop markers (every `x-stickyd-hop` value) of a request that
+    /// arrived at `now` (Unix seconds). With keys, a marker that does not
+    /// verify is counted (`stickyd_hop_refused_total`) and taken as none.
+    pub(super) fn read_hops<'a>(&self, values: impl Iterator<Item = &'a [u8]>, now: u64) -> peer::Marked<'a> {
+        let codec = self.codec.load();
+        let marked = peer::read_hops(values, &codec.keys, &self.cfg.pod_name, now);
+        if let Some(why) = marked.refused {
+            self.metrics.hop_refused(why.label());
+            tracing::debug!(reason = why.label(), "a hop marker did not verify; taken as no marker");
         }
-        let name = std::str::from_utf8(hop_from?).ok()?;
-        view.peers().by_name(name.trim()).map(|_| self.sessions.count() as u64)
+        marked
+    }
+
+    /// The hop marker of a request forwarded to `to` at `now` (Unix
+    /// seconds): signed with the first key, or this pod's name without keys.
+    pub(super) fn hop_marker(&self, to: &Peer, now: u64) -> HeaderValue {
+        let v = peer::sign(&self.codec.load().keys, Purpose::Hop, &self.cfg.pod_name, &to.name, now);
+        HeaderValue::try_from(v).expect("pod names, digits and base64url are valid in a header value")
+    }
+
+    /// The count a response served here tells the peer that forwarded the
+    /// request (least-sessions placement): only in answer to a verified hop
+    /// marker, which needs keys. (A client that sends a marker of its own
+    /// learns nothing.)
+    pub(super) fn count_for_peer(&self, hop_verified: bool) -> Option<u64> {
+        (self.cfg.new_sessions == NewSessions::LeastSessions && hop_verified).then(|| self.sessions.count() as u64)
     }
 
     /// Records the count a peer's response carried.

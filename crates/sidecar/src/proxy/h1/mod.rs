@@ -120,7 +120,10 @@ struct Facts<'h> {
     /// The request's token, from wherever the mode carries it.
     cookie: CookieState,
     read: Read,
+    /// The hop markers it arrived with (with keys, those that verified).
     hops: Hops,
+    /// A hop marker verified: a peer forwarded the request.
+    hop_verified: bool,
     https: bool,
     now: u64,
     safe: bool,
@@ -396,13 +399,15 @@ impl Conn<'_> {
             let header = head.values(buf, carrier.header().as_str().as_bytes());
             carrier.read(head.values(buf, b"cookie"), header, &codec, now)
         };
-        let hops = head.values(buf, b"x-stickyd-hop").count().min(Hops::MAX as usize) as Hops;
+        let marked = shared.read_hops(head.values(buf, b"x-stickyd-hop"), now);
+        let hops = marked.hops;
         let method = head.method(buf);
         let facts = Facts {
             head,
             cookie: read.state,
             read,
             hops,
+            hop_verified: marked.verified,
             https: parse::forwarded_https(buf, head),
             now,
             safe: matches!(method, b"GET" | b"HEAD" | b"OPTIONS") && head.body == BodyKind::None,
@@ -592,10 +597,11 @@ impl Conn<'_> {
                         parse::push_field(&mut out, b"cookie", v);
                     }
                 }
+                // One marker per hop made, this one included, each signed
+                // for this peer.
+                let marker = shared.hop_marker(peer, f.now);
                 for _ in 0..=f.hops {
-                    out.extend_from_slice(b"x-stickyd-hop: ");
-                    out.extend_from_slice(shared.hop_value.as_bytes());
-                    out.extend_from_slice(b"\r\n");
+                    parse::push_field(&mut out, b"x-stickyd-hop", marker.as_bytes());
                 }
                 (Target::Peer, peer.addr)
             }
@@ -740,11 +746,8 @@ impl Conn<'_> {
             }
         };
         let sessions = match dest {
-            Dest::Local { .. } if f.hops > 0 => {
-                let hop_from = f.head.values(&self.buf, b"x-stickyd-hop").next();
-                shared.count_for_peer(view, hop_from)
-            }
-            _ => None,
+            Dest::Local { .. } => shared.count_for_peer(f.hop_verified),
+            Dest::Peer { .. } => None,
         };
         let added = match &token {
             Some(t) => carrier.added(emit, &shared.cfg.cookie, t, &f.read, f.https),
