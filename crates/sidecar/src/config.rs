@@ -921,6 +921,9 @@ pub struct DrainToken(String);
 pub const MIN_DRAIN_TOKEN_LEN: usize = 16;
 /// The longest drain token accepted, in characters.
 pub const MAX_DRAIN_TOKEN_LEN: usize = 512;
+/// The drain token of the kustomize base, to be replaced: published, so no
+/// secret, and refused at startup.
+pub const EXAMPLE_DRAIN_TOKEN: &str = "replace-me-with-openssl-rand-hex-32";
 
 impl std::fmt::Debug for DrainToken {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -936,6 +939,12 @@ impl DrainToken {
         let t = raw.trim();
         if !t.bytes().all(|b| b.is_ascii_graphic()) {
             return Err("only visible ASCII characters: letters, digits and punctuation, no spaces".into());
+        }
+        if t == EXAMPLE_DRAIN_TOKEN {
+            return Err(format!(
+                "{EXAMPLE_DRAIN_TOKEN} is the example's placeholder, which anyone can read; set a token of your \
+                 own (openssl rand -hex 32) here and in the app's preStop header (Authorization: Bearer TOKEN)"
+            ));
         }
         if t.len() < MIN_DRAIN_TOKEN_LEN || t.len() > MAX_DRAIN_TOKEN_LEN {
             return Err(format!(
@@ -1325,6 +1334,67 @@ mod tests {
         assert_eq!(c.new_sessions, NewSessions::Local);
         assert_eq!(c.drain, Duration::from_secs(5));
         assert!(c.worker_threads >= 1);
+    }
+
+    #[test]
+    fn the_drain_token_and_bound() {
+        let c = with(&[]).unwrap();
+        assert!(c.drain_token.is_none());
+        assert_eq!(c.drain_max, Duration::from_secs(300));
+        assert_eq!(c.body_read_timeout, Duration::from_secs(60));
+        let token = "0123456789abcdef";
+        let c = with(&[
+            ("STICKYD_DRAIN_TOKEN", &format!(" {token} ")),
+            ("STICKYD_DRAIN_MAX", "2m"),
+        ])
+        .unwrap();
+        let t = c.drain_token.unwrap();
+        assert_eq!(c.drain_max, Duration::from_secs(120));
+        assert_eq!(format!("{t:?}"), "DrainToken(redacted)");
+        assert_eq!(t.header_value(), format!("Bearer {token}"));
+        for ok in [
+            format!("Bearer {token}"),
+            format!("bearer {token}"),
+            format!("BEARER  {token} "),
+        ] {
+            assert!(t.authorizes(ok.as_bytes()), "{ok}");
+        }
+        for bad in [
+            token.to_string(),
+            format!("Basic {token}"),
+            format!("Bearer {}", &token[..15]),
+            format!("Bearer {token}0"),
+            format!("Bearer 1{}", &token[1..]),
+            format!("Bearer{token}"),
+            "Bearer ".to_string(),
+            String::new(),
+        ] {
+            assert!(!t.authorizes(bad.as_bytes()), "{bad}");
+        }
+        // 16 to 512 visible characters; the placeholder of the examples is refused.
+        assert!(with(&[("STICKYD_DRAIN_TOKEN", &"x".repeat(512))]).is_ok());
+        for bad in [
+            "x".repeat(15),
+            "x".repeat(513),
+            "0123456789 abcdef".to_string(),
+            "0123456789abcdé0".to_string(),
+            EXAMPLE_DRAIN_TOKEN.to_string(),
+        ] {
+            let e = with(&[("STICKYD_DRAIN_TOKEN", &bad)]).unwrap_err();
+            assert_eq!(e.var(), "STICKYD_DRAIN_TOKEN", "{bad}");
+            assert!(
+                bad == EXAMPLE_DRAIN_TOKEN || !e.to_string().contains(&bad),
+                "the error shows no token: {e}"
+            );
+        }
+        for bad in ["0", "soon", "-1"] {
+            assert_eq!(err_var(&[("STICKYD_DRAIN_MAX", bad)]), "STICKYD_DRAIN_MAX", "{bad}");
+            assert_eq!(
+                err_var(&[("STICKYD_BODY_READ_TIMEOUT", bad)]),
+                "STICKYD_BODY_READ_TIMEOUT",
+                "{bad}"
+            );
+        }
     }
 
     #[test]
