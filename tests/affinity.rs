@@ -15,7 +15,6 @@ use std::time::Duration;
 
 use common::*;
 use http::{Request, Response};
-use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
@@ -24,55 +23,6 @@ use tokio::net::TcpListener;
 
 const KEY: &str = "an-affinity-test-key-of-32-bytes";
 const HEADER: &str = "x-stickyd-affinity";
-
-#[derive(Clone, Copy, Debug)]
-enum Proto {
-    H1,
-    H2c,
-}
-
-/// One request on a fresh connection, in `proto`.
-async fn fresh(addr: SocketAddr, proto: Proto, path: &str, headers: &[(&str, String)]) -> Resp {
-    let stream = tokio::time::timeout(Duration::from_secs(5), tokio::net::TcpStream::connect(addr))
-        .await
-        .expect("connect in time")
-        .expect("connect");
-    let mut b = Request::get(path).header("host", "shop.example");
-    for (k, v) in headers {
-        b = b.header(*k, v.as_str());
-    }
-    let req = b.body(empty()).unwrap();
-    let io = TokioIo::new(stream);
-    let exchange = async {
-        let resp = match proto {
-            Proto::H1 => {
-                let (mut send, conn) = hyper::client::conn::http1::handshake(io).await.unwrap();
-                tokio::spawn(conn);
-                send.send_request(req).await.unwrap()
-            }
-            Proto::H2c => {
-                let (mut send, conn) = hyper::client::conn::http2::handshake(TokioExecutor::new(), io)
-                    .await
-                    .unwrap();
-                tokio::spawn(conn);
-                let resp = send.send_request(req).await.unwrap();
-                assert_eq!(resp.version(), http::Version::HTTP_2);
-                resp
-            }
-        };
-        let status = resp.status().as_u16();
-        let headers = resp.headers().clone();
-        let body = resp.into_body().collect().await.unwrap().to_bytes();
-        Resp {
-            status,
-            headers,
-            body: String::from_utf8_lossy(&body).into_owned(),
-        }
-    };
-    tokio::time::timeout(Duration::from_secs(20), exchange)
-        .await
-        .expect("an answer in time")
-}
 
 fn signed() -> Codec {
     Codec::new(Keys::parse(KEY).unwrap(), Lifetimes::default())

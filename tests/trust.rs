@@ -319,7 +319,6 @@ async fn a_forged_hop_marker_learns_nothing_and_pins_nothing() {
     env.push(("STICKYD_NEW_SESSIONS", "least-sessions".into()));
     let p = pods(195, 2, &env).await;
     let a = &p[0].1;
-    let url = format!("http://{}/x", a.listen);
     let keys = Keys::parse(KEY).unwrap();
     let now = unix_now();
     let forged = [
@@ -334,24 +333,32 @@ async fn a_forged_hop_marker_learns_nothing_and_pins_nothing() {
         "stickyd={}",
         signed.encode(SessionId::for_pod("pod-1"), Sid::from_bytes([1; 6]), now, now)
     );
-    for marker in &forged {
-        // No count comes back.
-        let r = get(&url, &[("x-stickyd-hop", marker)]).await.unwrap();
-        assert_eq!(r.status, 200);
-        assert!(r.headers.get("x-stickyd-sessions").is_none(), "{marker}: {r:?}");
-        // A session pinned to pod-1 is forwarded there, as with no marker
-        // (a marker would have repinned it here, row 11).
-        let r = get(&url, &[("x-stickyd-hop", marker), ("cookie", &at_pod_1)])
-            .await
-            .unwrap();
-        assert_eq!((r.pod(), r.field("session")), ("pod-1", "pinned"), "{marker}: {r:?}");
+    for proto in [Proto::H1, Proto::H2c] {
+        for marker in &forged {
+            let hop = ("x-stickyd-hop", marker.clone());
+            // No count comes back.
+            let r = fresh(a.listen, proto, "/x", std::slice::from_ref(&hop)).await;
+            assert_eq!(r.status, 200);
+            assert!(
+                r.headers.get("x-stickyd-sessions").is_none(),
+                "{proto:?} {marker}: {r:?}"
+            );
+            // A session pinned to pod-1 is forwarded there, as with no marker
+            // (a marker would have repinned it here, row 11).
+            let r = fresh(a.listen, proto, "/x", &[hop, ("cookie", at_pod_1.clone())]).await;
+            assert_eq!(
+                (r.pod(), r.field("session")),
+                ("pod-1", "pinned"),
+                "{proto:?} {marker}: {r:?}"
+            );
+        }
     }
     let m = a.metrics().await;
     let refused: f64 = ["unsigned", "mac", "other_pod", "stale"]
         .iter()
         .map(|r| sample(&m, &format!("stickyd_hop_refused_total{{reason=\"{r}\"}}")))
         .sum();
-    assert_eq!(refused, 10.0, "{m}");
+    assert_eq!(refused, 20.0, "{m}");
 
     // pod-0 drains: a forged marker does not pin a new session to it.
     let drain = drain_from(elsewhere(), a, "?idle=30s&max=30s", Some(TOKEN)).await;
@@ -359,15 +366,21 @@ async fn a_forged_hop_marker_learns_nothing_and_pins_nothing() {
         (sample(&a.metrics().await, "stickyd_draining") == 1.0, ())
     })
     .await;
-    for marker in &forged {
-        let r = get(&url, &[("x-stickyd-hop", marker)]).await.unwrap();
-        assert_eq!((r.pod(), r.field("session")), ("pod-1", "new"), "{marker}: {r:?}");
-    }
-    // A peer's own marker: served here even while draining, with the count.
     let real = peer::sign(&keys, Purpose::Hop, "pod-1", "pod-0", now);
-    let r = get(&url, &[("x-stickyd-hop", &real)]).await.unwrap();
-    assert_eq!((r.pod(), r.field("session")), ("pod-0", "new"), "{r:?}");
-    assert!(r.headers.get("x-stickyd-sessions").is_some(), "{r:?}");
+    for proto in [Proto::H1, Proto::H2c] {
+        for marker in &forged {
+            let r = fresh(a.listen, proto, "/x", &[("x-stickyd-hop", marker.clone())]).await;
+            assert_eq!(
+                (r.pod(), r.field("session")),
+                ("pod-1", "new"),
+                "{proto:?} {marker}: {r:?}"
+            );
+        }
+        // A peer's own marker: served here even while draining, with the count.
+        let r = fresh(a.listen, proto, "/x", &[("x-stickyd-hop", real.clone())]).await;
+        assert_eq!((r.pod(), r.field("session")), ("pod-0", "new"), "{proto:?}: {r:?}");
+        assert!(r.headers.get("x-stickyd-sessions").is_some(), "{proto:?}: {r:?}");
+    }
     drain.abort();
 }
 

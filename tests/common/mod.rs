@@ -467,6 +467,57 @@ pub async fn get(url: &str, headers: &[(&str, &str)]) -> Result<Resp, String> {
     request("GET", url, headers, empty()).await
 }
 
+/// The protocol of a client connection.
+#[derive(Clone, Copy, Debug)]
+pub enum Proto {
+    H1,
+    H2c,
+}
+
+/// One request on a fresh connection, in `proto` (HTTP/1.1 takes the
+/// sidecar's own codec, h2c hyper's).
+pub async fn fresh(addr: SocketAddr, proto: Proto, path: &str, headers: &[(&str, String)]) -> Resp {
+    let stream = tokio::time::timeout(Duration::from_secs(5), tokio::net::TcpStream::connect(addr))
+        .await
+        .expect("connect in time")
+        .expect("connect");
+    let mut b = Request::get(path).header("host", "shop.example");
+    for (k, v) in headers {
+        b = b.header(*k, v.as_str());
+    }
+    let req = b.body(empty()).unwrap();
+    let io = TokioIo::new(stream);
+    let exchange = async {
+        let resp = match proto {
+            Proto::H1 => {
+                let (mut send, conn) = hyper::client::conn::http1::handshake(io).await.unwrap();
+                tokio::spawn(conn);
+                send.send_request(req).await.unwrap()
+            }
+            Proto::H2c => {
+                let (mut send, conn) = hyper::client::conn::http2::handshake(TokioExecutor::new(), io)
+                    .await
+                    .unwrap();
+                tokio::spawn(conn);
+                let resp = send.send_request(req).await.unwrap();
+                assert_eq!(resp.version(), http::Version::HTTP_2);
+                resp
+            }
+        };
+        let status = resp.status().as_u16();
+        let headers = resp.headers().clone();
+        let body = resp.into_body().collect().await.unwrap().to_bytes();
+        Resp {
+            status,
+            headers,
+            body: String::from_utf8_lossy(&body).into_owned(),
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(20), exchange)
+        .await
+        .expect("an answer in time")
+}
+
 /// A random load balancer: every request goes to a backend picked at
 /// random, as kube-proxy does behind an ExternalName Service whose upstream
 /// connections are reused across sessions.

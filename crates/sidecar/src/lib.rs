@@ -2,7 +2,8 @@
 //! session stickiness, even behind an ExternalName Service. Configuration
 //! (`config`, `startup`, `limits`), the routing decision (`route`), the
 //! session cookie (`affinity`), the endpoint view and its sources
-//! (`endpoints`), the proxy (`proxy`), the session-aware drain (`drain`,
+//! (`endpoints`), the proxy (`proxy`) and what peers assert to each other
+//! (`peer`), the session-aware drain (`drain`,
 //! `sessions`), the admin listener and metrics (`admin`, `metrics`), and one
 //! running sidecar made of them (`sidecar`).
 //!
