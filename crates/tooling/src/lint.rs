@@ -1451,7 +1451,13 @@ fn drain_findings(pod: &Node, side: &Sidecar) -> Vec<Found> {
     let token = literal(side.container, "STICKYD_DRAIN_TOKEN");
     // The longest idle and max a drain call may ask for (SD018); None when not known here.
     let drain_max = literal(side.container, "STICKYD_DRAIN_MAX")
-        .map(|v| if v.is_empty() { default_of("STICKYD_DRAIN_MAX") } else { v })
+        .map(|v| {
+            if v.is_empty() {
+                default_of("STICKYD_DRAIN_MAX")
+            } else {
+                v
+            }
+        })
         .and_then(stickyd_sidecar::config::parse_duration);
     // The largest valid drain `max` among the hooks, with the line of its path.
     let mut longest: Option<(Duration, usize, &str)> = None;
@@ -1682,15 +1688,10 @@ fn drain_findings(pod: &Node, side: &Sidecar) -> Vec<Found> {
 /// STICKYD_DRAIN_TOKEN (`token`: "" when the sidecar has none, None when its
 /// value is not in the manifest). The token itself is never printed.
 fn token_finding(get: &Node, name: &str, token: Option<&str>) -> Option<Found> {
-    let header = get
-        .get("httpHeaders")
-        .map(Node::items)
-        .unwrap_or(&[])
-        .iter()
-        .find(|h| {
-            h.str_at(&["name"])
-                .is_some_and(|n| n.trim().eq_ignore_ascii_case("authorization"))
-        });
+    let header = get.get("httpHeaders").map(Node::items).unwrap_or(&[]).iter().find(|h| {
+        h.str_at(&["name"])
+            .is_some_and(|n| n.trim().eq_ignore_ascii_case("authorization"))
+    });
     let outcome = "so stickyd answers the kubelet's call 403, the app is stopped at once and the sessions pinned \
                    to this pod are moved.";
     let send = "httpHeaders: [{name: Authorization, value: \"Bearer TOKEN\"}]";
