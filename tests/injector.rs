@@ -459,9 +459,12 @@ fn assert_sidecar(pod: &Value) -> stickyd::config::Config {
 
 /// The sidecar's drain token in a patched Pod.
 fn drain_token(pod: &Value) -> String {
-    env_value(named(&pod["spec"]["initContainers"], "stickyd").unwrap(), "STICKYD_DRAIN_TOKEN")
-        .expect("STICKYD_DRAIN_TOKEN")
-        .to_string()
+    env_value(
+        named(&pod["spec"]["initContainers"], "stickyd").unwrap(),
+        "STICKYD_DRAIN_TOKEN",
+    )
+    .expect("STICKYD_DRAIN_TOKEN")
+    .to_string()
 }
 
 /// A container without its drain token: the env entry and the hook's header.
@@ -590,8 +593,10 @@ async fn an_annotated_pod_gets_the_sidecar_stickyd_inject_would_add() {
         named(&spec["volumes"], "stickyd-secret").unwrap()["secret"]["secretName"],
         "stickyd-shop"
     );
-    assert!(docs.iter().any(|d| d.root.str_at(&["kind"]) == Some("Secret")
-        && d.root.str_at(&["metadata", "name"]) == Some("stickyd-shop")));
+    assert!(docs
+        .iter()
+        .any(|d| d.root.str_at(&["kind"]) == Some("Secret")
+            && d.root.str_at(&["metadata", "name"]) == Some("stickyd-shop")));
     // Each pod its own drain token.
     let (_, again) = admit(&ca, &inj, "7a1c-annotated-again", &original).await;
     let mut second = original.clone();
@@ -599,7 +604,10 @@ async fn an_annotated_pod_gets_the_sidecar_stickyd_inject_would_add() {
     assert_sidecar(&second);
     assert_ne!(drain_token(&patched), drain_token(&second), "a token per pod");
     assert_ne!(drain_token(&patched), side_by_inject_token(&injected));
-    assert!(!inj.stderr().contains(&drain_token(&patched)), "the token is not logged");
+    assert!(
+        !inj.stderr().contains(&drain_token(&patched)),
+        "the token is not logged"
+    );
     assert_eq!(
         spec["terminationGracePeriodSeconds"],
         by_inject["terminationGracePeriodSeconds"]
@@ -850,7 +858,10 @@ async fn the_signing_key_is_the_secret_the_annotations_name_or_none_when_asked()
     let (resp, _) = admit(&ca, &inj, "u-bad-flag", &pod(a)).await;
     assert_eq!(resp["allowed"], false, "{resp}");
     assert!(
-        resp["status"]["message"].as_str().unwrap().contains("stickyd.io/unsigned"),
+        resp["status"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("stickyd.io/unsigned"),
         "{resp}"
     );
 }

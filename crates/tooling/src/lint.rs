@@ -1568,7 +1568,7 @@ fn drain_findings(pod: &Node, side: &Sidecar) -> Vec<Found> {
                     longest = Some((p.max, line, name));
                 }
                 if let Some(bound) = drain_max {
-                    out.extend(above_max_finding(&p, bound, side.container, line, name));
+                    out.extend(above_max_finding(p, bound, side.container, line, name));
                 }
             }
         }
@@ -1820,6 +1820,12 @@ fn config_fix(e: &ConfigError, workload: &str) -> String {
         ),
         "STICKYD_COOKIE_PATH" => {
             "set STICKYD_COOKIE_PATH to a literal prefix such as /mysite (or leave it unset for /)".into()
+        }
+        "STICKYD_DRAIN_TOKEN" => {
+            "set STICKYD_DRAIN_TOKEN to a random token of your own (openssl rand -hex 32), and the \
+                                  app's drain preStop header to \"Bearer \" and the same token (with kustomize, a \
+                                  replacement copies it: docs/kubernetes.md, step 3)"
+                .into()
         }
         var => format!("correct {var} in the env of the stickyd container (the message says what is valid)"),
     }

@@ -622,7 +622,10 @@ mod tests {
             (with("drain-max", "0"), "--drain-max"),
             (with("port", "http"), "is not a port number"),
             (with("secret-env", "true"), "needs stickyd.io/secret"),
-            (with("unsigned", "yes"), "stickyd.io/unsigned: \"yes\" is neither \"true\" nor \"false\""),
+            (
+                with("unsigned", "yes"),
+                "stickyd.io/unsigned: \"yes\" is neither \"true\" nor \"false\"",
+            ),
         ];
         for (annotations, want) in cases {
             let message = deny(annotations.clone());
