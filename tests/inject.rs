@@ -500,15 +500,7 @@ fn cookie_and_secret_options() {
     assert_eq!(env_value(c, "STICKYD_COOKIE_MAX_AGE"), Some("48h"));
     assert_eq!(env_value(c, "STICKYD_COOKIE_SECURE"), Some("true"));
     assert_eq!(env_value(c, "STICKYD_COOKIE_SAMESITE"), Some("Strict"));
-    assert_eq!(
-        env_value(c, "STICKYD_COOKIE_SECRET_FILE"),
-        Some("/etc/stickyd/secret/key")
-    );
-    let mount = &c.get("volumeMounts").unwrap().items()[0];
-    assert_eq!(mount.str_at(&["mountPath"]), Some("/etc/stickyd/secret"));
-    assert!(mount.get("readOnly").unwrap().is_true());
-    let vol = &deploy.path(&["spec", "template", "spec", "volumes"]).unwrap().items()[0];
-    assert_eq!(vol.str_at(&["secret", "secretName"]), Some("stickyd-cookie"));
+    let vol = key_volume(deploy, "stickyd-cookie");
     assert_eq!(
         vol.path(&["secret", "items"]).unwrap().items()[0].str_at(&["key"]),
         Some("hmac")
@@ -1191,6 +1183,24 @@ fn unquote_random(text: &str) -> String {
     out
 }
 
+/// The volume of Secret `secret` that a workload's sidecar reads its signing
+/// keys from: mounted read-only at /etc/stickyd/secret, the key file named by
+/// STICKYD_COOKIE_SECRET_FILE.
+fn key_volume<'a>(workload: &'a Node, secret: &str) -> &'a Node {
+    let c = sidecar(workload);
+    assert_eq!(
+        env_value(c, "STICKYD_COOKIE_SECRET_FILE"),
+        Some("/etc/stickyd/secret/key")
+    );
+    let mount = &c.get("volumeMounts").unwrap().items()[0];
+    assert_eq!(mount.str_at(&["mountPath"]), Some("/etc/stickyd/secret"));
+    assert!(mount.get("readOnly").unwrap().is_true());
+    let vol = &workload.path(&["spec", "template", "spec", "volumes"]).unwrap().items()[0];
+    assert_eq!(vol.str_at(&["name"]), mount.str_at(&["name"]));
+    assert_eq!(vol.str_at(&["secret", "secretName"]), Some(secret));
+    vol
+}
+
 /// The Secret of a rendering, by name.
 fn secret_key<'a>(docs: &'a [Node], name: &str) -> &'a str {
     let s = find(docs, "Secret", name);
@@ -1214,17 +1224,7 @@ fn the_sidecars_sign_with_a_random_key_in_a_secret_per_service() {
     assert!(is_random_hex(key), "{key}");
     assert!(stickyd::affinity::Keys::parse(key).is_ok());
     // Mounted read-only and read as a file, as with --secret; a missing Secret fails the mount.
-    let deploy = find(&d, "Deployment", "shop");
-    let c = sidecar(deploy);
-    assert_eq!(
-        env_value(c, "STICKYD_COOKIE_SECRET_FILE"),
-        Some("/etc/stickyd/secret/key")
-    );
-    let mount = &c.get("volumeMounts").unwrap().items()[0];
-    assert_eq!(mount.str_at(&["mountPath"]), Some("/etc/stickyd/secret"));
-    assert!(mount.get("readOnly").unwrap().is_true());
-    let vol = &deploy.path(&["spec", "template", "spec", "volumes"]).unwrap().items()[0];
-    assert_eq!(vol.str_at(&["secret", "secretName"]), Some("stickyd-shop"));
+    let vol = key_volume(find(&d, "Deployment", "shop"), "stickyd-shop");
     assert_eq!(vol.path(&["secret", "optional"]).unwrap().as_str(), Some("false"));
     // Standard error names the Secret, never the key.
     assert!(

@@ -807,30 +807,31 @@ async fn the_signing_key_is_the_secret_the_annotations_name_or_none_when_asked()
     let ca = Ca::new();
     let (cert, key, _) = ca.leaf();
     let inj = Injector::start("secret", &cert, &key);
-    let patched = |original: &Value, patch: Option<json_patch::Patch>| {
-        let mut p = original.clone();
-        json_patch::patch(&mut p, &patch.expect("a patch")).unwrap();
-        p
+    // A pod annotated as `annotated()` and `extra`: the response and the patched pod.
+    let admitted = |uid: &'static str, extra: Value| {
+        let (ca, inj) = (&ca, &inj);
+        async move {
+            let mut a = annotated();
+            for (k, v) in extra.as_object().unwrap() {
+                a[k] = v.clone();
+            }
+            let original = pod(a);
+            let (resp, patch) = admit(ca, inj, uid, &original).await;
+            assert_eq!(resp["allowed"], true, "{resp}");
+            let mut p = original.clone();
+            json_patch::patch(&mut p, &patch.expect("a patch")).unwrap();
+            (resp, p)
+        }
     };
     // stickyd.io/secret names it.
-    let mut a = annotated();
-    a["stickyd.io/secret"] = json!("shop-keys");
-    let original = pod(a);
-    let (resp, patch) = admit(&ca, &inj, "u-named", &original).await;
-    assert_eq!(resp["allowed"], true, "{resp}");
-    let p = patched(&original, patch);
+    let (_, p) = admitted("u-named", json!({"stickyd.io/secret": "shop-keys"})).await;
     assert_sidecar(&p);
     assert_eq!(
         named(&p["spec"]["volumes"], "stickyd-secret").unwrap()["secret"]["secretName"],
         "shop-keys"
     );
     // stickyd.io/unsigned: no key, and a warning that says what that allows.
-    let mut a = annotated();
-    a["stickyd.io/unsigned"] = json!("true");
-    let original = pod(a);
-    let (resp, patch) = admit(&ca, &inj, "u-unsigned", &original).await;
-    assert_eq!(resp["allowed"], true, "{resp}");
-    let p = patched(&original, patch);
+    let (resp, p) = admitted("u-unsigned", json!({"stickyd.io/unsigned": "true"})).await;
     let side = named(&p["spec"]["initContainers"], "stickyd").unwrap();
     assert!(env_value(side, "STICKYD_COOKIE_SECRET_FILE").is_none());
     assert!(named(&p["spec"]["volumes"], "stickyd-secret").is_none());
