@@ -500,15 +500,7 @@ fn cookie_and_secret_options() {
     assert_eq!(env_value(c, "STICKYD_COOKIE_MAX_AGE"), Some("48h"));
     assert_eq!(env_value(c, "STICKYD_COOKIE_SECURE"), Some("true"));
     assert_eq!(env_value(c, "STICKYD_COOKIE_SAMESITE"), Some("Strict"));
-    assert_eq!(
-        env_value(c, "STICKYD_COOKIE_SECRET_FILE"),
-        Some("/etc/stickyd/secret/key")
-    );
-    let mount = &c.get("volumeMounts").unwrap().items()[0];
-    assert_eq!(mount.str_at(&["mountPath"]), Some("/etc/stickyd/secret"));
-    assert!(mount.get("readOnly").unwrap().is_true());
-    let vol = &deploy.path(&["spec", "template", "spec", "volumes"]).unwrap().items()[0];
-    assert_eq!(vol.str_at(&["secret", "secretName"]), Some("stickyd-cookie"));
+    let vol = key_volume(deploy, "stickyd-cookie");
     assert_eq!(
         vol.path(&["secret", "items"]).unwrap().items()[0].str_at(&["key"]),
         Some("hmac")
@@ -736,6 +728,7 @@ fn injected_objects_match_the_kubernetes_schema() {
             let json = to_json(&d);
             let kind = d.str_at(&["kind"]).unwrap().to_string();
             match kind.as_str() {
+                "Secret" => schema_round_trip::<core::v1::Secret>(&json),
                 "Deployment" => schema_round_trip::<apps::v1::Deployment>(&json),
                 "StatefulSet" => schema_round_trip::<apps::v1::StatefulSet>(&json),
                 "Service" => schema_round_trip::<core::v1::Service>(&json),
@@ -754,6 +747,7 @@ fn injected_objects_match_the_kubernetes_schema() {
         "ServiceAccount",
         "Role",
         "RoleBinding",
+        "Secret",
     ] {
         assert!(checked.iter().any(|k| k == kind), "{kind} checked");
     }
@@ -1041,8 +1035,19 @@ fn no_drain_leaves_the_app_and_the_grace_period_alone() {
         .path(&["lifecycle", "preStop", "sleep"])
         .is_some());
     assert_eq!(grace(deploy), Some(45));
-    assert!(!err.contains("drain"), "{err}");
-    sidecar(deploy);
+    assert!(
+        !err.contains("drain preStop on") && !err.contains("terminationGracePeriodSeconds"),
+        "{err}"
+    );
+    // The sidecar still has a token, for a drain hook of the user's own, and
+    // a bound that fits what the grace period leaves: 45 - 5 - 30.
+    let side = sidecar(deploy);
+    assert!(env_value(side, "STICKYD_DRAIN_TOKEN").is_some_and(|t| t.len() == 64));
+    assert_eq!(env_value(side, "STICKYD_DRAIN_MAX"), Some("10s"));
+    assert!(
+        err.contains("a preStop httpGet that calls its drain sends it as Authorization: Bearer TOKEN"),
+        "{err}"
+    );
     // lint still says what is missing.
     let lint = lint_stdin(&out);
     assert!(text(&lint.stdout).contains("warning[SD013]"), "{}", text(&lint.stdout));
@@ -1134,9 +1139,429 @@ fn the_documented_example_is_what_inject_prints() {
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(0));
+    // The drain token and the signing key are random: the documented ones
+    // stand for them, in the order they first appear.
+    let printed = text(&out.stdout);
+    let documented = block_after("$ stickyd inject --diff tests/fixtures/inject/plain.yaml\n");
+    let (ours, theirs) = (random_values(&printed), random_values(&documented));
+    assert_eq!(ours.len(), 2, "a token and a key: {printed}");
+    assert_eq!(theirs.len(), 2, "docs/inject.md shows a token and a key");
+    let mut printed = printed;
+    for (o, t) in ours.iter().zip(&theirs) {
+        printed = printed.replace(o, t);
+    }
+    assert_eq!(unquote_random(&printed), unquote_random(&documented));
+    let err = text(&out.stderr);
+    assert_eq!(err, block_after("On standard error:\n\n```\n"));
+    for secret in &ours {
+        assert!(
+            !err.contains(secret.as_str()),
+            "standard error shows no token or key: {err}"
+        );
+    }
+}
+
+/// The 64-hex-digit words of a text (inject's random tokens and keys), each
+/// once, in the order they first appear.
+fn random_values(text: &str) -> Vec<String> {
+    let mut out: Vec<String> = Vec::new();
+    for word in text.split(|c: char| !c.is_ascii_alphanumeric()) {
+        if word.len() == 64 && word.bytes().all(|b| b.is_ascii_hexdigit()) && !out.iter().any(|w| w == word) {
+            out.push(word.to_string());
+        }
+    }
+    out
+}
+
+/// The text with the quotes around random values dropped: YAML quotes one
+/// that starts with a digit, and not one that starts with a letter.
+fn unquote_random(text: &str) -> String {
+    let mut out = text.to_string();
+    for v in random_values(text) {
+        out = out.replace(&format!("\"{v}\""), &v);
+    }
+    out
+}
+
+/// The volume of Secret `secret` that a workload's sidecar reads its signing
+/// keys from: mounted read-only at /etc/stickyd/secret, the key file named by
+/// STICKYD_COOKIE_SECRET_FILE.
+fn key_volume<'a>(workload: &'a Node, secret: &str) -> &'a Node {
+    let c = sidecar(workload);
     assert_eq!(
-        text(&out.stdout),
-        block_after("$ stickyd inject --diff tests/fixtures/inject/plain.yaml\n")
+        env_value(c, "STICKYD_COOKIE_SECRET_FILE"),
+        Some("/etc/stickyd/secret/key")
     );
-    assert_eq!(text(&out.stderr), block_after("On standard error:\n\n```\n"));
+    let mount = &c.get("volumeMounts").unwrap().items()[0];
+    assert_eq!(mount.str_at(&["mountPath"]), Some("/etc/stickyd/secret"));
+    assert!(mount.get("readOnly").unwrap().is_true());
+    let vol = &workload.path(&["spec", "template", "spec", "volumes"]).unwrap().items()[0];
+    assert_eq!(vol.str_at(&["name"]), mount.str_at(&["name"]));
+    assert_eq!(vol.str_at(&["secret", "secretName"]), Some(secret));
+    vol
+}
+
+/// The Secret of a rendering, by name.
+fn secret_key<'a>(docs: &'a [Node], name: &str) -> &'a str {
+    let s = find(docs, "Secret", name);
+    assert_eq!(s.str_at(&["type"]), Some("Opaque"));
+    s.str_at(&["stringData", "key"]).expect("stringData.key")
+}
+
+/// Whether a string is 64 lowercase hex digits: 32 random bytes.
+fn is_random_hex(s: &str) -> bool {
+    s.len() == 64 && s.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+}
+
+#[test]
+fn the_sidecars_sign_with_a_random_key_in_a_secret_per_service() {
+    let (out, err) = inject_ok(&std::fs::read_to_string(fixture("plain.yaml")).unwrap(), &[]);
+    let d = docs(&out);
+    let secret = find(&d, "Secret", "stickyd-shop");
+    assert_eq!(secret.str_at(&["apiVersion"]), Some("v1"));
+    assert_eq!(secret.str_at(&["metadata", "namespace"]), Some("shop"));
+    let key = secret_key(&d, "stickyd-shop");
+    assert!(is_random_hex(key), "{key}");
+    assert!(stickyd::affinity::Keys::parse(key).is_ok());
+    // Mounted read-only and read as a file, as with --secret; a missing Secret fails the mount.
+    let vol = key_volume(find(&d, "Deployment", "shop"), "stickyd-shop");
+    assert_eq!(vol.path(&["secret", "optional"]).unwrap().as_str(), Some("false"));
+    // Standard error names the Secret, never the key.
+    assert!(
+        err.contains("Secret stickyd-shop written with a random signing key (32 bytes, hex, in stringData.key)"),
+        "{err}"
+    );
+    assert!(!err.contains(key), "{err}");
+    assert_lints_clean(&out);
+    // Injected again: the same key; injected anew: another one.
+    let again = inject_stdin(&out, &[]);
+    assert_eq!(again, out);
+    let other = inject("plain.yaml", &[]);
+    assert_ne!(secret_key(&docs(&other), "stickyd-shop"), key, "a new key each time");
+    // --secret names the user's Secret: none is written.
+    let named = inject("plain.yaml", &["--secret", "mine"]);
+    assert!(!docs(&named).iter().any(|n| n.str_at(&["kind"]) == Some("Secret")));
+}
+
+#[test]
+fn the_workloads_behind_one_service_share_its_secret() {
+    // Two Deployments behind Service shop: a rollout from one to the other
+    // keeps verifying each other's cookies and hop markers.
+    let plain = std::fs::read_to_string(fixture("plain.yaml")).unwrap();
+    let (deploy, rest) = plain.split_once("---\n").unwrap();
+    let canary = deploy
+        .replace(
+            "  name: shop\n  namespace: shop\n  labels:",
+            "  name: shop-canary\n  namespace: shop\n  labels:",
+        )
+        .replace("# A plain app: a Deployment and the Service in front of it.\n", "");
+    assert_ne!(canary, deploy);
+    let input = format!("{deploy}---\n{canary}---\n{rest}");
+    let (out, err) = inject_ok(&input, &[]);
+    let d = docs(&out);
+    let secrets: Vec<&Node> = d.iter().filter(|n| n.str_at(&["kind"]) == Some("Secret")).collect();
+    assert_eq!(secrets.len(), 1, "{out}");
+    for w in ["shop", "shop-canary"] {
+        let vol = &find(&d, "Deployment", w)
+            .path(&["spec", "template", "spec", "volumes"])
+            .unwrap()
+            .items()[0];
+        assert_eq!(vol.str_at(&["secret", "secretName"]), Some("stickyd-shop"), "{w}");
+    }
+    assert_eq!(err.matches("Secret stickyd-shop written").count(), 1, "{err}");
+    assert_eq!(
+        err.matches("Secret stickyd-shop (in the input, kept)").count(),
+        1,
+        "the second workload uses the first one's: {err}"
+    );
+    // Each workload has a drain token of its own.
+    let tokens: Vec<&str> = ["shop", "shop-canary"]
+        .iter()
+        .map(|w| env_value(sidecar(find(&d, "Deployment", w)), "STICKYD_DRAIN_TOKEN").unwrap())
+        .collect();
+    assert_ne!(tokens[0], tokens[1]);
+    assert_lints_clean(&out);
+}
+
+#[test]
+fn a_secret_of_that_name_in_the_input_is_kept() {
+    let plain = std::fs::read_to_string(fixture("plain.yaml")).unwrap();
+    let key = "3f8a1c5e9b2d4f6a8c0e1b3d5f7a9c2e";
+    // As written by hand, and as kubectl writes it back (base64 in data, server fields).
+    let b64 = {
+        use base64::Engine;
+        base64::engine::general_purpose::STANDARD.encode(format!("{key}\n"))
+    };
+    for secret in [
+        format!("apiVersion: v1\nkind: Secret\nmetadata: {{name: stickyd-shop, namespace: shop}}\nstringData: {{key: {key}}}\n"),
+        format!(
+            "apiVersion: v1\ndata:\n  key: {b64}\nkind: Secret\nmetadata:\n  creationTimestamp: \"2025-01-02T03:04:05Z\"\n  \
+             name: stickyd-shop\n  namespace: shop\n  resourceVersion: \"4711\"\n  uid: 0b6c3f7e-9d2a-4c1b-8e5f-2a7d9c4b1e63\n\
+             type: Opaque\n"
+        ),
+    ] {
+        let input = format!("{plain}---\n{secret}");
+        let (out, err) = inject_ok(&input, &[]);
+        let d = docs(&out);
+        let found: Vec<&Node> = d.iter().filter(|n| n.str_at(&["kind"]) == Some("Secret")).collect();
+        assert_eq!(found.len(), 1, "{out}");
+        assert_eq!(kyaml::emit(found[0]), kyaml::emit(&docs(&secret)[0]), "kept as it was");
+        assert!(err.contains("signing keys from Secret stickyd-shop (in the input, kept)"), "{err}");
+        assert!(!err.contains("written"), "{err}");
+        let vol = &find(&d, "Deployment", "shop")
+            .path(&["spec", "template", "spec", "volumes"])
+            .unwrap()
+            .items()[0];
+        assert_eq!(vol.str_at(&["secret", "secretName"]), Some("stickyd-shop"));
+        assert_eq!(inject_stdin(&out, &[]), out);
+    }
+    // A Secret whose key stickyd would refuse is an error naming it.
+    for (secret, why) in [
+        ("stringData: {key: short}\n", "its entry \"key\": key #1 is 5 bytes"),
+        ("stringData: {other: x}\n", "it has no \"key\" in stringData or data"),
+        ("data: {key: '%%%'}\n", "data.key is not base64"),
+    ] {
+        let input = format!(
+            "{plain}---\napiVersion: v1\nkind: Secret\nmetadata: {{name: stickyd-shop, namespace: shop}}\n{secret}"
+        );
+        let (code, out, err) = inject_raw(&input, &[]);
+        assert_eq!(code, Some(1), "{secret}: {err}");
+        assert_eq!(out, "", "nothing written");
+        assert!(err.contains("Secret stickyd-shop in the input: "), "{err}");
+        assert!(err.contains(why), "{secret}: {err}");
+    }
+}
+
+#[test]
+fn unsigned_writes_no_key_and_says_what_that_allows() {
+    let (out, err) = inject_ok(
+        &std::fs::read_to_string(fixture("plain.yaml")).unwrap(),
+        &["--unsigned"],
+    );
+    let d = docs(&out);
+    assert!(!d.iter().any(|n| n.str_at(&["kind"]) == Some("Secret")));
+    let c = sidecar(find(&d, "Deployment", "shop"));
+    assert!(env_of(c, "STICKYD_COOKIE_SECRET_FILE").is_none() && c.get("volumeMounts").is_none());
+    assert!(
+        err.contains(
+            "warning: Deployment/shop: --unsigned: no signing key, so any client can pin itself to any pod by naming \
+             it in the cookie, and the hop markers between peers are not verified"
+        ),
+        "{err}"
+    );
+    let lint = lint_stdin(&out);
+    assert_eq!(lint.status.code(), Some(0));
+    assert!(text(&lint.stdout).contains("warning[SD016]"), "{}", text(&lint.stdout));
+    assert_eq!(inject_stdin(&out, &["--unsigned"]), out);
+    // Without --unsigned, the next injection signs.
+    let signed = inject_stdin(&out, &[]);
+    assert!(docs(&signed).iter().any(|n| n.str_at(&["kind"]) == Some("Secret")));
+    assert_lints_clean(&signed);
+    // Session lifetimes need a key: refused, naming the variable.
+    let (code, _, err) = inject_raw(&out, &["--unsigned", "--cookie-max-age", "1h"]);
+    assert_eq!(code, Some(0), "a cookie lifetime is the browser's: {err}");
+    let (code, _, err) = inject_raw(&out, &["--unsigned", "--secret", "s"]);
+    assert_eq!(code, Some(2), "clap refuses the combination: {err}");
+}
+
+/// The Authorization header of an app container's drain hook.
+fn authorization(app: &Node) -> Option<&str> {
+    app.path(&["lifecycle", "preStop", "httpGet", "httpHeaders"])?
+        .items()
+        .iter()
+        .find(|h| {
+            h.str_at(&["name"])
+                .is_some_and(|n| n.eq_ignore_ascii_case("authorization"))
+        })?
+        .str_at(&["value"])
+}
+
+#[test]
+fn a_random_drain_token_goes_to_the_sidecar_and_the_drain_prestop() {
+    let (out, err) = inject_ok(&std::fs::read_to_string(fixture("plain.yaml")).unwrap(), &[]);
+    let d = docs(&out);
+    let deploy = find(&d, "Deployment", "shop");
+    let token = env_value(sidecar(deploy), "STICKYD_DRAIN_TOKEN").unwrap();
+    assert!(is_random_hex(token), "{token}");
+    let parsed = stickyd::config::DrainToken::parse(token).unwrap();
+    let header = authorization(app_container(deploy, "shop")).unwrap();
+    assert!(parsed.authorizes(header.as_bytes()), "{header}");
+    assert!(
+        err.contains(
+            "a random drain token (STICKYD_DRAIN_TOKEN) for the sidecar and the drain preStop's Authorization header"
+        ),
+        "{err}"
+    );
+    assert!(!err.contains(token), "the token is only in the manifest: {err}");
+    // Re-injected, with other drain options too, the token stays.
+    let longer = inject_stdin(&out, &["--drain-max", "10m"]);
+    let d2 = docs(&longer);
+    let deploy2 = find(&d2, "Deployment", "shop");
+    assert_eq!(env_value(sidecar(deploy2), "STICKYD_DRAIN_TOKEN"), Some(token));
+    assert_eq!(authorization(app_container(deploy2, "shop")), Some(header));
+    assert_lints_clean(&longer);
+    // A header that drifted is set back to the sidecar's token.
+    let drifted = out.replace(&format!("Bearer {token}"), "Bearer 0000000000000000");
+    assert_ne!(drifted, out);
+    assert_eq!(lint_stdin(&drifted).status.code(), Some(1), "SD017");
+    assert_eq!(inject_stdin(&drifted, &[]), out);
+}
+
+#[test]
+fn the_drain_token_keeps_the_hooks_other_headers() {
+    let input = plain_with(
+        "        lifecycle:\n          preStop:\n            httpGet:\n              path: /drain?max=90s\n              port: 9091\n              httpHeaders: [{name: X-Reason, value: scale-down}]\n",
+        "",
+    );
+    let (out, _) = inject_ok(&input, &[]);
+    let d = docs(&out);
+    let deploy = find(&d, "Deployment", "shop");
+    let headers: Vec<(&str, &str)> = app_container(deploy, "shop")
+        .path(&["lifecycle", "preStop", "httpGet", "httpHeaders"])
+        .unwrap()
+        .items()
+        .iter()
+        .map(|h| (h.str_at(&["name"]).unwrap(), h.str_at(&["value"]).unwrap()))
+        .collect();
+    let token = env_value(sidecar(deploy), "STICKYD_DRAIN_TOKEN").unwrap();
+    assert_eq!(
+        headers,
+        vec![
+            ("X-Reason", "scale-down"),
+            ("Authorization", format!("Bearer {token}").as_str())
+        ]
+    );
+    assert_lints_clean(&out);
+    assert_eq!(inject_stdin(&out, &[]), out);
+}
+
+#[test]
+fn a_drain_token_from_value_from_is_kept_and_the_hook_must_send_it() {
+    let plain = inject("plain.yaml", &[]);
+    let d = docs(&plain);
+    let token = env_value(sidecar(find(&d, "Deployment", "shop")), "STICKYD_DRAIN_TOKEN")
+        .unwrap()
+        .to_string();
+    let from_secret = "valueFrom: {secretKeyRef: {name: drain, key: token}}";
+    let quoted = |t: &str| format!("\"{t}\"");
+    let entry = if plain.contains(&format!("value: {}\n", quoted(&token))) {
+        format!("value: {}\n", quoted(&token))
+    } else {
+        format!("value: {token}\n")
+    };
+    let input = plain.replacen(&entry, &format!("{from_secret}\n"), 1);
+    assert_ne!(input, plain);
+    // The hook already sends a token: kept as it is, no warning.
+    let (out, err) = inject_ok(&input, &[]);
+    assert!(!err.contains("warning"), "{err}");
+    let d = docs(&out);
+    let deploy = find(&d, "Deployment", "shop");
+    assert_eq!(
+        env_of(sidecar(deploy), "STICKYD_DRAIN_TOKEN")
+            .unwrap()
+            .str_at(&["valueFrom", "secretKeyRef", "key"]),
+        Some("token")
+    );
+    assert_eq!(
+        authorization(app_container(deploy, "shop")),
+        Some(format!("Bearer {token}").as_str()),
+        "the hook's own header stays"
+    );
+    assert_eq!(inject_stdin(&out, &[]), out);
+    // No header: inject cannot know the token, and says so.
+    let no_header = input.replacen(
+        &format!(
+            "              httpHeaders:\n              - name: Authorization\n                value: Bearer {token}\n"
+        ),
+        "",
+        1,
+    );
+    assert_ne!(no_header, input);
+    let (out, err) = inject_ok(&no_header, &[]);
+    assert!(
+        err.contains(
+            "warning: Deployment/shop: the sidecar's STICKYD_DRAIN_TOKEN comes from valueFrom, which inject cannot \
+             read: add httpHeaders"
+        ),
+        "{err}"
+    );
+    let d = docs(&out);
+    let c = sidecar(find(&d, "Deployment", "shop"));
+    assert_eq!(
+        env_of(c, "STICKYD_DRAIN_TOKEN")
+            .unwrap()
+            .str_at(&["valueFrom", "secretKeyRef", "name"]),
+        Some("drain")
+    );
+    assert!(authorization(app_container(find(&d, "Deployment", "shop"), "shop")).is_none());
+    let lint = lint_stdin(&out);
+    assert!(text(&lint.stdout).contains("error[SD017]"), "{}", text(&lint.stdout));
+}
+
+#[test]
+fn a_placeholder_drain_token_is_replaced() {
+    let plain = inject("plain.yaml", &[]);
+    let d = docs(&plain);
+    let token = env_value(sidecar(find(&d, "Deployment", "shop")), "STICKYD_DRAIN_TOKEN")
+        .unwrap()
+        .to_string();
+    let placeholder = stickyd::config::EXAMPLE_DRAIN_TOKEN;
+    let input = plain
+        .replace(&format!("\"{token}\""), &token)
+        .replace(&token, placeholder);
+    assert!(input.contains(placeholder));
+    let (out, err) = inject_ok(&input, &[]);
+    assert!(!out.contains(placeholder), "{out}");
+    let d = docs(&out);
+    let deploy = find(&d, "Deployment", "shop");
+    let new = env_value(sidecar(deploy), "STICKYD_DRAIN_TOKEN").unwrap();
+    assert!(is_random_hex(new));
+    assert_eq!(
+        authorization(app_container(deploy, "shop")),
+        Some(format!("Bearer {new}").as_str())
+    );
+    assert!(
+        err.contains("the sidecar's STICKYD_DRAIN_TOKEN is refused by stickyd (")
+            && err.contains("replaced by a random token"),
+        "{err}"
+    );
+    assert!(!err.contains(new), "{err}");
+    assert_lints_clean(&out);
+}
+
+#[test]
+fn drain_max_is_what_the_grace_period_leaves_after_stickyds_own_drain() {
+    let max =
+        |out: &str| env_value(sidecar(find(&docs(out), "Deployment", "shop")), "STICKYD_DRAIN_MAX").map(str::to_string);
+    // The grace period inject sets: the drain's max.
+    let out = inject("plain.yaml", &[]);
+    assert_eq!(max(&out).as_deref(), Some("300s"));
+    let short = inject("plain.yaml", &["--drain-max", "1m"]);
+    assert_eq!(max(&short).as_deref(), Some("60s"), "95 - 5 - 30");
+    // A longer grace period of the pod's own: what it leaves.
+    let (long, err) = inject_ok(&plain_with("", "      terminationGracePeriodSeconds: 900\n"), &[]);
+    assert_eq!(max(&long).as_deref(), Some("865s"));
+    assert!(err.contains("STICKYD_DRAIN_MAX 865s"), "{err}");
+    // The sidecar's own drain settings count.
+    let hand = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/lint/clean.yaml"))
+        .unwrap()
+        .replace(
+            "        - {name: STICKYD_SESSION_IDLE_TIMEOUT, value: 30m}\n",
+            "        - {name: STICKYD_SESSION_IDLE_TIMEOUT, value: 30m}\n        - {name: STICKYD_DRAIN_SECONDS, value: '2.5'}\n",
+        );
+    let (out, _) = inject_ok(&hand, &[]);
+    let d = docs(&out);
+    let deploy = find(&d, "Deployment", "shop");
+    assert_eq!(grace(deploy), Some(335));
+    assert_eq!(
+        env_value(sidecar(deploy), "STICKYD_DRAIN_MAX"),
+        Some("302500ms"),
+        "335 - 2.5 - 30"
+    );
+    assert_lints_clean(&out);
+    // The bound reads back as the configuration parser reads it.
+    assert_eq!(
+        stickyd::config::parse_duration("302500ms"),
+        Some(std::time::Duration::from_millis(302_500))
+    );
 }

@@ -388,6 +388,20 @@ fn assert_sidecar(pod: &Value) -> stickyd::config::Config {
         }
     }
 
+    // The signing key: a Secret mounted read-only where STICKYD_COOKIE_SECRET_FILE
+    // points, not optional (a missing Secret is a FailedMount, not an unsigned pod).
+    let key_file = env_value(side, "STICKYD_COOKIE_SECRET_FILE").expect("a signing key");
+    let mount = side["volumeMounts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| key_file.starts_with(&format!("{}/", m["mountPath"].as_str().unwrap())))
+        .expect("the key file is under a volumeMount");
+    assert_eq!(mount["readOnly"], true);
+    let volume = named(&spec["volumes"], mount["name"].as_str().unwrap()).expect("the mounted volume");
+    assert!(volume["secret"]["secretName"].is_string(), "{volume}");
+    assert_eq!(volume["secret"]["optional"], false, "{volume}");
+
     // Every variable is one stickyd reads, and together they parse.
     let known: BTreeSet<&str> = stickyd::config::VARIABLES.iter().map(|(k, _)| *k).collect();
     let mut env: HashMap<String, String> = HashMap::new();
@@ -404,7 +418,9 @@ fn assert_sidecar(pod: &Value) -> stickyd::config::Config {
         };
         assert!(env.insert(var.to_string(), value).is_none(), "{var} set twice");
     }
-    let cfg = stickyd::config::Config::from_env(&env).unwrap_or_else(|e| panic!("stickyd would refuse: {e}"));
+    let mounted = stickyd::startup::Startup::with(None, &[(key_file, "0123456789abcdef0123456789abcdef\n")]);
+    let cfg = stickyd::config::Config::parse(&env, &mounted).unwrap_or_else(|e| panic!("stickyd would refuse: {e}"));
+    assert_eq!(cfg.cookie.keys.len(), 1, "signed");
     assert_eq!(i64::from(cfg.listen.port()), proxy);
     assert_eq!(i64::from(cfg.admin_listen.port()), admin);
     assert!(cfg.upstream.ip().is_loopback());
@@ -428,7 +444,39 @@ fn assert_sidecar(pod: &Value) -> stickyd::config::Config {
         Duration::from_secs(grace) >= params.max + cfg.drain + cfg.drain_timeout,
         "grace {grace}"
     );
+    // The kubelet calls the hook from outside the pod: it sends the sidecar's
+    // drain token, and the drain may ask for what the grace period leaves.
+    let token = cfg.drain_token.as_ref().expect("a drain token");
+    let auth = named(&get["httpHeaders"], "Authorization").expect("an Authorization header");
+    assert!(token.authorizes(auth["value"].as_str().unwrap().as_bytes()), "{get}");
+    assert_eq!(
+        cfg.drain_max + cfg.drain + cfg.drain_timeout,
+        Duration::from_secs(grace),
+        "STICKYD_DRAIN_MAX is what the grace period leaves"
+    );
     cfg
+}
+
+/// The sidecar's drain token in a patched Pod.
+fn drain_token(pod: &Value) -> String {
+    env_value(
+        named(&pod["spec"]["initContainers"], "stickyd").unwrap(),
+        "STICKYD_DRAIN_TOKEN",
+    )
+    .expect("STICKYD_DRAIN_TOKEN")
+    .to_string()
+}
+
+/// A container without its drain token: the env entry and the hook's header.
+fn without_token(container: &Value) -> Value {
+    let mut c = container.clone();
+    if let Some(env) = c["env"].as_array_mut() {
+        env.retain(|e| e["name"] != "STICKYD_DRAIN_TOKEN");
+    }
+    if let Some(h) = c["lifecycle"]["preStop"]["httpGet"]["httpHeaders"].as_array_mut() {
+        h.retain(|h| h["name"] != "Authorization");
+    }
+    c
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -465,8 +513,8 @@ async fn an_annotated_pod_gets_the_sidecar_stickyd_inject_would_add() {
         "the pod's own ServiceAccount is kept"
     );
     assert_eq!(
-        side["volumeMounts"], app["volumeMounts"],
-        "the sidecar reads the ServiceAccount token the app has"
+        side["volumeMounts"][1], app["volumeMounts"][0],
+        "the sidecar reads the ServiceAccount token the app has, after its key"
     );
     assert_eq!(
         patched["metadata"]["annotations"]["stickyd.io/injected"],
@@ -474,8 +522,10 @@ async fn an_annotated_pod_gets_the_sidecar_stickyd_inject_would_add() {
         "marked, through an escaped JSON pointer: {patch:?}"
     );
     assert_eq!(patched["metadata"]["annotations"]["example.com/owner"], "team-shop");
-    // Nothing else of the Pod changed.
-    for key in ["volumes", "restartPolicy", "dnsPolicy"] {
+    // Nothing else of the Pod changed: the key's volume is added after the pod's own.
+    assert_eq!(spec["volumes"][0], original["spec"]["volumes"][0]);
+    assert_eq!(spec["volumes"].as_array().unwrap().len(), 2);
+    for key in ["restartPolicy", "dnsPolicy"] {
         assert_eq!(spec[key], original["spec"][key], "{key}");
     }
     assert_eq!(app["ports"], original["spec"]["containers"][0]["ports"]);
@@ -519,18 +569,44 @@ async fn an_annotated_pod_gets_the_sidecar_stickyd_inject_would_add() {
         .find(|d| d["kind"] == "Deployment")
         .unwrap();
     let by_inject = &injected["spec"]["template"]["spec"];
-    let mut side_by_inject = named(&by_inject["initContainers"], "stickyd").unwrap().clone();
-    let mut side_by_webhook = side.clone();
-    side_by_webhook.as_object_mut().unwrap().remove("volumeMounts");
-    side_by_inject.as_object_mut().unwrap().remove("volumeMounts");
+    let mut side_by_inject = without_token(named(&by_inject["initContainers"], "stickyd").unwrap());
+    let mut side_by_webhook = without_token(side);
+    // The webhook's sidecar also has the app's API token mount, after the key's.
+    let webhook_mounts = side_by_webhook.as_object_mut().unwrap().remove("volumeMounts").unwrap();
+    let inject_mounts = side_by_inject.as_object_mut().unwrap().remove("volumeMounts").unwrap();
+    assert_eq!(webhook_mounts[0], inject_mounts[0], "the key's mount");
     assert_eq!(
         side_by_webhook, side_by_inject,
-        "the webhook's sidecar and stickyd inject's"
+        "the webhook's sidecar and stickyd inject's, but for their drain tokens"
     );
     assert_eq!(
-        app["lifecycle"],
-        named(&by_inject["containers"], "shop").unwrap()["lifecycle"],
+        without_token(app)["lifecycle"],
+        without_token(named(&by_inject["containers"], "shop").unwrap())["lifecycle"],
         "the drain preStop"
+    );
+    // The same Secret: stickyd-SERVICE, which inject writes and the injector expects.
+    assert_eq!(
+        named(&spec["volumes"], "stickyd-secret").unwrap(),
+        named(&by_inject["volumes"], "stickyd-secret").unwrap()
+    );
+    assert_eq!(
+        named(&spec["volumes"], "stickyd-secret").unwrap()["secret"]["secretName"],
+        "stickyd-shop"
+    );
+    assert!(docs
+        .iter()
+        .any(|d| d.root.str_at(&["kind"]) == Some("Secret")
+            && d.root.str_at(&["metadata", "name"]) == Some("stickyd-shop")));
+    // Each pod its own drain token.
+    let (_, again) = admit(&ca, &inj, "7a1c-annotated-again", &original).await;
+    let mut second = original.clone();
+    json_patch::patch(&mut second, &again.expect("a patch")).unwrap();
+    assert_sidecar(&second);
+    assert_ne!(drain_token(&patched), drain_token(&second), "a token per pod");
+    assert_ne!(drain_token(&patched), side_by_inject_token(&injected));
+    assert!(
+        !inj.stderr().contains(&drain_token(&patched)),
+        "the token is not logged"
     );
     assert_eq!(
         spec["terminationGracePeriodSeconds"],
@@ -715,6 +791,80 @@ fn bad_settings_exit_2_naming_the_variable() {
         assert!(stderr.contains(var), "{env:?}: the message names {var}: {stderr}");
     }
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+fn side_by_inject_token(deployment: &Value) -> String {
+    env_value(
+        named(&deployment["spec"]["template"]["spec"]["initContainers"], "stickyd").unwrap(),
+        "STICKYD_DRAIN_TOKEN",
+    )
+    .unwrap()
+    .to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_signing_key_is_the_secret_the_annotations_name_or_none_when_asked() {
+    let ca = Ca::new();
+    let (cert, key, _) = ca.leaf();
+    let inj = Injector::start("secret", &cert, &key);
+    // A pod annotated as `annotated()` and `extra`: the response and the patched pod.
+    let admitted = |uid: &'static str, extra: Value| {
+        let (ca, inj) = (&ca, &inj);
+        async move {
+            let mut a = annotated();
+            for (k, v) in extra.as_object().unwrap() {
+                a[k] = v.clone();
+            }
+            let original = pod(a);
+            let (resp, patch) = admit(ca, inj, uid, &original).await;
+            assert_eq!(resp["allowed"], true, "{resp}");
+            let mut p = original.clone();
+            json_patch::patch(&mut p, &patch.expect("a patch")).unwrap();
+            (resp, p)
+        }
+    };
+    // stickyd.io/secret names it.
+    let (_, p) = admitted("u-named", json!({"stickyd.io/secret": "shop-keys"})).await;
+    assert_sidecar(&p);
+    assert_eq!(
+        named(&p["spec"]["volumes"], "stickyd-secret").unwrap()["secret"]["secretName"],
+        "shop-keys"
+    );
+    // stickyd.io/unsigned: no key, and a warning that says what that allows.
+    let (resp, p) = admitted("u-unsigned", json!({"stickyd.io/unsigned": "true"})).await;
+    let side = named(&p["spec"]["initContainers"], "stickyd").unwrap();
+    assert!(env_value(side, "STICKYD_COOKIE_SECRET_FILE").is_none());
+    assert!(named(&p["spec"]["volumes"], "stickyd-secret").is_none());
+    let warnings = resp["warnings"].as_array().expect("warnings");
+    assert!(
+        warnings.iter().any(|w| w
+            .as_str()
+            .unwrap()
+            .contains("stickyd.io/unsigned: no signing key, so any client can pin itself to any pod")),
+        "{warnings:?}"
+    );
+    // Still a drain token: the kubelet's call needs it whether or not cookies are signed.
+    assert!(drain_token(&p).len() == 64);
+    // Both at once contradict each other.
+    let mut a = annotated();
+    a["stickyd.io/unsigned"] = json!("true");
+    a["stickyd.io/secret"] = json!("shop-keys");
+    let (resp, patch) = admit(&ca, &inj, "u-both", &pod(a)).await;
+    assert_eq!(resp["allowed"], false, "{resp}");
+    assert!(patch.is_none());
+    let msg = resp["status"]["message"].as_str().unwrap();
+    assert!(msg.contains("stickyd.io/unsigned and stickyd.io/secret"), "{msg}");
+    let mut a = annotated();
+    a["stickyd.io/unsigned"] = json!("yes");
+    let (resp, _) = admit(&ca, &inj, "u-bad-flag", &pod(a)).await;
+    assert_eq!(resp["allowed"], false, "{resp}");
+    assert!(
+        resp["status"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("stickyd.io/unsigned"),
+        "{resp}"
+    );
 }
 
 /// The annotations the injector reads are each documented in docs/injector.md.

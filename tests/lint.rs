@@ -129,46 +129,57 @@ fn each_rule_fixture() {
     expect("sd008-no-rbac.yaml", 1, &[("SD008", 58)]);
     expect("sd008-role-without-watch.yaml", 1, &[("SD008", 58)]);
     expect("sd009-no-service.yaml", 1, &[("SD009", 60)]);
-    expect("sd009-regex-cookie-path.yaml", 1, &[("SD009", 76)]);
-    expect("sd009-secret-not-mounted.yaml", 1, &[("SD009", 74)]);
+    expect("sd009-regex-cookie-path.yaml", 1, &[("SD009", 77)]);
+    expect("sd009-secret-not-mounted.yaml", 1, &[("SD009", 75)]);
     expect("sd010-typo.yaml", 0, &[("SD010", 24)]);
     expect("sd011-no-affinity.yaml", 0, &[("SD011", 7)]);
     expect("sd014-same-cookie.yaml", 1, &[("SD014", 23)]);
-    expect("sd015-httproute.yaml", 0, &[("SD015", 106)]);
+    expect("sd015-httproute.yaml", 0, &[("SD015", 107)]);
+    expect("sd016-unsigned.yaml", 0, &[("SD016", 18)]);
+    expect(
+        "sd017-drain-token.yaml",
+        1,
+        &[("SD017", 36), ("SD017", 73), ("SD017", 110), ("SD017", 147)],
+    );
+    expect(
+        "sd018-drain-max.yaml",
+        0,
+        &[("SD018", 36), ("SD018", 74), ("SD018", 110)],
+    );
     expect(
         "sd012-grace-too-short.yaml",
         1,
         &[
             ("SD012", 17),
-            ("SD012", 71),
-            ("SD012", 87),
-            ("SD012", 122),
-            ("SD012", 158),
-            ("SD012", 212),
+            ("SD012", 75),
+            ("SD012", 91),
+            ("SD012", 128),
+            ("SD012", 166),
+            ("SD012", 224),
         ],
     );
     expect(
         "sd013-drain-unreachable.yaml",
         1,
         &[
-            ("SD013", 36),
-            ("SD013", 71),
-            ("SD013", 109),
-            ("SD013", 147),
-            ("SD013", 175),
-            ("SD013", 218),
-            ("SD013", 254),
+            ("SD013", 38),
+            ("SD013", 75),
+            ("SD013", 115),
+            ("SD013", 156),
+            ("SD013", 187),
+            ("SD013", 232),
+            ("SD013", 270),
         ],
     );
     expect(
         "sd013-no-drain.yaml",
         0,
         &[
-            ("SD013", 29),
-            ("SD013", 67),
-            ("SD013", 100),
-            ("SD013", 134),
-            ("SD013", 164),
+            ("SD013", 31),
+            ("SD013", 71),
+            ("SD013", 106),
+            ("SD013", 142),
+            ("SD013", 174),
         ],
     );
 }
@@ -304,6 +315,97 @@ fn an_app_without_the_drain_is_a_warning() {
 }
 
 #[test]
+fn a_sidecar_without_a_key_is_a_warning_unless_the_key_may_come_from_elsewhere() {
+    let d = details("sd016-unsigned.yaml");
+    check_details(
+        &d,
+        "warning",
+        &[(
+            "unsigned",
+            "hop markers between its peers are unsigned: any client can pin itself to any pod",
+            "kubectl create secret generic stickyd-shop --from-literal=key=$(openssl rand -hex 32)",
+        )],
+    );
+    // The same sidecar with a key file mounted from a Secret is clean.
+    let src = std::fs::read_to_string(fixture("sd016-unsigned.yaml")).unwrap();
+    let token = "        - {name: STICKYD_DRAIN_TOKEN, value: fixture-drain-token-0123456789abcdef}\n";
+    let keyed = src.replacen(
+        token,
+        &format!(
+            "{token}        - {{name: STICKYD_COOKIE_SECRET_FILE, value: /etc/stickyd/secret/key}}\n        \
+             volumeMounts: [{{name: stickyd-secret, mountPath: /etc/stickyd/secret, readOnly: true}}]\n"
+        ),
+        1,
+    );
+    assert_ne!(keyed, src);
+    let (code, v) = lint_stdin(&keyed);
+    assert_eq!((code, findings(&v)), (0, vec![]), "{v:#}");
+}
+
+#[test]
+fn a_drain_prestop_without_the_sidecars_token_is_an_error() {
+    let d = details("sd017-drain-token.yaml");
+    check_details(
+        &d,
+        "error",
+        &[
+            (
+                "no-token",
+                "the stickyd sidecar has no STICKYD_DRAIN_TOKEN, which such a call must carry, so stickyd answers \
+                 the kubelet's call 403",
+                "set STICKYD_DRAIN_TOKEN on the stickyd container to a random token (openssl rand -hex 32)",
+            ),
+            (
+                "no-header",
+                "sends no Authorization header",
+                "add httpHeaders: [{name: Authorization, value: \"Bearer TOKEN\"}] to this httpGet",
+            ),
+            (
+                "other-token",
+                "does not carry the sidecar's STICKYD_DRAIN_TOKEN",
+                "set the header's value to \"Bearer \" followed by the STICKYD_DRAIN_TOKEN",
+            ),
+            (
+                "from-secret-no-header",
+                "sends no Authorization header",
+                "with the stickyd container's STICKYD_DRAIN_TOKEN as TOKEN",
+            ),
+        ],
+    );
+    // Neither the token nor the header's wrong value is printed.
+    let out = lint(&["sd017-drain-token.yaml"]);
+    let text = String::from_utf8(out.stdout).unwrap();
+    for secret in ["fixture-drain-token-0123456789abcdef", "not-the-sidecars-token-at-all"] {
+        assert!(!text.contains(secret), "{text}");
+    }
+}
+
+#[test]
+fn a_drain_longer_than_the_sidecar_allows_is_a_warning() {
+    let d = details("sd018-drain-max.yaml");
+    check_details(
+        &d,
+        "warning",
+        &[
+            (
+                "long-max",
+                "the drain's max=600s in the preStop of container \"app\" is above the sidecar's STICKYD_DRAIN_MAX \
+                 (300s), so stickyd cuts it to that",
+                "set STICKYD_DRAIN_MAX on the stickyd container to 600s with terminationGracePeriodSeconds of at \
+                 least 635",
+            ),
+            (
+                "both-over",
+                "idle=45s and max=60s in the preStop of container \"app\" are above the sidecar's STICKYD_DRAIN_MAX \
+                 (30s)",
+                "or ask for at most 30s in this hook",
+            ),
+            ("exec-over", "the drain's max=600s", "to 600s"),
+        ],
+    );
+}
+
+#[test]
 fn drains_that_reach_stickyd_in_time_are_clean() {
     let (code, v) = json(&["ok-drain.yaml"]);
     assert_eq!((code, findings(&v)), (0, vec![]), "{v:#}");
@@ -326,31 +428,33 @@ fn lint_stdin(yaml: &str) -> (i32, serde_json::Value) {
 #[test]
 fn the_clean_stack_turns_dirty_without_its_drain_or_its_grace_period() {
     let clean = std::fs::read_to_string(fixture("clean.yaml")).unwrap();
-    let hook = "        lifecycle:\n          preStop:\n            httpGet: {path: \"/drain?idle=10s&max=300s\", port: 9090}\n";
+    let hook = "        lifecycle:\n          preStop:\n            httpGet: {path: \"/drain?idle=10s&max=300s\", port: 9090, \
+                httpHeaders: [{name: Authorization, value: \"Bearer fixture-drain-token-0123456789abcdef\"}]}\n";
     let grace = "      terminationGracePeriodSeconds: 335\n";
     assert!(clean.contains(hook) && clean.contains(grace));
 
     // No preStop: the warning, at the app container; the grace period no longer matters.
     let (code, v) = lint_stdin(&clean.replace(hook, ""));
-    assert_eq!((code, findings(&v)), (0, vec![("SD013".to_string(), 80)]), "{v:#}");
+    assert_eq!((code, findings(&v)), (0, vec![("SD013".to_string(), 81)]), "{v:#}");
     // The base's old preStop sleep.
     let sleep = clean.replace(
         hook,
         "        lifecycle:\n          preStop:\n            sleep: {seconds: 5}\n",
     );
     let (code, v) = lint_stdin(&sleep);
-    assert_eq!((code, findings(&v)), (0, vec![("SD013".to_string(), 86)]), "{v:#}");
+    assert_eq!((code, findings(&v)), (0, vec![("SD013".to_string(), 87)]), "{v:#}");
     // The drain on the sidecar's named port.
-    let named = clean.replace("port: 9090}", "port: stickyd-admin}");
+    let named = clean.replace("port: 9090,", "port: stickyd-admin,");
+    assert_ne!(named, clean);
     let (code, v) = lint_stdin(&named);
-    assert_eq!((code, findings(&v)), (1, vec![("SD013".to_string(), 86)]), "{v:#}");
+    assert_eq!((code, findings(&v)), (1, vec![("SD013".to_string(), 87)]), "{v:#}");
     // The base's old grace period, 45s.
     let (code, v) = lint_stdin(&clean.replace(grace, "      terminationGracePeriodSeconds: 45\n"));
-    assert_eq!((code, findings(&v)), (1, vec![("SD012".to_string(), 90)]), "{v:#}");
+    assert_eq!((code, findings(&v)), (1, vec![("SD012".to_string(), 91)]), "{v:#}");
     assert_eq!(v["findings"][0]["severity"], "error");
     // 300s covers the drain but not stickyd's own after it.
     let (code, v) = lint_stdin(&clean.replace(grace, "      terminationGracePeriodSeconds: 300\n"));
-    assert_eq!((code, findings(&v)), (0, vec![("SD012".to_string(), 90)]), "{v:#}");
+    assert_eq!((code, findings(&v)), (0, vec![("SD012".to_string(), 91)]), "{v:#}");
     assert_eq!(v["findings"][0]["severity"], "warning");
 }
 

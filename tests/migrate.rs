@@ -124,10 +124,17 @@ fn the_storys_ingress_becomes_the_sidecars_cookie_and_loses_its_affinity_annotat
     ] {
         assert!(err.contains(want), "stderr lacks {want:?}:\n{err}");
     }
-    // stickyd accepts the environment, and lint the whole.
+    // stickyd accepts the environment, with the key file of the Secret inject
+    // wrote as the pod mounts it, and lint the whole.
     let mut cfg_env = env.clone();
     cfg_env.insert("STICKYD_POD_NAME".into(), "mysvc-0".into());
-    let cfg = stickyd::config::Config::from_env(&cfg_env).expect("stickyd accepts the env");
+    let key_file = var(&env, "STICKYD_COOKIE_SECRET_FILE").expect("signed by default");
+    let key = d["Secret/stickyd-mysvc"]
+        .str_at(&["stringData", "key"])
+        .expect("the Secret inject wrote");
+    let mounted = stickyd::startup::Startup::with(None, &[(key_file, key)]);
+    let cfg = stickyd::config::Config::parse(&cfg_env, &mounted).expect("stickyd accepts the env");
+    assert_eq!(cfg.cookie.keys.len(), 1);
     assert_eq!(cfg.cookie.name, "lbsticky");
     assert_eq!(cfg.cookie.max_age, Some(std::time::Duration::from_secs(172800)));
     let (out, _) = inject(&fixture("story.yaml"), &["--from-ingress"]);
@@ -195,7 +202,7 @@ fn without_the_flag_the_annotations_stay_and_lint_explains_the_mismatch() {
 #[test]
 fn an_httproute_rule_maps_onto_the_sidecar_and_the_lifetimes_need_a_key() {
     // Without a key the lifetimes cannot be enforced: warnings, and none set.
-    let (d, env, err) = injected(&fixture("httproute.yaml"), &["--from-httproute"], "gep");
+    let (d, env, err) = injected(&fixture("httproute.yaml"), &["--from-httproute", "--unsigned"], "gep");
     assert_eq!(var(&env, "STICKYD_COOKIE_NAME"), Some("gep-session"));
     assert!(!env.contains_key("STICKYD_SESSION_MAX_LIFETIME"), "{env:?}");
     assert!(!env.contains_key("STICKYD_COOKIE_MAX_AGE"), "a Session cookie: {env:?}");
@@ -213,14 +220,15 @@ fn an_httproute_rule_maps_onto_the_sidecar_and_the_lifetimes_need_a_key() {
     );
     assert!(err.contains("removed sessionPersistence"), "{err}");
 
-    let (_, env, err) = injected(
-        &fixture("httproute.yaml"),
-        &["--from-httproute", "--secret", "gep-cookie"],
-        "gep",
-    );
-    assert_eq!(var(&env, "STICKYD_SESSION_MAX_LIFETIME"), Some("5400s"));
-    assert_eq!(var(&env, "STICKYD_SESSION_IDLE_TIMEOUT"), Some("1800s"));
-    assert!(!err.contains("warning"), "{err}");
+    // With a key, the Secret's of --secret or the one inject writes, they are.
+    for extra in [&["--secret", "gep-cookie"][..], &[]] {
+        let mut args = vec!["--from-httproute"];
+        args.extend_from_slice(extra);
+        let (_, env, err) = injected(&fixture("httproute.yaml"), &args, "gep");
+        assert_eq!(var(&env, "STICKYD_SESSION_MAX_LIFETIME"), Some("5400s"), "{extra:?}");
+        assert_eq!(var(&env, "STICKYD_SESSION_IDLE_TIMEOUT"), Some("1800s"), "{extra:?}");
+        assert!(!err.contains("warning"), "{err}");
+    }
 }
 
 /// Three pods configured by the env `inject --from-httproute --secret` wrote

@@ -11,8 +11,10 @@
 # ingress-nginx manifest. It creates a kind cluster, builds the stickyd image
 # and loads it into the cluster (docker save, then kind load image-archive,
 # which also works with Docker's containerd image store), installs
-# ingress-nginx, applies manifests/examples/externalname with the image set to
-# IMAGE (a kustomize overlay), waits for the rollout, port-forwards the
+# ingress-nginx, creates the signing key's Secret (stickyd-mysvc in otherns,
+# a random key), applies manifests/examples/externalname with the image set to
+# IMAGE and a random drain token (a kustomize overlay: the patch and the
+# replacement of docs/kubernetes.md, step 3), waits for the rollout, port-forwards the
 # ingress controller to 127.0.0.1 and runs tests/k6/stickiness.js with
 # BASE_URL pointing at the site (its host, mysite.example.com, resolved to
 # the port-forward by curl --resolve and k6's hosts option). A trap stops the port-forward and deletes the
@@ -63,6 +65,9 @@ node_image_for() {
   esac
 }
 
+# 32 random bytes as 64 hex digits, for the drain token and the signing key.
+random_hex() { od -An -tx1 -N32 /dev/urandom | tr -d ' \n'; }
+
 # A path to $2 relative to directory $1 (both absolute): kustomize takes
 # resources by relative path only.
 relative_to() {
@@ -74,8 +79,9 @@ relative_to() {
   printf '%s%s' "${up}" "${2#/}"
 }
 
-# The externalname example with every stickyd image set to IMAGE, as a
-# kustomize overlay in directory $1.
+# The externalname example with every stickyd image set to IMAGE and a random
+# drain token in the sidecar and the app's preStop header, as a kustomize
+# overlay in directory $1.
 write_overlay() {
   local dir=$1 ref="${IMAGE}" name tag="" digest=""
   mkdir -p "${dir}"
@@ -102,7 +108,41 @@ write_overlay() {
     echo "  newName: ${name}"
     if [[ -n "${tag}" ]]; then echo "  newTag: \"${tag}\""; fi
     if [[ -n "${digest}" ]]; then echo "  digest: ${digest}"; fi
+    cat <<'OVERLAY'
+patches:
+- path: drain-token.yaml
+# The token, copied into the app's preStop header (Authorization: Bearer TOKEN).
+replacements:
+- source:
+    kind: Deployment
+    name: mysvc
+    fieldPath: spec.template.spec.initContainers.[name=stickyd].env.[name=STICKYD_DRAIN_TOKEN].value
+  targets:
+  - select:
+      kind: Deployment
+      name: mysvc
+    fieldPaths:
+    - spec.template.spec.containers.[name=app].lifecycle.preStop.httpGet.httpHeaders.[name=Authorization].value
+    options:
+      delimiter: " "
+      index: 1
+OVERLAY
   } >"${dir}/kustomization.yaml"
+  cat >"${dir}/drain-token.yaml" <<TOKEN
+apiVersion: apps/v1
+kind: Deployment
+metadata:
+  name: mysvc
+  namespace: otherns
+spec:
+  template:
+    spec:
+      initContainers:
+      - name: stickyd
+        env:
+        - name: STICKYD_DRAIN_TOKEN
+          value: "$(random_hex)"
+TOKEN
 }
 
 if [[ "${1:-}" == "--render" ]]; then
@@ -207,6 +247,10 @@ rm -f "${WORK}/image.tar"
 log "installing ingress-nginx ${INGRESS_NGINX_VERSION}"
 k apply -f "${INGRESS_NGINX_MANIFEST}"
 k -n ingress-nginx rollout status deployment/ingress-nginx-controller --timeout=180s
+
+log "creating the signing key's Secret stickyd-mysvc in otherns"
+k apply -f "${ROOT}/manifests/examples/externalname/namespaces.yaml"
+k -n otherns create secret generic stickyd-mysvc --from-literal=key="$(random_hex)"
 
 log "applying manifests/examples/externalname with image ${IMAGE}"
 write_overlay "${WORK}/overlay"

@@ -5,14 +5,17 @@
 //! the matching Service's `targetPort` to the sidecar, makes the session-aware
 //! drain the app container's `preStop` with a grace period that fits it, adds
 //! the RBAC stickyd needs, and writes the stream back. Everything else passes through as it
-//! was. Running it on its own output changes nothing.
+//! was. Unless told otherwise, the sidecars sign: a Secret per Service holds a
+//! random key, and each workload gets a random drain token for its preStop.
+//! Running it on its own output changes nothing.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
 
 use crate::kyaml::{self, Node, ParseError};
 use crate::lint::{self, is_stickyd, PreStop, ShutdownBudget};
-use stickyd_sidecar::config::{Config, ConfigError};
+use stickyd_sidecar::affinity::Keys;
+use stickyd_sidecar::config::{Config, ConfigError, DrainToken};
 use stickyd_sidecar::drain::DrainParams;
 
 /// Arguments of `stickyd inject`.
@@ -83,6 +86,11 @@ pub struct CookieArgs {
     /// mounted file (a file is re-read on rotation; an env var is not).
     #[arg(long, requires = "secret")]
     pub secret_env: bool,
+    /// Write no signing key (without --secret, inject writes a Secret
+    /// stickyd-SERVICE with a random one): any client can then pin itself to
+    /// any pod, and the hop markers between peers are not verified.
+    #[arg(long, conflicts_with = "secret")]
+    pub unsigned: bool,
     /// Further sidecar settings (`--from-ingress`, `--from-httproute`).
     #[arg(skip)]
     pub extra_env: Vec<(String, String)>,
@@ -154,12 +162,40 @@ pub enum InjectError {
         value: String,
         why: String,
     },
+    #[error("Secret {secret} in the input: {why}")]
+    Secret { secret: String, why: String },
+    #[error("cannot read random bytes from the operating system for {what}: {why}")]
+    Random { what: &'static str, why: String },
 }
 
 const SECRET_DIR: &str = "/etc/stickyd/secret";
 const SECRET_VOLUME: &str = "stickyd-secret";
 const SIDECAR: &str = "stickyd";
 const RBAC_NAME: &str = "stickyd";
+/// The variables that give the sidecar a signing key.
+const KEY_VARS: [&str; 2] = ["STICKYD_COOKIE_SECRET", "STICKYD_COOKIE_SECRET_FILE"];
+const TOKEN_VAR: &str = "STICKYD_DRAIN_TOKEN";
+const DRAIN_MAX_VAR: &str = "STICKYD_DRAIN_MAX";
+/// How many random bytes a generated signing key or drain token has (written
+/// as twice as many hex digits, as `openssl rand -hex 32` writes them).
+pub const RANDOM_BYTES: usize = 32;
+
+/// `RANDOM_BYTES` bytes from the operating system's CSPRNG, as lowercase hex.
+pub fn random_hex(what: &'static str) -> Result<String, InjectError> {
+    let mut bytes = [0u8; RANDOM_BYTES];
+    getrandom::fill(&mut bytes).map_err(|e| InjectError::Random {
+        what,
+        why: e.to_string(),
+    })?;
+    Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
+}
+
+/// The Secret inject writes for the sidecars behind `service` when no
+/// `--secret` names one: all of them share it, since each verifies the hop
+/// markers and cookies the others sign.
+pub fn default_secret_name(service: &str) -> String {
+    format!("stickyd-{service}")
+}
 
 /// What was done, for the summary on standard error.
 #[derive(Debug, Default)]
@@ -291,7 +327,7 @@ pub fn validate(args: &InjectArgs) -> Result<(), ConfigError> {
     for (k, v) in cookie_env(args) {
         m.insert(k, v);
     }
-    if args.cookie.secret.is_some() || args.cookie.keyed {
+    if args.cookie.secret.is_some() || args.cookie.keyed || !args.cookie.unsigned {
         m.insert(
             "STICKYD_COOKIE_SECRET".into(),
             "0123456789abcdef0123456789abcdef".into(),
@@ -308,6 +344,8 @@ struct Plan {
     upstream: i64,
     port: (String, i64),
     admin: (String, i64),
+    /// The drain token as a literal; None when the sidecar takes it from elsewhere.
+    token: Option<String>,
 }
 
 fn sidecar(args: &InjectArgs, plan: &Plan) -> Node {
@@ -359,6 +397,9 @@ fn sidecar(args: &InjectArgs, plan: &Plan) -> Node {
         } else {
             envs.push(env("STICKYD_COOKIE_SECRET_FILE", format!("{SECRET_DIR}/key")));
         }
+    }
+    if let Some(token) = &plan.token {
+        envs.push(env(TOKEN_VAR, token));
     }
     c.push(("env", Node::seq(envs)));
     if args.cookie.secret.is_some() && !args.cookie.secret_env {
@@ -578,15 +619,34 @@ fn http_rank(port: &Node) -> u8 {
     }
 }
 
-/// The literal value of an env variable of a container.
-fn env_of<'a>(container: &'a Node, name: &str) -> Option<&'a str> {
+/// The env entry of a container that sets `name`.
+fn env_entry<'a>(container: &'a Node, name: &str) -> Option<&'a Node> {
     container
         .get("env")
         .map(Node::items)
         .unwrap_or(&[])
         .iter()
-        .find(|e| e.str_at(&["name"]) == Some(name))?
-        .str_at(&["value"])
+        .find(|e| e.str_at(&["name"]) == Some(name))
+}
+
+/// The literal value of an env variable of a container.
+fn env_of<'a>(container: &'a Node, name: &str) -> Option<&'a str> {
+    env_entry(container, name)?.str_at(&["value"])
+}
+
+/// Sets a literal env variable of a container: a literal already there takes
+/// the new value, one set from elsewhere (valueFrom) is the user's and stays.
+fn set_env(container: &mut Node, name: &str, value: &str) {
+    let Some(list) = container.entry_seq("env") else { return };
+    match list.iter_mut().find(|e| e.str_at(&["name"]) == Some(name)) {
+        Some(e) if e.get("valueFrom").is_some() => {}
+        Some(e) => {
+            if e.str_at(&["value"]) != Some(value) {
+                e.set("value", Node::str(value));
+            }
+        }
+        None => list.push(env(name, value)),
+    }
 }
 
 fn upstream_of(sidecar: &Node) -> Option<i64> {
@@ -656,19 +716,42 @@ struct DrainEdits {
     notes: Vec<String>,
 }
 
+/// Whether an `httpHeaders` item is the `Authorization` header.
+fn is_authorization(header: &Node) -> bool {
+    header
+        .str_at(&["name"])
+        .is_some_and(|n| n.trim().eq_ignore_ascii_case("authorization"))
+}
+
 /// The drain's preStop hook: an httpGet on the admin port by number, since
 /// the kubelet resolves a named port only among the app container's own ports
-/// and sends the call to the pod IP over plain HTTP.
-fn drain_hook(path: &str, admin: i64, old_get: Option<&Node>) -> Node {
+/// and sends the call to the pod IP over plain HTTP. `authorization` is the
+/// header value that carries the sidecar's drain token (None: the token is
+/// not known here, and the hook's own header, if any, stays).
+fn drain_hook(path: &str, admin: i64, old_get: Option<&Node>, authorization: Option<&str>) -> Node {
     let mut get = vec![
         (Node::str("path"), Node::str(path)),
         (Node::str("port"), Node::int(admin)),
     ];
     // Headers, say, are the user's; host and scheme would miss the admin port.
     for (key, k, v) in old_get.into_iter().flat_map(Node::entries) {
-        if !matches!(key, "path" | "port" | "host" | "scheme") {
+        if !matches!(key, "path" | "port" | "host" | "scheme" | "httpHeaders") {
             get.push((k.clone(), v.clone()));
         }
+    }
+    let mut headers: Vec<Node> = old_get
+        .and_then(|g| g.get("httpHeaders"))
+        .map(|h| h.items().to_vec())
+        .unwrap_or_default();
+    if let Some(value) = authorization {
+        let header = Node::map(vec![("name", Node::str("Authorization")), ("value", Node::str(value))]);
+        match headers.iter().position(is_authorization) {
+            Some(i) => headers[i] = header,
+            None => headers.push(header),
+        }
+    }
+    if !headers.is_empty() {
+        get.push((Node::str("httpHeaders"), Node::seq(headers)));
     }
     Node::map(vec![(
         "httpGet",
@@ -681,7 +764,16 @@ fn drain_hook(path: &str, admin: i64, old_get: Option<&Node>) -> Node {
 
 /// Wires the drain into the preStop of the app containers of `pod` (those
 /// that declare the port stickyd proxies to) and sizes the grace period.
-fn plan_drain(pod: &Node, sidecar: &Node, upstream: i64, admin: i64, flags: DrainFlags, id: &str) -> DrainEdits {
+/// `authorization` is the header value a drain `httpGet` sends (None: the
+/// sidecar's token is not known here).
+fn plan_drain(
+    pod: &Node,
+    sidecar: &Node,
+    (upstream, admin): (i64, i64),
+    flags: DrainFlags,
+    authorization: Option<&str>,
+    id: &str,
+) -> DrainEdits {
     let mut e = DrainEdits::default();
     let containers = pod.get("containers").map(Node::items).unwrap_or(&[]);
     let (mut apps, sure) = lint::app_containers(pod, sidecar, upstream);
@@ -748,7 +840,22 @@ fn plan_drain(pod: &Node, sidecar: &Node, upstream: i64, admin: i64, flags: Drai
                 continue;
             }
         };
-        let mut new = drain_hook(&path, admin, old_get);
+        let mut new = drain_hook(&path, admin, old_get, authorization);
+        if authorization.is_none()
+            && !new
+                .path(&["httpGet", "httpHeaders"])
+                .map(Node::items)
+                .unwrap_or(&[])
+                .iter()
+                .any(is_authorization)
+        {
+            e.notes.push(format!(
+                "warning: {id}: the sidecar's {TOKEN_VAR} comes from valueFrom, which inject cannot read: add \
+                 httpHeaders [{{name: Authorization, value: \"Bearer TOKEN\"}}] with that token to the drain \
+                 preStop of container {name}, or the kubelet's call gets 403 and the pod stops without its \
+                 session drain"
+            ));
+        }
         if let Some(old) = old {
             align(&mut new, old);
             if matches!(hook, PreStop::DrainGet { .. }) && kyaml::emit(&new) != kyaml::emit(old) {
@@ -815,6 +922,9 @@ pub struct PodInjection {
     pub drain_wired: Vec<String>,
     /// A raised terminationGracePeriodSeconds, with how it is made up.
     pub grace: Option<(i64, String)>,
+    /// STICKYD_DRAIN_MAX as set: what the grace period leaves after
+    /// STICKYD_DRAIN_SECONDS and STICKYD_DRAIN_TIMEOUT (None: nothing).
+    pub drain_max: Option<Duration>,
     /// What the user should know (warnings start with `warning:`).
     pub notes: Vec<String>,
 }
@@ -901,23 +1011,81 @@ fn inject_into(
         .clone()
         .or_else(|| mine.and_then(|i| init[i].str_at(&["image"])).map(str::to_string))
         .unwrap_or_else(|| DEFAULT_IMAGE.to_string());
+    let mut notes = Vec::new();
+    let mut generated = false;
+    // The drain token: the earlier sidecar's, else a new random one.
+    let token = match mine.and_then(|i| env_entry(&init[i], TOKEN_VAR)) {
+        Some(e) if e.get("value").is_none() => None,
+        Some(e) => {
+            let old = e.str_at(&["value"]).unwrap_or_default();
+            match DrainToken::parse(old) {
+                Ok(_) => Some(old.trim().to_string()),
+                Err(why) => {
+                    notes.push(format!(
+                        "{id}: the sidecar's {TOKEN_VAR} is refused by stickyd ({why}): replaced by a random token, \
+                         here and in the drain preStop's Authorization header"
+                    ));
+                    Some(random_hex("the drain token")?)
+                }
+            }
+        }
+        None => {
+            generated = true;
+            Some(random_hex("the drain token")?)
+        }
+    };
+    let authorization = token.as_deref().map(|t| format!("Bearer {t}"));
     let plan = Plan {
         image,
         service: service.to_string(),
         upstream,
         port,
         admin,
+        token,
     };
     let mut container = sidecar(args, &plan);
     if let Some(i) = mine {
         keep_customisations(&mut container, &init[i]);
-        align(&mut container, &init[i]);
     }
-    let drain = if args.drain.no_drain {
+    let mut drain = if args.drain.no_drain {
         DrainEdits::default()
     } else {
-        plan_drain(pod, &container, upstream, plan.admin.1, drain_flags, id)
+        plan_drain(
+            pod,
+            &container,
+            (upstream, plan.admin.1),
+            drain_flags,
+            authorization.as_deref(),
+            id,
+        )
     };
+    if generated {
+        notes.push(if drain.hooks.is_empty() {
+            format!(
+                "{id}: a random drain token ({TOKEN_VAR}) for the sidecar: a preStop httpGet that calls its drain \
+                 sends it as Authorization: Bearer TOKEN"
+            )
+        } else {
+            format!(
+                "{id}: a random drain token ({TOKEN_VAR}) for the sidecar and the drain preStop's Authorization header"
+            )
+        });
+    }
+    drain.notes.splice(0..0, notes);
+    // STICKYD_DRAIN_MAX: what the grace period leaves after stickyd's own drain.
+    let grace = drain
+        .grace
+        .as_ref()
+        .map(|(g, _)| *g)
+        .or_else(|| pod.get("terminationGracePeriodSeconds").and_then(Node::as_i64))
+        .unwrap_or(lint::DEFAULT_GRACE_SECONDS);
+    let drain_max = ShutdownBudget::max_within(&container, grace);
+    if let Some(max) = drain_max {
+        set_env(&mut container, DRAIN_MAX_VAR, &lint::fmt_duration(max));
+    }
+    if let Some(i) = mine {
+        align(&mut container, &init[i]);
+    }
     let existing_sa = pod
         .str_at(&["serviceAccountName"])
         .or_else(|| pod.str_at(&["serviceAccount"]))
@@ -961,6 +1129,8 @@ fn inject_into(
                             ("path", Node::str("key")),
                         ])]),
                     ),
+                    // A missing Secret is a FailedMount, never an unsigned pod.
+                    ("optional", Node::bool(false)),
                 ]),
             ),
         ]);
@@ -978,6 +1148,7 @@ fn inject_into(
         service_account,
         drain_wired: drain.wired,
         grace: drain.grace,
+        drain_max,
         notes: drain.notes,
     })
 }
@@ -1078,6 +1249,9 @@ pub fn inject(docs: &mut Vec<Node>, args: &InjectArgs) -> Result<Outcome, Inject
             .cloned()
             .collect();
 
+        // A signing key the sidecar already has (an earlier injection's, or its own) is kept.
+        let keyed = mine.is_some_and(|i| KEY_VARS.iter().any(|v| lint::is_set(&init[i], v)));
+
         // --from-ingress, --from-httproute: the settings written for the controller or the Gateway.
         let migrating = args.migrate.from_ingress || args.migrate.from_httproute;
         let mut mapped = None;
@@ -1086,18 +1260,13 @@ pub fn inject(docs: &mut Vec<Node>, args: &InjectArgs) -> Result<Outcome, Inject
             if !names.contains(&service) {
                 names.push(service.clone());
             }
-            let keyed = mine.is_some_and(|i| {
-                ["STICKYD_COOKIE_SECRET", "STICKYD_COOKIE_SECRET_FILE"]
-                    .iter()
-                    .any(|v| lint::is_set(&init[i], v))
-            });
             let plan = crate::migrate::plan(
                 docs,
                 &names,
                 &ns,
                 args.migrate.from_ingress,
                 args.migrate.from_httproute,
-                keyed || args.cookie.secret.is_some(),
+                keyed || args.cookie.secret.is_some() || !args.cookie.unsigned,
             );
             let mut a = args.clone();
             a.cookie.keyed = keyed;
@@ -1107,14 +1276,30 @@ pub fn inject(docs: &mut Vec<Node>, args: &InjectArgs) -> Result<Outcome, Inject
             outcome.notes.extend(notes.iter().map(|n| prefixed(&id, n)));
             mapped = Some((a, plan));
         }
-        let wargs = mapped.as_ref().map_or(args, |(a, _)| a);
+        let mut wargs = mapped.as_ref().map_or_else(|| args.clone(), |(a, _)| a.clone());
+
+        // The signing key: --secret's, the sidecar's own, or the Service's Secret.
+        let mut secret_note = None;
+        if args.cookie.secret.is_none() && !keyed {
+            if args.cookie.unsigned {
+                secret_note = Some(format!(
+                    "warning: {id}: --unsigned: no signing key, so any client can pin itself to any pod by naming \
+                     it in the cookie, and the hop markers between peers are not verified"
+                ));
+            } else {
+                let name = default_secret_name(&service);
+                let note = service_secret(docs, &name, &ns, &wargs.cookie.secret_key, &service)?;
+                secret_note = Some(format!("{id}: {note}"));
+                wargs.cookie.secret = Some(name);
+            }
+        }
 
         let pod = docs[t]
             .get_mut("spec")
             .and_then(|s| s.get_mut("template"))
             .and_then(|s| s.get_mut("spec"))
             .expect("checked above");
-        let done = inject_into(pod, wargs, drain_flags, &service, &service_ports, mine, &id)?;
+        let done = inject_into(pod, &wargs, drain_flags, &service, &service_ports, mine, &id)?;
         if let Some((_, plan)) = &mapped {
             crate::migrate::apply(docs, plan);
         }
@@ -1143,7 +1328,7 @@ pub fn inject(docs: &mut Vec<Node>, args: &InjectArgs) -> Result<Outcome, Inject
         ensure_rbac(docs, sa, &ns);
         outcome.notes.push(format!(
             "{id}: stickyd on port {} ({}), upstream 127.0.0.1:{}, STICKYD_SERVICE={service}, \
-             ServiceAccount {sa}{}{}{}",
+             ServiceAccount {sa}{}{}{}{}",
             done.port.1,
             done.port.0,
             done.upstream,
@@ -1160,11 +1345,80 @@ pub fn inject(docs: &mut Vec<Node>, args: &InjectArgs) -> Result<Outcome, Inject
             match &done.grace {
                 Some((grace, sum)) => format!(", terminationGracePeriodSeconds {grace} ({sum})"),
                 None => String::new(),
+            },
+            match done.drain_max {
+                Some(max) => format!(", {DRAIN_MAX_VAR} {}", lint::fmt_duration(max)),
+                None => String::new(),
             }
         ));
+        outcome.notes.extend(secret_note);
         outcome.notes.extend(done.notes);
     }
     Ok(outcome)
+}
+
+/// Makes sure the Secret `name` holds the signing keys of the sidecars behind
+/// `service`: one in the input is kept (after checking that its `key` entry
+/// holds keys stickyd accepts), else one is added with a random key. Returns
+/// what was done, for standard error (never the key).
+fn service_secret(
+    docs: &mut Vec<Node>,
+    name: &str,
+    ns: &Option<String>,
+    key: &str,
+    service: &str,
+) -> Result<String, InjectError> {
+    let found = docs
+        .iter()
+        .find(|d| kind_of(d) == "Secret" && name_of(d) == name && same_ns(&ns_of(d), ns));
+    if let Some(secret) = found {
+        check_secret(secret, key).map_err(|why| InjectError::Secret {
+            secret: name.to_string(),
+            why,
+        })?;
+        return Ok(format!(
+            "signing keys from Secret {name} (in the input, kept), mounted read-only at {SECRET_DIR} \
+             (STICKYD_COOKIE_SECRET_FILE)"
+        ));
+    }
+    docs.push(Node::map(vec![
+        ("apiVersion", Node::str("v1")),
+        ("kind", Node::str("Secret")),
+        ("metadata", metadata(name, ns)),
+        ("type", Node::str("Opaque")),
+        (
+            "stringData",
+            Node::map(vec![(key, Node::str(random_hex("the signing key")?))]),
+        ),
+    ]));
+    Ok(format!(
+        "Secret {name} written with a random signing key ({RANDOM_BYTES} bytes, hex, in stringData.{key}) for every \
+         sidecar behind Service {service}, mounted read-only at {SECRET_DIR} (STICKYD_COOKIE_SECRET_FILE, re-read \
+         on rotation)"
+    ))
+}
+
+/// Whether a Secret's `key` entry, in `stringData` or `data` (base64), holds
+/// signing keys stickyd accepts; the error says what is wrong, never the value.
+fn check_secret(secret: &Node, key: &str) -> Result<(), String> {
+    use base64::Engine;
+    let text = if let Some(v) = secret.path(&["stringData", key]) {
+        v.as_str().unwrap_or_default().to_string()
+    } else if let Some(v) = secret.path(&["data", key]) {
+        let raw: String = v.as_str().unwrap_or_default().split_whitespace().collect();
+        let bytes = base64::engine::general_purpose::STANDARD
+            .decode(raw)
+            .map_err(|e| format!("data.{key} is not base64 ({e})"))?;
+        String::from_utf8(bytes).map_err(|_| format!("data.{key} is not text"))?
+    } else {
+        return Err(format!(
+            "it has no {key:?} in stringData or data, where the sidecar reads its signing keys; add one (e.g. \
+             openssl rand -hex 32), or pass --secret-key with the entry that holds them"
+        ));
+    };
+    Keys::parse(&text)
+        .map(|_| ())
+        .map_err(|why| format!("its entry {key:?}: {why}"))
 }
 
 /// `id: note`, keeping a `warning:` first.

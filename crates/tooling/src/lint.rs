@@ -159,6 +159,24 @@ pub const AFFINITY_MISMATCH: Rule = Rule {
     warns_too: false,
     title: "affinity settings of an Ingress or route that the stickyd sidecar it reaches does not have",
 };
+pub const UNSIGNED: Rule = Rule {
+    id: "SD016",
+    severity: Severity::Warning,
+    warns_too: false,
+    title: "stickyd sidecar without a signing key: cookies and hop markers are unsigned",
+};
+pub const DRAIN_TOKEN: Rule = Rule {
+    id: "SD017",
+    severity: Severity::Error,
+    warns_too: false,
+    title: "the drain preStop does not send the sidecar's drain token",
+};
+pub const DRAIN_ABOVE_MAX: Rule = Rule {
+    id: "SD018",
+    severity: Severity::Warning,
+    warns_too: false,
+    title: "the drain preStop asks for more than the sidecar's STICKYD_DRAIN_MAX",
+};
 
 /// Every rule, in id order.
 pub const RULES: &[Rule] = &[
@@ -177,6 +195,9 @@ pub const RULES: &[Rule] = &[
     DRAIN_NOT_REACHED,
     SAME_COOKIE,
     AFFINITY_MISMATCH,
+    UNSIGNED,
+    DRAIN_TOKEN,
+    DRAIN_ABOVE_MAX,
 ];
 
 /// One problem found.
@@ -586,6 +607,16 @@ impl ShutdownBudget {
             drain: secs("STICKYD_DRAIN_SECONDS"),
             drain_timeout: secs("STICKYD_DRAIN_TIMEOUT"),
         }
+    }
+
+    /// The longest drain `max` that a grace period of `grace` seconds leaves
+    /// room for in front of this sidecar: the grace period less its
+    /// STICKYD_DRAIN_SECONDS and STICKYD_DRAIN_TIMEOUT. None when nothing is left.
+    pub fn max_within(sidecar: &Node, grace: i64) -> Option<Duration> {
+        let own = ShutdownBudget::of(sidecar, Duration::ZERO);
+        Duration::from_secs(u64::try_from(grace).ok()?)
+            .checked_sub(own.drain + own.drain_timeout)
+            .filter(|d| !d.is_zero())
     }
 
     /// The grace period it needs, in whole seconds (rounded up).
@@ -1268,6 +1299,30 @@ impl<'a> Linter<'a> {
             ));
         }
 
+        // SD016: a signing key, from a literal, a Secret or a file (envFrom may hold one).
+        let keyed = ["STICKYD_COOKIE_SECRET", "STICKYD_COOKIE_SECRET_FILE"]
+            .iter()
+            .any(|v| is_set(side.container, v));
+        if !keyed && !env.has_env_from {
+            let service = literal(side.container, "STICKYD_SERVICE")
+                .filter(|s| !s.is_empty())
+                .unwrap_or("SERVICE");
+            out.push((
+                UNSIGNED,
+                side.container.line,
+                "the stickyd sidecar has no signing key (neither STICKYD_COOKIE_SECRET nor \
+                 STICKYD_COOKIE_SECRET_FILE), so its cookies and the hop markers between its peers are unsigned: any \
+                 client can pin itself to any pod by naming it, and a hop marker it sends is believed."
+                    .into(),
+                format!(
+                    "create a Secret with a random key (kubectl create secret generic stickyd-{service} \
+                     --from-literal=key=$(openssl rand -hex 32)), mount it read-only in the stickyd container and set \
+                     STICKYD_COOKIE_SECRET_FILE to its file, the same Secret for every sidecar behind the Service \
+                     (stickyd inject writes all of it)"
+                ),
+            ));
+        }
+
         // SD008: RBAC to watch EndpointSlices.
         let kubernetes = env
             .vars
@@ -1296,7 +1351,7 @@ impl<'a> Linter<'a> {
             .collect();
         self.findings.extend(found);
 
-        // SD012, SD013: the app's preStop, the drain and the grace period.
+        // SD012, SD013, SD017, SD018: the app's preStop, the drain and the grace period.
         let found: Vec<Finding> = drain_findings(pod, &side)
             .into_iter()
             .map(|(rule, severity, line, message, fix)| obj.finding(rule, severity, line, message, fix))
@@ -1391,6 +1446,19 @@ fn drain_findings(pod: &Node, side: &Sidecar) -> Vec<Found> {
     let containers = pod.get("containers").map(Node::items).unwrap_or(&[]);
     let unreachable =
         |line: usize, message: String, fix: String| (DRAIN_NOT_REACHED, Severity::Error, line, message, fix);
+    // The token a drain call from outside the pod must carry (SD017): "" when
+    // the sidecar has none, None when it comes from elsewhere.
+    let token = literal(side.container, "STICKYD_DRAIN_TOKEN");
+    // The longest idle and max a drain call may ask for (SD018); None when not known here.
+    let drain_max = literal(side.container, "STICKYD_DRAIN_MAX")
+        .map(|v| {
+            if v.is_empty() {
+                default_of("STICKYD_DRAIN_MAX")
+            } else {
+                v
+            }
+        })
+        .and_then(stickyd_sidecar::config::parse_duration);
     // The largest valid drain `max` among the hooks, with the line of its path.
     let mut longest: Option<(Duration, usize, &str)> = None;
     for c in containers.iter().filter(|c| !std::ptr::eq(*c, side.container)) {
@@ -1454,6 +1522,9 @@ fn drain_findings(pod: &Node, side: &Sidecar) -> Vec<Found> {
                         "remove scheme (HTTP is the default)".into(),
                     ));
                 }
+                if let Some(found) = token_finding(get, name, token) {
+                    out.push(found);
+                }
                 if loopback {
                     out.push(unreachable(
                         admin_line,
@@ -1495,6 +1566,9 @@ fn drain_findings(pod: &Node, side: &Sidecar) -> Vec<Found> {
             Ok(p) => {
                 if longest.is_none_or(|(m, _, _)| p.max > m) {
                     longest = Some((p.max, line, name));
+                }
+                if let Some(bound) = drain_max {
+                    out.extend(above_max_finding(p, bound, side.container, line, name));
                 }
             }
         }
@@ -1609,6 +1683,96 @@ fn drain_findings(pod: &Node, side: &Sidecar) -> Vec<Found> {
     out
 }
 
+/// SD017 for a drain `httpGet` of container `name`: the kubelet calls it from
+/// outside the pod, so it must send `Authorization: Bearer` and the sidecar's
+/// STICKYD_DRAIN_TOKEN (`token`: "" when the sidecar has none, None when its
+/// value is not in the manifest). The token itself is never printed.
+fn token_finding(get: &Node, name: &str, token: Option<&str>) -> Option<Found> {
+    let header = get.get("httpHeaders").map(Node::items).unwrap_or(&[]).iter().find(|h| {
+        h.str_at(&["name"])
+            .is_some_and(|n| n.trim().eq_ignore_ascii_case("authorization"))
+    });
+    let outcome = "so stickyd answers the kubelet's call 403, the app is stopped at once and the sessions pinned \
+                   to this pod are moved.";
+    let send = "httpHeaders: [{name: Authorization, value: \"Bearer TOKEN\"}]";
+    let found = |line: usize, message: String, fix: String| Some((DRAIN_TOKEN, Severity::Error, line, message, fix));
+    match (token, header) {
+        (Some(""), _) => found(
+            get.line,
+            format!(
+                "the preStop httpGet of container {name:?} calls the drain from the kubelet, outside the pod, but the \
+                 stickyd sidecar has no STICKYD_DRAIN_TOKEN, which such a call must carry, {outcome}"
+            ),
+            format!(
+                "set STICKYD_DRAIN_TOKEN on the stickyd container to a random token (openssl rand -hex 32) and send \
+                 it from this hook: {send} (stickyd inject writes both)"
+            ),
+        ),
+        (_, None) => found(
+            get.line,
+            format!(
+                "the preStop httpGet of container {name:?} sends no Authorization header, but a drain call from \
+                 outside the pod (the kubelet's) must carry the sidecar's STICKYD_DRAIN_TOKEN, {outcome}"
+            ),
+            format!("add {send} to this httpGet, with the stickyd container's STICKYD_DRAIN_TOKEN as TOKEN"),
+        ),
+        (Some(token), Some(h)) => {
+            // A token stickyd refuses is SD009's.
+            let token = stickyd_sidecar::config::DrainToken::parse(token).ok()?;
+            let value = h.str_at(&["value"]).unwrap_or_default();
+            if token.authorizes(value.as_bytes()) {
+                return None;
+            }
+            found(
+                h.get("value").map_or(h.line, |v| v.line),
+                format!(
+                    "the Authorization header of the preStop httpGet of container {name:?} does not carry the \
+                     sidecar's STICKYD_DRAIN_TOKEN (\"Bearer TOKEN\"), {outcome}"
+                ),
+                "set the header's value to \"Bearer \" followed by the STICKYD_DRAIN_TOKEN of the stickyd container"
+                    .into(),
+            )
+        }
+        // The token comes from a Secret or a ConfigMap: a Bearer header may carry it.
+        (None, Some(_)) => None,
+    }
+}
+
+/// SD018 for the drain call `p` of container `name` (at `line`): stickyd
+/// cuts an `idle` or `max` above STICKYD_DRAIN_MAX (`bound`) to it.
+fn above_max_finding(p: &DrainParams, bound: Duration, sidecar: &Node, line: usize, name: &str) -> Option<Found> {
+    let over: Vec<String> = [("idle", p.idle), ("max", p.max)]
+        .iter()
+        .filter(|(_, d)| *d > bound)
+        .map(|(k, d)| format!("{k}={}", fmt_duration(*d)))
+        .collect();
+    if over.is_empty() {
+        return None;
+    }
+    let want = p.max.max(p.idle);
+    let budget = ShutdownBudget::of(sidecar, want);
+    Some((
+        DRAIN_ABOVE_MAX,
+        Severity::Warning,
+        line,
+        format!(
+            "the drain's {} in the preStop of container {name:?} {} above the sidecar's STICKYD_DRAIN_MAX ({}), so \
+             stickyd cuts it to that, and the sessions still active then are moved to other pods.",
+            over.join(" and "),
+            if over.len() > 1 { "are" } else { "is" },
+            fmt_duration(bound)
+        ),
+        format!(
+            "set STICKYD_DRAIN_MAX on the stickyd container to {} with terminationGracePeriodSeconds of at least {} \
+             ({}; stickyd inject sets both), or ask for at most {} in this hook",
+            fmt_duration(want),
+            budget.seconds(),
+            budget.explain(),
+            fmt_duration(bound)
+        ),
+    ))
+}
+
 /// The first configuration error stickyd would stop at that the manifest
 /// proves, on any machine. A misspelt variable comes first, as in stickyd.
 /// An error about a variable whose value is not in the manifest
@@ -1656,6 +1820,12 @@ fn config_fix(e: &ConfigError, workload: &str) -> String {
         ),
         "STICKYD_COOKIE_PATH" => {
             "set STICKYD_COOKIE_PATH to a literal prefix such as /mysite (or leave it unset for /)".into()
+        }
+        "STICKYD_DRAIN_TOKEN" => {
+            "set STICKYD_DRAIN_TOKEN to a random token of your own (openssl rand -hex 32), and the \
+                                  app's drain preStop header to \"Bearer \" and the same token (with kustomize, a \
+                                  replacement copies it: docs/kubernetes.md, step 3)"
+                .into()
         }
         var => format!("correct {var} in the env of the stickyd container (the message says what is valid)"),
     }
@@ -1878,10 +2048,13 @@ mod tests {
         "        - {name: STICKYD_POD_NAME, valueFrom: {fieldRef: {fieldPath: metadata.name}}}\n",
     );
 
+    /// A signing key for SIDECAR_STACK's sidecar.
+    const KEYED: &str = "        - {name: STICKYD_COOKIE_SECRET, value: 0123456789abcdef0123456789abcdef}\n";
+
     #[test]
     fn a_misspelt_variable_is_named_with_the_closest_one() {
         let static_ep = "        - {name: STICKYD_ENDPOINTS, value: 'static:pod-0=10.0.0.1:8080'}\n";
-        let typo = format!("{SIDECAR_STACK}{static_ep}        - {{name: STICKYD_COOKIE_SECERT, value: x}}\n");
+        let typo = format!("{SIDECAR_STACK}{KEYED}{static_ep}        - {{name: STICKYD_COOKIE_SECERT, value: x}}\n");
         let r = lint(&typo);
         assert_eq!(rules(&r), vec!["SD009"]);
         let f = &r.findings[0];
@@ -1900,7 +2073,7 @@ mod tests {
         );
         // Its value from a ConfigMap: the name alone is wrong all the same.
         let from_cm = format!(
-            "{SIDECAR_STACK}{static_ep}        - {{name: STICKYD_PORT_NAM, valueFrom: {{configMapKeyRef: {{name: c, key: k}}}}}}\n"
+            "{SIDECAR_STACK}{KEYED}{static_ep}        - {{name: STICKYD_PORT_NAM, valueFrom: {{configMapKeyRef: {{name: c, key: k}}}}}}\n"
         );
         let r = lint(&from_cm);
         assert_eq!(rules(&r), vec!["SD009"]);
@@ -1911,7 +2084,7 @@ mod tests {
         );
         // The real variables near the service links' names, and the links themselves, are fine.
         let fine = format!(
-            "{SIDECAR_STACK}{static_ep}        - {{name: STICKYD_PORT_NAME, value: http}}\n\
+            "{SIDECAR_STACK}{KEYED}{static_ep}        - {{name: STICKYD_PORT_NAME, value: http}}\n\
              \x20       - {{name: STICKYD_SERVICE_HOST, value: 10.0.0.9}}\n\
              \x20       - {{name: STICKYD_PORT_80_TCP, valueFrom: {{configMapKeyRef: {{name: c, key: k}}}}}}\n"
         );
@@ -1921,8 +2094,9 @@ mod tests {
     #[test]
     fn files_and_values_lint_cannot_see_are_assumed_valid() {
         // An endpoints file on the pod's disk, not this machine's.
-        let file_ep =
-            SIDECAR_STACK.to_string() + "        - {name: STICKYD_ENDPOINTS, value: 'file:/no/such/dir/peers'}\n";
+        let file_ep = SIDECAR_STACK.to_string()
+            + KEYED
+            + "        - {name: STICKYD_ENDPOINTS, value: 'file:/no/such/dir/peers'}\n";
         assert_eq!(rules(&lint(&file_ep)), Vec::<&str>::new());
         // A key from a ConfigMap still signs cookies, so session lifetimes are allowed.
         let static_ep = "        - {name: STICKYD_ENDPOINTS, value: 'static:pod-0=10.0.0.1:8080'}\n";
@@ -1931,16 +2105,16 @@ mod tests {
             + "        - {name: STICKYD_COOKIE_SECRET, valueFrom: {configMapKeyRef: {name: c, key: k}}}\n\
                \x20       - {name: STICKYD_SESSION_MAX_LIFETIME, value: 1h}\n";
         assert_eq!(rules(&lint(&keyed)), Vec::<&str>::new());
-        // Set in the manifest, the same mistake is reported.
+        // Set in the manifest, the same mistake is reported, and the sidecar has no key.
         let unkeyed =
             SIDECAR_STACK.to_string() + static_ep + "        - {name: STICKYD_SESSION_MAX_LIFETIME, value: 1h}\n";
-        assert_eq!(rules(&lint(&unkeyed)), vec!["SD009"]);
+        assert_eq!(rules(&lint(&unkeyed)), vec!["SD016", "SD009"]);
     }
 
     #[test]
     fn rbac_through_a_cluster_role_with_wildcards() {
         let ok = format!(
-            "{SIDECAR_STACK}---\nkind: ClusterRole\nmetadata: {{name: reader}}\nrules:\n- apiGroups: ['*']\n  \
+            "{SIDECAR_STACK}{KEYED}---\nkind: ClusterRole\nmetadata: {{name: reader}}\nrules:\n- apiGroups: ['*']\n  \
              resources: ['*']\n  verbs: ['*']\n---\nkind: ClusterRoleBinding\nmetadata: {{name: b}}\n\
              roleRef: {{kind: ClusterRole, name: reader}}\nsubjects:\n- {{kind: ServiceAccount, name: web, namespace: n}}\n"
         );
@@ -1961,8 +2135,9 @@ mod tests {
         assert_eq!(rules(&r), vec!["SD008"]);
         assert!(r.findings[0].message.contains("automountServiceAccountToken: false"));
         // Static endpoints need no RBAC.
-        let static_ep =
-            SIDECAR_STACK.to_string() + "        - {name: STICKYD_ENDPOINTS, value: 'static:web-0=10.0.0.1:8080'}\n";
+        let static_ep = SIDECAR_STACK.to_string()
+            + KEYED
+            + "        - {name: STICKYD_ENDPOINTS, value: 'static:web-0=10.0.0.1:8080'}\n";
         assert_eq!(rules(&lint(&static_ep)), Vec::<&str>::new());
     }
 
@@ -2212,12 +2387,14 @@ mod tests {
             "      - name: stickyd\n        image: stickyd:1\n        env:\n",
             "        - {name: STICKYD_SERVICE, value: web}\n        - {name: STICKYD_ENDPOINTS, value: 'static:a=10.0.0.1:8080'}\n",
             "        - {name: STICKYD_POD_NAME, value: a}\n",
+            "        - {name: STICKYD_COOKIE_SECRET, value: 0123456789abcdef0123456789abcdef}\n",
+            "        - {name: STICKYD_DRAIN_TOKEN, value: 0123456789abcdef}\n",
             "      containers:\n      - name: app\n        ports: [{name: admin, containerPort: 9090}]\n",
-            "        lifecycle: {preStop: {httpGet: {path: /drain, port: admin}}}\n",
+            "        lifecycle: {preStop: {httpGet: {path: /drain, port: admin, httpHeaders: [{name: Authorization, value: Bearer 0123456789abcdef}]}}}\n",
         );
         assert_eq!(rules(&lint(yaml)), Vec::<&str>::new());
         assert_eq!(
-            rules(&lint(&yaml.replace("port: admin}", "port: other}"))),
+            rules(&lint(&yaml.replace("port: admin,", "port: other,"))),
             vec!["SD013"]
         );
     }
@@ -2231,9 +2408,12 @@ mod tests {
                  \x20     - name: stickyd\n        image: stickyd:1\n        env:\n\
                  \x20       - {{name: STICKYD_SERVICE, value: web}}\n\
                  \x20       - {{name: STICKYD_ENDPOINTS, value: 'static:a=10.0.0.1:8080'}}\n\
-                 \x20       - {{name: STICKYD_POD_NAME, value: a}}\n{admin}\
+                 \x20       - {{name: STICKYD_POD_NAME, value: a}}\n\
+                 \x20       - {{name: STICKYD_COOKIE_SECRET, value: 0123456789abcdef0123456789abcdef}}\n\
+                 \x20       - {{name: STICKYD_DRAIN_TOKEN, value: 0123456789abcdef}}\n{admin}\
                  \x20     containers:\n      - name: app\n\
-                 \x20       lifecycle: {{preStop: {{httpGet: {{path: /drain, port: 9191}}}}}}\n"
+                 \x20       lifecycle: {{preStop: {{httpGet: {{path: /drain, port: 9191, \
+                 httpHeaders: [{{name: Authorization, value: Bearer 0123456789abcdef}}]}}}}}}\n"
             )
         };
         let clean = |admin: &str| {

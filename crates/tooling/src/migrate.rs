@@ -313,12 +313,12 @@ pub fn from_session_persistence(sp: &Node, has_key: bool) -> Translation {
         } else if permanent && field == "absoluteTimeout" {
             t.note(format!(
                 "absoluteTimeout {value}: enforced by the browser through Max-Age only; with a signing key \
-                 (--secret) stickyd enforces it too (STICKYD_SESSION_MAX_LIFETIME)"
+                 (without --unsigned) stickyd enforces it too (STICKYD_SESSION_MAX_LIFETIME)"
             ));
         } else {
             t.warn(format!(
                 "{field} {value} is not enforced: stickyd keeps session lifetimes inside the signed cookie value, \
-                 and no signing key is configured; pass --secret SECRET to set {var}"
+                 and no signing key is configured (--unsigned): drop --unsigned, or pass --secret SECRET, to set {var}"
             ));
         }
     }

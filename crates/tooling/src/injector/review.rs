@@ -49,7 +49,12 @@ pub const ANNOTATIONS: &[(&str, &str)] = &[
     ("cookie-samesite", "STICKYD_COOKIE_SAMESITE: Strict, Lax or None"),
     (
         "secret",
-        "a Secret of cookie signing keys, mounted read-only for STICKYD_COOKIE_SECRET_FILE",
+        "the Secret of cookie signing keys, mounted read-only for STICKYD_COOKIE_SECRET_FILE (default \
+         stickyd-SERVICE; it must exist: a missing one fails the mount)",
+    ),
+    (
+        "unsigned",
+        "`true`: no signing key at all, so any client can pin itself to any pod and hop markers go unverified",
     ),
     (
         "secret-key",
@@ -281,12 +286,18 @@ fn inject_spec(
         .map_err(|e| format!("{id}: cannot add the stickyd sidecar: {e}"))?;
     let mut after = to_json(&node);
     share_token_mount(&mut after);
-    let warnings = done
+    let mut warnings: Vec<String> = done
         .notes
         .iter()
         .filter_map(|n| n.strip_prefix("warning: "))
         .map(str::to_string)
         .collect();
+    if args.cookie.unsigned {
+        warnings.push(format!(
+            "{id}: {PREFIX}unsigned: no signing key, so any client can pin itself to any pod and the hop markers \
+             between peers are not verified"
+        ));
+    }
     for n in done.notes.iter().filter(|n| !n.starts_with("warning: ")) {
         tracing::info!(pod = %id, "{n}");
     }
@@ -394,10 +405,21 @@ impl Options {
             }
         };
         let secret_env = flag("secret-env", "true", "false")?;
+        let unsigned = flag("unsigned", "true", "false")?;
         let secret = opt("secret");
         if secret_env && secret.is_none() {
             return Err(format!("{id}: annotation {PREFIX}secret-env needs {PREFIX}secret"));
         }
+        let secret = match secret {
+            Some(_) if unsigned => {
+                return Err(format!(
+                    "{id}: annotations {PREFIX}unsigned and {PREFIX}secret contradict each other: drop one"
+                ))
+            }
+            Some(s) => Some(s),
+            None if unsigned => None,
+            None => Some(inject::default_secret_name(&service)),
+        };
         let no_drain = flag("drain", "disabled", "enabled")?;
         let drain = DrainArgs {
             drain_idle: opt("drain-idle"),
@@ -425,6 +447,7 @@ impl Options {
                 secret,
                 secret_key: opt("secret-key").unwrap_or_else(|| "key".into()),
                 secret_env,
+                unsigned,
                 ..CookieArgs::default()
             },
             drain,
@@ -599,6 +622,10 @@ mod tests {
             (with("drain-max", "0"), "--drain-max"),
             (with("port", "http"), "is not a port number"),
             (with("secret-env", "true"), "needs stickyd.io/secret"),
+            (
+                with("unsigned", "yes"),
+                "stickyd.io/unsigned: \"yes\" is neither \"true\" nor \"false\"",
+            ),
         ];
         for (annotations, want) in cases {
             let message = deny(annotations.clone());
