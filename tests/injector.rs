@@ -669,6 +669,33 @@ async fn pods_without_the_annotation_or_with_a_sidecar_get_no_patch() {
     );
 }
 
+/// The webhook serves at most MAX_CONNECTIONS connections at once: one
+/// more is closed at once, and once they go, the webhook answers again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_past_the_cap_are_closed_at_once() {
+    use tokio::io::AsyncReadExt;
+    let ca = Ca::new();
+    let (cert, key, _) = ca.leaf();
+    let inj = Injector::start("cap", &cert, &key);
+    // Connections that never begin their TLS handshake hold a place each
+    // (for the handshake's 10 s).
+    let mut held = Vec::new();
+    for _ in 0..stickyd::injector::MAX_CONNECTIONS {
+        held.push(tokio::net::TcpStream::connect(inj.addr).await.unwrap());
+    }
+    let mut extra = tokio::net::TcpStream::connect(inj.addr).await.unwrap();
+    let mut buf = [0u8; 16];
+    let n = tokio::time::timeout(Duration::from_secs(5), extra.read(&mut buf))
+        .await
+        .expect("the connection past the cap is closed at once");
+    assert!(matches!(n, Ok(0) | Err(_)), "{n:?}");
+    inj.wait_log("the injector serves this many at once");
+    drop(held);
+    let (resp, patch) = admit(&ca, &inj, "u-after-cap", &pod(annotated())).await;
+    assert_eq!(resp["allowed"], true);
+    assert!(patch.is_some(), "{resp}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_body_that_is_not_an_admission_review_gets_a_4xx_and_serving_goes_on() {
     let ca = Ca::new();

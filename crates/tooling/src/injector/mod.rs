@@ -190,6 +190,11 @@ pub async fn handle(image: Arc<str>, req: Request<Incoming>) -> Result<Response<
     }
 }
 
+/// Connections served at once. The API server multiplexes its admission
+/// calls over a few HTTP/2 connections; one connection past this many is
+/// closed at once, before its TLS handshake, and logged.
+pub const MAX_CONNECTIONS: usize = 256;
+
 /// Serves the webhook on `listener` until `shutdown` completes, then lets
 /// requests in flight finish (at most 10 s).
 pub async fn serve(
@@ -208,6 +213,7 @@ pub async fn serve(
         .header_read_timeout(Duration::from_secs(10));
     let builder = Arc::new(builder);
     let graceful = GracefulShutdown::new();
+    let places = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
     tokio::pin!(shutdown);
     loop {
         let (stream, peer) = tokio::select! {
@@ -221,11 +227,17 @@ pub async fn serve(
                 }
             },
         };
+        let Ok(place) = places.clone().try_acquire_owned() else {
+            tracing::warn!(%peer, max = MAX_CONNECTIONS, "connection closed: the injector serves this many at once");
+            drop(stream);
+            continue;
+        };
         let acceptor = tokio_rustls::TlsAcceptor::from(certs.current());
         let builder = builder.clone();
         let image = image.clone();
         let watch = graceful.watcher();
         tokio::spawn(async move {
+            let _place = place;
             let tls = match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(stream)).await {
                 Ok(Ok(tls)) => tls,
                 Ok(Err(e)) => {
