@@ -82,6 +82,8 @@ impl Cluster {
             ("STICKYD_ENDPOINTS", format!("file:{}", self.file.display())),
             ("STICKYD_ADMIN_LISTEN", format!("{ip}:{}", self.admin_port)),
             ("STICKYD_NEW_SESSIONS", self.mode.to_string()),
+            // As `stickyd inject` writes it: least-sessions needs the key.
+            ("STICKYD_COOKIE_SECRET", "placement-test-key-0123456789".to_string()),
         ];
         env.extend(self.extra.iter().cloned());
         let sidecar = Stickyd::start(&name, listen, app.addr, &env).await;

@@ -72,6 +72,30 @@ pub struct Cluster {
     pub killed: Vec<String>,
     next: u32,
     backends: Backends,
+    /// The session key every sidecar shares and the drain token of each, as
+    /// `stickyd inject` writes them: random, per cluster.
+    secrets: Secrets,
+}
+
+/// A cluster's random session key and drain token (hex).
+struct Secrets {
+    key: String,
+    drain_token: String,
+}
+
+impl Secrets {
+    fn random() -> Result<Secrets, DemoError> {
+        let hex = || -> Result<String, DemoError> {
+            let mut bytes = [0u8; 32];
+            getrandom::fill(&mut bytes)
+                .map_err(|e| DemoError::Invalid(format!("no random bytes for the session key: {e}")))?;
+            Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
+        };
+        Ok(Secrets {
+            key: hex()?,
+            drain_token: hex()?,
+        })
+    }
 }
 
 /// A free port on `ip`, or `port` itself when it is not 0. The ports are
@@ -105,6 +129,7 @@ impl Cluster {
             killed: Vec::new(),
             next: 1,
             backends,
+            secrets: Secrets::random()?,
         };
         for _ in 0..n {
             if let Err(e) = c.add_pod().await {
@@ -217,6 +242,8 @@ impl Cluster {
             ("STICKYD_DRAIN_SECONDS", "0".into()),
             ("STICKYD_DRAIN_TIMEOUT", "5".into()),
             ("STICKYD_LOG", self.spec.log.clone()),
+            ("STICKYD_COOKIE_SECRET", self.secrets.key.clone()),
+            ("STICKYD_DRAIN_TOKEN", self.secrets.drain_token.clone()),
         ]
         .into_iter()
         .map(|(k, v)| (k.to_string(), v))

@@ -4,22 +4,24 @@
 //! The decision itself is [`route::decide`](crate::route::decide), given
 //! this pod's count and the sampled peers' ([`route::Load`]).
 //!
-//! Counts come from two channels, neither a listener of its own:
+//! Counts come from two channels, neither a listener of its own, and both
+//! signed with the session keys, which placement needs (config):
 //!
-//! * every response to a forwarded request carries the serving sidecar's
-//!   count in [`HEADER`]; the forwarding sidecar records it and strips it
-//!   before the client;
+//! * every response to a forwarded request whose hop marker verified
+//!   carries the serving sidecar's count in [`HEADER`]; the forwarding
+//!   sidecar records it and strips it before the client;
 //! * for peers nothing is forwarded to (a pod just added), a refresher asks
 //!   the peers' admin port (`GET /sessions`, on the port of this pod's
-//!   STICKYD_ADMIN_LISTEN), each at most once per [`REFRESH_EVERY`], at most
-//!   [`REFRESH_PER_TICK`] peers a tick: first those a placement sampled and
-//!   found unknown, then the others in turn.
+//!   STICKYD_ADMIN_LISTEN, with a signed [`crate::peer::PEER`] proof), each
+//!   at most once per [`REFRESH_EVERY`], at most [`REFRESH_PER_TICK`] peers a
+//!   tick: first those a placement sampled and found unknown, then the
+//!   others in turn.
 //!
 //! A count older than [`FRESH_FOR`] is unknown: the decision leaves that peer
 //! out, and with no peer count known a new session stays here.
 
 use std::collections::HashMap;
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -161,23 +163,11 @@ pub fn parse_count(raw: &[u8]) -> Option<u64> {
     s.parse().ok()
 }
 
-/// Asks the admin port at `addr` for its count, with the peer proof
-/// `proof` ([`crate::peer::PEER`], with keys), from `from` when this sidecar
-/// listens on one address (a peer without keys answers only the addresses
-/// of its view; in a cluster a pod's connections leave from its own
-/// address anyway).
-async fn fetch(addr: SocketAddr, timeout: Duration, proof: Option<HeaderValue>, from: Option<IpAddr>) -> Option<u64> {
+/// Asks the admin port at `addr` for its count, with the signed peer proof
+/// `proof` ([`crate::peer::PEER`]).
+async fn fetch(addr: SocketAddr, timeout: Duration, proof: HeaderValue) -> Option<u64> {
     let ask = async {
-        let socket = if addr.is_ipv4() {
-            tokio::net::TcpSocket::new_v4()
-        } else {
-            tokio::net::TcpSocket::new_v6()
-        }
-        .ok()?;
-        if let Some(ip) = from.filter(|ip| ip.is_ipv4() == addr.is_ipv4()) {
-            socket.bind(SocketAddr::new(ip, 0)).ok()?;
-        }
-        let stream = socket.connect(addr).await.ok()?;
+        let stream = tokio::net::TcpStream::connect(addr).await.ok()?;
         let _ = stream.set_nodelay(true);
         let (mut send, conn) = hyper::client::conn::http1::handshake::<_, Empty<Bytes>>(TokioIo::new(stream))
             .await
@@ -187,9 +177,7 @@ async fn fetch(addr: SocketAddr, timeout: Duration, proof: Option<HeaderValue>, 
             .header(HOST, addr.to_string())
             .body(Empty::new())
             .ok()?;
-        if let Some(p) = proof {
-            req.headers_mut().insert(crate::peer::PEER, p);
-        }
+        req.headers_mut().insert(crate::peer::PEER, proof);
         let resp = send.send_request(req).await.ok()?;
         let ok = resp.status() == StatusCode::OK;
         let body = resp.into_body().collect().await.ok()?.to_bytes();
@@ -210,8 +198,6 @@ async fn fetch(addr: SocketAddr, timeout: Duration, proof: Option<HeaderValue>, 
 /// [`REFRESH_PER_TICK`] ready peers whose count is not fresh.
 pub async fn refresh(shared: Arc<Shared>) {
     let admin_port = shared.cfg.admin_listen.port();
-    let listen_ip = shared.cfg.listen.ip();
-    let from = (!listen_ip.is_unspecified()).then_some(listen_ip);
     let timeout = shared.cfg.connect_timeout.min(REFRESH_EVERY);
     let mut tick = tokio::time::interval(REFRESH_EVERY);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -250,11 +236,12 @@ pub async fn refresh(shared: Arc<Shared>) {
             }
         }
         let answers = futures_util::future::join_all(ask.into_iter().map(|(id, addr, name)| {
-            let proof = (!keys.is_empty())
-                .then(|| crate::peer::sign(&keys, Purpose::Sessions, &shared.cfg.pod_name, &name, unix))
-                .and_then(|p| HeaderValue::try_from(p).ok());
+            // Least-sessions runs with keys only (config): the proof is signed.
+            let proof = crate::peer::sign(&keys, Purpose::Sessions, &shared.cfg.pod_name, &name, unix);
+            let proof =
+                HeaderValue::try_from(proof).expect("pod names, digits and base64url are valid in a header value");
             async move {
-                let count = fetch(addr, timeout, proof, from).await;
+                let count = fetch(addr, timeout, proof).await;
                 if count.is_none() {
                     tracing::debug!(%addr, "no session count from the peer's admin port");
                 }

@@ -2247,9 +2247,17 @@ mod tests {
             )
         };
         assert_ne!(with("local"), SIDECAR_STACK);
-        for ok in ["local", "least-sessions"] {
-            assert!(!rules(&lint(&with(ok))).contains(&"SD009"), "{ok}");
-        }
+        assert!(!rules(&lint(&with("local"))).contains(&"SD009"));
+        // least-sessions needs a key: its counts travel signed.
+        let unkeyed = lint(&with("least-sessions"));
+        let sd009: Vec<_> = unkeyed.findings.iter().filter(|f| f.rule == "SD009").collect();
+        assert_eq!(sd009.len(), 1, "{:?}", unkeyed.findings);
+        assert!(sd009[0].message.contains("STICKYD_COOKIE_SECRET"), "{sd009:?}");
+        let keyed = with("least-sessions").replace(
+            "        - {name: STICKYD_SERVICE, value: web}\n",
+            "        - {name: STICKYD_SERVICE, value: web}\n        - {name: STICKYD_COOKIE_SECRET, value: 0123456789abcdef0123}\n",
+        );
+        assert!(!rules(&lint(&keyed)).contains(&"SD009"), "{:?}", lint(&keyed).findings);
         let r = lint(&with("fewest"));
         let sd009: Vec<_> = r.findings.iter().filter(|f| f.rule == "SD009").collect();
         assert_eq!(sd009.len(), 1, "{:?}", r.findings);

@@ -339,6 +339,19 @@ impl Config {
             }
         };
 
+        if new_sessions == NewSessions::LeastSessions && cookie.keys.is_empty() {
+            // Without keys no hop marker verifies, so no count would travel
+            // back on the responses to forwarded requests; with the admin
+            // port's once-a-second counts alone, every new session of a
+            // second goes to the one peer last seen lowest.
+            return Err(ConfigError::Conflict {
+                var: "STICKYD_NEW_SESSIONS",
+                message: "least-sessions needs a session key (STICKYD_COOKIE_SECRET or STICKYD_COOKIE_SECRET_FILE): \
+                          the peers' session counts travel back only in answer to a signed hop marker"
+                    .into(),
+            });
+        }
+
         let log = value(env, "STICKYD_LOG");
         // tracing-subscriber's filter parser can panic on control characters.
         let printable = log.bytes().all(|b| (0x20..0x7f).contains(&b));
@@ -783,13 +796,14 @@ mod tests {
 
     #[test]
     fn new_sessions_placement() {
+        let key = ("STICKYD_COOKIE_SECRET", "0123456789abcdef0123");
         for (raw, want) in [
             ("local", NewSessions::Local),
             ("least-sessions", NewSessions::LeastSessions),
             (" least-sessions ", NewSessions::LeastSessions),
             ("", NewSessions::Local),
         ] {
-            let c = with(&[("STICKYD_NEW_SESSIONS", raw)]).unwrap();
+            let c = with(&[("STICKYD_NEW_SESSIONS", raw), key]).unwrap();
             assert_eq!(c.new_sessions, want, "{raw:?}");
             assert_eq!(c.new_sessions.as_str(), want.as_str());
         }
@@ -800,6 +814,11 @@ mod tests {
             msg.contains("STICKYD_NEW_SESSIONS") && msg.contains("least-sessions"),
             "{msg}"
         );
+        // Least-sessions needs a key; local does not.
+        let e = with(&[("STICKYD_NEW_SESSIONS", "least-sessions")]).unwrap_err();
+        assert_eq!(e.var(), "STICKYD_NEW_SESSIONS");
+        assert!(e.to_string().contains("STICKYD_COOKIE_SECRET"), "{e}");
+        assert!(with(&[("STICKYD_NEW_SESSIONS", "local")]).is_ok());
     }
 
     #[test]
