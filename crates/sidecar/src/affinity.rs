@@ -139,8 +139,10 @@ impl fmt::Debug for Sid {
 }
 
 /// HMAC keys. The first signs; all verify. Empty: cookies are not signed.
+/// Each is held as HMAC's keyed state (the key's inner and outer blocks
+/// hashed once, at parse), so a MAC costs only the message's blocks.
 #[derive(Clone, Default)]
-pub struct Keys(Vec<Vec<u8>>);
+pub struct Keys(Vec<HmacSha256>);
 
 impl fmt::Debug for Keys {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -168,7 +170,11 @@ impl Keys {
                 keys[i].len()
             ));
         }
-        Ok(Keys(keys))
+        Ok(Keys(
+            keys.iter()
+                .map(|k| HmacSha256::new_from_slice(k).expect("HMAC takes any key length"))
+                .collect(),
+        ))
     }
 
     pub fn is_empty(&self) -> bool {
@@ -179,12 +185,12 @@ impl Keys {
         self.0.len()
     }
 
-    fn mac(key: &[u8], payload: &str) -> HmacSha256 {
+    fn mac(key: &HmacSha256, payload: &str) -> HmacSha256 {
         Keys::mac_bytes(key, payload.as_bytes())
     }
 
-    fn mac_bytes(key: &[u8], payload: &[u8]) -> HmacSha256 {
-        let mut m = HmacSha256::new_from_slice(key).expect("HMAC takes any key length");
+    fn mac_bytes(key: &HmacSha256, payload: &[u8]) -> HmacSha256 {
+        let mut m = key.clone();
         m.update(payload);
         m
     }
