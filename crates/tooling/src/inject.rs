@@ -13,7 +13,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use crate::kyaml::{self, Node, ParseError};
-use crate::lint::{self, is_stickyd, PreStop, ShutdownBudget};
+use crate::model::{self, is_stickyd, PreStop, ShutdownBudget};
 use stickyd_sidecar::affinity::Keys;
 use stickyd_sidecar::config::{Config, ConfigError, DrainToken};
 use stickyd_sidecar::drain::DrainParams;
@@ -129,7 +129,7 @@ pub struct DrainArgs {
 fn drain_help(key: &str, default: Duration, what: &str) -> String {
     format!(
         "The drain's {key}: {what} [default: {}, or what the app's drain preStop already says]",
-        lint::fmt_duration(default)
+        model::fmt_duration(default)
     )
 }
 
@@ -672,7 +672,7 @@ impl DrainFlags {
             // What the drain itself says of this value in its query; a value
             // with `&` would read as more than one parameter there.
             let query = match stickyd_sidecar::config::parse_duration(raw) {
-                Some(d) => format!("{key}={}", lint::fmt_duration(d)),
+                Some(d) => format!("{key}={}", model::fmt_duration(d)),
                 None => format!("{key}={}", raw.replace('&', "%26")),
             };
             DrainParams::parse_query(Some(&query))
@@ -776,11 +776,11 @@ fn plan_drain(
 ) -> DrainEdits {
     let mut e = DrainEdits::default();
     let containers = pod.get("containers").map(Node::items).unwrap_or(&[]);
-    let (mut apps, sure) = lint::app_containers(pod, sidecar, upstream);
-    let default_path = lint::drain_path(&flags.apply(DrainParams::default()));
+    let (mut apps, sure) = model::app_containers(pod, sidecar, upstream);
+    let default_path = model::drain_path(&flags.apply(DrainParams::default()));
     let call = |path: &str| format!("GET http://127.0.0.1:{admin}{path}");
     if !sure {
-        apps.retain(|&i| lint::pre_stop(&containers[i]).calls_drain());
+        apps.retain(|&i| model::pre_stop(&containers[i]).calls_drain());
         if apps.is_empty() {
             e.notes.push(format!(
                 "warning: {id}: several containers and none declares port {upstream}, so the drain is not wired: add \
@@ -792,7 +792,7 @@ fn plan_drain(
         let c = &containers[i];
         let name = c.str_at(&["name"]).unwrap_or("?");
         let old = c.path(&["lifecycle", "preStop"]);
-        let hook = lint::pre_stop(c);
+        let hook = model::pre_stop(c);
         let (path, old_get) = match &hook {
             PreStop::Missing => (default_path.clone(), None),
             PreStop::Sleep { .. } => {
@@ -806,7 +806,7 @@ fn plan_drain(
             PreStop::DrainGet { get, path, params } => {
                 let path = match params {
                     Ok(_) if !flags.given() => path.as_str().unwrap_or_default().to_string(),
-                    Ok(p) => lint::drain_path(&flags.apply(*p)),
+                    Ok(p) => model::drain_path(&flags.apply(*p)),
                     Err(why) => {
                         e.notes.push(format!(
                             "{id}: container {name}: its drain path {:?} is refused by the drain ({why}); replaced \
@@ -876,7 +876,7 @@ fn plan_drain(
         let grace = pod
             .get("terminationGracePeriodSeconds")
             .and_then(Node::as_i64)
-            .unwrap_or(lint::DEFAULT_GRACE_SECONDS);
+            .unwrap_or(model::DEFAULT_GRACE_SECONDS);
         if grace < budget.seconds() {
             e.grace = Some((budget.seconds(), budget.explain()));
         }
@@ -1078,10 +1078,10 @@ fn inject_into(
         .as_ref()
         .map(|(g, _)| *g)
         .or_else(|| pod.get("terminationGracePeriodSeconds").and_then(Node::as_i64))
-        .unwrap_or(lint::DEFAULT_GRACE_SECONDS);
+        .unwrap_or(model::DEFAULT_GRACE_SECONDS);
     let drain_max = ShutdownBudget::max_within(&container, grace);
     if let Some(max) = drain_max {
-        set_env(&mut container, DRAIN_MAX_VAR, &lint::fmt_duration(max));
+        set_env(&mut container, DRAIN_MAX_VAR, &model::fmt_duration(max));
     }
     if let Some(i) = mine {
         align(&mut container, &init[i]);
@@ -1250,7 +1250,7 @@ pub fn inject(docs: &mut Vec<Node>, args: &InjectArgs) -> Result<Outcome, Inject
             .collect();
 
         // A signing key the sidecar already has (an earlier injection's, or its own) is kept.
-        let keyed = mine.is_some_and(|i| KEY_VARS.iter().any(|v| lint::is_set(&init[i], v)));
+        let keyed = mine.is_some_and(|i| KEY_VARS.iter().any(|v| model::is_set(&init[i], v)));
 
         // --from-ingress, --from-httproute: the settings written for the controller or the Gateway.
         let migrating = args.migrate.from_ingress || args.migrate.from_httproute;
@@ -1347,7 +1347,7 @@ pub fn inject(docs: &mut Vec<Node>, args: &InjectArgs) -> Result<Outcome, Inject
                 None => String::new(),
             },
             match done.drain_max {
-                Some(max) => format!(", {DRAIN_MAX_VAR} {}", lint::fmt_duration(max)),
+                Some(max) => format!(", {DRAIN_MAX_VAR} {}", model::fmt_duration(max)),
                 None => String::new(),
             }
         ));

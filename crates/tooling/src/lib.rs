@@ -11,3 +11,4 @@ pub mod injector;
 pub mod kyaml;
 pub mod lint;
 pub(crate) mod migrate;
+pub mod model;

@@ -14,7 +14,8 @@ use std::time::Duration;
 
 use crate::inject::{kind_of, name_of, ns_of, same_ns};
 use crate::kyaml::Node;
-use crate::lint::{self, Annotations, NGINX, REGEX_CHARS};
+use crate::model::{self, Annotations, NGINX};
+use stickyd_sidecar::config::REGEX_CHARS;
 
 /// ingress-nginx's cookie name when `session-cookie-name` is not set.
 pub const INGRESS_NGINX_COOKIE: &str = "INGRESSCOOKIE";
@@ -112,7 +113,7 @@ pub(crate) fn from_annotations(ann: &Annotations, paths: &[&str]) -> Translation
             t.note(format!(
                 "session-cookie-path {p:?} is a regular expression, and a cookie Path is matched literally: \
                  stickyd's cookie gets Path=/ (pass --cookie-path {} to narrow it to the literal prefix)",
-                lint::literal_prefix(p)
+                model::literal_prefix(p)
             ));
         }
         Some(p) => t.want("STICKYD_COOKIE_PATH", p, "session-cookie-path"),
@@ -123,7 +124,7 @@ pub(crate) fn from_annotations(ann: &Annotations, paths: &[&str]) -> Translation
                     "the Ingress path {p:?} is a regular expression and no session-cookie-path is set, so \
                      ingress-nginx sent its cookie with that regex as Path, which browsers never match: stickyd's \
                      cookie gets Path=/ (pass --cookie-path {} to narrow it to the literal prefix)",
-                    lint::literal_prefix(p)
+                    model::literal_prefix(p)
                 ));
             }
         }
@@ -232,7 +233,7 @@ pub fn parse_gateway_duration(raw: &str) -> Option<Duration> {
 fn gateway_duration(t: &mut Translation, sp: &Node, field: &str) -> Option<String> {
     let raw = sp.str_at(&[field])?;
     match parse_gateway_duration(raw) {
-        Some(d) if d.as_secs() >= 1 => Some(lint::fmt_duration(Duration::from_secs(d.as_secs()))),
+        Some(d) if d.as_secs() >= 1 => Some(model::fmt_duration(Duration::from_secs(d.as_secs()))),
         Some(_) => {
             t.warn(format!(
                 "{field} {raw:?} is under a second, which stickyd cannot enforce; dropped"
@@ -439,7 +440,7 @@ pub fn plan(
         let from = ns_of(d);
         match kind_of(d) {
             "Ingress" if from_ingress => {
-                let backends = lint::ingress_backends(d);
+                let backends = model::ingress_backends(d);
                 let mut via = None;
                 let mut paths = Vec::new();
                 let mut reaches = false;

@@ -156,7 +156,7 @@ fn runs_stickyd(pod_spec: &Value) -> bool {
         pod_spec
             .get(*k)
             .and_then(Value::as_array)
-            .is_some_and(|cs| cs.iter().any(|c| crate::lint::is_stickyd(&to_node(c))))
+            .is_some_and(|cs| cs.iter().any(|c| crate::model::is_stickyd(&to_node(c))))
     })
 }
 
