@@ -9,5 +9,5 @@
 #![forbid(unsafe_code)]
 
 pub use stickyd_demo as demo;
-pub use stickyd_sidecar::{affinity, config, drain, endpoints, limits, metrics, proxy, sidecar, startup};
+pub use stickyd_sidecar::{affinity, config, drain, endpoints, limits, metrics, peer, proxy, sidecar, startup};
 pub use stickyd_tooling::{inject, injector, kyaml, lint};

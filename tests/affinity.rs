@@ -409,7 +409,17 @@ async fn grpc_header_affinity_through_two_sidecars() {
     // back from the peer's sidecar on the forwarded path, in the initial
     // metadata.
     let admin = s.list[0].admin;
-    let drain = tokio::spawn(async move { get(&format!("http://{admin}/drain?idle=30s&max=30s"), &[]).await });
+    // From the pod itself, which needs no drain token.
+    let drain = tokio::spawn(async move {
+        request_from(
+            admin.ip(),
+            "GET",
+            &format!("http://{admin}/drain?idle=30s&max=30s"),
+            &[],
+            empty(),
+        )
+        .await
+    });
     let calls = eventually(Duration::from_secs(5), "a new session handed on", || async {
         let calls = grpc_calls(4, &entries[..1], "echo").await;
         (calls[0]["pod"] == "pod-1", calls)

@@ -28,13 +28,20 @@ async fn pods(net: u8, n: usize, extra: &[(&str, String)]) -> Vec<(KillableApp, 
     let mut out = Vec::new();
     for (i, (name, listen)) in addrs.iter().enumerate() {
         let app = KillableApp::start(name, &format!("127.0.{net}.{}", i + 1));
-        let mut env = vec![("STICKYD_ENDPOINTS", format!("static:{list}"))];
+        let mut env = vec![
+            ("STICKYD_ENDPOINTS", format!("static:{list}")),
+            ("STICKYD_DRAIN_TOKEN", DRAIN_TOKEN.to_string()),
+        ];
         env.extend(extra.iter().cloned());
         let s = Stickyd::start(name, *listen, app.addr, &env).await;
         out.push((app, s));
     }
     out
 }
+
+/// The drain token of every pod here: the preStop's, as the kubelet sends it.
+const DRAIN_TOKEN: &str = "drain-test-token-0123456789";
+const AUTHORIZATION: (&str, &str) = ("authorization", "Bearer drain-test-token-0123456789");
 
 /// A current cookie value naming `pod`, for session `n`.
 fn cookie(pod: &str, n: u8) -> String {
@@ -55,7 +62,9 @@ fn sample(metrics: &str, series: &str) -> Option<f64> {
 async fn drain_call(admin: SocketAddr, query: &str) -> tokio::task::JoinHandle<(u16, serde_json::Value)> {
     let path = format!("/drain{query}");
     tokio::spawn(async move {
-        let (status, text) = fresh_get(admin, &path).await.expect("the drain call answers");
+        let (status, text) = fresh_get_with(None, admin, &path, &[AUTHORIZATION])
+            .await
+            .expect("the drain call answers");
         let body = text.split("\r\n\r\n").nth(1).unwrap_or("").to_string();
         (
             status,
@@ -155,7 +164,9 @@ async fn bad_drain_calls_are_refused_and_start_nothing() {
     let p = pods(132, 1, &[]).await;
     let a = &p[0].1;
     for (q, word) in [("?idle=soon", "idle"), ("?max=0", "max"), ("?until=later", "until")] {
-        let (status, text) = fresh_get(a.admin, &format!("/drain{q}")).await.unwrap();
+        let (status, text) = fresh_get_with(None, a.admin, &format!("/drain{q}"), &[AUTHORIZATION])
+            .await
+            .unwrap();
         assert_eq!(status, 400, "{q}: {text}");
         assert!(text.contains(word), "{q}: {text}");
     }

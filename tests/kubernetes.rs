@@ -593,7 +593,7 @@ use http_body_util::{BodyExt, Empty};
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
 use stickyd::affinity::{Codec, SessionId, Sid};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 
 fn ip(net: u8, host: u8) -> IpAddr {
     IpAddr::V4(Ipv4Addr::new(127, 0, net, host))
@@ -910,8 +910,12 @@ impl Resp {
     }
 }
 
+/// A GET on a fresh connection from `addr`'s own address: for an admin
+/// path, a request from inside the pod.
 async fn get(addr: SocketAddr, path: &str, cookie: Option<&str>) -> Option<Resp> {
-    let stream = tokio::time::timeout(Duration::from_secs(2), TcpStream::connect(addr))
+    let socket = tokio::net::TcpSocket::new_v4().ok()?;
+    socket.bind(SocketAddr::new(addr.ip(), 0)).ok()?;
+    let stream = tokio::time::timeout(Duration::from_secs(2), socket.connect(addr))
         .await
         .ok()?
         .ok()?;

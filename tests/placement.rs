@@ -238,10 +238,7 @@ async fn local_placement_gives_a_new_pod_about_a_quarter() {
         "{on_new} of {NEW} on pod-4"
     );
     // No counts are kept or shown in this mode.
-    let body = get(&format!("http://{}/endpoints", c.pods[0].1.admin), &[])
-        .await
-        .unwrap()
-        .body;
+    let body = admin_get(&c.pods[0].1, "/endpoints").await.unwrap().body;
     let v: serde_json::Value = serde_json::from_str(&body).unwrap();
     assert!(v.get("sessions").is_none(), "{v}");
 }

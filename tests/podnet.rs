@@ -540,6 +540,72 @@ async fn session_active_at_max_is_repinned_once() {
     .await;
 }
 
+/// Only the pod's own kubelet can drain it: a `/drain` from another pod, or
+/// from the node without the preStop's token, gets 403 and leaves the pod
+/// undrained (it still takes new sessions, its peers do not see it
+/// draining); the peers' session counts and views answer the pod itself
+/// only; and then the kubelet's own preStop drains it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_the_kubelets_prestop_drains_a_pod() {
+    let mut spec = Spec::new("trust", 2);
+    spec.ingress = false;
+    scenario("only_the_kubelets_prestop_drains_a_pod", spec, async |cluster| {
+        let victim = cluster.pod("mysvc-0");
+        let other = cluster.pod("mysvc-1");
+        let limit = Duration::from_secs(2);
+        for (from, headers, path) in [
+            (&other.ns, vec![], "/drain?idle=1e10&max=1e10"),
+            (&other.ns, vec![], "/drain?idle=0&max=0.001"),
+            (&cluster.node, vec![], "/drain"),
+            (
+                &cluster.node,
+                vec![("Authorization", "Bearer not-the-token-0123456789")],
+                "/drain",
+            ),
+            (&other.ns, vec![], "/sessions"),
+            (&other.ns, vec![], "/endpoints"),
+        ] {
+            let r = from.get_with(victim.admin(), path, &headers, limit).await;
+            assert_eq!(
+                r.as_ref().map(|r| r.status),
+                Ok(403),
+                "{path} from {}: {r:?}",
+                from.name
+            );
+        }
+        let metrics = cluster.node.get(victim.admin(), "/metrics", limit).await.unwrap().body;
+        let value = |series: &str| {
+            metrics
+                .lines()
+                .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse::<f64>().ok())
+        };
+        assert_eq!(value("stickyd_draining"), Some(0.0), "{metrics}");
+        assert_eq!(
+            value("stickyd_admin_refused_total{endpoint=\"drain\"}"),
+            Some(4.0),
+            "{metrics}"
+        );
+        // Still ready and taking new sessions: a new session sent to it
+        // stays there.
+        let r = other
+            .ns
+            .get(std::net::SocketAddr::from((victim.ip, harness::POD_PORT)), "/", limit)
+            .await
+            .unwrap();
+        assert!(
+            r.body.contains("mysvc-0"),
+            "a new session at mysvc-0 went elsewhere: {}",
+            r.body
+        );
+        assert!(cluster.views_show("mysvc-0", Some("ready"), limit).await.is_some());
+        // The kubelet's preStop, with the token the manifests give it.
+        let t = cluster.delete_pod("mysvc-0", drain()).await;
+        print_termination(&cluster, &t);
+        assert_drained(&t, "idle");
+    })
+    .await;
+}
+
 /// During a SIGTERM drain, the admin port answers every probe on a fresh
 /// connection until the process exits.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

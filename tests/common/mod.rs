@@ -239,8 +239,14 @@ impl Drop for Stickyd {
     }
 }
 
+/// The stickyd binary under test: this build's, or another one named by
+/// STICKYDTEST_OTHER_BIN (to see a test fail against an earlier build).
 pub fn bin() -> &'static str {
-    env!("CARGO_BIN_EXE_stickyd")
+    static OTHER: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
+    OTHER
+        .get_or_init(|| std::env::var("STICKYDTEST_OTHER_BIN").ok().filter(|b| !b.is_empty()))
+        .as_deref()
+        .unwrap_or(env!("CARGO_BIN_EXE_stickyd"))
 }
 
 static SEQ: AtomicU64 = AtomicU64::new(0);
@@ -406,11 +412,44 @@ fn client() -> Client<HttpConnector, Body> {
 }
 
 pub async fn request(method: &str, url: &str, headers: &[(&str, &str)], body: Body) -> Result<Resp, String> {
+    send(client(), method, url, headers, body).await
+}
+
+/// A request on a fresh connection from `from`. From the address of a
+/// sidecar's own pod, it is a connection from inside that pod (as `kubectl
+/// port-forward` makes), which the admin port answers in full.
+pub async fn request_from(
+    from: std::net::IpAddr,
+    method: &str,
+    url: &str,
+    headers: &[(&str, &str)],
+    body: Body,
+) -> Result<Resp, String> {
+    let mut connector = HttpConnector::new();
+    connector.set_local_address(Some(from));
+    let one: Client<HttpConnector, Body> = Client::builder(TokioExecutor::new())
+        .pool_max_idle_per_host(0)
+        .build(connector);
+    send(one, method, url, headers, body).await
+}
+
+/// A GET of an admin path of `s` from inside its pod ([`request_from`]).
+pub async fn admin_get(s: &Stickyd, path: &str) -> Result<Resp, String> {
+    request_from(s.admin.ip(), "GET", &format!("http://{}{path}", s.admin), &[], empty()).await
+}
+
+async fn send(
+    client: Client<HttpConnector, Body>,
+    method: &str,
+    url: &str,
+    headers: &[(&str, &str)],
+    body: Body,
+) -> Result<Resp, String> {
     let mut b = Request::builder().method(method).uri(url);
     for (k, v) in headers {
         b = b.header(*k, *v);
     }
-    let resp = tokio::time::timeout(Duration::from_secs(20), client().request(b.body(body).unwrap()))
+    let resp = tokio::time::timeout(Duration::from_secs(20), client.request(b.body(body).unwrap()))
         .await
         .map_err(|_| "timeout".to_string())?
         .map_err(|e| format!("{e:?}"))?;
@@ -546,9 +585,8 @@ pub async fn wait_for_view(s: &Stickyd, names: &[&str]) {
 /// holds of its JSON.
 pub async fn wait_for_endpoints(s: &Stickyd, what: &str, done: impl FnMut(&serde_json::Value) -> bool) {
     let done = std::cell::RefCell::new(done);
-    let url = format!("http://{}/endpoints", s.admin);
     eventually(Duration::from_secs(5), &format!("{}: {what}", s.pod), || async {
-        let body = get(&url, &[]).await.unwrap().body;
+        let body = admin_get(s, "/endpoints").await.unwrap().body;
         let v: serde_json::Value = serde_json::from_str(&body).unwrap();
         ((done.borrow_mut())(&v), v)
     })
@@ -642,12 +680,30 @@ impl Drop for KillableApp {
 /// a probe or `curl` makes it: a closed listener shows, where a pooled
 /// client would hide it. Returns the status and the whole response text.
 pub async fn fresh_get(addr: SocketAddr, path: &str) -> Result<(u16, String), String> {
+    fresh_get_with(None, addr, path, &[]).await
+}
+
+/// [`fresh_get`] from the address `from` (as [`request_from`]) with extra
+/// header lines.
+pub async fn fresh_get_with(
+    from: Option<std::net::IpAddr>,
+    addr: SocketAddr,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> Result<(u16, String), String> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut s = tokio::time::timeout(Duration::from_secs(2), tokio::net::TcpStream::connect(addr))
+    let socket = tokio::net::TcpSocket::new_v4().map_err(|e| format!("socket: {e}"))?;
+    if let Some(ip) = from {
+        socket
+            .bind(SocketAddr::new(ip, 0))
+            .map_err(|e| format!("bind {ip}: {e}"))?;
+    }
+    let mut s = tokio::time::timeout(Duration::from_secs(2), socket.connect(addr))
         .await
         .map_err(|_| "connect timeout".to_string())?
         .map_err(|e| format!("connect: {e}"))?;
-    let req = format!("GET {path} HTTP/1.1\r\nHost: probe\r\nConnection: close\r\n\r\n");
+    let extra: String = headers.iter().map(|(k, v)| format!("{k}: {v}\r\n")).collect();
+    let req = format!("GET {path} HTTP/1.1\r\nHost: probe\r\n{extra}Connection: close\r\n\r\n");
     s.write_all(req.as_bytes()).await.map_err(|e| format!("write: {e}"))?;
     let mut out = Vec::new();
     tokio::time::timeout(Duration::from_secs(30), s.read_to_end(&mut out))

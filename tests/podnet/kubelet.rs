@@ -16,7 +16,7 @@ use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 
 use super::netns::{run, Netns};
-use super::{Cluster, ADMIN_PORT, NAMESPACE, NODE_IP, POD_PORT, SERVICE};
+use super::{Cluster, ADMIN_PORT, DRAIN_TOKEN, NAMESPACE, NODE_IP, POD_PORT, SERVICE, SESSION_KEY};
 
 /// The app's port inside the pod, behind the sidecar.
 pub const APP_LISTEN: &str = "127.0.0.1:8081";
@@ -274,6 +274,8 @@ impl Cluster {
             .env("STICKYD_SERVICE", SERVICE)
             .env("STICKYD_NAMESPACE", NAMESPACE)
             .env("KUBECONFIG", &self.kubeconfig)
+            .env("STICKYD_COOKIE_SECRET", SESSION_KEY)
+            .env("STICKYD_DRAIN_TOKEN", DRAIN_TOKEN)
             .env("STICKYD_WORKER_THREADS", "1")
             .env("STICKYD_LOG", "info");
         for (k, v) in &self.spec.sidecar_env {
@@ -343,7 +345,9 @@ impl Cluster {
                 .into_iter()
                 .filter(|p| p.sidecar.as_ref().is_some_and(|s| s.exited().is_none()));
             for p in running {
-                let seen = match self.node.get(p.admin(), "/endpoints", Duration::from_secs(1)).await {
+                // From inside the pod, as `kubectl port-forward` asks.
+                let inside = SocketAddr::from(([127, 0, 0, 1], ADMIN_PORT));
+                let seen = match p.ns.get(inside, "/endpoints", Duration::from_secs(1)).await {
                     Ok(r) => serde_json::from_str::<serde_json::Value>(&r.body).ok().map(|v| {
                         v["peers"]
                             .as_array()
@@ -474,7 +478,17 @@ impl Cluster {
             PreStop::Sleep(d) => tokio::time::sleep((*d).min(left)).await,
             // The kubelet's lifecycle HTTP client has no timeout of its own:
             // the grace period bounds the hook.
-            PreStop::HttpGet(path) => match self.node.get(pod.admin(), path, left).await {
+            // From the node, with the hook's header, as the kubelet calls it.
+            PreStop::HttpGet(path) => match self
+                .node
+                .get_with(
+                    pod.admin(),
+                    path,
+                    &[("Authorization", &format!("Bearer {DRAIN_TOKEN}"))],
+                    left,
+                )
+                .await
+            {
                 Ok(r) => {
                     out.status = Some(r.status);
                     out.body = r.body;

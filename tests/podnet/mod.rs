@@ -48,6 +48,11 @@ pub const APISERVER: SocketAddrV4 = SocketAddrV4::new(NODE_IP, 6443);
 /// The port the Service targets: the sidecar (or, without one, the app).
 pub const POD_PORT: u16 = 8080;
 pub const ADMIN_PORT: u16 = 9090;
+/// Every sidecar's session key, as `stickyd inject` gives one Secret to the
+/// pods of a Service.
+pub const SESSION_KEY: &str = "podnet-session-key-0123456789abcdef";
+/// Every sidecar's drain token, which the app's preStop sends.
+pub const DRAIN_TOKEN: &str = "podnet-drain-token-0123456789abcdef";
 
 /// Pod `i`'s address: 198.18.0.10 + i.
 pub fn pod_ip(i: u32) -> Ipv4Addr {

@@ -155,11 +155,24 @@ impl Netns {
     /// One HTTP/1.1 GET from this namespace on a connection of its own (as a
     /// kubelet probe does), bounded by `limit` in all.
     pub async fn get(&self, addr: SocketAddr, path: &str, limit: Duration) -> Result<Reply, String> {
+        self.get_with(addr, path, &[], limit).await
+    }
+
+    /// [`Netns::get`] with extra header lines (as a hook's `httpHeaders`).
+    pub async fn get_with(
+        &self,
+        addr: SocketAddr,
+        path: &str,
+        headers: &[(&str, &str)],
+        limit: Duration,
+    ) -> Result<Reply, String> {
         let socket = self.socket().map_err(|e| format!("socket: {e}"))?;
+        let extra: String = headers.iter().map(|(k, v)| format!("{k}: {v}\r\n")).collect();
         let exchange = async {
             let mut stream = socket.connect(addr).await.map_err(|e| format!("connect: {e}"))?;
-            let head =
-                format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nUser-Agent: kubelet\r\nConnection: close\r\n\r\n");
+            let head = format!(
+                "GET {path} HTTP/1.1\r\nHost: {addr}\r\nUser-Agent: kubelet\r\n{extra}Connection: close\r\n\r\n"
+            );
             stream
                 .write_all(head.as_bytes())
                 .await
