@@ -913,7 +913,12 @@ impl Resp {
 /// A GET on a fresh connection from `addr`'s own address: for an admin
 /// path, a request from inside the pod.
 async fn get(addr: SocketAddr, path: &str, cookie: Option<&str>) -> Option<Resp> {
-    let socket = tokio::net::TcpSocket::new_v4().ok()?;
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()
+    } else {
+        tokio::net::TcpSocket::new_v6()
+    }
+    .ok()?;
     socket.bind(SocketAddr::new(addr.ip(), 0)).ok()?;
     let stream = tokio::time::timeout(Duration::from_secs(2), socket.connect(addr))
         .await

@@ -692,7 +692,12 @@ pub async fn fresh_get_with(
     headers: &[(&str, &str)],
 ) -> Result<(u16, String), String> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let socket = tokio::net::TcpSocket::new_v4().map_err(|e| format!("socket: {e}"))?;
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()
+    } else {
+        tokio::net::TcpSocket::new_v6()
+    }
+    .map_err(|e| format!("socket: {e}"))?;
     if let Some(ip) = from {
         socket
             .bind(SocketAddr::new(ip, 0))
