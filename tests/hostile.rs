@@ -10,9 +10,12 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use common::*;
+use std::sync::Arc;
 use stickyd::affinity::{Codec, Keys, Lifetimes, SessionId, Sid};
+
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
+use tokio::sync::Notify;
 
 const KEY: &str = "hostile-test-key-0123456789abcdef";
 
@@ -661,9 +664,9 @@ fn paths(seen: &[common::Seen]) -> Vec<String> {
     seen.iter().map(|s| s.path.clone()).collect()
 }
 
-/// What the raw app got of each request: its path, and the bytes of its
-/// body as they came (a chunked body through its final CRLF, trailers and
-/// all).
+/// What the raw app got of each request: `("head", path)` as its head
+/// comes, then its path and the bytes of its body as they came (a chunked
+/// body through its final CRLF, trailers and all).
 type Got = tokio::sync::mpsc::UnboundedReceiver<(String, String)>;
 
 /// An app of raw bytes, for what a well-behaved app never sends. By path:
@@ -671,14 +674,19 @@ type Got = tokio::sync::mpsc::UnboundedReceiver<(String, String)>;
 /// ones beside a Link, then 200 `ok`; `/trailers` a chunked `ok` whose
 /// trailers carry stickyd's fields beside X-Sum; `/list` and `/twice` `ok`
 /// with Content-Length `2, 2`, or the field twice; anything else 200 `ok`.
-/// It reports every request's body.
-async fn raw_app(ip: &str) -> (RawApp, Got) {
+/// `/trailers-later` sends the trailers of `/trailers` only once `go` is
+/// notified. It reports every request's head and body.
+async fn raw_app(ip: &str) -> (RawApp, Got, Arc<Notify>) {
     let (tx, got) = tokio::sync::mpsc::unbounded_channel();
+    let go = Arc::new(Notify::new());
+    let app_go = go.clone();
     let app = RawApp::start(ip, move |mut s| {
-        let tx = tx.clone();
+        let (tx, go) = (tx.clone(), app_go.clone());
         async move {
             let mut buf = Vec::new();
             while let Some(head) = read_head(&mut s, &mut buf).await {
+                let path = head.split_whitespace().nth(1).unwrap_or("").to_string();
+                let _ = tx.send(("head".into(), path.clone()));
                 let len = content_length(&head);
                 let chunked = head.contains("transfer-encoding: chunked");
                 // A chunked body (the tests' own: one chunk, a last chunk,
@@ -698,18 +706,28 @@ async fn raw_app(ip: &str) -> (RawApp, Got) {
                     }
                 };
                 let body: Vec<u8> = buf.drain(..body_len).collect();
-                let path = head.split_whitespace().nth(1).unwrap_or("").to_string();
                 let _ = tx.send((path.clone(), String::from_utf8_lossy(&body).into_owned()));
+                const TRAILERS: &str = "0\r\nX-Stickyd-Hop: leak\r\nx-stickyd-sessions: 9\r\nX-Sum: 3\r\n\
+                                        X-Stickyd-Session: leak\r\n\r\n";
+                if path == "/trailers-later" {
+                    let head = "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nok\r\n";
+                    if s.write_all(head.as_bytes()).await.is_err() {
+                        return;
+                    }
+                    go.notified().await;
+                    if s.write_all(TRAILERS.as_bytes()).await.is_err() {
+                        return;
+                    }
+                    continue;
+                }
+                let trailers = format!("HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nok\r\n{TRAILERS}");
                 let answer = match path.as_str() {
                     "/interim" => {
                         "HTTP/1.1 103 Early Hints\r\nLink: </style.css>; rel=preload\r\nX-Stickyd-Hop: leak\r\n\
                          x-stickyd-sessions: 9\r\nx-stickyd-session: leak\r\nConnection: x-private\r\nX-Private: 1\r\n\
                          Keep-Alive: timeout=5\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
                     }
-                    "/trailers" => {
-                        "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nTrailer: X-Sum\r\n\r\n2\r\nok\r\n0\r\n\
-                         X-Stickyd-Hop: leak\r\nx-stickyd-sessions: 9\r\nX-Sum: 3\r\nX-Stickyd-Session: leak\r\n\r\n"
-                    }
+                    "/trailers" => &trailers,
                     "/list" if head.starts_with("head ") => "HTTP/1.1 200 OK\r\nContent-Length: 2, 2\r\n\r\n",
                     "/list" => "HTTP/1.1 200 OK\r\nContent-Length: 2, 2\r\n\r\nok",
                     "/twice" => "HTTP/1.1 200 OK\r\nContent-Length: 2\r\nContent-Length: 2\r\n\r\nok",
@@ -722,7 +740,7 @@ async fn raw_app(ip: &str) -> (RawApp, Got) {
         }
     })
     .await;
-    (app, got)
+    (app, got, go)
 }
 
 /// Two pods, each a sidecar over a [`raw_app`]: a request with the cookie
@@ -730,6 +748,7 @@ async fn raw_app(ip: &str) -> (RawApp, Got) {
 struct RawPods {
     sidecars: [Stickyd; 2],
     got: [Got; 2],
+    go: [Arc<Notify>; 2],
     _apps: [RawApp; 2],
 }
 
@@ -740,13 +759,14 @@ impl RawPods {
             "STICKYD_ENDPOINTS",
             format!("static:pod-0={},pod-1={}", listen[0], listen[1]),
         )];
-        let (app0, got0) = raw_app(ips[0]).await;
-        let (app1, got1) = raw_app(ips[1]).await;
+        let (app0, got0, go0) = raw_app(ips[0]).await;
+        let (app1, got1, go1) = raw_app(ips[1]).await;
         let s0 = Stickyd::start("pod-0", listen[0], app0.addr, &env).await;
         let s1 = Stickyd::start("pod-1", listen[1], app1.addr, &env).await;
         RawPods {
             sidecars: [s0, s1],
             got: [got0, got1],
+            go: [go0, go1],
             _apps: [app0, app1],
         }
     }
@@ -762,13 +782,24 @@ impl RawPods {
         (self.sidecars[0].listen, cookie)
     }
 
-    /// What the app of the pod that served the request got next.
-    async fn got(&mut self, via_peer: bool) -> (String, String) {
+    /// What the app of the pod that serves the request reports next.
+    async fn next(&mut self, via_peer: bool) -> (String, String) {
         let got = &mut self.got[usize::from(via_peer)];
         tokio::time::timeout(Duration::from_secs(10), got.recv())
             .await
             .expect("the app got the request")
             .expect("the app runs")
+    }
+
+    /// The path and body of the next request the app of the pod that
+    /// serves it got whole.
+    async fn got(&mut self, via_peer: bool) -> (String, String) {
+        loop {
+            let (what, body) = self.next(via_peer).await;
+            if what != "head" {
+                return (what, body);
+            }
+        }
     }
 }
 
@@ -811,29 +842,58 @@ async fn interim_responses_lose_hop_by_hop_and_stickyd_fields_as_final_ones_do()
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stickyd_fields_never_pass_in_trailers_either_way() {
     let mut pods = RawPods::start(["127.0.101.31", "127.0.101.32"]).await;
-    for via_peer in [false, true] {
+    // The trailers come with the head, or in a read of their own (the head
+    // and the first chunk have reached the app).
+    for (via_peer, later) in [(false, false), (true, false), (false, true), (true, true)] {
         let (addr, cookie) = pods.entry(via_peer);
-        let req = format!(
+        let head = format!(
             "POST /echo HTTP/1.1\r\nHost: t\r\n{cookie}Transfer-Encoding: chunked\r\nConnection: close\r\n\r\n\
-             3;ext=1\r\nabc\r\n0\r\nX-Stickyd-Session: forged\r\nx-stickyd-hop: forged\r\nX-Sum: 3\r\n\
-             X-STICKYD-SESSIONS: 1\r\nTE: trailers\r\n\r\n"
+             3;ext=1\r\nabc\r\n"
         );
-        let got = raw(addr, req.as_bytes()).await;
+        let trailers = "0\r\nX-Stickyd-Session: forged\r\nx-stickyd-hop: forged\r\nX-Sum: 3\r\n\
+                        X-STICKYD-SESSIONS: 1\r\nTE: trailers\r\n\r\n";
+        let mut s = TcpStream::connect(addr).await.unwrap();
+        if later {
+            s.write_all(head.as_bytes()).await.unwrap();
+            assert_eq!(pods.next(via_peer).await, ("head".into(), "/echo".into()));
+            s.write_all(trailers.as_bytes()).await.unwrap();
+        } else {
+            s.write_all(format!("{head}{trailers}").as_bytes()).await.unwrap();
+        }
+        let got = read_all(&mut s).await;
         assert_eq!(statuses(&got), vec![200], "{got:?}");
         let (path, body) = pods.got(via_peer).await;
         assert_eq!(
             (path.as_str(), body.as_str()),
             ("/echo", "3;ext=1\r\nabc\r\n0\r\nX-Sum: 3\r\n\r\n"),
-            "via peer {via_peer}"
+            "via peer {via_peer}, later {later}"
         );
-        let req = format!("GET /trailers HTTP/1.1\r\nHost: t\r\n{cookie}Connection: close\r\n\r\n");
-        let got = raw(addr, req.as_bytes()).await;
+        // The response's trailers: sent with it, or once its first chunk
+        // has reached the client.
+        let path = if later { "/trailers-later" } else { "/trailers" };
+        let mut s = TcpStream::connect(addr).await.unwrap();
+        let req = format!("GET {path} HTTP/1.1\r\nHost: t\r\n{cookie}Connection: close\r\n\r\n");
+        s.write_all(req.as_bytes()).await.unwrap();
+        let mut got = String::new();
+        if later {
+            let mut b = [0u8; 1024];
+            while !got.ends_with("2\r\nok\r\n") {
+                let n = tokio::time::timeout(Duration::from_secs(10), s.read(&mut b))
+                    .await
+                    .expect("the first chunk in time")
+                    .unwrap();
+                assert!(n > 0, "{got:?}");
+                got.push_str(&String::from_utf8_lossy(&b[..n]));
+            }
+            pods.go[usize::from(via_peer)].notify_one();
+        }
+        got.push_str(&read_all(&mut s).await);
         assert_eq!(statuses(&got), vec![200], "{got:?}");
         assert!(
             got.ends_with("\r\n\r\n2\r\nok\r\n0\r\nX-Sum: 3\r\n\r\n"),
-            "via peer {via_peer}: {got:?}"
+            "via peer {via_peer}, later {later}: {got:?}"
         );
-        pods.got(via_peer).await;
+        assert_eq!(pods.got(via_peer).await.0, path);
     }
     // HTTP/2: the request's trailers, declared so that they go on to an
     // HTTP/1.1 app at all, and the response's.

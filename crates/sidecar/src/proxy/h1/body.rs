@@ -462,6 +462,9 @@ mod tests {
             (b"0\r\nX: 1\n\r\n", ChunkError::LineEnd),
             (b"0\r\n\n", ChunkError::LineEnd),
             (b"1;e\n", ChunkError::LineEnd),
+            // White space or an extension needs a size before it.
+            (b" \r\n\r\n", ChunkError::Size),
+            (b";e\r\n\r\n", ChunkError::Size),
         ] {
             let mut c = Chunked::default();
             assert_eq!(c.scan(body), Err(e), "{:?}", String::from_utf8_lossy(body));
@@ -469,8 +472,11 @@ mod tests {
         let mut c = Chunked::default();
         let long = format!("1;{}\r\n", "e".repeat(MAX_EXTENSION + 1));
         assert_eq!(c.scan(long.as_bytes()), Err(ChunkError::Extension));
+        // The trailer section's fields take MAX_TRAILERS bytes at most.
+        let most = format!("0\r\nX:{}\r\n\r\n", "t".repeat(MAX_TRAILERS - 2));
+        assert_eq!(whole(most.as_bytes()), Ok(most.len()));
         let mut c = Chunked::default();
-        let trailers = format!("0\r\nX: {}\r\n\r\n", "t".repeat(MAX_TRAILERS));
+        let trailers = format!("0\r\nX:{}\r\n\r\n", "t".repeat(MAX_TRAILERS - 1));
         assert_eq!(c.scan(trailers.as_bytes()), Err(ChunkError::Trailers));
     }
 
