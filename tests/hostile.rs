@@ -10,9 +10,12 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use common::*;
+use std::sync::Arc;
 use stickyd::affinity::{Codec, Keys, Lifetimes, SessionId, Sid};
+
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
+use tokio::sync::Notify;
 
 const KEY: &str = "hostile-test-key-0123456789abcdef";
 
@@ -659,4 +662,304 @@ async fn hostile_cookies_signed() {
 
 fn paths(seen: &[common::Seen]) -> Vec<String> {
     seen.iter().map(|s| s.path.clone()).collect()
+}
+
+/// What the raw app got of each request: `("head", path)` as its head
+/// comes, then its path and the bytes of its body as they came (a chunked
+/// body through its final CRLF, trailers and all).
+type Got = tokio::sync::mpsc::UnboundedReceiver<(String, String)>;
+
+/// An app of raw bytes, for what a well-behaved app never sends. By path:
+/// `/interim` answers a 103 that carries stickyd's fields and hop-by-hop
+/// ones beside a Link, then 200 `ok`; `/trailers` a chunked `ok` whose
+/// trailers carry stickyd's fields beside X-Sum; `/list` and `/twice` `ok`
+/// with Content-Length `2, 2`, or the field twice; anything else 200 `ok`.
+/// `/trailers-later` sends the trailers of `/trailers` only once `go` is
+/// notified. It reports every request's head and body.
+async fn raw_app(ip: &str) -> (RawApp, Got, Arc<Notify>) {
+    let (tx, got) = tokio::sync::mpsc::unbounded_channel();
+    let go = Arc::new(Notify::new());
+    let app_go = go.clone();
+    let app = RawApp::start(ip, move |mut s| {
+        let (tx, go) = (tx.clone(), app_go.clone());
+        async move {
+            let mut buf = Vec::new();
+            while let Some(head) = read_head(&mut s, &mut buf).await {
+                let path = head.split_whitespace().nth(1).unwrap_or("").to_string();
+                let _ = tx.send(("head".into(), path.clone()));
+                let len = content_length(&head);
+                let chunked = head.contains("transfer-encoding: chunked");
+                // A chunked body (the tests' own: one chunk, a last chunk,
+                // trailers) ends with an empty line after its last chunk.
+                let end = |b: &[u8]| {
+                    let text = String::from_utf8_lossy(b);
+                    text.find("0\r\n")
+                        .and_then(|at| text[at..].find("\r\n\r\n").map(|e| at + e + 4))
+                };
+                let body_len = loop {
+                    match if chunked { end(&buf) } else { Some(len) } {
+                        Some(n) if buf.len() >= n => break n,
+                        _ => {}
+                    }
+                    if !matches!(read_more(&mut s, &mut buf).await, Some(1..)) {
+                        return;
+                    }
+                };
+                let body: Vec<u8> = buf.drain(..body_len).collect();
+                let _ = tx.send((path.clone(), String::from_utf8_lossy(&body).into_owned()));
+                const TRAILERS: &str = "0\r\nX-Stickyd-Hop: leak\r\nx-stickyd-sessions: 9\r\nX-Sum: 3\r\n\
+                                        X-Stickyd-Session: leak\r\n\r\n";
+                if path == "/trailers-later" {
+                    let head = "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nok\r\n";
+                    if s.write_all(head.as_bytes()).await.is_err() {
+                        return;
+                    }
+                    go.notified().await;
+                    if s.write_all(TRAILERS.as_bytes()).await.is_err() {
+                        return;
+                    }
+                    continue;
+                }
+                let trailers = format!("HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nok\r\n{TRAILERS}");
+                let answer = match path.as_str() {
+                    "/interim" => {
+                        "HTTP/1.1 103 Early Hints\r\nLink: </style.css>; rel=preload\r\nX-Stickyd-Hop: leak\r\n\
+                         x-stickyd-sessions: 9\r\nx-stickyd-session: leak\r\nConnection: x-private\r\nX-Private: 1\r\n\
+                         Keep-Alive: timeout=5\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
+                    }
+                    "/trailers" => &trailers,
+                    "/list" if head.starts_with("head ") => "HTTP/1.1 200 OK\r\nContent-Length: 2, 2\r\n\r\n",
+                    "/list" => "HTTP/1.1 200 OK\r\nContent-Length: 2, 2\r\n\r\nok",
+                    "/twice" => "HTTP/1.1 200 OK\r\nContent-Length: 2\r\nContent-Length: 2\r\n\r\nok",
+                    _ => "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok",
+                };
+                if s.write_all(answer.as_bytes()).await.is_err() {
+                    return;
+                }
+            }
+        }
+    })
+    .await;
+    (app, got, go)
+}
+
+/// Two pods, each a sidecar over a [`raw_app`]: a request with the cookie
+/// of `pod-1` sent to `pod-0` goes through both sidecars.
+struct RawPods {
+    sidecars: [Stickyd; 2],
+    got: [Got; 2],
+    go: [Arc<Notify>; 2],
+    _apps: [RawApp; 2],
+}
+
+impl RawPods {
+    async fn start(ips: [&str; 2]) -> RawPods {
+        let listen = ips.map(addr_on);
+        let env = [(
+            "STICKYD_ENDPOINTS",
+            format!("static:pod-0={},pod-1={}", listen[0], listen[1]),
+        )];
+        let (app0, got0, go0) = raw_app(ips[0]).await;
+        let (app1, got1, go1) = raw_app(ips[1]).await;
+        let s0 = Stickyd::start("pod-0", listen[0], app0.addr, &env).await;
+        let s1 = Stickyd::start("pod-1", listen[1], app1.addr, &env).await;
+        RawPods {
+            sidecars: [s0, s1],
+            got: [got0, got1],
+            go: [go0, go1],
+            _apps: [app0, app1],
+        }
+    }
+
+    /// The entry sidecar's address, and the extra head line that sends a
+    /// request on to the other pod's (`via_peer`).
+    fn entry(&self, via_peer: bool) -> (SocketAddr, String) {
+        let cookie = if via_peer {
+            format!("Cookie: stickyd={}\r\n", SessionId::for_pod("pod-1").encode())
+        } else {
+            String::new()
+        };
+        (self.sidecars[0].listen, cookie)
+    }
+
+    /// What the app of the pod that serves the request reports next.
+    async fn next(&mut self, via_peer: bool) -> (String, String) {
+        let got = &mut self.got[usize::from(via_peer)];
+        tokio::time::timeout(Duration::from_secs(10), got.recv())
+            .await
+            .expect("the app got the request")
+            .expect("the app runs")
+    }
+
+    /// The path and body of the next request the app of the pod that
+    /// serves it got whole.
+    async fn got(&mut self, via_peer: bool) -> (String, String) {
+        loop {
+            let (what, body) = self.next(via_peer).await;
+            if what != "head" {
+                return (what, body);
+            }
+        }
+    }
+}
+
+/// The head of each response in `text`, lower-cased.
+fn heads(text: &str) -> Vec<String> {
+    text.match_indices("HTTP/1.")
+        .map(|(i, _)| {
+            let rest = &text[i..];
+            rest[..rest.find("\r\n\r\n").unwrap_or(rest.len())].to_ascii_lowercase()
+        })
+        .collect()
+}
+
+/// An interim response (103 Early Hints) loses what a final one loses:
+/// stickyd's own fields (`x-stickyd-hop`, `-session`, `-sessions`) and the
+/// hop-by-hop ones (Keep-Alive, Connection and what it names); its Link
+/// goes on. Here and through a peer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn interim_responses_lose_hop_by_hop_and_stickyd_fields_as_final_ones_do() {
+    let mut pods = RawPods::start(["127.0.101.21", "127.0.101.22"]).await;
+    for via_peer in [false, true] {
+        let (addr, cookie) = pods.entry(via_peer);
+        let req = format!("GET /interim HTTP/1.1\r\nHost: t\r\n{cookie}Connection: close\r\n\r\n");
+        let got = raw(addr, req.as_bytes()).await;
+        assert_eq!(statuses(&got), vec![103, 200], "via peer {via_peer}: {got:?}");
+        let interim = &heads(&got)[0];
+        assert!(interim.contains("\r\nlink: </style.css>; rel=preload"), "{got:?}");
+        for leak in ["x-stickyd", "x-private", "keep-alive", "connection:"] {
+            assert!(!interim.contains(leak), "via peer {via_peer}: {leak} in {interim:?}");
+        }
+        assert!(got.ends_with("\r\n\r\nok"), "{got:?}");
+        assert_eq!(pods.got(via_peer).await.0, "/interim");
+    }
+}
+
+/// stickyd's own fields never pass in trailers, nor hop-by-hop ones: a
+/// chunked request's trailers reach the app without them (its chunks as
+/// they came), and a chunked response's reach the client without them;
+/// over HTTP/1.1, here and through a peer, and over HTTP/2 (hyper's path).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stickyd_fields_never_pass_in_trailers_either_way() {
+    let mut pods = RawPods::start(["127.0.101.31", "127.0.101.32"]).await;
+    // The trailers come with the head, or in a read of their own (the head
+    // and the first chunk have reached the app).
+    for (via_peer, later) in [(false, false), (true, false), (false, true), (true, true)] {
+        let (addr, cookie) = pods.entry(via_peer);
+        let head = format!(
+            "POST /echo HTTP/1.1\r\nHost: t\r\n{cookie}Transfer-Encoding: chunked\r\nConnection: close\r\n\r\n\
+             3;ext=1\r\nabc\r\n"
+        );
+        let trailers = "0\r\nX-Stickyd-Session: forged\r\nx-stickyd-hop: forged\r\nX-Sum: 3\r\n\
+                        X-STICKYD-SESSIONS: 1\r\nTE: trailers\r\n\r\n";
+        let mut s = TcpStream::connect(addr).await.unwrap();
+        if later {
+            s.write_all(head.as_bytes()).await.unwrap();
+            assert_eq!(pods.next(via_peer).await, ("head".into(), "/echo".into()));
+            s.write_all(trailers.as_bytes()).await.unwrap();
+        } else {
+            s.write_all(format!("{head}{trailers}").as_bytes()).await.unwrap();
+        }
+        let got = read_all(&mut s).await;
+        assert_eq!(statuses(&got), vec![200], "{got:?}");
+        let (path, body) = pods.got(via_peer).await;
+        assert_eq!(
+            (path.as_str(), body.as_str()),
+            ("/echo", "3;ext=1\r\nabc\r\n0\r\nX-Sum: 3\r\n\r\n"),
+            "via peer {via_peer}, later {later}"
+        );
+        // The response's trailers: sent with it, or once its first chunk
+        // has reached the client.
+        let path = if later { "/trailers-later" } else { "/trailers" };
+        let mut s = TcpStream::connect(addr).await.unwrap();
+        let req = format!("GET {path} HTTP/1.1\r\nHost: t\r\n{cookie}Connection: close\r\n\r\n");
+        s.write_all(req.as_bytes()).await.unwrap();
+        let mut got = String::new();
+        if later {
+            let mut b = [0u8; 1024];
+            while !got.ends_with("2\r\nok\r\n") {
+                let n = tokio::time::timeout(Duration::from_secs(10), s.read(&mut b))
+                    .await
+                    .expect("the first chunk in time")
+                    .unwrap();
+                assert!(n > 0, "{got:?}");
+                got.push_str(&String::from_utf8_lossy(&b[..n]));
+            }
+            pods.go[usize::from(via_peer)].notify_one();
+        }
+        got.push_str(&read_all(&mut s).await);
+        assert_eq!(statuses(&got), vec![200], "{got:?}");
+        assert!(
+            got.ends_with("\r\n\r\n2\r\nok\r\n0\r\nX-Sum: 3\r\n\r\n"),
+            "via peer {via_peer}, later {later}: {got:?}"
+        );
+        assert_eq!(pods.got(via_peer).await.0, path);
+    }
+    // HTTP/2: the request's trailers, declared so that they go on to an
+    // HTTP/1.1 app at all, and the response's.
+    let mut h2 = h2c(pods.sidecars[0].listen).await;
+    let (tx, body) = fed_body();
+    let req = http::Request::post("/echo")
+        .header("host", "t")
+        .header("trailer", "x-stickyd-hop, x-stickyd-session, x-sum")
+        .body(body)
+        .unwrap();
+    tx.send(http_body::Frame::data(bytes::Bytes::from_static(b"abc")))
+        .unwrap();
+    let mut trailers = http::HeaderMap::new();
+    trailers.insert("x-stickyd-hop", "forged".parse().unwrap());
+    trailers.insert("x-stickyd-session", "forged".parse().unwrap());
+    trailers.insert("x-sum", "3".parse().unwrap());
+    tx.send(http_body::Frame::trailers(trailers)).unwrap();
+    drop(tx);
+    let resp = h2.send_request(req).await.unwrap();
+    assert_eq!(resp.status(), 200);
+    let (_, body) = pods.got(false).await;
+    assert!(body.ends_with("0\r\nx-sum: 3\r\n\r\n"), "{body:?}");
+    assert!(!body.contains("stickyd"), "{body:?}");
+    let req = http::Request::get("/trailers")
+        .header("host", "t")
+        .body(empty())
+        .unwrap();
+    let resp = h2.send_request(req).await.unwrap();
+    let all = http_body_util::BodyExt::collect(resp.into_body()).await.unwrap();
+    let trailers = all.trailers().cloned().expect("the response's trailers");
+    assert_eq!(all.to_bytes(), "ok");
+    let names: Vec<&str> = trailers.keys().map(|k| k.as_str()).collect();
+    assert_eq!(names, ["x-sum"], "{trailers:?}");
+}
+
+/// A response whose Content-Length is a list of equal values (`2, 2`), or
+/// the field twice, goes on with one `content-length: 2` (to a HEAD as
+/// well); here, through a peer, and to an HTTP/2 client, which would take
+/// the list for a malformed response.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_list_valued_content_length_goes_on_as_one_value() {
+    let mut pods = RawPods::start(["127.0.101.41", "127.0.101.42"]).await;
+    for via_peer in [false, true] {
+        let (addr, cookie) = pods.entry(via_peer);
+        for (method, path, body) in [("GET", "/list", "ok"), ("GET", "/twice", "ok"), ("HEAD", "/list", "")] {
+            let req = format!("{method} {path} HTTP/1.1\r\nHost: t\r\n{cookie}Connection: close\r\n\r\n");
+            let got = raw(addr, req.as_bytes()).await;
+            let head = &heads(&got)[0];
+            let lengths: Vec<&str> = head.lines().filter(|l| l.starts_with("content-length:")).collect();
+            assert_eq!(
+                lengths,
+                ["content-length: 2"],
+                "{method} {path} via peer {via_peer}: {got:?}"
+            );
+            assert!(got.ends_with(&format!("\r\n\r\n{body}")), "{got:?}");
+            assert_eq!(pods.got(via_peer).await.0, path);
+        }
+    }
+    let mut h2 = h2c(pods.sidecars[0].listen).await;
+    for path in ["/list", "/twice"] {
+        let req = http::Request::get(path).header("host", "t").body(empty()).unwrap();
+        let resp = h2.send_request(req).await.unwrap();
+        assert_eq!(resp.status(), 200);
+        let lengths: Vec<_> = resp.headers().get_all("content-length").iter().cloned().collect();
+        assert_eq!(lengths, ["2"], "{path}");
+        let body = http_body_util::BodyExt::collect(resp.into_body()).await.unwrap();
+        assert_eq!(body.to_bytes(), "ok", "{path}");
+    }
 }

@@ -8,7 +8,7 @@
 //! clock. The session token reads its times from a [`Clock`] that follows
 //! tokio's; a black-holed peer is a [`Connector`] whose dial never ends.
 //!
-//! Addresses: 127.0.173.x.
+//! Addresses: 127.0.173.x and 127.0.174.x.
 
 mod common;
 
@@ -17,13 +17,17 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use common::App;
+use bytes::Bytes;
+use common::{App, RawApp};
 use futures_util::{SinkExt, StreamExt};
+use http_body::Frame;
+use http_body_util::BodyExt;
 use stickyd::affinity::SessionId;
 use stickyd::config::Config;
 use stickyd::proxy::{Clock, Connector};
 use stickyd::sidecar::{Parts, Sidecar};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 use tokio::time::{advance, Instant};
@@ -206,7 +210,6 @@ async fn send(
     headers: &[String],
     body: &str,
 ) -> tokio::task::JoinHandle<Reply> {
-    let mut c = TcpStream::connect(addr).await.unwrap();
     let mut req = format!("{method} {path} HTTP/1.1\r\nHost: t\r\nConnection: close\r\n");
     for h in headers {
         req.push_str(&format!("{h}\r\n"));
@@ -216,10 +219,44 @@ async fn send(
     }
     req.push_str("\r\n");
     req.push_str(body);
-    c.write_all(req.as_bytes()).await.unwrap();
+    open(addr, req.as_bytes()).await.1
+}
+
+/// Writes `first` on a fresh connection, which stays open for more (the
+/// half returned); the answer is read to its end by the task returned.
+async fn open(addr: SocketAddr, first: &[u8]) -> (OwnedWriteHalf, tokio::task::JoinHandle<Reply>) {
+    let (r, w) = connect(addr, first).await;
+    (w, read_rest(r, Vec::new()))
+}
+
+/// A fresh connection to `addr`, `first` written on it.
+async fn connect(addr: SocketAddr, first: &[u8]) -> (OwnedReadHalf, OwnedWriteHalf) {
+    let c = TcpStream::connect(addr).await.unwrap();
+    // Each write goes out as it is made (no Nagle: a test's clock does
+    // not wait for an ACK).
+    c.set_nodelay(true).unwrap();
+    let (r, mut w) = c.into_split();
+    w.write_all(first).await.unwrap();
+    (r, w)
+}
+
+/// Reads from `r` until what came ends with `end`; returns all that came.
+async fn read_until(r: &mut OwnedReadHalf, end: &[u8]) -> Vec<u8> {
+    let mut got = Vec::new();
+    while !got.ends_with(end) {
+        let mut b = [0u8; 1024];
+        let n = real_bound("the answer so far", r.read(&mut b)).await.unwrap();
+        assert!(n > 0, "ended after {:?}", String::from_utf8_lossy(&got));
+        got.extend_from_slice(&b[..n]);
+    }
+    got
+}
+
+/// Reads the rest of an answer, after `got`, to its end, on a task.
+fn read_rest(mut r: OwnedReadHalf, got: Vec<u8>) -> tokio::task::JoinHandle<Reply> {
     tokio::spawn(async move {
-        let mut raw = Vec::new();
-        let _ = c.read_to_end(&mut raw).await;
+        let mut raw = got;
+        let _ = r.read_to_end(&mut raw).await;
         Reply::parse(&raw)
     })
 }
@@ -395,15 +432,16 @@ async fn a_black_holed_peer_repins_as_the_connect_timeout_ends() {
     }
 }
 
-/// A WebSocket idle for longer than STICKYD_RESPONSE_TIMEOUT between its
-/// messages (1.3 s, then 2.6 s, of a 1 s timeout) is not cut, here or
-/// through a peer.
+/// A WebSocket idle for longer than STICKYD_RESPONSE_TIMEOUT and
+/// STICKYD_BODY_READ_TIMEOUT between its messages (1.3 s, then 2.6 s, of
+/// 1 s timeouts) is not cut, here or through a peer: an upgraded
+/// connection is a stream.
 #[tokio::test(start_paused = true)]
 async fn a_websocket_outlives_the_response_timeout() {
     let _still = hold_still();
     let app0 = App::start("pod-0", "127.0.173.21").await;
     let app1 = App::start("pod-1", "127.0.173.22").await;
-    let extra = [("STICKYD_RESPONSE_TIMEOUT", "1")];
+    let extra = [("STICKYD_RESPONSE_TIMEOUT", "1"), ("STICKYD_BODY_READ_TIMEOUT", "1")];
     let (s0, _s1) = pair(["127.0.173.21", "127.0.173.22"], [app0.addr, app1.addr], &extra).await;
     let a0 = s0.listen;
     let mut sockets = Vec::new();
@@ -473,13 +511,14 @@ async fn trickling_app(ip: &str) -> (SocketAddr, mpsc::UnboundedReceiver<()>) {
 
 /// A streamed response whose head came at once and whose body takes 2.5 s,
 /// two and a half times STICKYD_RESPONSE_TIMEOUT, is not cut, here or
-/// through a peer; each request reaches its app once.
+/// through a peer; nor by STICKYD_BODY_READ_TIMEOUT, as its parts come
+/// every 500 ms of the 1 s. Each request reaches its app once.
 #[tokio::test(start_paused = true)]
 async fn a_streamed_response_outlives_the_response_timeout() {
     let _still = hold_still();
     let (app0, mut served0) = trickling_app("127.0.173.31").await;
     let (app1, mut served1) = trickling_app("127.0.173.32").await;
-    let extra = [("STICKYD_RESPONSE_TIMEOUT", "1")];
+    let extra = [("STICKYD_RESPONSE_TIMEOUT", "1"), ("STICKYD_BODY_READ_TIMEOUT", "1")];
     let (s0, _s1) = pair(["127.0.173.31", "127.0.173.32"], [app0, app1], &extra).await;
     let a0 = s0.listen;
     for (cookie, served) in [
@@ -635,4 +674,354 @@ async fn the_max_lifetime_ends_a_session_that_keeps_refreshing() {
     let r = with_cookie(&s, &cookie).await;
     assert_eq!(r.field("session"), "new", "at 3 s the session ended: {r:?}");
     assert_eq!(times(&r.sticky_cookie().unwrap()).0, T0 + 3);
+}
+
+/// What the body-timeout app saw: a request's path, and what became of it.
+type Events = mpsc::UnboundedReceiver<(String, String)>;
+
+/// An app of raw bytes for the body timeouts, reporting what becomes of
+/// each request. By path:
+/// - `/upload`: reads a Content-Length body (after a 100 to `Expect:
+///   100-continue`), reporting `reading`, then `got N` and answering
+///   `got=N`, or `closed after N` when the connection ends first;
+/// - `/stall`: a head of Content-Length 100 and 10 bytes of it, then
+///   nothing; `/stall-chunked`, the same chunked; each reports `closed`
+///   when its connection ends;
+/// - `/sse`, `/grpc`: a stream of that type, close-delimited: `part1`, 3 s
+///   of silence, `part2`, the end.
+async fn body_app(ip: &str) -> (RawApp, Events) {
+    let (tx, events) = mpsc::unbounded_channel();
+    let app = RawApp::start(ip, move |mut s| {
+        let tx = tx.clone();
+        async move {
+            let mut buf = Vec::new();
+            let Some(head) = common::read_head(&mut s, &mut buf).await else {
+                return;
+            };
+            let path = head.split_whitespace().nth(1).unwrap_or("").to_string();
+            let report = |what: String| {
+                let _ = tx.send((path.clone(), what));
+            };
+            // Answer, then close; or (a stalled response) answer and hold.
+            let (answer, hold) = match path.as_str() {
+                "/upload" => {
+                    if head.contains("expect: 100-continue") {
+                        let _ = s.write_all(b"HTTP/1.1 100 Continue\r\n\r\n").await;
+                    }
+                    report("reading".into());
+                    let len = common::content_length(&head);
+                    while buf.len() < len {
+                        if !matches!(common::read_more(&mut s, &mut buf).await, Some(1..)) {
+                            report(format!("closed after {}", buf.len()));
+                            return;
+                        }
+                    }
+                    report(format!("got {len}"));
+                    let body = format!("got={len}\n");
+                    let head = format!(
+                        "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                        body.len()
+                    );
+                    (head + &body, false)
+                }
+                "/stall" => ("HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n0123456789".into(), true),
+                "/stall-chunked" => (
+                    "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\na\r\n0123456789\r\n".into(),
+                    true,
+                ),
+                "/sse" | "/grpc" => {
+                    let ct = if path == "/sse" {
+                        "text/event-stream"
+                    } else {
+                        "application/grpc"
+                    };
+                    let head = format!("HTTP/1.1 200 OK\r\nContent-Type: {ct}\r\nConnection: close\r\n\r\npart1\n");
+                    if s.write_all(head.as_bytes()).await.is_err() {
+                        return;
+                    }
+                    report("part1".into());
+                    tokio::time::sleep(Duration::from_secs(3)).await;
+                    let _ = s.write_all(b"part2\n").await;
+                    let _ = s.shutdown().await;
+                    return;
+                }
+                _ => return,
+            };
+            if s.write_all(answer.as_bytes()).await.is_err() || !hold {
+                return;
+            }
+            // A stalled response: hold the connection until it is closed.
+            while matches!(common::read_more(&mut s, &mut buf).await, Some(1..)) {}
+            report("closed".into());
+        }
+    })
+    .await;
+    (app, events)
+}
+
+/// `pod-0` and `pod-1` on `ips`, each in the other's view, over
+/// [`body_app`]s that report to the events returned (`pod-0`'s first),
+/// with STICKYD_BODY_READ_TIMEOUT=1.
+async fn body_pods(ips: [&str; 2]) -> (Sidecar, Sidecar, [Events; 2], [RawApp; 2]) {
+    let (app0, events0) = body_app(ips[0]).await;
+    let (app1, events1) = body_app(ips[1]).await;
+    let extra = [("STICKYD_BODY_READ_TIMEOUT", "1")];
+    let (s0, s1) = pair(ips, [app0.addr, app1.addr], &extra).await;
+    (s0, s1, [events0, events1], [app0, app1])
+}
+
+/// The next thing the body app reports.
+async fn event(events: &mut Events) -> (String, String) {
+    real_bound("the app's report", events.recv())
+        .await
+        .expect("the app runs")
+}
+
+/// `stickyd_body_timeouts_total{direction}` of `s`.
+async fn body_timeouts(s: &Sidecar, direction: &str) -> u64 {
+    let m = common::fresh_get(s.admin, "/metrics").await.unwrap().1;
+    let line = format!("stickyd_body_timeouts_total{{direction=\"{direction}\"}} ");
+    m.lines()
+        .find_map(|l| l.strip_prefix(line.as_str()))
+        .map_or(0, |v| v.trim().parse().unwrap())
+}
+
+/// Moves the clock to 1 ms short of the 1 s limit (once `sidecars` have
+/// acted on what came before), checks that `answer` has not ended, then
+/// to the limit.
+async fn to_the_limit<T>(sidecars: [&Sidecar; 2], answer: &tokio::task::JoinHandle<T>, what: &str) {
+    for s in sidecars {
+        settle(s).await;
+    }
+    advance(Duration::from_millis(999)).await;
+    for s in sidecars {
+        settle(s).await;
+    }
+    assert!(!answer.is_finished(), "{what}: cut before the timeout ended");
+    advance(Duration::from_millis(1)).await;
+}
+
+/// Advances the clock in steps of 100 ms until `answer` has ended (at most
+/// `limit`), letting `s` act after each.
+async fn advance_until<T>(s: &Sidecar, answer: &tokio::task::JoinHandle<T>, limit: Duration) {
+    let mut waited = Duration::ZERO;
+    while !answer.is_finished() && waited < limit {
+        advance(Duration::from_millis(100)).await;
+        settle(s).await;
+        waited += Duration::from_millis(100);
+    }
+}
+
+/// STICKYD_BODY_READ_TIMEOUT=1 on the HTTP/1.1 path: a request body that
+/// sent 10 of its 100 bytes gets 408 when the second ends, not a
+/// millisecond before, and the app's connection is closed; here, through a
+/// peer, and after a 100 Continue. An upload whose bytes come every 600 ms
+/// is never cut, nor a gRPC request silent for 3 s. Counted by direction.
+#[tokio::test(start_paused = true)]
+async fn a_request_body_that_stalls_gets_408_as_the_body_read_timeout_ends() {
+    let _still = hold_still();
+    let (s0, s1, mut events, _apps) = body_pods(["127.0.174.1", "127.0.174.2"]).await;
+    let to_peer = format!("Cookie: {}\r\n", cookie_for("pod-1"));
+    for (extra_head, peer) in [
+        ("", false),
+        (to_peer.as_str(), true),
+        ("Expect: 100-continue\r\n", false),
+    ] {
+        let events = &mut events[usize::from(peer)];
+        let continues = !extra_head.is_empty() && extra_head.starts_with("Expect");
+        let sent = if continues { "" } else { "0123456789" };
+        let head = format!("POST /upload HTTP/1.1\r\nHost: t\r\n{extra_head}Content-Length: 100\r\n\r\n{sent}");
+        let (mut r, _w) = connect(s0.listen, head.as_bytes()).await;
+        assert_eq!(event(events).await, ("/upload".into(), "reading".into()));
+        // The 100 has come through: the body's wait has begun.
+        let got = if continues {
+            read_until(&mut r, b"\r\n\r\n").await
+        } else {
+            Vec::new()
+        };
+        let answer = read_rest(r, got);
+        to_the_limit([&s0, &s1], &answer, extra_head).await;
+        let r = real_bound("the 408", answer).await.unwrap();
+        // After a 100 Continue, the 408 follows it.
+        let (status, text) = if continues {
+            assert_eq!(r.status, 100, "{r:?}");
+            (r.body.get(9..12).unwrap_or("").to_string(), r.body.clone())
+        } else {
+            (r.status.to_string(), format!("{}\r\n\r\n{}", r.head, r.body))
+        };
+        assert_eq!(status, "408", "{extra_head:?}: {r:?}");
+        assert!(text.contains("STICKYD_BODY_READ_TIMEOUT"), "{r:?}");
+        assert!(text.to_ascii_lowercase().contains("connection: close"), "{r:?}");
+        let closed = format!("closed after {}", sent.len());
+        assert_eq!(event(events).await, ("/upload".into(), closed), "{extra_head:?}");
+    }
+    assert_eq!(body_timeouts(&s0, "request").await, 3);
+    assert_eq!(body_timeouts(&s0, "response").await, 0);
+
+    // Slow but steady: 3 bytes every 600 ms, 5.4 s in all.
+    let head = b"POST /upload HTTP/1.1\r\nHost: t\r\nConnection: close\r\nContent-Length: 30\r\n\r\n";
+    let (mut w, answer) = open(s0.listen, head).await;
+    assert_eq!(event(&mut events[0]).await.1, "reading");
+    for _ in 0..10 {
+        advance(Duration::from_millis(600)).await;
+        settle(&s0).await;
+        assert!(!answer.is_finished());
+        w.write_all(b"abc").await.unwrap();
+        // Taken in before the clock moves on.
+        settle(&s0).await;
+    }
+    let r = real_bound("the slow upload's answer", answer).await.unwrap();
+    assert_eq!((r.status, r.body.as_str()), (200, "got=30\n"), "{r:?}");
+    assert_eq!(event(&mut events[0]).await.1, "got 30");
+
+    // A gRPC request is a stream: silent for 3 s, not cut.
+    let head = "POST /upload HTTP/1.1\r\nHost: t\r\nConnection: close\r\nContent-Type: application/grpc\r\n\
+                Content-Length: 20\r\n\r\n0123456789";
+    let (mut w, answer) = open(s0.listen, head.as_bytes()).await;
+    assert_eq!(event(&mut events[0]).await.1, "reading");
+    advance(Duration::from_secs(3)).await;
+    settle(&s0).await;
+    assert!(!answer.is_finished(), "a gRPC request was cut");
+    w.write_all(b"0123456789").await.unwrap();
+    let r = real_bound("the gRPC request's answer", answer).await.unwrap();
+    assert_eq!((r.status, r.body.as_str()), (200, "got=20\n"), "{r:?}");
+    assert_eq!(body_timeouts(&s0, "request").await, 3);
+}
+
+/// STICKYD_BODY_READ_TIMEOUT=1 on the HTTP/1.1 path: a response body that
+/// sent 10 of its 100 bytes, or a chunk and then nothing (decoded for an
+/// HTTP/1.0 client), ends the client's connection when the second ends,
+/// not a millisecond before, and the app's connection is closed; here and
+/// through a peer. Server-Sent Events and a gRPC response silent for 3 s
+/// are not cut.
+#[tokio::test(start_paused = true)]
+async fn a_response_body_that_stalls_closes_both_connections_as_the_body_read_timeout_ends() {
+    let _still = hold_still();
+    let (s0, s1, mut events, _apps) = body_pods(["127.0.174.11", "127.0.174.12"]).await;
+    let to_peer = format!("Cookie: {}\r\n", cookie_for("pod-1"));
+    for (request, peer) in [
+        ("GET /stall HTTP/1.1\r\nHost: t\r\n\r\n".to_string(), false),
+        (format!("GET /stall HTTP/1.1\r\nHost: t\r\n{to_peer}\r\n"), true),
+        ("GET /stall-chunked HTTP/1.0\r\nHost: t\r\n\r\n".to_string(), false),
+    ] {
+        let events = &mut events[usize::from(peer)];
+        let (mut r, _w) = connect(s0.listen, request.as_bytes()).await;
+        // The part sent has come through: the wait for the rest has begun.
+        let got = read_until(&mut r, b"0123456789").await;
+        let answer = read_rest(r, got);
+        to_the_limit([&s0, &s1], &answer, &request).await;
+        let r = real_bound("the end of the connection", answer).await.unwrap();
+        assert_eq!((r.status, r.body.as_str()), (200, "0123456789"), "{request:?}: {r:?}");
+        assert_eq!(event(events).await.1, "closed", "{request:?}");
+    }
+    assert_eq!(body_timeouts(&s0, "response").await, 3);
+    assert_eq!(body_timeouts(&s0, "request").await, 0);
+
+    for path in ["/sse", "/grpc"] {
+        let answer = send(s0.listen, "GET", path, &[], "").await;
+        assert_eq!(event(&mut events[0]).await, (path.into(), "part1".into()));
+        advance_until(&s0, &answer, Duration::from_secs(10)).await;
+        let r = real_bound("the whole stream", answer).await.unwrap();
+        assert_eq!((r.status, r.body.as_str()), (200, "part1\npart2\n"), "{path}: {r:?}");
+    }
+    assert_eq!(body_timeouts(&s0, "response").await, 3);
+}
+
+/// The same over HTTP/2 (hyper's path), here and through a peer's sidecar:
+/// a request body that stalls gets 408 on its stream when the second ends,
+/// not before, and the app's connection is closed; a response body that
+/// stalls resets its stream. A steady upload, a gRPC request silent for
+/// 3 s and Server-Sent Events are not cut.
+#[tokio::test(start_paused = true)]
+async fn over_http2_a_stalled_request_gets_408_and_a_stalled_response_is_reset() {
+    let _still = hold_still();
+    let (s0, s1, mut events, _apps) = body_pods(["127.0.174.21", "127.0.174.22"]).await;
+    let mut h2 = common::h2c(s0.listen).await;
+    let post = |cookie: Option<String>, content_type: &str, len: usize| {
+        let (tx, body) = common::fed_body();
+        let mut b = http::Request::post("/upload")
+            .header("host", "t")
+            .header("content-length", len)
+            .header("content-type", content_type);
+        if let Some(c) = cookie {
+            b = b.header("cookie", c);
+        }
+        (tx, b.body(body).unwrap())
+    };
+    for (cookie, pod) in [(None, 0), (Some(cookie_for("pod-1")), 1)] {
+        let events = &mut events[pod];
+        let (tx, req) = post(cookie, "text/plain", 100);
+        tx.send(Frame::data(Bytes::from_static(b"0123456789"))).unwrap();
+        let answer = tokio::spawn(h2.send_request(req));
+        assert_eq!(event(events).await.1, "reading");
+        to_the_limit([&s0, &s1], &answer, "over HTTP/2").await;
+        let resp = real_bound("the 408", answer).await.unwrap().unwrap();
+        assert_eq!(resp.status(), 408);
+        let body = resp.into_body().collect().await.unwrap().to_bytes();
+        assert!(String::from_utf8_lossy(&body).contains("STICKYD_BODY_READ_TIMEOUT"));
+        assert_eq!(event(events).await.1, "closed after 10");
+        drop(tx);
+    }
+    assert_eq!(body_timeouts(&s0, "request").await, 2);
+
+    // A stalled response: its stream is reset, the app's connection closed.
+    let req = http::Request::get("/stall")
+        .header("host", "t")
+        .body(common::empty())
+        .unwrap();
+    let resp = real_bound("the head", h2.send_request(req)).await.unwrap();
+    let mut body = resp.into_body();
+    let first = real_bound("a frame", body.frame()).await.unwrap().unwrap();
+    assert_eq!(first.into_data().unwrap(), "0123456789");
+    let next = tokio::spawn(async move { body.frame().await.map(|f| f.is_err()) });
+    to_the_limit([&s0, &s1], &next, "a response over HTTP/2").await;
+    assert_eq!(real_bound("the reset", next).await.unwrap(), Some(true));
+    assert_eq!(event(&mut events[0]).await, ("/stall".into(), "closed".into()));
+    assert_eq!(body_timeouts(&s0, "response").await, 1);
+
+    // Steady: 3 bytes every 600 ms.
+    let (tx, req) = post(None, "text/plain", 30);
+    let answer = tokio::spawn(h2.send_request(req));
+    assert_eq!(event(&mut events[0]).await.1, "reading");
+    for _ in 0..10 {
+        advance(Duration::from_millis(600)).await;
+        settle(&s0).await;
+        tx.send(Frame::data(Bytes::from_static(b"abc"))).unwrap();
+        settle(&s0).await;
+    }
+    let resp = real_bound("the slow upload's answer", answer).await.unwrap().unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.into_body().collect().await.unwrap().to_bytes(), "got=30\n");
+    assert_eq!(event(&mut events[0]).await.1, "got 30");
+
+    // A gRPC request, silent for 3 s.
+    let (tx, req) = post(None, "application/grpc", 20);
+    tx.send(Frame::data(Bytes::from_static(b"0123456789"))).unwrap();
+    let answer = tokio::spawn(h2.send_request(req));
+    assert_eq!(event(&mut events[0]).await.1, "reading");
+    advance(Duration::from_secs(3)).await;
+    settle(&s0).await;
+    assert!(!answer.is_finished(), "a gRPC request was cut");
+    tx.send(Frame::data(Bytes::from_static(b"0123456789"))).unwrap();
+    let resp = real_bound("the gRPC request's answer", answer).await.unwrap().unwrap();
+    assert_eq!(resp.into_body().collect().await.unwrap().to_bytes(), "got=20\n");
+    assert_eq!(event(&mut events[0]).await.1, "got 20");
+
+    // Server-Sent Events, silent for 3 s.
+    let req = http::Request::get("/sse")
+        .header("host", "t")
+        .body(common::empty())
+        .unwrap();
+    let resp = real_bound("the stream's head", h2.send_request(req)).await.unwrap();
+    let answer = tokio::spawn(resp.into_body().collect());
+    assert_eq!(event(&mut events[0]).await.1, "part1");
+    advance_until(&s0, &answer, Duration::from_secs(10)).await;
+    let all = real_bound("the whole stream", answer)
+        .await
+        .unwrap()
+        .unwrap()
+        .to_bytes();
+    assert_eq!(all, "part1\npart2\n");
+    assert_eq!(body_timeouts(&s0, "request").await, 2);
+    assert_eq!(body_timeouts(&s0, "response").await, 1);
 }

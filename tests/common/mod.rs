@@ -779,27 +779,102 @@ pub async fn fresh_get_with(
 /// Content-Length body (none without one). None when the connection ended
 /// first.
 pub async fn read_message(s: &mut tokio::net::TcpStream) -> Option<(String, Vec<u8>)> {
-    use tokio::io::AsyncReadExt;
     let mut buf = Vec::new();
-    let mut chunk = [0u8; 4096];
+    let head = read_head(s, &mut buf).await?;
+    let len = content_length(&head);
+    while buf.len() < len {
+        if read_more(s, &mut buf).await? == 0 {
+            return None;
+        }
+    }
+    buf.truncate(len);
+    Some((head, buf))
+}
+
+/// The Content-Length of a head as [`read_head`] returns it (0 without
+/// one).
+pub fn content_length(head: &str) -> usize {
+    head.lines()
+        .find_map(|l| l.strip_prefix("content-length:"))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0)
+}
+
+/// Reads from `s` into `buf` until it holds a whole head; returns the head,
+/// lower-cased, and leaves what came after it in `buf`. None when the
+/// connection ended first.
+pub async fn read_head(s: &mut tokio::net::TcpStream, buf: &mut Vec<u8>) -> Option<String> {
     loop {
         if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
             let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
-            let len: usize = head
-                .lines()
-                .find_map(|l| l.strip_prefix("content-length:"))
-                .and_then(|v| v.trim().parse().ok())
-                .unwrap_or(0);
-            if buf.len() >= end + 4 + len {
-                return Some((head, buf[end + 4..end + 4 + len].to_vec()));
-            }
+            buf.drain(..end + 4);
+            return Some(head);
         }
-        let n = s.read(&mut chunk).await.ok()?;
-        if n == 0 {
+        if read_more(s, buf).await? == 0 {
             return None;
         }
-        buf.extend_from_slice(&chunk[..n]);
     }
+}
+
+/// Appends what `s` has to `buf`: how many bytes (0: the end), None on an
+/// error.
+pub async fn read_more(s: &mut tokio::net::TcpStream, buf: &mut Vec<u8>) -> Option<usize> {
+    use tokio::io::AsyncReadExt;
+    let mut chunk = [0u8; 4096];
+    let n = s.read(&mut chunk).await.ok()?;
+    buf.extend_from_slice(&chunk[..n]);
+    Some(n)
+}
+
+/// A hand-written upstream on `ip`, for what a well-behaved app never
+/// sends: `serve` gets every connection it accepts, on a task of its own.
+pub struct RawApp {
+    pub addr: SocketAddr,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for RawApp {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl RawApp {
+    pub async fn start<F, Fut>(ip: &str, serve: F) -> RawApp
+    where
+        F: Fn(tokio::net::TcpStream) -> Fut + Send + 'static,
+        Fut: std::future::Future<Output = ()> + Send + 'static,
+    {
+        let l = TcpListener::bind((ip, 0)).await.unwrap();
+        let addr = l.local_addr().unwrap();
+        let task = tokio::spawn(async move {
+            while let Ok((s, _)) = l.accept().await {
+                tokio::spawn(serve(s));
+            }
+        });
+        RawApp { addr, task }
+    }
+}
+
+/// An HTTP/2 connection with prior knowledge (h2c) to `addr`, its
+/// connection task spawned.
+pub async fn h2c(addr: SocketAddr) -> hyper::client::conn::http2::SendRequest<Body> {
+    let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    // Each frame goes out as it is written, never held for an ACK (Nagle).
+    stream.set_nodelay(true).unwrap();
+    let (send, conn) = hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    send
+}
+
+/// A request body fed by hand: each frame sent goes out as it comes; the
+/// body ends when the sender is dropped.
+pub fn fed_body() -> (tokio::sync::mpsc::UnboundedSender<http_body::Frame<Bytes>>, Body) {
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let frames = futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx).map(|f| f.map(Ok)));
+    (tx, http_body_util::StreamBody::new(frames).boxed())
 }
 
 /// The lines `out` prints, as they come, from a thread of their own (a

@@ -16,7 +16,6 @@ use std::task::Poll;
 use std::time::Duration;
 
 use http::HeaderValue;
-use hyper::body::Incoming;
 use hyper::client::conn::http1;
 
 use super::body::Reclaimable;
@@ -47,7 +46,7 @@ pub struct ConnInfo {
 
 #[derive(Default)]
 struct Bound {
-    app: Option<http1::SendRequest<Incoming>>,
+    app: Option<http1::SendRequest<Reclaimable>>,
     /// Connections to peers' sidecars, at most [`MAX_PEERS_PER_CONN`].
     peers: Vec<BoundPeer>,
     /// The response timer, reset for each request: moving a registered
@@ -125,11 +124,11 @@ impl ConnInfo {
         }
     }
 
-    pub(super) fn take_app(&self) -> Option<http1::SendRequest<Incoming>> {
+    pub(super) fn take_app(&self) -> Option<http1::SendRequest<Reclaimable>> {
         self.bound.lock().ok()?.app.take().filter(|s| !s.is_closed())
     }
 
-    pub(super) fn put_app(&self, sender: http1::SendRequest<Incoming>) {
+    pub(super) fn put_app(&self, sender: http1::SendRequest<Reclaimable>) {
         if let Ok(mut b) = self.bound.lock() {
             b.app = Some(sender);
         }

@@ -1,15 +1,18 @@
 //! The request context: what the phases after screening know of one request.
 
 use std::sync::Arc;
+use std::time::Duration;
 
-use http::header::{HeaderValue, HOST};
+use http::header::{HeaderValue, CONTENT_TYPE, HOST};
 use http::{Request, Uri, Version};
 
 use http::header::COOKIE;
 
 use super::conn::ConnInfo;
 use super::headers::{self, Found, HOP};
+use super::idle::{self, Pace};
 use super::token::Read;
+use super::upstream::BodyLimit;
 use super::Shared;
 use crate::affinity::CookieState;
 use crate::endpoints::View;
@@ -27,6 +30,8 @@ pub(super) struct Ctx<'a> {
     pub https: bool,
     /// An HTTP/1.1 upgrade request (WebSocket).
     pub upgrade: bool,
+    /// What the request's Content-Type says of its bodies' pace.
+    pub pace: Pace,
     /// The hop markers it arrived with (with keys, those that verified).
     pub hops: Hops,
     /// A hop marker verified: a peer forwarded the request.
@@ -70,6 +75,7 @@ impl<'a> Ctx<'a> {
             version: req.version(),
             https: found.https(req.headers()),
             upgrade: h1 && found.is_upgrade(req.headers()),
+            pace: idle::pace(req.headers().get(CONTENT_TYPE).map(HeaderValue::as_bytes)),
             hops: marked.hops,
             hop_verified: marked.verified,
             cookie: read.state,
@@ -91,6 +97,21 @@ impl<'a> Ctx<'a> {
     /// Phase 2: the routing decision, on this context.
     pub fn decide(&self) -> Decision<'_> {
         self.shared.decide(&self.cookie, &self.view, self.hops, self.pick)
+    }
+
+    /// STICKYD_BODY_READ_TIMEOUT for a body of this exchange: the
+    /// request's (`response` None) or the response's (its status and
+    /// pace). None: a stream, exempt.
+    pub fn body_limit(&self, response: Option<(u16, Pace)>) -> Option<Duration> {
+        (!idle::exempt(self.pace, response)).then_some(self.shared.cfg.body_read_timeout)
+    }
+
+    /// The request body's limit, for its way upstream.
+    pub fn request_body(&self) -> Option<BodyLimit<'a>> {
+        self.body_limit(None).map(|limit| BodyLimit {
+            limit,
+            metrics: &self.shared.metrics,
+        })
     }
 
     /// The cookie names this pod.

@@ -10,7 +10,7 @@ use super::body::ResponseBody;
 use super::context::{set_target, Ctx};
 use super::fallback;
 use super::headers::{HOP, SESSION};
-use super::respond::{from_upstream, invalid_target, upstream_failed};
+use super::respond::{from_upstream, invalid_target, stalled, upstream_failed};
 use super::shared::authority;
 use super::upstream::{Kind, Outbound, Target, Via};
 use crate::endpoints::{EndpointStore, Peer};
@@ -60,6 +60,7 @@ pub(super) async fn forward(
         connector: &shared.connector,
         connect_timeout: shared.cfg.connect_timeout,
         response_timeout: shared.cfg.response_timeout,
+        body: ctx.request_body(),
     }
     .run(req, left_the_view(&shared.store, peer))
     .await;
@@ -68,8 +69,9 @@ pub(super) async fn forward(
         Ok((resp, client_upgrade)) => {
             shared.count_forwarded(peer, ctx.view.generation, mark);
             shared.learn_count(peer, resp.headers().get(crate::placement::HEADER).map(|v| v.as_bytes()));
-            from_upstream(resp, client_upgrade)
+            from_upstream(ctx, resp, client_upgrade)
         }
+        Err(f) if f.stalled => stalled(ctx),
         Err(f) => {
             shared.metrics.upstream_error(f.error.metric_label());
             match f.request {

@@ -5,7 +5,9 @@ use std::net::IpAddr;
 
 use bytes::BytesMut;
 
-use http::header::{HeaderMap, HeaderName, HeaderValue, CACHE_CONTROL, CONNECTION, TE, TRANSFER_ENCODING, UPGRADE};
+use http::header::{
+    HeaderMap, HeaderName, HeaderValue, CACHE_CONTROL, CONNECTION, CONTENT_LENGTH, TE, TRANSFER_ENCODING, UPGRADE,
+};
 
 /// The hop marker ([`crate::peer`]).
 pub use crate::peer::HOP;
@@ -250,11 +252,53 @@ pub fn mark_private(headers: &mut HeaderMap) {
 }
 
 /// The response head for the client, in one pass: hop-by-hop headers and
-/// stickyd's own headers out (`Upgrade` kept on a 101).
+/// stickyd's own headers out (`Upgrade` kept on a 101), and one
+/// Content-Length.
 pub fn finish_response(headers: &mut HeaderMap, switching: bool) {
     let found = Found::scan(headers);
     strip_own_found(headers, found);
     strip_found(headers, found, switching);
+    one_content_length(headers);
+}
+
+/// Content-Length as one value: a list of equal values (`2, 2`) or the
+/// field repeated is that value (RFC 9110 §8.6), as the HTTP/1.1 path
+/// sends it; values that differ or do not parse say no length, and go.
+fn one_content_length(headers: &mut HeaderMap) {
+    let mut all = headers.get_all(CONTENT_LENGTH).iter();
+    let Some(first) = all.next() else {
+        return;
+    };
+    if all.next().is_none() && !first.as_bytes().contains(&b',') {
+        return;
+    }
+    let mut length = None;
+    let one = headers
+        .get_all(CONTENT_LENGTH)
+        .iter()
+        .try_for_each(|v| super::h1::parse::add_length(&mut length, v.as_bytes()));
+    match (one, length) {
+        (Ok(()), Some(n)) => {
+            headers.insert(CONTENT_LENGTH, HeaderValue::from(n));
+        }
+        _ => {
+            headers.remove(CONTENT_LENGTH);
+        }
+    }
+}
+
+/// Takes out of a trailer section the fields that never go on as they came
+/// (the same as the HTTP/1.1 path's, [`super::h1::parse::hop_by_hop`]):
+/// stickyd's own, the hop-by-hop fields, the framing, X-Forwarded-For.
+pub fn strip_trailers(trailers: &mut HeaderMap) {
+    let dropped: Vec<HeaderName> = trailers
+        .keys()
+        .filter(|n| super::h1::parse::hop_by_hop(n.as_str().as_bytes()))
+        .cloned()
+        .collect();
+    for name in dropped {
+        trailers.remove(name);
+    }
 }
 
 #[cfg(test)]
@@ -393,6 +437,42 @@ mod tests {
         assert_eq!(h.get("upgrade").unwrap(), "websocket");
         assert_eq!(h.get("connection").unwrap(), "upgrade");
         assert!(h.get("x-stickyd-session").is_none());
+    }
+
+    #[test]
+    fn one_content_length_and_trailers_without_what_never_goes_on() {
+        for (values, want) in [
+            (&["2, 2"][..], Some("2")),
+            (&["2", "2"], Some("2")),
+            (&["2 ,2", " 2"], Some("2")),
+            (&["7"], Some("7")),
+            (&["1, 2"], None),
+            (&["1", "2"], None),
+            (&["x, x"], None),
+        ] {
+            let mut h = map(&values.iter().map(|v| ("content-length", *v)).collect::<Vec<_>>());
+            finish_response(&mut h, false);
+            let got: Vec<_> = h
+                .get_all("content-length")
+                .iter()
+                .map(|v| v.to_str().unwrap())
+                .collect();
+            assert_eq!(got, want.into_iter().collect::<Vec<_>>(), "{values:?}");
+        }
+        let mut t = map(&[
+            ("x-stickyd-hop", "a"),
+            ("x-stickyd-session", "b"),
+            ("x-stickyd-sessions", "c"),
+            ("te", "trailers"),
+            ("content-length", "1"),
+            ("x-forwarded-for", "10.0.0.1"),
+            ("grpc-status", "0"),
+            ("x-sum", "1"),
+        ]);
+        strip_trailers(&mut t);
+        let mut names: Vec<_> = t.keys().map(|k| k.as_str()).collect();
+        names.sort();
+        assert_eq!(names, ["grpc-status", "x-sum"]);
     }
 
     #[test]

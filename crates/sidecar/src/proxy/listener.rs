@@ -4,6 +4,7 @@
 
 use std::convert::Infallible;
 use std::future::Future;
+use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::atomic::Ordering;
@@ -15,6 +16,7 @@ use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
+use tokio::io::Interest;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
@@ -151,18 +153,32 @@ pub async fn serve(listener: TcpListener, shared: Arc<Shared>, phases: Phases) {
 
 /// Does the connection start with the HTTP/2 preface (h2c with prior
 /// knowledge: `PRI * HTTP/2.0`)? Looks without reading. None: it closed.
+///
+/// Waits by readiness, never by a timer: a connection that has sent fewer
+/// than the four bytes that tell (`P` starts POST, PUT and PATCH too) costs
+/// nothing until its next segment comes. Each look runs inside `try_io`, so
+/// that "not enough yet" clears the readiness it was taken on (unless a
+/// segment came meanwhile, which leaves it set) and the next wait lasts
+/// until the socket has something new; the bytes stay in the socket for
+/// whoever reads them.
 async fn h2_preface(stream: &TcpStream) -> Option<bool> {
     let mut b = [0u8; 4];
     loop {
-        let n = stream.peek(&mut b).await.ok()?;
-        if n == 0 {
-            return None;
+        let ready = stream.ready(Interest::READABLE).await.ok()?;
+        let looked = stream.try_io(Interest::READABLE, || match stream.peek(&mut b).now_or_never() {
+            Some(Ok(n)) if n > 0 && b[0] == b'P' && n < 4 => Err(io::ErrorKind::WouldBlock.into()),
+            Some(r) => r,
+            // Readiness without bytes (spurious): wait again.
+            None => Err(io::ErrorKind::WouldBlock.into()),
+        });
+        match looked {
+            Ok(0) => return None,
+            Ok(n) => return Some(&b[..n] == b"PRI "),
+            // The client stopped sending before it said enough.
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock && ready.is_read_closed() => return None,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+            Err(_) => return None,
         }
-        // POST, PUT and PATCH start with P too: wait for the fourth byte.
-        if b[0] != b'P' || n >= 4 {
-            return Some(&b[..n.min(4)] == b"PRI ");
-        }
-        tokio::time::sleep(Duration::from_millis(1)).await;
     }
 }
 
@@ -290,5 +306,57 @@ mod tests {
         );
         let size = std::mem::size_of_val(&f);
         assert!(size <= 1536, "a connection's task state is {size} bytes");
+    }
+
+    /// Runs `check` until it ends or `within` passes, counting its polls.
+    async fn polls_of<F: Future>(check: Pin<&mut F>, within: Duration) -> (Option<F::Output>, usize) {
+        let mut check = check;
+        let mut polls = 0;
+        let counted = std::future::poll_fn(|cx| {
+            polls += 1;
+            check.as_mut().poll(cx)
+        });
+        let out = tokio::time::timeout(within, counted).await.ok();
+        (out, polls)
+    }
+
+    /// A connection that has sent only `P` (POST? PRI?) costs no wakeups
+    /// while it says nothing more: the check waits for the next segment
+    /// by readiness. On tokio's paused clock a polling check would run a
+    /// thousand times in the second; this one runs once or twice, then
+    /// answers as soon as the rest comes. A `P` and then the end of the
+    /// stream, or nothing at all, is no preface either, without spinning.
+    #[tokio::test(start_paused = true)]
+    async fn the_preface_check_waits_for_the_next_segment_without_polling() {
+        use tokio::io::AsyncWriteExt;
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let a = l.local_addr().unwrap();
+        for (rest, want) in [
+            (&b"RI * HTTP/2.0\r\n"[..], Some(true)),
+            (b"OST / HTTP/1.1\r\n", Some(false)),
+        ] {
+            let mut c = TcpStream::connect(a).await.unwrap();
+            let (s, _) = l.accept().await.unwrap();
+            c.write_all(b"P").await.unwrap();
+            s.readable().await.unwrap();
+            let mut check = std::pin::pin!(h2_preface(&s));
+            let (out, polls) = polls_of(check.as_mut(), Duration::from_secs(1)).await;
+            assert_eq!(out, None, "decided on one byte");
+            assert!(polls <= 3, "{polls} polls in a second with one byte waiting");
+            c.write_all(rest).await.unwrap();
+            let (out, polls) = polls_of(check.as_mut(), Duration::from_secs(1)).await;
+            assert_eq!(out, Some(want));
+            assert!(polls <= 3, "{polls} polls once the rest came");
+        }
+        for sent in [&b"P"[..], b""] {
+            let mut c = TcpStream::connect(a).await.unwrap();
+            let (s, _) = l.accept().await.unwrap();
+            c.write_all(sent).await.unwrap();
+            c.shutdown().await.unwrap();
+            let mut check = std::pin::pin!(h2_preface(&s));
+            let (out, polls) = polls_of(check.as_mut(), Duration::from_secs(1)).await;
+            assert_eq!(out, Some(None), "sent {sent:?} and closed");
+            assert!(polls <= 3, "{polls} polls");
+        }
     }
 }

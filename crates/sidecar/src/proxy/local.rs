@@ -11,7 +11,7 @@ use super::body::ResponseBody;
 use super::context::{set_target, Ctx};
 use super::fallback;
 use super::headers::{HOP, SESSION};
-use super::respond::{from_upstream, invalid_target, upstream_failed};
+use super::respond::{from_upstream, invalid_target, stalled, upstream_failed};
 use super::token::Carrier;
 use super::upstream::{Kind, Outbound, Target, Via};
 use crate::config::UpstreamProtocol;
@@ -59,6 +59,7 @@ pub(super) async fn serve(
         connector: &shared.connector,
         connect_timeout: shared.cfg.connect_timeout,
         response_timeout: shared.cfg.response_timeout,
+        body: ctx.request_body(),
     }
     .run(req, std::future::pending())
     .await;
@@ -68,6 +69,7 @@ pub(super) async fn serve(
         .observe(started.elapsed().as_secs_f64());
     let (resp, client_upgrade) = match sent {
         Ok(r) => r,
+        Err(f) if f.stalled => return stalled(ctx),
         Err(f) => {
             shared.metrics.upstream_error(f.error.metric_label());
             match f.request {
@@ -90,7 +92,7 @@ pub(super) async fn serve(
         // A session pinned here now (unsynced: pinned elsewhere, kept as it is).
         shared.sessions.note(sid, tokio::time::Instant::now());
     }
-    let mut resp = from_upstream(resp, client_upgrade);
+    let mut resp = from_upstream(ctx, resp, client_upgrade);
     if let Some(n) = shared.count_for_peer(ctx.hop_verified) {
         resp.headers_mut()
             .insert(crate::placement::HEADER, HeaderValue::from(n));

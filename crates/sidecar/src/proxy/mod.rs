@@ -22,6 +22,7 @@ mod fallback;
 mod forward;
 pub mod h1;
 pub mod headers;
+mod idle;
 pub mod listener;
 mod local;
 mod respond;

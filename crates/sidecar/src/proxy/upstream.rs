@@ -10,9 +10,12 @@
 
 use std::future::Future;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use http::{Method, Request, Response, StatusCode, Uri, Version};
+use http_body::Body;
 use hyper::body::Incoming;
 use hyper::client::conn::http1;
 use hyper::upgrade::OnUpgrade;
@@ -21,7 +24,7 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::sync::oneshot;
 
-use super::body::Reclaimable;
+use super::body::{Reclaimable, Watch};
 use super::conn::{ConnInfo, Elapsed, PeerBinding};
 use super::Connector;
 use crate::config::Config;
@@ -118,6 +121,9 @@ impl UpstreamError {
 pub struct Failure {
     pub error: UpstreamError,
     pub request: Option<Request<Incoming>>,
+    /// The client's request body stalled (STICKYD_BODY_READ_TIMEOUT): the
+    /// upstream failed because the body was cut, the client's fault.
+    pub stalled: bool,
 }
 
 /// The shared pools, for what is not bound to a client connection: HTTP/2,
@@ -247,11 +253,13 @@ enum Sent {
 }
 
 /// What is kept to rebuild a request that failed inside a pool or after it
-/// was written: its head, and its body if the body is never read.
+/// was written: its head, and its body if the body is never read; and
+/// whether its body stalled.
 struct Keep {
     head: Option<Head>,
     body: Option<oneshot::Receiver<Incoming>>,
     upgrade: Option<OnUpgrade>,
+    stalled: Option<Arc<AtomicBool>>,
 }
 
 impl Keep {
@@ -262,6 +270,7 @@ impl Keep {
             head: head.then(|| Head::of(req)),
             body: None,
             upgrade: req.extensions_mut().remove::<OnUpgrade>(),
+            stalled: None,
         }
     }
 
@@ -282,10 +291,15 @@ impl Keep {
 
 /// The one rule: what a send's end leaves for the caller.
 async fn settle(target: Target, sent: Result<Sent, Elapsed>, mut keep: Keep) -> Result<Response<Incoming>, Failure> {
+    let stalled = keep.stalled.as_ref().is_some_and(|s| s.load(Ordering::Acquire));
     let fail = |kind, replayable, detail: &dyn std::fmt::Display, request| Failure {
         error: UpstreamError::new(target, kind, replayable, detail),
         request,
+        stalled,
     };
+    if stalled && !matches!(sent, Ok(Sent::Answered(_))) {
+        return Err(fail(Kind::Io, false, &"the request body stalled", None));
+    }
     let (error, connect) = match sent {
         Ok(Sent::Answered(resp)) => return Ok(resp),
         Err(Elapsed) => return Err(fail(Kind::Timeout, false, &"no response headers in time", None)),
@@ -377,17 +391,39 @@ impl Head {
     }
 }
 
-fn reclaimable(req: Request<Incoming>, keep: &mut Keep) -> Request<Reclaimable> {
+/// The request with a body that comes back if it is never read, under
+/// `limit` (STICKYD_BODY_READ_TIMEOUT) when it has one and a body to wait
+/// for.
+fn reclaimable(req: Request<Incoming>, keep: &mut Keep, limit: Option<&BodyLimit<'_>>) -> Request<Reclaimable> {
     let (parts, body) = req.into_parts();
-    let (body, back) = Reclaimable::new(body);
+    let watch = limit.filter(|_| !body.is_end_stream()).map(|l| {
+        let (watch, stalled) = Watch::request(l.limit, l.metrics.clone());
+        keep.stalled = Some(stalled);
+        watch
+    });
+    let (body, back) = Reclaimable::new(body, watch);
     keep.body = Some(back);
     Request::from_parts(parts, body)
 }
 
-/// The request with its own body again, if the body was never read.
-fn unwrap_body(req: Request<Reclaimable>) -> Option<Request<Incoming>> {
+/// A request never written, with its own body again if the body was never
+/// read; else a failure that never replays it.
+fn unsent(req: Request<Reclaimable>, why: String) -> Sent {
     let (parts, body) = req.into_parts();
-    body.into_inner().map(|b| Request::from_parts(parts, b))
+    match body.into_inner() {
+        Some(b) => Sent::Unsent(Request::from_parts(parts, b), why),
+        None => Sent::Failed {
+            error: why.into(),
+            connect: false,
+        },
+    }
+}
+
+/// STICKYD_BODY_READ_TIMEOUT for a request body, and where a stall is
+/// counted.
+pub(super) struct BodyLimit<'a> {
+    pub limit: Duration,
+    pub metrics: &'a Arc<crate::metrics::Metrics>,
 }
 
 /// How a request reaches its upstream.
@@ -409,6 +445,8 @@ pub(super) struct Outbound<'a> {
     pub connector: &'a Connector,
     pub connect_timeout: Duration,
     pub response_timeout: Duration,
+    /// The request body's idle limit; None for a stream.
+    pub body: Option<BodyLimit<'a>>,
 }
 
 /// Runs `send` until it ends, or gives it up when `abandon` ends first.
@@ -438,10 +476,12 @@ impl Outbound<'_> {
             connector,
             connect_timeout,
             response_timeout,
+            body,
         } = self;
         let (sent, keep) = match via {
             Via::BoundApp => {
-                let keep = Keep::new(&mut req, false);
+                let mut keep = Keep::new(&mut req, false);
+                let req = reclaimable(req, &mut keep, body.as_ref());
                 let sent = conn
                     .within(
                         response_timeout,
@@ -451,7 +491,7 @@ impl Outbound<'_> {
                                     conn.put_app(sender);
                                     Sent::Answered(resp)
                                 }
-                                Bound::Unsent(req, why) => Sent::Unsent(req, why),
+                                Bound::Unsent(req, why) => unsent(req, why),
                                 Bound::Failed(e) => Sent::Failed {
                                     error: Box::new(e),
                                     connect: false,
@@ -465,7 +505,7 @@ impl Outbound<'_> {
             Via::BoundPeer(addr, binding) => {
                 let is_safe = safe(req.method());
                 let mut keep = Keep::new(&mut req, is_safe);
-                let req = reclaimable(req, &mut keep);
+                let req = reclaimable(req, &mut keep, body.as_ref());
                 let sent = conn
                     .within(
                         response_timeout,
@@ -475,13 +515,7 @@ impl Outbound<'_> {
                                     conn.put_peer(addr, sender, binding.place);
                                     Sent::Answered(resp)
                                 }
-                                Bound::Unsent(req, why) => match unwrap_body(req) {
-                                    Some(req) => Sent::Unsent(req, why),
-                                    None => Sent::Failed {
-                                        error: why.into(),
-                                        connect: false,
-                                    },
-                                },
+                                Bound::Unsent(req, why) => unsent(req, why),
                                 Bound::Failed(e) => Sent::Failed {
                                     error: Box::new(e),
                                     connect: false,
@@ -494,7 +528,7 @@ impl Outbound<'_> {
             }
             Via::Pool(client) => {
                 let mut keep = Keep::new(&mut req, true);
-                let req = reclaimable(req, &mut keep);
+                let req = reclaimable(req, &mut keep, body.as_ref());
                 let sent = conn
                     .within(
                         response_timeout,

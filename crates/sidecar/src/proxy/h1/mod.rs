@@ -35,10 +35,11 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::Sleep;
 
-use self::body::{ChunkError, Piece, Remaining};
+use self::body::{ChunkError, Piece, Relay, Remaining};
 use self::parse::{BodyKind, HeadError, RequestHead, ResponseEdits, ResponseHead};
 use self::upstream::Upstream;
 use super::conn::{Place, MAX_BOUND, MAX_BOUND_PEERS, MAX_PEERS_PER_CONN};
+use super::idle;
 use super::listener::Phases;
 use super::screen::Refusal;
 use super::token::Read;
@@ -190,6 +191,55 @@ async fn write_two(s: &mut TcpStream, mut a: &[u8], mut b: &[u8]) -> std::io::Re
         s.write_all(b).await?;
     }
     Ok(())
+}
+
+/// Writes what goes on for a piece of a body ([`Relay`]) to `to`, as far
+/// as it takes it now; what it does not take is returned, copied, as
+/// [`io::write_or_keep`] does.
+fn relay_or_keep(to: &TcpStream, r: &Relay<'_>) -> std::io::Result<Vec<u8>> {
+    let mut kept = io::write_or_keep(to, r.now)?;
+    if !r.trailers.is_empty() {
+        if kept.is_empty() {
+            kept = io::write_or_keep(to, &r.trailers)?;
+        } else {
+            kept.extend_from_slice(&r.trailers);
+        }
+    }
+    Ok(kept)
+}
+
+/// The part of a body that came in `data`, with its head, for the next
+/// hop: a trailer section that ended in it is appended to `head`,
+/// rewritten, after the bytes before it. Returns how many bytes of `data`
+/// belong to the body, and how many of them go on as they came after
+/// `head`.
+fn with_head(body: &mut Remaining, data: &[u8], head: &mut Vec<u8>) -> Result<(usize, usize), ChunkError> {
+    let r = body.relay(data)?;
+    if r.trailers.is_empty() {
+        return Ok((r.taken, r.now.len()));
+    }
+    head.extend_from_slice(r.now);
+    head.extend_from_slice(&r.trailers);
+    Ok((r.taken, 0))
+}
+
+/// One read of a body, `read`, within `idle` (STICKYD_BODY_READ_TIMEOUT)
+/// on the connection's one timer, armed anew for each read; without a
+/// limit (a stream), the timer is not waited on. None: no byte came in
+/// time.
+async fn within_idle<F: std::future::Future>(
+    timer: &mut Pin<Box<Sleep>>,
+    idle: Option<Duration>,
+    read: F,
+) -> Option<F::Output> {
+    if let Some(limit) = idle {
+        timer.as_mut().reset(tokio::time::Instant::now() + limit);
+    }
+    tokio::select! {
+        biased;
+        out = read => Some(out),
+        () = timer, if idle.is_some() => None,
+    }
 }
 
 /// A response of stickyd's own, with a short explanation.
@@ -624,11 +674,14 @@ impl Conn<'_> {
         // The request: head, then body. What of the body came with the head
         // is checked before anything goes out.
         let head = f.head;
+        let request_pace = idle::pace(head.values(&self.buf, b"content-type").next());
+        let request_idle = self.body_limit(idle::exempt(request_pace, None));
         let mut body = Remaining::of(head.body);
-        let in_buf = match body.take(&self.buf[head.len..]) {
+        let (in_buf, as_it_came) = match with_head(&mut body, &self.buf[head.len..], &mut out) {
             Ok(n) => n,
             Err(e) => return Err(self.client_body_error(e).await),
         };
+        let as_it_came = head.len..head.len + as_it_came;
         let started = Instant::now();
         let mut up = match self.upstream(target, addr).await {
             Ok(u) => u,
@@ -637,7 +690,7 @@ impl Conn<'_> {
         let upgrade = head.upgrade;
         let wait_continue = head.expect_continue && !body.done();
         let first = head.len + in_buf;
-        if let Err(e) = write_two(&mut up.stream, &out, &self.buf[head.len..first]).await {
+        if let Err(e) = write_two(&mut up.stream, &out, &self.buf[as_it_came.clone()]).await {
             // A kept connection the other side had closed: nothing reached
             // it (a request written into a dead socket gets RST, not an
             // answer). Once more on a fresh one.
@@ -648,7 +701,7 @@ impl Conn<'_> {
                 Ok(u) => u,
                 Err(e) => return Err(fail(Kind::Connect, true, &e)),
             };
-            if let Err(e) = write_two(&mut up.stream, &out, &self.buf[head.len..first]).await {
+            if let Err(e) = write_two(&mut up.stream, &out, &self.buf[as_it_came.clone()]).await {
                 return Err(fail(Kind::Connect, true, &e));
             }
         }
@@ -656,7 +709,7 @@ impl Conn<'_> {
         let mut sent_body_from_socket = false;
         if !body.done() && !wait_continue {
             sent_body_from_socket = true;
-            if let Err(e) = self.copy_request_body(&mut up, &mut body).await {
+            if let Err(e) = self.copy_request_body(&mut up, &mut body, request_idle).await {
                 return Err(e.into_failure(self, target).await);
             }
         }
@@ -673,7 +726,7 @@ impl Conn<'_> {
                 Ok(ResponseRead::ClientBodyFirst) => {
                     // The client sends its body without waiting for 100.
                     sent_body_from_socket = true;
-                    if let Err(e) = self.copy_request_body(&mut up, &mut body).await {
+                    if let Err(e) = self.copy_request_body(&mut up, &mut body, request_idle).await {
                         return Err(e.into_failure(self, target).await);
                     }
                     continue;
@@ -701,14 +754,20 @@ impl Conn<'_> {
                 Err(ReadError::Bad(e)) => return Err(fail(Kind::Io, false, &e)),
             };
             if (100..200).contains(&r.status) && r.status != 101 {
-                // Interim responses go to the client as they are.
-                if head.minor == 1 && self.client.write_all(&ubuf[..r.len]).await.is_err() {
-                    return Ok(Served::Close);
+                // Interim responses (100, 103) go to the client with their
+                // fields filtered as a final head's are: hop-by-hop fields
+                // and stickyd's own out.
+                if head.minor == 1 {
+                    let mut interim = Vec::with_capacity(r.len);
+                    parse::write_response(&ubuf, &r, &ResponseEdits::default(), &mut interim);
+                    if self.client.write_all(&interim).await.is_err() {
+                        return Ok(Served::Close);
+                    }
                 }
                 ubuf.drain(..r.len);
                 if r.status == 100 && !body.done() {
                     sent_body_from_socket = true;
-                    if let Err(e) = self.copy_request_body(&mut up, &mut body).await {
+                    if let Err(e) = self.copy_request_body(&mut up, &mut body, request_idle).await {
                         return Err(e.into_failure(self, target).await);
                     }
                 }
@@ -758,6 +817,8 @@ impl Conn<'_> {
             .map(|(n, v)| (n.as_str().as_bytes(), v.as_bytes()))
             .collect();
         let local = matches!(dest, Dest::Local { .. });
+        let response_pace = idle::pace(res.values(&ubuf, b"content-type").next());
+        let response_idle = self.body_limit(idle::exempt(request_pace, Some((res.status, response_pace))));
         let switching = res.status == 101 && upgrade;
         let client_http10 = head.minor == 0;
         let request_done = body.done();
@@ -789,10 +850,10 @@ impl Conn<'_> {
         // The body: what came with the head, then the rest.
         let mut rbody = Remaining::of(res.body);
         let decode = client_http10 && res.body == BodyKind::Chunked;
-        let with_head = if decode {
-            0
+        let (taken, as_it_came) = if decode {
+            (0, 0)
         } else {
-            match rbody.take(&ubuf) {
+            match with_head(&mut rbody, &ubuf, &mut out) {
                 Ok(n) => n,
                 Err(_) => {
                     let _ = self.client.write_all(&out).await;
@@ -800,16 +861,16 @@ impl Conn<'_> {
                 }
             }
         };
-        if write_two(&mut self.client, &out, &ubuf[..with_head]).await.is_err() {
+        if write_two(&mut self.client, &out, &ubuf[..as_it_came]).await.is_err() {
             return Ok(Served::Close);
         }
         drop(out);
-        ubuf.drain(..with_head);
+        ubuf.drain(..taken);
         let streamed = if decode {
-            self.copy_decoded(&mut up, ubuf).await
+            self.copy_decoded(&mut up, ubuf, response_idle).await
         } else {
             drop(ubuf);
-            self.copy_response_body(&mut up, &mut rbody).await
+            self.copy_response_body(&mut up, &mut rbody, response_idle).await
         };
         // The request is done with: what follows it in the buffer is the
         // next request.
@@ -850,22 +911,36 @@ impl Conn<'_> {
         (if lease.is_some() { COPY } else { READ }, lease)
     }
 
-    /// Copies the rest of the request body from the client to `up`.
-    async fn copy_request_body(&mut self, up: &mut Upstream, body: &mut Remaining) -> Result<(), BodyError> {
+    /// STICKYD_BODY_READ_TIMEOUT for a body, unless it is `exempt`.
+    fn body_limit(&self, exempt: bool) -> Option<Duration> {
+        (!exempt).then_some(self.shared.cfg.body_read_timeout)
+    }
+
+    /// Copies the rest of the request body from the client to `up`; it
+    /// stalls when no byte comes for `idle`.
+    async fn copy_request_body(
+        &mut self,
+        up: &mut Upstream,
+        body: &mut Remaining,
+        idle: Option<Duration>,
+    ) -> Result<(), BodyError> {
         // What of the body was in the buffer went with the head.
         let (size, _lease) = self.copy_size();
         while !body.done() {
             let buf = &mut self.buf;
-            let step = io::read_with(&mut self.client, size, |bytes| {
+            let read = io::read_with(&mut self.client, size, |bytes| {
                 if bytes.is_empty() {
                     return Err(BodyError::ClientGone);
                 }
-                let take = body.take(bytes).map_err(BodyError::Framing)?;
+                let r = body.relay(bytes).map_err(BodyError::Framing)?;
                 // Pipelined bytes after the body: the next request's.
-                buf.extend_from_slice(&bytes[take..]);
-                io::write_or_keep(&up.stream, &bytes[..take]).map_err(|e| BodyError::Upstream(e.to_string()))
-            })
-            .await;
+                buf.extend_from_slice(&bytes[r.taken..]);
+                relay_or_keep(&up.stream, &r).map_err(|e| BodyError::Upstream(e.to_string()))
+            });
+            let Some(step) = within_idle(&mut self.timer, idle, read).await else {
+                self.shared.metrics.body_timeout("request");
+                return Err(BodyError::Stalled);
+            };
             let kept = step.map_err(|_| BodyError::ClientGone)??;
             if !kept.is_empty() {
                 up.stream
@@ -878,23 +953,27 @@ impl Conn<'_> {
     }
 
     /// Copies the rest of a response body from `up` to the client. False:
-    /// the copy broke off (either side went away, or the upstream's framing
-    /// broke); the client connection must close.
-    async fn copy_response_body(&mut self, up: &mut Upstream, body: &mut Remaining) -> bool {
+    /// the copy broke off (either side went away, the upstream's framing
+    /// broke, or no byte came for `idle`); the client connection must
+    /// close.
+    async fn copy_response_body(&mut self, up: &mut Upstream, body: &mut Remaining, idle: Option<Duration>) -> bool {
         if body.done() {
             return true;
         }
         let (size, _lease) = self.copy_size();
         while !body.done() {
             let client = &self.client;
-            let step = io::read_with(&mut up.stream, size, |bytes| {
+            let read = io::read_with(&mut up.stream, size, |bytes| {
                 if bytes.is_empty() {
                     return Err(matches!(body, Remaining::Close));
                 }
-                let take = body.take(bytes).map_err(|_| false)?;
-                io::write_or_keep(client, &bytes[..take]).map_err(|_| false)
-            })
-            .await;
+                let r = body.relay(bytes).map_err(|_| false)?;
+                relay_or_keep(client, &r).map_err(|_| false)
+            });
+            let Some(step) = within_idle(&mut self.timer, idle, read).await else {
+                self.shared.metrics.body_timeout("response");
+                return false;
+            };
             let kept = match step {
                 Ok(Ok(kept)) => kept,
                 Ok(Err(ended_well)) => return ended_well,
@@ -908,8 +987,8 @@ impl Conn<'_> {
     }
 
     /// A chunked response for an HTTP/1.0 client: the payload alone, then
-    /// the connection closes.
-    async fn copy_decoded(&mut self, up: &mut Upstream, mut pending: Vec<u8>) -> bool {
+    /// the connection closes (also when no byte comes for `idle`).
+    async fn copy_decoded(&mut self, up: &mut Upstream, mut pending: Vec<u8>, idle: Option<Duration>) -> bool {
         let mut chunked = body::Chunked::default();
         let (size, _lease) = self.copy_size();
         let mut piece = vec![0; size];
@@ -923,14 +1002,18 @@ impl Conn<'_> {
                         }
                         at += n;
                     }
-                    Ok(Piece::Framing(n)) => at += n,
+                    Ok(Piece::Framing(n) | Piece::Trailers(n)) => at += n,
                     Err(_) => return false,
                 }
             }
             if chunked.done() {
                 return false;
             }
-            let n = match up.stream.read(&mut piece).await {
+            let Some(read) = within_idle(&mut self.timer, idle, up.stream.read(&mut piece)).await else {
+                self.shared.metrics.body_timeout("response");
+                return false;
+            };
+            let n = match read {
                 Ok(0) | Err(_) => return false,
                 Ok(n) => n,
             };
@@ -1032,6 +1115,10 @@ enum ReadError {
 enum BodyError {
     /// The client's chunked framing is malformed: its fault, 400.
     Framing(ChunkError),
+    /// No byte of it came for STICKYD_BODY_READ_TIMEOUT: its fault too,
+    /// 408 (no byte of a response has gone to the client yet on this
+    /// path: the body goes on before the response is read).
+    Stalled,
     /// The client went away mid-body.
     ClientGone,
     /// The upstream stopped taking it.
@@ -1042,6 +1129,13 @@ impl BodyError {
     async fn into_failure(self, c: &mut Conn<'_>, target: Target) -> Failure {
         match self {
             BodyError::Framing(e) => c.client_body_error(e).await,
+            BodyError::Stalled => {
+                let _ = c
+                    .client
+                    .write_all(&own(StatusCode::REQUEST_TIMEOUT, idle::STALLED, true))
+                    .await;
+                Failure::Done
+            }
             BodyError::ClientGone => Failure::Done,
             BodyError::Upstream(e) => Failure::Upstream(UpstreamError::new(target, Kind::Io, false, e)),
         }

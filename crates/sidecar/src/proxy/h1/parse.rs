@@ -72,6 +72,9 @@ pub struct ResponseHead {
     pub minor: u8,
     pub fields: Vec<Field>,
     pub body: BodyKind,
+    /// The length its Content-Length fields announce, one value however
+    /// they spell it (`2, 2`, or the field twice).
+    pub content_length: Option<u64>,
     /// The upstream keeps the connection open after this response.
     pub keep_alive: bool,
 }
@@ -178,6 +181,20 @@ fn digits(v: &[u8]) -> Option<u64> {
             None
         }
     })
+}
+
+/// Adds a response's Content-Length field to the length found so far: a
+/// list of equal values is one value, as is the field repeated (RFC 9110
+/// §8.6); values that differ, or one that is not a number, are an error.
+pub fn add_length(length: &mut Option<u64>, value: &[u8]) -> Result<(), HeadError> {
+    for v in value.split(|&b| b == b',') {
+        let n = digits(v.trim_ascii()).ok_or(HeadError::ContentLength)?;
+        if length.is_some_and(|prev| prev != n) {
+            return Err(HeadError::ContentLength);
+        }
+        *length = Some(n);
+    }
+    Ok(())
 }
 
 /// Visible ASCII and tabs only (what `HeaderValue::to_str` takes): a value
@@ -318,6 +335,7 @@ pub fn response(buf: &[u8], max_headers: usize, head_request: bool) -> Result<Op
             minor,
             fields,
             body: BodyKind::None,
+            content_length: None,
             keep_alive: minor == 1,
         };
         let (mut cl, mut te, mut te_chunked) = (None::<u64>, false, false);
@@ -327,14 +345,7 @@ pub fn response(buf: &[u8], max_headers: usize, head_request: bool) -> Result<Op
                 te = true;
                 te_chunked = ends_chunked(value);
             } else if name.eq_ignore_ascii_case(b"content-length") {
-                // A list of equal values is one value (RFC 9110 §8.6).
-                for v in value.split(|&b| b == b',') {
-                    let n = digits(v.trim_ascii()).ok_or(HeadError::ContentLength)?;
-                    if cl.is_some_and(|prev| prev != n) {
-                        return Err(HeadError::ContentLength);
-                    }
-                    cl = Some(n);
-                }
+                add_length(&mut cl, value)?;
             } else if name.eq_ignore_ascii_case(b"connection") {
                 if has_token(value, b"close") {
                     head.keep_alive = false;
@@ -361,27 +372,45 @@ pub fn response(buf: &[u8], max_headers: usize, head_request: bool) -> Result<Op
         if head.body == BodyKind::Close || (te && cl.is_some()) {
             head.keep_alive = false;
         }
+        head.content_length = cl;
         Ok(Some(head))
     }
 }
 
-/// Hop-by-hop fields (RFC 9110 §7.6.1) and stickyd's own, never copied to
-/// the next hop as they came.
-fn hop_by_hop(name: &[u8]) -> bool {
-    const NAMES: [&[u8]; 11] = [
-        b"connection",
-        b"keep-alive",
-        b"proxy-connection",
-        b"te",
-        b"transfer-encoding",
-        b"upgrade",
-        b"content-length",
-        b"x-stickyd-hop",
-        b"x-stickyd-session",
-        b"x-stickyd-sessions",
-        b"x-forwarded-for",
-    ];
-    NAMES.iter().any(|n| n.eq_ignore_ascii_case(name))
+/// Hop-by-hop fields (RFC 9110 §7.6.1), the framing, X-Forwarded-For and
+/// stickyd's own fields: never copied to the next hop as they came, in a
+/// head or in trailers.
+const HOP_BY_HOP: [&[u8]; 11] = [
+    b"connection",
+    b"keep-alive",
+    b"proxy-connection",
+    b"te",
+    b"transfer-encoding",
+    b"upgrade",
+    b"content-length",
+    b"x-stickyd-hop",
+    b"x-stickyd-session",
+    b"x-stickyd-sessions",
+    b"x-forwarded-for",
+];
+
+/// The length of the longest name in [`HOP_BY_HOP`]: a longer name is none
+/// of them.
+pub const LONGEST_HOP_BY_HOP: usize = {
+    let mut longest = 0;
+    let mut i = 0;
+    while i < HOP_BY_HOP.len() {
+        if HOP_BY_HOP[i].len() > longest {
+            longest = HOP_BY_HOP[i].len();
+        }
+        i += 1;
+    }
+    longest
+};
+
+/// Is `name` one of [`HOP_BY_HOP`] (any case)?
+pub fn hop_by_hop(name: &[u8]) -> bool {
+    HOP_BY_HOP.iter().any(|n| n.eq_ignore_ascii_case(name))
 }
 
 /// Fields that `Connection` names (other than the usual options), dropped
@@ -423,6 +452,12 @@ fn push_u64(out: &mut Vec<u8>, mut n: u64) {
         }
     }
     out.extend_from_slice(&digits[i..]);
+}
+
+fn push_content_length(out: &mut Vec<u8>, n: u64) {
+    out.extend_from_slice(b"content-length: ");
+    push_u64(out, n);
+    out.extend_from_slice(b"\r\n");
 }
 
 /// Writes the request head for the next hop into `out`: the request line
@@ -471,11 +506,7 @@ pub fn write_request(buf: &[u8], head: &RequestHead, client: &[u8], held: Option
         }
     }
     match head.body {
-        BodyKind::Length(n) => {
-            out.extend_from_slice(b"content-length: ");
-            push_u64(out, n);
-            out.extend_from_slice(b"\r\n");
-        }
+        BodyKind::Length(n) => push_content_length(out, n),
         BodyKind::Chunked => out.extend_from_slice(b"transfer-encoding: chunked\r\n"),
         BodyKind::None | BodyKind::Close => {}
     }
@@ -535,7 +566,6 @@ pub fn write_response(buf: &[u8], head: &ResponseHead, edits: &ResponseEdits<'_>
     let switching = head.status == 101;
     let drop = connection_named(buf, &head.fields);
     let mut cache: Option<Vec<u8>> = None;
-    let mut content_length: Option<&[u8]> = None;
     for f in &head.fields {
         let name = f.name(buf);
         if token && name.eq_ignore_ascii_case(b"cache-control") {
@@ -563,8 +593,6 @@ pub fn write_response(buf: &[u8], head: &ResponseHead, edits: &ResponseEdits<'_>
                     out.extend_from_slice(b"\r\n");
                 }
             }
-        } else if name.eq_ignore_ascii_case(b"content-length") && content_length.is_none() {
-            content_length = Some(f.value(buf));
         } else if switching && name.eq_ignore_ascii_case(b"upgrade") {
             out.extend_from_slice(&buf[f.line()]);
             out.extend_from_slice(b"\r\n");
@@ -573,10 +601,11 @@ pub fn write_response(buf: &[u8], head: &ResponseHead, edits: &ResponseEdits<'_>
     match head.body {
         BodyKind::Chunked if !edits.client_http10 => out.extend_from_slice(b"transfer-encoding: chunked\r\n"),
         BodyKind::Chunked | BodyKind::Close => {}
-        // A HEAD response or a 304 keeps the length it announces.
+        // A HEAD response or a 304 keeps the length it announces, as one
+        // value; a 1xx or a 204 has none (RFC 9110 §8.6).
         BodyKind::Length(_) | BodyKind::None => {
-            if let Some(v) = content_length {
-                push_field(out, b"content-length", v);
+            if let Some(n) = head.content_length.filter(|_| head.status >= 200 && head.status != 204) {
+                push_content_length(out, n);
             }
         }
     }
@@ -899,6 +928,46 @@ mod tests {
         // No reason phrase.
         let r = rewritten("HTTP/1.1 404 \r\nContent-Length: 0\r\n\r\n", ResponseEdits::default());
         assert_eq!(r, "HTTP/1.1 404 \r\ncontent-length: 0\r\n\r\n");
+    }
+
+    #[test]
+    fn one_content_length_goes_on_however_it_came_and_none_on_a_1xx_or_204() {
+        for s in [
+            "HTTP/1.1 200 OK\r\nContent-Length: 2, 2\r\n\r\n",
+            "HTTP/1.1 200 OK\r\nContent-Length: 2\r\ncontent-length: 2\r\n\r\n",
+            "HTTP/1.1 200 OK\r\nContent-Length: 2 ,2,  2\r\nContent-Length: 2\r\n\r\n",
+        ] {
+            assert_eq!(
+                rewritten(s, ResponseEdits::default()),
+                "HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\n",
+                "{s:?}"
+            );
+        }
+        // A HEAD response keeps the length it announces, as one value.
+        let s = "HTTP/1.1 200 OK\r\nContent-Length: 7, 7\r\n\r\n";
+        let h = response(s.as_bytes(), 100, true).unwrap().unwrap();
+        assert_eq!((h.body, h.content_length), (BodyKind::None, Some(7)));
+        let mut out = Vec::new();
+        write_response(s.as_bytes(), &h, &ResponseEdits::default(), &mut out);
+        assert_eq!(out, b"HTTP/1.1 200 OK\r\ncontent-length: 7\r\n\r\n");
+        // An interim response loses what a final one loses, and any length.
+        let r = rewritten(
+            "HTTP/1.1 103 Early Hints\r\nLink: </a.css>; rel=preload\r\nX-Stickyd-Hop: leak\r\n\
+             x-stickyd-sessions: 9\r\nx-stickyd-session: leak\r\nConnection: x-private\r\nX-Private: 1\r\n\
+             Keep-Alive: 5\r\nContent-Length: 0\r\n\r\n",
+            ResponseEdits::default(),
+        );
+        assert_eq!(r, "HTTP/1.1 103 Early Hints\r\nLink: </a.css>; rel=preload\r\n\r\n");
+        let r = rewritten(
+            "HTTP/1.1 204 No Content\r\nContent-Length: 0\r\n\r\n",
+            ResponseEdits::default(),
+        );
+        assert_eq!(r, "HTTP/1.1 204 No Content\r\n\r\n");
+        let r = rewritten(
+            "HTTP/1.1 304 Not Modified\r\nContent-Length: 5\r\n\r\n",
+            ResponseEdits::default(),
+        );
+        assert_eq!(r, "HTTP/1.1 304 Not Modified\r\ncontent-length: 5\r\n\r\n");
     }
 
     #[test]
