@@ -65,7 +65,7 @@ impl Admin {
     /// passed: degraded mode), and the app answers a TCP connect.
     pub async fn readiness(&self) -> Result<&'static str, &'static str> {
         let s = &self.shared;
-        if s.draining.load(Ordering::Relaxed) {
+        if s.stopping() {
             return Err("draining\n");
         }
         let synced = s.store.load().synced;

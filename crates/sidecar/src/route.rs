@@ -17,9 +17,10 @@ use crate::endpoints::{Peer, PeerState, View};
 pub struct ThisPod<'a> {
     pub name: &'a str,
     pub id: SessionId,
-    /// This pod takes no new sessions: it is `serving && terminating` in the
-    /// view, a drain was asked for (`/drain`), or it received SIGTERM.
-    pub draining: bool,
+    /// This pod is leaving and takes no new sessions: its endpoint drains
+    /// in the view (`serving && terminating`), its session drain was asked
+    /// for (`/drain`), or it is stopping (SIGTERM).
+    pub leaving: bool,
 }
 
 /// What the app is told in `x-stickyd-session`.
@@ -180,7 +181,7 @@ pub fn decide<'v>(
         CookieState::Absent | CookieState::Invalid => {
             // A new session. A draining pod hands it to a ready peer, unless
             // the request already made its one hop.
-            if me.draining && !hop {
+            if me.leaving && !hop {
                 if let Some(peer) = view.ready_peer_except(&me.id, pick) {
                     return Decision::Forward {
                         peer,
@@ -190,7 +191,7 @@ pub fn decide<'v>(
             }
             // Least-sessions: to the least loaded of this pod and the
             // sampled peers. A forwarded request is never placed again.
-            if !hop && !me.draining {
+            if !hop && !me.leaving {
                 if let Some(peer) = load.and_then(|l| least_loaded(view, me, l)) {
                     return Decision::Forward {
                         peer,
@@ -242,7 +243,7 @@ fn missing<'v>(view: &'v View, me: &ThisPod<'_>, on_missing: OnMissing, pick: us
     match on_missing {
         OnMissing::Reject => Decision::Reject,
         OnMissing::Repin => {
-            if me.draining {
+            if me.leaving {
                 if let Some(peer) = view.ready_peer_except(&me.id, pick) {
                     return Decision::Forward {
                         peer,
@@ -327,11 +328,11 @@ mod tests {
         View::new(if synced { peers } else { vec![] }, synced, 1)
     }
 
-    fn me(draining: bool) -> ThisPod<'static> {
+    fn me(leaving: bool) -> ThisPod<'static> {
         ThisPod {
             name: "pod-a",
             id: SessionId::for_pod("pod-a"),
-            draining,
+            leaving,
         }
     }
 

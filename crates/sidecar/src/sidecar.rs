@@ -181,9 +181,9 @@ impl Sidecar {
     /// in-flight requests within STICKYD_DRAIN_TIMEOUT. The admin listener
     /// serves throughout.
     pub async fn drain_and_stop(self) {
-        self.shared.draining.store(true, Ordering::Relaxed);
+        self.shared.stopping.store(true, Ordering::Relaxed);
         self.shared.metrics.draining.set(1);
-        self.phases.draining.cancel();
+        self.phases.stopping.cancel();
         let drain = self.shared.cfg.drain;
         tracing::info!(?drain, "draining: still serving, new sessions go to ready peers");
         tokio::time::sleep(drain).await;

@@ -23,7 +23,7 @@ pub use budget::{BufferBudget, Lease};
 pub use cgroup::{CgroupLimit, CgroupVersion, Host};
 pub use sizing::{
     parse_bytes, Budget, Costs, BASE_RSS, BUFFER_RESERVE, CONNECTION_COST, CONNECTION_SHARE_PERCENT, COSTS,
-    DEFAULT_MAX_CONNECTIONS, HYPER_CONNECTION_COST, MAX_CONNECTIONS_CAP, USABLE_PERCENT,
+    DEFAULT_MAX_CONNECTIONS, HYPER_CONNECTION_COST, HYPER_STREAM_COST, MAX_CONNECTIONS_CAP, USABLE_PERCENT,
 };
 
 /// Where the memory limit in use came from.

@@ -27,6 +27,11 @@ pub const CONNECTION_COST: u64 = 12 << 10;
 /// the app. From the heap profile in BENCHMARKS.md ("Where the memory
 /// goes"): about 73 KiB per active connection on that path.
 pub const HYPER_CONNECTION_COST: usize = 64 << 10;
+/// What each request on hyper's codec takes from the buffer budget while it
+/// runs: the body a stream may hold before it is read, as the HTTP/1.1
+/// path's body copies take 16 KiB. At the budget, the request is shed (503,
+/// or RESOURCE_EXHAUSTED for gRPC).
+pub const HYPER_STREAM_COST: usize = 16 << 10;
 
 /// The largest single lease from the buffer budget: a hyper connection
 /// ([`HYPER_CONNECTION_COST`]), or a request head at the default

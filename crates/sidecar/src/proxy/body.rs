@@ -29,6 +29,11 @@ pub fn text(s: &'static str) -> ResponseBody {
     Either::Right(Full::new(Bytes::from_static(s.as_bytes())))
 }
 
+/// No body.
+pub fn empty() -> ResponseBody {
+    Either::Right(Full::new(Bytes::new()))
+}
+
 /// Why a relayed body failed.
 #[derive(Debug, thiserror::Error)]
 pub enum RelayError {

@@ -11,7 +11,7 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex};
 use std::task::Poll;
 use std::time::Duration;
 
@@ -38,15 +38,12 @@ pub struct ConnInfo {
     /// The client's X-Forwarded-For entry, formatted once.
     pub(super) forwarded_for: HeaderValue,
     bound: Mutex<Bound>,
-    /// This connection's place among the [`MAX_BOUND`] app bindings, if any.
-    app_place: OnceLock<Place>,
     /// The connection spoke HTTP/2 (it gets GOAWAY when the drain starts).
     h2: AtomicBool,
 }
 
 #[derive(Default)]
 struct Bound {
-    app: Option<http1::SendRequest<Reclaimable>>,
     /// Connections to peers' sidecars, at most [`MAX_PEERS_PER_CONN`].
     peers: Vec<BoundPeer>,
     /// The response timer, reset for each request: moving a registered
@@ -96,7 +93,6 @@ impl ConnInfo {
             remote,
             forwarded_for: headers::forwarded_for_value(remote.ip()),
             bound: Default::default(),
-            app_place: OnceLock::new(),
             h2: AtomicBool::new(false),
         }
     }
@@ -107,31 +103,6 @@ impl ConnInfo {
 
     pub(super) fn mark_h2(&self) {
         self.h2.store(true, Ordering::Relaxed);
-    }
-
-    /// Takes one of the app binding places for this connection, if it has
-    /// none and one is free.
-    pub(super) fn bind_app(&self, count: &Arc<AtomicUsize>) -> bool {
-        if self.app_place.get().is_some() {
-            return true;
-        }
-        match Place::take(count, MAX_BOUND) {
-            Some(place) => {
-                let _ = self.app_place.set(place);
-                true
-            }
-            None => false,
-        }
-    }
-
-    pub(super) fn take_app(&self) -> Option<http1::SendRequest<Reclaimable>> {
-        self.bound.lock().ok()?.app.take().filter(|s| !s.is_closed())
-    }
-
-    pub(super) fn put_app(&self, sender: http1::SendRequest<Reclaimable>) {
-        if let Ok(mut b) = self.bound.lock() {
-            b.app = Some(sender);
-        }
     }
 
     /// This connection's bound connection to the peer at `addr` (if it is

@@ -51,7 +51,7 @@ fn builder(shared: &Shared) -> auto::Builder<TokioExecutor> {
 pub struct Phases {
     /// SIGTERM: keep serving; HTTP/1 responses carry `Connection: close`,
     /// HTTP/2 connections get GOAWAY now, so clients move on.
-    pub draining: CancellationToken,
+    pub stopping: CancellationToken,
     /// Stop accepting, finish in-flight requests.
     pub closing: CancellationToken,
 }
@@ -148,7 +148,7 @@ pub async fn serve(listener: TcpListener, shared: Arc<Shared>, phases: Phases) {
         _ = connections.wait() => tracing::info!("all connections closed"),
         _ = tokio::time::sleep(timeout) => tracing::warn!(?timeout, "STICKYD_DRAIN_TIMEOUT reached; closing the remaining connections"),
     }
-    shared.draining.store(true, Ordering::Relaxed);
+    shared.stopping.store(true, Ordering::Relaxed);
 }
 
 /// Does the connection start with the HTTP/2 preface (h2c with prior
@@ -260,7 +260,7 @@ async fn with_hyper(
             r = conn.as_mut() => break r,
             // HTTP/2 gets GOAWAY as the drain starts; HTTP/1 is told per
             // response, and closed when stopping.
-            _ = phases.draining.cancelled(), if !drain_seen => {
+            _ = phases.stopping.cancelled(), if !drain_seen => {
                 drain_seen = true;
                 if info.is_h2() && !shut {
                     conn.as_mut().graceful_shutdown();

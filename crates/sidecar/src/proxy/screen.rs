@@ -1,9 +1,8 @@
 //! Phase 1, screen: refuse what a sidecar must never do, before routing.
 
-use http::{Method, Request, Response, StatusCode, Version};
+use http::StatusCode;
 
-use super::body::ResponseBody;
-use super::respond::own_response;
+use super::facts::{HeadView, TargetForm};
 
 /// Why a request is refused before routing.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -41,11 +40,6 @@ impl Refusal {
         }
     }
 
-    pub fn response(self) -> Response<ResponseBody> {
-        let (status, msg) = self.status_and_message();
-        own_response(status, msg)
-    }
-
     /// The status of stickyd's answer, and its body.
     pub fn status_and_message(self) -> (StatusCode, &'static str) {
         match self {
@@ -80,58 +74,66 @@ impl Refusal {
 }
 
 /// Refuses CONNECT, absolute-form targets naming another host, targets that
-/// are not a path, and heads larger than `max_header_bytes`.
-pub(super) fn screen<B>(req: &Request<B>, max_header_bytes: usize) -> Option<Refusal> {
-    if req.method() == Method::CONNECT {
+/// are not a path (OPTIONS `*` aside), and heads larger than
+/// `max_header_bytes`.
+pub(super) fn screen(head: &impl HeadView, max_header_bytes: usize) -> Option<Refusal> {
+    if head.method() == b"CONNECT" {
         return Some(Refusal::Connect);
     }
-    if req.version() <= Version::HTTP_11 && req.uri().authority().is_some() {
-        return Some(Refusal::AbsoluteForm);
+    match head.target() {
+        TargetForm::Origin => {}
+        TargetForm::Asterisk if head.method() == b"OPTIONS" => {}
+        TargetForm::Asterisk | TargetForm::Invalid => return Some(Refusal::Target),
+        TargetForm::Absolute => return Some(Refusal::AbsoluteForm),
     }
-    if req
-        .uri()
-        .path_and_query()
-        .is_none_or(|pq| !pq.as_str().starts_with('/'))
-        && req.method() != Method::OPTIONS
-    {
-        return Some(Refusal::Target);
-    }
-    // The listener's buffer limit catches most oversized heads; this catches
-    // the rest, whatever the read sizes were.
-    let head_bytes: usize = req
-        .headers()
-        .iter()
-        .map(|(k, v)| k.as_str().len() + v.len() + 4)
-        .sum::<usize>()
-        + req.uri().path_and_query().map_or(0, |p| p.as_str().len());
-    (head_bytes > max_header_bytes).then_some(Refusal::HeaderTooLarge)
+    // The HTTP/1.1 codec refuses an oversized head as it reads it, and
+    // hyper's buffer limit catches most; this catches the rest, whatever
+    // the read sizes were.
+    (head.head_bytes() > max_header_bytes).then_some(Refusal::HeaderTooLarge)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn req(method: Method, target: &str) -> Request<()> {
-        Request::builder().method(method).uri(target).body(()).unwrap()
+    /// A head for the screen alone.
+    struct Head(&'static str, TargetForm, usize);
+
+    impl HeadView for Head {
+        fn method(&self) -> &[u8] {
+            self.0.as_bytes()
+        }
+        fn version(&self) -> http::Version {
+            http::Version::HTTP_11
+        }
+        fn target(&self) -> TargetForm {
+            self.1
+        }
+        fn values<'v>(&'v self, _: &'v str) -> impl Iterator<Item = &'v [u8]> + 'v {
+            std::iter::empty()
+        }
+        fn has_body(&self) -> bool {
+            false
+        }
+        fn upgrade(&self) -> bool {
+            false
+        }
+        fn head_bytes(&self) -> usize {
+            self.2
+        }
     }
 
     #[test]
     fn refusals() {
-        assert_eq!(screen(&req(Method::GET, "/a?b"), 8192), None);
-        assert_eq!(screen(&req(Method::OPTIONS, "*"), 8192), None);
-        assert_eq!(screen(&req(Method::CONNECT, "/"), 8192), Some(Refusal::Connect));
-        assert_eq!(
-            screen(&req(Method::GET, "http://other/x"), 8192),
-            Some(Refusal::AbsoluteForm)
-        );
-        assert_eq!(screen(&req(Method::GET, "*"), 8192), Some(Refusal::Target));
-        let big = Request::get("/").header("x", "v".repeat(100)).body(()).unwrap();
-        assert_eq!(screen(&big, 100), Some(Refusal::HeaderTooLarge));
-        assert_eq!(screen(&big, 200), None);
-        assert_eq!(Refusal::Connect.response().status(), StatusCode::METHOD_NOT_ALLOWED);
-        assert_eq!(
-            Refusal::HeaderTooLarge.response().status(),
-            StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE
-        );
+        use TargetForm::*;
+        assert_eq!(screen(&Head("GET", Origin, 10), 8192), None);
+        assert_eq!(screen(&Head("OPTIONS", Asterisk, 10), 8192), None);
+        assert_eq!(screen(&Head("CONNECT", Origin, 10), 8192), Some(Refusal::Connect));
+        assert_eq!(screen(&Head("CONNECT", Absolute, 10), 8192), Some(Refusal::Connect));
+        assert_eq!(screen(&Head("GET", Absolute, 10), 8192), Some(Refusal::AbsoluteForm));
+        assert_eq!(screen(&Head("GET", Asterisk, 10), 8192), Some(Refusal::Target));
+        assert_eq!(screen(&Head("OPTIONS", Invalid, 10), 8192), Some(Refusal::Target));
+        assert_eq!(screen(&Head("GET", Origin, 101), 100), Some(Refusal::HeaderTooLarge));
+        assert_eq!(screen(&Head("GET", Origin, 100), 100), None);
     }
 }

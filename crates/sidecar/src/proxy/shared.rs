@@ -42,8 +42,9 @@ pub struct Shared {
     /// Where the session token travels (STICKYD_AFFINITY).
     pub(super) carrier: Carrier,
     pub me: SessionId,
-    /// Set on SIGTERM: take no new sessions, close keep-alive connections.
-    pub draining: AtomicBool,
+    /// Set on SIGTERM: this pod is stopping. It takes no new sessions and
+    /// closes keep-alive connections.
+    pub stopping: AtomicBool,
     /// The session-aware drain (`/drain`).
     pub drain: Arc<Drain>,
     /// The sessions pinned here, seen lately.
@@ -122,7 +123,7 @@ impl Shared {
             app_authority: authority(cfg.upstream),
             codec: ArcSwap::from_pointee(codec),
             carrier: Carrier::new(&cfg),
-            draining: AtomicBool::new(false),
+            stopping: AtomicBool::new(false),
             drain: Arc::default(),
             sessions: Arc::new(SessionTracker::new(cfg.session_active_window)),
             clock: Clock::System,
@@ -140,17 +141,23 @@ impl Shared {
         }
     }
 
-    /// This pod as the decision sees it: draining once its endpoint is
-    /// terminating in the view, a drain was asked for, or on SIGTERM.
+    /// This pod as the decision sees it: leaving once it stops (SIGTERM),
+    /// its session drain was asked for, or its endpoint drains in the view
+    /// (serving and terminating).
     pub(super) fn this_pod(&self, view: &View) -> ThisPod<'_> {
-        let draining = self.draining.load(Ordering::Relaxed)
+        let leaving = self.stopping()
             || self.drain.requested()
             || view.get(&self.me).is_some_and(|p| p.state == PeerState::Draining);
         ThisPod {
             name: &self.cfg.pod_name,
             id: self.me,
-            draining,
+            leaving,
         }
+    }
+
+    /// SIGTERM came: this pod is stopping.
+    pub fn stopping(&self) -> bool {
+        self.stopping.load(Ordering::Relaxed)
     }
 
     /// The view to decide a request on. Before the first sync, a session
@@ -207,7 +214,7 @@ impl Shared {
     /// the view synced): this pod's active sessions and the peers sampled.
     fn sample_for_new(&self, cookie: &CookieState, hops: Hops, me: &ThisPod<'_>, view: &View) -> Option<(u64, Sample)> {
         let new = !matches!(cookie, CookieState::Valid(_));
-        if self.cfg.new_sessions != NewSessions::LeastSessions || !new || hops > 0 || me.draining || !view.synced {
+        if self.cfg.new_sessions != NewSessions::LeastSessions || !new || hops > 0 || me.leaving || !view.synced {
             return None;
         }
         let now = tokio::time::Instant::now();

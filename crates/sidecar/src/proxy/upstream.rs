@@ -428,8 +428,6 @@ pub(super) struct BodyLimit<'a> {
 
 /// How a request reaches its upstream.
 pub(super) enum Via<'a> {
-    /// The client connection's own app connection.
-    BoundApp,
     /// The client connection's own connection to the peer at this address.
     BoundPeer(SocketAddr, PeerBinding),
     /// A shared pool.
@@ -441,7 +439,6 @@ pub(super) struct Outbound<'a> {
     pub target: Target,
     pub via: Via<'a>,
     pub conn: &'a ConnInfo,
-    pub app: SocketAddr,
     pub connector: &'a Connector,
     pub connect_timeout: Duration,
     pub response_timeout: Duration,
@@ -472,36 +469,12 @@ impl Outbound<'_> {
             target,
             via,
             conn,
-            app,
             connector,
             connect_timeout,
             response_timeout,
             body,
         } = self;
         let (sent, keep) = match via {
-            Via::BoundApp => {
-                let mut keep = Keep::new(&mut req, false);
-                let req = reclaimable(req, &mut keep, body.as_ref());
-                let sent = conn
-                    .within(
-                        response_timeout,
-                        unless(abandon, async {
-                            match send_bound(conn.take_app(), connector, app, connect_timeout, req).await {
-                                Bound::Answered(resp, sender) => {
-                                    conn.put_app(sender);
-                                    Sent::Answered(resp)
-                                }
-                                Bound::Unsent(req, why) => unsent(req, why),
-                                Bound::Failed(e) => Sent::Failed {
-                                    error: Box::new(e),
-                                    connect: false,
-                                },
-                            }
-                        }),
-                    )
-                    .await;
-                (sent, keep)
-            }
             Via::BoundPeer(addr, binding) => {
                 let is_safe = safe(req.method());
                 let mut keep = Keep::new(&mut req, is_safe);

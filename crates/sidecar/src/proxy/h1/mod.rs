@@ -26,11 +26,10 @@ pub mod upstream;
 
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use http::StatusCode;
+use http::Version;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::Sleep;
@@ -39,16 +38,18 @@ use self::body::{ChunkError, Piece, Relay, Remaining};
 use self::parse::{BodyKind, HeadError, RequestHead, ResponseEdits, ResponseHead};
 use self::upstream::Upstream;
 use super::conn::{Place, MAX_BOUND, MAX_BOUND_PEERS, MAX_PEERS_PER_CONN};
-use super::idle;
+use super::facts::{Facts, HeadView, TargetForm};
+use super::headers::{HOP, SESSION};
+use super::idle::{self, Pace};
 use super::listener::Phases;
+use super::pipeline::{self, Codec, Failure};
+use super::plan::{self, Cookies, Dest, Outgoing};
+use super::respond::Synthetic;
 use super::screen::Refusal;
-use super::token::Read;
 use super::upstream::{Kind, Target, UpstreamError};
 use super::Shared;
-use crate::affinity::{self, CookieState};
-use crate::endpoints::{Peer, View};
+use crate::affinity;
 use crate::limits::{Lease, CONNECTION_COST};
-use crate::route::{self, Decision, Failed, Hops, SessionMark};
 
 /// A head read takes at most this much at once; a request head longer than
 /// this is paid for by the buffer budget, up to STICKYD_MAX_HEADER_BYTES.
@@ -90,44 +91,12 @@ pub async fn serve(stream: TcpStream, remote: SocketAddr, shared: Arc<Shared>, p
     }
 }
 
-/// Where one attempt of a request goes.
-#[derive(Clone, Copy)]
-enum Dest<'v> {
-    Local { mark: SessionMark, set_cookie: bool },
-    Peer { peer: &'v Peer, mark: SessionMark },
-}
-
-/// A failed attempt.
-enum Failure {
-    /// The upstream failed before any byte of a response reached the
-    /// client; the error says whether the request may go elsewhere.
-    Upstream(UpstreamError),
-    /// Already answered (the client's own fault), or the client went away:
-    /// nothing more to send.
-    Done,
-}
-
 /// How an attempt that got a response ended.
 enum Served {
     /// The response went out whole; the client connection may go on.
     KeepAlive,
     /// The response went out (or the client went away); close.
     Close,
-}
-
-/// What one request carries through its phases.
-struct Facts<'h> {
-    head: &'h RequestHead,
-    /// The request's token, from wherever the mode carries it.
-    cookie: CookieState,
-    read: Read,
-    /// The hop markers it arrived with (with keys, those that verified).
-    hops: Hops,
-    /// A hop marker verified: a peer forwarded the request.
-    hop_verified: bool,
-    https: bool,
-    now: u64,
-    safe: bool,
 }
 
 struct Conn<'a> {
@@ -242,32 +211,6 @@ async fn within_idle<F: std::future::Future>(
     }
 }
 
-/// A response of stickyd's own, with a short explanation.
-fn own(status: StatusCode, msg: &str, close: bool) -> Vec<u8> {
-    own_with(status, msg, close, b"")
-}
-
-/// [`own`] with `extra`, header lines each ending in CRLF.
-fn own_with(status: StatusCode, msg: &str, close: bool, extra: &[u8]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(160 + msg.len() + extra.len());
-    out.extend_from_slice(b"HTTP/1.1 ");
-    out.extend_from_slice(status.as_str().as_bytes());
-    out.push(b' ');
-    out.extend_from_slice(status.canonical_reason().unwrap_or("").as_bytes());
-    out.extend_from_slice(
-        b"\r\ncontent-type: text/plain; charset=utf-8\r\ncache-control: no-store\r\ncontent-length: ",
-    );
-    out.extend_from_slice(msg.len().to_string().as_bytes());
-    if close {
-        out.extend_from_slice(b"\r\nconnection: close");
-    }
-    out.extend_from_slice(b"\r\n");
-    out.extend_from_slice(extra);
-    out.extend_from_slice(b"\r\n");
-    out.extend_from_slice(msg.as_bytes());
-    out
-}
-
 fn refusal_of(e: HeadError) -> Refusal {
     match e {
         HeadError::TooLarge => Refusal::HeaderTooLarge,
@@ -283,20 +226,93 @@ pub fn target_is_valid(target: &[u8]) -> bool {
     http::Uri::try_from(target).is_ok()
 }
 
-/// Phase 1 on this path: the request line's rules (the head's syntax and
-/// framing were checked by the parse, its size by the read).
-fn screen(method: &[u8], target: &[u8]) -> Option<Refusal> {
-    if method == b"CONNECT" {
-        return Some(Refusal::Connect);
+/// The request head, as the phases read it: a view of the connection's
+/// buffer.
+pub(super) struct View<'b> {
+    head: &'b RequestHead,
+    buf: &'b [u8],
+}
+
+impl HeadView for View<'_> {
+    fn method(&self) -> &[u8] {
+        self.head.method(self.buf)
     }
-    if target.first() == Some(&b'/') {
-        return (!target_is_valid(target)).then_some(Refusal::Target);
+
+    fn version(&self) -> Version {
+        if self.head.minor == 0 {
+            Version::HTTP_10
+        } else {
+            Version::HTTP_11
+        }
     }
-    if target == b"*" {
-        return (method != b"OPTIONS").then_some(Refusal::Target);
+
+    fn target(&self) -> TargetForm {
+        let target = self.head.target(self.buf);
+        match target.first() {
+            Some(b'/') if target_is_valid(target) => TargetForm::Origin,
+            Some(b'/') => TargetForm::Invalid,
+            _ if target == b"*" => TargetForm::Asterisk,
+            // Absolute-form (`http://host/`) or authority-form (`host:443`).
+            _ => TargetForm::Absolute,
+        }
     }
-    // Absolute-form (`http://host/`) or authority-form (`host:443`).
-    Some(Refusal::AbsoluteForm)
+
+    fn values<'v>(&'v self, name: &'v str) -> impl Iterator<Item = &'v [u8]> + 'v {
+        self.head.values(self.buf, name.as_bytes())
+    }
+
+    fn has_body(&self) -> bool {
+        self.head.body != BodyKind::None
+    }
+
+    fn upgrade(&self) -> bool {
+        self.head.upgrade
+    }
+
+    fn head_bytes(&self) -> usize {
+        // Checked against STICKYD_MAX_HEADER_BYTES as it was read.
+        self.head.len
+    }
+}
+
+/// One request on this codec: the connection, and the head it read.
+struct Exchange<'c, 'a> {
+    conn: &'c mut Conn<'a>,
+    head: &'c RequestHead,
+}
+
+impl Codec for Exchange<'_, '_> {
+    type Done = Served;
+    type Head<'h>
+        = View<'h>
+    where
+        Self: 'h;
+
+    fn head(&self) -> View<'_> {
+        View {
+            head: self.head,
+            buf: &self.conn.buf,
+        }
+    }
+
+    async fn attempt(&mut self, f: &Facts<'_>, dest: Dest<'_>, out: &Outgoing<'_>) -> Result<Served, Failure<Served>> {
+        self.conn.attempt(self.head, f, dest, out).await
+    }
+
+    /// The connection stays only when no unread body is left behind.
+    async fn answer(&mut self, f: Option<&Facts<'_>>, s: Synthetic) -> Served {
+        let (conn, head) = (&mut *self.conn, self.head);
+        let grpc = match f {
+            Some(f) => f.grpc(),
+            None => idle::pace(head.values(&conn.buf, b"content-type").next()) == Pace::Grpc,
+        };
+        let close = s.close || !head.keep_alive || head.body != BodyKind::None || conn.shared.stopping();
+        if conn.client.write_all(&s.h1(grpc, close)).await.is_err() || close {
+            return Served::Close;
+        }
+        conn.buf.drain(..head.len);
+        Served::KeepAlive
+    }
 }
 
 impl Conn<'_> {
@@ -312,18 +328,28 @@ impl Conn<'_> {
                 Err(NoHead::Bad(e)) => {
                     let refused = refusal_of(e);
                     self.shared.metrics.bad_request(refused.metric_label());
-                    let (status, msg) = refused.status_and_message();
-                    let _ = self.client.write_all(&own(status, msg, true)).await;
+                    let _ = self
+                        .client
+                        .write_all(&Synthetic::refused(refused).h1(false, true))
+                        .await;
                     return;
                 }
             };
             // Boxed: a connection between requests holds only the small
             // state of waiting for a head, not that of an exchange.
-            match Box::pin(self.request(&head)).await {
+            match Box::pin(pipeline::process(
+                self.shared,
+                &mut Exchange {
+                    conn: self,
+                    head: &head,
+                },
+            ))
+            .await
+            {
                 Served::KeepAlive => {}
                 Served::Close => return,
             }
-            if self.shared.draining.load(Ordering::Relaxed) {
+            if self.shared.stopping() {
                 return;
             }
         }
@@ -411,154 +437,7 @@ impl Conn<'_> {
     /// (what was read of the request is not kept).
     async fn shed(&mut self) {
         self.shared.metrics.shed_request.inc();
-        let msg = "stickyd: this pod is at its memory budget (STICKYD_MEMORY_LIMIT); retry shortly\n";
-        let _ = self
-            .client
-            .write_all(&own_with(
-                StatusCode::SERVICE_UNAVAILABLE,
-                msg,
-                true,
-                b"retry-after: 1\r\n",
-            ))
-            .await;
-    }
-
-    /// One request: screen, decide, serve or forward (with the fallback),
-    /// respond.
-    async fn request(&mut self, head: &RequestHead) -> Served {
-        let shared = self.shared;
-        // Phase 1: screen.
-        if let Some(refused) = screen(head.method(&self.buf), head.target(&self.buf)) {
-            shared.metrics.bad_request(refused.metric_label());
-            let (status, msg) = refused.status_and_message();
-            // Keep the connection only when no body follows to be skipped.
-            let close = !head.keep_alive || head.body != BodyKind::None;
-            if self.client.write_all(&own(status, msg, close)).await.is_err() || close {
-                return Served::Close;
-            }
-            self.buf.drain(..head.len);
-            return Served::KeepAlive;
-        }
-
-        // Phase 2: decide.
-        let buf = &self.buf;
-        let now = shared.clock.unix_now();
-        let carrier = &shared.carrier;
-        let read = {
-            let codec = shared.codec.load();
-            let header = head.values(buf, carrier.header().as_str().as_bytes());
-            carrier.read(head.values(buf, b"cookie"), header, &codec, now)
-        };
-        let marked = shared.read_hops(head.values(buf, b"x-stickyd-hop"), now);
-        let hops = marked.hops;
-        let method = head.method(buf);
-        let facts = Facts {
-            head,
-            cookie: read.state,
-            read,
-            hops,
-            hop_verified: marked.verified,
-            https: parse::forwarded_https(buf, head),
-            now,
-            safe: matches!(method, b"GET" | b"HEAD" | b"OPTIONS") && head.body == BodyKind::None,
-        };
-        let view = shared.view_for(&facts.cookie).await;
-        let pick = shared.next_pick();
-        let decision = shared.decide(&facts.cookie, &view, hops, pick);
-        tracing::debug!(
-            method = %String::from_utf8_lossy(method),
-            hops,
-            decision = ?decision,
-            "route"
-        );
-        // Phase 3: serve locally or forward, with the one fallback.
-        let mut dest = match decision {
-            Decision::Reject => {
-                shared.count("rejected", None, "");
-                return self
-                    .answer(
-                        StatusCode::SERVICE_UNAVAILABLE,
-                        "stickyd: the pod this session is pinned to is gone (STICKYD_ON_MISSING=reject)\n",
-                        head,
-                    )
-                    .await;
-            }
-            Decision::Local { mark, set_cookie } => Dest::Local { mark, set_cookie },
-            Decision::Forward { peer, mark } => Dest::Peer { peer, mark },
-        };
-        let mut may_fall_back = true;
-        loop {
-            let error = match self.attempt(&facts, &view, dest).await {
-                Ok(served) => return served,
-                Err(Failure::Done) => return Served::Close,
-                Err(Failure::Upstream(e)) => e,
-            };
-            shared.metrics.upstream_error(error.metric_label());
-            let failed = match dest {
-                Dest::Local { .. } => Failed::App,
-                Dest::Peer { .. } => Failed::Peer,
-            };
-            let may = may_fall_back && error.replayable && (failed == Failed::Peer || error.kind == Kind::Connect);
-            let (mark, peer_name) = match dest {
-                Dest::Local { mark, .. } => (mark, None),
-                Dest::Peer { peer, mark } => (mark, Some(peer.name.as_str())),
-            };
-            if !may {
-                match peer_name {
-                    None => {
-                        tracing::warn!(error = %error, "the app in this pod failed");
-                        shared.count_local(mark);
-                    }
-                    Some(peer) if error.kind != Kind::Timeout => {
-                        tracing::warn!(%peer, error = %error, "forwarding to the peer failed after the request was sent");
-                    }
-                    Some(_) => {}
-                }
-                return self.answer_error(&error).await;
-            }
-            match peer_name {
-                None => {
-                    tracing::warn!(error = %error, "the app in this pod refused the connection; a ready peer takes the request")
-                }
-                Some(peer) => tracing::info!(%peer, error = %error, "peer unreachable; serving locally"),
-            }
-            may_fall_back = false;
-            let me = shared.this_pod(&view);
-            dest = match route::after_failure(failed, mark, &view, &me, hops, shared.cfg.on_missing, pick) {
-                Some(Decision::Local { mark, set_cookie }) => Dest::Local { mark, set_cookie },
-                Some(Decision::Forward { peer, mark }) => Dest::Peer { peer, mark },
-                Some(Decision::Reject) => {
-                    shared.count("rejected", None, "");
-                    let msg = match failed {
-                        Failed::Peer => {
-                            "stickyd: the pod this session is pinned to is unreachable (STICKYD_ON_MISSING=reject)\n"
-                        }
-                        Failed::App => {
-                            "stickyd: the app of the pod this session is pinned to is gone (STICKYD_ON_MISSING=reject)\n"
-                        }
-                    };
-                    return self.answer(StatusCode::SERVICE_UNAVAILABLE, msg, head).await;
-                }
-                None => return self.answer_error(&error).await,
-            };
-        }
-    }
-
-    /// Answers a request with a response of stickyd's own. The connection
-    /// stays only when no unread body is left behind.
-    async fn answer(&mut self, status: StatusCode, msg: &str, head: &RequestHead) -> Served {
-        let close = !head.keep_alive || head.body != BodyKind::None || self.shared.draining.load(Ordering::Relaxed);
-        if self.client.write_all(&own(status, msg, close)).await.is_err() || close {
-            return Served::Close;
-        }
-        self.buf.drain(..head.len);
-        Served::KeepAlive
-    }
-
-    async fn answer_error(&mut self, e: &UpstreamError) -> Served {
-        // The request may have been partly sent: never keep the connection.
-        let _ = self.client.write_all(&own(e.status(), e.message(), true)).await;
-        Served::Close
+        let _ = self.client.write_all(&Synthetic::shed().h1(false, true)).await;
     }
 
     /// Takes a connection to `addr`: this client connection's own, or one
@@ -617,69 +496,59 @@ impl Conn<'_> {
         }
     }
 
-    /// One attempt: the request to `dest`, and its response to the client.
-    /// Err: nothing was written to the client yet.
-    async fn attempt(&mut self, f: &Facts<'_>, view: &View, dest: Dest<'_>) -> Result<Served, Failure> {
+    /// One attempt: the request to `dest` with the outgoing plan `plan`,
+    /// and its response to the client. Err: nothing was written to the
+    /// client yet.
+    async fn attempt(
+        &mut self,
+        head: &RequestHead,
+        f: &Facts<'_>,
+        dest: Dest<'_>,
+        plan: &Outgoing<'_>,
+    ) -> Result<Served, Failure<Served>> {
         let shared = self.shared;
         // The head as it goes on, built for each attempt (a retry rebuilds
         // it) and dropped once sent: a request waiting for its response
-        // holds only the client's bytes. App-cookie mode: the Cookie fields
-        // are written for their destination, the prefix off for the app.
-        let mut out = Vec::with_capacity(f.head.len + 256);
-        let held = shared.carrier.app_cookie().map(|_| &b"cookie"[..]);
-        parse::write_request(&self.buf, f.head, self.forwarded_for, held, &mut out);
-        let (target, addr) = match dest {
-            Dest::Local { mark, .. } => {
-                out.extend_from_slice(b"x-stickyd-session: ");
-                out.extend_from_slice(mark.as_str().as_bytes());
-                out.extend_from_slice(b"\r\n");
-                if let Some(name) = shared.carrier.app_cookie() {
-                    for v in f.head.values(&self.buf, b"cookie") {
-                        let stripped = affinity::strip_app_prefix(v, name);
-                        parse::push_field(&mut out, b"cookie", stripped.as_deref().unwrap_or(v));
-                    }
-                }
-                (Target::App, shared.cfg.upstream)
+        // holds only the client's bytes.
+        let mut out = Vec::with_capacity(head.len + 256);
+        let cookies_edited = matches!(plan.cookies, Cookies::WithoutPrefix(_));
+        parse::write_request(
+            &self.buf,
+            head,
+            self.forwarded_for,
+            cookies_edited.then_some(&b"cookie"[..]),
+            &mut out,
+        );
+        if let Some(session) = plan.session {
+            parse::push_field(&mut out, SESSION.as_str().as_bytes(), session.as_bytes());
+        }
+        if let Cookies::WithoutPrefix(name) = plan.cookies {
+            for v in head.values(&self.buf, b"cookie") {
+                let stripped = affinity::strip_app_prefix(v, name);
+                parse::push_field(&mut out, b"cookie", stripped.as_deref().unwrap_or(v));
             }
-            Dest::Peer { peer, .. } => {
-                if shared.carrier.app_cookie().is_some() {
-                    for v in f.head.values(&self.buf, b"cookie") {
-                        parse::push_field(&mut out, b"cookie", v);
-                    }
-                }
-                // One marker per hop made, this one included, each signed
-                // for this peer.
-                let marker = shared.hop_marker(peer, f.now);
-                for _ in 0..=f.hops {
-                    parse::push_field(&mut out, b"x-stickyd-hop", marker.as_bytes());
-                }
-                (Target::Peer, peer.addr)
+        }
+        if let Some((marker, n)) = &plan.hop {
+            for _ in 0..*n {
+                parse::push_field(&mut out, HOP.as_str().as_bytes(), marker.as_bytes());
             }
-        };
+        }
         out.extend_from_slice(b"\r\n");
+        let (target, addr) = match dest {
+            Dest::Local { .. } => (Target::App, shared.cfg.upstream),
+            Dest::Peer { peer, .. } => (Target::Peer, peer.addr),
+        };
         let fail = |kind, replayable, detail: &dyn std::fmt::Display| {
             Failure::Upstream(UpstreamError::new(target, kind, replayable, detail))
         };
 
-        // While a drain runs, a request of a session pinned here holds it.
-        let pinned_here = matches!(
-            dest,
-            Dest::Local {
-                mark: SessionMark::Pinned,
-                ..
-            }
-        ) && matches!(f.cookie, CookieState::Valid(s) if s.id == shared.me);
-        let _pinned = pinned_here.then(|| shared.drain.pinned_request()).flatten();
-
         // The request: head, then body. What of the body came with the head
         // is checked before anything goes out.
-        let head = f.head;
-        let request_pace = idle::pace(head.values(&self.buf, b"content-type").next());
-        let request_idle = self.body_limit(idle::exempt(request_pace, None));
+        let request_idle = f.body_limit(None);
         let mut body = Remaining::of(head.body);
         let (in_buf, as_it_came) = match with_head(&mut body, &self.buf[head.len..], &mut out) {
             Ok(n) => n,
-            Err(e) => return Err(self.client_body_error(e).await),
+            Err(e) => return Err(self.client_body_error(e)),
         };
         let as_it_came = head.len..head.len + as_it_came;
         let started = Instant::now();
@@ -710,7 +579,7 @@ impl Conn<'_> {
         if !body.done() && !wait_continue {
             sent_body_from_socket = true;
             if let Err(e) = self.copy_request_body(&mut up, &mut body, request_idle).await {
-                return Err(e.into_failure(self, target).await);
+                return Err(e.into_failure(self, target));
             }
         }
 
@@ -727,7 +596,7 @@ impl Conn<'_> {
                     // The client sends its body without waiting for 100.
                     sent_body_from_socket = true;
                     if let Err(e) = self.copy_request_body(&mut up, &mut body, request_idle).await {
-                        return Err(e.into_failure(self, target).await);
+                        return Err(e.into_failure(self, target));
                     }
                     continue;
                 }
@@ -768,61 +637,32 @@ impl Conn<'_> {
                 if r.status == 100 && !body.done() {
                     sent_body_from_socket = true;
                     if let Err(e) = self.copy_request_body(&mut up, &mut body, request_idle).await {
-                        return Err(e.into_failure(self, target).await);
+                        return Err(e.into_failure(self, target));
                     }
                 }
                 continue;
             }
             break r;
         };
-        let waited = started.elapsed().as_secs_f64();
-        match dest {
-            Dest::Local { .. } => shared.metrics.upstream_duration.observe(waited),
-            Dest::Peer { .. } => shared.metrics.forward_duration.observe(waited),
-        }
-
-        // Phase 4: respond. A response served here gets the token where the
-        // mode carries it; a peer's comes as that sidecar made it.
-        let carrier = &shared.carrier;
-        let (emit, token) = match dest {
-            Dest::Local { mark, set_cookie } => {
-                shared.count_local(mark);
-                let sid = shared.sid(&f.cookie, mark);
-                if mark != SessionMark::Unsynced {
-                    shared.sessions.note(sid, tokio::time::Instant::now());
-                }
-                let app_sets = carrier.app_sets(res.values(&ubuf, b"set-cookie"));
-                let emit = carrier.emit(set_cookie, app_sets, &f.read);
-                (emit, emit.any().then(|| shared.token(&f.cookie, sid, f.now)))
-            }
-            Dest::Peer { peer, mark } => {
-                shared.count_forwarded(peer, view.generation, mark);
-                shared.learn_count(
-                    peer,
-                    res.values(&ubuf, crate::placement::HEADER.as_str().as_bytes()).next(),
-                );
-                (route::Emit::default(), None)
-            }
-        };
-        let sessions = match dest {
-            Dest::Local { .. } => shared.count_for_peer(f.hop_verified),
-            Dest::Peer { .. } => None,
-        };
-        let added = match &token {
-            Some(t) => carrier.added(emit, &shared.cfg.cookie, t, &f.read, f.https),
-            None => Vec::new(),
-        };
-        let added: Vec<(&[u8], &[u8])> = added
+        // The response plan, and the attempt's bookkeeping.
+        let plan = plan::respond(
+            f,
+            dest,
+            started.elapsed().as_secs_f64(),
+            res.values(&ubuf, b"set-cookie"),
+            res.values(&ubuf, crate::placement::HEADER.as_str().as_bytes()).next(),
+        );
+        let added: Vec<(&[u8], &[u8])> = plan
+            .added
             .iter()
             .map(|(n, v)| (n.as_str().as_bytes(), v.as_bytes()))
             .collect();
-        let local = matches!(dest, Dest::Local { .. });
         let response_pace = idle::pace(res.values(&ubuf, b"content-type").next());
-        let response_idle = self.body_limit(idle::exempt(request_pace, Some((res.status, response_pace))));
+        let response_idle = f.body_limit(Some((res.status, response_pace)));
         let switching = res.status == 101 && upgrade;
         let client_http10 = head.minor == 0;
         let request_done = body.done();
-        let stopping = shared.draining.load(Ordering::Relaxed) || (f.hops == 0 && shared.drain.requested());
+        let stopping = f.client_goes_elsewhere();
         let close = !switching
             && (!head.keep_alive
                 || stopping
@@ -831,13 +671,11 @@ impl Conn<'_> {
                 || (client_http10 && res.body == BodyKind::Chunked));
         let edits = ResponseEdits {
             add: &added,
-            drop: (local && carrier.mode().header()).then(|| carrier.header().as_str().as_bytes()),
-            prefix: carrier
-                .app_cookie()
-                .zip(token.as_deref().filter(|_| emit.prefix).map(str::as_bytes)),
+            drop: plan.drop.map(|n| n.as_str().as_bytes()),
+            prefix: plan.prefix.as_ref().map(|(name, token)| (*name, token.as_bytes())),
             close,
             client_http10,
-            sessions,
+            sessions: plan.sessions,
         };
         let extra: usize = added.iter().map(|(n, v)| n.len() + v.len() + 16).sum();
         let mut out = Vec::with_capacity(res.len + extra + 64);
@@ -892,12 +730,10 @@ impl Conn<'_> {
     /// A client whose chunked body is malformed gets 400 (its fault, not the
     /// upstream's); the upstream connection, which has part of it, is
     /// dropped with the attempt.
-    async fn client_body_error(&mut self, e: ChunkError) -> Failure {
+    fn client_body_error(&self, e: ChunkError) -> Failure<Served> {
         self.shared.metrics.bad_request(Refusal::Body.metric_label());
-        let (status, msg) = Refusal::Body.status_and_message();
-        let _ = self.client.write_all(&own(status, msg, true)).await;
         tracing::debug!(error = ?e, "malformed chunked request body");
-        Failure::Done
+        Failure::Answer(Synthetic::refused(Refusal::Body))
     }
 
     /// How much a body copy reads at once: [`COPY`] bytes while the buffer
@@ -909,11 +745,6 @@ impl Conn<'_> {
     fn copy_size(&self) -> (usize, Option<Lease>) {
         let lease = self.shared.cfg.limits.buffers.try_take(COPY);
         (if lease.is_some() { COPY } else { READ }, lease)
-    }
-
-    /// STICKYD_BODY_READ_TIMEOUT for a body, unless it is `exempt`.
-    fn body_limit(&self, exempt: bool) -> Option<Duration> {
-        (!exempt).then_some(self.shared.cfg.body_read_timeout)
     }
 
     /// Copies the rest of the request body from the client to `up`; it
@@ -1039,7 +870,7 @@ impl Conn<'_> {
         let store = &self.shared.store;
         let gone = async {
             match dest {
-                Dest::Peer { peer, .. } => super::forward::left_the_view(store, peer).await,
+                Dest::Peer { peer, .. } => super::h2::left_the_view(store, peer).await,
                 Dest::Local { .. } => std::future::pending().await,
             }
         };
@@ -1126,17 +957,11 @@ enum BodyError {
 }
 
 impl BodyError {
-    async fn into_failure(self, c: &mut Conn<'_>, target: Target) -> Failure {
+    fn into_failure(self, c: &Conn<'_>, target: Target) -> Failure<Served> {
         match self {
-            BodyError::Framing(e) => c.client_body_error(e).await,
-            BodyError::Stalled => {
-                let _ = c
-                    .client
-                    .write_all(&own(StatusCode::REQUEST_TIMEOUT, idle::STALLED, true))
-                    .await;
-                Failure::Done
-            }
-            BodyError::ClientGone => Failure::Done,
+            BodyError::Framing(e) => c.client_body_error(e),
+            BodyError::Stalled => Failure::Answer(Synthetic::stalled()),
+            BodyError::ClientGone => Failure::Done(Served::Close),
             BodyError::Upstream(e) => Failure::Upstream(UpstreamError::new(target, Kind::Io, false, e)),
         }
     }
