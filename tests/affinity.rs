@@ -2,7 +2,9 @@
 //! sidecars in front of real apps, clients that enter through a random
 //! sidecar on a fresh connection for every request, as kube-proxy spreads
 //! new connections. Over HTTP/1.1 (the lean path), h2c (hyper's path) and
-//! gRPC (a real grpcio client and server). Addresses: 127.0.150.0/22 only.
+//! gRPC (a real grpcio client and server), and what a gRPC caller gets when
+//! stickyd answers itself. Addresses: 127.0.150.0/22 and 127.0.154.x to
+//! 127.0.156.x.
 
 mod common;
 
@@ -286,6 +288,80 @@ impl Drop for GrpcApp {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// One call of `method` through the sidecar at `target` by the grpcio
+/// client, on a fresh channel: the gRPC status code name and details.
+async fn grpc_status(target: SocketAddr, method: &str) -> (String, String) {
+    let mut cmd = std::process::Command::new("timeout");
+    cmd.args(["60", "python3", GRPC, "status", &target.to_string(), method]);
+    let out = tokio::task::spawn_blocking(move || cmd.output())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    (
+        v["code"].as_str().unwrap().to_string(),
+        v["details"].as_str().unwrap().to_string(),
+    )
+}
+
+/// A gRPC caller reads `grpc-status`, not the HTTP status: where stickyd
+/// answers itself, a grpcio client gets the code that says why, with
+/// stickyd's message. A pod whose app is gone is UNAVAILABLE (try another),
+/// an app that took longer than STICKYD_RESPONSE_TIMEOUT is
+/// DEADLINE_EXCEEDED, and a request shed at the memory budget is
+/// RESOURCE_EXHAUSTED.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grpc_callers_get_the_grpc_status_of_stickyds_own_answers() {
+    if !python_grpc() {
+        return;
+    }
+    let app = GrpcApp::start("pod-0", "127.0.156.101");
+    fn grpc(extra: &[(&'static str, &str)]) -> Vec<(&'static str, String)> {
+        let mut env = vec![
+            ("STICKYD_ENDPOINTS", format!("static:pod-0={}", addr_on("127.0.156.1"))),
+            ("STICKYD_UPSTREAM_PROTOCOL", "h2c".to_string()),
+        ];
+        env.extend(extra.iter().map(|(k, v)| (*k, v.to_string())));
+        env
+    }
+    // Served: OK, the premise of the rest.
+    let s = Stickyd::start(
+        "pod-0",
+        addr_on("127.0.156.1"),
+        app.addr,
+        &grpc(&[("STICKYD_RESPONSE_TIMEOUT", "1")]),
+    )
+    .await;
+    let (code, details) = grpc_status(s.listen, "Who").await;
+    assert_eq!(code, "OK", "{details}");
+    // The app answers after 3 s, past STICKYD_RESPONSE_TIMEOUT.
+    let (code, details) = grpc_status(s.listen, "Slow").await;
+    assert_eq!(code, "DEADLINE_EXCEEDED", "{details}");
+    assert!(details.contains("STICKYD_RESPONSE_TIMEOUT"), "{details}");
+    drop(s);
+    // The app in this pod is gone and no peer can take the call.
+    let gone = addr_on("127.0.156.102");
+    let s = Stickyd::start("pod-0", addr_on("127.0.156.1"), gone, &grpc(&[])).await;
+    let (code, details) = grpc_status(s.listen, "Who").await;
+    assert_eq!(code, "UNAVAILABLE", "{details}");
+    assert!(details.contains("could not reach the app in this pod"), "{details}");
+    drop(s);
+    // A memory limit whose buffer budget holds the client's HTTP/2
+    // connection and nothing more: the call is shed.
+    let s = Stickyd::start(
+        "pod-0",
+        addr_on("127.0.156.1"),
+        app.addr,
+        &grpc(&[("STICKYD_MEMORY_LIMIT", "15Mi")]),
+    )
+    .await;
+    let (code, details) = grpc_status(s.listen, "Who").await;
+    assert_eq!(code, "RESOURCE_EXHAUSTED", "{details}");
+    assert!(details.contains("STICKYD_MEMORY_LIMIT"), "{details}");
+    assert!(s.metrics().await.contains("stickyd_shed_total{kind=\"request\"} 1"));
 }
 
 /// Runs the grpcio client: `n` calls, each on a fresh channel, round robin
