@@ -66,7 +66,7 @@ impl Admin {
     pub async fn readiness(&self) -> Result<&'static str, &'static str> {
         let s = &self.shared;
         if s.stopping() {
-            return Err("draining\n");
+            return Err("stopping\n");
         }
         let synced = s.store.load().synced;
         let degraded = !synced && self.started.elapsed() >= s.cfg.sync_timeout;

@@ -17,6 +17,7 @@ pub mod drain;
 pub mod endpoints;
 pub mod limits;
 pub mod metrics;
+pub mod names;
 pub mod peer;
 pub(crate) mod placement;
 pub mod proxy;

@@ -30,9 +30,9 @@ use crate::affinity::Keys;
 use crate::route::Hops;
 
 /// The hop marker: set by the sidecar that forwards a request to a peer.
-pub const HOP: HeaderName = HeaderName::from_static("x-stickyd-hop");
+pub const HOP: HeaderName = HeaderName::from_static(crate::names::HOP);
 /// The peer proof on the placement refresher's admin requests.
-pub const PEER: HeaderName = HeaderName::from_static("x-stickyd-peer");
+pub const PEER: HeaderName = HeaderName::from_static(crate::names::PEER);
 /// How far, in seconds, a proof's time may be from the receiver's clock
 /// either way: the clock skew between nodes, and a request's time in
 /// flight. A captured marker can be replayed to the same pod this long.

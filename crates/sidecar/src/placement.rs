@@ -38,7 +38,7 @@ use crate::peer::Purpose;
 use crate::proxy::Shared;
 
 /// The serving sidecar's active sessions, on responses to forwarded requests.
-pub const HEADER: HeaderName = HeaderName::from_static("x-stickyd-sessions");
+pub const HEADER: HeaderName = HeaderName::from_static(crate::names::SESSIONS);
 /// The admin path that answers this pod's active sessions, as a number.
 pub const PATH: &str = "/sessions";
 /// A peer's count older than this is unknown.

@@ -138,8 +138,10 @@ pub(crate) const RESERVED_HEADERS: &[&str] = &[
     "set-cookie",
     "x-forwarded-for",
     "x-forwarded-proto",
-    "x-stickyd-hop",
-    "x-stickyd-session",
+    crate::names::HOP,
+    crate::names::PEER,
+    crate::names::SESSION,
+    crate::names::SESSIONS,
 ];
 
 /// STICKYD_AFFINITY and STICKYD_AFFINITY_HEADER; STICKYD_APP_COOKIE is

@@ -94,7 +94,7 @@ impl<'a> Facts<'a> {
     pub fn new(shared: &'a Shared, head: &impl HeadView) -> Facts<'a> {
         let now = shared.clock.unix_now();
         let marked = {
-            let mut markers = head.values("x-stickyd-hop").peekable();
+            let mut markers = head.values(crate::names::HOP).peekable();
             if markers.peek().is_some() {
                 shared.read_hops(markers, now)
             } else {

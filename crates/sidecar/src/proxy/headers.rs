@@ -5,6 +5,8 @@ use std::net::IpAddr;
 
 use bytes::BytesMut;
 
+use crate::names;
+
 use http::header::{
     HeaderMap, HeaderName, HeaderValue, CACHE_CONTROL, CONNECTION, CONTENT_LENGTH, TE, TRANSFER_ENCODING, UPGRADE,
 };
@@ -12,7 +14,7 @@ use http::header::{
 /// The hop marker ([`crate::peer`]).
 pub use crate::peer::HOP;
 /// Tells the app what happened to the session: new, pinned, repinned, unsynced.
-pub const SESSION: HeaderName = HeaderName::from_static("x-stickyd-session");
+pub const SESSION: HeaderName = HeaderName::from_static(names::SESSION);
 /// Names the pod that served the response (for operators; on the admin side
 /// only, never sent to the client).
 const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
@@ -38,6 +40,7 @@ impl Found {
     const X_FORWARDED_FOR: u16 = 1 << 8;
     const X_FORWARDED_PROTO: u16 = 1 << 9;
     const SESSIONS: u16 = 1 << 10;
+    const PEER: u16 = 1 << 11;
 
     /// One pass over the names of `headers`.
     pub fn scan(headers: &HeaderMap) -> Found {
@@ -50,11 +53,12 @@ impl Found {
                 "transfer-encoding" => Self::TRANSFER_ENCODING,
                 "te" => Self::TE,
                 "upgrade" => Self::UPGRADE,
-                "x-stickyd-hop" => Self::HOP,
-                "x-stickyd-session" => Self::SESSION,
+                names::HOP => Self::HOP,
+                names::SESSION => Self::SESSION,
                 "x-forwarded-for" => Self::X_FORWARDED_FOR,
                 "x-forwarded-proto" => Self::X_FORWARDED_PROTO,
-                "x-stickyd-sessions" => Self::SESSIONS,
+                names::SESSIONS => Self::SESSIONS,
+                names::PEER => Self::PEER,
                 _ => 0,
             };
         }
@@ -122,7 +126,7 @@ pub fn strip_found(headers: &mut HeaderMap, found: Found, keep_upgrade: bool) {
             .filter_map(|t| HeaderName::from_bytes(t.as_bytes()).ok())
             .collect();
         for name in named {
-            if name == HOP || name == SESSION || name == crate::placement::HEADER {
+            if names::OWN.contains(&name.as_str()) {
                 // A client cannot use Connection to strip what we rely on.
                 continue;
             }
@@ -203,6 +207,9 @@ pub fn strip_own_found(headers: &mut HeaderMap, found: Found) {
     }
     if found.has(Found::SESSIONS) {
         headers.remove(crate::placement::HEADER);
+    }
+    if found.has(Found::PEER) {
+        headers.remove(crate::peer::PEER);
     }
 }
 

@@ -57,8 +57,8 @@ pub struct Phases {
 }
 
 /// How long connections accepted at the last moment get to have their first
-/// request read before idle connections are closed.
-const SETTLE: Duration = Duration::from_millis(300);
+/// request read before idle connections are closed, on both codecs.
+pub(super) const SETTLE: Duration = Duration::from_millis(300);
 
 /// Keeps a timer due within half the header read timeout at all times.
 ///

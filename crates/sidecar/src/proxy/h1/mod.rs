@@ -41,7 +41,7 @@ use super::conn::{Place, MAX_BOUND, MAX_BOUND_PEERS, MAX_PEERS_PER_CONN};
 use super::facts::{Facts, HeadView, TargetForm};
 use super::headers::{HOP, SESSION};
 use super::idle::{self, Pace};
-use super::listener::Phases;
+use super::listener::{Phases, SETTLE};
 use super::pipeline::{self, Codec, Failure};
 use super::plan::{self, Cookies, Dest, Outgoing};
 use super::respond::Synthetic;
@@ -63,9 +63,6 @@ const _: () = assert!(2 * READ as u64 <= CONNECTION_COST);
 const _: () = assert!(COPY <= io::SCRATCH);
 /// The longest response head taken from an upstream.
 const MAX_RESPONSE_HEAD: usize = 64 * 1024;
-/// How long connections accepted at the last moment get to have their first
-/// request read before idle connections are closed (as on the hyper path).
-const SETTLE: Duration = Duration::from_millis(300);
 
 /// Serves one HTTP/1.x client connection until it ends.
 pub async fn serve(stream: TcpStream, remote: SocketAddr, shared: Arc<Shared>, phases: Phases) {

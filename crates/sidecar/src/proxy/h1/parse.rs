@@ -4,6 +4,7 @@
 //! target hold the two to the same answers), and written out again for the
 //! next hop in one pass.
 
+use crate::names;
 use std::mem::MaybeUninit;
 use std::ops::Range;
 
@@ -380,7 +381,7 @@ pub fn response(buf: &[u8], max_headers: usize, head_request: bool) -> Result<Op
 /// Hop-by-hop fields (RFC 9110 §7.6.1), the framing, X-Forwarded-For and
 /// stickyd's own fields: never copied to the next hop as they came, in a
 /// head or in trailers.
-const HOP_BY_HOP: [&[u8]; 11] = [
+const HOP_BY_HOP: [&[u8]; 12] = [
     b"connection",
     b"keep-alive",
     b"proxy-connection",
@@ -388,9 +389,10 @@ const HOP_BY_HOP: [&[u8]; 11] = [
     b"transfer-encoding",
     b"upgrade",
     b"content-length",
-    b"x-stickyd-hop",
-    b"x-stickyd-session",
-    b"x-stickyd-sessions",
+    names::OWN[0].as_bytes(),
+    names::OWN[1].as_bytes(),
+    names::OWN[2].as_bytes(),
+    names::OWN[3].as_bytes(),
     b"x-forwarded-for",
 ];
 
@@ -616,7 +618,8 @@ pub fn write_response(buf: &[u8], head: &ResponseHead, edits: &ResponseEdits<'_>
         push_field(out, name, value);
     }
     if let Some(n) = edits.sessions {
-        out.extend_from_slice(b"x-stickyd-sessions: ");
+        out.extend_from_slice(names::SESSIONS.as_bytes());
+        out.extend_from_slice(b": ");
         push_u64(out, n);
         out.extend_from_slice(b"\r\n");
     }
