@@ -289,7 +289,40 @@ impl Keep {
     }
 }
 
-/// The one rule: what a send's end leaves for the caller.
+/// How an attempt ended without any byte of an answer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Unanswered {
+    /// The request never went out: no connection, or connections that
+    /// closed before it could be written.
+    Unsent,
+    /// It went out, and the connection closed (or reset) before any byte
+    /// of the answer.
+    Closed,
+    /// It went out, and the peer left the endpoint view before answering.
+    Gone,
+}
+
+/// The one replay rule, for both codecs: the failure's kind, and whether
+/// the request may be sent elsewhere. `safe`: a GET, HEAD or OPTIONS;
+/// `whole`: nothing of its body was read, so it is in hand as it came.
+pub(super) fn replay(target: Target, how: Unanswered, safe: bool, whole: bool) -> (Kind, bool) {
+    match how {
+        // Nothing reached the upstream.
+        Unanswered::Unsent if whole => (Kind::Connect, true),
+        Unanswered::Unsent => (Kind::Io, false),
+        // A peer that closes an idle connection just as a request is
+        // written into it: a safe request whose body never left may go
+        // elsewhere, as browsers retry it (RFC 9110 §9.2.2). What the app
+        // in this pod closed on may have been acted on.
+        Unanswered::Closed if target == Target::Peer && safe && whole => (Kind::Closed, true),
+        Unanswered::Closed => (Kind::Io, false),
+        // As a closed connection; a pod that died dark answers nobody, so
+        // the kind says so either way.
+        Unanswered::Gone => (Kind::Gone, safe && whole),
+    }
+}
+
+/// What a send's end leaves for the caller, by [`replay`].
 async fn settle(target: Target, sent: Result<Sent, Elapsed>, mut keep: Keep) -> Result<Response<Incoming>, Failure> {
     let stalled = keep.stalled.as_ref().is_some_and(|s| s.load(Ordering::Acquire));
     let fail = |kind, replayable, detail: &dyn std::fmt::Display, request| Failure {
@@ -300,40 +333,36 @@ async fn settle(target: Target, sent: Result<Sent, Elapsed>, mut keep: Keep) -> 
     if stalled && !matches!(sent, Ok(Sent::Answered(_))) {
         return Err(fail(Kind::Io, false, &"the request body stalled", None));
     }
-    let (error, connect) = match sent {
+    let safe = keep.head.as_ref().is_some_and(|h| safe(&h.method));
+    let (how, detail): (Unanswered, Box<dyn std::fmt::Display + Send>) = match sent {
         Ok(Sent::Answered(resp)) => return Ok(resp),
         Err(Elapsed) => return Err(fail(Kind::Timeout, false, &"no response headers in time", None)),
         Ok(Sent::Unsent(req, why)) => {
             let req = keep.restore(req);
-            return Err(fail(Kind::Connect, true, &why, Some(req)));
+            let (kind, replayable) = replay(target, Unanswered::Unsent, safe, true);
+            return Err(fail(kind, replayable, &why, Some(req)));
         }
-        Ok(Sent::Failed { error, connect }) => (error, connect),
-        Ok(Sent::Abandoned) => {
-            // As with a closed connection: a safe request whose body never
-            // left may go elsewhere; anything else may have been acted on.
-            let safe = keep.head.as_ref().is_some_and(|h| safe(&h.method));
-            let why = "it left the endpoint view before answering";
-            return Err(match keep.rebuild().await.filter(|_| safe) {
-                Some(req) => fail(Kind::Gone, true, &why, Some(req)),
-                None => fail(Kind::Gone, false, &why, None),
-            });
+        Ok(Sent::Failed { error, connect: true }) => (Unanswered::Unsent, Box::new(DisplayError(error))),
+        Ok(Sent::Failed { error, connect: false }) if closed_before_response(&*error) => {
+            (Unanswered::Closed, Box::new(DisplayError(error)))
         }
+        Ok(Sent::Failed { error, .. }) => return Err(fail(Kind::Io, false, &DisplayError(error), None)),
+        Ok(Sent::Abandoned) => (Unanswered::Gone, Box::new("it left the endpoint view before answering")),
     };
-    // A peer that closes an idle connection just as a request is written
-    // into it: a safe request whose body never left and that got no
-    // response byte may go elsewhere, as browsers retry it (RFC 9110 §9.2.2).
-    let closed = target == Target::Peer
-        && keep.head.as_ref().is_some_and(|h| safe(&h.method))
-        && closed_before_response(&*error);
-    let kind = match (connect, closed) {
-        (true, _) => Kind::Connect,
-        (false, true) => Kind::Closed,
-        (false, false) => return Err(fail(Kind::Io, false, &error, None)),
-    };
-    match keep.rebuild().await {
-        Some(req) => Err(fail(kind, true, &error, Some(req))),
-        // The body was read: nothing may be sent again.
-        None => Err(fail(Kind::Io, false, &error, None)),
+    // The request again, if its head was kept and its body never read.
+    let req = keep.rebuild().await;
+    match replay(target, how, safe, req.is_some()) {
+        (kind, true) => Err(fail(kind, true, &detail, req)),
+        (kind, false) => Err(fail(kind, false, &detail, None)),
+    }
+}
+
+/// A boxed error, shown as itself.
+struct DisplayError(Box<dyn std::error::Error + Send + Sync>);
+
+impl std::fmt::Display for DisplayError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.fmt(f)
     }
 }
 
@@ -525,5 +554,33 @@ impl Outbound<'_> {
             _ => None,
         };
         settle(target, sent, keep).await.map(|resp| (resp, client_upgrade))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_replay_rule() {
+        use Unanswered::*;
+        for target in [Target::App, Target::Peer] {
+            for safe in [false, true] {
+                // Never sent: whole, it goes elsewhere; else nothing does.
+                assert_eq!(replay(target, Unsent, safe, true), (Kind::Connect, true));
+                assert_eq!(replay(target, Unsent, safe, false), (Kind::Io, false));
+                // A part of its body went: never again.
+                assert_eq!(replay(target, Closed, safe, false), (Kind::Io, false));
+                assert_eq!(replay(target, Gone, safe, false), (Kind::Gone, false));
+            }
+            // Unsafe methods may have been acted on.
+            assert_eq!(replay(target, Closed, false, true), (Kind::Io, false));
+            assert_eq!(replay(target, Gone, false, true), (Kind::Gone, false));
+            assert_eq!(replay(target, Gone, true, true), (Kind::Gone, true));
+        }
+        // The keep-alive race with a peer: a safe request goes elsewhere.
+        assert_eq!(replay(Target::Peer, Closed, true, true), (Kind::Closed, true));
+        // The app in this pod closed on it: it may have been acted on.
+        assert_eq!(replay(Target::App, Closed, true, true), (Kind::Io, false));
     }
 }

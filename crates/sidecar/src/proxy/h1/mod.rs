@@ -46,7 +46,7 @@ use super::pipeline::{self, Codec, Failure};
 use super::plan::{self, Cookies, Dest, Outgoing};
 use super::respond::Synthetic;
 use super::screen::Refusal;
-use super::upstream::{Kind, Target, UpstreamError};
+use super::upstream::{replay, Kind, Target, Unanswered, UpstreamError};
 use super::Shared;
 use crate::affinity;
 use crate::limits::{Lease, CONNECTION_COST};
@@ -538,6 +538,11 @@ impl Conn<'_> {
         let fail = |kind, replayable, detail: &dyn std::fmt::Display| {
             Failure::Upstream(UpstreamError::new(target, kind, replayable, detail))
         };
+        // Nothing reached the upstream: the request is whole in hand.
+        let unsent = |detail: &dyn std::fmt::Display| {
+            let (kind, replayable) = replay(target, Unanswered::Unsent, f.safe, true);
+            fail(kind, replayable, detail)
+        };
 
         // The request: head, then body. What of the body came with the head
         // is checked before anything goes out.
@@ -551,7 +556,7 @@ impl Conn<'_> {
         let started = Instant::now();
         let mut up = match self.upstream(target, addr).await {
             Ok(u) => u,
-            Err(e) => return Err(fail(Kind::Connect, true, &e)),
+            Err(e) => return Err(unsent(&e)),
         };
         let upgrade = head.upgrade;
         let wait_continue = head.expect_continue && !body.done();
@@ -561,14 +566,14 @@ impl Conn<'_> {
             // it (a request written into a dead socket gets RST, not an
             // answer). Once more on a fresh one.
             if up.fresh {
-                return Err(fail(Kind::Connect, true, &e));
+                return Err(unsent(&e));
             }
             up = match Upstream::dial(&shared.connector, addr, shared.cfg.connect_timeout).await {
                 Ok(u) => u,
-                Err(e) => return Err(fail(Kind::Connect, true, &e)),
+                Err(e) => return Err(unsent(&e)),
             };
             if let Err(e) = write_two(&mut up.stream, &out, &self.buf[as_it_came.clone()]).await {
-                return Err(fail(Kind::Connect, true, &e));
+                return Err(unsent(&e));
             }
         }
         drop(out);
@@ -599,22 +604,13 @@ impl Conn<'_> {
                 }
                 Err(ReadError::Timeout) => return Err(fail(Kind::Timeout, false, &"no response headers in time")),
                 Err(ReadError::Gone) => {
-                    let replayable = f.safe && !sent_body_from_socket;
-                    return Err(fail(
-                        Kind::Gone,
-                        replayable,
-                        &"it left the endpoint view before answering",
-                    ));
+                    let (kind, replayable) = replay(target, Unanswered::Gone, f.safe, !sent_body_from_socket);
+                    return Err(fail(kind, replayable, &"it left the endpoint view before answering"));
                 }
                 Err(ReadError::Closed(e)) => {
                     // Nothing came back: the keep-alive race, or a peer that
-                    // stopped. A safe request with no body may go elsewhere.
-                    let replayable = f.safe && !sent_body_from_socket;
-                    let kind = if target == Target::App && !replayable {
-                        Kind::Io
-                    } else {
-                        Kind::Closed
-                    };
+                    // stopped.
+                    let (kind, replayable) = replay(target, Unanswered::Closed, f.safe, !sent_body_from_socket);
                     return Err(fail(kind, replayable, &e));
                 }
                 Err(ReadError::Bad(e)) => return Err(fail(Kind::Io, false, &e)),
