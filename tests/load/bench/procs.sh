@@ -3,7 +3,8 @@
 # started into it, all stopped (TERM, then KILL) and removed on exit.
 #   bench_scratch PREFIX   sets WORK (with WORK/tmp), creates OUT, arms the trap
 #   STARTED+=($!)          after starting a process in the background
-#   cookie_for POD         an unsigned stickyd cookie value (ID.SID) naming POD
+#   cookie_for POD [KEY]   a stickyd cookie value naming POD: unsigned (ID.SID), or
+#                          signed with KEY (ID.SID.CREATED.REFRESHED.MAC), as deployed
 
 bench_scratch() {
     WORK=$(mktemp -d "/tmp/$1.XXXXXX")
@@ -25,5 +26,22 @@ bench_cleanup() {
 # session id (6 zero bytes). A current value, so that a pinned request gets
 # no Set-Cookie (a value without a SID is issued again once).
 cookie_for() {
-    python3 -c 'import base64,hashlib,sys; print(base64.urlsafe_b64encode(hashlib.sha256(b"stickyd/pod/"+sys.argv[1].encode()).digest()[:9]).decode().rstrip("=") + ".AAAAAAAA")' "$1"
+    python3 - "$@" <<'PY'
+import base64, hashlib, hmac, sys, time
+b64 = lambda b: base64.urlsafe_b64encode(b).decode().rstrip("=")
+value = b64(hashlib.sha256(b"stickyd/pod/" + sys.argv[1].encode()).digest()[:9]) + ".AAAAAAAA"
+if len(sys.argv) > 2:
+    def b36(n):
+        digits = "0123456789abcdefghijklmnopqrstuvwxyz"
+        out = ""
+        while True:
+            out = digits[n % 36] + out
+            n //= 36
+            if n == 0:
+                return out
+    now = b36(int(time.time()))
+    value = f"{value}.{now}.{now}"
+    value += "." + b64(hmac.new(sys.argv[2].encode(), value.encode(), hashlib.sha256).digest()[:16])
+print(value)
+PY
 }

@@ -56,9 +56,12 @@ TARGETS = [
     ("envoy-pinned", "Envoy, cookie pinned"),
     ("envoy-new", "Envoy, new session"),
     ("nginx", "nginx, plain proxy"),
+    ("before-local", "stickyd before, local path"),
+    ("before-forwarded", "stickyd before, forwarded path"),
+    ("before-new", "stickyd before, new session"),
 ]
 LABEL = dict(TARGETS)
-COLOR = {"direct": "#9e9e9e", "stickyd": "#00897b", "haproxy": "#1e88e5", "envoy": "#8e24aa", "nginx": "#6d4c41"}
+COLOR = {"direct": "#9e9e9e", "stickyd": "#00897b", "before": "#80cbc4", "haproxy": "#1e88e5", "envoy": "#8e24aa", "nginx": "#6d4c41"}
 
 
 def color(target):
@@ -210,6 +213,10 @@ def summarize(d, svg_path):
     ratio_line("local req/s vs HAProxy (pinned)", "stickyd-local", "haproxy-pinned", 1.1)
     ratio_line("local req/s vs Envoy (pinned)", "stickyd-local", "envoy-pinned", 3)
     ratio_line("forwarded req/s vs local", "stickyd-forwarded", "stickyd-local", 0.5)
+    ratio_line("local req/s vs HAProxy (pinned), the build before", "before-local", "haproxy-pinned", 1.0)
+    ratio_line("local req/s after vs before", "stickyd-local", "before-local", 1.0)
+    ratio_line("forwarded req/s after vs before", "stickyd-forwarded", "before-forwarded", 1.0)
+    ratio_line("new-session req/s after vs before", "stickyd-new", "before-new", 1.0)
     if ("k6", "stickyd-local") in runs and ("k6", "haproxy-pinned") in runs:
         a = med(runs[("k6", "stickyd-local")], "p99_ms")
         b = med(runs[("k6", "haproxy-pinned")], "p99_ms")
