@@ -60,6 +60,31 @@ where
     }
 }
 
+/// The value of one series (`name{labels}`, exactly as exposed) in an
+/// OpenMetrics text, if it is there.
+pub fn sample(text: &str, series: &str) -> Option<f64> {
+    text.lines().find_map(|l| {
+        l.strip_prefix(series)?
+            .strip_prefix(' ')?
+            .split(' ')
+            .next()?
+            .parse()
+            .ok()
+    })
+}
+
+/// [`sample`], where an absent series counts as 0 (a counter or a labelled
+/// series that was never touched is not exposed).
+pub fn sample_or_zero(text: &str, series: &str) -> f64 {
+    sample(text, series).unwrap_or(0.0)
+}
+
+/// A `stickyd` cookie that names `pod` in the bare form (a pod id and
+/// nothing else), as an unsigned sidecar accepts it.
+pub fn cookie_for(pod: &str) -> String {
+    format!("stickyd={}", stickyd::affinity::SessionId::for_pod(pod).encode())
+}
+
 /// What the app saw of one request.
 #[derive(Clone, Debug)]
 pub struct Seen {
@@ -79,6 +104,8 @@ pub struct App {
     pub pod: String,
     pub addr: SocketAddr,
     pub seen: Arc<Mutex<Vec<Seen>>>,
+    /// The paths of the requests whose heads arrived, before their bodies.
+    started: Arc<Mutex<Vec<String>>>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -93,17 +120,21 @@ impl App {
         let listener = TcpListener::bind((ip, 0)).await.unwrap();
         let addr = listener.local_addr().unwrap();
         let seen: Arc<Mutex<Vec<Seen>>> = Arc::default();
+        let started: Arc<Mutex<Vec<String>>> = Arc::default();
         let pod_s = pod.to_string();
-        let seen2 = seen.clone();
+        let (seen2, started2) = (seen.clone(), started.clone());
         let task = tokio::spawn(async move {
             loop {
                 let Ok((stream, remote)) = listener.accept().await else {
                     continue;
                 };
                 let pod = pod_s.clone();
-                let seen = seen2.clone();
+                let (seen, started) = (seen2.clone(), started2.clone());
                 tokio::spawn(async move {
-                    let svc = service_fn(move |req| app_handle(pod.clone(), seen.clone(), remote, req));
+                    let svc = service_fn(move |req: Request<Incoming>| {
+                        started.lock().unwrap().push(req.uri().path().to_string());
+                        app_handle(pod.clone(), seen.clone(), remote, req)
+                    });
                     let _ = hyper::server::conn::http1::Builder::new()
                         .serve_connection(TokioIo::new(stream), svc)
                         .with_upgrades()
@@ -115,12 +146,31 @@ impl App {
             pod: pod.to_string(),
             addr,
             seen,
+            started,
             task,
         }
     }
 
     pub fn seen(&self) -> Vec<Seen> {
         self.seen.lock().unwrap().clone()
+    }
+
+    /// The paths of the requests whose heads reached the app, bodies read
+    /// or not ([`App::seen`] records a request once its body is read).
+    pub fn started(&self) -> Vec<String> {
+        self.started.lock().unwrap().clone()
+    }
+
+    /// Stops the app and waits until its port refuses connections (the
+    /// listener closes with its task, a moment after the abort).
+    pub async fn stop_and_wait(self) {
+        let addr = self.addr;
+        drop(self);
+        eventually(Duration::from_secs(10), "the app's port refuses", || async {
+            let refused = tokio::net::TcpStream::connect(addr).await.is_err();
+            (refused, refused)
+        })
+        .await;
     }
 
     pub fn stop(&self) {
@@ -361,6 +411,25 @@ pub const SHARED_ADMIN_PORT: u16 = 4141;
 /// The sidecar address on `ip` ([`SIDECAR_PORT`]).
 pub fn addr_on(ip: &str) -> SocketAddr {
     SocketAddr::new(ip.parse().unwrap(), SIDECAR_PORT)
+}
+
+/// `n` pods, `pod-0`.. on 127.0.`net`.1..: each one's name, address and
+/// sidecar address ([`addr_on`]), and the static view that lists them all
+/// (`STICKYD_ENDPOINTS`).
+pub fn static_pods(net: u8, n: usize) -> (Vec<(String, String, SocketAddr)>, String) {
+    let pods: Vec<(String, String, SocketAddr)> = (0..n)
+        .map(|i| {
+            let ip = format!("127.0.{net}.{}", i + 1);
+            let listen = addr_on(&ip);
+            (format!("pod-{i}"), ip, listen)
+        })
+        .collect();
+    let list = pods
+        .iter()
+        .map(|(name, _, listen)| format!("{name}={listen}"))
+        .collect::<Vec<_>>()
+        .join(",");
+    (pods, format!("static:{list}"))
 }
 
 /// One pod on `ip`: a recording app and its sidecar, alone in its view.

@@ -1,4 +1,4 @@
-// Browsers for the pod network tests (tests/podnet.rs): k6 runs inside the
+// Browsers for the pod network tests (tests/podnet/main.rs): k6 runs inside the
 // ingress network namespace and talks to the ingress (HAProxy) on its
 // loopback.
 //

@@ -5,7 +5,7 @@
 //! here carries of the token ([`emit`]), by STICKYD_AFFINITY; and where a
 //! new session goes by the load of this pod and of peers sampled for it
 //! ([`Load`], STICKYD_NEW_SESSIONS). The README's routing table mirrors the
-//! tests at the bottom of this file row for row (`tests/docs.rs` checks the
+//! tests at the bottom of this file row for row (`tests/plain/docs.rs` checks the
 //! numbers; docs/routing.md explains the rest).
 
 use crate::affinity::{CookieState, SessionId};

@@ -10,15 +10,15 @@
 //!
 //! Addresses: 127.0.173.x and 127.0.174.x.
 
-mod common;
+use crate::common;
 
 use std::collections::HashMap;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use crate::common::{cookie_for, App, RawApp};
 use bytes::Bytes;
-use common::{App, RawApp};
 use futures_util::{SinkExt, StreamExt};
 use http_body::Frame;
 use http_body_util::BodyExt;
@@ -152,10 +152,6 @@ async fn pair(ips: [&str; 2], apps: [SocketAddr; 2], extra: &[(&str, &str)]) -> 
     )
     .await;
     (s0, s1)
-}
-
-fn cookie_for(pod: &str) -> String {
-    format!("stickyd={}", SessionId::for_pod(pod).encode())
 }
 
 /// A response read to its end (`Connection: close`), head as it came.

@@ -371,28 +371,39 @@ impl Cluster {
         }
     }
 
-    /// The pod whose sidecar has served the most requests through its own
-    /// app so far (from each sidecar's `/metrics`): the one with the most
-    /// sessions to lose.
-    pub async fn busiest_pod(&self) -> String {
-        let mut best = (0.0, String::new());
-        for p in self.pods().iter().filter(|p| p.sidecar.is_some()) {
-            let Ok(r) = self.node.get(p.admin(), "/metrics", Duration::from_secs(2)).await else {
-                continue;
-            };
-            let served: f64 = r
-                .body
-                .lines()
-                .filter(|l| l.starts_with("stickyd_requests_total{") && l.contains("decision=\"local\""))
-                .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-                .sum();
-            if served >= best.0 {
-                best = (served, p.name.clone());
+    /// Waits until one pod holds at least `min` active sessions
+    /// (`stickyd_sessions_active` in each sidecar's `/metrics`) and returns
+    /// the pod that holds the most: the one with the most sessions to lose.
+    /// This is a scenario's premise, however slow the load is to start;
+    /// `limit` is a hang guard.
+    pub async fn busiest_pod(&self, min: u32, limit: Duration) -> String {
+        let deadline = Instant::now() + limit;
+        loop {
+            let mut best = (0.0, String::new());
+            for p in self.pods().iter().filter(|p| p.sidecar.is_some()) {
+                let Ok(r) = self.node.get(p.admin(), "/metrics", Duration::from_secs(2)).await else {
+                    continue;
+                };
+                let active = r
+                    .body
+                    .lines()
+                    .find_map(|l| l.strip_prefix("stickyd_sessions_active ")?.trim().parse::<f64>().ok())
+                    .unwrap_or(0.0);
+                if active > best.0 {
+                    best = (active, p.name.clone());
+                }
             }
+            if best.0 >= f64::from(min) {
+                self.clock
+                    .event(format!("{} holds the most sessions: {}", best.1, best.0));
+                return best.1;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no pod held {min} active sessions within {limit:?} (the most: {best:?})"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        self.clock
-            .event(format!("{} has served the most requests: {}", best.1, best.0));
-        best.1
     }
 
     /// Deletes a pod in Kubernetes' order for a native sidecar:

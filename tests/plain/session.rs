@@ -6,12 +6,10 @@
 //!
 //! Addresses: 127.0.140.x.
 
-mod common;
-
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::common::*;
 use stickyd::affinity::{Codec, CookieState, Keys, Lifetimes};
 
 const K1: &str = "session-test-key-one-0123456789ab";

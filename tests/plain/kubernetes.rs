@@ -2,16 +2,14 @@
 //! library's `spawn` with a real kube client, then the `stickyd` binary
 //! pointed at the double through a kubeconfig file.
 
-#[path = "apiserver/mod.rs"]
-mod apiserver;
-mod common;
+use crate::common;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::eventually;
+use crate::common::{eventually, sample};
 
-use apiserver::{slice, ApiServer};
+use crate::apiserver::{slice, ApiServer};
 use futures_util::{StreamExt, TryStreamExt};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::api::{Api, WatchEvent, WatchParams};
@@ -945,18 +943,6 @@ async fn get(addr: SocketAddr, path: &str, cookie: Option<&str>) -> Option<Resp>
         })
     };
     tokio::time::timeout(Duration::from_secs(5), fut).await.ok()?
-}
-
-/// The value of one sample in an OpenMetrics text.
-fn sample(text: &str, series: &str) -> Option<f64> {
-    text.lines().find_map(|l| {
-        l.strip_prefix(series)?
-            .strip_prefix(' ')?
-            .split(' ')
-            .next()?
-            .parse()
-            .ok()
-    })
 }
 
 /// Checks the session outcome of one request.

@@ -7,12 +7,10 @@
 //! from another address is another pod, and one bound to the pod's own
 //! address is the pod itself. Addresses: 127.0.190.x to 127.0.197.x.
 
-mod common;
-
-use std::net::{IpAddr, SocketAddr};
+use std::net::IpAddr;
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 use stickyd::affinity::{Codec, Keys, Lifetimes, SessionId, Sid};
 use stickyd::peer::{self, Purpose};
 
@@ -23,18 +21,11 @@ const TOKEN: &str = "drain-token-0123456789abcdef";
 /// `n` pods on 127.0.`net`.1.., each an app behind its sidecar, all in each
 /// other's (static) view.
 async fn pods(net: u8, n: usize, extra: &[(&str, String)]) -> Vec<(App, Stickyd)> {
-    let addrs: Vec<(String, SocketAddr)> = (0..n)
-        .map(|i| (format!("pod-{i}"), addr_on(&format!("127.0.{net}.{}", i + 1))))
-        .collect();
-    let list = addrs
-        .iter()
-        .map(|(n, a)| format!("{n}={a}"))
-        .collect::<Vec<_>>()
-        .join(",");
+    let (pods, view) = static_pods(net, n);
     let mut out = Vec::new();
-    for (i, (name, listen)) in addrs.iter().enumerate() {
-        let app = App::start(name, &format!("127.0.{net}.{}", i + 1)).await;
-        let mut env = vec![("STICKYD_ENDPOINTS", format!("static:{list}"))];
+    for (name, ip, listen) in &pods {
+        let app = App::start(name, ip).await;
+        let mut env = vec![("STICKYD_ENDPOINTS", view.clone())];
         env.extend(extra.iter().cloned());
         let s = Stickyd::start(name, *listen, app.addr, &env).await;
         out.push((app, s));
@@ -47,13 +38,6 @@ fn keyed() -> Vec<(&'static str, String)> {
         ("STICKYD_COOKIE_SECRET", KEY.to_string()),
         ("STICKYD_DRAIN_TOKEN", TOKEN.to_string()),
     ]
-}
-
-fn sample(metrics: &str, series: &str) -> f64 {
-    metrics
-        .lines()
-        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
-        .unwrap_or(0.0)
 }
 
 fn unix_now() -> u64 {
@@ -125,11 +109,11 @@ async fn a_drain_from_another_pod_gets_403_and_leaves_the_pod_undrained() {
     assert_eq!(status, 403);
     let m = a.metrics().await;
     assert_eq!(
-        sample(&m, "stickyd_admin_refused_total{endpoint=\"drain\"}"),
+        sample_or_zero(&m, "stickyd_admin_refused_total{endpoint=\"drain\"}"),
         6.0,
         "{m}"
     );
-    assert_eq!(sample(&m, "stickyd_draining"), 0.0);
+    assert_eq!(sample_or_zero(&m, "stickyd_draining"), 0.0);
     assert_eq!(
         new_session_at(a).await,
         ("pod-0".into(), "new".into()),
@@ -140,10 +124,13 @@ async fn a_drain_from_another_pod_gets_403_and_leaves_the_pod_undrained() {
     let call = drain_from(elsewhere(), a, "?idle=200ms&max=30s", Some(TOKEN)).await;
     let m = eventually(Duration::from_secs(5), "the drain started", || async {
         let m = a.metrics().await;
-        (sample(&m, "stickyd_draining") == 1.0, m)
+        (sample_or_zero(&m, "stickyd_draining") == 1.0, m)
     })
     .await;
-    assert_eq!(sample(&m, "stickyd_admin_refused_total{endpoint=\"drain\"}"), 6.0);
+    assert_eq!(
+        sample_or_zero(&m, "stickyd_admin_refused_total{endpoint=\"drain\"}"),
+        6.0
+    );
     assert_eq!(
         new_session_at(a).await,
         ("pod-1".into(), "new".into()),
@@ -170,7 +157,7 @@ async fn without_a_token_only_the_pod_itself_drains_and_the_sidecar_says_so() {
     let a = &p[0].1;
     let (status, body) = drain_from(elsewhere(), a, "", Some(TOKEN)).await.await.unwrap();
     assert_eq!(status, 403, "{body}");
-    assert_eq!(sample(&a.metrics().await, "stickyd_draining"), 0.0);
+    assert_eq!(sample_or_zero(&a.metrics().await, "stickyd_draining"), 0.0);
     let (status, outcome) = drain_from(Some(a.admin.ip()), a, "?idle=0&max=5s", None)
         .await
         .await
@@ -212,7 +199,7 @@ async fn a_drain_is_bounded_and_a_second_caller_neither_shortens_nor_extends_it(
     );
     let first = drain_from(elsewhere(), a, "?idle=1e10&max=1e10", Some(TOKEN)).await;
     eventually(Duration::from_secs(5), "the drain started", || async {
-        (sample(&a.metrics().await, "stickyd_draining") == 1.0, ())
+        (sample_or_zero(&a.metrics().await, "stickyd_draining") == 1.0, ())
     })
     .await;
     let short = drain_from(elsewhere(), a, "?idle=0&max=0.001", Some(TOKEN)).await;
@@ -282,12 +269,12 @@ async fn sessions_and_endpoints_answer_only_the_pod_itself_and_verified_peers() 
     }
     let m = a.metrics().await;
     assert_eq!(
-        sample(&m, "stickyd_admin_refused_total{endpoint=\"sessions\"}"),
+        sample_or_zero(&m, "stickyd_admin_refused_total{endpoint=\"sessions\"}"),
         12.0,
         "{m}"
     );
     assert_eq!(
-        sample(&m, "stickyd_admin_refused_total{endpoint=\"endpoints\"}"),
+        sample_or_zero(&m, "stickyd_admin_refused_total{endpoint=\"endpoints\"}"),
         12.0,
         "{m}"
     );
@@ -360,14 +347,14 @@ async fn a_forged_hop_marker_learns_nothing_and_pins_nothing() {
     let m = a.metrics().await;
     let refused: f64 = ["unsigned", "mac", "other_pod", "stale"]
         .iter()
-        .map(|r| sample(&m, &format!("stickyd_hop_refused_total{{reason=\"{r}\"}}")))
+        .map(|r| sample_or_zero(&m, &format!("stickyd_hop_refused_total{{reason=\"{r}\"}}")))
         .sum();
     assert_eq!(refused, 20.0, "{m}");
 
     // pod-0 drains: a forged marker does not pin a new session to it.
     let drain = drain_from(elsewhere(), a, "?idle=30s&max=30s", Some(TOKEN)).await;
     eventually(Duration::from_secs(5), "the drain started", || async {
-        (sample(&a.metrics().await, "stickyd_draining") == 1.0, ())
+        (sample_or_zero(&a.metrics().await, "stickyd_draining") == 1.0, ())
     })
     .await;
     let real = peer::sign(&keys, Purpose::Hop, "pod-1", "pod-0", now);
@@ -436,13 +423,13 @@ async fn the_admin_port_caps_its_connections() {
             .map(|r| r.body)
             .unwrap_or_default();
         (
-            sample(&m, "stickyd_admin_refused_total{endpoint=\"connection\"}") >= 1.0,
+            sample_or_zero(&m, "stickyd_admin_refused_total{endpoint=\"connection\"}") >= 1.0,
             m,
         )
     })
     .await;
     assert_eq!(
-        sample(&m, "stickyd_admin_refused_total{endpoint=\"connection\"}"),
+        sample_or_zero(&m, "stickyd_admin_refused_total{endpoint=\"connection\"}"),
         refused as f64,
         "{m}"
     );

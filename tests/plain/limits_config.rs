@@ -6,13 +6,11 @@
 //!
 //! Addresses: 127.0.141.x.
 
-mod common;
-
 use std::net::SocketAddr;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 use http_body_util::BodyExt;
 use hyper::client::conn::http1::SendRequest;
 use hyper_util::rt::TokioIo;
@@ -26,12 +24,6 @@ fn log_events(s: &Stickyd, message: &str) -> Vec<serde_json::Value> {
         .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
         .filter(|v| v["message"].as_str() == Some(message))
         .collect()
-}
-
-fn metric(text: &str, series: &str) -> Option<u64> {
-    text.lines()
-        .find_map(|l| l.strip_prefix(series).and_then(|rest| rest.strip_prefix(' ')))
-        .and_then(|v| v.trim().parse().ok())
 }
 
 /// A client connection to `addr` that had one GET answered 200, kept open;
@@ -92,12 +84,28 @@ async fn the_memory_limit_sets_the_connection_limit() {
     );
 
     let m = s.metrics().await;
-    assert_eq!(metric(&m, "stickyd_memory_limit_bytes"), Some(limit), "{m}");
-    assert_eq!(metric(&m, "stickyd_connections_refused_total"), Some(1), "{m}");
-    assert_eq!(metric(&m, "stickyd_buffer_bytes"), Some(0), "{m}");
+    assert_eq!(
+        sample(&m, "stickyd_memory_limit_bytes").map(|v| v as u64),
+        Some(limit),
+        "{m}"
+    );
+    assert_eq!(
+        sample(&m, "stickyd_connections_refused_total").map(|v| v as u64),
+        Some(1),
+        "{m}"
+    );
+    assert_eq!(sample(&m, "stickyd_buffer_bytes").map(|v| v as u64), Some(0), "{m}");
     // The connection past the limit is shed load too.
-    assert_eq!(metric(&m, "stickyd_shed_total{kind=\"connection\"}"), Some(1), "{m}");
-    assert_eq!(metric(&m, "stickyd_shed_total{kind=\"request\"}"), Some(0), "{m}");
+    assert_eq!(
+        sample(&m, "stickyd_shed_total{kind=\"connection\"}").map(|v| v as u64),
+        Some(1),
+        "{m}"
+    );
+    assert_eq!(
+        sample(&m, "stickyd_shed_total{kind=\"request\"}").map(|v| v as u64),
+        Some(0),
+        "{m}"
+    );
 }
 
 /// Without STICKYD_MEMORY_LIMIT the limit is the cgroup's, as this test
@@ -121,7 +129,7 @@ async fn without_the_variable_the_cgroup_limit_is_used() {
     assert_eq!(e["max_connections"], budget.max_connections, "{e}");
     let m = s.metrics().await;
     assert_eq!(
-        metric(&m, "stickyd_memory_limit_bytes"),
+        sample(&m, "stickyd_memory_limit_bytes").map(|v| v as u64),
         Some(limit.unwrap_or(0)),
         "{m}"
     );

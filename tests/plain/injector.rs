@@ -1,7 +1,7 @@
 //! `stickyd injector` as the API server uses it: the real binary on
 //! 127.0.0.1, AdmissionReview requests over real TLS with a throwaway CA,
 //! the returned JSONPatch applied with the json-patch crate, and the patched
-//! Pod held to the checks the rendered manifests pass (tests/manifests.rs).
+//! Pod held to the checks the rendered manifests pass (tests/tools/manifests.rs).
 
 use std::collections::{BTreeSet, HashMap};
 use std::io::{BufRead, BufReader, Write};
@@ -332,7 +332,7 @@ fn port_of(addr: &str) -> i64 {
     addr.rsplit(':').next().unwrap().trim_end_matches('/').parse().unwrap()
 }
 
-/// The checks tests/manifests.rs makes of the rendered manifests' sidecar,
+/// The checks tests/tools/manifests.rs makes of the rendered manifests' sidecar,
 /// made of a patched Pod; returns the parsed configuration.
 fn assert_sidecar(pod: &Value) -> stickyd::config::Config {
     let spec = &pod["spec"];

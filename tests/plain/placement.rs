@@ -4,12 +4,10 @@
 //! land on the new pod; with `local` about a quarter. Established sessions
 //! never move in either mode.
 
-mod common;
-
 use std::collections::HashMap;
 use std::net::SocketAddr;
 
-use common::*;
+use crate::common::*;
 
 /// Sessions established on the first three pods (about 300 each).
 const ESTABLISHED: usize = 900;

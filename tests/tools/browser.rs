@@ -10,7 +10,7 @@
 //! tests print a SKIP line and pass, unless `STICKYDTEST_REQUIRE_TOOLS=1` (as in
 //! CI), where a missing browser fails them.
 
-mod common;
+use crate::common;
 
 use std::io::Write;
 use std::net::SocketAddr;

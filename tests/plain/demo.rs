@@ -3,7 +3,7 @@
 //! through its load balancer, churn through the control endpoints, the
 //! app-only mode, and argument errors.
 
-mod common;
+use crate::common;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;

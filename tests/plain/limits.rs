@@ -7,12 +7,10 @@
 //!
 //! Shedding at the buffer budget (STICKYD_MEMORY_LIMIT) is here too.
 
-mod common;
-
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::common::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
 
@@ -60,15 +58,6 @@ async fn closed_within(s: &mut TcpStream, within: Duration) -> bool {
     }
 }
 
-fn metric(text: &str, name: &str) -> u64 {
-    text.lines()
-        .find(|l| l.starts_with(name) && l[name.len()..].starts_with(' '))
-        .and_then(|l| l.split_whitespace().last())
-        .and_then(|v| v.parse::<f64>().ok())
-        .map(|v| v as u64)
-        .unwrap_or(0)
-}
-
 /// STICKYD_MAX_CONNECTIONS=50: the 51st connection is closed unserved and
 /// counted (at once: the header read timeout, which could close it too, is
 /// far beyond the wait); the 50 before it keep working; once one closes, a
@@ -91,9 +80,17 @@ async fn max_connections_closes_the_next_one_and_counts_it() {
     assert!(end.is_ok(), "the 51st stayed open");
     assert!(got.is_empty(), "the 51st was served: {}", String::from_utf8_lossy(&got));
     let m = s.metrics().await;
-    assert_eq!(metric(&m, "stickyd_connections_refused_total"), 1, "{m}");
-    assert_eq!(metric(&m, "stickyd_shed_total{kind=\"connection\"}"), 1, "{m}");
-    assert_eq!(metric(&m, "stickyd_connections_open"), 50, "{m}");
+    assert_eq!(
+        (sample_or_zero(&m, "stickyd_connections_refused_total") as u64),
+        1,
+        "{m}"
+    );
+    assert_eq!(
+        (sample_or_zero(&m, "stickyd_shed_total{kind=\"connection\"}") as u64),
+        1,
+        "{m}"
+    );
+    assert_eq!((sample_or_zero(&m, "stickyd_connections_open") as u64), 50, "{m}");
     // The earlier ones keep working.
     for (i, c) in conns.iter_mut().enumerate() {
         assert_eq!(
@@ -259,7 +256,7 @@ async fn ten_thousand_idle_keep_alive_connections_stay_within_a_memory_bound() {
     // Let the sidecar settle, then measure.
     eventually(Duration::from_secs(10), "every connection open", || async {
         let m = s.metrics().await;
-        (metric(&m, "stickyd_connections_open") >= n as u64, m)
+        ((sample_or_zero(&m, "stickyd_connections_open") as u64) >= n as u64, m)
     })
     .await;
     let rss = rss_kib(pid);
@@ -282,7 +279,11 @@ async fn ten_thousand_idle_keep_alive_connections_stay_within_a_memory_bound() {
     }
     assert_eq!(failed, 0, "{failed} of {n} idle connections no longer usable");
     let m = s.metrics().await;
-    assert_eq!(metric(&m, "stickyd_connections_refused_total"), 0, "{m}");
+    assert_eq!(
+        (sample_or_zero(&m, "stickyd_connections_refused_total") as u64),
+        0,
+        "{m}"
+    );
 }
 
 /// Idle client keep-alive connections pin at most `MAX_BOUND` app
@@ -360,7 +361,11 @@ async fn at_the_buffer_budget_a_large_head_is_shed_with_503_and_retry_after() {
     )
     .await;
     let m = s.metrics().await;
-    assert_eq!(metric(&m, "stickyd_memory_limit_bytes"), 15 << 20, "{m}");
+    assert_eq!(
+        (sample_or_zero(&m, "stickyd_memory_limit_bytes") as u64),
+        15 << 20,
+        "{m}"
+    );
     let big = |path: &str, pad: usize| format!("GET {path} HTTP/1.1\r\nHost: t\r\nx-pad: {}\r\n", "a".repeat(pad));
 
     // A: 40 KiB of a head, not yet ended: its buffer holds ~60 KiB of the
@@ -369,7 +374,7 @@ async fn at_the_buffer_budget_a_large_head_is_shed_with_503_and_retry_after() {
     a.write_all(big("/a", 40 << 10).as_bytes()).await.unwrap();
     eventually(Duration::from_secs(5), "A's head holding budget", || async {
         let m = s.metrics().await;
-        (metric(&m, "stickyd_buffer_bytes") >= 48 << 10, m)
+        ((sample_or_zero(&m, "stickyd_buffer_bytes") as u64) >= 48 << 10, m)
     })
     .await;
 
@@ -409,7 +414,7 @@ async fn at_the_buffer_budget_a_large_head_is_shed_with_503_and_retry_after() {
     assert!(head.starts_with("http/1.1 200"), "{head}");
     eventually(Duration::from_secs(5), "A's budget coming back", || async {
         let m = s.metrics().await;
-        (metric(&m, "stickyd_buffer_bytes") == 0, m)
+        ((sample_or_zero(&m, "stickyd_buffer_bytes") as u64) == 0, m)
     })
     .await;
     let mut again = TcpStream::connect(s.listen).await.unwrap();
@@ -423,8 +428,16 @@ async fn at_the_buffer_budget_a_large_head_is_shed_with_503_and_retry_after() {
     assert!(head.starts_with("http/1.1 200"), "{head}");
 
     let m = s.metrics().await;
-    assert_eq!(metric(&m, "stickyd_shed_total{kind=\"request\"}"), 1, "{m}");
-    assert_eq!(metric(&m, "stickyd_shed_total{kind=\"connection\"}"), 0, "{m}");
+    assert_eq!(
+        (sample_or_zero(&m, "stickyd_shed_total{kind=\"request\"}") as u64),
+        1,
+        "{m}"
+    );
+    assert_eq!(
+        (sample_or_zero(&m, "stickyd_shed_total{kind=\"connection\"}") as u64),
+        0,
+        "{m}"
+    );
 }
 
 /// A connection served by hyper (here h2c with prior knowledge) takes its
@@ -463,7 +476,11 @@ async fn at_the_buffer_budget_a_second_http2_connection_is_shed() {
         &any
     );
     let m = s.metrics().await;
-    assert_eq!(metric(&m, "stickyd_shed_total{kind=\"connection\"}"), 1, "{m}");
+    assert_eq!(
+        (sample_or_zero(&m, "stickyd_shed_total{kind=\"connection\"}") as u64),
+        1,
+        "{m}"
+    );
 
     // The first one closes: its budget comes back, and h2c is served again.
     drop(first);

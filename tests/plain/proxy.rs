@@ -1,14 +1,14 @@
 //! Whole-proxy tests: real `stickyd` processes and apps on 127.0.0.x behind
 //! a random load balancer.
 
-mod common;
+use crate::common;
 
 use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 use futures_util::{SinkExt, StreamExt};
 use http::Request;
 use http_body_util::BodyExt;
@@ -596,8 +596,7 @@ async fn app_down_gives_502_and_readyz_fails() {
     .await;
     let ready = get(&format!("http://{}/readyz", s.admin), &[]).await.unwrap();
     assert_eq!(ready.status, 200, "{ready:?}");
-    drop(app);
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    app.stop_and_wait().await;
     let r = get(&format!("http://{listen}/"), &[]).await.unwrap();
     assert_eq!(r.status, 502);
     assert!(r.body.contains("could not reach the app"), "{}", r.body);
@@ -632,22 +631,25 @@ async fn sigterm_drains_then_exits_zero() {
     let mut c = Cluster::start(25, 1, &[("STICKYD_DRAIN_SECONDS", "1".into())]).await;
     let s = &mut c.pods[0].sidecar;
     s.signal("TERM");
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    // The signal has arrived once /readyz says the sidecar is stopping.
+    let admin = s.admin;
+    eventually(Duration::from_secs(10), "/readyz 503 after SIGTERM", || async move {
+        let ready = get(&format!("http://{admin}/readyz"), &[]).await.unwrap();
+        (ready.status == 503, ready)
+    })
+    .await;
     // Still serving during the drain, telling keep-alive clients to go.
     let r = get(&format!("http://{}/", s.listen), &[]).await.unwrap();
     assert_eq!(r.status, 200);
     assert_eq!(r.headers.get("connection").unwrap(), "close");
-    let ready = get(&format!("http://{}/readyz", s.admin), &[]).await.unwrap();
-    assert_eq!(ready.status, 503);
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    let status = loop {
-        if let Some(st) = s.child.try_wait().unwrap() {
-            break st;
-        }
-        assert!(std::time::Instant::now() < deadline, "did not exit");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
-    assert!(status.success(), "{status:?}");
+    let status = eventually(Duration::from_secs(10), "exit after the drain", || {
+        std::future::ready(match s.child.try_wait().unwrap() {
+            Some(st) => (true, Some(st)),
+            None => (false, None),
+        })
+    })
+    .await;
+    assert!(status.unwrap().success(), "{status:?}");
 }
 
 #[test]

@@ -4,12 +4,12 @@
 //!
 //! Addresses: 127.0.100.x and 127.0.101.x.
 
-mod common;
+use crate::common;
 
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::common::*;
 use std::sync::Arc;
 use stickyd::affinity::{Codec, Keys, Lifetimes, SessionId, Sid};
 
@@ -301,7 +301,12 @@ async fn a_client_body_framed_wrongly_gets_400_not_502() {
     s.write_all(b"POST /late HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n")
         .await
         .unwrap();
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    // The break comes once the request, and its first chunk, went on to the app.
+    eventually(Duration::from_secs(10), "/late reached the app", || async {
+        let started = t.app.started();
+        (started.iter().any(|p| p == "/late"), started)
+    })
+    .await;
     s.write_all(b"-5\r\nxxxxx\r\n0\r\n\r\n").await.unwrap();
     let got = read_all(&mut s).await;
     assert_eq!(statuses(&got), vec![400], "{got:?}");

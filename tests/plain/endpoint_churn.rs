@@ -4,15 +4,12 @@
 //! `Peer`s (the same allocations) from the first list to the end; the source
 //! runs on a thread of its own, which stops with its task.
 
-#[path = "apiserver/mod.rs"]
-mod apiserver;
-
 use std::net::{IpAddr, Ipv4Addr};
 use std::sync::Arc;
 use std::time::Duration;
 
-use apiserver::fleet::{Fleet, Flipper, HISTORY};
-use apiserver::ApiServer;
+use crate::apiserver::fleet::{Fleet, Flipper, HISTORY};
+use crate::apiserver::ApiServer;
 use stickyd::endpoints::kubernetes::{self, PortSelector};
 use stickyd::endpoints::{EndpointStore, View};
 use stickyd::metrics::Metrics;

@@ -6,22 +6,16 @@
 //!
 //! Addresses: 127.0.110.x to 127.0.115.x.
 
-mod common;
-
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::common::*;
 use http_body_util::BodyExt;
 use stickyd::affinity::SessionId;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-
-fn cookie_for(pod: &str) -> String {
-    format!("stickyd={}", SessionId::for_pod(pod).encode())
-}
 
 /// Reads one request head (and a Content-Length body) from `s`. Returns
 /// false when the connection ended first.

@@ -4,13 +4,11 @@
 //!
 //! Addresses: 127.0.172.x.
 
-mod common;
-
 use std::net::SocketAddr;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::common::*;
 
 /// Runs `cmd` for at most 10 s (a configuration it accepts would serve
 /// forever); returns its exit code (`None`: still running, then killed) and

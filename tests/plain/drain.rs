@@ -6,30 +6,21 @@
 //! bounds (the drain did not answer while sessions were active; it waited
 //! at least that long), never that something happened within a window.
 
-mod common;
-
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::common::*;
 use stickyd::affinity::{Codec, SessionId, Sid};
 
 /// `n` pods on 127.0.`net`.1.., each an app behind its sidecar, all in each
 /// other's (static) view. Apps that can be killed as a process would be.
 async fn pods(net: u8, n: usize, extra: &[(&str, String)]) -> Vec<(KillableApp, Stickyd)> {
-    let addrs: Vec<(String, SocketAddr)> = (0..n)
-        .map(|i| (format!("pod-{i}"), addr_on(&format!("127.0.{net}.{}", i + 1))))
-        .collect();
-    let list = addrs
-        .iter()
-        .map(|(n, a)| format!("{n}={a}"))
-        .collect::<Vec<_>>()
-        .join(",");
+    let (pods, view) = static_pods(net, n);
     let mut out = Vec::new();
-    for (i, (name, listen)) in addrs.iter().enumerate() {
-        let app = KillableApp::start(name, &format!("127.0.{net}.{}", i + 1));
+    for (name, ip, listen) in &pods {
+        let app = KillableApp::start(name, ip);
         let mut env = vec![
-            ("STICKYD_ENDPOINTS", format!("static:{list}")),
+            ("STICKYD_ENDPOINTS", view.clone()),
             ("STICKYD_DRAIN_TOKEN", DRAIN_TOKEN.to_string()),
         ];
         env.extend(extra.iter().cloned());
@@ -51,12 +42,6 @@ fn cookie(pod: &str, n: u8) -> String {
 
 fn names(set_cookie: Option<String>, pod: &str) -> bool {
     set_cookie.is_some_and(|c| c.split('.').next() == Some(SessionId::for_pod(pod).encode().as_str()))
-}
-
-fn sample(metrics: &str, series: &str) -> Option<f64> {
-    metrics
-        .lines()
-        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
 }
 
 async fn drain_call(admin: SocketAddr, query: &str) -> tokio::task::JoinHandle<(u16, serde_json::Value)> {

@@ -5,13 +5,11 @@
 //! `--from-httproute` wrote from an HTTPRoute, behind a random load balancer.
 //! Addresses: 127.0.160.0/24 and 127.0.161.0/24.
 
-mod common;
-
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-use common::*;
+use crate::common::*;
 use stickyd::kyaml::{self, Node};
 
 fn fixture(name: &str) -> PathBuf {

@@ -6,8 +6,6 @@
 //! stickyd answers itself. Addresses: 127.0.150.0/22 and 127.0.154.x to
 //! 127.0.156.x.
 
-mod common;
-
 use std::collections::{BTreeMap, HashMap};
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -15,7 +13,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 use http::{Request, Response};
 use hyper::body::Incoming;
 use hyper::service::service_fn;

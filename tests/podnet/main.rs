@@ -1,6 +1,6 @@
 //! Whole-system tests on a real pod network: a node, its pods and an ingress
 //! made of network namespaces, veth pairs, a bridge and kube-proxy's
-//! iptables rules (tests/podnet/), with real stickyd sidecars watching an
+//! iptables rules (`harness/`), with real stickyd sidecars watching an
 //! apiserver double, HAProxy as the ingress and k6 as the browsers.
 //!
 //! Each test builds its own cluster and removes it, also when it fails.
@@ -9,9 +9,8 @@
 //! fails. They run one at a time.
 #![forbid(unsafe_code)]
 
-#[path = "apiserver/mod.rs"]
+#[path = "../apiserver/mod.rs"]
 mod apiserver;
-#[path = "podnet/mod.rs"]
 mod harness;
 
 use std::sync::{Arc, OnceLock};
@@ -96,12 +95,14 @@ fn ms(n: u64) -> Duration {
     Duration::from_millis(n)
 }
 
-/// How long sessions run before something happens to a pod.
-const LEAD: Duration = Duration::from_secs(4);
+/// A scenario's premise: the pod it strikes holds this many active
+/// sessions (every load here has 9 or more browsers over 3 pods).
+const PREMISE: u32 = 3;
 
-/// Runs `load` through the ingress; [`LEAD`] into it, `act` strikes the pod
-/// that has served the most. Returns that pod, what `act` returned, and
-/// what the browsers saw (printed). `newcomers` names pods that `act` adds.
+/// Runs `load` through the ingress; once one pod holds [`PREMISE`] active
+/// sessions, `act` strikes the pod that holds the most. Returns that pod,
+/// what `act` returned, and what the browsers saw (printed). `newcomers`
+/// names pods that `act` adds.
 async fn strike<T>(
     test: &str,
     cluster: &Arc<Cluster>,
@@ -112,8 +113,7 @@ async fn strike<T>(
     let mut pods = cluster.pod_names();
     pods.extend(newcomers.iter().map(|p| p.to_string()));
     let k6 = cluster.k6(load, &pods);
-    tokio::time::sleep(LEAD).await;
-    let victim = cluster.busiest_pod().await;
+    let victim = cluster.busiest_pod(PREMISE, SCENARIO_LIMIT).await;
     let done = act(victim.clone()).await;
     let out = k6.finish().await;
     out.report(test, cluster);
@@ -360,7 +360,7 @@ fn print_termination(cluster: &Cluster, t: &Termination) {
     );
 }
 
-/// Scales down the pod that has served the most, [`LEAD`] into `load`,
+/// Scales down the pod that holds the most sessions, once it holds [`PREMISE`],
 /// with `prestop`. Returns the deletion and what the browsers saw (printed).
 async fn scale_down(test: &str, cluster: &Arc<Cluster>, load: &Load, prestop: PreStop) -> (Termination, Outcome) {
     let (_, t, out) = strike(test, cluster, load, &[], async |pod| {
@@ -456,7 +456,7 @@ async fn scale_down_with_sleep_prestop() {
     let test = "scale_down_with_sleep_prestop";
     scenario(test, Spec::new("sleep", 3), async |cluster| {
         // Sessions of 12 s or more: every session the pod holds when it is
-        // deleted (LEAD in) outlasts the 5 s sleep, however the random hop
+        // deleted (once it holds PREMISE) outlasts the 5 s sleep, however the random hop
         // spread them and however fast the requests are answered.
         let load = long_sessions(120, Duration::from_secs(10));
         let (t, out) = scale_down(test, &cluster, &load, PreStop::Sleep(Duration::from_secs(5))).await;
