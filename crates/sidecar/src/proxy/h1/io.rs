@@ -14,7 +14,8 @@ use std::io;
 use std::pin::Pin;
 use std::task::Poll;
 
-use tokio::io::{AsyncRead, ReadBuf};
+use tokio::io::{AsyncRead, AsyncWriteExt, ReadBuf};
+use tokio::net::tcp::WriteHalf;
 use tokio::net::TcpStream;
 
 /// The scratch buffer of each worker thread: the most one read takes.
@@ -30,7 +31,11 @@ thread_local! {
 /// socket read through `poll_read`, not `try_read`: a short read tells the
 /// runtime that the socket is drained, so that an idle connection shows as
 /// readable only when something new arrives.)
-pub async fn read_with<R>(from: &mut TcpStream, max: usize, mut f: impl FnMut(&[u8]) -> R) -> io::Result<R> {
+pub async fn read_with<S: AsyncRead + Unpin, R>(
+    from: &mut S,
+    max: usize,
+    mut f: impl FnMut(&[u8]) -> R,
+) -> io::Result<R> {
     std::future::poll_fn(|cx| {
         BUF.with(|cell| {
             let mut scratch = cell.borrow_mut();
@@ -60,9 +65,13 @@ pub async fn read_into(from: &mut TcpStream, buf: &mut Vec<u8>, max: usize) -> i
 /// take is returned, copied, for the caller to write once `to` is writable.
 /// Empty (no allocation) when all went.
 pub fn write_or_keep(to: &TcpStream, bytes: &[u8]) -> io::Result<Vec<u8>> {
+    keep_unwritten(|b| to.try_write(b), bytes)
+}
+
+fn keep_unwritten(mut try_write: impl FnMut(&[u8]) -> io::Result<usize>, bytes: &[u8]) -> io::Result<Vec<u8>> {
     let mut at = 0;
     while at < bytes.len() {
-        match to.try_write(&bytes[at..]) {
+        match try_write(&bytes[at..]) {
             Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
             Ok(n) => at += n,
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
@@ -70,6 +79,90 @@ pub fn write_or_keep(to: &TcpStream, bytes: &[u8]) -> io::Result<Vec<u8>> {
         }
     }
     Ok(bytes[at..].to_vec())
+}
+
+/// One direction of a [`splice`]: what its writer has not yet taken, and
+/// how far it has come.
+#[derive(Default)]
+struct Way {
+    /// Bytes read and not yet written: empty (no allocation) unless the
+    /// writing side is slower than the reading one.
+    pending: Vec<u8>,
+    /// The reading side has ended.
+    ended: bool,
+    /// The writing side was shut down after the last byte.
+    shut: bool,
+}
+
+impl Way {
+    /// Reads from this way's reader only while nothing waits to be written:
+    /// a slow side holds back its peer by TCP's own flow control.
+    fn reading(&self) -> bool {
+        !self.ended && self.pending.is_empty()
+    }
+
+    /// Takes what a read brought: the end (None), or the bytes the writer
+    /// did not take at once.
+    fn took(&mut self, read: io::Result<io::Result<Option<Vec<u8>>>>) -> io::Result<()> {
+        match read?? {
+            None => self.ended = true,
+            Some(kept) => self.pending = kept,
+        }
+        Ok(())
+    }
+
+    /// Once the reader has ended and every byte went: shuts the writer down
+    /// (the half-close goes on), once.
+    async fn finish(&mut self, to: &mut WriteHalf<'_>) -> io::Result<()> {
+        if self.ended && self.pending.is_empty() && !self.shut {
+            self.shut = true;
+            to.shutdown().await?;
+        }
+        Ok(())
+    }
+}
+
+/// What one read brought, passed on: None at the end, else what the
+/// writer did not take at once.
+fn on(bytes: &[u8], try_write: impl FnMut(&[u8]) -> io::Result<usize>) -> io::Result<Option<Vec<u8>>> {
+    if bytes.is_empty() {
+        return Ok(None);
+    }
+    keep_unwritten(try_write, bytes).map(Some)
+}
+
+/// Joins two connections byte for byte until both directions have ended
+/// (each end passed on as a half-close) or one fails: an upgraded
+/// connection (WebSocket, CONNECT-style tunnels). Each read goes through
+/// the scratch buffer, at most `max` bytes, and on to the other side at
+/// once; a joined pair holds only the bytes a slow side has not yet taken,
+/// not a buffer per direction ([`tokio::io::copy_bidirectional`] holds two
+/// of 8 KiB, while idle too).
+pub async fn splice(a: &mut TcpStream, b: &mut TcpStream, max: usize) -> io::Result<()> {
+    let (mut a_read, mut a_write) = a.split();
+    let (mut b_read, mut b_write) = b.split();
+    let (mut ab, mut ba) = (Way::default(), Way::default());
+    loop {
+        ab.finish(&mut b_write).await?;
+        ba.finish(&mut a_write).await?;
+        if ab.shut && ba.shut {
+            return Ok(());
+        }
+        tokio::select! {
+            read = read_with(&mut a_read, max, |bytes| on(bytes, |w| b_write.try_write(w))),
+                if ab.reading() => ab.took(read)?,
+            read = read_with(&mut b_read, max, |bytes| on(bytes, |w| a_write.try_write(w))),
+                if ba.reading() => ba.took(read)?,
+            ready = b_write.writable(), if !ab.pending.is_empty() => {
+                ready?;
+                ab.pending = keep_unwritten(|w| b_write.try_write(w), &ab.pending)?;
+            }
+            ready = a_write.writable(), if !ba.pending.is_empty() => {
+                ready?;
+                ba.pending = keep_unwritten(|w| a_write.try_write(w), &ba.pending)?;
+            }
+        }
+    }
 }
 
 #[cfg(test)]
@@ -142,5 +235,83 @@ mod tests {
         a.write_all(&kept).await.unwrap();
         drop(a);
         assert!(reader.await.unwrap() == big);
+    }
+
+    /// A hang guard: a splice that failed to pass an end on would hang.
+    async fn guard<F: std::future::Future>(f: F) -> F::Output {
+        tokio::time::timeout(std::time::Duration::from_secs(20), f)
+            .await
+            .expect("not within 20 s")
+    }
+
+    /// A client, a spliced pair in the middle, an upstream: bytes both
+    /// ways in order, each end passed on as a half-close, and the splice
+    /// ends once both directions have.
+    #[tokio::test]
+    async fn a_splice_passes_bytes_and_half_closes_both_ways() {
+        let (mut client, mut near) = pair().await;
+        let (mut far, mut upstream) = pair().await;
+        let joined = tokio::spawn(async move { splice(&mut near, &mut far, 16 * 1024).await });
+        client.write_all(b"hello").await.unwrap();
+        client.shutdown().await.unwrap();
+        let mut got = Vec::new();
+        guard(upstream.read_to_end(&mut got)).await.unwrap();
+        assert_eq!(got, b"hello", "the client's bytes, then its end");
+        // The other way still flows after the client's half-close.
+        upstream.write_all(b"world").await.unwrap();
+        drop(upstream);
+        let mut back = Vec::new();
+        guard(client.read_to_end(&mut back)).await.unwrap();
+        assert_eq!(back, b"world");
+        guard(joined).await.unwrap().unwrap();
+    }
+
+    /// A side that does not read holds the other back: the splice keeps at
+    /// most one read of pending bytes, and once the slow side reads, every
+    /// byte arrives, once, in order (both ways at once).
+    #[tokio::test]
+    async fn a_slow_side_gets_every_byte_in_order() {
+        let (client, mut near) = pair().await;
+        let (mut far, upstream) = pair().await;
+        let joined = tokio::spawn(async move { splice(&mut near, &mut far, 16 * 1024).await });
+        let big: Vec<u8> = (0..8 * 1024 * 1024u32).map(|i| (i % 251) as u8).collect();
+        let up: Vec<u8> = (0..3 * 1024 * 1024u32).map(|i| (i % 241) as u8).collect();
+        let (big2, up2) = (big.clone(), up.clone());
+        let (mut client_read, mut client_write) = client.into_split();
+        let (mut upstream_read, mut upstream_write) = upstream.into_split();
+        let sender = tokio::spawn(async move {
+            client_write.write_all(&big2).await.unwrap();
+            client_write.shutdown().await.unwrap();
+        });
+        let answer = tokio::spawn(async move {
+            upstream_write.write_all(&up2).await.unwrap();
+            upstream_write.shutdown().await.unwrap();
+        });
+        // Nobody reads for a moment: the sender is held back, not buffered.
+        tokio::task::yield_now().await;
+        let mut got = Vec::new();
+        guard(upstream_read.read_to_end(&mut got)).await.unwrap();
+        let mut back = Vec::new();
+        guard(client_read.read_to_end(&mut back)).await.unwrap();
+        sender.await.unwrap();
+        answer.await.unwrap();
+        assert!(got == big, "client to upstream: {} of {} bytes", got.len(), big.len());
+        assert!(back == up, "upstream to client: {} of {} bytes", back.len(), up.len());
+        guard(joined).await.unwrap().unwrap();
+    }
+
+    /// A reset on one side ends the splice with the error, and closes the
+    /// other side.
+    #[tokio::test]
+    async fn a_reset_ends_the_splice() {
+        let (client, mut near) = pair().await;
+        let (mut far, mut upstream) = pair().await;
+        let joined = tokio::spawn(async move { splice(&mut near, &mut far, 16 * 1024).await });
+        client.set_zero_linger().unwrap();
+        drop(client);
+        let mut rest = Vec::new();
+        let _ = guard(upstream.read_to_end(&mut rest)).await;
+        assert!(rest.is_empty());
+        assert!(guard(joined).await.unwrap().is_err(), "a reset is an error");
     }
 }

@@ -912,7 +912,7 @@ impl Conn<'_> {
         }
         drop(early);
         self.buf = Vec::new();
-        if let Err(e) = tokio::io::copy_bidirectional(&mut self.client, &mut up.stream).await {
+        if let Err(e) = io::splice(&mut self.client, &mut up.stream, COPY).await {
             tracing::debug!(error = %e, "upgraded connection closed");
         }
         Served::Close
