@@ -12,10 +12,10 @@
 use std::cell::RefCell;
 use std::io;
 use std::pin::Pin;
-use std::task::Poll;
+use std::task::{Context, Poll};
 
-use tokio::io::{AsyncRead, AsyncWriteExt, ReadBuf};
-use tokio::net::tcp::WriteHalf;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::tcp::{ReadHalf, WriteHalf};
 use tokio::net::TcpStream;
 
 /// The scratch buffer of each worker thread: the most one read takes.
@@ -36,19 +36,26 @@ pub async fn read_with<S: AsyncRead + Unpin, R>(
     max: usize,
     mut f: impl FnMut(&[u8]) -> R,
 ) -> io::Result<R> {
-    std::future::poll_fn(|cx| {
-        BUF.with(|cell| {
-            let mut scratch = cell.borrow_mut();
-            let room = max.clamp(1, SCRATCH);
-            let mut rb = ReadBuf::new(&mut scratch[..room]);
-            match Pin::new(&mut *from).poll_read(cx, &mut rb) {
-                Poll::Ready(Ok(())) => Poll::Ready(Ok(f(rb.filled()))),
-                Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
-                Poll::Pending => Poll::Pending,
-            }
-        })
+    std::future::poll_fn(|cx| poll_read_with(cx, from, max, &mut f)).await
+}
+
+/// [`read_with`] as one poll.
+fn poll_read_with<S: AsyncRead + Unpin, R>(
+    cx: &mut Context<'_>,
+    from: &mut S,
+    max: usize,
+    f: &mut impl FnMut(&[u8]) -> R,
+) -> Poll<io::Result<R>> {
+    BUF.with(|cell| {
+        let mut scratch = cell.borrow_mut();
+        let room = max.clamp(1, SCRATCH);
+        let mut rb = ReadBuf::new(&mut scratch[..room]);
+        match Pin::new(&mut *from).poll_read(cx, &mut rb) {
+            Poll::Ready(Ok(())) => Poll::Ready(Ok(f(rb.filled()))),
+            Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
+            Poll::Pending => Poll::Pending,
+        }
     })
-    .await
 }
 
 /// Appends what `from` has, at most `max` bytes, to `buf`; `buf` grows by
@@ -95,40 +102,46 @@ struct Way {
 }
 
 impl Way {
-    /// Reads from this way's reader only while nothing waits to be written:
-    /// a slow side holds back its peer by TCP's own flow control.
-    fn reading(&self) -> bool {
-        !self.ended && self.pending.is_empty()
-    }
-
-    /// Takes what a read brought: the end (None), or the bytes the writer
-    /// did not take at once.
-    fn took(&mut self, read: io::Result<io::Result<Option<Vec<u8>>>>) -> io::Result<()> {
-        match read?? {
-            None => self.ended = true,
-            Some(kept) => self.pending = kept,
+    /// Moves what `from` has to `to` until either would wait; Ready once
+    /// `from` has ended, every byte went and `to` was shut down (the
+    /// half-close goes on). `from` is read only while nothing waits to be
+    /// written: a slow side holds back its peer by TCP's own flow control.
+    fn poll(
+        &mut self,
+        cx: &mut Context<'_>,
+        from: &mut ReadHalf<'_>,
+        to: &mut WriteHalf<'_>,
+        max: usize,
+    ) -> Poll<io::Result<()>> {
+        loop {
+            if !self.pending.is_empty() {
+                match Pin::new(&mut *to).poll_write(cx, &self.pending) {
+                    Poll::Ready(Ok(0)) => return Poll::Ready(Err(io::ErrorKind::WriteZero.into())),
+                    Poll::Ready(Ok(n)) if n == self.pending.len() => self.pending = Vec::new(),
+                    Poll::Ready(Ok(n)) => drop(self.pending.drain(..n)),
+                    Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                    Poll::Pending => return Poll::Pending,
+                }
+            } else if self.ended {
+                if !self.shut {
+                    std::task::ready!(Pin::new(&mut *to).poll_shutdown(cx))?;
+                    self.shut = true;
+                }
+                return Poll::Ready(Ok(()));
+            } else {
+                let read = poll_read_with(cx, from, max, &mut |bytes: &[u8]| {
+                    if bytes.is_empty() {
+                        return Ok(None);
+                    }
+                    keep_unwritten(|w| to.try_write(w), bytes).map(Some)
+                });
+                match std::task::ready!(read)?? {
+                    None => self.ended = true,
+                    Some(kept) => self.pending = kept,
+                }
+            }
         }
-        Ok(())
     }
-
-    /// Once the reader has ended and every byte went: shuts the writer down
-    /// (the half-close goes on), once.
-    async fn finish(&mut self, to: &mut WriteHalf<'_>) -> io::Result<()> {
-        if self.ended && self.pending.is_empty() && !self.shut {
-            self.shut = true;
-            to.shutdown().await?;
-        }
-        Ok(())
-    }
-}
-
-/// What one read brought, passed on: None at the end, else what the
-/// writer did not take at once.
-fn on(bytes: &[u8], try_write: impl FnMut(&[u8]) -> io::Result<usize>) -> io::Result<Option<Vec<u8>>> {
-    if bytes.is_empty() {
-        return Ok(None);
-    }
-    keep_unwritten(try_write, bytes).map(Some)
 }
 
 /// Joins two connections byte for byte until both directions have ended
@@ -137,32 +150,21 @@ fn on(bytes: &[u8], try_write: impl FnMut(&[u8]) -> io::Result<usize>) -> io::Re
 /// the scratch buffer, at most `max` bytes, and on to the other side at
 /// once; a joined pair holds only the bytes a slow side has not yet taken,
 /// not a buffer per direction ([`tokio::io::copy_bidirectional`] holds two
-/// of 8 KiB, while idle too).
+/// of 8 KiB, while idle too), and its state is a few words.
 pub async fn splice(a: &mut TcpStream, b: &mut TcpStream, max: usize) -> io::Result<()> {
     let (mut a_read, mut a_write) = a.split();
     let (mut b_read, mut b_write) = b.split();
     let (mut ab, mut ba) = (Way::default(), Way::default());
-    loop {
-        ab.finish(&mut b_write).await?;
-        ba.finish(&mut a_write).await?;
-        if ab.shut && ba.shut {
-            return Ok(());
+    std::future::poll_fn(|cx| {
+        let there = ab.poll(cx, &mut a_read, &mut b_write, max)?;
+        let back = ba.poll(cx, &mut b_read, &mut a_write, max)?;
+        if there.is_ready() && back.is_ready() {
+            Poll::Ready(Ok(()))
+        } else {
+            Poll::Pending
         }
-        tokio::select! {
-            read = read_with(&mut a_read, max, |bytes| on(bytes, |w| b_write.try_write(w))),
-                if ab.reading() => ab.took(read)?,
-            read = read_with(&mut b_read, max, |bytes| on(bytes, |w| a_write.try_write(w))),
-                if ba.reading() => ba.took(read)?,
-            ready = b_write.writable(), if !ab.pending.is_empty() => {
-                ready?;
-                ab.pending = keep_unwritten(|w| b_write.try_write(w), &ab.pending)?;
-            }
-            ready = a_write.writable(), if !ba.pending.is_empty() => {
-                ready?;
-                ba.pending = keep_unwritten(|w| a_write.try_write(w), &ba.pending)?;
-            }
-        }
-    }
+    })
+    .await
 }
 
 #[cfg(test)]

@@ -465,7 +465,10 @@ impl Conn<'_> {
         if let Some(u) = shared.idle.take(addr, idle) {
             return Ok(u);
         }
-        Upstream::dial(&shared.connector, addr, shared.cfg.connect_timeout).await
+        // Boxed, as the second dial of an attempt: a rare step whose state
+        // would otherwise size every request's future, which each busy
+        // connection holds (`tests/load/bench/memory.sh`).
+        Box::pin(Upstream::dial(&shared.connector, addr, shared.cfg.connect_timeout)).await
     }
 
     /// Keeps `u` for this client connection's next request, if the binding
@@ -568,7 +571,7 @@ impl Conn<'_> {
             if up.fresh {
                 return Err(unsent(&e));
             }
-            up = match Upstream::dial(&shared.connector, addr, shared.cfg.connect_timeout).await {
+            up = match Box::pin(Upstream::dial(&shared.connector, addr, shared.cfg.connect_timeout)).await {
                 Ok(u) => u,
                 Err(e) => return Err(unsent(&e)),
             };
