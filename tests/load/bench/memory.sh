@@ -14,6 +14,12 @@
 # fresh process per spike keeps one spike's high-water mark out of the next.
 # Per-connection KiB is (RSS under load - RSS idle) / connections.
 #
+# WS=1: WebSockets instead of requests. The backend is an echo server
+# (ws.py), and each spike opens that many WebSockets through the proxy, each
+# with a real handshake (Sec-WebSocket-Accept) and one echo, holds them all
+# open HOLD seconds while VmRSS is sampled, then closes them. Writes
+# memory-ws.csv.
+#
 # STICKYDTEST_BINS="name=path name=path ..." compares several stickyd binaries
 # (allocators, targets) in the same run; each name's STICKYDTEST_ENV_<name> is
 # added to its environment (e.g. STICKYDTEST_ENV_glibc_trim="GLIBC_TUNABLES=...").
@@ -35,7 +41,7 @@
 # memory), its peak TCP buffer charge and its OOM kills are recorded too.
 #
 # Environment (all optional): CONNS="1000 2000 4000" HOLD=8 ROUNDS=3 AFTER=20
-#   PROXY_CPU=1 LOAD_CPU=0 BASE_PORT=18600 OUT=benchmarks/results
+#   PROXY_CPU=1 LOAD_CPU=0 BASE_PORT=18600 OUT=benchmarks/results RSS_FIELD=VmRSS
 #   STICKYDTEST_BIN=path (default target/release/stickyd) STICKYDTEST_ENV="VAR=value ..."
 #
 # Not part of CI. Loopback only; stops everything it started on exit.
@@ -83,11 +89,17 @@ wait_port() {
     done
     die "nothing listens on $1:$2"
 }
-rss_kib() { awk '/^VmRSS:/ {print $2}' "/proc/$1/status"; }
+# RSS_FIELD=RssAnon counts anonymous memory only (heap, stacks), leaving out
+# the binary's own pages, which a process touches as it first runs each path.
+rss_kib() { awk -v f="${RSS_FIELD:-VmRSS}:" '$1 == f {print $2}' "/proc/$1/status"; }
 median() { sort -n | awk '{a[NR]=$1} END {if (NR) print a[int((NR+1)/2)]; else print 0}'; }
 
 render backend.nginx.conf; render haproxy.cfg
-taskset -c "$LOAD_CPU" nginx -c "$WORK/backend.nginx.conf" -e "$WORK/backend.err" 2>"$WORK/backend.stderr" &
+if [[ "${WS:-}" == 1 ]]; then
+    taskset -c "$LOAD_CPU" python3 "$BENCH/ws.py" serve "$BACKEND_PORT" >"$WORK/ws-backend.log" 2>&1 &
+else
+    taskset -c "$LOAD_CPU" nginx -c "$WORK/backend.nginx.conf" -e "$WORK/backend.err" 2>"$WORK/backend.stderr" &
+fi
 STARTED+=($!)
 wait_port 127.0.0.1 "$BACKEND_PORT"
 
@@ -118,6 +130,7 @@ stop() { # pid
 
 COOKIE="stickyd=$(cookie_for pod-a)"
 spike() { # port connections pid cookie -> median RSS KiB under load
+    [[ "${WS:-}" == 1 ]] && { ws_spike "$@"; return; }
     local samples=()
     taskset -c "$LOAD_CPU" wrk -t1 -c"$2" -d"${HOLD}s" -H "Cookie: $4" "http://127.0.0.1:$1/" >"$WORK/wrk.out" 2>&1 &
     local w=$!
@@ -125,6 +138,17 @@ spike() { # port connections pid cookie -> median RSS KiB under load
     for _ in $(seq 1 $(((HOLD - 3) * 2))); do samples+=("$(rss_kib "$3")"); sleep 0.5; done
     wait "$w"
     if grep -q "Socket errors" "$WORK/wrk.out"; then log "  $(grep 'Socket errors' "$WORK/wrk.out")"; fi
+    printf '%s\n' "${samples[@]}" | median
+}
+
+ws_spike() { # port websockets pid cookie -> median RSS KiB with them all open
+    local samples=() out="$WORK/ws.out"
+    taskset -c "$LOAD_CPU" python3 "$BENCH/ws.py" hold "$1" "$2" "$4" "$HOLD" >"$out" 2>&1 &
+    local w=$!
+    for _ in $(seq 1 1200); do grep -q '^open' "$out" && break; kill -0 "$w" 2>/dev/null || break; sleep 0.05; done
+    grep -q "^open $2\$" "$out" || die "not every WebSocket opened: $(cat "$out")"
+    for _ in $(seq 1 $((HOLD * 2 - 2))); do samples+=("$(rss_kib "$3")"); sleep 0.5; done
+    wait "$w" || die "WebSockets failed: $(cat "$out")"
     printf '%s\n' "${samples[@]}" | median
 }
 
@@ -192,7 +216,7 @@ if [[ -n "$LIMIT" ]]; then
                 sleep 0.2
             done
             wait "$w" || true
-            rps=$(awk '/^Requests\/sec:/ {printf "%d", $2}' "$WORK/wrk.out")
+            rps=$(awk '/^Requests\/sec:/ {printf "%d", $2}' "$WORK/wrk.out" 2>/dev/null || echo -)
             sleep "$AFTER"
             after=$(rss_kib "$PID")
             after_probe=$(probe)
@@ -221,6 +245,7 @@ for b in $BINS; do
 done
 PROXIES=("${NAMES[@]}" haproxy)
 CSV="$OUT/memory-load.csv"
+[[ "${WS:-}" == 1 ]] && CSV="$OUT/memory-ws.csv"
 echo "round,connections,proxy,idle_kib,load_kib,per_conn_kib,after_kib,req_per_s" >"$CSV"
 for r in $(seq 1 "$ROUNDS"); do
     for n in $CONNS; do
@@ -237,7 +262,7 @@ for r in $(seq 1 "$ROUNDS"); do
             sleep 1
             idle=$(rss_kib "$PID")
             kib=$(spike "$port" "$n" "$PID" "$cookie")
-            rps=$(awk '/^Requests\/sec:/ {printf "%d", $2}' "$WORK/wrk.out")
+            rps=$(awk '/^Requests\/sec:/ {printf "%d", $2}' "$WORK/wrk.out" 2>/dev/null || echo -)
             sleep "$AFTER"
             after=$(rss_kib "$PID")
             stop "$PID"
