@@ -75,6 +75,8 @@ pub fn write_or_keep(to: &TcpStream, bytes: &[u8]) -> io::Result<Vec<u8>> {
     keep_unwritten(|b| to.try_write(b), bytes)
 }
 
+/// [`write_or_keep`] through any non-blocking write (a socket, or one half
+/// of one).
 fn keep_unwritten(mut try_write: impl FnMut(&[u8]) -> io::Result<usize>, bytes: &[u8]) -> io::Result<Vec<u8>> {
     let mut at = 0;
     while at < bytes.len() {
