@@ -116,6 +116,8 @@ pub const VARS: &[&str] = &[
     "STICKYD_UPSTREAM",
     "STICKYD_UPSTREAM_PROTOCOL",
     "STICKYD_WORKER_THREADS",
+    "STICKYD_UPSTREAM_MAX_CONNECTIONS",
+    "STICKYD_QUEUE_TIMEOUT",
 ];
 
 /// Reads the input as lines of `KEY=VALUE`. A KEY that is a number picks a

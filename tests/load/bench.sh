@@ -110,15 +110,6 @@ render() { # template -> file in $WORK
         -e "s|@ENVOY_PORT@|$ENVOY_PORT|g" -e "s|@NGINX_PORT@|$NGINX_PORT|g" "$BENCH/$1" >"$WORK/$1"
 }
 
-wait_port() { # host port
-    local i
-    for i in $(seq 1 200); do
-        (exec 3<>"/dev/tcp/$1/$2") 2>/dev/null && return 0
-        sleep 0.05
-    done
-    die "nothing listens on $1:$2"
-}
-
 # The worker of an nginx master (nginx -> its single child).
 nginx_worker() {
     local w i
@@ -131,7 +122,7 @@ nginx_worker() {
 }
 
 # shellcheck source=SCRIPTDIR/bench/procs.sh
-. "$BENCH/procs.sh"   # cookie_for
+. "$BENCH/procs.sh"   # cookie_for, wait_port
 
 KEY=${STICKYD_BENCH_KEY:-bench-key-0123456789abcdef0123}
 stickyd_env() { # pod listen admin upstream [endpoints]

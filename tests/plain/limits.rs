@@ -11,6 +11,7 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use crate::common::*;
+use http::Request;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
 
@@ -442,7 +443,9 @@ async fn at_the_buffer_budget_a_large_head_is_shed_with_503_and_retry_after() {
 
 /// A connection served by hyper (here h2c with prior knowledge) takes its
 /// buffers from the budget for as long as it lives: with the minimum budget
-/// (64 KiB) one fits, the next is closed at once and counted in
+/// (64 KiB) one fits, and it has nothing left for a stream (refused with
+/// REFUSED_STREAM, counted in stickyd_shed_total{kind="stream"}); the next
+/// connection gets GOAWAY and is closed, counted in
 /// stickyd_shed_total{kind="connection"}.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn at_the_buffer_budget_a_second_http2_connection_is_shed() {
@@ -455,29 +458,46 @@ async fn at_the_buffer_budget_a_second_http2_connection_is_shed() {
     )
     .await;
     const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\0\0\0\x04\0\0\0\0\0";
-    let mut first = TcpStream::connect(s.listen).await.unwrap();
-    first.write_all(PREFACE).await.unwrap();
-    let mut got = [0u8; 9];
-    tokio::time::timeout(Duration::from_secs(5), first.read_exact(&mut got))
-        .await
-        .expect("no SETTINGS from stickyd")
+    // The first connection takes the whole budget: its streams are refused
+    // with REFUSED_STREAM (which clients retry), never answered 5xx.
+    let mut first = h2c(s.listen).await;
+    let req = Request::get(format!("http://{}/refused", s.listen))
+        .body(empty())
         .unwrap();
-    assert_eq!(got[3], 4, "the first frame is not SETTINGS: {got:?}");
+    let err = first
+        .send_request(req)
+        .await
+        .expect_err("a stream was served past the budget");
+    assert!(
+        format!("{err:?}").contains("REFUSED_STREAM"),
+        "not refused with REFUSED_STREAM: {err:?}"
+    );
 
+    // A new connection gets the server's preface and a GOAWAY that
+    // processed no stream (the client retries elsewhere), then the end.
     let mut second = TcpStream::connect(s.listen).await.unwrap();
     second.write_all(PREFACE).await.unwrap();
-    let mut any = [0u8; 9];
-    let n = tokio::time::timeout(Duration::from_secs(5), second.read(&mut any))
+    let mut got = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), second.read_to_end(&mut got))
         .await
-        .expect("the second connection was neither served nor closed");
-    assert!(
-        matches!(n, Ok(0) | Err(_)),
-        "the second connection was served: {:?}",
-        &any
+        .expect("the second connection was neither refused nor closed")
+        .unwrap();
+    assert_eq!(&got[..9], &[0, 0, 0, 4, 0, 0, 0, 0, 0], "no SETTINGS first: {got:?}");
+    let goaway = &got[9..];
+    assert_eq!(goaway[3], 7, "not a GOAWAY: {got:?}");
+    assert_eq!(
+        &goaway[9..17],
+        &[0, 0, 0, 0, 0, 0, 0, 0],
+        "last stream 0, NO_ERROR: {got:?}"
     );
     let m = s.metrics().await;
     assert_eq!(
-        (sample_or_zero(&m, "stickyd_shed_total{kind=\"connection\"}") as u64),
+        sample_or_zero(&m, "stickyd_shed_total{kind=\"connection\"}") as u64,
+        1,
+        "{m}"
+    );
+    assert_eq!(
+        sample_or_zero(&m, "stickyd_shed_total{kind=\"stream\"}") as u64,
         1,
         "{m}"
     );
@@ -489,7 +509,148 @@ async fn at_the_buffer_budget_a_second_http2_connection_is_shed() {
         c.write_all(PREFACE).await.unwrap();
         let mut got = [0u8; 9];
         let r = tokio::time::timeout(Duration::from_secs(2), c.read_exact(&mut got)).await;
-        (matches!(r, Ok(Ok(9))), format!("{r:?}"))
+        // hyper's SETTINGS carry its limits; a refusal's carry none.
+        let served = matches!(r, Ok(Ok(9))) && got[3] == 4 && got[..3] != [0, 0, 0];
+        (served, format!("{r:?} {got:?}"))
     })
     .await;
+}
+
+/// HTTP/2 streams reach an HTTP/1.1 app through a bounded pool
+/// (STICKYD_UPSTREAM_MAX_CONNECTIONS), as HAProxy's server `maxconn`: 40
+/// streams at once over two connections, each held 20 ms by the app, are
+/// all answered, and the app never has more than 2 connections open; the
+/// rest waited in the queue. One connection per stream would have opened 40.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http2_streams_queue_for_a_bounded_pool_of_app_connections() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+    let open = Arc::new(AtomicUsize::new(0));
+    let most = Arc::new(AtomicUsize::new(0));
+    let (o, m) = (open.clone(), most.clone());
+    let app = RawApp::start("127.0.128.3", move |stream| {
+        let (open, most) = (o.clone(), m.clone());
+        async move {
+            let now = open.fetch_add(1, Ordering::SeqCst) + 1;
+            most.fetch_max(now, Ordering::SeqCst);
+            let svc = hyper::service::service_fn(|_req: Request<hyper::body::Incoming>| async {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                Ok::<_, std::convert::Infallible>(http::Response::new(full("ok")))
+            });
+            let _ = hyper::server::conn::http1::Builder::new()
+                .serve_connection(hyper_util::rt::TokioIo::new(stream), svc)
+                .await;
+            open.fetch_sub(1, Ordering::SeqCst);
+        }
+    })
+    .await;
+    let listen = addr_on("127.0.128.3");
+    let s = Stickyd::start(
+        "pod-0",
+        listen,
+        app.addr,
+        &[
+            ("STICKYD_ENDPOINTS", format!("static:pod-0={listen}")),
+            ("STICKYD_UPSTREAM_MAX_CONNECTIONS", "2".into()),
+        ],
+    )
+    .await;
+    let cookie = format!("stickyd={}", cookie_for("pod-0"));
+    let mut streams = Vec::new();
+    for c in 0..2 {
+        let sender = h2c(s.listen).await;
+        for i in 0..20 {
+            let mut sender = sender.clone();
+            let req = Request::get(format!("http://{}/q{c}-{i}", s.listen))
+                .header("cookie", &cookie)
+                .body(empty())
+                .unwrap();
+            streams.push(tokio::spawn(async move {
+                sender.send_request(req).await.map(|r| r.status())
+            }));
+        }
+    }
+    for st in streams {
+        let status = tokio::time::timeout(Duration::from_secs(10), st)
+            .await
+            .expect("a stream waited past 10 s")
+            .unwrap()
+            .expect("a stream failed");
+        assert_eq!(status, 200);
+    }
+    let most = most.load(Ordering::SeqCst);
+    assert!((1..=2).contains(&most), "the app had {most} connections open at once");
+}
+
+/// A request that waits for a turn longer than STICKYD_QUEUE_TIMEOUT gets
+/// 503 with Retry-After, counted in stickyd_shed_total{kind="queue"}; the
+/// one holding the only connection is answered when the app answers it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_queued_past_the_queue_timeout_is_shed_with_503() {
+    use std::sync::Arc;
+    let release = Arc::new(tokio::sync::Notify::new());
+    let arrived = Arc::new(tokio::sync::Notify::new());
+    let (r, a) = (release.clone(), arrived.clone());
+    let app = RawApp::start("127.0.128.4", move |stream| {
+        let (release, arrived) = (r.clone(), a.clone());
+        async move {
+            let svc = hyper::service::service_fn(move |_req: Request<hyper::body::Incoming>| {
+                let (release, arrived) = (release.clone(), arrived.clone());
+                async move {
+                    arrived.notify_one();
+                    release.notified().await;
+                    Ok::<_, std::convert::Infallible>(http::Response::new(full("ok")))
+                }
+            });
+            let _ = hyper::server::conn::http1::Builder::new()
+                .serve_connection(hyper_util::rt::TokioIo::new(stream), svc)
+                .await;
+        }
+    })
+    .await;
+    let listen = addr_on("127.0.128.4");
+    let s = Stickyd::start(
+        "pod-0",
+        listen,
+        app.addr,
+        &[
+            ("STICKYD_ENDPOINTS", format!("static:pod-0={listen}")),
+            ("STICKYD_UPSTREAM_MAX_CONNECTIONS", "1".into()),
+            ("STICKYD_QUEUE_TIMEOUT", "300ms".into()),
+        ],
+    )
+    .await;
+    let cookie = format!("stickyd={}", cookie_for("pod-0"));
+    let sender = h2c(s.listen).await;
+    let get = |path: &str| {
+        let mut sender = sender.clone();
+        let req = Request::get(format!("http://{}{path}", s.listen))
+            .header("cookie", &cookie)
+            .body(empty())
+            .unwrap();
+        async move { sender.send_request(req).await.unwrap() }
+    };
+    let held = tokio::spawn(get("/held"));
+    // The first holds the only turn once the app has it.
+    tokio::time::timeout(Duration::from_secs(5), arrived.notified())
+        .await
+        .expect("the first request never reached the app");
+    let shed = get("/queued").await;
+    assert_eq!(shed.status(), 503);
+    assert_eq!(
+        shed.headers().get("retry-after").map(|v| v.to_str().unwrap()),
+        Some("1")
+    );
+    let m = s.metrics().await;
+    assert_eq!(
+        sample_or_zero(&m, "stickyd_shed_total{kind=\"queue\"}") as u64,
+        1,
+        "{m}"
+    );
+    release.notify_one();
+    let held = tokio::time::timeout(Duration::from_secs(5), held)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(held.status(), 200);
 }

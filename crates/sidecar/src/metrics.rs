@@ -88,8 +88,8 @@ pub struct Metrics {
     /// `stickyd_buffer_bytes`: bytes held from the buffer budget, read from
     /// it at each scrape.
     pub buffer_bytes: BufferGauge,
-    /// `stickyd_shed_total{kind}`: work refused at the budget. Count through
-    /// [`Metrics::shed_connection`] and [`Metrics::shed_request`].
+    /// `stickyd_shed_total{kind}`: work refused at the budget or the
+    /// upstream queue. Count through the `shed_*` counters.
     pub shed: Family<KindLabels, Counter>,
     /// `stickyd_shed_total{kind="connection"}`: a new client connection
     /// refused because the budget was used up.
@@ -97,6 +97,12 @@ pub struct Metrics {
     /// `stickyd_shed_total{kind="request"}`: a request already read answered
     /// 503 because the budget was used up.
     pub shed_request: Counter,
+    /// `stickyd_shed_total{kind="stream"}`: an HTTP/2 stream refused
+    /// (RST_STREAM REFUSED_STREAM, which clients retry) at the budget.
+    pub shed_stream: Counter,
+    /// `stickyd_shed_total{kind="queue"}`: a request that waited
+    /// STICKYD_QUEUE_TIMEOUT for a connection to its upstream, answered 503.
+    pub shed_queue: Counter,
     /// `stickyd_new_sessions_total{placed}`: new sessions that entered here,
     /// by where they were placed. Count through [`Metrics::new_sessions_local`]
     /// and [`Metrics::new_sessions_peer`].
@@ -156,6 +162,8 @@ impl Default for Metrics {
         let shed = Family::<KindLabels, Counter>::default();
         let shed_connection = shed.get_or_create(&KindLabels { kind: "connection" }).clone();
         let shed_request = shed.get_or_create(&KindLabels { kind: "request" }).clone();
+        let shed_stream = shed.get_or_create(&KindLabels { kind: "stream" }).clone();
+        let shed_queue = shed.get_or_create(&KindLabels { kind: "queue" }).clone();
         let new_sessions = Family::<PlacedLabels, Counter>::default();
         let new_sessions_local = new_sessions.get_or_create(&PlacedLabels { placed: "local" }).clone();
         let new_sessions_peer = new_sessions.get_or_create(&PlacedLabels { placed: "peer" }).clone();
@@ -179,6 +187,8 @@ impl Default for Metrics {
             shed,
             shed_connection,
             shed_request,
+            shed_stream,
+            shed_queue,
             new_sessions,
             new_sessions_local,
             new_sessions_peer,
@@ -381,11 +391,13 @@ mod tests {
 
     const CONNECTION: &str = "stickyd_shed_total{kind=\"connection\"}";
     const REQUEST: &str = "stickyd_shed_total{kind=\"request\"}";
+    const STREAM: &str = "stickyd_shed_total{kind=\"stream\"}";
+    const QUEUE: &str = "stickyd_shed_total{kind=\"queue\"}";
 
     #[test]
     fn limits_and_shedding() {
         let m = Metrics::default();
-        // Both kinds of shedding are there from the start, at 0.
+        // Every kind of shedding is there from the start, at 0.
         let text = assert_series(
             &m,
             &[
@@ -393,6 +405,8 @@ mod tests {
                 ("stickyd_buffer_bytes", "0"),
                 (CONNECTION, "0"),
                 (REQUEST, "0"),
+                (STREAM, "0"),
+                (QUEUE, "0"),
             ],
         );
         assert!(text.contains("# TYPE stickyd_buffer_bytes gauge"), "{text}");
@@ -403,6 +417,10 @@ mod tests {
         m.shed_connection.inc();
         m.shed_request.inc();
         m.shed_request.inc();
+        m.shed_stream.inc();
+        m.shed_queue.inc();
+        m.shed_queue.inc();
+        m.shed_queue.inc();
         assert_series(
             &m,
             &[
@@ -410,6 +428,8 @@ mod tests {
                 ("stickyd_buffer_bytes", "4096"),
                 (CONNECTION, "1"),
                 (REQUEST, "2"),
+                (STREAM, "1"),
+                (QUEUE, "3"),
             ],
         );
         drop(lease);

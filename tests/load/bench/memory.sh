@@ -82,17 +82,9 @@ render() { # template -> file in $WORK
     sed -e "s|@DIR@|$WORK|g" -e "s|@BACKEND_PORT@|$BACKEND_PORT|g" -e "s|@HAPROXY_PORT@|$HAPROXY_PORT|g" \
         "$BENCH/$1" >"$WORK/$1"
 }
-wait_port() {
-    for _ in $(seq 1 200); do
-        (exec 3<>"/dev/tcp/$1/$2") 2>/dev/null && return 0
-        sleep 0.05
-    done
-    die "nothing listens on $1:$2"
-}
 # RSS_FIELD=RssAnon counts anonymous memory only (heap, stacks), leaving out
 # the binary's own pages, which a process touches as it first runs each path.
 rss_kib() { awk -v f="${RSS_FIELD:-VmRSS}:" '$1 == f {print $2}' "/proc/$1/status"; }
-median() { sort -n | awk '{a[NR]=$1} END {if (NR) print a[int((NR+1)/2)]; else print 0}'; }
 
 render backend.nginx.conf; render haproxy.cfg
 if [[ "${WS:-}" == 1 ]]; then
@@ -115,18 +107,7 @@ start_stickyd() { # bin extra-env [wrapper...]
     STARTED+=("$PID")
     wait_port 127.0.0.1 "$SD_PORT"
 }
-start_haproxy() {
-    taskset -c "$PROXY_CPU" haproxy -f "$WORK/haproxy.cfg" -db >>"$WORK/haproxy.log" 2>&1 &
-    PID=$!
-    STARTED+=("$PID")
-    wait_port 127.0.0.1 "$HAPROXY_PORT"
-}
-stop() { # pid
-    kill -TERM "$1" 2>/dev/null || true
-    for _ in $(seq 1 100); do kill -0 "$1" 2>/dev/null || return 0; sleep 0.05; done
-    kill -KILL "$1" 2>/dev/null || true
-    wait "$1" 2>/dev/null || true
-}
+start_haproxy() { start_on "$HAPROXY_PORT" "$WORK/haproxy.log" taskset -c "$PROXY_CPU" haproxy -f "$WORK/haproxy.cfg" -db; }
 
 COOKIE="stickyd=$(cookie_for pod-a)"
 spike() { # port connections pid cookie -> median RSS KiB under load

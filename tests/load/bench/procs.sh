@@ -3,6 +3,12 @@
 # started into it, all stopped (TERM, then KILL) and removed on exit.
 #   bench_scratch PREFIX   sets WORK (with WORK/tmp), creates OUT, arms the trap
 #   STARTED+=($!)          after starting a process in the background
+#   wait_port HOST PORT    until something listens there (10 s), else die
+#   start_on PORT LOG CMD...  CMD in the background, its output appended to
+#                          LOG, recorded in STARTED and PID, until it
+#                          listens on 127.0.0.1:PORT
+#   stop PID               TERM, then KILL after 5 s
+#   median                 of the numbers on stdin, one per line
 #   cookie_for POD [KEY]   a stickyd cookie value naming POD: unsigned (ID.SID), or
 #                          signed with KEY (ID.SID.CREATED.REFRESHED.MAC), as deployed
 
@@ -21,6 +27,32 @@ bench_cleanup() {
     for p in "${STARTED[@]}"; do kill -KILL "$p" 2>/dev/null || true; done
     rm -rf "$WORK"
 }
+
+wait_port() {
+    for _ in $(seq 1 200); do
+        (exec 3<>"/dev/tcp/$1/$2") 2>/dev/null && return 0
+        sleep 0.05
+    done
+    die "nothing listens on $1:$2"
+}
+
+start_on() {
+    local port=$1 log=$2
+    shift 2
+    "$@" >>"$log" 2>&1 &
+    PID=$!
+    STARTED+=("$PID")
+    wait_port 127.0.0.1 "$port"
+}
+
+stop() {
+    kill -TERM "$1" 2>/dev/null || true
+    for _ in $(seq 1 100); do kill -0 "$1" 2>/dev/null || return 0; sleep 0.05; done
+    kill -KILL "$1" 2>/dev/null || true
+    wait "$1" 2>/dev/null || true
+}
+
+median() { sort -n | awk '{a[NR]=$1} END {if (NR) print a[int((NR+1)/2)]; else print 0}'; }
 
 # ID: base64url of 9 bytes of SHA-256("stickyd/pod/" + name); SID: a fixed
 # session id (6 zero bytes). A current value, so that a pinned request gets

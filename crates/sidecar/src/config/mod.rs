@@ -184,6 +184,12 @@ pub struct Config {
     /// memory limit allows (the same as `limits.budget.max_connections`).
     pub max_connections: usize,
     pub pool_idle_timeout: Duration,
+    /// The most connections the shared pools hold to one upstream (the app,
+    /// or one peer), as HAProxy's server `maxconn`: a request that finds
+    /// them all busy waits in a queue, first come first served.
+    pub upstream_max_connections: usize,
+    /// The longest a request waits in that queue; then 503, shed.
+    pub queue_timeout: Duration,
     /// A session pinned here counts as active (`stickyd_sessions_active`)
     /// this long after its last request.
     pub session_active_window: Duration,
@@ -412,6 +418,8 @@ impl Config {
             max_headers: positive(env, "STICKYD_MAX_HEADERS", 10_000)?,
             max_connections: limits.budget.max_connections,
             pool_idle_timeout: nonzero(env, "STICKYD_POOL_IDLE_TIMEOUT")?,
+            upstream_max_connections: positive(env, "STICKYD_UPSTREAM_MAX_CONNECTIONS", 100_000)?,
+            queue_timeout: nonzero(env, "STICKYD_QUEUE_TIMEOUT")?,
             session_active_window: nonzero(env, "STICKYD_SESSION_ACTIVE_WINDOW")?,
             log,
             log_format,

@@ -50,6 +50,8 @@ pub const VARIABLES: &[(&str, Option<&str>)] = &[
     ("STICKYD_MAX_CONNECTIONS", None),
     ("STICKYD_MEMORY_LIMIT", None),
     ("STICKYD_POOL_IDLE_TIMEOUT", Some("60")),
+    ("STICKYD_UPSTREAM_MAX_CONNECTIONS", Some("256")),
+    ("STICKYD_QUEUE_TIMEOUT", Some("5")),
     ("STICKYD_LOG", Some("info")),
     ("STICKYD_LOG_FORMAT", Some("text")),
     ("STICKYD_WORKER_THREADS", None),

@@ -54,6 +54,32 @@ pub const DEFAULT_MAX_CONNECTIONS: usize = 4096;
 /// The largest STICKYD_MAX_CONNECTIONS, set or derived.
 pub const MAX_CONNECTIONS_CAP: usize = 10_000_000;
 
+/// The most streams an HTTP/2 client may have open on one connection, as
+/// HAProxy's `tune.h2.max-concurrent-streams`; less when the buffer budget
+/// is small ([`Budget::h2`]).
+pub const H2_MAX_STREAMS: u32 = 100;
+
+/// The flow-control window of each HTTP/2 stream, and of a whole connection:
+/// RFC 9113's initial 65,535 bytes (HAProxy's `tune.h2.initial-window-size`).
+/// A connection holds at most this much of its clients' request bodies
+/// unread, within [`HYPER_CONNECTION_COST`]; hyper's own default (1 MiB
+/// per stream and per connection) would let 1,000 connections hold 1 GiB.
+pub const H2_WINDOW: u32 = 65_535;
+
+/// What HTTP/2 clients' connections are allowed, from the buffer budget:
+/// the windows ([`H2_WINDOW`]), the response bytes each stream may queue for
+/// a slow client ([`HYPER_STREAM_COST`], which each stream leases), and the
+/// concurrent streams of one connection: [`H2_MAX_STREAMS`], or as many as
+/// take an eighth of the buffer budget, so that a few connections cannot
+/// take all of it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct H2Settings {
+    pub max_concurrent_streams: u32,
+    pub stream_window: u32,
+    pub connection_window: u32,
+    pub send_buffer: usize,
+}
+
 /// The costs a [`Budget`] is computed from. [`COSTS`] holds the constants
 /// above; tests use others.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -173,6 +199,20 @@ impl Budget {
             .max(connections_bytes + costs.per_buffer as u128);
         let limit = ((free + costs.base as u128) * 100).div_ceil(USABLE_PERCENT as u128);
         u64::try_from(limit).unwrap_or(u64::MAX)
+    }
+
+    /// The HTTP/2 settings this budget allows ([`H2Settings`]).
+    pub fn h2(&self) -> H2Settings {
+        let streams = match self.buffer_bytes {
+            None => H2_MAX_STREAMS,
+            Some(b) => (b / 8 / HYPER_STREAM_COST as u64).clamp(1, H2_MAX_STREAMS as u64) as u32,
+        };
+        H2Settings {
+            max_concurrent_streams: streams,
+            stream_window: H2_WINDOW,
+            connection_window: H2_WINDOW,
+            send_buffer: HYPER_STREAM_COST,
+        }
     }
 
     /// How many full buffer reserves the buffer budget holds at once.
@@ -438,5 +478,26 @@ mod tests {
                 }
             }
         }
+    }
+
+    /// HTTP/2's limits come from the budget: HAProxy's 100 streams and the
+    /// RFC's windows when there is room, fewer streams when an eighth of the
+    /// buffer budget holds fewer, never none.
+    #[test]
+    fn h2_settings_from_the_budget() {
+        let none = Budget::for_limit(None, None).h2();
+        assert_eq!(none.max_concurrent_streams, H2_MAX_STREAMS);
+        assert_eq!((none.stream_window, none.connection_window), (65_535, 65_535));
+        assert_eq!(none.send_buffer, HYPER_STREAM_COST);
+        assert_eq!(
+            Budget::for_limit(Some(128 << 20), None).h2().max_concurrent_streams,
+            100
+        );
+        // 32Mi: (32 × 0.8 − 12) Mi × 0.25 = 3.4 MiB of buffers, 27 streams
+        // of 16 KiB in an eighth of it.
+        let b = Budget::for_limit(Some(32 << 20), None);
+        assert_eq!(b.buffer_bytes, Some(3_570_073));
+        assert_eq!(b.h2().max_concurrent_streams, 27);
+        assert_eq!(Budget::for_limit(Some(1 << 20), None).h2().max_concurrent_streams, 1);
     }
 }

@@ -18,6 +18,7 @@ use tokio::sync::oneshot;
 use tokio::time::Sleep;
 
 use super::headers;
+use super::pool::Checkin;
 use crate::metrics::Metrics;
 
 /// What the proxy answers with: an upstream's body, relayed, or a small body
@@ -155,6 +156,8 @@ impl Idle {
 pub struct Relayed {
     inner: Incoming,
     idle: Idle,
+    /// The upstream turn and connection a response holds until it ends.
+    checkin: Option<Checkin>,
 }
 
 impl Relayed {
@@ -162,7 +165,14 @@ impl Relayed {
         Relayed {
             inner,
             idle: Idle::new(watch),
+            checkin: None,
         }
+    }
+
+    /// Holds `checkin` until the body ends or is dropped.
+    pub(super) fn holding(mut self, checkin: Option<Checkin>) -> Relayed {
+        self.checkin = checkin;
+        self
     }
 }
 
@@ -172,7 +182,12 @@ impl Body for Relayed {
 
     fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, RelayError>>> {
         let this = self.get_mut();
-        this.idle.poll_frame(Pin::new(&mut this.inner), cx)
+        let polled = this.idle.poll_frame(Pin::new(&mut this.inner), cx);
+        if let Poll::Ready(None) = polled {
+            // Ended: the connection and the turn go back now.
+            this.checkin = None;
+        }
+        polled
     }
 
     fn is_end_stream(&self) -> bool {

@@ -32,6 +32,42 @@ pub const MAX_BOUND_PEERS: usize = 256;
 /// one is closed to make room).
 pub const MAX_PEERS_PER_CONN: usize = 8;
 
+pin_project_lite::pin_project! {
+    /// [`ConnInfo::guard`]'s future.
+    pub(super) struct Guarded<'c, F, A> {
+        #[pin]
+        send: F,
+        #[pin]
+        abandon: A,
+        timer: Option<Pin<Box<tokio::time::Sleep>>>,
+        conn: &'c ConnInfo,
+    }
+}
+
+impl<F: Future, A: Future<Output = ()>> Future for Guarded<'_, F, A> {
+    /// None: abandoned.
+    type Output = Result<Option<F::Output>, Elapsed>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        let out = if let Poll::Ready(v) = this.send.poll(cx) {
+            Ok(Some(v))
+        } else if this.abandon.poll(cx).is_ready() {
+            Ok(None)
+        } else {
+            match this.timer.as_mut().map(|t| t.as_mut().poll(cx)) {
+                Some(Poll::Ready(())) | None => Err(Elapsed),
+                Some(Poll::Pending) => return Poll::Pending,
+            }
+        };
+        // The timer goes back to the connection for its next request.
+        if let (Some(t), Ok(mut b)) = (this.timer.take(), this.conn.bound.lock()) {
+            b.deadline.get_or_insert(t);
+        }
+        Poll::Ready(out)
+    }
+}
+
 /// The per-connection facts and state a request needs.
 pub struct ConnInfo {
     pub remote: SocketAddr,
@@ -142,29 +178,31 @@ impl ConnInfo {
         }
     }
 
-    /// Runs `f` for at most `limit`, on this connection's reusable timer when
-    /// it is free (HTTP/2 streams running at once get timers of their own).
-    pub(super) async fn within<F: Future>(&self, limit: Duration, f: F) -> Result<F::Output, Elapsed> {
+    /// Runs `send` until it ends, `abandon` ends (None) or `limit` passes,
+    /// on this connection's reusable timer when it is free (HTTP/2 streams
+    /// running at once get timers of their own). One future that holds
+    /// `send` in place: an `async fn` would hold it twice, as its argument
+    /// and pinned, and each HTTP/2 stream's task holds this.
+    pub(super) fn guard<F: Future, A: Future<Output = ()>>(
+        &self,
+        limit: Duration,
+        abandon: A,
+        send: F,
+    ) -> Guarded<'_, F, A> {
         let taken = self.bound.lock().ok().and_then(|mut b| b.deadline.take());
         let deadline = tokio::time::Instant::now() + limit;
-        let mut timer = match taken {
+        let timer = match taken {
             Some(mut t) => {
                 t.as_mut().reset(deadline);
                 t
             }
             None => Box::pin(tokio::time::sleep_until(deadline)),
         };
-        let mut f = std::pin::pin!(f);
-        let out = std::future::poll_fn(|cx| {
-            if let Poll::Ready(v) = f.as_mut().poll(cx) {
-                return Poll::Ready(Ok(v));
-            }
-            timer.as_mut().poll(cx).map(|()| Err(Elapsed))
-        })
-        .await;
-        if let Ok(mut b) = self.bound.lock() {
-            b.deadline.get_or_insert(timer);
+        Guarded {
+            send,
+            abandon,
+            timer: Some(timer),
+            conn: self,
         }
-        out
     }
 }

@@ -21,30 +21,39 @@ use super::pipeline::{self, Codec, Failure};
 use super::plan::{self, Dest, Outgoing};
 use super::respond::{from_upstream, Synthetic};
 use super::shared::authority;
-use super::upstream::{Outbound, Via};
+use super::upstream::{Answer, Kind, Outbound, Via};
 use super::Shared;
 use crate::config::UpstreamProtocol;
 use crate::endpoints::{EndpointStore, Peer};
 use crate::limits::HYPER_STREAM_COST;
 use crate::route::Hops;
 
-/// Handles one request that hyper read.
-pub async fn handle(shared: Arc<Shared>, conn: Arc<ConnInfo>, req: Request<Incoming>) -> Response<ResponseBody> {
+/// Handles one request that hyper read. Err: an HTTP/2 stream refused at
+/// the memory budget (RST_STREAM REFUSED_STREAM: nothing of it was
+/// processed, and clients retry it, gRPC's transparently).
+pub async fn handle(
+    shared: Arc<Shared>,
+    conn: Arc<ConnInfo>,
+    req: Request<Incoming>,
+) -> Result<Response<ResponseBody>, h2::Error> {
     let http1 = req.version() <= Version::HTTP_11;
     if !http1 {
         conn.mark_h2();
     }
-    let grpc = idle::pace(req.headers().get(CONTENT_TYPE).map(HeaderValue::as_bytes)) == Pace::Grpc;
-    // Each request hyper holds may buffer a stream window of body: the
-    // buffer budget pays for it, or the request is shed.
+    // Each request hyper holds may queue a send buffer of response body:
+    // the buffer budget pays for it, or the request is shed.
     let Some(_lease) = shared.cfg.limits.buffers.try_take(HYPER_STREAM_COST) else {
-        shared.metrics.shed_request.inc();
-        let mut resp = Synthetic::shed().response(grpc, http1);
-        if http1 {
-            resp.headers_mut().insert(CONNECTION, HeaderValue::from_static("close"));
+        if !http1 {
+            shared.metrics.shed_stream.inc();
+            return Err(h2::Error::from(h2::Reason::REFUSED_STREAM));
         }
-        return resp;
+        shared.metrics.shed_request.inc();
+        let grpc = idle::pace(req.headers().get(CONTENT_TYPE).map(HeaderValue::as_bytes)) == Pace::Grpc;
+        let mut resp = Synthetic::shed().response(grpc, http1);
+        resp.headers_mut().insert(CONNECTION, HeaderValue::from_static("close"));
+        return Ok(resp);
     };
+    let grpc = idle::pace(req.headers().get(CONTENT_TYPE).map(HeaderValue::as_bytes)) == Pace::Grpc;
     let mut exchange = Exchange {
         shared: &shared,
         conn: &conn,
@@ -56,7 +65,7 @@ pub async fn handle(shared: Arc<Shared>, conn: Arc<ConnInfo>, req: Request<Incom
         cookies: None,
         hops: 0,
     };
-    pipeline::process(&shared, &mut exchange).await
+    Ok(pipeline::process(&shared, &mut exchange).await)
 }
 
 /// One request in hyper's hands.
@@ -164,14 +173,11 @@ impl Codec for Exchange<'_> {
         }
         Outgoing::undo(req.headers_mut(), self.cookies.take());
         // HTTP/1.1 requests to a peer (upgrades aside) use a connection of
-        // this client connection's own; HTTP/2 streams, upgrades and the app
-        // go through the shared pools.
-        let (to_h2, binding, authority) = match dest {
-            Dest::Local { .. } => (
-                shared.cfg.upstream_protocol == UpstreamProtocol::H2c,
-                None,
-                Some(shared.app_authority.clone()),
-            ),
+        // this client connection's own; the rest goes through the shared
+        // pools: HTTP/2 through hyper's (which picks the connection by the
+        // absolute-form target), HTTP/1.1 through the bounded ones.
+        let (to_h2, binding) = match dest {
+            Dest::Local { .. } => (shared.cfg.upstream_protocol == UpstreamProtocol::H2c, None),
             Dest::Peer { peer, .. } => {
                 let to_h2 = f.version == Version::HTTP_2;
                 let binding = if to_h2 || f.upgrade {
@@ -179,9 +185,13 @@ impl Codec for Exchange<'_> {
                 } else {
                     self.conn.take_peer(&shared.bound_peers, shared.peer_idle, peer.addr)
                 };
-                let authority = binding.is_none().then(|| authority(peer.addr));
-                (to_h2, binding, authority)
+                (to_h2, binding)
             }
+        };
+        let authority = match dest {
+            Dest::Local { .. } if to_h2 => Some(shared.app_authority.clone()),
+            Dest::Peer { peer, .. } if to_h2 => Some(authority(peer.addr)),
+            _ => None,
         };
         if set_target(&mut req, authority, to_h2).is_none() {
             shared.metrics.bad_request("target");
@@ -189,10 +199,11 @@ impl Codec for Exchange<'_> {
         }
         self.cookies = out.apply(req.headers_mut());
         let via = match (dest, binding) {
-            (Dest::Local { .. }, _) => Via::Pool(&shared.pools.app),
+            (Dest::Local { .. }, _) if to_h2 => Via::Pool(&shared.pools.app_h2),
+            (Dest::Local { .. }, _) => Via::Bounded(&shared.pools.h1, shared.cfg.upstream),
             (Dest::Peer { peer, .. }, Some(b)) => Via::BoundPeer(peer.addr, b),
             (Dest::Peer { .. }, None) if to_h2 => Via::Pool(&shared.pools.peers_h2),
-            (Dest::Peer { .. }, None) => Via::Pool(&shared.pools.peers_h1),
+            (Dest::Peer { peer, .. }, None) => Via::Bounded(&shared.pools.h1_peers, peer.addr),
         };
         let started = Instant::now();
         let outbound = Outbound {
@@ -209,7 +220,7 @@ impl Codec for Exchange<'_> {
             Dest::Peer { peer, .. } => outbound.run(req, left_the_view(&shared.store, peer)).await,
         };
         match sent {
-            Ok((resp, client_upgrade)) => {
+            Ok(Answer { resp, upgrade, checkin }) => {
                 let h = resp.headers();
                 let plan = plan::respond(
                     f,
@@ -218,11 +229,16 @@ impl Codec for Exchange<'_> {
                     h.get_all(SET_COOKIE).iter().map(HeaderValue::as_bytes),
                     h.get(crate::placement::HEADER).map(HeaderValue::as_bytes),
                 );
-                let mut resp = from_upstream(f, resp, client_upgrade);
+                let mut resp = from_upstream(f, resp, upgrade, checkin);
                 plan.apply(resp.headers_mut());
                 Ok(self.finish(resp))
             }
             Err(failure) if failure.stalled => Err(Failure::Answer(Synthetic::stalled())),
+            Err(failure) if failure.error.kind == Kind::Queue => {
+                shared.metrics.shed_queue.inc();
+                tracing::debug!(error = %failure.error, "shed in the upstream queue");
+                Err(Failure::Answer(Synthetic::shed()))
+            }
             Err(failure) => {
                 self.req = failure.request;
                 Err(Failure::Upstream(failure.error))

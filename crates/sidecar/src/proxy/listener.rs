@@ -2,7 +2,6 @@
 //! hyper-util's auto builder, and shuts down gracefully: the connections are
 //! tasks of a `TaskTracker`, told to stop by cancellation tokens.
 
-use std::convert::Infallible;
 use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
@@ -37,10 +36,15 @@ fn builder(shared: &Shared) -> auto::Builder<TokioExecutor> {
         .max_buf_size(cfg.max_header_bytes)
         .max_headers(cfg.max_headers)
         .keep_alive(true);
+    // Windows, send buffers and streams as the memory budget allows.
+    let h2 = cfg.limits.budget.h2();
     b.http2()
         .timer(TokioTimer::new())
         .max_header_list_size(cfg.max_header_bytes as u32)
-        .max_concurrent_streams(256)
+        .max_concurrent_streams(h2.max_concurrent_streams)
+        .initial_stream_window_size(h2.stream_window)
+        .initial_connection_window_size(h2.connection_window)
+        .max_send_buf_size(h2.send_buffer)
         .keep_alive_interval(Some(Duration::from_secs(30)));
     b
 }
@@ -225,11 +229,45 @@ async fn connection(
     // is shed.
     let Some(_lease) = shared.cfg.limits.buffers.try_take(HYPER_CONNECTION_COST) else {
         shared.metrics.shed_connection.inc();
+        if h2 {
+            refuse_h2(stream).await;
+        }
         return;
     };
     // Boxed: only HTTP/2 connections pay for hyper's connection state.
     Box::pin(with_hyper(stream, remote, shared, builder, phases, settled)).await;
     drop(permit);
+}
+
+/// The server's connection preface (SETTINGS, none changed) and a GOAWAY
+/// that processed no stream (last stream 0, NO_ERROR): an HTTP/2 client
+/// sends its requests again on a new connection, which its load balancer
+/// may give another pod.
+fn h2_refusal() -> Vec<u8> {
+    const DEBUG: &[u8] = b"stickyd: at the memory budget";
+    let mut f = vec![0, 0, 0, 0x4, 0, 0, 0, 0, 0];
+    let len = 8 + DEBUG.len() as u32;
+    f.extend_from_slice(&len.to_be_bytes()[1..]);
+    f.extend_from_slice(&[0x7, 0, 0, 0, 0, 0]);
+    f.extend_from_slice(&[0, 0, 0, 0, 0, 0, 0, 0]);
+    f.extend_from_slice(DEBUG);
+    f
+}
+
+/// Refuses a new HTTP/2 connection at the budget: [`h2_refusal`], then the
+/// end of the stream, and whatever the client still sends is read and
+/// dropped until it closes (closing with unread bytes would reset the
+/// connection, and the client might never read the GOAWAY). Within a second.
+async fn refuse_h2(mut stream: TcpStream) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let _ = tokio::time::timeout(Duration::from_secs(1), async {
+        stream.write_all(&h2_refusal()).await?;
+        stream.shutdown().await?;
+        let mut sink = [0u8; 256];
+        while stream.read(&mut sink).await? > 0 {}
+        Ok::<_, io::Error>(())
+    })
+    .await;
 }
 
 /// Serves a connection with hyper-util's auto builder (HTTP/2, or anything
@@ -246,11 +284,10 @@ async fn with_hyper(
     metrics.connections_open.inc();
     let info = Arc::new(ConnInfo::new(remote));
     let svc_info = info.clone();
-    let service = service_fn(move |req: hyper::Request<Incoming>| {
-        let s = shared.clone();
-        let info = svc_info.clone();
-        async move { Ok::<_, Infallible>(handle(s, info, req).await) }
-    });
+    // Boxed: each stream's task holds its exchange by pointer, and hyper
+    // moves the task's future a few times on its way to the runtime.
+    let service =
+        service_fn(move |req: hyper::Request<Incoming>| Box::pin(handle(shared.clone(), svc_info.clone(), req)));
     let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
     tokio::pin!(conn);
     let mut shut = false;

@@ -32,6 +32,7 @@ mod idle;
 pub mod listener;
 mod pipeline;
 mod plan;
+mod pool;
 mod respond;
 mod screen;
 mod shared;

@@ -15,6 +15,7 @@ use super::body::{self, Relayed, ResponseBody, Watch};
 use super::facts::Facts;
 use super::headers;
 use super::idle;
+use super::pool::Checkin;
 use super::screen::Refusal;
 use super::upstream::{Kind, UpstreamError};
 use crate::route::Failed;
@@ -87,6 +88,7 @@ impl Synthetic {
     pub fn upstream(e: &UpstreamError) -> Synthetic {
         let grpc = match e.kind {
             Kind::Timeout => GrpcCode::DeadlineExceeded,
+            Kind::Queue => GrpcCode::ResourceExhausted,
             Kind::Connect | Kind::Closed | Kind::Gone | Kind::Io => GrpcCode::Unavailable,
         };
         Synthetic {
@@ -229,6 +231,7 @@ pub(super) fn from_upstream(
     f: &Facts<'_>,
     mut resp: Response<Incoming>,
     client_upgrade: Option<OnUpgrade>,
+    checkin: Option<Checkin>,
 ) -> Response<ResponseBody> {
     let switching = resp.status() == StatusCode::SWITCHING_PROTOCOLS;
     if switching {
@@ -240,7 +243,7 @@ pub(super) fn from_upstream(
         .filter(|_| !resp.body().is_end_stream())
         .map(|limit| Watch::response(limit, f.shared.metrics.clone()));
     headers::finish_response(resp.headers_mut(), switching);
-    resp.map(|b| http_body_util::Either::Left(Relayed::new(b, watch)))
+    resp.map(|b| http_body_util::Either::Left(Relayed::new(b, watch).holding(checkin)))
 }
 
 /// Joins the client's upgraded connection with the upstream's once both

@@ -15,7 +15,7 @@ use super::token::Carrier;
 use super::upstream::Pools;
 use super::{Clock, Connector};
 use crate::affinity::{Codec, CookieState, Lifetimes, SessionId, Sid};
-use crate::config::{Config, NewSessions, UpstreamProtocol};
+use crate::config::{Config, NewSessions};
 use crate::drain::Drain;
 use crate::endpoints::{EndpointStore, IdHash, Peer, PeerState, View};
 use crate::metrics::{DecisionLabels, Metrics};
@@ -117,7 +117,7 @@ impl Shared {
         });
         Shared {
             me: SessionId::for_pod(&cfg.pod_name),
-            pools: Pools::new(&cfg, cfg.upstream_protocol == UpstreamProtocol::H2c, peer_idle),
+            pools: Pools::new(&cfg, peer_idle),
             idle: Default::default(),
             peer_idle,
             app_authority: authority(cfg.upstream),

@@ -26,6 +26,7 @@ use tokio::sync::oneshot;
 
 use super::body::{Reclaimable, Watch};
 use super::conn::{ConnInfo, Elapsed, PeerBinding};
+use super::pool::{BoundedPool, Checkin};
 use super::Connector;
 use crate::config::Config;
 
@@ -53,6 +54,9 @@ pub enum Kind {
     Gone,
     /// Any other failure once the request was written.
     Io,
+    /// Never sent: every connection to the upstream stayed busy for
+    /// STICKYD_QUEUE_TIMEOUT (a shed, answered 503).
+    Queue,
 }
 
 /// An upstream failure: which upstream, how, and whether the request can be
@@ -85,6 +89,7 @@ impl UpstreamError {
     pub fn status(&self) -> StatusCode {
         match self.kind {
             Kind::Timeout => StatusCode::GATEWAY_TIMEOUT,
+            Kind::Queue => StatusCode::SERVICE_UNAVAILABLE,
             Kind::Connect | Kind::Closed | Kind::Gone | Kind::Io => StatusCode::BAD_GATEWAY,
         }
     }
@@ -94,6 +99,8 @@ impl UpstreamError {
         match (self.target, self.kind) {
             (Target::App, Kind::Connect) => "app_connect",
             (Target::App, Kind::Timeout) => "app_timeout",
+            (Target::App, Kind::Queue) => "app_queue",
+            (Target::Peer, Kind::Queue) => "peer_queue",
             (Target::App, Kind::Closed | Kind::Gone | Kind::Io) => "app_io",
             (Target::Peer, Kind::Connect) => "peer_connect",
             (Target::Peer, Kind::Closed) => "peer_closed",
@@ -126,12 +133,18 @@ pub struct Failure {
     pub stalled: bool,
 }
 
-/// The shared pools, for what is not bound to a client connection: HTTP/2,
-/// upgrades, and HTTP/1.1 beyond the binding budget.
+/// The shared pools, for what is not bound to a client connection: HTTP/2
+/// to the app or a peer (hyper's pool: one multiplexed connection each),
+/// and HTTP/1.1 for hyper's codec, bounded per upstream ([`BoundedPool`]).
 pub struct Pools {
-    pub app: Client<HttpConnector, Reclaimable>,
-    pub peers_h1: Client<HttpConnector, Reclaimable>,
+    /// The app, when it speaks h2c.
+    pub app_h2: Client<HttpConnector, Reclaimable>,
     pub peers_h2: Client<HttpConnector, Reclaimable>,
+    /// The app when it speaks HTTP/1.1, and peers over HTTP/1.1.
+    pub h1: BoundedPool,
+    /// Peers' connections are reused within this (the app's within
+    /// STICKYD_POOL_IDLE_TIMEOUT).
+    pub h1_peers: BoundedPool,
 }
 
 fn connector(cfg: &Config) -> HttpConnector {
@@ -142,41 +155,57 @@ fn connector(cfg: &Config) -> HttpConnector {
     c
 }
 
-fn client(cfg: &Config, h2: bool, idle: Duration) -> Client<HttpConnector, Reclaimable> {
+fn h2_client(cfg: &Config, idle: Duration) -> Client<HttpConnector, Reclaimable> {
     let mut b = Client::builder(TokioExecutor::new());
     // The idle timeout only works with a timer.
     b.pool_timer(TokioTimer::new())
         .timer(TokioTimer::new())
         .pool_idle_timeout(idle)
-        .pool_max_idle_per_host(1024)
         // Never let a client's Host turn into a destination: the URI names
         // the exact upstream, and the original Host header is sent as it is.
-        .set_host(false);
-    if h2 {
-        b.http2_only(true);
-    }
+        .set_host(false)
+        .http2_only(true);
     b.build(connector(cfg))
 }
 
 impl Pools {
-    pub fn new(cfg: &Config, app_h2: bool, peer_idle: Duration) -> Pools {
+    pub fn new(cfg: &Config, peer_idle: Duration) -> Pools {
+        let bounded = |idle| BoundedPool::new(cfg.upstream_max_connections, cfg.queue_timeout, idle);
         Pools {
-            app: client(cfg, app_h2, cfg.pool_idle_timeout),
-            peers_h1: client(cfg, false, peer_idle),
-            peers_h2: client(cfg, true, peer_idle),
+            app_h2: h2_client(cfg, cfg.pool_idle_timeout),
+            peers_h2: h2_client(cfg, peer_idle),
+            h1: bounded(cfg.pool_idle_timeout),
+            h1_peers: bounded(peer_idle),
         }
     }
 }
 
-/// Opens an HTTP/1.1 connection to `addr` and runs it on a task of its own.
-async fn dial<B>(connector: &Connector, addr: SocketAddr, timeout: Duration) -> Result<http1::SendRequest<B>, String>
+/// The most an upstream HTTP/1.1 connection of hyper's codec buffers of a
+/// response (HAProxy's `tune.bufsize`).
+const UPSTREAM_READ_BUFFER: usize = 16 << 10;
+
+/// Opens an HTTP/1.1 connection to `addr` and runs it on a task of its own;
+/// once more after a refusal when `again` ([`Connector::connect_again`]).
+async fn dial<B>(
+    connector: &Connector,
+    addr: SocketAddr,
+    timeout: Duration,
+    again: bool,
+) -> Result<http1::SendRequest<B>, String>
 where
     B: http_body::Body + Send + 'static,
     B::Data: Send,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
-    let stream = connector.connect(addr, timeout).await.map_err(|e| e.to_string())?;
+    let stream = connector
+        .connect_again(addr, timeout, again)
+        .await
+        .map_err(|e| e.to_string())?;
     let (sender, conn) = http1::Builder::new()
+        // hyper's read buffer grows to 400 KiB on a busy connection; a
+        // response head past 16 KiB is refused (502) as nginx and HAProxy
+        // refuse one past their buffer.
+        .max_buf_size(UPSTREAM_READ_BUFFER)
         .handshake(TokioIo::new(stream))
         .await
         .map_err(|e| e.to_string())?;
@@ -208,6 +237,7 @@ async fn send_bound<B>(
     connector: &Connector,
     addr: SocketAddr,
     connect_timeout: Duration,
+    again: bool,
     mut req: Request<B>,
 ) -> Bound<B>
 where
@@ -219,7 +249,7 @@ where
     for _ in 0..2 {
         let mut s = match sender.take() {
             Some(s) => s,
-            None => match dial(connector, addr, connect_timeout).await {
+            None => match dial(connector, addr, connect_timeout, again).await {
                 Ok(s) => s,
                 Err(why) => return Bound::Unsent(req, why),
             },
@@ -238,6 +268,22 @@ where
     Bound::Unsent(req, "the connection closed twice before the request was sent".into())
 }
 
+/// A send over a connection of ours as [`Sent`]; `keep` takes the
+/// connection of an answered one.
+fn sent(bound: Bound<Reclaimable>, keep: impl FnOnce(http1::SendRequest<Reclaimable>)) -> Sent {
+    match bound {
+        Bound::Answered(resp, sender) => {
+            keep(sender);
+            Sent::Answered(resp)
+        }
+        Bound::Unsent(req, why) => unsent(req, why),
+        Bound::Failed(e) => Sent::Failed {
+            error: Box::new(e),
+            connect: false,
+        },
+    }
+}
+
 /// How a send ended, whichever way it went.
 enum Sent {
     Answered(Response<Incoming>),
@@ -250,6 +296,8 @@ enum Sent {
     },
     /// Given up on: the upstream left the endpoint view first.
     Abandoned,
+    /// No turn at the upstream within STICKYD_QUEUE_TIMEOUT: never sent.
+    Queued,
 }
 
 /// What is kept to rebuild a request that failed inside a pool or after it
@@ -348,6 +396,16 @@ async fn settle(target: Target, sent: Result<Sent, Elapsed>, mut keep: Keep) -> 
         }
         Ok(Sent::Failed { error, .. }) => return Err(fail(Kind::Io, false, &DisplayError(error), None)),
         Ok(Sent::Abandoned) => (Unanswered::Gone, Box::new("it left the endpoint view before answering")),
+        // Nothing went out; the answer is a shed, not a failure of the
+        // upstream, and the session stays where it is.
+        Ok(Sent::Queued) => {
+            return Err(fail(
+                Kind::Queue,
+                false,
+                &"every connection busy for STICKYD_QUEUE_TIMEOUT",
+                None,
+            ))
+        }
     };
     // The request again, if its head was kept and its body never read.
     let req = keep.rebuild().await;
@@ -459,8 +517,19 @@ pub(super) struct BodyLimit<'a> {
 pub(super) enum Via<'a> {
     /// The client connection's own connection to the peer at this address.
     BoundPeer(SocketAddr, PeerBinding),
-    /// A shared pool.
+    /// A turn at the upstream at this address, in a bounded pool of HTTP/1.1
+    /// connections.
+    Bounded(&'a BoundedPool, SocketAddr),
+    /// A shared HTTP/2 pool.
     Pool(&'a Client<HttpConnector, Reclaimable>),
+}
+
+/// An answer: the response, the client side of an upgrade it agreed to,
+/// and the turn its response body holds ([`Checkin`]).
+pub(super) struct Answer {
+    pub resp: Response<Incoming>,
+    pub upgrade: Option<OnUpgrade>,
+    pub checkin: Option<Checkin>,
 }
 
 /// Where and how to send, and within what.
@@ -475,25 +544,12 @@ pub(super) struct Outbound<'a> {
     pub body: Option<BodyLimit<'a>>,
 }
 
-/// Runs `send` until it ends, or gives it up when `abandon` ends first.
-async fn unless<F: Future<Output = Sent>>(abandon: impl Future<Output = ()>, send: F) -> Sent {
-    tokio::select! {
-        biased;
-        sent = send => sent,
-        () = abandon => Sent::Abandoned,
-    }
-}
-
 impl Outbound<'_> {
     /// Sends a request whose head is ready for this upstream and target form,
     /// until its response headers, the response timeout, or `abandon`.
     /// Upgrades (the client side in the request's extensions) come back
     /// with the response; the request comes back on a replayable failure.
-    pub async fn run(
-        self,
-        mut req: Request<Incoming>,
-        abandon: impl Future<Output = ()>,
-    ) -> Result<(Response<Incoming>, Option<OnUpgrade>), Failure> {
+    pub async fn run(self, mut req: Request<Incoming>, abandon: impl Future<Output = ()>) -> Result<Answer, Failure> {
         let Outbound {
             target,
             via,
@@ -503,57 +559,51 @@ impl Outbound<'_> {
             response_timeout,
             body,
         } = self;
-        let (sent, keep) = match via {
-            Via::BoundPeer(addr, binding) => {
-                let is_safe = safe(req.method());
-                let mut keep = Keep::new(&mut req, is_safe);
-                let req = reclaimable(req, &mut keep, body.as_ref());
-                let sent = conn
-                    .within(
-                        response_timeout,
-                        unless(abandon, async {
-                            match send_bound(binding.sender, connector, addr, connect_timeout, req).await {
-                                Bound::Answered(resp, sender) => {
-                                    conn.put_peer(addr, sender, binding.place);
-                                    Sent::Answered(resp)
-                                }
-                                Bound::Unsent(req, why) => unsent(req, why),
-                                Bound::Failed(e) => Sent::Failed {
-                                    error: Box::new(e),
-                                    connect: false,
-                                },
-                            }
-                        }),
-                    )
-                    .await;
-                (sent, keep)
-            }
-            Via::Pool(client) => {
-                let mut keep = Keep::new(&mut req, true);
-                let req = reclaimable(req, &mut keep, body.as_ref());
-                let sent = conn
-                    .within(
-                        response_timeout,
-                        unless(abandon, async {
-                            match client.request(req).await {
-                                Ok(resp) => Sent::Answered(resp),
-                                Err(e) => Sent::Failed {
-                                    connect: e.is_connect(),
-                                    error: Box::new(e),
-                                },
-                            }
-                        }),
-                    )
-                    .await;
-                (sent, keep)
-            }
+        // A peer's bound connection replays only safe requests (the head is
+        // kept for those); a pool may hand a request back whatever it is.
+        let keep_head = match via {
+            Via::BoundPeer(..) => safe(req.method()),
+            Via::Bounded(..) | Via::Pool(_) => true,
         };
+        let mut keep = Keep::new(&mut req, keep_head);
+        let req = reclaimable(req, &mut keep, body.as_ref());
+        let mut checkin = None;
+        let sent = conn
+            .guard(response_timeout, abandon, async {
+                match via {
+                    Via::BoundPeer(addr, binding) => {
+                        let bound = send_bound(binding.sender, connector, addr, connect_timeout, false, req).await;
+                        sent(bound, |s| conn.put_peer(addr, s, binding.place))
+                    }
+                    Via::Bounded(pool, addr) => {
+                        let Some((turn, sender)) = pool.checkout(addr).await else {
+                            return Sent::Queued;
+                        };
+                        let again = target == Target::App;
+                        let bound = send_bound(sender, connector, addr, connect_timeout, again, req).await;
+                        sent(bound, |s| checkin = Some(turn.checkin(s)))
+                    }
+                    Via::Pool(client) => match client.request(req).await {
+                        Ok(resp) => Sent::Answered(resp),
+                        Err(e) => Sent::Failed {
+                            connect: e.is_connect(),
+                            error: Box::new(e),
+                        },
+                    },
+                }
+            })
+            .await
+            .map(|s| s.unwrap_or(Sent::Abandoned));
         let mut keep = keep;
         let client_upgrade = match &sent {
             Ok(Sent::Answered(_)) => keep.upgrade.take(),
             _ => None,
         };
-        settle(target, sent, keep).await.map(|resp| (resp, client_upgrade))
+        settle(target, sent, keep).await.map(|resp| Answer {
+            resp,
+            upgrade: client_upgrade,
+            checkin,
+        })
     }
 }
 

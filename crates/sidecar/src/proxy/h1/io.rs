@@ -14,9 +14,13 @@ use std::io;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
+use std::sync::Arc;
+
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::tcp::{ReadHalf, WriteHalf};
 use tokio::net::TcpStream;
+
+use crate::limits::{BufferBudget, Lease};
 
 /// The scratch buffer of each worker thread: the most one read takes.
 pub const SCRATCH: usize = 64 * 1024;
@@ -97,6 +101,9 @@ struct Way {
     /// Bytes read and not yet written: empty (no allocation) unless the
     /// writing side is slower than the reading one.
     pending: Vec<u8>,
+    /// The buffer budget's share for a read of more than the connection's
+    /// own bytes, held while that read's bytes wait.
+    lease: Option<Lease>,
     /// The reading side has ended.
     ended: bool,
     /// The writing side was shut down after the last byte.
@@ -113,7 +120,7 @@ impl Way {
         cx: &mut Context<'_>,
         from: &mut ReadHalf<'_>,
         to: &mut WriteHalf<'_>,
-        max: usize,
+        room: &Room<'_>,
     ) -> Poll<io::Result<()>> {
         loop {
             if !self.pending.is_empty() {
@@ -131,35 +138,63 @@ impl Way {
                 }
                 return Poll::Ready(Ok(()));
             } else {
+                // A read of `max` bytes when the budget lends them, else of
+                // the connection's own `small`.
+                if self.lease.is_none() {
+                    self.lease = room.budget.try_take(room.max);
+                }
+                let max = if self.lease.is_some() { room.max } else { room.small };
                 let read = poll_read_with(cx, from, max, &mut |bytes: &[u8]| {
                     if bytes.is_empty() {
                         return Ok(None);
                     }
                     keep_unwritten(|w| to.try_write(w), bytes).map(Some)
                 });
-                match std::task::ready!(read)?? {
+                let Poll::Ready(read) = read else {
+                    // Nothing to read: an idle tunnel holds no lease.
+                    self.lease = None;
+                    return Poll::Pending;
+                };
+                match read?? {
                     None => self.ended = true,
-                    Some(kept) => self.pending = kept,
+                    Some(kept) => {
+                        // Kept for later (rarely): the lease waits with them.
+                        self.pending = kept;
+                        if self.pending.is_empty() {
+                            self.lease = None;
+                        }
+                    }
                 }
             }
         }
     }
 }
 
+/// How much one read of a splice may take: `max` bytes when `budget` lends
+/// them for as long as they wait, else `small` (what every connection's
+/// cost already counts).
+pub struct Room<'a> {
+    pub budget: &'a Arc<BufferBudget>,
+    pub max: usize,
+    pub small: usize,
+}
+
 /// Joins two connections byte for byte until both directions have ended
 /// (each end passed on as a half-close) or one fails: an upgraded
 /// connection (WebSocket, CONNECT-style tunnels). Each read goes through
-/// the scratch buffer, at most `max` bytes, and on to the other side at
-/// once; a joined pair holds only the bytes a slow side has not yet taken,
-/// not a buffer per direction ([`tokio::io::copy_bidirectional`] holds two
-/// of 8 KiB, while idle too), and its state is a few words.
-pub async fn splice(a: &mut TcpStream, b: &mut TcpStream, max: usize) -> io::Result<()> {
+/// the scratch buffer ([`Room`]) and on to the other side at once; a joined
+/// pair holds only the bytes a slow side has not yet taken, not a buffer per
+/// direction ([`tokio::io::copy_bidirectional`] holds two of 8 KiB, while
+/// idle too), and its state is a few words. Bytes past `small` that wait
+/// are the buffer budget's, so that tunnels never hold more than it allows:
+/// at the budget, they move `small` bytes at a time.
+pub async fn splice(a: &mut TcpStream, b: &mut TcpStream, room: Room<'_>) -> io::Result<()> {
     let (mut a_read, mut a_write) = a.split();
     let (mut b_read, mut b_write) = b.split();
     let (mut ab, mut ba) = (Way::default(), Way::default());
     std::future::poll_fn(|cx| {
-        let there = ab.poll(cx, &mut a_read, &mut b_write, max)?;
-        let back = ba.poll(cx, &mut b_read, &mut a_write, max)?;
+        let there = ab.poll(cx, &mut a_read, &mut b_write, &room)?;
+        let back = ba.poll(cx, &mut b_read, &mut a_write, &room)?;
         if there.is_ready() && back.is_ready() {
             Poll::Ready(Ok(()))
         } else {
@@ -174,6 +209,18 @@ mod tests {
     use super::*;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     use tokio::net::TcpListener;
+
+    fn unbounded() -> Arc<BufferBudget> {
+        Arc::new(BufferBudget::unbounded())
+    }
+
+    fn room(budget: &Arc<BufferBudget>) -> Room<'_> {
+        Room {
+            budget,
+            max: 16 * 1024,
+            small: 4096,
+        }
+    }
 
     async fn pair() -> (TcpStream, TcpStream) {
         let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -255,7 +302,7 @@ mod tests {
     async fn a_splice_passes_bytes_and_half_closes_both_ways() {
         let (mut client, mut near) = pair().await;
         let (mut far, mut upstream) = pair().await;
-        let joined = tokio::spawn(async move { splice(&mut near, &mut far, 16 * 1024).await });
+        let joined = tokio::spawn(async move { splice(&mut near, &mut far, room(&unbounded())).await });
         client.write_all(b"hello").await.unwrap();
         client.shutdown().await.unwrap();
         let mut got = Vec::new();
@@ -277,7 +324,7 @@ mod tests {
     async fn a_slow_side_gets_every_byte_in_order() {
         let (client, mut near) = pair().await;
         let (mut far, upstream) = pair().await;
-        let joined = tokio::spawn(async move { splice(&mut near, &mut far, 16 * 1024).await });
+        let joined = tokio::spawn(async move { splice(&mut near, &mut far, room(&unbounded())).await });
         let big: Vec<u8> = (0..8 * 1024 * 1024u32).map(|i| (i % 251) as u8).collect();
         let up: Vec<u8> = (0..3 * 1024 * 1024u32).map(|i| (i % 241) as u8).collect();
         let (big2, up2) = (big.clone(), up.clone());
@@ -310,12 +357,56 @@ mod tests {
     async fn a_reset_ends_the_splice() {
         let (client, mut near) = pair().await;
         let (mut far, mut upstream) = pair().await;
-        let joined = tokio::spawn(async move { splice(&mut near, &mut far, 16 * 1024).await });
+        let joined = tokio::spawn(async move { splice(&mut near, &mut far, room(&unbounded())).await });
         client.set_zero_linger().unwrap();
         drop(client);
         let mut rest = Vec::new();
         let _ = guard(upstream.read_to_end(&mut rest)).await;
         assert!(rest.is_empty());
         assert!(guard(joined).await.unwrap().is_err(), "a reset is an error");
+    }
+
+    /// The bytes a slow side has not taken are the buffer budget's while
+    /// they wait (one read's worth per direction), and go back once taken;
+    /// with nothing left in the budget, every byte still passes, in reads
+    /// of `small`, and none is leased.
+    #[tokio::test]
+    async fn waiting_bytes_are_leased_from_the_budget() {
+        for capacity in [1 << 20, 0] {
+            let budget = Arc::new(BufferBudget::new(capacity));
+            let (client, mut near) = pair().await;
+            let (mut far, upstream) = pair().await;
+            let b = budget.clone();
+            let joined = tokio::spawn(async move { splice(&mut near, &mut far, room(&b)).await });
+            let big: Vec<u8> = (0..8 * 1024 * 1024u32).map(|i| (i % 251) as u8).collect();
+            let big2 = big.clone();
+            let (_client_read, mut client_write) = client.into_split();
+            let sender = tokio::spawn(async move {
+                client_write.write_all(&big2).await.unwrap();
+                client_write.shutdown().await.unwrap();
+            });
+            let (mut upstream_read, _upstream_write) = upstream.into_split();
+            if capacity > 0 {
+                // Nobody reads upstream: the socket buffers fill, and a read
+                // of the splice waits, leased; the other way, idle, holds
+                // nothing.
+                guard(async {
+                    while budget.used() == 0 {
+                        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+                    }
+                })
+                .await;
+                assert_eq!(budget.used(), 16 * 1024);
+            }
+            let mut got = vec![0u8; big.len()];
+            guard(upstream_read.read_exact(&mut got)).await.unwrap();
+            assert!(got == big, "capacity {capacity}: the bytes differ");
+            sender.await.unwrap();
+            drop(upstream_read);
+            drop(_upstream_write);
+            drop(_client_read);
+            let _ = guard(joined).await;
+            assert_eq!(budget.used(), 0, "capacity {capacity}: a lease outlived its bytes");
+        }
     }
 }

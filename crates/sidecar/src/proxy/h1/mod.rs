@@ -469,10 +469,23 @@ impl Conn<'_> {
         if let Some(u) = shared.idle.take(addr, idle) {
             return Ok(u);
         }
-        // Boxed, as the second dial of an attempt: a rare step whose state
-        // would otherwise size every request's future, which each busy
-        // connection holds (`tests/load/bench/memory.sh`).
-        Box::pin(Upstream::dial(&shared.connector, addr, shared.cfg.connect_timeout)).await
+        self.dial(to, addr).await
+    }
+
+    /// A new connection to `addr`; the app once more after a refusal.
+    /// Boxed: a rare step whose state would otherwise size every request's
+    /// future, which each busy connection holds
+    /// (`tests/load/bench/memory.sh`).
+    async fn dial(&self, to: Target, addr: SocketAddr) -> std::io::Result<Upstream> {
+        let shared = self.shared;
+        let again = to == Target::App;
+        Box::pin(Upstream::dial(
+            &shared.connector,
+            addr,
+            shared.cfg.connect_timeout,
+            again,
+        ))
+        .await
     }
 
     /// Keeps `u` for this client connection's next request, if the binding
@@ -575,7 +588,7 @@ impl Conn<'_> {
             if up.fresh {
                 return Err(unsent(&e));
             }
-            up = match Box::pin(Upstream::dial(&shared.connector, addr, shared.cfg.connect_timeout)).await {
+            up = match self.dial(target, addr).await {
                 Ok(u) => u,
                 Err(e) => return Err(unsent(&e)),
             };
@@ -919,7 +932,12 @@ impl Conn<'_> {
         }
         drop(early);
         self.buf = Vec::new();
-        if let Err(e) = io::splice(&mut self.client, &mut up.stream, COPY).await {
+        let room = io::Room {
+            budget: &self.shared.cfg.limits.buffers,
+            max: COPY,
+            small: READ,
+        };
+        if let Err(e) = io::splice(&mut self.client, &mut up.stream, room).await {
             tracing::debug!(error = %e, "upgraded connection closed");
         }
         Served::Close

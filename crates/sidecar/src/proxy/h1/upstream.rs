@@ -33,9 +33,15 @@ pub struct Upstream {
 }
 
 impl Upstream {
-    /// Opens a connection with `connector`, within `timeout`.
-    pub async fn dial(connector: &Connector, addr: SocketAddr, timeout: Duration) -> std::io::Result<Upstream> {
-        let stream = connector.connect(addr, timeout).await?;
+    /// Opens a connection with `connector`, within `timeout`; once more
+    /// after a refusal when `again` ([`Connector::connect_again`]).
+    pub async fn dial(
+        connector: &Connector,
+        addr: SocketAddr,
+        timeout: Duration,
+        again: bool,
+    ) -> std::io::Result<Upstream> {
+        let stream = connector.connect_again(addr, timeout, again).await?;
         Ok(Upstream {
             addr,
             stream,
@@ -116,11 +122,11 @@ mod tests {
         let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = l.local_addr().unwrap();
         let pool = Pool::default();
-        let a = Upstream::dial(&Connector::Tcp, addr, Duration::from_secs(1))
+        let a = Upstream::dial(&Connector::Tcp, addr, Duration::from_secs(1), false)
             .await
             .unwrap();
         let (mut server_a, _) = l.accept().await.unwrap();
-        let b = Upstream::dial(&Connector::Tcp, addr, Duration::from_secs(1))
+        let b = Upstream::dial(&Connector::Tcp, addr, Duration::from_secs(1), false)
             .await
             .unwrap();
         let (_server_b, _) = l.accept().await.unwrap();
@@ -155,7 +161,7 @@ mod tests {
         let mut servers = Vec::new();
         for _ in 0..POOL_PER_ADDR + 3 {
             pool.put(
-                Upstream::dial(&Connector::Tcp, addr, Duration::from_secs(1))
+                Upstream::dial(&Connector::Tcp, addr, Duration::from_secs(1), false)
                     .await
                     .unwrap(),
             );

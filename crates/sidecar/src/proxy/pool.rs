@@ -1,0 +1,250 @@
+//! The shared pool of HTTP/1.1 connections for what hyper's codec sends
+//! (HTTP/2 clients' streams, upgrades when the app speaks h2c), bounded per
+//! upstream as HAProxy's server `maxconn`: at most
+//! STICKYD_UPSTREAM_MAX_CONNECTIONS connections to the app, and to each
+//! peer. A request takes a turn first (a semaphore permit, granted in the
+//! order asked), then an idle connection or a new one; a request that finds
+//! every turn taken waits in that queue up to STICKYD_QUEUE_TIMEOUT. A turn
+//! and its connection are given back when the response body is done with
+//! ([`Checkin`]), the connection first, so that the next in line finds it.
+//!
+//! Every connection is either idle in the list or in the hands of a request
+//! holding a turn, and one is opened only when none is idle: there are never
+//! more connections than turns. So a spike of 10,000 streams opens no more
+//! than the limit, where one connection per stream would overflow the app's
+//! accept queue.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use hyper::client::conn::http1::SendRequest;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
+use super::body::Reclaimable;
+
+/// The slots kept for upstreams with nothing idle and no request in hand,
+/// past which they are forgotten (peers come and go with their pods).
+const KEEP_EMPTY_SLOTS: usize = 64;
+
+/// The bounded pools of every upstream address.
+pub struct BoundedPool {
+    max: usize,
+    queue_timeout: Duration,
+    idle_timeout: Duration,
+    slots: Mutex<HashMap<SocketAddr, Arc<Slot>>>,
+}
+
+/// One upstream's turns and idle connections.
+struct Slot {
+    turns: Arc<Semaphore>,
+    idle: Mutex<Vec<Idle>>,
+}
+
+struct Idle {
+    sender: SendRequest<Reclaimable>,
+    since: tokio::time::Instant,
+}
+
+/// A request's turn at an upstream: held until its response is done with.
+pub struct Turn {
+    slot: Arc<Slot>,
+    permit: OwnedSemaphorePermit,
+}
+
+/// A turn and the connection its request used, given back (connection
+/// first) when this drops: once the response body has ended, or the client
+/// went away from it.
+pub struct Checkin {
+    slot: Arc<Slot>,
+    sender: Option<SendRequest<Reclaimable>>,
+    _permit: OwnedSemaphorePermit,
+}
+
+impl BoundedPool {
+    /// `max` connections per upstream; a request waits for a turn up to
+    /// `queue_timeout`; an idle connection is reused within `idle_timeout`.
+    pub fn new(max: usize, queue_timeout: Duration, idle_timeout: Duration) -> BoundedPool {
+        BoundedPool {
+            max: max.max(1),
+            queue_timeout,
+            idle_timeout,
+            slots: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn slot(&self, addr: SocketAddr) -> Arc<Slot> {
+        let mut slots = self.slots.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(s) = slots.get(&addr) {
+            return s.clone();
+        }
+        if slots.len() >= KEEP_EMPTY_SLOTS {
+            let max = self.max;
+            slots.retain(|_, s| Arc::strong_count(s) > 1 || s.turns.available_permits() < max || !s.is_empty());
+        }
+        let s = Arc::new(Slot {
+            turns: Arc::new(Semaphore::new(self.max)),
+            idle: Mutex::new(Vec::new()),
+        });
+        slots.insert(addr, s.clone());
+        s
+    }
+
+    /// Waits for a turn at `addr` (first come, first served), and takes
+    /// the most recently used idle connection that is still open. None:
+    /// no turn within STICKYD_QUEUE_TIMEOUT.
+    pub async fn checkout(&self, addr: SocketAddr) -> Option<(Turn, Option<SendRequest<Reclaimable>>)> {
+        let slot = self.slot(addr);
+        let permit = match slot.turns.clone().try_acquire_owned() {
+            Ok(p) => p,
+            Err(_) => tokio::time::timeout(self.queue_timeout, slot.turns.clone().acquire_owned())
+                .await
+                .ok()?
+                .ok()?,
+        };
+        let sender = slot.take(self.idle_timeout);
+        Some((Turn { slot, permit }, sender))
+    }
+
+    /// Turns taken at `addr`.
+    #[cfg(test)]
+    fn in_use(&self, addr: SocketAddr) -> usize {
+        let slot = self.slot(addr);
+        self.max - slot.turns.available_permits()
+    }
+}
+
+impl Slot {
+    fn take(&self, idle_timeout: Duration) -> Option<SendRequest<Reclaimable>> {
+        let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
+        while let Some(i) = idle.pop() {
+            if !i.sender.is_closed() && i.since.elapsed() < idle_timeout {
+                return Some(i.sender);
+            }
+        }
+        None
+    }
+
+    fn is_empty(&self) -> bool {
+        self.idle.lock().map(|i| i.is_empty()).unwrap_or(true)
+    }
+}
+
+impl Turn {
+    /// The turn with the connection its request went out on, to be given
+    /// back together.
+    pub fn checkin(self, sender: SendRequest<Reclaimable>) -> Checkin {
+        Checkin {
+            slot: self.slot,
+            sender: Some(sender),
+            _permit: self.permit,
+        }
+    }
+}
+
+impl Drop for Checkin {
+    fn drop(&mut self) {
+        // The connection goes back before the turn (a field, dropped after
+        // this): the next in line finds it. One still finishing the response
+        // becomes ready a moment later; the taker waits for that, or opens
+        // another if it closed instead.
+        if let Some(sender) = self.sender.take() {
+            if !sender.is_closed() {
+                let mut idle = self.slot.idle.lock().unwrap_or_else(|e| e.into_inner());
+                idle.push(Idle {
+                    sender,
+                    since: tokio::time::Instant::now(),
+                });
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use hyper_util::rt::TokioIo;
+    use tokio::net::{TcpListener, TcpStream};
+
+    async fn sender(addr: SocketAddr) -> SendRequest<Reclaimable> {
+        let s = TcpStream::connect(addr).await.unwrap();
+        let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(s)).await.unwrap();
+        tokio::spawn(conn);
+        sender
+    }
+
+    /// The turns are the bound: the next request waits until one is given
+    /// back, gets the connection given back with it, and gives up after the
+    /// queue timeout when none is.
+    #[tokio::test]
+    async fn requests_past_the_limit_wait_for_a_turn_and_its_connection() {
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        let _accepting = tokio::spawn(async move {
+            let mut held = Vec::new();
+            while let Ok((s, _)) = l.accept().await {
+                held.push(s);
+            }
+        });
+        let pool = BoundedPool::new(2, Duration::from_millis(300), Duration::from_secs(60));
+        let (a, none) = pool.checkout(addr).await.unwrap();
+        assert!(none.is_none(), "nothing idle yet");
+        let (b, _) = pool.checkout(addr).await.unwrap();
+        assert_eq!(pool.in_use(addr), 2);
+        // Full: the third waits out the queue timeout.
+        let started = tokio::time::Instant::now();
+        assert!(pool.checkout(addr).await.is_none());
+        assert!(started.elapsed() >= Duration::from_millis(300));
+        // A waiter gets the turn, and the connection, given back.
+        let waiting = pool.checkout(addr);
+        tokio::pin!(waiting);
+        assert!(futures_util::poll!(waiting.as_mut()).is_pending());
+        let checkin = a.checkin(sender(addr).await);
+        drop(checkin);
+        let (c, got) = waiting.await.unwrap();
+        assert!(got.is_some(), "the connection came back with the turn");
+        assert_eq!(pool.in_use(addr), 2);
+        drop((b, c));
+        assert_eq!(pool.in_use(addr), 0);
+    }
+
+    /// A connection the other side closed, or one idle too long, is not
+    /// handed out again.
+    #[tokio::test]
+    async fn closed_and_stale_connections_are_not_reused() {
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        let pool = BoundedPool::new(4, Duration::from_millis(100), Duration::from_secs(60));
+        let (turn, _) = pool.checkout(addr).await.unwrap();
+        let s = sender(addr).await;
+        let (server, _) = l.accept().await.unwrap();
+        drop(turn.checkin(s));
+        drop(server);
+        // The connection task sees the close; then the sender is closed.
+        let mut closed = false;
+        for _ in 0..200 {
+            let (turn, s) = pool.checkout(addr).await.unwrap();
+            match s {
+                None => {
+                    closed = true;
+                    break;
+                }
+                Some(s) => drop(turn.checkin(s)),
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert!(closed, "a closed connection was handed out again");
+
+        let pool = BoundedPool::new(4, Duration::from_millis(100), Duration::from_millis(50));
+        let (turn, _) = pool.checkout(addr).await.unwrap();
+        let s = sender(addr).await;
+        let _server = l.accept().await.unwrap();
+        drop(turn.checkin(s));
+        let (turn, s) = pool.checkout(addr).await.unwrap();
+        assert!(s.is_some(), "reused within the idle timeout");
+        drop(turn.checkin(s.unwrap()));
+        tokio::time::sleep(Duration::from_millis(60)).await;
+        assert!(pool.checkout(addr).await.unwrap().1.is_none(), "idle past the timeout");
+    }
+}
