@@ -17,13 +17,47 @@ use hyper::body::Incoming;
 use tokio::sync::oneshot;
 use tokio::time::Sleep;
 
+use super::h1::client::UpstreamBody;
 use super::headers;
-use super::pool::Checkin;
 use crate::metrics::Metrics;
 
 /// What the proxy answers with: an upstream's body, relayed, or a small body
 /// of its own (errors, the 503 of `reject`).
-pub type ResponseBody = Either<Relayed, Full<Bytes>>;
+pub type ResponseBody = Either<Relayed<Source>, Full<Bytes>>;
+
+/// An upstream's response body: read by hyper's client (HTTP/2, upgrades,
+/// a peer's bound connection), or by stickyd's HTTP/1.1 client
+/// ([`UpstreamBody`]).
+pub enum Source {
+    Hyper(Incoming),
+    H1(UpstreamBody),
+}
+
+impl Body for Source {
+    type Data = Bytes;
+    type Error = RelayError;
+
+    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, RelayError>>> {
+        match self.get_mut() {
+            Source::Hyper(b) => Pin::new(b).poll_frame(cx).map_err(RelayError::from),
+            Source::H1(b) => Pin::new(b).poll_frame(cx),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            Source::Hyper(b) => b.is_end_stream(),
+            Source::H1(b) => b.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            Source::Hyper(b) => b.size_hint(),
+            Source::H1(b) => b.size_hint(),
+        }
+    }
+}
 
 /// A short text body.
 pub fn text(s: &'static str) -> ResponseBody {
@@ -44,6 +78,10 @@ pub enum RelayError {
     /// No byte of it came for STICKYD_BODY_READ_TIMEOUT.
     #[error("no byte of the body for STICKYD_BODY_READ_TIMEOUT")]
     Stalled,
+    /// An upstream's HTTP/1.1 connection failed inside the body, or framed
+    /// it wrong.
+    #[error("{0}")]
+    Upstream(String),
 }
 
 /// STICKYD_BODY_READ_TIMEOUT over one body: how long it may wait for its
@@ -153,41 +191,31 @@ impl Idle {
 
 /// An upstream's response body on its way to the client, or a request
 /// body on its way upstream ([`Idle`]).
-pub struct Relayed {
-    inner: Incoming,
+pub struct Relayed<B = Incoming> {
+    inner: B,
     idle: Idle,
-    /// The upstream turn and connection a response holds until it ends.
-    checkin: Option<Checkin>,
 }
 
-impl Relayed {
-    pub fn new(inner: Incoming, watch: Option<Watch>) -> Relayed {
+impl<B> Relayed<B> {
+    pub fn new(inner: B, watch: Option<Watch>) -> Relayed<B> {
         Relayed {
             inner,
             idle: Idle::new(watch),
-            checkin: None,
         }
-    }
-
-    /// Holds `checkin` until the body ends or is dropped.
-    pub(super) fn holding(mut self, checkin: Option<Checkin>) -> Relayed {
-        self.checkin = checkin;
-        self
     }
 }
 
-impl Body for Relayed {
+impl<B> Body for Relayed<B>
+where
+    B: Body<Data = Bytes> + Unpin,
+    RelayError: From<B::Error>,
+{
     type Data = Bytes;
     type Error = RelayError;
 
     fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, RelayError>>> {
         let this = self.get_mut();
-        let polled = this.idle.poll_frame(Pin::new(&mut this.inner), cx);
-        if let Poll::Ready(None) = polled {
-            // Ended: the connection and the turn go back now.
-            this.checkin = None;
-        }
-        polled
+        this.idle.poll_frame(Pin::new(&mut this.inner), cx)
     }
 
     fn is_end_stream(&self) -> bool {

@@ -203,6 +203,9 @@ impl Codec for Exchange<'_> {
             (Dest::Local { .. }, _) => Via::Bounded(&shared.pools.h1, shared.cfg.upstream),
             (Dest::Peer { peer, .. }, Some(b)) => Via::BoundPeer(peer.addr, b),
             (Dest::Peer { .. }, None) if to_h2 => Via::Pool(&shared.pools.peers_h2),
+            // An upgrade takes its connection for good: a new one, over
+            // hyper's client, which hands it over.
+            (Dest::Peer { peer, .. }, None) if f.upgrade => Via::Upgrade(peer.addr),
             (Dest::Peer { peer, .. }, None) => Via::Bounded(&shared.pools.h1_peers, peer.addr),
         };
         let started = Instant::now();
@@ -220,7 +223,7 @@ impl Codec for Exchange<'_> {
             Dest::Peer { peer, .. } => outbound.run(req, left_the_view(&shared.store, peer)).await,
         };
         match sent {
-            Ok(Answer { resp, upgrade, checkin }) => {
+            Ok(Answer { resp, upgrade }) => {
                 let h = resp.headers();
                 let plan = plan::respond(
                     f,
@@ -229,7 +232,7 @@ impl Codec for Exchange<'_> {
                     h.get_all(SET_COOKIE).iter().map(HeaderValue::as_bytes),
                     h.get(crate::placement::HEADER).map(HeaderValue::as_bytes),
                 );
-                let mut resp = from_upstream(f, resp, upgrade, checkin);
+                let mut resp = from_upstream(f, resp, upgrade);
                 plan.apply(resp.headers_mut());
                 Ok(self.finish(resp))
             }

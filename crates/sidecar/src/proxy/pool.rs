@@ -19,10 +19,9 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use hyper::client::conn::http1::SendRequest;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
-use super::body::Reclaimable;
+use super::h1::upstream::Upstream;
 
 /// The slots kept for upstreams with nothing idle and no request in hand,
 /// past which they are forgotten (peers come and go with their pods).
@@ -39,12 +38,7 @@ pub struct BoundedPool {
 /// One upstream's turns and idle connections.
 struct Slot {
     turns: Arc<Semaphore>,
-    idle: Mutex<Vec<Idle>>,
-}
-
-struct Idle {
-    sender: SendRequest<Reclaimable>,
-    since: tokio::time::Instant,
+    idle: Mutex<Vec<Upstream>>,
 }
 
 /// A request's turn at an upstream: held until its response is done with.
@@ -58,7 +52,7 @@ pub struct Turn {
 /// went away from it.
 pub struct Checkin {
     slot: Arc<Slot>,
-    sender: Option<SendRequest<Reclaimable>>,
+    conn: Option<Upstream>,
     _permit: OwnedSemaphorePermit,
 }
 
@@ -94,7 +88,7 @@ impl BoundedPool {
     /// Waits for a turn at `addr` (first come, first served), and takes
     /// the most recently used idle connection that is still open. None:
     /// no turn within STICKYD_QUEUE_TIMEOUT.
-    pub async fn checkout(&self, addr: SocketAddr) -> Option<(Turn, Option<SendRequest<Reclaimable>>)> {
+    pub async fn checkout(&self, addr: SocketAddr) -> Option<(Turn, Option<Upstream>)> {
         let slot = self.slot(addr);
         let permit = match slot.turns.clone().try_acquire_owned() {
             Ok(p) => p,
@@ -103,8 +97,8 @@ impl BoundedPool {
                 .ok()?
                 .ok()?,
         };
-        let sender = slot.take(self.idle_timeout);
-        Some((Turn { slot, permit }, sender))
+        let conn = slot.take(self.idle_timeout);
+        Some((Turn { slot, permit }, conn))
     }
 
     /// Turns taken at `addr`.
@@ -116,11 +110,12 @@ impl BoundedPool {
 }
 
 impl Slot {
-    fn take(&self, idle_timeout: Duration) -> Option<SendRequest<Reclaimable>> {
+    fn take(&self, idle_timeout: Duration) -> Option<Upstream> {
         let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
-        while let Some(i) = idle.pop() {
-            if !i.sender.is_closed() && i.since.elapsed() < idle_timeout {
-                return Some(i.sender);
+        while let Some(mut u) = idle.pop() {
+            if u.usable(idle_timeout) {
+                u.fresh = false;
+                return Some(u);
             }
         }
         None
@@ -134,10 +129,10 @@ impl Slot {
 impl Turn {
     /// The turn with the connection its request went out on, to be given
     /// back together.
-    pub fn checkin(self, sender: SendRequest<Reclaimable>) -> Checkin {
+    pub fn checkin(self, conn: Upstream) -> Checkin {
         Checkin {
             slot: self.slot,
-            sender: Some(sender),
+            conn: Some(conn),
             _permit: self.permit,
         }
     }
@@ -146,17 +141,11 @@ impl Turn {
 impl Drop for Checkin {
     fn drop(&mut self) {
         // The connection goes back before the turn (a field, dropped after
-        // this): the next in line finds it. One still finishing the response
-        // becomes ready a moment later; the taker waits for that, or opens
-        // another if it closed instead.
-        if let Some(sender) = self.sender.take() {
-            if !sender.is_closed() {
-                let mut idle = self.slot.idle.lock().unwrap_or_else(|e| e.into_inner());
-                idle.push(Idle {
-                    sender,
-                    since: tokio::time::Instant::now(),
-                });
-            }
+        // this): the next in line finds it.
+        if let Some(mut conn) = self.conn.take() {
+            conn.used = tokio::time::Instant::now();
+            let mut idle = self.slot.idle.lock().unwrap_or_else(|e| e.into_inner());
+            idle.push(conn);
         }
     }
 }
@@ -164,14 +153,13 @@ impl Drop for Checkin {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use hyper_util::rt::TokioIo;
-    use tokio::net::{TcpListener, TcpStream};
+    use crate::proxy::Connector;
+    use tokio::net::TcpListener;
 
-    async fn sender(addr: SocketAddr) -> SendRequest<Reclaimable> {
-        let s = TcpStream::connect(addr).await.unwrap();
-        let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(s)).await.unwrap();
-        tokio::spawn(conn);
-        sender
+    async fn conn(addr: SocketAddr) -> Upstream {
+        Upstream::dial(&Connector::Tcp, addr, Duration::from_secs(1), false)
+            .await
+            .unwrap()
     }
 
     /// The turns are the bound: the next request waits until one is given
@@ -200,10 +188,10 @@ mod tests {
         let waiting = pool.checkout(addr);
         tokio::pin!(waiting);
         assert!(futures_util::poll!(waiting.as_mut()).is_pending());
-        let checkin = a.checkin(sender(addr).await);
-        drop(checkin);
+        drop(a.checkin(conn(addr).await));
         let (c, got) = waiting.await.unwrap();
-        assert!(got.is_some(), "the connection came back with the turn");
+        let got = got.expect("the connection came back with the turn");
+        assert!(!got.fresh);
         assert_eq!(pool.in_use(addr), 2);
         drop((b, c));
         assert_eq!(pool.in_use(addr), 0);
@@ -217,33 +205,25 @@ mod tests {
         let addr = l.local_addr().unwrap();
         let pool = BoundedPool::new(4, Duration::from_millis(100), Duration::from_secs(60));
         let (turn, _) = pool.checkout(addr).await.unwrap();
-        let s = sender(addr).await;
+        let c = conn(addr).await;
         let (server, _) = l.accept().await.unwrap();
-        drop(turn.checkin(s));
         drop(server);
-        // The connection task sees the close; then the sender is closed.
-        let mut closed = false;
-        for _ in 0..200 {
-            let (turn, s) = pool.checkout(addr).await.unwrap();
-            match s {
-                None => {
-                    closed = true;
-                    break;
-                }
-                Some(s) => drop(turn.checkin(s)),
-            }
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-        assert!(closed, "a closed connection was handed out again");
+        // Its end has arrived: readable.
+        c.stream.readable().await.unwrap();
+        drop(turn.checkin(c));
+        assert!(
+            pool.checkout(addr).await.unwrap().1.is_none(),
+            "a closed connection was handed out"
+        );
 
         let pool = BoundedPool::new(4, Duration::from_millis(100), Duration::from_millis(50));
         let (turn, _) = pool.checkout(addr).await.unwrap();
-        let s = sender(addr).await;
+        let c = conn(addr).await;
         let _server = l.accept().await.unwrap();
-        drop(turn.checkin(s));
-        let (turn, s) = pool.checkout(addr).await.unwrap();
-        assert!(s.is_some(), "reused within the idle timeout");
-        drop(turn.checkin(s.unwrap()));
+        drop(turn.checkin(c));
+        let (turn, c) = pool.checkout(addr).await.unwrap();
+        let c = c.expect("reused within the idle timeout");
+        drop(turn.checkin(c));
         tokio::time::sleep(Duration::from_millis(60)).await;
         assert!(pool.checkout(addr).await.unwrap().1.is_none(), "idle past the timeout");
     }

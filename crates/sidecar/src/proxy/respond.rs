@@ -7,15 +7,13 @@
 use http::header::{HeaderName, HeaderValue, CACHE_CONTROL, CONNECTION, CONTENT_TYPE, RETRY_AFTER};
 use http::{Response, StatusCode};
 use http_body::Body;
-use hyper::body::Incoming;
 use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
 
-use super::body::{self, Relayed, ResponseBody, Watch};
+use super::body::{self, Relayed, ResponseBody, Source, Watch};
 use super::facts::Facts;
 use super::headers;
 use super::idle;
-use super::pool::Checkin;
 use super::screen::Refusal;
 use super::upstream::{Kind, UpstreamError};
 use crate::route::Failed;
@@ -229,9 +227,8 @@ const GRPC_MESSAGE: HeaderName = HeaderName::from_static("grpc-message");
 /// body relayed under STICKYD_BODY_READ_TIMEOUT unless it is a stream.
 pub(super) fn from_upstream(
     f: &Facts<'_>,
-    mut resp: Response<Incoming>,
+    mut resp: Response<Source>,
     client_upgrade: Option<OnUpgrade>,
-    checkin: Option<Checkin>,
 ) -> Response<ResponseBody> {
     let switching = resp.status() == StatusCode::SWITCHING_PROTOCOLS;
     if switching {
@@ -243,12 +240,12 @@ pub(super) fn from_upstream(
         .filter(|_| !resp.body().is_end_stream())
         .map(|limit| Watch::response(limit, f.shared.metrics.clone()));
     headers::finish_response(resp.headers_mut(), switching);
-    resp.map(|b| http_body_util::Either::Left(Relayed::new(b, watch).holding(checkin)))
+    resp.map(|b| http_body_util::Either::Left(Relayed::new(b, watch)))
 }
 
 /// Joins the client's upgraded connection with the upstream's once both
 /// sides have switched protocols.
-fn splice_upgrade(client: Option<OnUpgrade>, resp: &mut Response<Incoming>) {
+fn splice_upgrade(client: Option<OnUpgrade>, resp: &mut Response<Source>) {
     let Some(client) = client else {
         return;
     };

@@ -24,9 +24,12 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::sync::oneshot;
 
+use super::body::Source;
 use super::body::{Reclaimable, Watch};
 use super::conn::{ConnInfo, Elapsed, PeerBinding};
-use super::pool::{BoundedPool, Checkin};
+use super::h1::client;
+use super::h1::upstream::Upstream;
+use super::pool::{BoundedPool, Turn};
 use super::Connector;
 use crate::config::Config;
 
@@ -274,7 +277,7 @@ fn sent(bound: Bound<Reclaimable>, keep: impl FnOnce(http1::SendRequest<Reclaima
     match bound {
         Bound::Answered(resp, sender) => {
             keep(sender);
-            Sent::Answered(resp)
+            Sent::Answered(resp.map(Source::Hyper))
         }
         Bound::Unsent(req, why) => unsent(req, why),
         Bound::Failed(e) => Sent::Failed {
@@ -284,9 +287,48 @@ fn sent(bound: Bound<Reclaimable>, keep: impl FnOnce(http1::SendRequest<Reclaima
     }
 }
 
+/// Where and how a new connection is opened.
+struct Dial<'a> {
+    connector: &'a Connector,
+    addr: SocketAddr,
+    timeout: Duration,
+    /// Once more after a refusal (the app).
+    again: bool,
+}
+
+/// Sends `req` with stickyd's HTTP/1.1 client over `idle` (a pooled
+/// connection) or a new one, holding `turn` until the response body ends. A
+/// request that a kept connection turned out closed for, nothing written,
+/// goes once more on a new one; a written one never does.
+async fn send_pooled(idle: Option<Upstream>, dial: Dial<'_>, turn: Turn, mut req: Request<Reclaimable>) -> Sent {
+    let mut idle = idle;
+    loop {
+        let up = match idle.take() {
+            Some(u) => u,
+            // Boxed: a rare step, whose state would size every stream's.
+            None => match Box::pin(Upstream::dial(dial.connector, dial.addr, dial.timeout, dial.again)).await {
+                Ok(u) => u,
+                Err(e) => return unsent(req, e.to_string()),
+            },
+        };
+        let fresh = up.fresh;
+        match client::exchange(up, req).await {
+            Ok(resp) => return Sent::Answered(resp.map(|b| Source::H1(b.holding(turn)))),
+            Err(client::Failed::Unsent(back, _)) if !fresh => req = *back,
+            Err(client::Failed::Unsent(back, e)) => return unsent(*back, e.to_string()),
+            Err(client::Failed::Closed(e)) | Err(client::Failed::Io(e)) => {
+                return Sent::Failed {
+                    error: Box::new(e),
+                    connect: false,
+                }
+            }
+        }
+    }
+}
+
 /// How a send ended, whichever way it went.
 enum Sent {
-    Answered(Response<Incoming>),
+    Answered(Response<Source>),
     /// Never written; the request is whole.
     Unsent(Request<Incoming>, String),
     /// Failed with the request gone into the connection or the pool.
@@ -371,7 +413,7 @@ pub(super) fn replay(target: Target, how: Unanswered, safe: bool, whole: bool) -
 }
 
 /// What a send's end leaves for the caller, by [`replay`].
-async fn settle(target: Target, sent: Result<Sent, Elapsed>, mut keep: Keep) -> Result<Response<Incoming>, Failure> {
+async fn settle(target: Target, sent: Result<Sent, Elapsed>, mut keep: Keep) -> Result<Response<Source>, Failure> {
     let stalled = keep.stalled.as_ref().is_some_and(|s| s.load(Ordering::Acquire));
     let fail = |kind, replayable, detail: &dyn std::fmt::Display, request| Failure {
         error: UpstreamError::new(target, kind, replayable, detail),
@@ -522,14 +564,15 @@ pub(super) enum Via<'a> {
     Bounded(&'a BoundedPool, SocketAddr),
     /// A shared HTTP/2 pool.
     Pool(&'a Client<HttpConnector, Reclaimable>),
+    /// A new HTTP/1.1 connection of hyper's client to this address, for an
+    /// upgrade, which takes it for good.
+    Upgrade(SocketAddr),
 }
 
-/// An answer: the response, the client side of an upgrade it agreed to,
-/// and the turn its response body holds ([`Checkin`]).
+/// An answer: the response, and the client side of an upgrade it agreed to.
 pub(super) struct Answer {
-    pub resp: Response<Incoming>,
+    pub resp: Response<Source>,
     pub upgrade: Option<OnUpgrade>,
-    pub checkin: Option<Checkin>,
 }
 
 /// Where and how to send, and within what.
@@ -563,11 +606,10 @@ impl Outbound<'_> {
         // kept for those); a pool may hand a request back whatever it is.
         let keep_head = match via {
             Via::BoundPeer(..) => safe(req.method()),
-            Via::Bounded(..) | Via::Pool(_) => true,
+            Via::Bounded(..) | Via::Pool(_) | Via::Upgrade(_) => true,
         };
         let mut keep = Keep::new(&mut req, keep_head);
         let req = reclaimable(req, &mut keep, body.as_ref());
-        let mut checkin = None;
         let sent = conn
             .guard(response_timeout, abandon, async {
                 match via {
@@ -576,15 +618,23 @@ impl Outbound<'_> {
                         sent(bound, |s| conn.put_peer(addr, s, binding.place))
                     }
                     Via::Bounded(pool, addr) => {
-                        let Some((turn, sender)) = pool.checkout(addr).await else {
+                        let Some((turn, idle)) = pool.checkout(addr).await else {
                             return Sent::Queued;
                         };
-                        let again = target == Target::App;
-                        let bound = send_bound(sender, connector, addr, connect_timeout, again, req).await;
-                        sent(bound, |s| checkin = Some(turn.checkin(s)))
+                        let dial = Dial {
+                            connector,
+                            addr,
+                            timeout: connect_timeout,
+                            again: target == Target::App,
+                        };
+                        send_pooled(idle, dial, turn, req).await
+                    }
+                    Via::Upgrade(addr) => {
+                        let bound = send_bound(None, connector, addr, connect_timeout, false, req).await;
+                        sent(bound, drop)
                     }
                     Via::Pool(client) => match client.request(req).await {
-                        Ok(resp) => Sent::Answered(resp),
+                        Ok(resp) => Sent::Answered(resp.map(Source::Hyper)),
                         Err(e) => Sent::Failed {
                             connect: e.is_connect(),
                             error: Box::new(e),
@@ -602,7 +652,6 @@ impl Outbound<'_> {
         settle(target, sent, keep).await.map(|resp| Answer {
             resp,
             upgrade: client_upgrade,
-            checkin,
         })
     }
 }

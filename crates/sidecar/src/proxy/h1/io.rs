@@ -44,7 +44,7 @@ pub async fn read_with<S: AsyncRead + Unpin, R>(
 }
 
 /// [`read_with`] as one poll.
-fn poll_read_with<S: AsyncRead + Unpin, R>(
+pub(crate) fn poll_read_with<S: AsyncRead + Unpin, R>(
     cx: &mut Context<'_>,
     from: &mut S,
     max: usize,

@@ -20,6 +20,7 @@
 //! ([`UpstreamError`]).
 
 pub mod body;
+pub mod client;
 pub mod io;
 pub mod parse;
 pub mod upstream;
@@ -56,7 +57,7 @@ use crate::limits::{Lease, CONNECTION_COST};
 pub const READ: usize = 4096;
 /// Bodies are copied in pieces of at most this size, when the buffer budget
 /// has room; else in pieces of [`READ`] bytes.
-const COPY: usize = 16 * 1024;
+pub(crate) const COPY: usize = 16 * 1024;
 // A connection's cost, as the memory budget counts it, covers a request head
 // and a response head of READ bytes each; more comes from the buffer budget.
 const _: () = assert!(2 * READ as u64 <= CONNECTION_COST);
