@@ -681,3 +681,54 @@ fn invalid_config_exits_2_naming_the_variable() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("STICKYD_SERVICE"));
 }
+
+/// An h2c app sees the client's Host as the request's `:authority`, and no
+/// `Host` field beside it: an HTTP/2 server may refuse a request whose
+/// `Host` names another authority than its `:authority` (nginx answers 400),
+/// and the app's address is stickyd's business, not the app's. From an
+/// HTTP/1.1 client and from an HTTP/2 one alike.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_h2c_app_sees_the_clients_host_as_the_authority() {
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let s2 = seen.clone();
+    let app = RawApp::start("127.0.24.1", move |stream| {
+        let seen = s2.clone();
+        async move {
+            let svc = hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
+                let host = req.headers().get("host").map(|h| h.to_str().unwrap().to_string());
+                let authority = req.uri().authority().map(|a| a.to_string());
+                seen.lock().unwrap().push((authority, host));
+                async { Ok::<_, std::convert::Infallible>(http::Response::new(full("ok"))) }
+            });
+            let _ = hyper::server::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
+                .serve_connection(TokioIo::new(stream), svc)
+                .await;
+        }
+    })
+    .await;
+    let listen = addr_on("127.0.24.1");
+    let s = Stickyd::start(
+        "pod-0",
+        listen,
+        app.addr,
+        &[
+            ("STICKYD_ENDPOINTS", format!("static:pod-0={listen}")),
+            ("STICKYD_UPSTREAM_PROTOCOL", "h2c".into()),
+        ],
+    )
+    .await;
+    // This request says `Host: probe`.
+    let (status, _) = fresh_get_with(None, s.listen, "/h1", &[]).await.unwrap();
+    assert_eq!(status, 200);
+    let mut h2 = h2c(s.listen).await;
+    let req = Request::get("http://shop.example:8080/h2").body(empty()).unwrap();
+    assert_eq!(h2.send_request(req).await.unwrap().status(), 200);
+    let seen = seen.lock().unwrap().clone();
+    assert_eq!(
+        seen,
+        vec![
+            (Some("probe".to_string()), None),
+            (Some("shop.example:8080".to_string()), None)
+        ]
+    );
+}

@@ -189,7 +189,14 @@ impl Codec for Exchange<'_> {
             }
         };
         let authority = match dest {
-            Dest::Local { .. } if to_h2 => Some(shared.app_authority.clone()),
+            // The app sees the client's Host as the :authority, and no Host
+            // field beside it (its pool dials the app whatever this says).
+            Dest::Local { .. } if to_h2 => Some(
+                req.headers_mut()
+                    .remove(HOST)
+                    .and_then(|h| http::uri::Authority::try_from(h.as_bytes()).ok())
+                    .unwrap_or_else(|| shared.app_authority.clone()),
+            ),
             Dest::Peer { peer, .. } if to_h2 => Some(authority(peer.addr)),
             _ => None,
         };

@@ -141,8 +141,8 @@ pub struct Failure {
 /// and HTTP/1.1 for hyper's codec, bounded per upstream ([`BoundedPool`]).
 pub struct Pools {
     /// The app, when it speaks h2c.
-    pub app_h2: Client<HttpConnector, Reclaimable>,
-    pub peers_h2: Client<HttpConnector, Reclaimable>,
+    pub app_h2: Client<Dialer, Reclaimable>,
+    pub peers_h2: Client<Dialer, Reclaimable>,
     /// The app when it speaks HTTP/1.1, and peers over HTTP/1.1.
     pub h1: BoundedPool,
     /// Peers' connections are reused within this (the app's within
@@ -150,15 +150,41 @@ pub struct Pools {
     pub h1_peers: BoundedPool,
 }
 
-fn connector(cfg: &Config) -> HttpConnector {
+/// Dials where a pooled HTTP/2 request's target says, or always the app
+/// (`to`): a request to the app carries the client's Host as its
+/// `:authority` (an HTTP/2 server may refuse a `Host` field that differs
+/// from it, as nginx does with 400), so its target does not say where the
+/// app is.
+#[derive(Clone)]
+pub struct Dialer {
+    inner: HttpConnector,
+    to: Option<Uri>,
+}
+
+impl tower_service::Service<Uri> for Dialer {
+    type Response = TokioIo<tokio::net::TcpStream>;
+    type Error = Box<dyn std::error::Error + Send + Sync>;
+    type Future = std::pin::Pin<Box<dyn Future<Output = Result<Self::Response, Self::Error>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut std::task::Context<'_>) -> std::task::Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx).map_err(Into::into)
+    }
+
+    fn call(&mut self, target: Uri) -> Self::Future {
+        let connecting = self.inner.call(self.to.clone().unwrap_or(target));
+        Box::pin(async move { connecting.await.map_err(Into::into) })
+    }
+}
+
+fn dialer(cfg: &Config, to: Option<Uri>) -> Dialer {
     let mut c = HttpConnector::new();
     c.set_nodelay(true);
     c.set_connect_timeout(Some(cfg.connect_timeout));
     c.enforce_http(true);
-    c
+    Dialer { inner: c, to }
 }
 
-fn h2_client(cfg: &Config, idle: Duration) -> Client<HttpConnector, Reclaimable> {
+fn h2_client(cfg: &Config, idle: Duration, to: Option<Uri>) -> Client<Dialer, Reclaimable> {
     let mut b = Client::builder(TokioExecutor::new());
     // The idle timeout only works with a timer.
     b.pool_timer(TokioTimer::new())
@@ -168,15 +194,19 @@ fn h2_client(cfg: &Config, idle: Duration) -> Client<HttpConnector, Reclaimable>
         // the exact upstream, and the original Host header is sent as it is.
         .set_host(false)
         .http2_only(true);
-    b.build(connector(cfg))
+    b.build(dialer(cfg, to))
 }
 
 impl Pools {
     pub fn new(cfg: &Config, peer_idle: Duration) -> Pools {
         let bounded = |idle| BoundedPool::new(cfg.upstream_max_connections, cfg.queue_timeout, idle);
         Pools {
-            app_h2: h2_client(cfg, cfg.pool_idle_timeout),
-            peers_h2: h2_client(cfg, peer_idle),
+            app_h2: h2_client(
+                cfg,
+                cfg.pool_idle_timeout,
+                Uri::try_from(format!("http://{}", cfg.upstream)).ok(),
+            ),
+            peers_h2: h2_client(cfg, peer_idle, None),
             h1: bounded(cfg.pool_idle_timeout),
             h1_peers: bounded(peer_idle),
         }
@@ -563,7 +593,7 @@ pub(super) enum Via<'a> {
     /// connections.
     Bounded(&'a BoundedPool, SocketAddr),
     /// A shared HTTP/2 pool.
-    Pool(&'a Client<HttpConnector, Reclaimable>),
+    Pool(&'a Client<Dialer, Reclaimable>),
     /// A new HTTP/1.1 connection of hyper's client to this address, for an
     /// upgrade, which takes it for good.
     Upgrade(SocketAddr),
