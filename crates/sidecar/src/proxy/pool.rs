@@ -74,8 +74,8 @@ impl BoundedPool {
             return s.clone();
         }
         if slots.len() >= KEEP_EMPTY_SLOTS {
-            let max = self.max;
-            slots.retain(|_, s| Arc::strong_count(s) > 1 || s.turns.available_permits() < max || !s.is_empty());
+            // A turn (and so a request or a response body) holds its slot.
+            slots.retain(|_, s| Arc::strong_count(s) > 1 || !s.is_empty());
         }
         let s = Arc::new(Slot {
             turns: Arc::new(Semaphore::new(self.max)),
@@ -99,6 +99,12 @@ impl BoundedPool {
         };
         let conn = slot.take(self.idle_timeout);
         Some((Turn { slot, permit }, conn))
+    }
+
+    /// The upstreams it keeps slots for.
+    #[cfg(test)]
+    fn slots(&self) -> usize {
+        self.slots.lock().unwrap().len()
     }
 
     /// Turns taken at `addr`.
@@ -226,5 +232,38 @@ mod tests {
         drop(turn.checkin(c));
         tokio::time::sleep(Duration::from_millis(60)).await;
         assert!(pool.checkout(addr).await.unwrap().1.is_none(), "idle past the timeout");
+    }
+
+    /// Slots of upstreams with nothing idle and no turn taken are forgotten
+    /// once there are many (peers come and go); one whose turn is taken,
+    /// or that holds an idle connection, is kept.
+    #[tokio::test]
+    async fn slots_of_gone_upstreams_are_forgotten_and_busy_ones_kept() {
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let idle_addr = l.local_addr().unwrap();
+        let pool = BoundedPool::new(1, Duration::from_millis(50), Duration::from_secs(60));
+        // More busy upstreams than the slots kept empty.
+        let mut held = Vec::new();
+        for port in 1..=KEEP_EMPTY_SLOTS as u16 + 6 {
+            held.push(pool.checkout(SocketAddr::from(([127, 0, 0, 2], port))).await.unwrap().0);
+        }
+        let busy: SocketAddr = "127.0.0.2:1".parse().unwrap();
+        let (turn, _) = pool.checkout(idle_addr).await.unwrap();
+        let _server = {
+            let c = conn(idle_addr).await;
+            let accepted = l.accept().await.unwrap();
+            drop(turn.checkin(c));
+            accepted
+        };
+        for port in 1..=200u16 {
+            let gone = SocketAddr::from(([127, 0, 0, 3], port));
+            drop(pool.checkout(gone).await.unwrap());
+        }
+        assert!(pool.slots() <= KEEP_EMPTY_SLOTS + 8, "{} slots", pool.slots());
+        // Still one turn, taken: the next waits out the queue.
+        assert!(pool.checkout(busy).await.is_none(), "the busy slot was forgotten");
+        drop(held);
+        let (_turn, c) = pool.checkout(idle_addr).await.unwrap();
+        assert!(c.is_some(), "the idle connection was forgotten");
     }
 }

@@ -626,4 +626,70 @@ mod tests {
         app.write_all(b"NOT HTTP\r\n\r\n").await.unwrap();
         assert!(matches!(sent.await.unwrap(), Err(Failed::Io(_))));
     }
+
+    /// A response head past 16 KiB, or one cut short by the close, is a
+    /// failure of the upstream after the request went (Io), not a close
+    /// before any byte (Closed, which a safe request may be replayed on).
+    #[tokio::test]
+    async fn oversized_and_cut_heads_fail_as_io() {
+        let big = format!("HTTP/1.1 200 OK\r\nx-big: {}\r\n", "a".repeat(MAX_RESPONSE_HEAD));
+        let small = "HTTP/1.1 200 OK\r\nx-a: 1\r\n".to_string();
+        let mut open = Vec::new();
+        for (answer, close) in [(big, false), (small, true)] {
+            let (req, _client) = incoming(b"GET / HTTP/1.1\r\nhost: t\r\n\r\n").await;
+            let (up, mut app) = upstream().await;
+            let sent = tokio::spawn(exchange(up, reclaimable(req)));
+            read_until(&mut app, b"\r\n\r\n").await;
+            app.write_all(answer.as_bytes()).await.unwrap();
+            if close {
+                drop(app);
+            } else {
+                // Held open: the head's size alone ends the wait.
+                open.push(app);
+            }
+            let got = tokio::time::timeout(Duration::from_secs(5), sent)
+                .await
+                .expect("no answer")
+                .unwrap();
+            assert!(
+                matches!(got, Err(Failed::Io(_))),
+                "{} bytes, closed {close}",
+                answer.len()
+            );
+        }
+    }
+
+    /// A response that says `Connection: close` (or an HTTP/1.0 one) does
+    /// not give its connection back; a keep-alive one does.
+    #[tokio::test]
+    async fn a_connection_the_app_closes_after_the_response_is_not_reused() {
+        for (answer, reused) in [
+            (
+                &b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: close\r\n\r\nok"[..],
+                false,
+            ),
+            (b"HTTP/1.0 200 OK\r\ncontent-length: 2\r\n\r\nok", false),
+            (b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok", true),
+        ] {
+            let (req, _client) = incoming(b"GET / HTTP/1.1\r\nhost: t\r\n\r\n").await;
+            let (up, mut app) = upstream().await;
+            let addr = app.local_addr().unwrap();
+            let pool = BoundedPool::new(1, Duration::from_millis(100), Duration::from_secs(60));
+            let (turn, _) = pool.checkout(addr).await.unwrap();
+            let sent = tokio::spawn(exchange(up, reclaimable(req)));
+            read_until(&mut app, b"\r\n\r\n").await;
+            app.write_all(answer).await.unwrap();
+            let resp = sent.await.unwrap().ok().unwrap();
+            let minor = if answer.starts_with(b"HTTP/1.0") {
+                Version::HTTP_10
+            } else {
+                Version::HTTP_11
+            };
+            assert_eq!(resp.version(), minor);
+            let body = resp.into_body().holding(turn);
+            assert_eq!(body.collect().await.unwrap().to_bytes(), "ok");
+            let (_turn, back) = pool.checkout(addr).await.unwrap();
+            assert_eq!(back.is_some(), reused, "{:?}", String::from_utf8_lossy(answer));
+        }
+    }
 }
