@@ -732,3 +732,41 @@ async fn an_h2c_app_sees_the_clients_host_as_the_authority() {
         ]
     );
 }
+
+/// The Host that an attempt to an h2c app carried as its `:authority` goes
+/// on as a field when the app refused the connection and a peer takes the
+/// request: the peer's app sees the client's Host.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_an_h2c_app_refused_reaches_the_peer_with_its_host() {
+    let gone = {
+        let l = std::net::TcpListener::bind("127.0.24.2:0").unwrap();
+        l.local_addr().unwrap()
+    };
+    let app1 = App::start("pod-1", "127.0.24.3").await;
+    let (a0, a1) = (addr_on("127.0.24.2"), addr_on("127.0.24.3"));
+    let endpoints = format!("static:pod-0={a0},pod-1={a1}");
+    let _s0 = Stickyd::start(
+        "pod-0",
+        a0,
+        gone,
+        &[
+            ("STICKYD_ENDPOINTS", endpoints.clone()),
+            ("STICKYD_UPSTREAM_PROTOCOL", "h2c".into()),
+        ],
+    )
+    .await;
+    let _s1 = Stickyd::start("pod-1", a1, app1.addr, &[("STICKYD_ENDPOINTS", endpoints)]).await;
+    let cookie = format!("stickyd={}", cookie_for("pod-0"));
+    // This request says `Host: probe`.
+    let (status, body) = fresh_get_with(None, a0, "/replayed", &[("cookie", &cookie)])
+        .await
+        .unwrap();
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains("pod=pod-1"), "{body}");
+    let seen = app1.seen();
+    let host = seen
+        .iter()
+        .find(|s| s.path == "/replayed")
+        .map(|s| s.headers.get("host").cloned());
+    assert_eq!(host, Some(Some(http::HeaderValue::from_static("probe"))));
+}

@@ -40,6 +40,7 @@ pub async fn handle(
     if !http1 {
         conn.mark_h2();
     }
+    let grpc = idle::pace(req.headers().get(CONTENT_TYPE).map(HeaderValue::as_bytes)) == Pace::Grpc;
     // Each request hyper holds may queue a send buffer of response body:
     // the buffer budget pays for it, or the request is shed.
     let Some(_lease) = shared.cfg.limits.buffers.try_take(HYPER_STREAM_COST) else {
@@ -48,12 +49,10 @@ pub async fn handle(
             return Err(h2::Error::from(h2::Reason::REFUSED_STREAM));
         }
         shared.metrics.shed_request.inc();
-        let grpc = idle::pace(req.headers().get(CONTENT_TYPE).map(HeaderValue::as_bytes)) == Pace::Grpc;
         let mut resp = Synthetic::shed().response(grpc, http1);
         resp.headers_mut().insert(CONNECTION, HeaderValue::from_static("close"));
         return Ok(resp);
     };
-    let grpc = idle::pace(req.headers().get(CONTENT_TYPE).map(HeaderValue::as_bytes)) == Pace::Grpc;
     let mut exchange = Exchange {
         shared: &shared,
         conn: &conn,
@@ -165,11 +164,12 @@ impl Codec for Exchange<'_> {
             return Err(Failure::Answer(Synthetic::invalid_target()));
         };
         if !self.prepared {
-            if prepare(&mut req, self.found, f.upgrade, &self.conn.forwarded_for).is_none() {
-                shared.metrics.bad_request("target");
-                return Err(Failure::Answer(Synthetic::invalid_target()));
-            }
+            prepare(&mut req, self.found, f.upgrade, &self.conn.forwarded_for);
             self.prepared = true;
+        }
+        if host_from_authority(&mut req).is_none() {
+            shared.metrics.bad_request("target");
+            return Err(Failure::Answer(Synthetic::invalid_target()));
         }
         Outgoing::undo(req.headers_mut(), self.cookies.take());
         // HTTP/1.1 requests to a peer (upgrades aside) use a connection of
@@ -279,12 +279,18 @@ impl Exchange<'_> {
 
 /// Prepares the request head for the next hop, whichever it is: client
 /// copies of stickyd's fields and hop-by-hop fields out, X-Forwarded-For
-/// in, a Host field for HTTP/2 requests (from their :authority).
-fn prepare<B>(req: &mut Request<B>, found: Found, upgrade: bool, forwarded_for: &HeaderValue) -> Option<()> {
+/// in.
+fn prepare<B>(req: &mut Request<B>, found: Found, upgrade: bool, forwarded_for: &HeaderValue) {
     let h = req.headers_mut();
     headers::strip_own_found(h, found);
     headers::strip_found(h, found, upgrade);
     headers::append_forwarded_for_found(h, found, forwarded_for);
+}
+
+/// A Host field from the request's authority when it has none: an HTTP/2
+/// request's `:authority`, or the client's Host that an attempt to an h2c
+/// app moved there and that the next hop must get back as a field.
+fn host_from_authority<B>(req: &mut Request<B>) -> Option<()> {
     if !req.headers().contains_key(HOST) {
         if let Some(a) = req.uri().authority() {
             let v = HeaderValue::from_str(a.as_str()).ok()?;
