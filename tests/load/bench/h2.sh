@@ -108,13 +108,6 @@ h2load_run() { # port cookie out extra-args... (h2load's output in $out)
 }
 # h2load's figures: req/s, requests answered, 2xx, 3xx+4xx+5xx, and
 # requests that got no answer (refused streams, connections sent away)
-h2load_figures() {
-    awk '
-        /^finished in/ { for (i = 1; i <= NF; i++) if ($(i) ~ /req\/s,?$/) rps = $(i-1) }
-        /^requests:/ { answered = $8; unanswered = $10 + $12 + $14 }
-        /^status codes:/ { ok = $3; bad = $5 + $7 + $9 }
-        END { gsub(/,/, "", rps); printf "%s %s %s %s %s\n", rps, answered, ok, bad, unanswered }' "$1"
-}
 
 if [[ -n "$LIMIT" ]]; then
     CSV="$OUT/h2-limit.csv"
@@ -213,14 +206,4 @@ for r in $(seq 1 "$ROUNDS"); do
     done
 done
 log "wrote $CSV"
-python3 - "$CSV" <<'PY'
-import csv, statistics, sys
-rows = list(csv.DictReader(open(sys.argv[1])))
-by = {}
-for r in rows:
-    by.setdefault((r["proxy"], r["kind"]), []).append(r)
-print(f"{'proxy':<12} {'kind':<9} {'req/s':>9} {'peak RSS MiB':>13} {'CPU s/1k':>9} {'not 2xx':>8} {'unanswered':>10}")
-for (p, k), rs in sorted(by.items()):
-    med = lambda f: statistics.median(float(x[f]) for x in rs)
-    print(f"{p:<12} {k:<9} {med('req_per_s'):>9.0f} {med('peak_rss_kib') / 1024:>13.1f} {med('cpu_s_per_1k'):>9.4f} {sum(int(x['not_ok']) for x in rs):>8} {sum(int(x['unanswered']) for x in rs):>10}")
-PY
+python3 "$BENCH/medians.py" "$CSV" --by proxy,kind --median req_per_s,peak_rss_kib,cpu_s_per_1k --sum not_ok,unanswered

@@ -9,6 +9,8 @@
 #                          listens on 127.0.0.1:PORT
 #   stop PID               TERM, then KILL after 5 s
 #   median                 of the numbers on stdin, one per line
+#   h2load_figures FILE    of h2load's output: req/s, requests answered, 2xx,
+#                          other statuses, requests that got no answer
 #   cookie_for POD [KEY]   a stickyd cookie value naming POD: unsigned (ID.SID), or
 #                          signed with KEY (ID.SID.CREATED.REFRESHED.MAC), as deployed
 
@@ -50,6 +52,14 @@ stop() {
     for _ in $(seq 1 100); do kill -0 "$1" 2>/dev/null || return 0; sleep 0.05; done
     kill -KILL "$1" 2>/dev/null || true
     wait "$1" 2>/dev/null || true
+}
+
+h2load_figures() {
+    awk '
+        /^finished in/ { for (i = 1; i <= NF; i++) if ($(i) ~ /req\/s,?$/) rps = $(i-1) }
+        /^requests:/ { answered = $8; unanswered = $10 + $12 + $14 }
+        /^status codes:/ { ok = $3; bad = $5 + $7 + $9 }
+        END { gsub(/,/, "", rps); printf "%s %s %s %s %s\n", rps, answered, ok, bad, unanswered }' "$1"
 }
 
 median() { sort -n | awk '{a[NR]=$1} END {if (NR) print a[int((NR+1)/2)]; else print 0}'; }

@@ -1,24 +1,10 @@
 // Fixed-rate latency for one target: constant-arrival-rate, one request per
 // iteration (k6 empties the cookie jar between iterations, so the only cookie
 // sent is the COOKIE given here). Writes a JSON summary to OUT.
+import { arrival, RATE } from './arrival.js';
 import http from 'k6/http';
 
-const RATE = Number(__ENV.RATE || 2000);
-
-export const options = {
-  discardResponseBodies: true,
-  summaryTrendStats: ['med', 'p(90)', 'p(99)', 'max'],
-  scenarios: {
-    rate: {
-      executor: 'constant-arrival-rate',
-      rate: RATE,
-      timeUnit: '1s',
-      duration: __ENV.DURATION || '10s',
-      preAllocatedVUs: 64,
-      maxVUs: 512,
-    },
-  },
-};
+export const options = { ...arrival, discardResponseBodies: true };
 
 const params = __ENV.COOKIE ? { headers: { Cookie: __ENV.COOKIE } } : {};
 

@@ -13,6 +13,15 @@
 //! more connections than turns. So a spike of 10,000 streams opens no more
 //! than the limit, where one connection per stream would overflow the app's
 //! accept queue.
+//!
+//! The pool keeps to [`STEADY_TURNS`] turns while they keep coming back:
+//! requests that the app answers quickly wait for one of those rather than
+//! opening more connections, which costs the proxy and the app more work
+//! per request for the same answers (BENCHMARKS.md, "HTTP/2 clients"). When
+//! no turn has come back for [`STALL`] (long polls, event streams and slow
+//! requests hold them all), each waiting request grants one more, up to the
+//! limit; turns beyond the steady ones are retired as they come back to an
+//! empty queue.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -20,6 +29,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::time::Instant;
 
 use super::h1::upstream::Upstream;
 
@@ -27,9 +37,18 @@ use super::h1::upstream::Upstream;
 /// past which they are forgotten (peers come and go with their pods).
 const KEEP_EMPTY_SLOTS: usize = 64;
 
+/// The turns a pool keeps to while they keep coming back (fewer when the
+/// limit is lower).
+pub const STEADY_TURNS: usize = 64;
+
+/// How long every turn may be held with none coming back before the
+/// requests waiting for one grant themselves more.
+pub const STALL: Duration = Duration::from_millis(100);
+
 /// The bounded pools of every upstream address.
 pub struct BoundedPool {
     max: usize,
+    steady: usize,
     queue_timeout: Duration,
     idle_timeout: Duration,
     slots: Mutex<HashMap<SocketAddr, Arc<Slot>>>,
@@ -39,12 +58,27 @@ pub struct BoundedPool {
 struct Slot {
     turns: Arc<Semaphore>,
     idle: Mutex<Vec<Upstream>>,
+    flow: Mutex<Flow>,
+}
+
+/// How many turns a slot has, and whether they come back.
+struct Flow {
+    /// Turns in existence (the semaphore's permits, taken or not).
+    granted: usize,
+    /// The steady turns: granted never goes below.
+    steady: usize,
+    /// The most it may grant.
+    max: usize,
+    /// Requests waiting for a turn.
+    waiting: usize,
+    /// When a turn last came back (or the slot began).
+    last_back: Instant,
 }
 
 /// A request's turn at an upstream: held until its response is done with.
 pub struct Turn {
     slot: Arc<Slot>,
-    permit: OwnedSemaphorePermit,
+    permit: Option<OwnedSemaphorePermit>,
 }
 
 /// A turn and the connection its request used, given back (connection
@@ -53,15 +87,17 @@ pub struct Turn {
 pub struct Checkin {
     slot: Arc<Slot>,
     conn: Option<Upstream>,
-    _permit: OwnedSemaphorePermit,
+    permit: Option<OwnedSemaphorePermit>,
 }
 
 impl BoundedPool {
     /// `max` connections per upstream; a request waits for a turn up to
     /// `queue_timeout`; an idle connection is reused within `idle_timeout`.
     pub fn new(max: usize, queue_timeout: Duration, idle_timeout: Duration) -> BoundedPool {
+        let max = max.max(1);
         BoundedPool {
-            max: max.max(1),
+            max,
+            steady: max.min(STEADY_TURNS),
             queue_timeout,
             idle_timeout,
             slots: Mutex::new(HashMap::new()),
@@ -77,9 +113,17 @@ impl BoundedPool {
             // A turn (and so a request or a response body) holds its slot.
             slots.retain(|_, s| Arc::strong_count(s) > 1 || !s.is_empty());
         }
+        let steady = self.steady;
         let s = Arc::new(Slot {
-            turns: Arc::new(Semaphore::new(self.max)),
+            turns: Arc::new(Semaphore::new(steady)),
             idle: Mutex::new(Vec::new()),
+            flow: Mutex::new(Flow {
+                granted: steady,
+                steady,
+                max: self.max,
+                waiting: 0,
+                last_back: Instant::now(),
+            }),
         });
         slots.insert(addr, s.clone());
         s
@@ -92,13 +136,16 @@ impl BoundedPool {
         let slot = self.slot(addr);
         let permit = match slot.turns.clone().try_acquire_owned() {
             Ok(p) => p,
-            Err(_) => tokio::time::timeout(self.queue_timeout, slot.turns.clone().acquire_owned())
-                .await
-                .ok()?
-                .ok()?,
+            Err(_) => slot.wait(self.queue_timeout).await?,
         };
         let conn = slot.take(self.idle_timeout);
-        Some((Turn { slot, permit }, conn))
+        Some((
+            Turn {
+                slot,
+                permit: Some(permit),
+            },
+            conn,
+        ))
     }
 
     /// The upstreams it keeps slots for.
@@ -111,11 +158,84 @@ impl BoundedPool {
     #[cfg(test)]
     fn in_use(&self, addr: SocketAddr) -> usize {
         let slot = self.slot(addr);
-        self.max - slot.turns.available_permits()
+        slot.granted() - slot.turns.available_permits()
+    }
+
+    /// Turns in existence at `addr`.
+    #[cfg(test)]
+    fn granted(&self, addr: SocketAddr) -> usize {
+        self.slot(addr).granted()
+    }
+}
+
+/// A request counted among those waiting while it waits.
+struct Waiting<'a>(&'a Slot);
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.0.flow().waiting -= 1;
     }
 }
 
 impl Slot {
+    fn flow(&self) -> std::sync::MutexGuard<'_, Flow> {
+        self.flow.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    #[cfg(test)]
+    fn granted(&self) -> usize {
+        self.flow().granted
+    }
+
+    /// Waits in line for a turn, up to `queue_timeout`; every [`STALL`]
+    /// without a turn coming back, grants one more (up to the limit).
+    async fn wait(&self, queue_timeout: Duration) -> Option<OwnedSemaphorePermit> {
+        self.flow().waiting += 1;
+        let _waiting = Waiting(self);
+        let deadline = Instant::now() + queue_timeout;
+        let acquire = self.turns.clone().acquire_owned();
+        let tick = tokio::time::sleep_until(deadline.min(Instant::now() + STALL));
+        tokio::pin!(acquire, tick);
+        loop {
+            tokio::select! {
+                biased;
+                permit = &mut acquire => return permit.ok(),
+                () = &mut tick => {
+                    let now = Instant::now();
+                    if now >= deadline {
+                        return None;
+                    }
+                    self.grow_if_stalled(now);
+                    tick.as_mut().reset(deadline.min(now + STALL));
+                }
+            }
+        }
+    }
+
+    /// One more turn, when none has come back for [`STALL`] and the limit
+    /// allows; it goes to the first in line.
+    fn grow_if_stalled(&self, now: Instant) {
+        let mut flow = self.flow();
+        if flow.granted < flow.max && now.duration_since(flow.last_back) >= STALL {
+            flow.granted += 1;
+            self.turns.add_permits(1);
+        }
+    }
+
+    /// A turn comes back: to the next in line, or retired when it is one
+    /// beyond the steady ones and nobody waits.
+    fn give_back(&self, permit: OwnedSemaphorePermit, now: Instant) {
+        let mut flow = self.flow();
+        flow.last_back = now;
+        if flow.granted > flow.steady && flow.waiting == 0 {
+            flow.granted -= 1;
+            permit.forget();
+        } else {
+            drop(flow);
+            drop(permit);
+        }
+    }
+
     fn take(&self, idle_timeout: Duration) -> Option<Upstream> {
         let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
         while let Some(mut u) = idle.pop() {
@@ -135,23 +255,35 @@ impl Slot {
 impl Turn {
     /// The turn with the connection its request went out on, to be given
     /// back together.
-    pub fn checkin(self, conn: Upstream) -> Checkin {
+    pub fn checkin(mut self, conn: Upstream) -> Checkin {
         Checkin {
-            slot: self.slot,
+            slot: self.slot.clone(),
             conn: Some(conn),
-            _permit: self.permit,
+            permit: self.permit.take(),
+        }
+    }
+}
+
+impl Drop for Turn {
+    fn drop(&mut self) {
+        if let Some(p) = self.permit.take() {
+            self.slot.give_back(p, Instant::now());
         }
     }
 }
 
 impl Drop for Checkin {
     fn drop(&mut self) {
-        // The connection goes back before the turn (a field, dropped after
-        // this): the next in line finds it.
+        // The connection goes back before the turn: the next in line finds
+        // it.
+        let now = Instant::now();
         if let Some(mut conn) = self.conn.take() {
-            conn.used = tokio::time::Instant::now();
+            conn.used = now;
             let mut idle = self.slot.idle.lock().unwrap_or_else(|e| e.into_inner());
             idle.push(conn);
+        }
+        if let Some(p) = self.permit.take() {
+            self.slot.give_back(p, now);
         }
     }
 }
@@ -200,6 +332,71 @@ mod tests {
         assert!(!got.fresh);
         assert_eq!(pool.in_use(addr), 2);
         drop((b, c));
+        assert_eq!(pool.in_use(addr), 0);
+    }
+
+    /// A pool of `max` turns keeping to `steady` while they come back.
+    fn elastic(max: usize, steady: usize, queue_timeout: Duration) -> BoundedPool {
+        let mut pool = BoundedPool::new(max, queue_timeout, Duration::from_secs(60));
+        pool.steady = steady;
+        pool
+    }
+
+    const ADDR: ([u8; 4], u16) = ([127, 0, 0, 9], 9);
+
+    /// Turns that are all held, none coming back (long polls, event
+    /// streams), grow one per waiting request each STALL, up to the limit;
+    /// past it a request waits out the queue. Given back with nobody
+    /// waiting, the turns beyond the steady ones are retired.
+    #[tokio::test(start_paused = true)]
+    async fn turns_held_with_none_coming_back_grow_up_to_the_limit() {
+        let addr = SocketAddr::from(ADDR);
+        let pool = elastic(4, 2, Duration::from_secs(5));
+        let mut held = vec![
+            pool.checkout(addr).await.unwrap().0,
+            pool.checkout(addr).await.unwrap().0,
+        ];
+        assert_eq!(pool.granted(addr), 2);
+        let started = Instant::now();
+        for granted in [3, 4] {
+            held.push(pool.checkout(addr).await.expect("a turn after a stall").0);
+            assert_eq!(pool.granted(addr), granted);
+        }
+        // Each waited one stall: the first since the slot began, the second
+        // since the first was granted (no turn came back in between).
+        assert_eq!(started.elapsed(), STALL * 2);
+        let started = Instant::now();
+        assert!(pool.checkout(addr).await.is_none(), "past the limit");
+        assert_eq!(started.elapsed(), Duration::from_secs(5));
+        assert_eq!(pool.granted(addr), 4);
+        drop(held);
+        assert_eq!(pool.granted(addr), 2, "the extra turns were not retired");
+        assert_eq!(pool.in_use(addr), 0);
+    }
+
+    /// Turns that keep coming back are the only ones: requests wait for
+    /// them in line, and no more are granted however long the line.
+    #[tokio::test(start_paused = true)]
+    async fn turns_that_come_back_are_not_added_to() {
+        let addr = SocketAddr::from(ADDR);
+        let pool = Arc::new(elastic(4, 1, Duration::from_secs(5)));
+        let mut turn = pool.checkout(addr).await.unwrap().0;
+        let waiters: Vec<_> = (0..5)
+            .map(|_| {
+                let pool = pool.clone();
+                tokio::spawn(async move { pool.checkout(addr).await.map(|(t, _)| t) })
+            })
+            .collect();
+        tokio::task::yield_now().await;
+        for w in waiters {
+            // Each holds its turn 60 ms (less than a stall), then the next
+            // in line takes it.
+            tokio::time::sleep(Duration::from_millis(60)).await;
+            drop(turn);
+            turn = w.await.unwrap().expect("a turn");
+            assert_eq!(pool.granted(addr), 1);
+        }
+        drop(turn);
         assert_eq!(pool.in_use(addr), 0);
     }
 

@@ -178,14 +178,14 @@ pub async fn exchange(mut up: Upstream, req: Request<Reclaimable>) -> Result<Res
             parse::response(&buf, MAX_FIELDS, head_request)
         };
         match parsed {
+            Ok(Some(h)) if h.len > MAX_RESPONSE_HEAD => return Err(too_large()),
             Ok(Some(h)) if (100..200).contains(&h.status) && h.status != 101 => {
                 buf.drain(..h.len);
                 continue;
             }
             Ok(Some(h)) => break h,
-            Ok(None) if buf.len() > MAX_RESPONSE_HEAD => {
-                return Err(Failed::Io(io::Error::other("a response head larger than 16 KiB")));
-            }
+            // Unfinished at the limit: the head is larger.
+            Ok(None) if buf.len() >= MAX_RESPONSE_HEAD => return Err(too_large()),
             Ok(None) => {}
             Err(e) => {
                 return Err(Failed::Io(io::Error::other(format!(
@@ -240,6 +240,10 @@ pub async fn exchange(mut up: Upstream, req: Request<Reclaimable>) -> Result<Res
         trailers: Vec::new(),
     };
     Ok(resp.map(|()| body))
+}
+
+fn too_large() -> Failed {
+    Failed::Io(io::Error::other("a response head larger than 16 KiB"))
 }
 
 /// A response body read from the upstream connection as the client takes
@@ -657,6 +661,53 @@ mod tests {
                 answer.len()
             );
         }
+    }
+
+    /// A head of 16 KiB is read; one byte more is a failure, whether it
+    /// arrives whole or in pieces.
+    #[tokio::test]
+    async fn the_head_limit_is_exact() {
+        for (len, ok) in [(MAX_RESPONSE_HEAD, true), (MAX_RESPONSE_HEAD + 1, false)] {
+            let (req, _client) = incoming(b"GET / HTTP/1.1\r\nhost: t\r\n\r\n").await;
+            let (up, mut app) = upstream().await;
+            let sent = tokio::spawn(exchange(up, reclaimable(req)));
+            read_until(&mut app, b"\r\n\r\n").await;
+            let start = "HTTP/1.1 200 OK\r\ncontent-length: 0\r\nx-big: ";
+            let head = format!("{start}{}\r\n\r\n", "a".repeat(len - start.len() - 4));
+            assert_eq!(head.len(), len);
+            app.write_all(head.as_bytes()).await.unwrap();
+            let got = tokio::time::timeout(Duration::from_secs(5), sent)
+                .await
+                .expect("an answer")
+                .unwrap();
+            assert_eq!(got.is_ok(), ok, "a head of {len} bytes");
+            assert!(ok || matches!(got, Err(Failed::Io(_))));
+        }
+    }
+
+    /// The head limit counts every byte of the head, however it arrives:
+    /// 100 bytes first, then the rest, so that no read ends at exactly 16 KiB
+    /// and the whole head (50 bytes past the limit) comes in one read.
+    #[tokio::test]
+    async fn a_head_past_the_limit_fails_whatever_its_pieces() {
+        let (req, _client) = incoming(b"GET / HTTP/1.1\r\nhost: t\r\n\r\n").await;
+        let (up, mut app) = upstream().await;
+        let sent = tokio::spawn(exchange(up, reclaimable(req)));
+        read_until(&mut app, b"\r\n\r\n").await;
+        let start = "HTTP/1.1 200 OK\r\ncontent-length: 0\r\nx-big: ";
+        let head = format!(
+            "{start}{}\r\n\r\n",
+            "a".repeat(MAX_RESPONSE_HEAD + 50 - start.len() - 4)
+        );
+        app.write_all(&head.as_bytes()[..100]).await.unwrap();
+        // The first read takes the 100 bytes alone (it waits for them).
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        app.write_all(&head.as_bytes()[100..]).await.unwrap();
+        let got = tokio::time::timeout(Duration::from_secs(5), sent)
+            .await
+            .expect("the head's size ends the wait")
+            .unwrap();
+        assert!(matches!(got, Err(Failed::Io(_))));
     }
 
     /// A response that says `Connection: close` (or an HTTP/1.0 one) does
