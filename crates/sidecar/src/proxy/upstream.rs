@@ -442,7 +442,8 @@ pub(super) fn replay(target: Target, how: Unanswered, safe: bool, whole: bool) -
     }
 }
 
-/// What a send's end leaves for the caller, by [`replay`].
+/// What a send's end leaves for the caller, by [`replay`]. (An answered
+/// send needs nothing more: [`Outbound::run`] hands its response on itself.)
 async fn settle(target: Target, sent: Result<Sent, Elapsed>, mut keep: Keep) -> Result<Response<Source>, Failure> {
     let stalled = keep.stalled.as_ref().is_some_and(|s| s.load(Ordering::Acquire));
     let fail = |kind, replayable, detail: &dyn std::fmt::Display, request| Failure {
@@ -640,11 +641,15 @@ impl Outbound<'_> {
         };
         let mut keep = Keep::new(&mut req, keep_head);
         let req = reclaimable(req, &mut keep, body.as_ref());
+        // The HTTP/1.1 exchanges are boxed: every stream's state is as
+        // large as its largest await, and an h2c app's streams never use
+        // them (BENCHMARKS.md, "HTTP/2 clients").
         let sent = conn
             .guard(response_timeout, abandon, async {
                 match via {
                     Via::BoundPeer(addr, binding) => {
-                        let bound = send_bound(binding.sender, connector, addr, connect_timeout, false, req).await;
+                        let bound =
+                            Box::pin(send_bound(binding.sender, connector, addr, connect_timeout, false, req)).await;
                         sent(bound, |s| conn.put_peer(addr, s, binding.place))
                     }
                     Via::Bounded(pool, addr) => {
@@ -657,10 +662,10 @@ impl Outbound<'_> {
                             timeout: connect_timeout,
                             again: target == Target::App,
                         };
-                        send_pooled(idle, dial, turn, req).await
+                        Box::pin(send_pooled(idle, dial, turn, req)).await
                     }
                     Via::Upgrade(addr) => {
-                        let bound = send_bound(None, connector, addr, connect_timeout, false, req).await;
+                        let bound = Box::pin(send_bound(None, connector, addr, connect_timeout, false, req)).await;
                         sent(bound, drop)
                     }
                     Via::Pool(client) => match client.request(req).await {
@@ -675,14 +680,16 @@ impl Outbound<'_> {
             .await
             .map(|s| s.unwrap_or(Sent::Abandoned));
         let mut keep = keep;
-        let client_upgrade = match &sent {
-            Ok(Sent::Answered(_)) => keep.upgrade.take(),
-            _ => None,
-        };
-        settle(target, sent, keep).await.map(|resp| Answer {
-            resp,
-            upgrade: client_upgrade,
-        })
+        match sent {
+            Ok(Sent::Answered(resp)) => Ok(Answer {
+                resp,
+                upgrade: keep.upgrade.take(),
+            }),
+            // Boxed: only a failure pays for what settling it takes.
+            failed => Box::pin(settle(target, failed, keep))
+                .await
+                .map(|resp| Answer { resp, upgrade: None }),
+        }
     }
 }
 
