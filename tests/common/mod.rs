@@ -925,6 +925,29 @@ impl RawApp {
     }
 }
 
+/// Serves one connection of a hand-written app (a [`RawApp`]'s) with hyper,
+/// HTTP/1.1 or h2c as `h2` says, each request answered by `answer`.
+pub async fn serve_hyper<F, Fut>(stream: tokio::net::TcpStream, h2: bool, answer: F)
+where
+    F: Fn(Request<Incoming>) -> Fut + Send + Sync + 'static,
+    Fut: std::future::Future<Output = Response<Body>> + Send + 'static,
+{
+    let svc = service_fn(move |req| {
+        let answered = answer(req);
+        async move { Ok::<_, Infallible>(answered.await) }
+    });
+    let io = TokioIo::new(stream);
+    if h2 {
+        let _ = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+            .serve_connection(io, svc)
+            .await;
+    } else {
+        let _ = hyper::server::conn::http1::Builder::new()
+            .serve_connection(io, svc)
+            .await;
+    }
+}
+
 /// An HTTP/2 connection with prior knowledge (h2c) to `addr`, its
 /// connection task spawned.
 pub async fn h2c(addr: SocketAddr) -> hyper::client::conn::http2::SendRequest<Body> {

@@ -533,13 +533,11 @@ async fn http2_streams_queue_for_a_bounded_pool_of_app_connections() {
         async move {
             let now = open.fetch_add(1, Ordering::SeqCst) + 1;
             most.fetch_max(now, Ordering::SeqCst);
-            let svc = hyper::service::service_fn(|_req: Request<hyper::body::Incoming>| async {
+            serve_hyper(stream, false, |_req| async {
                 tokio::time::sleep(Duration::from_millis(20)).await;
-                Ok::<_, std::convert::Infallible>(http::Response::new(full("ok")))
-            });
-            let _ = hyper::server::conn::http1::Builder::new()
-                .serve_connection(hyper_util::rt::TokioIo::new(stream), svc)
-                .await;
+                http::Response::new(full("ok"))
+            })
+            .await;
             open.fetch_sub(1, Ordering::SeqCst);
         }
     })
@@ -594,17 +592,15 @@ async fn a_request_queued_past_the_queue_timeout_is_shed_with_503() {
     let app = RawApp::start("127.0.128.4", move |stream| {
         let (release, arrived) = (r.clone(), a.clone());
         async move {
-            let svc = hyper::service::service_fn(move |_req: Request<hyper::body::Incoming>| {
+            serve_hyper(stream, false, move |_req| {
                 let (release, arrived) = (release.clone(), arrived.clone());
                 async move {
                     arrived.notify_one();
                     release.notified().await;
-                    Ok::<_, std::convert::Infallible>(http::Response::new(full("ok")))
+                    http::Response::new(full("ok"))
                 }
-            });
-            let _ = hyper::server::conn::http1::Builder::new()
-                .serve_connection(hyper_util::rt::TokioIo::new(stream), svc)
-                .await;
+            })
+            .await;
         }
     })
     .await;

@@ -694,15 +694,13 @@ async fn an_h2c_app_sees_the_clients_host_as_the_authority() {
     let app = RawApp::start("127.0.24.1", move |stream| {
         let seen = s2.clone();
         async move {
-            let svc = hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
+            serve_hyper(stream, true, move |req| {
                 let host = req.headers().get("host").map(|h| h.to_str().unwrap().to_string());
                 let authority = req.uri().authority().map(|a| a.to_string());
                 seen.lock().unwrap().push((authority, host));
-                async { Ok::<_, std::convert::Infallible>(http::Response::new(full("ok"))) }
-            });
-            let _ = hyper::server::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
-                .serve_connection(TokioIo::new(stream), svc)
-                .await;
+                async { http::Response::new(full("ok")) }
+            })
+            .await;
         }
     })
     .await;
