@@ -58,6 +58,10 @@ pub struct BoundedPool {
 struct Slot {
     turns: Arc<Semaphore>,
     idle: Mutex<Vec<Upstream>>,
+    /// The steady turns: the granted ones never go below.
+    steady: usize,
+    /// The most it may grant.
+    max: usize,
     flow: Mutex<Flow>,
 }
 
@@ -65,10 +69,6 @@ struct Slot {
 struct Flow {
     /// Turns in existence (the semaphore's permits, taken or not).
     granted: usize,
-    /// The steady turns: granted never goes below.
-    steady: usize,
-    /// The most it may grant.
-    max: usize,
     /// Requests waiting for a turn.
     waiting: usize,
     /// When a turn last came back (or the slot began).
@@ -117,10 +117,10 @@ impl BoundedPool {
         let s = Arc::new(Slot {
             turns: Arc::new(Semaphore::new(steady)),
             idle: Mutex::new(Vec::new()),
+            steady,
+            max: self.max,
             flow: Mutex::new(Flow {
                 granted: steady,
-                steady,
-                max: self.max,
                 waiting: 0,
                 last_back: Instant::now(),
             }),
@@ -216,7 +216,7 @@ impl Slot {
     /// allows; it goes to the first in line.
     fn grow_if_stalled(&self, now: Instant) {
         let mut flow = self.flow();
-        if flow.granted < flow.max && now.duration_since(flow.last_back) >= STALL {
+        if flow.granted < self.max && now.duration_since(flow.last_back) >= STALL {
             flow.granted += 1;
             self.turns.add_permits(1);
         }
@@ -227,7 +227,7 @@ impl Slot {
     fn give_back(&self, permit: OwnedSemaphorePermit, now: Instant) {
         let mut flow = self.flow();
         flow.last_back = now;
-        if flow.granted > flow.steady && flow.waiting == 0 {
+        if flow.granted > self.steady && flow.waiting == 0 {
             flow.granted -= 1;
             permit.forget();
         } else {
