@@ -365,3 +365,56 @@ async fn a_permanent_cookie_has_the_absolute_timeout_as_max_age() {
     let _ = std::fs::remove_file(key);
     let _ = std::fs::remove_file(peers);
 }
+
+#[test]
+fn todays_schema_maps_the_cookie_path_and_reaches_the_service_through_a_backend() {
+    let (d, env, err) = injected(&fixture("httproute-backend.yaml"), &["--from-httproute"], "shop");
+    assert_eq!(var(&env, "STICKYD_COOKIE_NAME"), Some("shop-session"), "{err}");
+    assert_eq!(var(&env, "STICKYD_COOKIE_PATH"), Some("/shop"), "{err}");
+    assert_eq!(var(&env, "STICKYD_COOKIE_MAX_AGE"), Some("7200s"), "{err}");
+    assert_eq!(var(&env, "STICKYD_SESSION_MAX_LIFETIME"), Some("7200s"), "{err}");
+    // The route rule's sessionPersistence wins over the Backend's, with a warning naming both.
+    assert!(
+        err.contains(
+            "warning: Deployment/shop: XBackend/shop/shop: cookie.name asks for STICKYD_COOKIE_NAME=shop-backend, \
+             but HTTPRoute/shop/shop rule 0 cookie.name already set it to shop-session"
+        ),
+        "{err}"
+    );
+    assert!(d["HTTPRoute/shop"].path(&["spec", "rules"]).unwrap().items()[0]
+        .get("sessionPersistence")
+        .is_none());
+    assert!(d["XBackend/shop"].path(&["spec", "sessionPersistence"]).is_none());
+    assert!(d["XBackend/shop"].path(&["spec", "endpointSelector"]).is_some());
+
+    // What inject wrote, the route and the sidecar agree: lint finds nothing of the route.
+    let (out, _) = inject(&fixture("httproute-backend.yaml"), &["--from-httproute"]);
+    let file = temp_file("httproute-backend-injected.yaml", &out);
+    let lint = run(&["lint", "--format", "json", file.to_str().unwrap()]);
+    let _ = std::fs::remove_file(file);
+    let v: serde_json::Value = serde_json::from_slice(&lint.stdout).unwrap();
+    assert_eq!(v["findings"], serde_json::json!([]), "{v:#}");
+}
+
+#[test]
+fn a_header_route_of_todays_schema_becomes_header_affinity() {
+    let route = std::fs::read_to_string(fixture("httproute-backend.yaml"))
+        .unwrap()
+        .replace(
+            "      type: Cookie\n      absoluteTimeout: 2h\n      cookie:\n        name: shop-session\n        \
+             path: /shop\n        lifetimeType: Permanent\n",
+            "      type: Header\n      header:\n        name: X-Shop-Session\n",
+        )
+        // The Backend's cookie aside: the rule's header alone.
+        .replace(
+            "  sessionPersistence:\n    type: Cookie\n    cookie:\n      name: shop-backend\n",
+            "",
+        );
+    assert!(route.contains("X-Shop-Session"));
+    let input = temp_file("httproute-header.yaml", &route);
+    let (_, env, err) = injected(&input, &["--from-httproute"], "shop");
+    let _ = std::fs::remove_file(input);
+    assert_eq!(var(&env, "STICKYD_AFFINITY"), Some("header"), "{err}");
+    assert_eq!(var(&env, "STICKYD_AFFINITY_HEADER"), Some("x-shop-session"), "{err}");
+    assert!(!env.contains_key("STICKYD_COOKIE_NAME"), "{env:?}");
+}

@@ -134,7 +134,18 @@ fn each_rule_fixture() {
     expect("sd010-typo.yaml", 0, &[("SD010", 24)]);
     expect("sd011-no-affinity.yaml", 0, &[("SD011", 7)]);
     expect("sd014-same-cookie.yaml", 1, &[("SD014", 23)]);
-    expect("sd015-httproute.yaml", 0, &[("SD015", 107)]);
+    expect("sd015-httproute.yaml", 0, &[("SD015", 107), ("SD019", 107)]);
+    expect(
+        "sd019-route-contradicts-sidecar.yaml",
+        1,
+        &[
+            ("SD019", 81),
+            ("SD019", 160),
+            ("SD019", 241),
+            ("SD019", 321),
+            ("SD019", 400),
+        ],
+    );
     expect("sd016-unsigned.yaml", 0, &[("SD016", 18)]);
     expect(
         "sd017-drain-token.yaml",
@@ -696,4 +707,85 @@ fn the_findings_do_not_depend_on_the_machine() {
         assert_eq!(run(hostname), missing, "HOSTNAME={hostname:?}");
     }
     std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// The SD019 findings of a YAML stream: `(severity, message)`.
+fn sd019(yaml: &str) -> Vec<(String, String)> {
+    let (_, v) = lint_stdin(yaml);
+    v["findings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|f| f["rule"] == "SD019")
+        .map(|f| {
+            (
+                f["severity"].as_str().unwrap().to_string(),
+                f["message"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn a_route_that_says_where_the_sidecar_looks_is_consistent() {
+    let src = std::fs::read_to_string(fixture("sd019-route-contradicts-sidecar.yaml")).unwrap();
+    let case = |name: &str| {
+        let docs: Vec<&str> = src.split("---\n").collect();
+        let i = docs
+            .iter()
+            .position(|d| d.contains(&format!("kind: Deployment\nmetadata:\n  name: {name}\n")))
+            .unwrap();
+        // The Service, the Deployment and the route of one case, and the RBAC.
+        let mut yaml = docs[i - 1..=i + 1].join("---\n");
+        for d in &docs[docs.len() - 3..] {
+            yaml.push_str("---\n");
+            yaml.push_str(d);
+        }
+        yaml
+    };
+    let token = "        - {name: STICKYD_DRAIN_TOKEN";
+    let with_env = |yaml: &str, env: &str| yaml.replace(token, &format!("{env}{token}"));
+    let (browser, api, grpc) = (case("browser"), case("api"), case("grpc"));
+    assert_eq!(sd019(&browser).len(), 1, "{browser}");
+    // Both modes at once read the cookie and the header: only the cookie's name differs.
+    let both = sd019(&browser.replace("value: \"header\"", "value: \"cookie,header\""));
+    assert_eq!(both.len(), 1, "{both:?}");
+    assert_eq!(both[0].0, "warning", "{both:?}");
+    let header_mode = concat!(
+        "        - {name: STICKYD_AFFINITY, value: header}\n",
+        "        - {name: STICKYD_AFFINITY_HEADER, value: x-session}\n",
+    );
+    assert_eq!(sd019(&api).len(), 1);
+    assert_eq!(sd019(&with_env(&api, header_mode)), vec![]);
+    // The header name is compared as HTTP does, whatever its case.
+    assert_eq!(sd019(&grpc.replace("x-affinity", "X-Session")), vec![]);
+    // The app's own header (app-header, STICKYD_APP_HEADER), and the app's own cookie.
+    let mcp = grpc.replace("value: \"header\"", "value: \"app-header\"").replace(
+        "STICKYD_AFFINITY_HEADER, value: \"x-affinity\"",
+        "STICKYD_APP_HEADER, value: \"Mcp-Session-Id\"",
+    );
+    assert_eq!(sd019(&mcp.replace("name: X-Session", "name: Mcp-Session-Id")), vec![]);
+    let other = sd019(&mcp);
+    assert_eq!(other.len(), 1, "{other:?}");
+    assert!(
+        other[0].1.contains("reads \"Mcp-Session-Id\" (STICKYD_APP_HEADER)"),
+        "{other:?}"
+    );
+    let app_cookie = browser.replace(
+        "STICKYD_AFFINITY, value: \"header\"}",
+        "STICKYD_AFFINITY, value: \"app-cookie\"}\n        - {name: STICKYD_APP_COOKIE, value: browser-session}",
+    );
+    assert_eq!(sd019(&app_cookie), vec![]);
+    // Cookie names are case-sensitive.
+    assert_eq!(
+        sd019(&app_cookie.replace("value: browser-session", "value: Browser-Session")).len(),
+        1
+    );
+    let jsessionid = sd019(&app_cookie.replace("value: browser-session", "value: JSESSIONID"));
+    assert_eq!(jsessionid.len(), 1, "{jsessionid:?}");
+    assert_eq!(jsessionid[0].0, "warning");
+    assert!(jsessionid[0].1.contains("STICKYD_APP_COOKIE"), "{jsessionid:?}");
+    // A header mode on a cookie route is SD019's alone, not SD015's as well.
+    let (_, v) = lint_stdin(&browser);
+    assert!(!v.to_string().contains("SD015"), "{v:#}");
 }

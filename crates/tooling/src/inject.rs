@@ -107,7 +107,8 @@ pub struct MigrateArgs {
     #[arg(long)]
     pub from_ingress: bool,
     /// Map the Gateway API sessionPersistence (GEP-1619) of the HTTPRoute and GRPCRoute rules whose backendRefs
-    /// reach the Service, and of BackendLBPolicies on it, onto the sidecar, and remove it there.
+    /// reach the Service (directly or through a Backend), and of the Backends, BackendLBPolicies and
+    /// XBackendTrafficPolicies for it, onto the sidecar, and remove it there.
     #[arg(long)]
     pub from_httproute: bool,
 }

@@ -1,10 +1,10 @@
 //! `stickyd lint`: finds the manifest mistakes that break stickiness.
 //!
 //! It reads Ingress (both `networking.k8s.io/v1` and the legacy
-//! `serviceName`/`servicePort` form), Service, workload and RBAC objects from
-//! any number of files, relates them to each other (an Ingress backend to its
-//! Service, a Service to the pods it selects, a stickyd sidecar to its
-//! ServiceAccount's bindings) and reports each problem with the line of the
+//! `serviceName`/`servicePort` form), HTTPRoute, GRPCRoute, Service, workload
+//! and RBAC objects from any number of files, relates them to each other (an
+//! Ingress backend or a route rule's to its Service, a Service to the pods it
+//! selects, a stickyd sidecar to its ServiceAccount's bindings) and reports each problem with the line of the
 //! offending field, a one-sentence explanation and the fix.
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -179,6 +179,12 @@ pub const DRAIN_ABOVE_MAX: Rule = Rule {
     warns_too: false,
     title: "the drain preStop asks for more than the sidecar's STICKYD_DRAIN_MAX",
 };
+pub const ROUTE_CONTRADICTS_SIDECAR: Rule = Rule {
+    id: "SD019",
+    severity: Severity::Error,
+    warns_too: true,
+    title: "a route's sessionPersistence says the session travels where the stickyd sidecar behind it does not look",
+};
 
 /// Every rule, in id order.
 pub const RULES: &[Rule] = &[
@@ -200,6 +206,7 @@ pub const RULES: &[Rule] = &[
     UNSIGNED,
     DRAIN_TOKEN,
     DRAIN_ABOVE_MAX,
+    ROUTE_CONTRADICTS_SIDECAR,
 ];
 
 /// One problem found.
@@ -384,6 +391,133 @@ fn gives(var: &str, have: &str, want: &str) -> bool {
         "STICKYD_COOKIE_SECURE" => !matches!(lower(have).as_str(), "false" | "0" | "no"),
         _ => lower(have) == lower(want),
     }
+}
+
+/// The settings that say where a session's token travels: SD019 compares
+/// them between a route and its sidecar.
+const WHERE_THE_TOKEN_TRAVELS: [&str; 4] = [
+    "STICKYD_AFFINITY",
+    "STICKYD_AFFINITY_HEADER",
+    "STICKYD_COOKIE_NAME",
+    "STICKYD_COOKIE_PATH",
+];
+
+/// Where a sidecar reads a session's token, as its env (set in the manifest,
+/// or the defaults) says: `None` when the env does not prove it.
+struct Travels<'a> {
+    /// The cookie it reads, and the variable that names it.
+    cookie: Option<(&'a str, &'static str)>,
+    /// The cookie's Path (stickyd's own cookie only).
+    path: Option<&'a str>,
+    /// The header it reads, and the variable that names it.
+    header: Option<(&'a str, &'static str)>,
+}
+
+/// Where a sidecar reads the token. `app-cookie` and `app-header` read the
+/// app's own cookie (STICKYD_APP_COOKIE) or header (STICKYD_APP_HEADER).
+fn travels(side: &Node) -> Option<Travels<'_>> {
+    let mode = literal(side, "STICKYD_AFFINITY")?.to_ascii_lowercase();
+    let named = |var: &'static str| literal(side, var).map(|v| (v, var));
+    let mut t = Travels {
+        cookie: None,
+        path: None,
+        header: None,
+    };
+    for m in mode.split(',').map(str::trim) {
+        match m {
+            "cookie" => {
+                t.cookie = named("STICKYD_COOKIE_NAME");
+                t.path = literal(side, "STICKYD_COOKIE_PATH");
+            }
+            "header" => t.header = named("STICKYD_AFFINITY_HEADER"),
+            "app-cookie" => t.cookie = named("STICKYD_APP_COOKIE"),
+            "app-header" => t.header = named("STICKYD_APP_HEADER"),
+            // A mode stickyd refuses is SD009's.
+            _ => return None,
+        }
+    }
+    Some(t)
+}
+
+/// SD019: what a route's sessionPersistence (as `wanted`, the translation
+/// `inject --from-httproute` makes) says of where the token travels, against
+/// the sidecar of workload `who`: an error when a client that follows the
+/// route never brings the sidecar its token (the wrong transport, header or
+/// Path), a warning when only the cookie's name differs (stickyd's cookie
+/// still keeps the session, under another name than the route promises).
+fn contradiction(wanted: &[Wanted], side: &Node, who: &str) -> Option<(Severity, String)> {
+    let value = |var: &str| wanted.iter().find(|w| w.var == var);
+    let t = travels(side)?;
+    let mode = literal(side, "STICKYD_AFFINITY").unwrap_or("cookie");
+    let sidecar = format!("the stickyd sidecar of {who} behind it");
+    if value("STICKYD_AFFINITY").is_some_and(|w| w.value == "header") {
+        let Some((have, var)) = t.header else {
+            return Some((
+                Severity::Error,
+                format!(
+                    "this route's sessionPersistence is type: Header, so its clients send the session's token in a \
+                     header, but {sidecar} reads none (STICKYD_AFFINITY={mode}): a client without cookies, which is \
+                     what a header is for, starts a new session on every request."
+                ),
+            ));
+        };
+        let w = value("STICKYD_AFFINITY_HEADER")?;
+        return (!have.eq_ignore_ascii_case(&w.value)).then(|| {
+            (
+                Severity::Error,
+                format!(
+                    "this route's sessionPersistence {} says clients send the session's token in the header {:?}, \
+                     but {sidecar} reads {have:?} ({var}): such a client starts a new session on every request.",
+                    w.from, w.value
+                ),
+            )
+        });
+    }
+    let Some((have, var)) = t.cookie else {
+        return Some((
+            Severity::Error,
+            format!(
+                "this route's sessionPersistence is type: Cookie, so browsers keep the session in a cookie, but \
+                 {sidecar} sets and reads none (STICKYD_AFFINITY={mode}): it sends its token in a response header, \
+                 which browsers never send back, so every request of a browser starts a new session."
+            ),
+        ));
+    };
+    if let (Some(w), Some(path)) = (value("STICKYD_COOKIE_PATH"), t.path) {
+        let path = if path.is_empty() { "/" } else { path };
+        // A regex Path is SD009's.
+        if !(path == "/" || path.contains(REGEX_CHARS) || within(&w.value, path)) {
+            return Some((
+                Severity::Error,
+                format!(
+                    "this route's sessionPersistence {} keeps the session's cookie on {:?}, but {sidecar} sends its \
+                     cookie with Path={path} (STICKYD_COOKIE_PATH), which browsers do not send on the rest of {:?}: \
+                     those requests start new sessions.",
+                    w.from, w.value, w.value
+                ),
+            ));
+        }
+    }
+    // Cookie names are case-sensitive (RFC 6265), header names are not.
+    let w = value("STICKYD_COOKIE_NAME")?;
+    (have != w.value).then(|| {
+        (
+            Severity::Warning,
+            format!(
+                "this route's sessionPersistence {} names the session's cookie {:?}, but the cookie that keeps the \
+                 session on its pod is {have:?}, the {var} of {sidecar}: a client or rule that relies on {:?} (a \
+                 logout that clears it, a cache or firewall rule that spares it) misses the real one.",
+                w.from, w.value, w.value
+            ),
+        )
+    })
+}
+
+/// Whether the cookie Path `path` covers every request under `prefix`
+/// (RFC 6265 path-match: the same, or `path` followed by `/`).
+fn within(prefix: &str, path: &str) -> bool {
+    let path = path.trim_end_matches('/');
+    prefix == path || prefix.strip_prefix(path).is_some_and(|rest| rest.starts_with('/'))
 }
 
 struct Linter<'a> {
@@ -794,7 +928,23 @@ impl<'a> Linter<'a> {
             let fix = "stickyd inject --from-httproute moves sessionPersistence onto the sidecar and removes it from \
                        the route; or remove it and set the sidecar's env (session lifetimes need a signing key)";
             let line = rule.key("sessionPersistence").map_or(rule.line, |k| k.line);
-            found.extend(self.affinity_against(obj, (line, line), &names, &wanted, fix, &sidecars));
+            // Where the token travels is SD019's; SD015 compares the rest (the lifetimes).
+            let rest: Vec<Wanted> = wanted
+                .iter()
+                .filter(|w| !WHERE_THE_TOKEN_TRAVELS.contains(&w.var))
+                .cloned()
+                .collect();
+            found.extend(self.affinity_against(obj, (line, line), &names, &rest, fix, &sidecars));
+            for (w, side) in &sidecars {
+                if let Some((severity, message)) = contradiction(&wanted, side, &w.id()) {
+                    let fix = format!(
+                        "make the route's sessionPersistence and the env of the sidecar of {} say the same: stickyd \
+                         inject --from-httproute sets that env from the route and removes sessionPersistence from it",
+                        w.id()
+                    );
+                    found.push(obj.finding(ROUTE_CONTRADICTS_SIDECAR, severity, line, message, fix));
+                }
+            }
         }
         self.findings.extend(found);
     }

@@ -249,17 +249,31 @@ fn gateway_duration(t: &mut Translation, sp: &Node, field: &str) -> Option<Strin
     }
 }
 
-/// A `sessionPersistence` (GEP-1619) as stickyd settings. `has_key`: the
-/// sidecar signs its cookie, which session lifetimes need (the lifetime is
-/// enforced inside the signed value).
+/// The name a `sessionPersistence` gives its cookie or header, and the field
+/// it is read from. The schema since gateway-api #4873 (August 2026) has
+/// `cookie.name` and `header.name`; the one before it a single `sessionName`
+/// for both ("reflected in the cookie or the header").
+fn session_name(sp: &Node, header: bool) -> Option<(&str, &'static str)> {
+    let current: &[(&[&str], &'static str)] = if header {
+        &[(&["header", "name"], "header.name")]
+    } else {
+        &[(&["cookie", "name"], "cookie.name")]
+    };
+    current
+        .iter()
+        .chain([(&["sessionName"][..], "sessionName"), (&["name"][..], "name")].iter())
+        .find_map(|(path, field)| sp.str_at(path).map(|n| (n.trim(), *field)))
+        .filter(|(n, _)| !n.is_empty())
+}
+
+/// A `sessionPersistence` (GEP-1619) as stickyd settings, in the schema of
+/// today (`type`, `cookie.name`, `cookie.path`, `cookie.lifetimeType`,
+/// `header.name`, `absoluteTimeout`) or the one before gateway-api #4873
+/// (`sessionName`, `cookieConfig.lifetimeType`) and #4771 (`idleTimeout`).
+/// `has_key`: the sidecar signs its cookie, which session lifetimes need
+/// (the lifetime is enforced inside the signed value).
 pub fn from_session_persistence(sp: &Node, has_key: bool) -> Translation {
     let mut t = Translation::default();
-    let name = sp
-        .str_at(&["sessionName"])
-        .map(|n| (n, "sessionName"))
-        .or_else(|| sp.str_at(&["cookie", "name"]).map(|n| (n, "cookie.name")))
-        .or_else(|| sp.str_at(&["name"]).map(|n| (n, "name")))
-        .filter(|(n, _)| !n.trim().is_empty());
     let header = match sp.str_at(&["type"]).unwrap_or("Cookie") {
         "Header" => true,
         "Cookie" => false,
@@ -268,30 +282,52 @@ pub fn from_session_persistence(sp: &Node, has_key: bool) -> Translation {
             false
         }
     };
+    let name = session_name(sp, header);
     let absolute = gateway_duration(&mut t, sp, "absoluteTimeout");
     let idle = gateway_duration(&mut t, sp, "idleTimeout");
-    let lifetime = sp
-        .str_at(&["cookieConfig", "lifetimeType"])
-        .or_else(|| sp.str_at(&["cookie", "lifetimeType"]))
-        .unwrap_or("Session");
+    if sp.get("idleTimeout").is_some() {
+        t.note(
+            "idleTimeout was removed from Gateway API (gateway-api #4771: no Gateway implemented it), so a Gateway \
+             of today ignores it; stickyd enforces it as STICKYD_SESSION_IDLE_TIMEOUT, inside its signed cookie",
+        );
+    }
+    let (lifetime, cookie_field) = ["cookie", "cookieConfig"]
+        .into_iter()
+        .find_map(|f| Some((sp.str_at(&[f, "lifetimeType"])?, f)))
+        .unwrap_or(("Session", "cookie"));
     if header {
         t.want("STICKYD_AFFINITY", "header", "type: Header");
         if let Some((n, field)) = name {
-            t.want("STICKYD_AFFINITY_HEADER", n.trim().to_ascii_lowercase(), field);
+            t.want("STICKYD_AFFINITY_HEADER", n.to_ascii_lowercase(), field);
         }
-        if sp.get("cookieConfig").is_some() {
-            t.note("cookieConfig applies to cookies only; ignored with type: Header");
+        if let Some(field) = ["cookie", "cookieConfig"].into_iter().find(|f| sp.get(f).is_some()) {
+            t.note(format!("{field} applies to cookies only; ignored with type: Header"));
         }
     } else {
         if let Some((n, field)) = name {
-            t.want("STICKYD_COOKIE_NAME", n.trim(), field);
+            t.want("STICKYD_COOKIE_NAME", n, field);
+        }
+        if sp.get("header").is_some() {
+            t.note("header applies to type: Header only; ignored with type: Cookie");
+        }
+        match sp.str_at(&["cookie", "path"]).map(str::trim) {
+            Some(p) if p.contains(REGEX_CHARS) || !p.starts_with('/') => {
+                t.want("STICKYD_COOKIE_PATH", "/", "cookie.path");
+                t.warn(format!(
+                    "cookie.path {p:?} is not a literal path (a cookie Path is matched literally, and stickyd \
+                     refuses regex syntax): stickyd's cookie gets Path=/ (pass --cookie-path {} to narrow it)",
+                    model::literal_prefix(p)
+                ));
+            }
+            Some(p) => t.want("STICKYD_COOKIE_PATH", p, "cookie.path"),
+            None => {}
         }
         match lifetime {
             "Permanent" => match &absolute {
                 Some(a) => t.want(
                     "STICKYD_COOKIE_MAX_AGE",
                     a.clone(),
-                    "lifetimeType: Permanent, absoluteTimeout",
+                    format!("{cookie_field}.lifetimeType: Permanent, absoluteTimeout"),
                 ),
                 None => t.warn(
                     "lifetimeType Permanent without absoluteTimeout (the API refuses it): a session cookie instead",
@@ -373,6 +409,71 @@ fn reached<'a>(
         .then(|| (target.to_string(), Some(name_of(alias))))
 }
 
+/// The Gateway API groups a Backend (GEP-4894) is served in: the experimental
+/// `XBackend` of `gateway.networking.x-k8s.io`, and `Backend` as the GEP names it.
+const BACKEND_GROUPS: [&str; 2] = ["gateway.networking.k8s.io", "gateway.networking.x-k8s.io"];
+
+/// Whether an object is a Gateway API Backend (GEP-4894).
+pub(crate) fn is_backend(d: &Node) -> bool {
+    let group = d
+        .str_at(&["apiVersion"])
+        .and_then(|v| v.split_once('/'))
+        .map(|(g, _)| g);
+    matches!(kind_of(d), "Backend" | "XBackend") && group.is_some_and(|g| BACKEND_GROUPS.contains(&g))
+}
+
+/// The Service a Backend (GEP-4894) of type `EndpointSelector` stands for,
+/// and its namespace: the name of its `endpointSelector.selectorRef` (an
+/// EndpointSelector of the Service's name, as GEP-4894 draws it, or the
+/// Service itself), in the ref's namespace or the Backend's. A Backend that
+/// selects pods by labels (`endpointSelector.matchLabels`) is not related to
+/// a Service.
+pub(crate) fn backend_service(d: &Node) -> Option<(&str, Option<String>)> {
+    let spec = d.get("spec")?;
+    if spec.str_at(&["type"]).is_some_and(|t| t != "EndpointSelector") {
+        return None;
+    }
+    let by = spec.path(&["endpointSelector", "selectorRef"])?;
+    if !matches!(by.str_at(&["kind"]), None | Some("Service" | "EndpointSelector")) {
+        return None;
+    }
+    let ns = by.str_at(&["namespace"]).map(str::to_string).or_else(|| ns_of(d));
+    Some((by.str_at(&["name"])?, ns))
+}
+
+/// Whether a Backend stands for one of `services` in namespace `ns`.
+fn backend_is(d: &Node, services: &[String], ns: &Option<String>) -> bool {
+    backend_service(d).is_some_and(|(s, sns)| same_ns(&sns, ns) && services.iter().any(|x| x == s))
+}
+
+/// Whether a route's backendRef (or a Backend's) reaches one of `services`
+/// in namespace `ns`: a core Service directly or through an ExternalName
+/// Service, or a Backend (GEP-4894, of the route's namespace) standing for it.
+pub(crate) fn backend_ref_reaches(
+    docs: &[Node],
+    b: &Node,
+    from: &Option<String>,
+    services: &[String],
+    ns: &Option<String>,
+) -> bool {
+    let group = b.str_at(&["group"]).unwrap_or("");
+    let kind = b.str_at(&["kind"]).unwrap_or("Service");
+    let name = b.str_at(&["name"]).unwrap_or("");
+    if group.is_empty() && kind == "Service" {
+        let bns = b.str_at(&["namespace"]).map(str::to_string).or_else(|| from.clone());
+        return reached(docs, name, &bns, services, ns).is_some();
+    }
+    BACKEND_GROUPS.contains(&group)
+        && matches!(kind, "Backend" | "XBackend")
+        && docs.iter().any(|d| {
+            is_backend(d)
+                && kind_of(d) == kind
+                && name_of(d) == name
+                && same_ns(&ns_of(d), from)
+                && backend_is(d, services, ns)
+        })
+}
+
 /// What `--from-ingress` and `--from-httproute` found for one workload.
 #[derive(Debug, Default)]
 pub struct Plan {
@@ -382,7 +483,7 @@ pub struct Plan {
     ingresses: Vec<usize>,
     /// Routes (by document) and the indexes of their rules whose sessionPersistence is removed.
     routes: Vec<(usize, Vec<usize>)>,
-    /// BackendLBPolicies whose sessionPersistence is removed.
+    /// Backends and BackendLBPolicies (or XBackendTrafficPolicies) whose sessionPersistence is removed.
     policies: Vec<usize>,
 }
 
@@ -424,9 +525,10 @@ impl Plan {
     }
 }
 
-/// Reads the Ingresses (`from_ingress`) and the HTTPRoutes, GRPCRoutes and
-/// BackendLBPolicies (`from_route`) of `docs` that reach `services` in
-/// namespace `ns`, and what they ask of the sidecar.
+/// Reads the Ingresses (`from_ingress`) and the HTTPRoutes, GRPCRoutes,
+/// Backends, BackendLBPolicies and XBackendTrafficPolicies (`from_route`) of
+/// `docs` that reach `services` in namespace `ns`, and what they ask of the
+/// sidecar.
 pub fn plan(
     docs: &[Node],
     services: &[String],
@@ -479,12 +581,12 @@ pub fn plan(
                     let Some(sp) = rule.get("sessionPersistence").filter(|s| !s.is_null()) else {
                         continue;
                     };
-                    let reaches = rule.get("backendRefs").map(Node::items).unwrap_or(&[]).iter().any(|b| {
-                        let core = b.str_at(&["group"]).unwrap_or("").is_empty()
-                            && b.str_at(&["kind"]).unwrap_or("Service") == "Service";
-                        let bns = b.str_at(&["namespace"]).map(str::to_string).or_else(|| from.clone());
-                        core && reached(docs, b.str_at(&["name"]).unwrap_or(""), &bns, services, ns).is_some()
-                    });
+                    let reaches = rule
+                        .get("backendRefs")
+                        .map(Node::items)
+                        .unwrap_or(&[])
+                        .iter()
+                        .any(|b| backend_ref_reaches(docs, b, &from, services, ns));
                     if !reaches {
                         continue;
                     }
@@ -493,7 +595,7 @@ pub fn plan(
                     plan.notes.push(format!(
                         "{source}: removed sessionPersistence: left there, the Gateway would pin sessions with a \
                          cookie or header of its own beside stickyd's{}",
-                        if sp.get("sessionName").is_some() {
+                        if session_name(sp, sp.str_at(&["type"]) == Some("Header")).is_some() {
                             ", of the same name"
                         } else {
                             ""
@@ -516,29 +618,47 @@ pub fn plan(
             _ => {}
         }
     }
-    // A route rule's sessionPersistence overrides a BackendLBPolicy's (GEP-1619).
+    // A route rule's sessionPersistence overrides a policy's (GEP-1619): the
+    // BackendLBPolicy of v1.1 to v1.2, its successor XBackendTrafficPolicy
+    // (gateway-api #3705), and the Backend (GEP-4894) that gateway-api #4876
+    // makes the attachment point. That PR only states the direction (a
+    // `spec.sessionPersistence` of the same shape on the Backend, the route
+    // rule's and the policy's deprecated); the field is not in the API yet,
+    // so this reads what the PR proposes.
     for (i, d) in docs.iter().enumerate() {
-        if !from_route || kind_of(d) != "BackendLBPolicy" {
-            continue;
+        if !from_route {
+            break;
         }
         let Some(sp) = d.path(&["spec", "sessionPersistence"]).filter(|s| !s.is_null()) else {
             continue;
         };
-        let spec = d.get("spec");
-        let mut refs: Vec<&Node> = spec
-            .and_then(|s| s.get("targetRefs"))
-            .map(Node::items)
-            .unwrap_or(&[])
-            .iter()
-            .collect();
-        refs.extend(spec.and_then(|s| s.get("targetRef")));
         let from = ns_of(d);
-        let targets = refs.iter().any(|r| {
-            r.str_at(&["group"]).unwrap_or("").is_empty()
-                && r.str_at(&["kind"]) == Some("Service")
-                && same_ns(&from, ns)
-                && services.iter().any(|s| Some(s.as_str()) == r.str_at(&["name"]))
-        });
+        let targets = if is_backend(d) {
+            backend_is(d, services, ns)
+        } else if matches!(
+            kind_of(d),
+            "BackendLBPolicy" | "XBackendTrafficPolicy" | "BackendTrafficPolicy"
+        ) && d
+            .str_at(&["apiVersion"])
+            .is_some_and(|v| v.starts_with("gateway.networking."))
+        {
+            let spec = d.get("spec");
+            let mut refs: Vec<&Node> = spec
+                .and_then(|s| s.get("targetRefs"))
+                .map(Node::items)
+                .unwrap_or(&[])
+                .iter()
+                .collect();
+            refs.extend(spec.and_then(|s| s.get("targetRef")));
+            refs.iter().any(|r| {
+                r.str_at(&["group"]).unwrap_or("").is_empty()
+                    && r.str_at(&["kind"]) == Some("Service")
+                    && same_ns(&from, ns)
+                    && services.iter().any(|s| Some(s.as_str()) == r.str_at(&["name"]))
+            })
+        } else {
+            false
+        };
         if !targets {
             continue;
         }
@@ -695,6 +815,103 @@ mod tests {
             vars(&from_session_persistence(&header, false)),
             vec![("STICKYD_AFFINITY", "header"), ("STICKYD_AFFINITY_HEADER", "x-session")]
         );
+    }
+
+    #[test]
+    fn the_schema_of_today_and_the_one_before() {
+        // gateway-api #4873, #5046: cookie.name, cookie.path, cookie.lifetimeType.
+        let today = node(concat!(
+            "type: Cookie\nabsoluteTimeout: 10m\n",
+            "cookie: {name: shop, path: /shop, lifetimeType: Permanent}\n",
+        ));
+        let t = from_session_persistence(&today, true);
+        assert_eq!(
+            vars(&t),
+            vec![
+                ("STICKYD_COOKIE_NAME", "shop"),
+                ("STICKYD_COOKIE_PATH", "/shop"),
+                ("STICKYD_COOKIE_MAX_AGE", "600s"),
+                ("STICKYD_SESSION_MAX_LIFETIME", "600s"),
+            ]
+        );
+        assert!(t.notes.is_empty(), "{:?}", t.notes);
+        // The same, as written before #4873.
+        let before = node("sessionName: shop\nabsoluteTimeout: 10m\ncookieConfig: {lifetimeType: Permanent}\n");
+        let b = from_session_persistence(&before, true);
+        assert_eq!(vars(&b)[0], ("STICKYD_COOKIE_NAME", "shop"));
+        assert_eq!(vars(&b)[1], ("STICKYD_COOKIE_MAX_AGE", "600s"));
+        // header.name, not the cookie's name, with type: Header.
+        let header = node("type: Header\nheader: {name: Mcp-Session-Id}\n");
+        assert_eq!(
+            vars(&from_session_persistence(&header, false)),
+            vec![
+                ("STICKYD_AFFINITY", "header"),
+                ("STICKYD_AFFINITY_HEADER", "mcp-session-id")
+            ]
+        );
+        // A Path with regex syntax is no Path a browser matches.
+        let regex = from_session_persistence(&node("cookie: {path: \"/app(/|$)\"}\n"), false);
+        assert_eq!(vars(&regex), vec![("STICKYD_COOKIE_PATH", "/")]);
+        assert!(regex.notes[0].starts_with("warning: cookie.path"), "{:?}", regex.notes);
+        assert!(regex.notes[0].contains("--cookie-path /app"), "{:?}", regex.notes);
+    }
+
+    #[test]
+    fn idle_timeout_is_mapped_with_a_note_that_upstream_removed_it() {
+        let t = from_session_persistence(&node("idleTimeout: 30m\n"), true);
+        assert_eq!(vars(&t), vec![("STICKYD_SESSION_IDLE_TIMEOUT", "1800s")]);
+        assert_eq!(t.notes.len(), 1, "{:?}", t.notes);
+        assert!(t.notes[0].contains("#4771"), "{:?}", t.notes);
+        assert!(
+            !t.notes[0].starts_with("warning:"),
+            "stickyd enforces it: {:?}",
+            t.notes
+        );
+    }
+
+    #[test]
+    fn backends_reach_the_service_they_select() {
+        let docs: Vec<Node> = kyaml::parse_stream(concat!(
+            "apiVersion: gateway.networking.x-k8s.io/v1alpha1\nkind: XBackend\n",
+            "metadata: {name: shop-backend, namespace: shop}\n",
+            "spec: {type: EndpointSelector, endpointSelector: {selectorRef: {name: shop}},\n",
+            "  sessionPersistence: {type: Cookie, cookie: {name: from-backend}}}\n",
+            "---\napiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\n",
+            "metadata: {name: shop, namespace: shop}\n",
+            "spec:\n  rules:\n  - backendRefs: [{kind: XBackend, group: gateway.networking.x-k8s.io, name: shop-backend}]\n",
+            "    sessionPersistence: {type: Cookie, cookie: {name: from-route}}\n",
+            "---\napiVersion: gateway.networking.x-k8s.io/v1alpha1\nkind: XBackend\n",
+            "metadata: {name: other, namespace: shop}\n",
+            "spec: {type: EndpointSelector, endpointSelector: {selectorRef: {name: other}},\n",
+            "  sessionPersistence: {type: Cookie, cookie: {name: other}}}\n",
+        ))
+        .unwrap()
+        .into_iter()
+        .map(|d| d.root)
+        .collect();
+        let ns = Some("shop".to_string());
+        let plan = plan(&docs, &["shop".to_string()], &ns, false, true, true);
+        // The route rule's name wins over the Backend's, which is a warning.
+        assert_eq!(
+            plan.wanted
+                .iter()
+                .map(|w| (w.var, w.value.as_str()))
+                .collect::<Vec<_>>(),
+            vec![("STICKYD_COOKIE_NAME", "from-route")]
+        );
+        assert!(
+            plan.notes
+                .iter()
+                .any(|n| n.starts_with("warning: XBackend/shop/shop-backend: cookie.name asks for")),
+            "{:?}",
+            plan.notes
+        );
+        assert_eq!(plan.routes, vec![(1, vec![0])]);
+        assert_eq!(plan.policies, vec![0], "the other Backend is not the Service's");
+        let mut docs = docs;
+        apply(&mut docs, &plan);
+        assert!(docs[0].path(&["spec", "sessionPersistence"]).is_none());
+        assert!(docs[2].path(&["spec", "sessionPersistence"]).is_some());
     }
 
     #[test]
