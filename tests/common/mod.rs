@@ -546,11 +546,25 @@ pub enum Proto {
 /// One request on a fresh connection, in `proto` (HTTP/1.1 takes the
 /// sidecar's own codec, h2c hyper's).
 pub async fn fresh(addr: SocketAddr, proto: Proto, path: &str, headers: &[(&str, String)]) -> Resp {
+    fresh_method(addr, proto, "GET", path, headers).await
+}
+
+/// [`fresh`], with another method (no body).
+pub async fn fresh_method(
+    addr: SocketAddr,
+    proto: Proto,
+    method: &str,
+    path: &str,
+    headers: &[(&str, String)],
+) -> Resp {
     let stream = tokio::time::timeout(Duration::from_secs(5), tokio::net::TcpStream::connect(addr))
         .await
         .expect("connect in time")
         .expect("connect");
-    let mut b = Request::get(path).header("host", "shop.example");
+    let mut b = Request::builder()
+        .method(method)
+        .uri(path)
+        .header("host", "shop.example");
     for (k, v) in headers {
         b = b.header(*k, v.as_str());
     }

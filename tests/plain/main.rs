@@ -11,6 +11,7 @@ mod apiserver;
 #[path = "../common/mod.rs"]
 mod common;
 
+mod app_header;
 mod demo;
 mod docs;
 mod drain;

@@ -500,33 +500,47 @@ pub fn split_app_value(v: &[u8]) -> Option<(&[u8], &[u8])> {
     shaped.then(|| (token, &v[at + 1..]))
 }
 
-/// What the app's cookie in a request says, in app-cookie mode.
+/// What the app's carrier in a request says (its cookie in app-cookie
+/// mode, its header in app-header mode).
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct AppCookie {
-    /// The token's state: `Absent` without the cookie, `Invalid` when it has
-    /// no valid prefix.
+pub struct AppValue {
+    /// The token's state: `Absent` without the carrier, `Invalid` when it
+    /// has no valid prefix.
     pub state: CookieState,
-    /// The app's own value, as the app set it (quotes kept, the prefix off),
-    /// of the cookie whose token decided (else of the first): what a re-issue
-    /// carries.
+    /// The app's own value, as the app set it (a cookie's quotes kept, the
+    /// prefix off), of the value whose token decided (else of the first):
+    /// what a re-issue carries.
     pub value: Option<Vec<u8>>,
 }
 
 /// Reads the app's cookie `name` in the request's `Cookie` fields.
-pub fn read_app_cookie<'a>(values: impl Iterator<Item = &'a [u8]>, name: &str, codec: &Codec, now: u64) -> AppCookie {
-    let mut out = AppCookie {
+pub fn read_app_cookie<'a>(values: impl Iterator<Item = &'a [u8]>, name: &str, codec: &Codec, now: u64) -> AppValue {
+    let name = name.as_bytes();
+    let pairs = values.flat_map(cookie_pairs).filter(|(n, _)| *n == name);
+    read_prefixed(pairs.map(|(_, v)| unquote(v)), codec, now)
+}
+
+/// Reads the values of the app's session header (app-header mode): each one
+/// trimmed, never unquoted (a header value is the app's whole).
+pub fn read_app_header<'a>(values: impl Iterator<Item = &'a [u8]>, codec: &Codec, now: u64) -> AppValue {
+    read_prefixed(values.map(|v| (v.trim_ascii(), false)), codec, now)
+}
+
+/// The first value whose prefix is a valid token decides; else the state
+/// of the last, and the app's value of the first. `(inner, quoted)`: a
+/// value without its quotes, and whether it had them.
+fn read_prefixed<'a>(values: impl Iterator<Item = (&'a [u8], bool)>, codec: &Codec, now: u64) -> AppValue {
+    let mut out = AppValue {
         state: CookieState::Absent,
         value: None,
     };
-    let name = name.as_bytes();
-    for (_, v) in values.flat_map(cookie_pairs).filter(|(n, _)| *n == name) {
-        let (inner, quoted) = unquote(v);
+    for (inner, quoted) in values {
         let (state, value) = match split_app_value(inner) {
             Some((token, rest)) => (first_valid(std::iter::once(token), codec, now), requote(rest, quoted)),
-            None => (CookieState::Invalid, v.to_vec()),
+            None => (CookieState::Invalid, requote(inner, quoted)),
         };
         if let CookieState::Valid(_) = state {
-            return AppCookie {
+            return AppValue {
                 state,
                 value: Some(value),
             };
@@ -535,6 +549,27 @@ pub fn read_app_cookie<'a>(values: impl Iterator<Item = &'a [u8]>, name: &str, c
         out.value.get_or_insert(value);
     }
     out
+}
+
+/// A value of the app's session header as the app gets it: the token prefix
+/// taken off. None: no prefix to take off (the value goes as it came).
+pub fn strip_app_header(v: &[u8]) -> Option<&[u8]> {
+    split_app_value(v.trim_ascii()).map(|(_, rest)| rest)
+}
+
+/// The app's session header value with `token~` before it (a prefix already
+/// there is replaced). None: the app sent it empty (nothing to name).
+pub fn prefix_app_header(v: &[u8], token: &[u8]) -> Option<Vec<u8>> {
+    let v = v.trim_ascii();
+    let own = split_app_value(v).map_or(v, |(_, rest)| rest);
+    if own.is_empty() {
+        return None;
+    }
+    let mut out = Vec::with_capacity(token.len() + 1 + own.len());
+    out.extend_from_slice(token);
+    out.push(APP_DELIMITER);
+    out.extend_from_slice(own);
+    Some(out)
 }
 
 fn requote(v: &[u8], quoted: bool) -> Vec<u8> {
@@ -599,6 +634,26 @@ fn set_cookie_value(field: &[u8]) -> Option<(&[u8], std::ops::Range<usize>)> {
 /// Does this `Set-Cookie` field value set the cookie `name`?
 pub fn sets_cookie(field: &[u8], name: &[u8]) -> bool {
     set_cookie_value(field).is_some_and(|(n, _)| n == name)
+}
+
+/// Does this `Set-Cookie` field value delete the cookie `name`: a
+/// `Max-Age` of zero or less, or an `Expires` before `now` (Unix seconds)?
+/// `Max-Age` wins over `Expires`, as in browsers (RFC 6265 §5.3).
+pub fn deletes_cookie(field: &[u8], name: &[u8], now: u64) -> bool {
+    let Ok(text) = std::str::from_utf8(field) else {
+        return false;
+    };
+    let Ok(c) = cookie::Cookie::parse(text) else {
+        return false;
+    };
+    if c.name().as_bytes() != name {
+        return false;
+    }
+    if let Some(age) = c.max_age() {
+        return age <= time::Duration::ZERO;
+    }
+    let now = i64::try_from(now).unwrap_or(i64::MAX);
+    c.expires_datetime().is_some_and(|at| at.unix_timestamp() <= now)
 }
 
 /// The app's `Set-Cookie` of `name` with `token~` before its value, every
@@ -983,7 +1038,7 @@ mod tests {
         let read = |field: &str| read_app_cookie(std::iter::once(field.as_bytes()), "JSESSIONID", &c, 0);
         assert_eq!(
             read("a=1"),
-            AppCookie {
+            AppValue {
                 state: CookieState::Absent,
                 value: None
             }

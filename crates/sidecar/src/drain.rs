@@ -5,15 +5,18 @@
 //! peers), keeps serving the sessions pinned to it and stays ready, so that
 //! its endpoint stays `serving` and peers keep forwarding those sessions. The
 //! call answers once no request of a session pinned here has arrived for
-//! `idle` (and none is in flight), or once `max` has passed. Kubernetes then
-//! stops the app, and the sidecar after it.
+//! `idle` (and none is in flight or streaming): `idle`; as soon as every
+//! session pinned here has ended (the app said so, [`crate::route::told`])
+//! or gone idle, one of them having ended during the drain: `ended`; or once
+//! `max` has passed: `max`. Kubernetes then stops the app, and the sidecar
+//! after it.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use serde::Serialize;
-use tokio::sync::watch;
+use tokio::sync::{watch, Notify};
 use tokio::time::Instant;
 
 use crate::sessions::SessionTracker;
@@ -98,6 +101,9 @@ pub enum Reason {
     Idle,
     /// `max` passed first.
     Max,
+    /// Every session pinned here ended or went idle, one of them ended by
+    /// the app during the drain.
+    Ended,
 }
 
 /// The answer of a drain call.
@@ -108,6 +114,8 @@ pub struct Outcome {
     pub waited_seconds: f64,
     /// Distinct sessions pinned here that were served during the drain.
     pub sessions_served: usize,
+    /// Sessions pinned here that the app ended during the drain.
+    pub sessions_ended: u64,
     /// The drain's `idle`, as the first call set it (within STICKYD_DRAIN_MAX).
     pub idle_seconds: f64,
     /// The drain's `max`, as the first call set it (within STICKYD_DRAIN_MAX).
@@ -124,6 +132,9 @@ pub struct Drain {
     in_flight: AtomicUsize,
     started: OnceLock<(Instant, DrainParams)>,
     outcome: watch::Sender<Option<Outcome>>,
+    /// Rung when a session ends or the last pinned request finishes: the
+    /// drain looks again at once.
+    wake: Notify,
 }
 
 impl Default for Drain {
@@ -135,6 +146,7 @@ impl Default for Drain {
             in_flight: AtomicUsize::new(0),
             started: OnceLock::new(),
             outcome: watch::channel(None).0,
+            wake: Notify::new(),
         }
     }
 }
@@ -145,7 +157,9 @@ pub struct Pinned<'a>(&'a Drain);
 impl Drop for Pinned<'_> {
     fn drop(&mut self) {
         self.0.touch();
-        self.0.in_flight.fetch_sub(1, Ordering::AcqRel);
+        if self.0.in_flight.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.0.wake.notify_one();
+        }
     }
 }
 
@@ -153,6 +167,13 @@ impl Drain {
     /// Has a drain been asked for? From then on this pod takes no new sessions.
     pub fn requested(&self) -> bool {
         self.requested.load(Ordering::Relaxed)
+    }
+
+    /// A session pinned here ended: a running drain looks again now.
+    pub fn wake(&self) {
+        if self.requested() {
+            self.wake.notify_one();
+        }
     }
 
     fn touch(&self) {
@@ -185,12 +206,14 @@ impl Drain {
             self.touch();
             tracing::info!(idle = ?params.idle, max = ?params.max, "drain: taking no new sessions, serving the pinned ones until they go idle");
             let me = self.clone();
+            let ended_before = sessions.ended();
             tokio::spawn(async move {
-                let reason = me.wait(started, params).await;
+                let reason = me.wait(started, params, &sessions, ended_before).await;
                 let outcome = Outcome {
                     reason,
                     waited_seconds: started.elapsed().as_secs_f64(),
                     sessions_served: sessions.seen_since(started),
+                    sessions_ended: sessions.ended() - ended_before,
                     idle_seconds: params.idle.as_secs_f64(),
                     max_seconds: params.max.as_secs_f64(),
                 };
@@ -213,6 +236,7 @@ impl Drain {
                     reason: Reason::Max,
                     waited_seconds: started.elapsed().as_secs_f64(),
                     sessions_served: 0,
+                    sessions_ended: 0,
                     idle_seconds: params.idle.as_secs_f64(),
                     max_seconds: params.max.as_secs_f64(),
                 };
@@ -220,11 +244,15 @@ impl Drain {
         }
     }
 
-    /// Waits until no pinned request arrived or ran for `idle`, or `max`.
-    async fn wait(&self, started: Instant, p: DrainParams) -> Reason {
+    /// Waits until no pinned request arrived, ran or streamed for `idle`
+    /// (`Idle`), until every session pinned here ended or went idle and one
+    /// ended since the drain began (`Ended`: `ended_before` is the count of
+    /// ended sessions then), or `max`.
+    async fn wait(&self, started: Instant, p: DrainParams, sessions: &SessionTracker, ended_before: u64) -> Reason {
         let max_at = started + p.max;
-        // While requests are in flight, look again this often.
-        let poll = p.idle.max(Duration::from_millis(50));
+        // While requests are in flight or sessions seen lately, look again
+        // this often.
+        let poll = p.idle.clamp(Duration::from_millis(50), Duration::from_secs(1));
         loop {
             let now = Instant::now();
             if now >= max_at {
@@ -232,12 +260,23 @@ impl Drain {
             }
             let last = self.epoch + Duration::from_millis(self.last.load(Ordering::Acquire));
             let idle_at = last.max(started) + p.idle;
-            let busy = self.in_flight.load(Ordering::Acquire) > 0;
-            if !busy && now >= idle_at {
+            let busy = self.in_flight.load(Ordering::Acquire) > 0 || sessions.open() > 0;
+            // No session pinned here was seen within `idle` (a response that
+            // streamed until lately counts as seen at its end): none seen
+            // after the tick of `now - idle` (the table counts in ticks).
+            let since = now.checked_sub(p.idle).unwrap_or(self.epoch) + crate::sessions::TICK;
+            let quiet = !busy && sessions.seen_since(since) == 0;
+            if quiet && sessions.ended() > ended_before {
+                return Reason::Ended;
+            }
+            if quiet && now >= idle_at {
                 return Reason::Idle;
             }
-            let next = if busy { now + poll } else { idle_at };
-            tokio::time::sleep_until(next.min(max_at)).await;
+            let next = if quiet { idle_at } else { now + poll };
+            tokio::select! {
+                () = tokio::time::sleep_until(next.min(max_at)) => {}
+                () = self.wake.notified() => {}
+            }
         }
     }
 }
@@ -357,6 +396,77 @@ mod drain_tests {
     }
 
     #[tokio::test(start_paused = true)]
+    async fn ended_as_soon_as_every_session_has_ended_or_gone_idle() {
+        let d = Arc::new(Drain::default());
+        let sessions = tracker();
+        let (a, b, c) = (
+            Sid::from_bytes([1; 6]),
+            Sid::from_bytes([2; 6]),
+            Sid::from_bytes([3; 6]),
+        );
+        // c was last seen long before the drain: idle. a and b are active.
+        sessions.note(c, Instant::now());
+        tokio::time::advance(Duration::from_secs(100)).await;
+        sessions.note(a, Instant::now());
+        sessions.note(b, Instant::now());
+        let run = tokio::spawn({
+            let (d, s) = (d.clone(), sessions.clone());
+            async move { d.run(params(60, 300), s).await }
+        });
+        tokio::task::yield_now().await;
+        // a streams (an event stream held open), b ends at 5 s.
+        let stream = sessions.hold(a, Instant::now());
+        tokio::time::advance(Duration::from_secs(5)).await;
+        assert!(sessions.end(b));
+        d.wake();
+        tokio::task::yield_now().await;
+        assert!(!run.is_finished(), "a is still streaming");
+        // a's stream closes at 70 s, past `idle` since it was first seen:
+        // still active at its end, so the drain waits on.
+        tokio::time::advance(Duration::from_secs(65)).await;
+        drop(stream);
+        tokio::time::advance(Duration::from_secs(2)).await;
+        tokio::task::yield_now().await;
+        assert!(!run.is_finished(), "a was seen at its stream's end");
+        // a ends at 80 s: nothing pinned here is active, the drain ends now.
+        tokio::time::advance(Duration::from_secs(8)).await;
+        let pinned = d.pinned_request().unwrap();
+        assert!(sessions.end(a));
+        d.wake();
+        tokio::task::yield_now().await;
+        assert!(!run.is_finished(), "the DELETE that ended it is still in flight");
+        drop(pinned);
+        let o = run.await.unwrap();
+        assert_eq!(o.reason, Reason::Ended);
+        assert_eq!(o.waited_seconds.round() as u64, 80);
+        assert_eq!(o.sessions_ended, 2);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn sessions_that_only_go_idle_end_it_on_idle_not_ended() {
+        let d = Arc::new(Drain::default());
+        let sessions = tracker();
+        // Ended before the drain began: not this drain's.
+        sessions.note(Sid::from_bytes([9; 6]), Instant::now());
+        assert!(sessions.end(Sid::from_bytes([9; 6])));
+        sessions.note(Sid::from_bytes([1; 6]), Instant::now());
+        let o = d.run(params(10, 300), sessions).await;
+        assert_eq!(o.reason, Reason::Idle);
+        assert_eq!(o.waited_seconds.round() as u64, 10);
+        assert_eq!(o.sessions_ended, 0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_stream_held_open_holds_the_drain_until_max() {
+        let d = Arc::new(Drain::default());
+        let sessions = tracker();
+        let _stream = sessions.hold(Sid::from_bytes([1; 6]), Instant::now());
+        let o = d.run(params(10, 120), sessions).await;
+        assert_eq!(o.reason, Reason::Max);
+        assert_eq!(o.waited_seconds.round() as u64, 120);
+    }
+
+    #[tokio::test(start_paused = true)]
     async fn max_ends_it_and_later_callers_join_the_first() {
         let d = Arc::new(Drain::default());
         let sessions = tracker();
@@ -399,15 +509,16 @@ mod drain_tests {
     #[test]
     fn outcome_json() {
         let o = Outcome {
-            reason: Reason::Idle,
+            reason: Reason::Ended,
             waited_seconds: 12.5,
             sessions_served: 3,
+            sessions_ended: 2,
             idle_seconds: 10.0,
             max_seconds: 300.0,
         };
         assert_eq!(
             serde_json::to_string(&o).unwrap(),
-            r#"{"reason":"idle","waited_seconds":12.5,"sessions_served":3,"idle_seconds":10.0,"max_seconds":300.0}"#
+            r#"{"reason":"ended","waited_seconds":12.5,"sessions_served":3,"sessions_ended":2,"idle_seconds":10.0,"max_seconds":300.0}"#
         );
     }
 }

@@ -79,6 +79,10 @@ pub struct Metrics {
     /// `stickyd_sessions_active`: distinct sessions pinned here seen within
     /// STICKYD_SESSION_ACTIVE_WINDOW (set at each scrape).
     pub sessions_active: Gauge,
+    /// `stickyd_sessions_ended_total`: sessions pinned here that the app
+    /// ended (a DELETE in app-header mode, its cookie deleted in app-cookie
+    /// mode), each leaving the session table at once.
+    pub sessions_ended: Counter,
     /// `stickyd_draining`: 1 once a drain was asked for (`/drain`) or SIGTERM came.
     pub draining: Gauge,
     /// `stickyd_key_reloads_total{kind}`: secret file re-reads (ok, error).
@@ -181,6 +185,7 @@ impl Default for Metrics {
             connections_refused: Counter::default(),
             key_reloads: Family::default(),
             sessions_active: Gauge::default(),
+            sessions_ended: Counter::default(),
             draining: Gauge::default(),
             memory_limit_bytes: Gauge::default(),
             buffer_bytes: BufferGauge::default(),
@@ -262,6 +267,12 @@ impl Metrics {
             "sessions_active",
             "Distinct sessions pinned to this pod seen within STICKYD_SESSION_ACTIVE_WINDOW",
             self.sessions_active.clone(),
+        );
+        r.register(
+            "sessions_ended",
+            "Sessions pinned to this pod that the app ended (a DELETE in app-header mode, its cookie deleted in \
+             app-cookie mode)",
+            self.sessions_ended.clone(),
         );
         r.register(
             "draining",

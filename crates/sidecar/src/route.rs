@@ -115,25 +115,58 @@ impl Emit {
 /// What a response served here carries, by the mode. `issue`: the decision
 /// asks for a token (a new or repinned session, or a refresh: the
 /// `set_cookie` of [`Decision::Local`]). `app_sets`: the app's response sets
-/// its own cookie (app-cookie mode). `app_value`: the request carried the
-/// app's cookie, so its VALUE is known.
-pub fn emit(mode: AffinityMode, issue: bool, app_sets: bool, app_value: bool) -> Emit {
-    match mode {
-        AffinityMode::AppCookie => Emit {
+/// its own carrier (its cookie, or its session header). `app_value`: the
+/// request carried the app's value, so it is known. `kept`: the app kept the
+/// session: it answered below 400 and did not end it ([`told`]).
+pub fn emit(mode: AffinityMode, issue: bool, app_sets: bool, app_value: bool, kept: bool) -> Emit {
+    if mode.app_carried() {
+        return Emit {
             // Whatever the decision: a value the app sets here is this
             // pod's, and a value without the token would start a new session
             // wherever it lands next.
             prefix: app_sets,
             // stickyd cannot invent the app's value: only the request's own
-            // is re-issued, and only when the app does not set one.
-            reissue: issue && !app_sets && app_value,
+            // is re-issued, only when the app does not set one, and never on
+            // an answer that refused or ended the session (a 404 for a
+            // session the app does not know must reach the client as the app
+            // made it).
+            reissue: issue && !app_sets && app_value && kept,
             ..Emit::default()
-        },
-        _ => Emit {
-            cookie: issue && mode.cookie(),
-            header: issue && mode.header(),
-            ..Emit::default()
-        },
+        };
+    }
+    Emit {
+        cookie: issue && mode.cookie(),
+        header: issue && mode.header(),
+        ..Emit::default()
+    }
+}
+
+/// What the app's answer says of the session it was a request of.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Told {
+    /// Nothing: the session goes on (it is counted active here).
+    Kept,
+    /// The app does not know the session (`app-header`: a 404, as MCP
+    /// answers a session ID it does not hold). It is not counted here from
+    /// this answer on: seen again if it was counted already, never added.
+    Unknown,
+    /// The app ended it: it leaves this pod's session table at once.
+    Ended,
+}
+
+/// What the app's answer to a request of a session says of it ([`Told`]).
+/// Only where the app names its sessions itself: in `app-header` mode a
+/// DELETE answered 2xx or 404 ends it, as MCP's Streamable HTTP ends a
+/// session, and any other 404 says the app does not know it; in
+/// `app-cookie` mode the app deleting its cookie (`deletes`) ends it. In
+/// stickyd's own modes the app never sees the token, so nothing it answers
+/// names the session: it ends by going idle.
+pub fn told(mode: AffinityMode, delete: bool, status: u16, deletes: bool) -> Told {
+    match mode {
+        AffinityMode::AppHeader if delete && ((200..300).contains(&status) || status == 404) => Told::Ended,
+        AffinityMode::AppHeader if status == 404 => Told::Unknown,
+        AffinityMode::AppCookie if deletes => Told::Ended,
+        _ => Told::Kept,
     }
 }
 
@@ -683,23 +716,23 @@ mod tests {
         // Where a Set-Cookie would go, the header goes instead.
         for issue in ISSUE {
             assert_eq!(
-                emit(AffinityMode::Header, issue, false, false),
+                emit(AffinityMode::Header, issue, false, false, true),
                 Emit {
                     header: issue,
                     ..NOTHING
                 }
             );
             assert_eq!(
-                emit(AffinityMode::Cookie, issue, true, true),
+                emit(AffinityMode::Cookie, issue, true, true, true),
                 Emit {
                     cookie: issue,
                     ..NOTHING
                 }
             );
         }
-        assert!(!emit(AffinityMode::Header, false, false, false).any());
-        assert!(emit(AffinityMode::Header, true, false, false).any());
-        assert!(emit(AffinityMode::Cookie, true, false, false).any());
+        assert!(!emit(AffinityMode::Header, false, false, false, true).any());
+        assert!(emit(AffinityMode::Header, true, false, false, true).any());
+        assert!(emit(AffinityMode::Cookie, true, false, false, true).any());
     }
 
     #[test]
@@ -719,7 +752,7 @@ mod tests {
         assert_eq!(decide(&state, &v, &me(false), 0, OnMissing::Reject, 0), NEW);
         for issue in ISSUE {
             assert_eq!(
-                emit(AffinityMode::CookieAndHeader, issue, false, false),
+                emit(AffinityMode::CookieAndHeader, issue, false, false, true),
                 Emit {
                     cookie: issue,
                     header: issue,
@@ -729,61 +762,72 @@ mod tests {
         }
     }
 
+    /// The decisions of the app-carried modes (rows 19 to 22, 28 to 31) are
+    /// those of rows 1 to 16, by the prefix's token: the mode decides only
+    /// what a response carries. No value, or none with a valid prefix: a
+    /// new session here (even with reject, as a bad cookie: row 2), handed
+    /// on while this pod is leaving (row 12).
+    fn without_a_valid_prefix_a_new_session() {
+        let v = view(true, Some(PeerState::Draining));
+        for c in [CookieState::Absent, CookieState::Invalid] {
+            assert_eq!(decide(&c, &v, &me(false), 0, OnMissing::Reject, 0), NEW);
+            let d = decide(&c, &v, &me(true), 0, OnMissing::Repin, 0);
+            assert_eq!(forwarded_to(d), Some(("pod-b", SessionMark::New)));
+        }
+    }
+
+    /// A valid prefix routes by its token: to a ready or draining peer, or
+    /// here (also while leaving); its pod gone: repinned, or 503 with reject.
+    fn a_valid_prefix_routes_by_its_token() {
+        let v = view(true, Some(PeerState::Ready));
+        for peer in ["pod-b", "pod-c"] {
+            let d = decide(&cookie(peer), &v, &me(false), 0, OnMissing::Repin, 0);
+            assert_eq!(forwarded_to(d), Some((peer, SessionMark::Pinned)));
+        }
+        for leaving in [false, true] {
+            let d = decide(&cookie("pod-a"), &v, &me(leaving), 0, OnMissing::Repin, 0);
+            assert_eq!(d, PINNED_HERE);
+        }
+        let gone = cookie("pod-gone");
+        assert_eq!(decide(&gone, &v, &me(false), 0, OnMissing::Repin, 0), REPIN);
+        assert_eq!(decide(&gone, &v, &me(false), 0, OnMissing::Reject, 0), Decision::Reject);
+    }
+
     #[test]
     fn row19_app_cookie_absent_is_a_new_session_and_no_cookie_is_added() {
-        let v = view(true, Some(PeerState::Ready));
-        assert_eq!(
-            decide(&CookieState::Absent, &v, &me(false), 0, OnMissing::Repin, 0),
-            NEW
-        );
+        without_a_valid_prefix_a_new_session();
         // No value to re-issue: nothing, unless the app sets its cookie.
-        assert_eq!(emit(AffinityMode::AppCookie, true, false, false), NOTHING);
-        assert_eq!(emit(AffinityMode::AppCookie, true, true, false), PREFIX);
+        assert_eq!(emit(AffinityMode::AppCookie, true, false, false, true), NOTHING);
+        assert_eq!(emit(AffinityMode::AppCookie, true, true, false, true), PREFIX);
     }
 
     #[test]
     fn row20_app_cookie_with_a_valid_prefix_routes_by_it_and_prefixes_what_the_app_sets() {
-        let v = view(true, Some(PeerState::Ready));
-        let d = decide(&cookie("pod-b"), &v, &me(false), 0, OnMissing::Repin, 0);
-        assert_eq!(forwarded_to(d), Some(("pod-b", SessionMark::Pinned)));
-        assert_eq!(
-            decide(&cookie("pod-a"), &v, &me(false), 0, OnMissing::Repin, 0),
-            PINNED_HERE
-        );
+        a_valid_prefix_routes_by_its_token();
         // Pinned here, no refresh due: the app setting a new value gets the
         // prefix all the same; not setting one, nothing.
         for app_value in [true, false] {
-            assert_eq!(emit(AffinityMode::AppCookie, false, true, app_value), PREFIX);
-            assert_eq!(emit(AffinityMode::AppCookie, false, false, app_value), NOTHING);
+            assert_eq!(emit(AffinityMode::AppCookie, false, true, app_value, true), PREFIX);
+            assert_eq!(emit(AffinityMode::AppCookie, false, false, app_value, true), NOTHING);
         }
-        assert!(emit(AffinityMode::AppCookie, false, true, true).any());
+        assert!(emit(AffinityMode::AppCookie, false, true, true, true).any());
     }
 
     #[test]
     fn row21_app_cookie_without_a_valid_prefix_is_a_new_session_here_its_value_reissued() {
-        let v = view(true, Some(PeerState::Draining));
-        // Served here even with reject, as a bad cookie (row 2); a draining
-        // pod hands it on as any new session (row 12).
-        assert_eq!(
-            decide(&CookieState::Invalid, &v, &me(false), 0, OnMissing::Reject, 0),
-            NEW
-        );
-        let d = decide(&CookieState::Invalid, &v, &me(true), 0, OnMissing::Repin, 0);
-        assert_eq!(forwarded_to(d), Some(("pod-b", SessionMark::New)));
-        assert_eq!(emit(AffinityMode::AppCookie, true, false, true), REISSUE);
-        assert!(emit(AffinityMode::AppCookie, true, false, true).any());
+        without_a_valid_prefix_a_new_session();
+        assert_eq!(emit(AffinityMode::AppCookie, true, false, true, true), REISSUE);
+        assert!(emit(AffinityMode::AppCookie, true, false, true, true).any());
     }
 
     #[test]
     fn row22_app_cookie_repin_or_refresh_reissues_the_old_value_unless_the_app_sets_one() {
-        let v = view(true, Some(PeerState::Ready));
-        assert_eq!(
-            decide(&cookie("pod-gone"), &v, &me(false), 0, OnMissing::Repin, 0),
-            REPIN
-        );
-        assert_eq!(emit(AffinityMode::AppCookie, true, false, true), REISSUE);
+        a_valid_prefix_routes_by_its_token();
+        assert_eq!(emit(AffinityMode::AppCookie, true, false, true, true), REISSUE);
         // The app's own Set-Cookie wins: its value, its attributes, prefixed.
-        assert_eq!(emit(AffinityMode::AppCookie, true, true, true), PREFIX);
+        assert_eq!(emit(AffinityMode::AppCookie, true, true, true, true), PREFIX);
+        // The app answered 4xx or 5xx, or deleted its cookie: nothing re-issued.
+        assert_eq!(emit(AffinityMode::AppCookie, true, false, true, false), NOTHING);
     }
 
     /// pod-a (this pod), pod-b and pod-d ready, pod-c draining.
@@ -926,6 +970,81 @@ mod tests {
                 assert_eq!(lands(c, false, hops, 300, &low), "here");
                 assert_eq!(lands(c, true, hops, 300, &low), "here");
             }
+        }
+    }
+
+    const APP_HEADER: AffinityMode = AffinityMode::AppHeader;
+
+    #[test]
+    fn row28_app_header_absent_is_a_new_session_and_what_the_app_names_gets_the_prefix() {
+        without_a_valid_prefix_a_new_session();
+        // MCP's initialize: no session header; the app names its session in
+        // its answer, which goes out prefixed with the token of this pod.
+        assert_eq!(emit(APP_HEADER, true, true, false, true), PREFIX);
+        // The app names none: nothing to add (stickyd invents no value).
+        assert_eq!(emit(APP_HEADER, true, false, false, true), NOTHING);
+        assert_eq!(told(APP_HEADER, false, 200, false), Told::Kept);
+    }
+
+    #[test]
+    fn row29_app_header_with_a_valid_prefix_routes_by_it_and_prefixes_what_the_app_sends() {
+        a_valid_prefix_routes_by_its_token();
+        for app_value in [true, false] {
+            for kept in [true, false] {
+                assert_eq!(emit(APP_HEADER, false, true, app_value, kept), PREFIX);
+                assert_eq!(emit(APP_HEADER, false, false, app_value, kept), NOTHING);
+            }
+        }
+    }
+
+    #[test]
+    fn row30_app_header_without_a_valid_prefix_is_a_new_session_its_value_reissued_while_kept() {
+        without_a_valid_prefix_a_new_session();
+        assert_eq!(emit(APP_HEADER, true, false, true, true), REISSUE);
+        // The app refused the value (it does not know the session: 404):
+        // nothing names a pod for it.
+        assert_eq!(emit(APP_HEADER, true, false, true, false), NOTHING);
+        assert_eq!(emit(APP_HEADER, true, true, true, false), PREFIX);
+    }
+
+    #[test]
+    fn row31_app_header_repin_or_refresh_reissues_the_old_value_while_the_app_keeps_it() {
+        a_valid_prefix_routes_by_its_token();
+        assert_eq!(emit(APP_HEADER, true, false, true, true), REISSUE);
+        assert_eq!(emit(APP_HEADER, true, true, true, true), PREFIX);
+        // After a repin the app answers as for a session it does not know
+        // (MCP: 404); the answer goes as it made it.
+        assert_eq!(emit(APP_HEADER, true, false, true, false), NOTHING);
+    }
+
+    #[test]
+    fn row32_a_session_the_app_ends_leaves_the_table_one_it_does_not_know_is_not_counted() {
+        // app-header: a DELETE answered 2xx, or 404 (already gone at the app).
+        for status in [200, 202, 204, 299, 404] {
+            assert_eq!(told(APP_HEADER, true, status, false), Told::Ended, "{status}");
+        }
+        for status in [199, 300, 400, 403, 405, 500, 503] {
+            assert_eq!(told(APP_HEADER, true, status, false), Told::Kept, "{status}");
+        }
+        // Any other 404: the app does not know the session.
+        assert_eq!(told(APP_HEADER, false, 404, false), Told::Unknown);
+        for status in [200, 204, 400, 410, 500] {
+            assert_eq!(told(APP_HEADER, false, status, false), Told::Kept, "{status}");
+        }
+        // app-cookie: the app deletes its cookie, whatever the method; a 404 is a page.
+        assert_eq!(told(AffinityMode::AppCookie, false, 200, true), Told::Ended);
+        assert_eq!(told(AffinityMode::AppCookie, true, 500, true), Told::Ended);
+        assert_eq!(told(AffinityMode::AppCookie, true, 204, false), Told::Kept);
+        assert_eq!(told(AffinityMode::AppCookie, false, 404, false), Told::Kept);
+        // stickyd's own token: the app never sees it, nothing it says ends a session.
+        for mode in [
+            AffinityMode::Cookie,
+            AffinityMode::Header,
+            AffinityMode::CookieAndHeader,
+        ] {
+            assert_eq!(told(mode, true, 204, true), Told::Kept);
+            assert_eq!(told(mode, true, 404, false), Told::Kept);
+            assert_eq!(told(mode, false, 404, false), Told::Kept);
         }
     }
 }

@@ -2,6 +2,12 @@
 //! distinct ones active within STICKYD_SESSION_ACTIVE_WINDOW
 //! (`stickyd_sessions_active`) and those served since the drain began.
 //!
+//! A session with a response still streaming (an event stream, a long
+//! poll, a WebSocket) is active however long it lasts: each response served
+//! here holds its session open ([`Hold`]) until its last byte, and is seen
+//! again then. A session the app ended ([`crate::route::told`]) leaves the
+//! table at once ([`SessionTracker::end`]).
+//!
 //! Sessions are told apart by the random SID inside the cookie value. The
 //! table is bounded: at [`MAX_TRACKED`] sessions a new one is counted only
 //! once an old one expired (the gauge saturates; pins are never affected).
@@ -11,8 +17,8 @@
 
 use std::collections::HashMap;
 use std::hash::{BuildHasherDefault, Hasher};
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::time::Instant;
@@ -41,19 +47,38 @@ impl Hasher for SidHasher {
     }
 }
 
+/// One session in the table.
+#[derive(Clone, Copy, Debug)]
+struct Entry {
+    /// When it was last seen (ticks): a response of it began or ended.
+    seen: u32,
+    /// Its responses still streaming ([`Hold`]s): while any is, it never
+    /// expires.
+    open: u32,
+}
+
+impl Entry {
+    fn active_since(&self, tick: u32) -> bool {
+        self.open > 0 || self.seen >= tick
+    }
+}
+
 /// One lock's part of the table.
 #[derive(Default)]
 struct Shard {
-    /// When each session was last seen (ticks).
-    seen: HashMap<u64, u32, BuildHasherDefault<SidHasher>>,
+    /// The sessions, by SID.
+    seen: HashMap<u64, Entry, BuildHasherDefault<SidHasher>>,
     /// No session of `seen` can expire before this tick: every one was
     /// seen at or after the last pass's oldest kept, or at that pass's own
     /// tick, whichever is earlier. A full shard is not searched before it.
     none_expire_before: u32,
 }
 
+/// The table's unit of time.
+pub const TICK: Duration = Duration::from_millis(100);
+
 fn to_ticks(d: Duration) -> u32 {
-    (d.as_millis() / 100).min(u32::MAX as u128) as u32
+    (d.as_millis() / TICK.as_millis()).min(u32::MAX as u128) as u32
 }
 
 /// When each session pinned here was last seen, in tenths of a second since
@@ -65,6 +90,10 @@ pub struct SessionTracker {
     /// The sessions in the table: [`SessionTracker::count`], without a pass
     /// over it.
     tracked: AtomicUsize,
+    /// Responses holding their session open ([`Hold`]s alive).
+    open: AtomicUsize,
+    /// Sessions the app ended ([`SessionTracker::end`]), since start.
+    ended: AtomicU64,
     /// Passes over a shard, for the tests that bound them.
     #[cfg(test)]
     passes: AtomicUsize,
@@ -77,6 +106,8 @@ impl SessionTracker {
             window,
             epoch: Instant::now(),
             tracked: AtomicUsize::new(0),
+            open: AtomicUsize::new(0),
+            ended: AtomicU64::new(0),
             #[cfg(test)]
             passes: AtomicUsize::new(0),
         }
@@ -86,15 +117,54 @@ impl SessionTracker {
         to_ticks(t.saturating_duration_since(self.epoch))
     }
 
+    fn shard(&self, key: u64) -> Option<std::sync::MutexGuard<'_, Shard>> {
+        self.shards[key as usize % SHARDS].lock().ok()
+    }
+
     /// A request of session `sid` was served here now.
     pub fn note(&self, sid: Sid, now: Instant) {
+        self.see(sid.as_u64(), now, 0);
+    }
+
+    /// A response of session `sid` served here begins now: the session is
+    /// seen, and stays active until the hold drops (the response's last
+    /// byte, or its connection gone), when it is seen again.
+    pub fn hold(self: &Arc<Self>, sid: Sid, now: Instant) -> Hold {
+        let key = sid.as_u64();
+        self.see(key, now, 1);
+        self.open.fetch_add(1, Ordering::Relaxed);
+        Hold {
+            tracker: self.clone(),
+            key,
+        }
+    }
+
+    /// [`SessionTracker::hold`], for a session already in the table only
+    /// (the app does not know it: it is not added).
+    pub fn hold_known(self: &Arc<Self>, sid: Sid, now: Instant) -> Option<Hold> {
         let key = sid.as_u64();
         let t = self.ticks(now);
-        let Ok(mut shard) = self.shards[key as usize % SHARDS].lock() else {
+        let mut shard = self.shard(key)?;
+        let e = shard.seen.get_mut(&key)?;
+        e.seen = t;
+        e.open += 1;
+        drop(shard);
+        self.open.fetch_add(1, Ordering::Relaxed);
+        Some(Hold {
+            tracker: self.clone(),
+            key,
+        })
+    }
+
+    /// Sees session `key` at `now`, with `open` more responses streaming.
+    fn see(&self, key: u64, now: Instant, open: u32) {
+        let t = self.ticks(now);
+        let Some(mut shard) = self.shard(key) else {
             return;
         };
-        if let Some(seen) = shard.seen.get_mut(&key) {
-            *seen = t;
+        if let Some(e) = shard.seen.get_mut(&key) {
+            e.seen = t;
+            e.open += open;
             return;
         }
         if shard.seen.len() >= MAX_TRACKED / SHARDS {
@@ -106,8 +176,33 @@ impl SessionTracker {
                 return;
             }
         }
-        shard.seen.insert(key, t);
+        shard.seen.insert(key, Entry { seen: t, open });
         self.tracked.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// The app ended session `sid`: it leaves the table now, whatever still
+    /// streams of it. False: it was not in the table.
+    pub fn end(&self, sid: Sid) -> bool {
+        let key = sid.as_u64();
+        let Some(mut shard) = self.shard(key) else {
+            return false;
+        };
+        if shard.seen.remove(&key).is_none() {
+            return false;
+        }
+        self.tracked.fetch_sub(1, Ordering::Relaxed);
+        self.ended.fetch_add(1, Ordering::Relaxed);
+        true
+    }
+
+    /// Responses holding their session open now.
+    pub fn open(&self) -> usize {
+        self.open.load(Ordering::Relaxed)
+    }
+
+    /// Sessions the app ended since start.
+    pub fn ended(&self) -> u64 {
+        self.ended.load(Ordering::Relaxed)
     }
 
     /// Forgets the sessions of `shard` not seen within the window before `t`.
@@ -115,12 +210,16 @@ impl SessionTracker {
         let window = to_ticks(self.window);
         let oldest_kept = t.saturating_sub(window);
         let before = shard.seen.len();
-        // Sessions seen later than this pass are seen at `t` or after.
+        // Sessions seen later than this pass are seen at `t` or after, and
+        // so is a session held open now, when its hold drops.
         let mut oldest = t;
-        shard.seen.retain(|_, seen| {
-            let keep = *seen >= oldest_kept;
+        shard.seen.retain(|_, e| {
+            if e.open > 0 {
+                return true;
+            }
+            let keep = e.seen >= oldest_kept;
             if keep {
-                oldest = oldest.min(*seen);
+                oldest = oldest.min(e.seen);
             }
             keep
         });
@@ -152,14 +251,41 @@ impl SessionTracker {
         self.tracked.load(Ordering::Relaxed)
     }
 
-    /// Distinct sessions seen at or after `since` (within the window).
+    /// Distinct sessions seen at or after `since` (within the window), or
+    /// held open now.
     pub fn seen_since(&self, since: Instant) -> usize {
         let from = self.ticks(since);
         self.shards
             .iter()
             .filter_map(|s| s.lock().ok())
-            .map(|s| s.seen.values().filter(|seen| **seen >= from).count())
+            .map(|s| s.seen.values().filter(|e| e.active_since(from)).count())
             .sum()
+    }
+}
+
+/// A response of a session, holding it active while it streams
+/// ([`SessionTracker::hold`]).
+pub struct Hold {
+    tracker: Arc<SessionTracker>,
+    key: u64,
+}
+
+impl std::fmt::Debug for Hold {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Hold").field("key", &self.key).finish()
+    }
+}
+
+impl Drop for Hold {
+    fn drop(&mut self) {
+        let t = self.tracker.ticks(Instant::now());
+        if let Some(mut shard) = self.tracker.shard(self.key) {
+            if let Some(e) = shard.seen.get_mut(&self.key) {
+                e.open = e.open.saturating_sub(1);
+                e.seen = e.seen.max(t);
+            }
+        }
+        self.tracker.open.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
@@ -198,6 +324,56 @@ mod tests {
         assert_eq!(t.count(), 2);
         assert_eq!(t.active(Instant::now()), 2);
         assert_eq!(t.seen_since(mid), 2);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_session_held_open_stays_active_and_is_seen_at_its_end() {
+        let t = Arc::new(SessionTracker::new(Duration::from_secs(300)));
+        let held = t.hold(sid(1), Instant::now());
+        let other = t.hold(sid(1), Instant::now());
+        assert_eq!(t.open(), 2);
+        drop(other);
+        assert_eq!(t.open(), 1);
+        // An hour of streaming: still active, though never seen since.
+        tokio::time::advance(Duration::from_secs(3600)).await;
+        assert_eq!(t.active(Instant::now()), 1);
+        assert_eq!(t.seen_since(Instant::now()), 1);
+        drop(held);
+        assert_eq!(t.open(), 0);
+        // Seen at its end: active for the window after it.
+        tokio::time::advance(Duration::from_secs(300)).await;
+        assert_eq!(t.active(Instant::now()), 1);
+        tokio::time::advance(Duration::from_millis(100)).await;
+        assert_eq!(t.active(Instant::now()), 0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_session_the_app_ended_leaves_at_once() {
+        let t = Arc::new(SessionTracker::new(Duration::from_secs(300)));
+        t.note(sid(1), Instant::now());
+        t.note(sid(2), Instant::now());
+        let stream = t.hold(sid(2), Instant::now());
+        assert_eq!(t.count(), 2);
+        assert!(t.end(sid(1)));
+        assert!(t.end(sid(2)), "ended while a response of it still streams");
+        assert!(!t.end(sid(1)), "not in the table any more");
+        assert_eq!((t.count(), t.ended()), (0, 2));
+        assert_eq!(t.active(Instant::now()), 0);
+        // Its stream closing does not bring it back.
+        drop(stream);
+        assert_eq!((t.active(Instant::now()), t.open()), (0, 0));
+        // One the app does not know is not added, only seen if counted.
+        assert!(t.hold_known(sid(1), Instant::now()).is_none());
+        assert_eq!((t.active(Instant::now()), t.open()), (0, 0));
+        // A later request of it is a session again.
+        t.note(sid(1), Instant::now());
+        assert_eq!(t.active(Instant::now()), 1);
+        tokio::time::advance(Duration::from_secs(200)).await;
+        let known = t.hold_known(sid(1), Instant::now()).unwrap();
+        assert_eq!(t.open(), 1);
+        drop(known);
+        tokio::time::advance(Duration::from_secs(200)).await;
+        assert_eq!(t.active(Instant::now()), 1, "seen again at 200 s");
     }
 
     #[tokio::test(start_paused = true)]

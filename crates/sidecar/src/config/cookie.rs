@@ -49,6 +49,10 @@ pub enum AffinityMode {
     /// The app's own cookie (STICKYD_APP_COOKIE), its value prefixed with
     /// the token (`TOKEN~VALUE`); stickyd adds no cookie of its own.
     AppCookie,
+    /// The app's own session header (STICKYD_APP_HEADER, e.g.
+    /// `Mcp-Session-Id`), its value prefixed with the token (`TOKEN~VALUE`)
+    /// in both directions; stickyd adds nothing of its own.
+    AppHeader,
 }
 
 impl AffinityMode {
@@ -68,7 +72,14 @@ impl AffinityMode {
             AffinityMode::Header => "header",
             AffinityMode::CookieAndHeader => "cookie,header",
             AffinityMode::AppCookie => "app-cookie",
+            AffinityMode::AppHeader => "app-header",
         }
+    }
+
+    /// The token rides in a carrier of the app's own (its cookie or its
+    /// header), prefixed to the app's value.
+    pub fn app_carried(self) -> bool {
+        matches!(self, AffinityMode::AppCookie | AffinityMode::AppHeader)
     }
 }
 
@@ -160,12 +171,14 @@ pub(crate) fn parse_affinity(env: &dyn Env) -> Result<(AffinityMode, http::Heade
         "header" => AffinityMode::Header,
         "cookie,header" | "header,cookie" => AffinityMode::CookieAndHeader,
         "app-cookie" => AffinityMode::AppCookie,
+        "app-header" => AffinityMode::AppHeader,
         _ => {
             return Err(ConfigError::invalid(
                 VAR,
                 &raw,
                 "cookie (stickyd's own cookie), header (the STICKYD_AFFINITY_HEADER request and response header), \
-                 cookie,header (both), or app-cookie (the app's own cookie STICKYD_APP_COOKIE, its value prefixed)",
+                 cookie,header (both), app-cookie (the app's own cookie STICKYD_APP_COOKIE, its value prefixed), or \
+                 app-header (the app's own session header STICKYD_APP_HEADER, its value prefixed)",
             ))
         }
     };
@@ -174,19 +187,43 @@ pub(crate) fn parse_affinity(env: &dyn Env) -> Result<(AffinityMode, http::Heade
         return Err(ConfigError::Conflict {
             var: HEADER,
             message: format!(
-                "STICKYD_AFFINITY={} carries no header; set STICKYD_AFFINITY=header or cookie,header, or remove it",
+                "STICKYD_AFFINITY={} carries no header of stickyd's own; set STICKYD_AFFINITY=header or \
+                 cookie,header, or remove it",
                 mode.as_str()
             ),
         });
     }
-    let raw = value(env, HEADER);
+    // The header the token rides in: stickyd's own, or (app-header) the
+    // app's, checked alike.
+    const APP_HEADER: &str = "STICKYD_APP_HEADER";
+    let (header_var, raw) = match (mode, var(env, APP_HEADER)) {
+        (AffinityMode::AppHeader, None) => {
+            return Err(ConfigError::invalid(
+                APP_HEADER,
+                "",
+                "the name of the app's own session header (e.g. Mcp-Session-Id); required with \
+                 STICKYD_AFFINITY=app-header",
+            ))
+        }
+        (AffinityMode::AppHeader, Some(raw)) => (APP_HEADER, raw),
+        (_, None) => (HEADER, value(env, HEADER)),
+        (_, Some(_)) => {
+            return Err(ConfigError::Conflict {
+                var: APP_HEADER,
+                message: format!(
+                    "STICKYD_APP_HEADER is read only with STICKYD_AFFINITY=app-header, not {}",
+                    mode.as_str()
+                ),
+            })
+        }
+    };
     let name = raw.trim().to_ascii_lowercase();
     let header = http::HeaderName::from_bytes(name.as_bytes())
         .ok()
         .filter(|_| !name.starts_with("grpc-") && !name.ends_with("-bin") && !RESERVED_HEADERS.contains(&name.as_str()))
         .ok_or_else(|| {
             ConfigError::invalid(
-                HEADER,
+                header_var,
                 &raw,
                 "a header name (letters, digits, '-'), not one of HTTP's own or stickyd's other headers, not a \
                  grpc- name and not ending in -bin (gRPC binary metadata)",

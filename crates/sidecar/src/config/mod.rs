@@ -781,6 +781,56 @@ mod tests {
     }
 
     #[test]
+    fn app_header_names_the_apps_session_header() {
+        let c = with(&[
+            ("STICKYD_AFFINITY", "app-header"),
+            ("STICKYD_APP_HEADER", " Mcp-Session-Id "),
+        ])
+        .unwrap();
+        assert_eq!(c.affinity, AffinityMode::AppHeader);
+        assert_eq!(c.affinity_header, "mcp-session-id");
+        assert!(!c.affinity.cookie() && !c.affinity.header() && c.affinity.app_carried());
+        assert!(AffinityMode::AppCookie.app_carried() && !AffinityMode::CookieAndHeader.app_carried());
+        assert_eq!(AffinityMode::AppHeader.as_str(), "app-header");
+        let e = with(&[("STICKYD_AFFINITY", "app-header")]).unwrap_err();
+        assert_eq!(e.var(), "STICKYD_APP_HEADER");
+        assert!(
+            e.to_string().contains("required with STICKYD_AFFINITY=app-header"),
+            "{e}"
+        );
+        // Read with app-header only.
+        for mode in ["cookie", "header", "app-cookie"] {
+            let mut pairs = vec![("STICKYD_AFFINITY", mode), ("STICKYD_APP_HEADER", "x-session-token")];
+            if mode == "app-cookie" {
+                pairs.push(("STICKYD_APP_COOKIE", "sid"));
+            }
+            assert_eq!(err_var(&pairs), "STICKYD_APP_HEADER", "{mode}");
+        }
+        // stickyd adds no header of its own beside it.
+        assert_eq!(
+            err_var(&[
+                ("STICKYD_AFFINITY", "app-header"),
+                ("STICKYD_APP_HEADER", "x-session-token"),
+                ("STICKYD_AFFINITY_HEADER", "x-pin")
+            ]),
+            "STICKYD_AFFINITY_HEADER"
+        );
+        // Checked as the affinity header is: a name, not HTTP's own or stickyd's.
+        for bad in [
+            "cookie",
+            "x-stickyd-hop",
+            "a b",
+            "grpc-status",
+            "x-bin",
+            "content-length",
+        ] {
+            let e = with(&[("STICKYD_AFFINITY", "app-header"), ("STICKYD_APP_HEADER", bad)]).unwrap_err();
+            assert_eq!(e.var(), "STICKYD_APP_HEADER", "{bad}");
+        }
+        assert_eq!(default_of("STICKYD_APP_HEADER"), None);
+    }
+
+    #[test]
     fn the_defaults_table_is_what_parsing_uses() {
         let mut m = base();
         // STICKYD_AFFINITY_HEADER, set at all, asks for a mode that carries a header.

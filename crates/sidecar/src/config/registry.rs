@@ -22,6 +22,7 @@ pub const VARIABLES: &[(&str, Option<&str>)] = &[
     ("STICKYD_AFFINITY", Some("cookie")),
     ("STICKYD_AFFINITY_HEADER", Some("x-stickyd-affinity")),
     ("STICKYD_APP_COOKIE", None),
+    ("STICKYD_APP_HEADER", None),
     ("STICKYD_COOKIE_NAME", Some("stickyd")),
     ("STICKYD_COOKIE_PATH", Some("/")),
     ("STICKYD_COOKIE_DOMAIN", None),

@@ -194,6 +194,9 @@ impl Idle {
 pub struct Relayed<B = Incoming> {
     inner: B,
     idle: Idle,
+    /// A response body served here holds its session active until it is
+    /// done with ([`crate::sessions::Hold`]).
+    _hold: Option<crate::sessions::Hold>,
 }
 
 impl<B> Relayed<B> {
@@ -201,7 +204,14 @@ impl<B> Relayed<B> {
         Relayed {
             inner,
             idle: Idle::new(watch),
+            _hold: None,
         }
+    }
+
+    /// The body holds `hold` until it is dropped.
+    pub fn holding(mut self, hold: Option<crate::sessions::Hold>) -> Relayed<B> {
+        self._hold = hold;
+        self
     }
 }
 

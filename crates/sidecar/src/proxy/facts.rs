@@ -86,6 +86,9 @@ pub(super) struct Facts<'a> {
     /// A GET, HEAD or OPTIONS without a body: replayed once when its
     /// connection closed before any byte of the answer (RFC 9110 §9.2.2).
     pub safe: bool,
+    /// A DELETE: answered 2xx or 404, it may end its session
+    /// ([`route::told`](crate::route::told)).
+    pub delete: bool,
 }
 
 impl<'a> Facts<'a> {
@@ -126,6 +129,7 @@ impl<'a> Facts<'a> {
             view: shared.store.load_full(),
             pick: shared.next_pick(),
             safe: matches!(method, b"GET" | b"HEAD" | b"OPTIONS") && !head.has_body(),
+            delete: method == b"DELETE",
         }
     }
 

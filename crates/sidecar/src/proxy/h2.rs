@@ -18,9 +18,10 @@ use super::facts::{self, Facts, HeadView, TargetForm};
 use super::headers::{self, Found};
 use super::idle::{self, Pace};
 use super::pipeline::{self, Codec, Failure};
-use super::plan::{self, Dest, Outgoing};
+use super::plan::{self, Answered, Dest, Outgoing};
 use super::respond::{from_upstream, Synthetic};
 use super::shared::authority;
+use super::token::AppField;
 use super::upstream::{Answer, Kind, Outbound, Via};
 use super::Shared;
 use crate::config::UpstreamProtocol;
@@ -81,9 +82,9 @@ struct Exchange<'c> {
     /// Client copies of stickyd's fields and hop-by-hop fields are out,
     /// X-Forwarded-For and Host in (once, before the first attempt).
     prepared: bool,
-    /// The `Cookie` fields as they came, while the request carries them
-    /// edited for the app.
-    cookies: Option<Vec<HeaderValue>>,
+    /// The fields of the app's carrier as they came, while the request
+    /// carries them edited for the app.
+    cookies: plan::Originals,
     /// The hop markers of the request, once its facts were read.
     hops: Hops,
 }
@@ -232,14 +233,25 @@ impl Codec for Exchange<'_> {
         match sent {
             Ok(Answer { resp, upgrade }) => {
                 let h = resp.headers();
-                let plan = plan::respond(
+                let app_header = match shared.carrier.app_field() {
+                    Some(AppField::Header(name)) => {
+                        h.get_all(name).iter().any(|v| !v.as_bytes().trim_ascii().is_empty())
+                    }
+                    _ => false,
+                };
+                let mut plan = plan::respond(
                     f,
                     dest,
                     started.elapsed().as_secs_f64(),
-                    h.get_all(SET_COOKIE).iter().map(HeaderValue::as_bytes),
-                    h.get(crate::placement::HEADER).map(HeaderValue::as_bytes),
+                    Answered {
+                        status: resp.status().as_u16(),
+                        set_cookies: h.get_all(SET_COOKIE).iter().map(HeaderValue::as_bytes),
+                        app_header,
+                        peer_count: h.get(crate::placement::HEADER).map(HeaderValue::as_bytes),
+                    },
                 );
-                let mut resp = from_upstream(f, resp, upgrade);
+                let hold = plan.hold.take();
+                let mut resp = from_upstream(f, resp, upgrade, hold);
                 plan.apply(resp.headers_mut());
                 Ok(self.finish(resp))
             }

@@ -17,6 +17,7 @@ use super::idle;
 use super::screen::Refusal;
 use super::upstream::{Kind, UpstreamError};
 use crate::route::Failed;
+use crate::sessions::Hold;
 
 /// A gRPC status code ([gRPC's status codes](https://grpc.github.io/grpc/core/md_doc_statuscodes.html)),
 /// for the callers that read `grpc-status` rather than the HTTP status.
@@ -229,10 +230,11 @@ pub(super) fn from_upstream(
     f: &Facts<'_>,
     mut resp: Response<Source>,
     client_upgrade: Option<OnUpgrade>,
+    mut hold: Option<Hold>,
 ) -> Response<ResponseBody> {
     let switching = resp.status() == StatusCode::SWITCHING_PROTOCOLS;
     if switching {
-        splice_upgrade(client_upgrade, &mut resp);
+        splice_upgrade(client_upgrade, &mut resp, hold.take());
     }
     let pace = idle::pace(resp.headers().get(CONTENT_TYPE).map(HeaderValue::as_bytes));
     let watch = f
@@ -240,17 +242,18 @@ pub(super) fn from_upstream(
         .filter(|_| !resp.body().is_end_stream())
         .map(|limit| Watch::response(limit, f.shared.metrics.clone()));
     headers::finish_response(resp.headers_mut(), switching);
-    resp.map(|b| http_body_util::Either::Left(Relayed::new(b, watch)))
+    resp.map(|b| http_body_util::Either::Left(Relayed::new(b, watch).holding(hold)))
 }
 
 /// Joins the client's upgraded connection with the upstream's once both
-/// sides have switched protocols.
-fn splice_upgrade(client: Option<OnUpgrade>, resp: &mut Response<Source>) {
+/// sides have switched protocols; the tunnel holds its session active.
+fn splice_upgrade(client: Option<OnUpgrade>, resp: &mut Response<Source>, hold: Option<Hold>) {
     let Some(client) = client else {
         return;
     };
     let upstream = hyper::upgrade::on(resp);
     tokio::spawn(async move {
+        let _hold = hold;
         let (client, upstream) = match tokio::join!(client, upstream) {
             (Ok(c), Ok(u)) => (c, u),
             (c, u) => {

@@ -183,6 +183,16 @@ impl Shared {
         }
     }
 
+    /// The app ended session `sid` (a response served here said so): it
+    /// leaves the session table now, and a drain waiting for the sessions
+    /// here looks again.
+    pub(super) fn end_session(&self, sid: Sid) {
+        if self.sessions.end(sid) {
+            self.metrics.sessions_ended.inc();
+            self.drain.wake();
+        }
+    }
+
     /// A token naming this pod for session `sid`, issued `now`. It keeps the
     /// session's creation time while the session stays on this pod (signed
     /// tokens), else the session begins now.

@@ -44,12 +44,12 @@ use super::headers::{HOP, SESSION};
 use super::idle::{self, Pace};
 use super::listener::{Phases, SETTLE};
 use super::pipeline::{self, Codec, Failure};
-use super::plan::{self, Cookies, Dest, Outgoing};
+use super::plan::{self, Answered, Dest, Outgoing};
 use super::respond::Synthetic;
 use super::screen::Refusal;
+use super::token::AppField;
 use super::upstream::{replay, Kind, Target, Unanswered, UpstreamError};
 use super::Shared;
-use crate::affinity;
 use crate::limits::{Lease, CONNECTION_COST};
 
 /// A head read takes at most this much at once; a request head longer than
@@ -529,21 +529,21 @@ impl Conn<'_> {
         // it) and dropped once sent: a request waiting for its response
         // holds only the client's bytes.
         let mut out = Vec::with_capacity(head.len + 256);
-        let cookies_edited = matches!(plan.cookies, Cookies::WithoutPrefix(_));
         parse::write_request(
             &self.buf,
             head,
             self.forwarded_for,
-            cookies_edited.then_some(&b"cookie"[..]),
+            plan.app.map(|app| app.request_field()),
             &mut out,
         );
         if let Some(session) = plan.session {
             parse::push_field(&mut out, SESSION.as_str().as_bytes(), session.as_bytes());
         }
-        if let Cookies::WithoutPrefix(name) = plan.cookies {
-            for v in head.values(&self.buf, b"cookie") {
-                let stripped = affinity::strip_app_prefix(v, name);
-                parse::push_field(&mut out, b"cookie", stripped.as_deref().unwrap_or(v));
+        if let Some(app) = plan.app {
+            let name = app.request_field();
+            for v in head.values(&self.buf, name) {
+                let stripped = app.strip(v);
+                parse::push_field(&mut out, name, stripped.as_deref().unwrap_or(v));
             }
         }
         if let Some((marker, n)) = &plan.hop {
@@ -659,13 +659,23 @@ impl Conn<'_> {
             break r;
         };
         // The response plan, and the attempt's bookkeeping.
-        let plan = plan::respond(
+        let app_header = f.shared.carrier.app_field().and_then(|app| match app {
+            AppField::Header(name) => Some(name.as_str().as_bytes()),
+            AppField::Cookie(_) => None,
+        });
+        let mut plan = plan::respond(
             f,
             dest,
             started.elapsed().as_secs_f64(),
-            res.values(&ubuf, b"set-cookie"),
-            res.values(&ubuf, crate::placement::HEADER.as_str().as_bytes()).next(),
+            Answered {
+                status: res.status,
+                set_cookies: res.values(&ubuf, b"set-cookie"),
+                app_header: app_header.is_some_and(|n| res.values(&ubuf, n).any(|v| !v.trim_ascii().is_empty())),
+                peer_count: res.values(&ubuf, crate::placement::HEADER.as_str().as_bytes()).next(),
+            },
         );
+        // The session stays active until the response is done with.
+        let _hold = plan.hold.take();
         let added: Vec<(&[u8], &[u8])> = plan
             .added
             .iter()
@@ -686,7 +696,7 @@ impl Conn<'_> {
         let edits = ResponseEdits {
             add: &added,
             drop: plan.drop.map(|n| n.as_str().as_bytes()),
-            prefix: plan.prefix.as_ref().map(|(name, token)| (*name, token.as_bytes())),
+            prefix: plan.prefix.as_ref().map(|(app, token)| (*app, token.as_bytes())),
             close,
             client_http10,
             sessions: plan.sessions,

@@ -5,6 +5,7 @@
 //! next hop in one pass.
 
 use crate::names;
+use crate::proxy::token::AppField;
 use std::mem::MaybeUninit;
 use std::ops::Range;
 
@@ -536,9 +537,9 @@ pub struct ResponseEdits<'a> {
     /// The upstream's fields of this name are left out (the affinity
     /// header, which is stickyd's).
     pub drop: Option<&'a [u8]>,
-    /// App-cookie mode: the app's Set-Cookie of this cookie gets this token
-    /// prefixed to its value: `(cookie name, token)`.
-    pub prefix: Option<(&'a [u8], &'a [u8])>,
+    /// App-cookie and app-header modes: the app's fields that set its
+    /// carrier get this token prefixed to its value.
+    pub prefix: Option<(AppField<'a>, &'a [u8])>,
     /// Tell the client this connection closes after the response.
     pub close: bool,
     /// The client speaks HTTP/1.0: a chunked body goes out decoded and the
@@ -583,8 +584,8 @@ pub fn write_response(buf: &[u8], head: &ResponseHead, edits: &ResponseEdits<'_>
                 continue;
             }
             let prefixed = match edits.prefix {
-                Some((cookie, token)) if name.eq_ignore_ascii_case(b"set-cookie") => {
-                    crate::affinity::prefix_set_cookie(f.value(buf), cookie, token)
+                Some((app, token)) if name.eq_ignore_ascii_case(app.response_field()) => {
+                    app.prefix(f.value(buf), token)
                 }
                 _ => None,
             };
@@ -1019,7 +1020,7 @@ mod tests {
             ResponseEdits {
                 add: &[(b"x-pin", t.as_bytes())],
                 drop: Some(b"x-pin"),
-                prefix: Some((b"sid", t.as_bytes())),
+                prefix: Some((AppField::Cookie(b"sid"), t.as_bytes())),
                 ..Default::default()
             },
         );
@@ -1034,7 +1035,7 @@ mod tests {
         let r = rewritten(
             "HTTP/1.1 200 OK\r\nSet-Cookie: other=1\r\nContent-Length: 0\r\n\r\n",
             ResponseEdits {
-                prefix: Some((b"sid", t.as_bytes())),
+                prefix: Some((AppField::Cookie(b"sid"), t.as_bytes())),
                 ..Default::default()
             },
         );
