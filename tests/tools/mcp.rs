@@ -189,6 +189,12 @@ impl Replica {
 
     /// The session ids of the requests of `method` this replica received.
     fn sessions_of(&mut self, method: &str) -> HashSet<String> {
+        self.requests(method).into_iter().collect()
+    }
+
+    /// The session id of each request of `method` this replica received,
+    /// in order.
+    fn requests(&mut self, method: &str) -> Vec<String> {
         self.proc
             .catch_up()
             .iter()
@@ -496,6 +502,14 @@ async fn a_drained_replica_serves_its_mcp_sessions_to_their_end() {
     }
     let transport_errors: Vec<&Value> = a.seen.iter().filter(|v| v["event"] == "transport_error").collect();
     assert!(transport_errors.is_empty(), "{transport_errors:?}");
+    // Their SSE streams stayed open through the drain: the client reopens
+    // a stream that breaks, and the replica saw one GET a session.
+    let gets: Vec<String> = replicas[d]
+        .requests("GET")
+        .into_iter()
+        .filter(|g| own.contains(g))
+        .collect();
+    assert_eq!(gets.len(), own.len(), "{gets:?}");
     let (status, outcome) = tokio::time::timeout(BOUND, drained).await.unwrap().unwrap();
     assert_eq!(status, 200, "{outcome}");
     assert_eq!(outcome["reason"], "ended", "{outcome}");
