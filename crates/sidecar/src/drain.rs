@@ -443,6 +443,49 @@ mod drain_tests {
     }
 
     #[tokio::test(start_paused = true)]
+    async fn the_end_of_a_session_wakes_the_drain() {
+        let d = Arc::new(Drain::default());
+        let sessions = tracker();
+        sessions.note(Sid::from_bytes([1; 6]), Instant::now());
+        let run = tokio::spawn({
+            let (d, s) = (d.clone(), sessions.clone());
+            async move { d.run(params(60, 300), s).await }
+        });
+        tokio::task::yield_now().await;
+        tokio::time::advance(Duration::from_secs(5)).await;
+        assert!(sessions.end(Sid::from_bytes([1; 6])));
+        d.wake();
+        let o = run.await.unwrap();
+        assert_eq!((o.reason, o.waited_seconds.round() as u64), (Reason::Ended, 5));
+    }
+
+    /// An MCP client's DELETE ends its session while the session's event
+    /// stream is still open (the server closes it after): the drain waits
+    /// for the stream.
+    #[tokio::test(start_paused = true)]
+    async fn a_session_ended_with_its_stream_open_holds_the_drain_until_the_stream_closes() {
+        let d = Arc::new(Drain::default());
+        let sessions = tracker();
+        let a = Sid::from_bytes([1; 6]);
+        let stream = sessions.hold(a, Instant::now());
+        let run = tokio::spawn({
+            let (d, s) = (d.clone(), sessions.clone());
+            async move { d.run(params(60, 300), s).await }
+        });
+        tokio::task::yield_now().await;
+        tokio::time::advance(Duration::from_secs(5)).await;
+        assert!(sessions.end(a));
+        d.wake();
+        tokio::time::advance(Duration::from_secs(3)).await;
+        tokio::task::yield_now().await;
+        assert!(!run.is_finished(), "its stream is still open");
+        drop(stream);
+        let o = run.await.unwrap();
+        assert_eq!(o.reason, Reason::Ended);
+        assert_eq!(o.waited_seconds.round() as u64, 9);
+    }
+
+    #[tokio::test(start_paused = true)]
     async fn sessions_that_only_go_idle_end_it_on_idle_not_ended() {
         let d = Arc::new(Drain::default());
         let sessions = tracker();
