@@ -446,7 +446,10 @@ mod drain_tests {
     async fn the_end_of_a_session_wakes_the_drain() {
         let d = Arc::new(Drain::default());
         let sessions = tracker();
+        // Idle already: the drain sleeps until `idle` has passed since it
+        // began, unless something wakes it.
         sessions.note(Sid::from_bytes([1; 6]), Instant::now());
+        tokio::time::advance(Duration::from_secs(100)).await;
         let run = tokio::spawn({
             let (d, s) = (d.clone(), sessions.clone());
             async move { d.run(params(60, 300), s).await }

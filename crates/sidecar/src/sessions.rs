@@ -270,12 +270,6 @@ pub struct Hold {
     key: u64,
 }
 
-impl std::fmt::Debug for Hold {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Hold").field("key", &self.key).finish()
-    }
-}
-
 impl Drop for Hold {
     fn drop(&mut self) {
         let t = self.tracker.ticks(Instant::now());
@@ -371,9 +365,12 @@ mod tests {
         tokio::time::advance(Duration::from_secs(200)).await;
         let known = t.hold_known(sid(1), Instant::now()).unwrap();
         assert_eq!(t.open(), 1);
+        // Held open: active however long it streams.
+        tokio::time::advance(Duration::from_secs(600)).await;
+        assert_eq!(t.active(Instant::now()), 1);
         drop(known);
         tokio::time::advance(Duration::from_secs(200)).await;
-        assert_eq!(t.active(Instant::now()), 1, "seen again at 200 s");
+        assert_eq!(t.active(Instant::now()), 1, "seen again at its stream's end");
     }
 
     #[tokio::test(start_paused = true)]

@@ -147,7 +147,7 @@ pub(super) fn replace_all(h: &mut HeaderMap, name: HeaderName, values: Vec<Heade
 
 /// The response plan: what a response carries back beyond the upstream's
 /// own end-to-end fields (which lose stickyd's own and hop-by-hop ones).
-#[derive(Debug, Default)]
+#[derive(Default)]
 pub(super) struct ResponsePlan<'a> {
     /// stickyd's fields, after the upstream's own: the token's Set-Cookie,
     /// the affinity header, or the app's cookie re-issued.

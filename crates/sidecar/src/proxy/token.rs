@@ -314,4 +314,38 @@ mod tests {
         assert_eq!(cookie.app_field(), None);
         assert_eq!(app.mode(), AffinityMode::AppCookie);
     }
+
+    #[test]
+    fn the_apps_carrier_names_its_fields_both_ways() {
+        let name = HeaderName::from_static("mcp-session-id");
+        let header = AppField::Header(&name);
+        assert_eq!(header.request_field(), b"mcp-session-id");
+        assert_eq!(header.response_field(), b"mcp-session-id");
+        assert_eq!(header.request_name(), name);
+        assert_eq!(header.response_name(), name);
+        let cookie = AppField::Cookie(b"sid");
+        assert_eq!(cookie.request_field(), b"cookie");
+        assert_eq!(cookie.response_field(), b"set-cookie");
+        assert_eq!(cookie.request_name(), http::header::COOKIE);
+        assert_eq!(cookie.response_name(), SET_COOKIE);
+        // The prefix off for the app, on for the client.
+        let t = token("b");
+        assert_eq!(header.strip(format!(" {t}~v1 ").as_bytes()), Some(b"v1".to_vec()));
+        assert_eq!(header.strip(b"v1"), None);
+        assert_eq!(header.prefix(b"v1", b"TOK"), Some(b"TOK~v1".to_vec()));
+        assert_eq!(
+            header.prefix(format!("{t}~v1").as_bytes(), b"TOK"),
+            Some(b"TOK~v1".to_vec())
+        );
+        assert_eq!(header.prefix(b" ", b"TOK"), None);
+        assert_eq!(
+            cookie.strip(format!("a=1; sid={t}~v1").as_bytes()),
+            Some(b"a=1; sid=v1".to_vec())
+        );
+        assert_eq!(
+            cookie.prefix(b"sid=v1; Path=/", b"TOK"),
+            Some(b"sid=TOK~v1; Path=/".to_vec())
+        );
+        assert_eq!(cookie.prefix(b"other=v1", b"TOK"), None);
+    }
 }
