@@ -1728,6 +1728,105 @@ mod tests {
         assert_eq!(validate(&args).unwrap_err().var(), "STICKYD_ADMIN_LISTEN");
     }
 
+    fn plain_args() -> InjectArgs {
+        InjectArgs {
+            file: "-".into(),
+            workloads: vec![],
+            service: None,
+            image: None,
+            port: 8080,
+            admin_port: 9090,
+            cookie: Box::default(),
+            drain: DrainArgs::default(),
+            migrate: MigrateArgs::default(),
+            diff: false,
+        }
+    }
+
+    #[test]
+    fn affinity_options_are_written_after_the_cookie_ones_and_checked_together() {
+        let mut args = plain_args();
+        args.cookie.app_header = Some("Mcp-Session-Id".into());
+        args.cookie.affinity = Some("app-header".into());
+        args.cookie.cookie_path = Some("/mcp".into());
+        args.cookie.extra_env = vec![("STICKYD_LOG".into(), "debug".into())];
+        let vars: Vec<String> = cookie_env(&args).into_iter().map(|(k, _)| k).collect();
+        assert_eq!(
+            vars,
+            [
+                "STICKYD_COOKIE_PATH",
+                "STICKYD_AFFINITY",
+                "STICKYD_APP_HEADER",
+                "STICKYD_LOG"
+            ]
+        );
+        assert!(validate(&args).is_ok());
+        // app-header without its header: the parser's message, and the flag that sets it.
+        args.cookie.app_header = None;
+        let e = InjectError::from(validate(&args).unwrap_err());
+        assert!(
+            e.to_string().contains("required with STICKYD_AFFINITY=app-header")
+                && e.to_string().ends_with("(--app-header sets STICKYD_APP_HEADER)"),
+            "{e}"
+        );
+        // A carrier of another mode.
+        args.cookie.affinity = Some("header".into());
+        args.cookie.app_cookie = Some("JSESSIONID".into());
+        assert_eq!(validate(&args).unwrap_err().var(), "STICKYD_APP_COOKIE");
+        args.cookie.affinity = Some("app-cookie".into());
+        assert!(validate(&args).is_ok());
+        args.cookie.cookie_name = Some("sid".into());
+        assert_eq!(validate(&args).unwrap_err().var(), "STICKYD_COOKIE_NAME");
+        args.cookie.affinity = Some("sticky".into());
+        assert_eq!(validate(&args).unwrap_err().var(), "STICKYD_AFFINITY");
+    }
+
+    #[test]
+    fn a_migrations_affinity_gives_way_to_the_flags() {
+        let want = |var: &'static str, value: &str| crate::migrate::Wanted {
+            var,
+            value: value.into(),
+            from: "HTTPRoute/mcp rule 0".into(),
+        };
+        let mut plan = crate::migrate::Plan::default();
+        plan.wanted = vec![
+            want("STICKYD_AFFINITY", "header"),
+            want("STICKYD_AFFINITY_HEADER", "mcp-session-id"),
+        ];
+        // No flags: the plan's settings become the options, not further env.
+        let mut args = plain_args();
+        assert!(take_settings(&mut args, &plan).is_empty());
+        assert_eq!(args.cookie.affinity.as_deref(), Some("header"));
+        assert_eq!(args.cookie.affinity_header.as_deref(), Some("mcp-session-id"));
+        assert!(args.cookie.extra_env.is_empty());
+        // --affinity app-header: kept over the plan's mode, and the plan's header, which
+        // that mode refuses, left out.
+        let mut args = plain_args();
+        args.cookie.affinity = Some("app-header".into());
+        args.cookie.app_header = Some("Mcp-Session-Id".into());
+        let notes = take_settings(&mut args, &plan);
+        assert_eq!(
+            notes,
+            [
+                "--affinity app-header given: kept over STICKYD_AFFINITY=header from HTTPRoute/mcp rule 0",
+                "--affinity app-header given: STICKYD_AFFINITY_HEADER=mcp-session-id from HTTPRoute/mcp rule 0 left \
+                 out, since stickyd refuses it in that mode",
+            ]
+        );
+        assert_eq!(args.cookie.affinity_header, None);
+        assert!(validate(&args).is_ok());
+        // --affinity-header alone: the plan's mode, the flag's header.
+        let mut args = plain_args();
+        args.cookie.affinity_header = Some("x-session".into());
+        let notes = take_settings(&mut args, &plan);
+        assert_eq!(
+            notes,
+            ["--affinity-header x-session given: kept over STICKYD_AFFINITY_HEADER=mcp-session-id from HTTPRoute/mcp \
+              rule 0"]
+        );
+        assert_eq!(args.cookie.affinity.as_deref(), Some("header"));
+    }
+
     #[test]
     fn customisations_survive_regeneration() {
         let doc = |y: &str| kyaml::parse_stream(y).unwrap().remove(0).root;

@@ -660,6 +660,37 @@ mod tests {
             let message = deny(annotations.clone());
             assert!(message.contains(want), "{annotations}: {message}");
         }
+        // Affinity settings stickyd would refuse: the annotation that sets the variable.
+        let affinity = |more: Value| {
+            let mut a = with("affinity", "app-header");
+            for (k, v) in more.as_object().unwrap() {
+                a[k] = v.clone();
+            }
+            a
+        };
+        let cases = [
+            (affinity(json!({})), "annotation stickyd.io/app-header: "),
+            (
+                affinity(json!({"stickyd.io/app-header": "Mcp-Session-Id", "stickyd.io/affinity-header": "x-s"})),
+                "annotation stickyd.io/affinity-header: ",
+            ),
+            (with("affinity", "sticky"), "annotation stickyd.io/affinity: "),
+            (with("app-cookie", "JSESSIONID"), "annotation stickyd.io/app-cookie: "),
+            (
+                affinity(
+                    json!({"stickyd.io/affinity": "app-cookie", "stickyd.io/app-cookie": "JSESSIONID",
+                    "stickyd.io/cookie-name": "sid"}),
+                ),
+                "annotation stickyd.io/cookie-name: ",
+            ),
+        ];
+        for (annotations, want) in cases {
+            let message = deny(annotations.clone());
+            assert!(
+                message.contains(want) && message.contains("would make stickyd refuse to start"),
+                "{annotations}: {message}"
+            );
+        }
         match decide(&pod_review(json!({"stickyd.io/inject": "disabled"})), "stickyd:test") {
             Decision::Allow { patch, .. } => assert!(patch.is_empty()),
             other => panic!("{other:?}"),
