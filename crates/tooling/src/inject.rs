@@ -135,40 +135,35 @@ pub fn option_of(var: &str) -> Option<&'static str> {
     OPTION_VARS.iter().find(|(v, _)| *v == var).map(|(_, o)| *o)
 }
 
+/// The options of [`OPTION_VARS`] of a [`CookieArgs`], in its order, each
+/// borrowed with `&` or `&mut`.
+macro_rules! option_fields {
+    ($args:ident, $($borrow:tt)+) => {
+        [
+            $($borrow)+ $args.cookie_name,
+            $($borrow)+ $args.cookie_path,
+            $($borrow)+ $args.cookie_domain,
+            $($borrow)+ $args.cookie_max_age,
+            $($borrow)+ $args.cookie_secure,
+            $($borrow)+ $args.cookie_samesite,
+            $($borrow)+ $args.affinity,
+            $($borrow)+ $args.affinity_header,
+            $($borrow)+ $args.app_cookie,
+            $($borrow)+ $args.app_header,
+        ]
+    };
+}
+
 impl CookieArgs {
     /// The options of [`OPTION_VARS`], in its order.
     fn values(&self) -> [&Option<String>; OPTION_VARS.len()] {
-        [
-            &self.cookie_name,
-            &self.cookie_path,
-            &self.cookie_domain,
-            &self.cookie_max_age,
-            &self.cookie_secure,
-            &self.cookie_samesite,
-            &self.affinity,
-            &self.affinity_header,
-            &self.app_cookie,
-            &self.app_header,
-        ]
+        option_fields!(self, &)
     }
 
     /// The option that sets `var` (one of [`OPTION_VARS`]).
     fn slot(&mut self, var: &str) -> Option<&mut Option<String>> {
         let i = OPTION_VARS.iter().position(|(v, _)| *v == var)?;
-        [
-            &mut self.cookie_name,
-            &mut self.cookie_path,
-            &mut self.cookie_domain,
-            &mut self.cookie_max_age,
-            &mut self.cookie_secure,
-            &mut self.cookie_samesite,
-            &mut self.affinity,
-            &mut self.affinity_header,
-            &mut self.app_cookie,
-            &mut self.app_header,
-        ]
-        .into_iter()
-        .nth(i)
+        option_fields!(self, &mut).into_iter().nth(i)
     }
 
     /// The value given for `var`, if any.
