@@ -902,6 +902,40 @@ async fn the_signing_key_is_the_secret_the_annotations_name_or_none_when_asked()
     );
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_affinity_annotations_set_the_sidecars_affinity() {
+    let ca = Ca::new();
+    let (cert, key, _) = ca.leaf();
+    let inj = Injector::start("affinity", &cert, &key);
+    let mut a = annotated();
+    a["stickyd.io/affinity"] = json!("app-header");
+    a["stickyd.io/app-header"] = json!("Mcp-Session-Id");
+    let original = pod(a);
+    let (resp, patch) = admit(&ca, &inj, "u-app-header", &original).await;
+    assert_eq!(resp["allowed"], true, "{resp}");
+    let mut p = original.clone();
+    json_patch::patch(&mut p, &patch.expect("a patch")).unwrap();
+    let cfg = assert_sidecar(&p);
+    assert_eq!(cfg.affinity, stickyd::config::AffinityMode::AppHeader);
+    assert_eq!(cfg.affinity_header.as_str(), "mcp-session-id");
+    let side = named(&p["spec"]["initContainers"], "stickyd").unwrap();
+    assert_eq!(env_value(side, "STICKYD_AFFINITY"), Some("app-header"));
+    assert_eq!(env_value(side, "STICKYD_APP_HEADER"), Some("Mcp-Session-Id"));
+
+    // app-header without the header: refused, naming the annotation to add.
+    let mut a = annotated();
+    a["stickyd.io/affinity"] = json!("app-header");
+    let (resp, patch) = admit(&ca, &inj, "u-app-header-alone", &pod(a)).await;
+    assert_eq!(resp["allowed"], false, "{resp}");
+    assert!(patch.is_none());
+    let msg = resp["status"]["message"].as_str().unwrap();
+    assert!(
+        msg.contains("annotation stickyd.io/app-header: the annotations would make stickyd refuse to start: ")
+            && msg.contains("required with STICKYD_AFFINITY=app-header"),
+        "{msg}"
+    );
+}
+
 /// The annotations the injector reads are each documented in docs/injector.md.
 #[test]
 fn every_annotation_is_documented() {

@@ -417,4 +417,35 @@ fn a_header_route_of_todays_schema_becomes_header_affinity() {
     assert_eq!(var(&env, "STICKYD_AFFINITY"), Some("header"), "{err}");
     assert_eq!(var(&env, "STICKYD_AFFINITY_HEADER"), Some("x-shop-session"), "{err}");
     assert!(!env.contains_key("STICKYD_COOKIE_NAME"), "{env:?}");
+
+    // The flags win over the route's settings, each with a note; the route's header, which
+    // app-header refuses, is left out, and the route's sessionPersistence still goes.
+    let input = temp_file("httproute-header-flags.yaml", &route);
+    let (objs, env, err) = injected(
+        &input,
+        &[
+            "--from-httproute",
+            "--affinity",
+            "app-header",
+            "--app-header",
+            "Mcp-Session-Id",
+        ],
+        "shop",
+    );
+    let _ = std::fs::remove_file(input);
+    assert_eq!(var(&env, "STICKYD_AFFINITY"), Some("app-header"), "{err}");
+    assert_eq!(var(&env, "STICKYD_APP_HEADER"), Some("Mcp-Session-Id"), "{err}");
+    assert!(!env.contains_key("STICKYD_AFFINITY_HEADER"), "{env:?}");
+    assert!(
+        err.contains("--affinity app-header given: kept over STICKYD_AFFINITY=header from "),
+        "{err}"
+    );
+    assert!(
+        err.contains("--affinity app-header given: STICKYD_AFFINITY_HEADER=x-shop-session from ")
+            && err.contains(" left out, since stickyd refuses it in that mode"),
+        "{err}"
+    );
+    assert!(objs["HTTPRoute/shop"].path(&["spec", "rules"]).unwrap().items()[0]
+        .get("sessionPersistence")
+        .is_none());
 }

@@ -325,6 +325,7 @@ fn injecting_twice_is_injecting_once() {
                 "--image",
                 "reg.example/stickyd:9",
             ][..],
+            &["--affinity", "app-header", "--app-header", "Mcp-Session-Id"][..],
         ] {
             let once = inject(f, extra);
             let twice = inject_stdin(&once, extra);
@@ -524,6 +525,128 @@ fn cookie_and_secret_options() {
     let err = text(&out.stderr);
     assert!(err.contains("STICKYD_COOKIE_PATH") && err.contains("regex"), "{err}");
     assert_eq!(text(&out.stdout), "");
+}
+
+/// The names of a container's env variables, in order.
+fn env_names(container: &Node) -> Vec<&str> {
+    container
+        .get("env")
+        .unwrap()
+        .items()
+        .iter()
+        .filter_map(|e| e.str_at(&["name"]))
+        .collect()
+}
+
+#[test]
+fn affinity_options_land_in_the_env_in_order_and_stay_on_a_second_run() {
+    let flags = [
+        "--app-header",
+        "Mcp-Session-Id",
+        "--cookie-path",
+        "/mcp",
+        "--affinity",
+        "app-header",
+    ];
+    let out = inject("plain.yaml", &flags);
+    let d = docs(&out);
+    let c = sidecar(find(&d, "Deployment", "shop"));
+    let names = env_names(c);
+    let at = |var: &str| {
+        names
+            .iter()
+            .position(|n| *n == var)
+            .unwrap_or_else(|| panic!("{var}: {names:?}"))
+    };
+    // The cookie options first, then the mode and its carrier, before the key.
+    assert!(at("STICKYD_UPSTREAM") < at("STICKYD_COOKIE_PATH"), "{names:?}");
+    assert!(at("STICKYD_COOKIE_PATH") < at("STICKYD_AFFINITY"), "{names:?}");
+    assert_eq!(at("STICKYD_AFFINITY") + 1, at("STICKYD_APP_HEADER"), "{names:?}");
+    assert!(at("STICKYD_APP_HEADER") < at("STICKYD_COOKIE_SECRET_FILE"), "{names:?}");
+    assert_eq!(env_value(c, "STICKYD_AFFINITY"), Some("app-header"));
+    assert_eq!(env_value(c, "STICKYD_APP_HEADER"), Some("Mcp-Session-Id"));
+    assert_lints_clean(&out);
+    // Again, with or without the options: nothing changes.
+    assert_eq!(inject_stdin(&out, &[]), out);
+    assert_eq!(inject_stdin(&out, &flags), out);
+
+    // Another mode: the earlier carrier it refuses goes, and standard error says so.
+    let (header, err) = inject_ok(&out, &["--affinity", "header", "--affinity-header", "X-Shop-Session"]);
+    let d = docs(&header);
+    let c = sidecar(find(&d, "Deployment", "shop"));
+    assert_eq!(env_value(c, "STICKYD_AFFINITY"), Some("header"));
+    assert_eq!(env_value(c, "STICKYD_AFFINITY_HEADER"), Some("X-Shop-Session"));
+    assert_eq!(env_value(c, "STICKYD_APP_HEADER"), None);
+    assert!(
+        err.contains(
+            "Deployment/shop: --affinity header given: the sidecar's STICKYD_APP_HEADER=Mcp-Session-Id from an \
+             earlier injection removed"
+        ),
+        "{err}"
+    );
+    assert_eq!(env_value(c, "STICKYD_COOKIE_PATH"), Some("/mcp"));
+    assert_lints_clean(&header);
+}
+
+#[test]
+fn a_bad_affinity_combination_is_refused_naming_the_option() {
+    let input = std::fs::read_to_string(fixture("plain.yaml")).unwrap();
+    for (flags, want) in [
+        (
+            &["--affinity", "app-header"][..],
+            "STICKYD_APP_HEADER=\"\" is invalid: the name of the app's own session header (e.g. Mcp-Session-Id); \
+             required with STICKYD_AFFINITY=app-header (--app-header sets STICKYD_APP_HEADER)",
+        ),
+        (
+            &[
+                "--affinity",
+                "app-header",
+                "--app-header",
+                "Mcp-Session-Id",
+                "--affinity-header",
+                "x-s",
+            ][..],
+            "(--affinity-header sets STICKYD_AFFINITY_HEADER)",
+        ),
+        (
+            &["--app-cookie", "JSESSIONID"][..],
+            "STICKYD_APP_COOKIE is read only with STICKYD_AFFINITY=app-cookie, not cookie (--app-cookie sets",
+        ),
+        (
+            &[
+                "--affinity",
+                "app-cookie",
+                "--app-cookie",
+                "JSESSIONID",
+                "--cookie-name",
+                "sid",
+            ][..],
+            "(--cookie-name sets STICKYD_COOKIE_NAME)",
+        ),
+        (&["--affinity", "sticky"][..], "STICKYD_AFFINITY=\"sticky\" is invalid"),
+    ] {
+        let (code, out, err) = inject_raw(&input, flags);
+        assert_eq!(code, Some(1), "{flags:?}: {err}");
+        assert_eq!(out, "", "{flags:?}");
+        assert!(
+            err.contains("the options would make stickyd refuse to start") && err.contains(want),
+            "{flags:?}: {err}"
+        );
+    }
+    // What a sidecar keeps from before counts too: a cookie name beside the app's cookie is refused.
+    let app_cookie = inject(
+        "plain.yaml",
+        &["--affinity", "app-cookie", "--app-cookie", "JSESSIONID"],
+    );
+    let (code, out, err) = inject_raw(&app_cookie, &["--cookie-name", "sid"]);
+    assert_eq!((code, out.as_str()), (Some(1), ""), "{err}");
+    assert!(
+        err.contains(
+            "Deployment/shop: with what its sidecar keeps from an earlier injection (STICKYD_AFFINITY=app-cookie, \
+             STICKYD_APP_COOKIE=JSESSIONID)"
+        ) && err.contains("(--cookie-name sets STICKYD_COOKIE_NAME)"),
+        "{err}"
+    );
 }
 
 #[test]

@@ -15,7 +15,7 @@ use std::time::Duration;
 use crate::kyaml::{self, Node, ParseError};
 use crate::model::{self, is_stickyd, PreStop, ShutdownBudget};
 use stickyd_sidecar::affinity::Keys;
-use stickyd_sidecar::config::{Config, ConfigError, DrainToken};
+use stickyd_sidecar::config::{AffinityMode, Config, ConfigError, DrainToken};
 use stickyd_sidecar::drain::DrainParams;
 
 /// Arguments of `stickyd inject`.
@@ -75,6 +75,21 @@ pub struct CookieArgs {
     /// STICKYD_COOKIE_SAMESITE: Strict, Lax or None.
     #[arg(long, value_name = "MODE")]
     pub cookie_samesite: Option<String>,
+    /// STICKYD_AFFINITY: where the session token travels: cookie (the default), header, cookie,header,
+    /// app-cookie (with --app-cookie) or app-header (with --app-header).
+    #[arg(long, value_name = "MODE")]
+    pub affinity: Option<String>,
+    /// STICKYD_AFFINITY_HEADER: the request and response header of --affinity header or cookie,header.
+    #[arg(long, value_name = "NAME")]
+    pub affinity_header: Option<String>,
+    /// STICKYD_APP_COOKIE: the app's own session cookie, its value prefixed with the token
+    /// (--affinity app-cookie; no --cookie-name then).
+    #[arg(long, value_name = "NAME")]
+    pub app_cookie: Option<String>,
+    /// STICKYD_APP_HEADER: the app's own session header, such as Mcp-Session-Id, its value prefixed
+    /// with the token both ways (--affinity app-header; no --affinity-header then).
+    #[arg(long, value_name = "NAME")]
+    pub app_header: Option<String>,
     /// A Secret holding the cookie signing key(s); mounted read-only and read
     /// through STICKYD_COOKIE_SECRET_FILE.
     #[arg(long, value_name = "SECRET")]
@@ -97,6 +112,70 @@ pub struct CookieArgs {
     /// A signing key is configured other than by `--secret` (an earlier sidecar's env).
     #[arg(skip)]
     pub keyed: bool,
+}
+
+/// The sidecar variables the cookie and affinity options set, in the order
+/// they are written, each with its option's name: the flag `--NAME` of
+/// `stickyd inject`, the annotation `stickyd.io/NAME` of the injector.
+pub const OPTION_VARS: [(&str, &str); 10] = [
+    ("STICKYD_COOKIE_NAME", "cookie-name"),
+    ("STICKYD_COOKIE_PATH", "cookie-path"),
+    ("STICKYD_COOKIE_DOMAIN", "cookie-domain"),
+    ("STICKYD_COOKIE_MAX_AGE", "cookie-max-age"),
+    ("STICKYD_COOKIE_SECURE", "cookie-secure"),
+    ("STICKYD_COOKIE_SAMESITE", "cookie-samesite"),
+    ("STICKYD_AFFINITY", "affinity"),
+    ("STICKYD_AFFINITY_HEADER", "affinity-header"),
+    ("STICKYD_APP_COOKIE", "app-cookie"),
+    ("STICKYD_APP_HEADER", "app-header"),
+];
+
+/// The name of the option that sets `var` (see [`OPTION_VARS`]).
+pub fn option_of(var: &str) -> Option<&'static str> {
+    OPTION_VARS.iter().find(|(v, _)| *v == var).map(|(_, o)| *o)
+}
+
+/// The options of [`OPTION_VARS`] of a [`CookieArgs`], in its order, each
+/// borrowed with `&` or `&mut`.
+macro_rules! option_fields {
+    ($args:ident, $($borrow:tt)+) => {
+        [
+            $($borrow)+ $args.cookie_name,
+            $($borrow)+ $args.cookie_path,
+            $($borrow)+ $args.cookie_domain,
+            $($borrow)+ $args.cookie_max_age,
+            $($borrow)+ $args.cookie_secure,
+            $($borrow)+ $args.cookie_samesite,
+            $($borrow)+ $args.affinity,
+            $($borrow)+ $args.affinity_header,
+            $($borrow)+ $args.app_cookie,
+            $($borrow)+ $args.app_header,
+        ]
+    };
+}
+
+impl CookieArgs {
+    /// The options of [`OPTION_VARS`], in its order.
+    fn values(&self) -> [&Option<String>; OPTION_VARS.len()] {
+        option_fields!(self, &)
+    }
+
+    /// The option that sets `var` (one of [`OPTION_VARS`]).
+    fn slot(&mut self, var: &str) -> Option<&mut Option<String>> {
+        let i = OPTION_VARS.iter().position(|(v, _)| *v == var)?;
+        option_fields!(self, &mut).into_iter().nth(i)
+    }
+
+    /// The value given for `var`, if any.
+    fn given(&self, var: &str) -> Option<&str> {
+        let i = OPTION_VARS.iter().position(|(v, _)| *v == var)?;
+        self.values()[i].as_deref()
+    }
+
+    /// The mode of `--affinity`, when given and known.
+    fn mode(&self) -> Option<AffinityMode> {
+        self.affinity.as_deref().and_then(AffinityMode::parse)
+    }
 }
 
 /// Where affinity settings may already be written, to move them onto the sidecar.
@@ -155,8 +234,19 @@ pub enum InjectError {
          containerPort); add a containerPort to the app container"
     )]
     NoAppPort { workload: String },
-    #[error("the options would make stickyd refuse to start: {0}")]
+    #[error("the options would make stickyd refuse to start: {error}{hint}", error = .0, hint = set_by(.0))]
     InvalidOption(#[from] ConfigError),
+    #[error(
+        "{id}: with what its sidecar keeps from an earlier injection ({kept}), the options would make stickyd \
+         refuse to start: {error}{}; give --affinity (with --affinity-header, --app-cookie or --app-header) to \
+         choose the affinity anew",
+        set_by(.error)
+    )]
+    Earlier {
+        id: String,
+        kept: String,
+        error: ConfigError,
+    },
     #[error("--{flag} {value:?}: {why}")]
     DrainOption {
         flag: &'static str,
@@ -167,6 +257,11 @@ pub enum InjectError {
     Secret { secret: String, why: String },
     #[error("cannot read random bytes from the operating system for {what}: {why}")]
     Random { what: &'static str, why: String },
+}
+
+/// `; --OPTION sets it` for an error about a variable an option sets.
+fn set_by(e: &ConfigError) -> String {
+    option_of(e.var()).map_or_else(String::new, |o| format!(" (--{o} sets {})", e.var()))
 }
 
 const SECRET_DIR: &str = "/etc/stickyd/secret";
@@ -291,17 +386,11 @@ fn strs(items: &[&str]) -> Node {
     Node::seq(items.iter().map(|s| Node::str(*s)).collect())
 }
 
-/// The cookie env from the options, in a fixed order, then the further settings.
+/// The cookie and affinity env from the options, in the order of
+/// [`OPTION_VARS`], then the further settings.
 fn cookie_env(args: &InjectArgs) -> Vec<(String, String)> {
     let mut out = Vec::new();
-    for (var, v) in [
-        ("STICKYD_COOKIE_NAME", &args.cookie.cookie_name),
-        ("STICKYD_COOKIE_PATH", &args.cookie.cookie_path),
-        ("STICKYD_COOKIE_DOMAIN", &args.cookie.cookie_domain),
-        ("STICKYD_COOKIE_MAX_AGE", &args.cookie.cookie_max_age),
-        ("STICKYD_COOKIE_SECURE", &args.cookie.cookie_secure),
-        ("STICKYD_COOKIE_SAMESITE", &args.cookie.cookie_samesite),
-    ] {
+    for ((var, _), v) in OPTION_VARS.iter().zip(args.cookie.values()) {
         if let Some(v) = v {
             out.push((var.to_string(), v.clone()));
         }
@@ -1047,6 +1136,7 @@ fn inject_into(
     let mut container = sidecar(args, &plan);
     if let Some(i) = mine {
         keep_customisations(&mut container, &init[i]);
+        notes.extend(settle_earlier(&mut container, args, id)?);
     }
     let mut drain = if args.drain.no_drain {
         DrainEdits::default()
@@ -1431,35 +1521,84 @@ fn prefixed(id: &str, note: &str) -> String {
 }
 
 /// Puts the settings a migration plan asks for into the options: the cookie
-/// options unless given on the command line (which wins, with a note), the
-/// rest as further env. Returns the notes.
+/// and affinity options unless given on the command line (which wins, with a
+/// note), or refused by the mode `--affinity` gives (left out, with a note),
+/// the rest as further env. Returns the notes.
 fn take_settings(args: &mut InjectArgs, plan: &crate::migrate::Plan) -> Vec<String> {
     let mut notes = Vec::new();
+    let mode = args.cookie.mode();
     for w in &plan.wanted {
-        let (flag, slot) = match w.var {
-            "STICKYD_COOKIE_NAME" => ("--cookie-name", &mut args.cookie.cookie_name),
-            "STICKYD_COOKIE_PATH" => ("--cookie-path", &mut args.cookie.cookie_path),
-            "STICKYD_COOKIE_DOMAIN" => ("--cookie-domain", &mut args.cookie.cookie_domain),
-            "STICKYD_COOKIE_MAX_AGE" => ("--cookie-max-age", &mut args.cookie.cookie_max_age),
-            "STICKYD_COOKIE_SECURE" => ("--cookie-secure", &mut args.cookie.cookie_secure),
-            "STICKYD_COOKIE_SAMESITE" => ("--cookie-samesite", &mut args.cookie.cookie_samesite),
-            var => {
-                if !args.cookie.extra_env.iter().any(|(k, _)| k == var) {
-                    args.cookie.extra_env.push((var.to_string(), w.value.clone()));
-                }
-                continue;
+        let Some(option) = option_of(w.var) else {
+            if !args.cookie.extra_env.iter().any(|(k, _)| k == w.var) {
+                args.cookie.extra_env.push((w.var.to_string(), w.value.clone()));
             }
+            continue;
         };
-        match slot {
-            Some(given) if *given != w.value => notes.push(format!(
-                "{flag} {given} given: kept over {}={} from {}",
+        match args.cookie.given(w.var) {
+            Some(given) if given != w.value => notes.push(format!(
+                "--{option} {given} given: kept over {}={} from {}",
                 w.var, w.value, w.from
             )),
             Some(_) => {}
-            None => *slot = Some(w.value.clone()),
+            None if mode.is_some_and(|m| m.refuses(w.var)) => notes.push(format!(
+                "--affinity {} given: {}={} from {} left out, since stickyd refuses it in that mode",
+                args.cookie.affinity.as_deref().unwrap_or_default(),
+                w.var,
+                w.value,
+                w.from
+            )),
+            None => {
+                if let Some(slot) = args.cookie.slot(w.var) {
+                    *slot = Some(w.value.clone());
+                }
+            }
         }
     }
     notes
+}
+
+/// On a sidecar regenerated with what the earlier one had: with `--affinity`
+/// given, removes the settings kept from before that its mode refuses (the
+/// carrier of another mode), and checks the cookie and affinity settings as
+/// they now are with stickyd's parser. Returns the notes.
+fn settle_earlier(container: &mut Node, args: &InjectArgs, id: &str) -> Result<Vec<String>, InjectError> {
+    let mut notes = Vec::new();
+    let ours = |var: &str| args.cookie.given(var).is_some() || args.cookie.extra_env.iter().any(|(k, _)| k == var);
+    if let Some(mode) = args.cookie.mode() {
+        if let Some(list) = container.entry_seq("env") {
+            list.retain(|e| {
+                let Some(var) = e.str_at(&["name"]) else { return true };
+                if !mode.refuses(var) || ours(var) {
+                    return true;
+                }
+                notes.push(format!(
+                    "{id}: --affinity {} given: the sidecar's {var}{} from an earlier injection removed, since \
+                     stickyd refuses it in that mode",
+                    mode.as_str(),
+                    e.str_at(&["value"]).map_or_else(String::new, |v| format!("={v}"))
+                ));
+                false
+            });
+        }
+    }
+    let mut merged = args.clone();
+    let mut kept = Vec::new();
+    for (var, _) in OPTION_VARS {
+        if let Some(v) = env_of(container, var).filter(|_| !ours(var)) {
+            kept.push(format!("{var}={v}"));
+            if let Some(slot) = merged.cookie.slot(var) {
+                *slot = Some(v.to_string());
+            }
+        }
+    }
+    if !kept.is_empty() {
+        validate(&merged).map_err(|error| InjectError::Earlier {
+            id: id.to_string(),
+            kept: kept.join(", "),
+            error,
+        })?;
+    }
+    Ok(notes)
 }
 
 /// Parses, injects and renders: the new manifests, or with `diff` a unified
@@ -1582,6 +1721,105 @@ mod tests {
         args.cookie.cookie_secure = None;
         args.admin_port = 8080;
         assert_eq!(validate(&args).unwrap_err().var(), "STICKYD_ADMIN_LISTEN");
+    }
+
+    fn plain_args() -> InjectArgs {
+        InjectArgs {
+            file: "-".into(),
+            workloads: vec![],
+            service: None,
+            image: None,
+            port: 8080,
+            admin_port: 9090,
+            cookie: Box::default(),
+            drain: DrainArgs::default(),
+            migrate: MigrateArgs::default(),
+            diff: false,
+        }
+    }
+
+    #[test]
+    fn affinity_options_are_written_after_the_cookie_ones_and_checked_together() {
+        let mut args = plain_args();
+        args.cookie.app_header = Some("Mcp-Session-Id".into());
+        args.cookie.affinity = Some("app-header".into());
+        args.cookie.cookie_path = Some("/mcp".into());
+        args.cookie.extra_env = vec![("STICKYD_LOG".into(), "debug".into())];
+        let vars: Vec<String> = cookie_env(&args).into_iter().map(|(k, _)| k).collect();
+        assert_eq!(
+            vars,
+            [
+                "STICKYD_COOKIE_PATH",
+                "STICKYD_AFFINITY",
+                "STICKYD_APP_HEADER",
+                "STICKYD_LOG"
+            ]
+        );
+        assert!(validate(&args).is_ok());
+        // app-header without its header: the parser's message, and the flag that sets it.
+        args.cookie.app_header = None;
+        let e = InjectError::from(validate(&args).unwrap_err());
+        assert!(
+            e.to_string().contains("required with STICKYD_AFFINITY=app-header")
+                && e.to_string().ends_with("(--app-header sets STICKYD_APP_HEADER)"),
+            "{e}"
+        );
+        // A carrier of another mode.
+        args.cookie.affinity = Some("header".into());
+        args.cookie.app_cookie = Some("JSESSIONID".into());
+        assert_eq!(validate(&args).unwrap_err().var(), "STICKYD_APP_COOKIE");
+        args.cookie.affinity = Some("app-cookie".into());
+        assert!(validate(&args).is_ok());
+        args.cookie.cookie_name = Some("sid".into());
+        assert_eq!(validate(&args).unwrap_err().var(), "STICKYD_COOKIE_NAME");
+        args.cookie.affinity = Some("sticky".into());
+        assert_eq!(validate(&args).unwrap_err().var(), "STICKYD_AFFINITY");
+    }
+
+    #[test]
+    fn a_migrations_affinity_gives_way_to_the_flags() {
+        let want = |var: &'static str, value: &str| crate::migrate::Wanted {
+            var,
+            value: value.into(),
+            from: "HTTPRoute/mcp rule 0".into(),
+        };
+        let mut plan = crate::migrate::Plan::default();
+        plan.wanted = vec![
+            want("STICKYD_AFFINITY", "header"),
+            want("STICKYD_AFFINITY_HEADER", "mcp-session-id"),
+        ];
+        // No flags: the plan's settings become the options, not further env.
+        let mut args = plain_args();
+        assert!(take_settings(&mut args, &plan).is_empty());
+        assert_eq!(args.cookie.affinity.as_deref(), Some("header"));
+        assert_eq!(args.cookie.affinity_header.as_deref(), Some("mcp-session-id"));
+        assert!(args.cookie.extra_env.is_empty());
+        // --affinity app-header: kept over the plan's mode, and the plan's header, which
+        // that mode refuses, left out.
+        let mut args = plain_args();
+        args.cookie.affinity = Some("app-header".into());
+        args.cookie.app_header = Some("Mcp-Session-Id".into());
+        let notes = take_settings(&mut args, &plan);
+        assert_eq!(
+            notes,
+            [
+                "--affinity app-header given: kept over STICKYD_AFFINITY=header from HTTPRoute/mcp rule 0",
+                "--affinity app-header given: STICKYD_AFFINITY_HEADER=mcp-session-id from HTTPRoute/mcp rule 0 left \
+                 out, since stickyd refuses it in that mode",
+            ]
+        );
+        assert_eq!(args.cookie.affinity_header, None);
+        assert!(validate(&args).is_ok());
+        // --affinity-header alone: the plan's mode, the flag's header.
+        let mut args = plain_args();
+        args.cookie.affinity_header = Some("x-session".into());
+        let notes = take_settings(&mut args, &plan);
+        assert_eq!(
+            notes,
+            ["--affinity-header x-session given: kept over STICKYD_AFFINITY_HEADER=mcp-session-id from HTTPRoute/mcp \
+              rule 0"]
+        );
+        assert_eq!(args.cookie.affinity.as_deref(), Some("header"));
     }
 
     #[test]

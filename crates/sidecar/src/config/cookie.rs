@@ -81,6 +81,36 @@ impl AffinityMode {
     pub fn app_carried(self) -> bool {
         matches!(self, AffinityMode::AppCookie | AffinityMode::AppHeader)
     }
+
+    /// A value of STICKYD_AFFINITY (case and spaces aside), or None.
+    pub fn parse(raw: &str) -> Option<AffinityMode> {
+        let normal: String = raw
+            .chars()
+            .filter(|c| !c.is_whitespace())
+            .collect::<String>()
+            .to_ascii_lowercase();
+        Some(match normal.as_str() {
+            "cookie" => AffinityMode::Cookie,
+            "header" => AffinityMode::Header,
+            "cookie,header" | "header,cookie" => AffinityMode::CookieAndHeader,
+            "app-cookie" => AffinityMode::AppCookie,
+            "app-header" => AffinityMode::AppHeader,
+            _ => return None,
+        })
+    }
+
+    /// Whether [`parse_affinity`] refuses `var` set beside this mode: a
+    /// carrier of another mode, or stickyd's own cookie name with the app's
+    /// cookie.
+    pub fn refuses(self, var: &str) -> bool {
+        match var {
+            "STICKYD_AFFINITY_HEADER" => !self.header(),
+            "STICKYD_APP_HEADER" => self != AffinityMode::AppHeader,
+            "STICKYD_APP_COOKIE" => self != AffinityMode::AppCookie,
+            "STICKYD_COOKIE_NAME" => self == AffinityMode::AppCookie,
+            _ => false,
+        }
+    }
 }
 
 /// The cookie's attributes and keys.
@@ -161,18 +191,9 @@ pub(crate) const RESERVED_HEADERS: &[&str] = &[
 pub(crate) fn parse_affinity(env: &dyn Env) -> Result<(AffinityMode, http::HeaderName), ConfigError> {
     const VAR: &str = "STICKYD_AFFINITY";
     let raw = value(env, VAR);
-    let normal: String = raw
-        .chars()
-        .filter(|c| !c.is_whitespace())
-        .collect::<String>()
-        .to_ascii_lowercase();
-    let mode = match normal.as_str() {
-        "cookie" => AffinityMode::Cookie,
-        "header" => AffinityMode::Header,
-        "cookie,header" | "header,cookie" => AffinityMode::CookieAndHeader,
-        "app-cookie" => AffinityMode::AppCookie,
-        "app-header" => AffinityMode::AppHeader,
-        _ => {
+    let mode = match AffinityMode::parse(&raw) {
+        Some(mode) => mode,
+        None => {
             return Err(ConfigError::invalid(
                 VAR,
                 &raw,
@@ -452,4 +473,58 @@ pub(crate) fn parse_cookie(
         max_lifetime,
         idle_timeout,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::BTreeMap;
+
+    /// `AffinityMode::refuses` is what `parse_affinity` refuses, mode by
+    /// mode and variable by variable (stickyd inject relies on it).
+    #[test]
+    fn refuses_is_what_the_parser_refuses() {
+        let modes = [
+            AffinityMode::Cookie,
+            AffinityMode::Header,
+            AffinityMode::CookieAndHeader,
+            AffinityMode::AppCookie,
+            AffinityMode::AppHeader,
+        ];
+        let vars = [
+            ("STICKYD_AFFINITY_HEADER", "x-session"),
+            ("STICKYD_APP_HEADER", "mcp-session-id"),
+            ("STICKYD_APP_COOKIE", "JSESSIONID"),
+            ("STICKYD_COOKIE_NAME", "sid"),
+            ("STICKYD_COOKIE_PATH", "/"),
+        ];
+        for mode in modes {
+            assert_eq!(
+                AffinityMode::parse(&format!(" {} ", mode.as_str().to_uppercase())),
+                Some(mode)
+            );
+            for (var, value) in vars {
+                let mut env: BTreeMap<String, String> = BTreeMap::new();
+                env.insert("STICKYD_AFFINITY".into(), mode.as_str().into());
+                match mode {
+                    AffinityMode::AppCookie => env.insert("STICKYD_APP_COOKIE".into(), "JSESSIONID".into()),
+                    AffinityMode::AppHeader => env.insert("STICKYD_APP_HEADER".into(), "mcp-session-id".into()),
+                    _ => None,
+                };
+                env.insert(var.into(), value.into());
+                let refused = parse_affinity(&env).err().map(|e| e.var().to_string());
+                assert_eq!(
+                    refused.as_deref() == Some(var),
+                    mode.refuses(var),
+                    "{} with {var}: {refused:?}",
+                    mode.as_str()
+                );
+            }
+        }
+        assert_eq!(
+            AffinityMode::parse("header,cookie"),
+            Some(AffinityMode::CookieAndHeader)
+        );
+        assert_eq!(AffinityMode::parse("app"), None);
+    }
 }

@@ -5,7 +5,7 @@
 use base64::Engine;
 use serde_json::{json, Map, Value};
 
-use crate::inject::{self, CookieArgs, DrainArgs, InjectArgs};
+use crate::inject::{self, CookieArgs, DrainArgs, InjectArgs, InjectError};
 use crate::kyaml::{Node, ScalarType, Style};
 
 /// The annotation prefix the injector reads.
@@ -47,6 +47,23 @@ pub const ANNOTATIONS: &[(&str, &str)] = &[
     ),
     ("cookie-secure", "STICKYD_COOKIE_SECURE: true, false or auto"),
     ("cookie-samesite", "STICKYD_COOKIE_SAMESITE: Strict, Lax or None"),
+    (
+        "affinity",
+        "STICKYD_AFFINITY: cookie (default), header, cookie,header, app-cookie or app-header",
+    ),
+    (
+        "affinity-header",
+        "STICKYD_AFFINITY_HEADER: the header of affinity header or cookie,header",
+    ),
+    (
+        "app-cookie",
+        "STICKYD_APP_COOKIE: the app's own session cookie, its value prefixed (affinity app-cookie)",
+    ),
+    (
+        "app-header",
+        "STICKYD_APP_HEADER: the app's own session header, such as Mcp-Session-Id, its value prefixed both ways \
+         (affinity app-header)",
+    ),
     (
         "secret",
         "the Secret of cookie signing keys, mounted read-only for STICKYD_COOKIE_SECRET_FILE (default \
@@ -282,8 +299,16 @@ fn inject_spec(
         diff: false,
     };
     let mut node = to_node(spec);
-    let done = inject::inject_pod(&mut node, &args, &opts.service, opts.app_port, id)
-        .map_err(|e| format!("{id}: cannot add the stickyd sidecar: {e}"))?;
+    let done = inject::inject_pod(&mut node, &args, &opts.service, opts.app_port, id).map_err(|e| {
+        // A setting stickyd would refuse names the annotation that sets it, rather than the flag.
+        match &e {
+            InjectError::InvalidOption(error) => inject::option_of(error.var()).map(|short| {
+                format!("{id}: annotation {PREFIX}{short}: the annotations would make stickyd refuse to start: {error}")
+            }),
+            _ => None,
+        }
+        .unwrap_or_else(|| format!("{id}: cannot add the stickyd sidecar: {e}"))
+    })?;
     let mut after = to_json(&node);
     share_token_mount(&mut after);
     let mut warnings: Vec<String> = done
@@ -444,6 +469,10 @@ impl Options {
                 cookie_max_age: opt("cookie-max-age"),
                 cookie_secure: opt("cookie-secure"),
                 cookie_samesite: opt("cookie-samesite"),
+                affinity: opt("affinity"),
+                affinity_header: opt("affinity-header"),
+                app_cookie: opt("app-cookie"),
+                app_header: opt("app-header"),
                 secret,
                 secret_key: opt("secret-key").unwrap_or_else(|| "key".into()),
                 secret_env,
@@ -630,6 +659,37 @@ mod tests {
         for (annotations, want) in cases {
             let message = deny(annotations.clone());
             assert!(message.contains(want), "{annotations}: {message}");
+        }
+        // Affinity settings stickyd would refuse: the annotation that sets the variable.
+        let affinity = |more: Value| {
+            let mut a = with("affinity", "app-header");
+            for (k, v) in more.as_object().unwrap() {
+                a[k] = v.clone();
+            }
+            a
+        };
+        let cases = [
+            (affinity(json!({})), "annotation stickyd.io/app-header: "),
+            (
+                affinity(json!({"stickyd.io/app-header": "Mcp-Session-Id", "stickyd.io/affinity-header": "x-s"})),
+                "annotation stickyd.io/affinity-header: ",
+            ),
+            (with("affinity", "sticky"), "annotation stickyd.io/affinity: "),
+            (with("app-cookie", "JSESSIONID"), "annotation stickyd.io/app-cookie: "),
+            (
+                affinity(
+                    json!({"stickyd.io/affinity": "app-cookie", "stickyd.io/app-cookie": "JSESSIONID",
+                    "stickyd.io/cookie-name": "sid"}),
+                ),
+                "annotation stickyd.io/cookie-name: ",
+            ),
+        ];
+        for (annotations, want) in cases {
+            let message = deny(annotations.clone());
+            assert!(
+                message.contains(want) && message.contains("would make stickyd refuse to start"),
+                "{annotations}: {message}"
+            );
         }
         match decide(&pod_review(json!({"stickyd.io/inject": "disabled"})), "stickyd:test") {
             Decision::Allow { patch, .. } => assert!(patch.is_empty()),
