@@ -7,8 +7,9 @@
 #
 # Needs: go (for the build), openssl, kubectl, python3 (to pick free ports).
 # Every process listens on 127.0.0.1 only. No node and no kubelet: pods stay
-# Pending; 10.0.0.0/24 is only the range Service ClusterIPs are written from
-# (bookkeeping in etcd: there is no kube-proxy, nothing routes to it).
+# Pending; 198.19.0.0/24 (the Service range of tests/podnet) is only the range
+# Service ClusterIPs are written from (bookkeeping in etcd: there is no
+# kube-proxy, nothing routes to it).
 set -euo pipefail
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -21,11 +22,10 @@ cleanup() {
   local rc=$?
   trap - EXIT INT TERM
   local i
+  # Last started, first stopped: each one gets 15 s to stop before SIGKILL.
   for ((i = ${#pids[@]} - 1; i >= 0; i--)); do
     kill -TERM "${pids[i]}" 2>/dev/null || true
-  done
-  for ((i = ${#pids[@]} - 1; i >= 0; i--)); do
-    for _ in $(seq 50); do kill -0 "${pids[i]}" 2>/dev/null || break; sleep 0.2; done
+    for _ in $(seq 75); do kill -0 "${pids[i]}" 2>/dev/null || break; sleep 0.2; done
     kill -KILL "${pids[i]}" 2>/dev/null || true
     wait "${pids[i]}" 2>/dev/null || true
   done
@@ -68,7 +68,7 @@ cd "$tmp"
 step "binary $bin ($("$bin" version))"
 
 # ---- keys and certificates --------------------------------------------------
-ossl() { openssl "$@" 2>>openssl.log; }
+ossl() { openssl "$@" 2>>openssl.out; }
 ossl req -x509 -newkey rsa:2048 -nodes -keyout ca.key -out ca.crt -days 2 \
   -subj "/CN=kubeplane-ca"
 # sign NAME SUBJECT EXTENSIONS
@@ -139,7 +139,7 @@ wait_for 60 "etcd ready on 127.0.0.1:$etcd_port" grep -q 'etcd: ready' etcd.log
   --service-account-issuer https://kubernetes.default.svc \
   --service-account-key-file sa.pub \
   --service-account-signing-key-file sa.key \
-  --service-cluster-ip-range 10.0.0.0/24 \
+  --service-cluster-ip-range 198.19.0.0/24 \
   --cert-dir "$tmp/apiserver-certs" \
   --profiling=false > apiserver.log 2>&1 &
 pids+=($!)
@@ -159,7 +159,7 @@ apiVersion: kustomize.config.k8s.io/v1beta1
 kind: Kustomization
 namespace: $ns
 resources:
-- $root/manifests/base
+- $(realpath --relative-to overlay "$root/manifests/base")
 EOF
 step "kubectl apply -k (manifests/base in namespace $ns)"
 k apply -k overlay | sed 's/^/  /'
@@ -220,6 +220,63 @@ if as_sa -n "$ns" get secrets > forbidden.out 2>&1; then
   exit 1
 fi
 step "with it: list secrets refused: $(head -n1 forbidden.out)"
+
+# ---- what a kubelet would write -------------------------------------------
+# No kubelet runs: a Node object, each Pod bound to it (as the scheduler does,
+# through pods/binding) and a Running, Ready status with an address, and the
+# EndpointSlice controller publishes the pods as ready endpoints. The
+# addresses are those tests/podnet gives its pods (198.18.0.10 + i); nothing
+# here sends traffic to them. The node sends no heartbeat: the node lifecycle
+# controller marks it, and its pods, not ready after about 40 s, long after
+# this check.
+k apply -f - > /dev/null <<EOF
+apiVersion: v1
+kind: Node
+metadata:
+  name: node-0
+  labels: {kubernetes.io/hostname: node-0}
+EOF
+i=0
+for pod in $(k -n "$ns" get pods -l "$app" -o 'jsonpath={.items[*].metadata.name}'); do
+  ip=198.18.0.$((10 + i))
+  i=$((i + 1))
+  printf '{"apiVersion":"v1","kind":"Binding","metadata":{"name":"%s"},"target":{"kind":"Node","name":"node-0"}}' "$pod" > binding.json
+  k create --raw "/api/v1/namespaces/$ns/pods/$pod/binding" -f binding.json > /dev/null
+  now=$(date -u +%Y-%m-%dT%H:%M:%SZ)
+  k -n "$ns" patch pod "$pod" --subresource status --type merge -p "{\"status\": {
+    \"phase\": \"Running\", \"podIP\": \"$ip\", \"podIPs\": [{\"ip\": \"$ip\"}], \"hostIP\": \"198.18.0.1\",
+    \"conditions\": [{\"type\": \"Ready\", \"status\": \"True\", \"lastTransitionTime\": \"$now\"},
+                     {\"type\": \"ContainersReady\", \"status\": \"True\", \"lastTransitionTime\": \"$now\"},
+                     {\"type\": \"PodScheduled\", \"status\": \"True\", \"lastTransitionTime\": \"$now\"}]}}" > /dev/null
+done
+step "bound $i pods to node-0 and set them Running and Ready"
+ready_endpoints() {
+  k -n "$ns" get endpointslices -l kubernetes.io/service-name=mysvc -o \
+    'jsonpath={range .items[*].endpoints[?(@.conditions.ready==true)]}{.addresses[0]}{"\n"}{end}'
+}
+three_ready() { [[ $(ready_endpoints | grep -c .) -eq 3 ]]; }
+wait_for 60 "EndpointSlice of mysvc lists the 3 pods as ready" three_ready
+k -n "$ns" get endpointslices -l kubernetes.io/service-name=mysvc -o wide | sed 's/^/  /'
+
+# A real API server refuses loopback endpoint addresses (what an API server
+# double may well accept): tests against it need pod addresses off loopback.
+cat > loopback-slice.yaml <<EOF
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata:
+  name: loopback
+  labels: {kubernetes.io/service-name: mysvc}
+addressType: IPv4
+endpoints:
+- addresses: ["127.1.0.1"]
+ports:
+- {name: http, port: 8080, protocol: TCP}
+EOF
+if k -n "$ns" apply --dry-run=server -f loopback-slice.yaml > loopback.out 2>&1; then
+  echo "smoke: the API server took a loopback endpoint address" >&2
+  exit 1
+fi
+step "EndpointSlice with 127.1.0.1 refused: $(grep -o 'may not be in the loopback range[^"]*' loopback.out | head -n1)"
 
 step "stopping"
 echo "smoke: PASSED"
