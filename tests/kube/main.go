@@ -5,6 +5,7 @@
 //	kubeplane etcd --data-dir DIR --listen-client-url URL [--listen-peer-url URL]
 //	kubeplane apiserver ...            (the flags of kube-apiserver)
 //	kubeplane controller-manager ...   (the flags of kube-controller-manager)
+//	kubeplane scheduler ...            (the flags of kube-scheduler)
 //	kubeplane version
 package main
 
@@ -27,10 +28,11 @@ import (
 	"k8s.io/component-base/version"
 	apiserver "k8s.io/kubernetes/cmd/kube-apiserver/app"
 	controllermanager "k8s.io/kubernetes/cmd/kube-controller-manager/app"
+	scheduler "k8s.io/kubernetes/cmd/kube-scheduler/app"
 )
 
 func usage() {
-	fmt.Fprintf(os.Stderr, "usage: %s etcd|apiserver|controller-manager|version [flags]\n", os.Args[0])
+	fmt.Fprintf(os.Stderr, "usage: %s etcd|apiserver|controller-manager|scheduler|version [flags]\n", os.Args[0])
 	os.Exit(2)
 }
 
@@ -48,6 +50,10 @@ func main() {
 		os.Exit(cli.Run(cmd))
 	case "controller-manager", "kube-controller-manager":
 		cmd := controllermanager.NewControllerManagerCommand()
+		cmd.SetArgs(args)
+		os.Exit(cli.Run(cmd))
+	case "scheduler", "kube-scheduler":
+		cmd := scheduler.NewSchedulerCommand()
 		cmd.SetArgs(args)
 		os.Exit(cli.Run(cmd))
 	case "version":

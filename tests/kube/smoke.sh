@@ -1,15 +1,16 @@
 #!/usr/bin/env bash
 # Smoke run of a real control plane on loopback: etcd, kube-apiserver (RBAC,
-# ServiceAccount tokens, TLS from openssl) and kube-controller-manager, all
-# from target/kube/kubeplane (tests/kube/build.sh builds it when missing).
+# ServiceAccount tokens, TLS from openssl), kube-scheduler and
+# kube-controller-manager, all from target/kube/kubeplane (tests/kube/build.sh
+# builds it when missing).
 #
 #   tests/kube/smoke.sh          # KEEP=1 keeps the temp dir and its logs
 #
-# Needs: go (for the build), openssl, kubectl, python3 (to pick free ports).
-# Every process listens on 127.0.0.1 only. No node and no kubelet: pods stay
-# Pending; 198.19.0.0/24 (the Service range of tests/podnet) is only the range
-# Service ClusterIPs are written from (bookkeeping in etcd: there is no
-# kube-proxy, nothing routes to it).
+# Needs: go (for the build), openssl, kubectl, curl, python3 (free ports).
+# Every process listens on 127.0.0.1 only. No kubelet: the script writes the
+# Node and the pods' status itself. 198.19.0.0/24 (the Service range of
+# tests/podnet) is only the range Service ClusterIPs are written from
+# (bookkeeping in etcd: there is no kube-proxy, nothing routes to it).
 set -euo pipefail
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -86,6 +87,7 @@ client_ext="keyUsage=critical,digitalSignature,keyEncipherment
 extendedKeyUsage=clientAuth"
 sign admin "/O=system:masters/CN=kubeplane-admin" "$client_ext"
 sign kcm "/CN=system:kube-controller-manager" "$client_ext"
+sign scheduler "/CN=system:kube-scheduler" "$client_ext"
 # The ServiceAccount token signing key pair.
 ossl genrsa -out sa.key 2048
 ossl rsa -in sa.key -pubout -out sa.pub
@@ -95,6 +97,7 @@ etcd_port=$(free_port)
 peer_port=$(free_port)
 api_port=$(free_port)
 kcm_port=$(free_port)
+sched_port=$(free_port)
 server=https://127.0.0.1:$api_port
 
 kubeconfig() { # NAME: a kubeconfig with the client cert NAME.crt
@@ -119,6 +122,7 @@ EOF
 }
 kubeconfig admin
 kubeconfig kcm
+kubeconfig scheduler
 k() { kubectl --kubeconfig "$tmp/admin.kubeconfig" "$@"; }
 
 # ---- etcd -------------------------------------------------------------------
@@ -168,6 +172,36 @@ sa=system:serviceaccount:$ns:stickyd
 step "RBAC: can $sa watch endpointslices? $(k -n "$ns" auth can-i watch endpointslices.discovery.k8s.io --as "$sa" || true)"
 step "RBAC: can $sa list secrets? $(k -n "$ns" auth can-i list secrets --as "$sa" || true)"
 
+# ---- a Node and kube-scheduler ---------------------------------------------
+# No kubelet runs: the Node is written here, Ready, with room for the pods
+# (its address is the node's of tests/podnet). It sends no heartbeat: the node
+# lifecycle controller marks it, and its pods, not ready after about 40 s,
+# long after these checks.
+now=$(date -u +%Y-%m-%dT%H:%M:%SZ)
+k apply -f - > /dev/null <<EOF
+apiVersion: v1
+kind: Node
+metadata:
+  name: node-0
+  labels: {kubernetes.io/hostname: node-0, kubernetes.io/os: linux}
+EOF
+k patch node node-0 --subresource status --type merge -p "{\"status\": {
+  \"capacity\": {\"cpu\": \"8\", \"memory\": \"16Gi\", \"pods\": \"110\"},
+  \"allocatable\": {\"cpu\": \"8\", \"memory\": \"16Gi\", \"pods\": \"110\"},
+  \"addresses\": [{\"type\": \"InternalIP\", \"address\": \"198.18.0.1\"}],
+  \"conditions\": [{\"type\": \"Ready\", \"status\": \"True\", \"reason\": \"KubeletReady\",
+    \"lastHeartbeatTime\": \"$now\", \"lastTransitionTime\": \"$now\"}]}}" > /dev/null
+step "Node node-0 written, Ready"
+"$bin" scheduler \
+  --kubeconfig scheduler.kubeconfig \
+  --authentication-kubeconfig scheduler.kubeconfig \
+  --authorization-kubeconfig scheduler.kubeconfig \
+  --bind-address 127.0.0.1 --secure-port "$sched_port" \
+  --leader-elect=false > scheduler.log 2>&1 &
+pids+=($!)
+wait_for 120 "kube-scheduler /healthz on 127.0.0.1:$sched_port" \
+  curl -sfk "https://127.0.0.1:$sched_port/healthz"
+
 # ---- kube-controller-manager -------------------------------------------------
 "$bin" controller-manager \
   --kubeconfig kcm.kubeconfig \
@@ -194,6 +228,10 @@ wait_for 120 "Deployment mysvc has a ReplicaSet" at_least replicasets "$app" 1
 wait_for 120 "ReplicaSet made 3 Pods" at_least pods "$app" 3
 wait_for 120 "EndpointSlice for Service mysvc" \
   at_least endpointslices.discovery.k8s.io kubernetes.io/service-name=mysvc 1
+scheduled() {
+  [[ $(k -n "$ns" get pods -l "$app" -o 'jsonpath={range .items[*]}{.spec.nodeName}{"\n"}{end}' | grep -c '^node-0$') -eq 3 ]]
+}
+wait_for 120 "kube-scheduler bound the 3 Pods to node-0" scheduled
 k -n "$ns" get deploy,rs,pods,svc,endpointslices -o wide | sed 's/^/  /'
 
 # ServiceAccount tokens: the token controller fills a legacy token Secret; the
@@ -222,26 +260,13 @@ fi
 step "with it: list secrets refused: $(head -n1 forbidden.out)"
 
 # ---- what a kubelet would write -------------------------------------------
-# No kubelet runs: a Node object, each Pod bound to it (as the scheduler does,
-# through pods/binding) and a Running, Ready status with an address, and the
-# EndpointSlice controller publishes the pods as ready endpoints. The
-# addresses are those tests/podnet gives its pods (198.18.0.10 + i); nothing
-# here sends traffic to them. The node sends no heartbeat: the node lifecycle
-# controller marks it, and its pods, not ready after about 40 s, long after
-# this check.
-k apply -f - > /dev/null <<EOF
-apiVersion: v1
-kind: Node
-metadata:
-  name: node-0
-  labels: {kubernetes.io/hostname: node-0}
-EOF
+# Each Pod Running and Ready with an address (those tests/podnet gives its
+# pods, 198.18.0.10 + i; nothing here sends traffic to them), and the
+# EndpointSlice controller publishes the pods as ready endpoints.
 i=0
 for pod in $(k -n "$ns" get pods -l "$app" -o 'jsonpath={.items[*].metadata.name}'); do
   ip=198.18.0.$((10 + i))
   i=$((i + 1))
-  printf '{"apiVersion":"v1","kind":"Binding","metadata":{"name":"%s"},"target":{"kind":"Node","name":"node-0"}}' "$pod" > binding.json
-  k create --raw "/api/v1/namespaces/$ns/pods/$pod/binding" -f binding.json > /dev/null
   now=$(date -u +%Y-%m-%dT%H:%M:%SZ)
   k -n "$ns" patch pod "$pod" --subresource status --type merge -p "{\"status\": {
     \"phase\": \"Running\", \"podIP\": \"$ip\", \"podIPs\": [{\"ip\": \"$ip\"}], \"hostIP\": \"198.18.0.1\",
@@ -249,7 +274,7 @@ for pod in $(k -n "$ns" get pods -l "$app" -o 'jsonpath={.items[*].metadata.name
                      {\"type\": \"ContainersReady\", \"status\": \"True\", \"lastTransitionTime\": \"$now\"},
                      {\"type\": \"PodScheduled\", \"status\": \"True\", \"lastTransitionTime\": \"$now\"}]}}" > /dev/null
 done
-step "bound $i pods to node-0 and set them Running and Ready"
+step "set the $i pods Running and Ready"
 ready_endpoints() {
   k -n "$ns" get endpointslices -l kubernetes.io/service-name=mysvc -o \
     'jsonpath={range .items[*].endpoints[?(@.conditions.ready==true)]}{.addresses[0]}{"\n"}{end}'
