@@ -13,6 +13,7 @@ mod common;
 mod affinity;
 mod browser;
 mod inject;
+mod kube;
 mod lint;
 mod manifests;
 mod mcp;
