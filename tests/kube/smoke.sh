@@ -4,9 +4,13 @@
 # kube-controller-manager, all from target/kube/kubeplane (tests/kube/build.sh
 # builds it when missing).
 #
-#   tests/kube/smoke.sh          # KEEP=1 keeps the temp dir and its logs
+#   tests/kube/smoke.sh          # KEEP=1 keeps the temp dir and its logs;
+#                                # HOLD=1 keeps the control plane up until Ctrl-C
 #
 # Needs: go (for the build), openssl, kubectl, curl, python3 (free ports).
+# STICKYD_BIN=path/to/stickyd adds the server-side validation of what
+# `stickyd inject` writes (tests/tools/kube.rs passes cargo's binary); without
+# it that part is skipped, with a line that says so.
 # Every process listens on 127.0.0.1 only. No kubelet: the script writes the
 # Node and the pods' status itself. 198.19.0.0/24 (the Service range of
 # tests/podnet) is only the range Service ClusterIPs are written from
@@ -16,6 +20,9 @@ set -euo pipefail
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 root=$(cd "$here/../.." && pwd)
 bin=${KUBEPLANE:-$("$here/build.sh")}
+
+# Absolute: the script works in its temp dir.
+if [[ -n ${STICKYD_BIN:-} ]]; then STICKYD_BIN=$(realpath -m -- "$STICKYD_BIN"); fi
 
 tmp=$(mktemp -d "${TMPDIR:-/tmp}/kubeplane.XXXXXX")
 pids=()
@@ -123,7 +130,9 @@ EOF
 kubeconfig admin
 kubeconfig kcm
 kubeconfig scheduler
-k() { kubectl --kubeconfig "$tmp/admin.kubeconfig" "$@"; }
+# The discovery cache in the temp dir: a new port each run would otherwise
+# leave a folder in ~/.kube/cache every time.
+k() { kubectl --kubeconfig "$tmp/admin.kubeconfig" --cache-dir "$tmp/kube-cache" "$@"; }
 
 # ---- etcd -------------------------------------------------------------------
 "$bin" etcd --data-dir "$tmp/etcd" --unsafe-no-fsync \
@@ -152,11 +161,159 @@ k version 2>&1 | sed 's/^/  /'
 step "kubectl get ns"
 k get ns | sed 's/^/  /'
 
+# ---- server-side validation of everything the project ships ----------------
+# Each object goes through the API server's decoding (--validate=strict: an
+# unknown or duplicated field is an error, not a warning), defaulting,
+# validation and admission, and is stored nowhere (--dry-run=server). The
+# sets: every kustomization under manifests/ (rendered by kubectl kustomize),
+# and what `stickyd inject` writes for the story's manifests and the inject
+# fixtures. The namespaces a set names are created for real first (a server
+# dry run of an object in a missing namespace is refused); a set's Namespace
+# objects are applied for real, so the dry run finds them unchanged. Objects
+# of cert-manager.io (manifests/injector's Issuers and Certificates) are
+# skipped, with a line that says so, while this API server has no CRD for
+# them. Every set is tried; then the script fails if the API server refused
+# any object, with its messages.
+cat > split.awk <<'AWK'
+# A YAML stream, one object per document as kubectl kustomize and stickyd
+# inject print them (top-level keys at column 0, metadata's at 2 spaces), into
+# dir/objects.yaml and dir/objects.txt (kind/name), dir/namespaces.yaml (the
+# Namespace objects, also in objects.yaml), dir/refs.txt (each
+# metadata.namespace), and dir/skipped.yaml and dir/skipped.txt for the
+# API groups in `skip` (space-separated).
+function val(s) {
+  sub(/^[^:]*:[ \t]*/, "", s); sub(/[ \t]+#.*$/, "", s); sub(/[ \t]+$/, "", s)
+  gsub(/^["']|["']$/, "", s)
+  return s
+}
+function flush(group) {
+  if (content) {
+    if (kind == "" || api == "" || name == "") {
+      printf "document %d (ending at line %d): no apiVersion, kind or metadata.name\n", docs + 1, NR > "/dev/stderr"
+      bad = 1
+    }
+    docs++
+    group = (api ~ /\//) ? api : ""
+    sub(/\/.*/, "", group)
+    if (group != "" && index(" " skip " ", " " group " ")) {
+      printf "---\n%s", buf > (dir "/skipped.yaml")
+      print api " " kind "/" name > (dir "/skipped.txt")
+    } else {
+      printf "---\n%s", buf > (dir "/objects.yaml")
+      print kind "/" name > (dir "/objects.txt")
+      if (kind == "Namespace") printf "---\n%s", buf > (dir "/namespaces.yaml")
+      if (ns != "") print ns > (dir "/refs.txt")
+    }
+  }
+  buf = ""; kind = ""; api = ""; name = ""; ns = ""; content = 0; inmeta = 0
+}
+/^---([ \t]|$)/ { flush(); next }
+{
+  buf = buf $0 "\n"
+  if ($0 ~ /^[^#[:space:]]/) { content = 1; inmeta = ($0 ~ /^metadata:[ \t]*$/) }
+  if ($0 ~ /^kind:/) kind = val($0)
+  else if ($0 ~ /^apiVersion:/) api = val($0)
+  else if (inmeta && $0 ~ /^  name:/) name = val($0)
+  else if (inmeta && $0 ~ /^  namespace:/) ns = val($0)
+}
+END { flush(); exit bad }
+AWK
+# The API groups whose kinds come from other projects' CRDs: skipped while
+# this API server does not serve them, validated if it ever does.
+crd_groups=(cert-manager.io)
+skip_groups=()
+served=$(k api-versions | cut -d/ -f1 | sort -u)
+for group in "${crd_groups[@]}"; do
+  grep -qxF "$group" <<<"$served" || skip_groups+=("$group")
+done
+refused=()
+# validate LABEL FILE: the objects of the YAML stream FILE, through the API
+# server; prints "ok: dry-run=server LABEL (N objects)" or adds the server's
+# messages to refused.
+validate() {
+  local label=$1 file=$2 dir rc=0 want got nsname skipped=""
+  dir=$(mktemp -d "$tmp/validate.XXXXXX")
+  if ! awk -v dir="$dir" -v skip="${skip_groups[*]}" -f split.awk "$file" 2> "$dir/split.err"; then
+    refused+=("$label: not split into objects: $(tr '\n' ' ' < "$dir/split.err")")
+    return
+  fi
+  if [[ -s $dir/skipped.txt ]]; then
+    step "skip: $label: $(wc -l < "$dir/skipped.txt") objects of ${skip_groups[*]} ($(cut -d' ' -f2 "$dir/skipped.txt" | paste -sd, | sed 's/,/, /g')): not validated, their CRDs are not installed in this API server"
+  fi
+  if [[ ! -s $dir/objects.txt ]]; then
+    refused+=("$label: no object to validate")
+    return
+  fi
+  # The namespaces: the set's own Namespace objects for real, then those its
+  # objects name and no Namespace of the set makes (as a user's would exist).
+  if [[ -s $dir/namespaces.yaml ]] &&
+    ! k apply -f "$dir/namespaces.yaml" > "$dir/ns.out" 2>&1; then
+    refused+=("$label: its Namespaces: $(tr '\n' ' ' < "$dir/ns.out")")
+    sed 's/^/  /' "$dir/ns.out"
+    return
+  fi
+  if [[ -s $dir/refs.txt ]]; then
+    while read -r nsname; do
+      k get namespace "$nsname" > /dev/null 2>&1 && continue
+      k create namespace "$nsname" > /dev/null
+      step "namespace $nsname created for $label (its objects name it; the set has no Namespace of it)"
+    done < <(sort -u "$dir/refs.txt")
+  fi
+  want=$(wc -l < "$dir/objects.txt")
+  k apply --dry-run=server --validate=strict -f "$dir/objects.yaml" > "$dir/out" 2>&1 || rc=$?
+  sed 's/^/  /' "$dir/out"
+  got=$(grep -c ' (server dry run)$' "$dir/out" || true)
+  if [[ $rc -ne 0 || $got -ne $want ]]; then
+    refused+=("$label: kubectl apply --dry-run=server: exit $rc, $got of $want objects accepted:
+$(grep -v -e ' (server dry run)$' -e '^Warning: ' "$dir/out" | sed 's/^/    /')")
+    return
+  fi
+  [[ -s $dir/skipped.txt ]] && skipped="; $(wc -l < "$dir/skipped.txt") of ${skip_groups[*]} skipped, see above"
+  step "ok: dry-run=server $label ($got objects$skipped)"
+}
+# validate_kustomization DIR (relative to the project root)
+validate_kustomization() {
+  if ! k kustomize "$root/$1" > "$tmp/rendered.yaml" 2> "$tmp/rendered.err"; then
+    refused+=("$1: kubectl kustomize: $(cat "$tmp/rendered.err")")
+    return
+  fi
+  validate "$1" "$tmp/rendered.yaml"
+}
+step "server-side validation (kubectl apply --dry-run=server --validate=strict)"
+for kustomization in "$root"/manifests/kustomization.yaml "$root"/manifests/*/kustomization.yaml \
+  "$root"/manifests/examples/*/kustomization.yaml; do
+  [[ -f $kustomization ]] || continue
+  validate_kustomization "$(realpath --relative-to "$root" "$(dirname "$kustomization")")"
+done
+# stickyd inject's output: the story's manifests (tests/fixtures/migrate/
+# story.yaml, the post's app, Ingresses and ExternalName Service as whole
+# objects), as they are and with --from-ingress, and the fixtures of
+# tests/tools/inject.rs that a cluster serves (passthrough.yaml has a kind of
+# no API server; broken.yaml is not YAML).
+if [[ -z ${STICKYD_BIN:-} ]]; then
+  step "skip: stickyd inject output: STICKYD_BIN is not set (cargo test --test tools kube sets it; or STICKYD_BIN=target/debug/stickyd $0)"
+elif [[ ! -x $STICKYD_BIN ]]; then
+  refused+=("STICKYD_BIN=$STICKYD_BIN is not an executable file")
+else
+  for args in "tests/fixtures/migrate/story.yaml" "--from-ingress tests/fixtures/migrate/story.yaml" \
+    "tests/fixtures/inject/plain.yaml" "tests/fixtures/inject/statefulset.yaml"; do
+    read -ra argv <<<"$args"
+    if ! (cd "$root" && "$STICKYD_BIN" inject "${argv[@]}") > injected.yaml 2> injected.err; then
+      refused+=("stickyd inject $args: $(cat injected.err)")
+      continue
+    fi
+    validate "stickyd inject $args" injected.yaml
+  done
+fi
+if [[ ${#refused[@]} -gt 0 ]]; then
+  echo "smoke: server-side validation: the API server refused objects of ${#refused[@]} set(s):" >&2
+  printf -- '- %s\n' "${refused[@]}" >&2
+  exit 1
+fi
+
 # ---- the project's manifests --------------------------------------------------
 ns=stickyd-smoke
 k create namespace "$ns" | sed 's/^/  /'
-step "kubectl apply --dry-run=server -f manifests/base/deployment.yaml"
-k -n "$ns" apply --dry-run=server -f "$root/manifests/base/deployment.yaml" | sed 's/^/  /'
 mkdir overlay
 cat > overlay/kustomization.yaml <<EOF
 apiVersion: kustomize.config.k8s.io/v1beta1
@@ -250,7 +407,10 @@ EOF
 has_token() { [[ -n $(k -n "$ns" get secret stickyd-token -o 'jsonpath={.data.token}') ]]; }
 wait_for 60 "token controller filled Secret stickyd-token" has_token
 token=$(k -n "$ns" create token stickyd --duration 10m)
-as_sa() { kubectl --server "$server" --certificate-authority "$tmp/ca.crt" --token "$token" "$@"; }
+as_sa() {
+  kubectl --server "$server" --certificate-authority "$tmp/ca.crt" --token "$token" \
+    --cache-dir "$tmp/kube-cache" "$@"
+}
 step "bound token of stickyd: $(as_sa auth whoami -o 'jsonpath={.status.userInfo.username}')"
 step "with it: list endpointslices in $ns: $(as_sa -n "$ns" get endpointslices -o name | tr '\n' ' ')"
 if as_sa -n "$ns" get secrets > forbidden.out 2>&1; then
@@ -305,3 +465,10 @@ step "EndpointSlice with 127.1.0.1 refused: $(grep -o 'may not be in the loopbac
 
 step "stopping"
 echo "smoke: PASSED"
+# HOLD=1: keep the control plane up for a look by hand, until Ctrl-C (which
+# then stops and removes everything, as at any other exit).
+if [[ -n "${HOLD:-}" ]]; then
+  echo "smoke: holding; in another shell: export KUBECONFIG=$tmp/admin.kubeconfig; Ctrl-C here stops it" >&2
+  trap 'exit 0' INT TERM
+  while :; do sleep 3600 & wait $!; done
+fi

@@ -1,7 +1,9 @@
 //! Whole-system tests on a real pod network: a node, its pods and an ingress
 //! made of network namespaces, veth pairs, a bridge and kube-proxy's
 //! iptables rules (`harness/`), with real stickyd sidecars watching an
-//! apiserver double, HAProxy as the ingress and k6 as the browsers.
+//! apiserver double, HAProxy as the ingress and k6 as the browsers. The
+//! scenarios of `real.rs` run the same node under a real control plane
+//! (`harness/plane.rs`, `harness/kubenode.rs`).
 //!
 //! Each test builds its own cluster and removes it, also when it fails.
 //! They need root, `ip`, `iptables`, `haproxy` and `k6`; without them each
@@ -12,6 +14,7 @@
 #[path = "../apiserver/mod.rs"]
 mod apiserver;
 mod harness;
+mod real;
 
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
@@ -116,7 +119,7 @@ async fn strike<T>(
     let victim = cluster.busiest_pod(PREMISE, SCENARIO_LIMIT).await;
     let done = act(victim.clone()).await;
     let out = k6.finish().await;
-    out.report(test, cluster);
+    out.report(test, &cluster.clock);
     (victim, done, out)
 }
 
@@ -230,7 +233,7 @@ async fn story_without_stickyd() {
     spec.sidecars = false;
     scenario("story_without_stickyd", spec, async |cluster| {
         let out = cluster.k6(&story_load(), &cluster.pod_names()).finish().await;
-        out.report("story_without_stickyd", &cluster);
+        out.report("story_without_stickyd", &cluster.clock);
         let kept = out
             .sessions
             .iter()
@@ -256,7 +259,7 @@ async fn story_without_stickyd() {
 async fn story_with_stickyd() {
     scenario("story_with_stickyd", Spec::new("story", 3), async |cluster| {
         let out = cluster.k6(&story_load(), &cluster.pod_names()).finish().await;
-        out.report("story_with_stickyd", &cluster);
+        out.report("story_with_stickyd", &cluster.clock);
         assert_eq!(out.sessions.len(), 60);
         assert_eq!(out.failed().len(), 0, "failed requests");
         assert_eq!(out.moved().len(), 0, "sessions that moved");

@@ -4,7 +4,10 @@
 //! module proxy (`tests/kube/build.sh`, reused while its stamp matches; `.ci/run`
 //! builds it before the tests), and its smoke run (`tests/kube/smoke.sh`):
 //! RBAC with the shipped Role, a real ServiceAccount token, server-side
-//! validation of the shipped base, and the real controllers writing the
+//! validation (`kubectl apply --dry-run=server --validate=strict`) of every
+//! kustomization under `manifests/` and of what `stickyd inject` writes for
+//! the story's manifests and the inject fixtures (this test passes the
+//! binary in `STICKYD_BIN`), and the real controllers writing the
 //! ReplicaSet, the Pods and the EndpointSlice. Without Go, kubectl, openssl or
 //! curl the test says SKIP and why, and passes, unless
 //! `STICKYDTEST_REQUIRE_TOOLS=1` (as in CI), where it fails.
@@ -47,6 +50,8 @@ fn a_real_control_plane_serves_the_shipped_base_and_its_controllers_write_the_en
     let out = std::env::temp_dir().join(format!("stickyd-kube-smoke-{}.log", std::process::id()));
     let mut child = Command::new("bash")
         .arg(Path::new(DIR).join("smoke.sh"))
+        // What `stickyd inject` writes goes through the API server too.
+        .env("STICKYD_BIN", env!("CARGO_BIN_EXE_stickyd"))
         .stdout(std::fs::File::create(&out).unwrap())
         .stderr(std::fs::File::options().append(true).open(&out).unwrap())
         .spawn()
@@ -72,9 +77,52 @@ fn a_real_control_plane_serves_the_shipped_base_and_its_controllers_write_the_en
     let text = std::fs::read_to_string(&out).unwrap_or_default();
     let _ = std::fs::remove_file(&out);
     assert!(status.success(), "smoke.sh: {status}\n{text}");
+    // One line per set that the API server accepted, every object of it: a
+    // refused object fails the script, and a set that goes missing (or is
+    // skipped) fails here.
+    for set in [
+        "manifests",
+        "manifests/base",
+        "manifests/injector",
+        "manifests/examples/externalname",
+        "manifests/examples/networkpolicy",
+        "manifests/examples/same-namespace",
+        "stickyd inject tests/fixtures/migrate/story.yaml",
+        "stickyd inject --from-ingress tests/fixtures/migrate/story.yaml",
+        "stickyd inject tests/fixtures/inject/plain.yaml",
+        "stickyd inject tests/fixtures/inject/statefulset.yaml",
+    ] {
+        let line = format!("ok: dry-run=server {set} (");
+        let objects = text
+            .lines()
+            .find_map(|l| l.split_once(&line).map(|(_, rest)| rest))
+            .and_then(|rest| rest.split(' ').next()?.parse::<usize>().ok());
+        assert!(
+            objects.is_some_and(|n| n > 0),
+            "no \"{line}N objects)\" line in:\n{text}"
+        );
+    }
+    // The injector's cert-manager objects (Issuers, Certificates) are skipped
+    // while no CRD serves them, and the output says so.
+    let skip = text
+        .lines()
+        .find(|l| l.contains("skip: manifests/injector: "))
+        .unwrap_or_else(|| panic!("no skip line for the injector's cert-manager objects in:\n{text}"));
+    assert!(
+        skip.contains(" objects of cert-manager.io (")
+            && skip.contains("Certificate/stickyd-injector")
+            && skip.contains("Issuer/stickyd-injector-ca")
+            && skip.contains("their CRDs are not installed in this API server"),
+        "{skip}"
+    );
+    assert!(
+        text.contains("of cert-manager.io skipped, see above)"),
+        "the injector's ok line tells the skip: {text}"
+    );
     for seen in [
         "ok: kube-apiserver /readyz",
         "deployment.apps/mysvc created (server dry run)",
+        "mutatingwebhookconfiguration.admissionregistration.k8s.io/stickyd-injector created (server dry run)",
         "can system:serviceaccount:stickyd-smoke:stickyd watch endpointslices? yes",
         "ok: EndpointSlice of mysvc lists the 3 pods as ready",
         "smoke: PASSED",

@@ -42,8 +42,9 @@ impl Drop for Ingress {
     }
 }
 
-/// HAProxy's configuration: one frontend, one backend with one server.
-pub fn haproxy_config(upstream: &str) -> String {
+/// HAProxy's configuration: one frontend (with `frontend`'s extra lines, an
+/// Ingress's path rewrite say), one backend with one server.
+pub fn haproxy_config_with(upstream: &str, frontend: &str) -> String {
     let read = READ_TIMEOUT.as_secs();
     format!(
         "global
@@ -64,7 +65,7 @@ defaults
 
 frontend ingress
     bind {LISTEN}
-    default_backend externalname
+{frontend}    default_backend externalname
 
 backend externalname
     # ingress-nginx's cookie affinity over the Service's endpoints: with an
@@ -87,6 +88,18 @@ impl Ingress {
     /// maps `dns_name` to `cluster_ip`, and starts HAProxy towards
     /// `dns_name:port`.
     pub fn start(prefix: &str, node: &Netns, dns_name: &str, cluster_ip: SocketAddrV4, dir: &Path) -> Ingress {
+        Ingress::start_with(prefix, node, dns_name, cluster_ip, "", dir)
+    }
+
+    /// [`Ingress::start`] with extra frontend lines.
+    pub fn start_with(
+        prefix: &str,
+        node: &Netns,
+        dns_name: &str,
+        cluster_ip: SocketAddrV4,
+        frontend: &str,
+        dir: &Path,
+    ) -> Ingress {
         let ns = Netns::create(&format!("{prefix}-ingress"));
         node.ip(&[
             "link",
@@ -115,7 +128,11 @@ impl Ingress {
         .expect("write the ingress namespace's hosts file");
 
         let config = dir.join("haproxy.cfg");
-        std::fs::write(&config, haproxy_config(&format!("{dns_name}:{}", cluster_ip.port()))).expect("haproxy.cfg");
+        std::fs::write(
+            &config,
+            haproxy_config_with(&format!("{dns_name}:{}", cluster_ip.port()), frontend),
+        )
+        .expect("haproxy.cfg");
         let log = dir.join("haproxy.log");
         let haproxy = ns
             .command("haproxy")

@@ -5,13 +5,14 @@
 //! finished session with every request; the harness reads both and checks
 //! that they agree.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use super::Cluster;
+use super::ingress::Ingress;
+use super::{Clock, Cluster};
 
 /// How the sessions run.
 #[derive(Clone, Debug)]
@@ -176,8 +177,7 @@ impl Outcome {
 
     /// Prints the figures: requests, failures (and when), moves, repins,
     /// per-pod counts, and the cluster's timeline.
-    pub fn report(&self, name: &str, cluster: &Cluster) {
-        let c = &cluster.clock;
+    pub fn report(&self, name: &str, c: &Clock) {
         let s = &self.summary;
         let moved = self.moved();
         let twice = moved.iter().filter(|s| s.moves() > 1).count();
@@ -235,14 +235,21 @@ impl Cluster {
     /// every pod that may answer (for the summary's per-pod figures).
     pub fn k6(&self, load: &Load, pods: &[String]) -> K6 {
         let ingress = self.ingress.as_ref().expect("k6 needs the ingress");
-        let summary = self.dir.join("k6-summary.json");
-        let sessions = self.dir.join("k6-sessions.log");
-        let output = self.dir.join("k6-output.log");
+        start(ingress, &ingress.url(), &self.dir, &self.clock, load, pods)
+    }
+}
+
+/// Starts k6 in `ingress`'s namespace against `base_url`, writing into `dir`.
+pub fn start(ingress: &Ingress, base_url: &str, dir: &Path, clock: &Clock, load: &Load, pods: &[String]) -> K6 {
+    {
+        let summary = dir.join("k6-summary.json");
+        let sessions = dir.join("k6-sessions.log");
+        let output = dir.join("k6-output.log");
         let _ = std::fs::remove_file(&summary);
         let _ = std::fs::remove_file(&sessions);
         let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/k6/podnet.js");
         let mut env = vec![
-            ("BASE_URL", ingress.url()),
+            ("BASE_URL", base_url.to_string()),
             ("VUS", load.vus.to_string()),
             ("REQUESTS", load.requests.to_string()),
             ("SLEEP", format!("{}", load.sleep.as_secs_f64())),
@@ -271,13 +278,13 @@ impl Cluster {
         let out = std::fs::File::create(&output).expect("k6 output file");
         let child = cmd
             .arg(script)
-            .current_dir(&self.dir)
+            .current_dir(dir)
             .stdin(Stdio::null())
             .stdout(out.try_clone().expect("k6 output file"))
             .stderr(out)
             .spawn()
             .expect("start k6");
-        self.clock.event(format!(
+        clock.event(format!(
             "k6: {} browsers, sessions of {} requests {} ms apart, {:?}",
             load.vus,
             load.requests,

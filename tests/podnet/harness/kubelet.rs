@@ -83,7 +83,7 @@ impl Drop for Container {
 }
 
 impl Container {
-    fn spawn(mut cmd: Command, what: String, log: PathBuf) -> Container {
+    pub fn spawn(mut cmd: Command, what: String, log: PathBuf) -> Container {
         let file = std::fs::File::create(&log).expect("a container log");
         let child = cmd
             .stdin(Stdio::null())
@@ -128,7 +128,7 @@ impl Container {
 
     /// SIGTERM; SIGKILL at `deadline` if it has not exited by then.
     /// Returns whether it had to be killed.
-    async fn terminate(&self, deadline: Instant) -> bool {
+    pub async fn terminate(&self, deadline: Instant) -> bool {
         self.signal(Signal::SIGTERM);
         if self.wait_exit(deadline).await.is_some() {
             return false;
@@ -169,6 +169,63 @@ impl Pod {
 
     fn containers(&self) -> impl Iterator<Item = &Container> {
         self.sidecar.iter().chain(std::iter::once(&self.app))
+    }
+}
+
+/// How the sidecar in `ns` sees `peer` in its `/endpoints` (asked from
+/// inside the pod, as `kubectl port-forward` asks): its state, or None if it
+/// is not listed; None outside if the sidecar did not answer.
+pub async fn view_of(ns: &Netns, peer: &str) -> Option<Option<String>> {
+    let inside = SocketAddr::from(([127, 0, 0, 1], ADMIN_PORT));
+    let r = ns.get(inside, "/endpoints", Duration::from_secs(1)).await.ok()?;
+    serde_json::from_str::<serde_json::Value>(&r.body).ok().map(|v| {
+        v["peers"]
+            .as_array()
+            .and_then(|peers| peers.iter().find(|e| e["name"] == peer))
+            .and_then(|e| e["state"].as_str().map(str::to_string))
+    })
+}
+
+/// `stickyd_sessions_active` of the sidecar whose admin port is `admin`,
+/// asked from `node` (0 if it did not answer).
+pub async fn active_sessions(node: &Netns, admin: SocketAddr) -> f64 {
+    let Ok(r) = node.get(admin, "/metrics", Duration::from_secs(2)).await else {
+        return 0.0;
+    };
+    r.body
+        .lines()
+        .find_map(|l| l.strip_prefix("stickyd_sessions_active ")?.trim().parse::<f64>().ok())
+        .unwrap_or(0.0)
+}
+
+/// Polls the sidecars `list` names (pod name, admin address) until one holds
+/// at least `min` active sessions; returns the one that holds the most.
+/// `limit` is a hang guard.
+pub async fn busiest(
+    node: &Netns,
+    clock: &super::Clock,
+    list: impl Fn() -> Vec<(String, SocketAddr)>,
+    min: u32,
+    limit: Duration,
+) -> String {
+    let deadline = Instant::now() + limit;
+    loop {
+        let mut best = (0.0, String::new());
+        for (name, admin) in list() {
+            let active = active_sessions(node, admin).await;
+            if active > best.0 {
+                best = (active, name);
+            }
+        }
+        if best.0 >= f64::from(min) {
+            clock.event(format!("{} holds the most sessions: {}", best.1, best.0));
+            return best.1;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no pod held {min} active sessions within {limit:?} (the most: {best:?})"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
 
@@ -345,18 +402,7 @@ impl Cluster {
                 .into_iter()
                 .filter(|p| p.sidecar.as_ref().is_some_and(|s| s.exited().is_none()));
             for p in running {
-                // From inside the pod, as `kubectl port-forward` asks.
-                let inside = SocketAddr::from(([127, 0, 0, 1], ADMIN_PORT));
-                let seen = match p.ns.get(inside, "/endpoints", Duration::from_secs(1)).await {
-                    Ok(r) => serde_json::from_str::<serde_json::Value>(&r.body).ok().map(|v| {
-                        v["peers"]
-                            .as_array()
-                            .and_then(|peers| peers.iter().find(|e| e["name"] == pod))
-                            .and_then(|e| e["state"].as_str().map(str::to_string))
-                    }),
-                    Err(_) => None,
-                };
-                if seen != Some(state.map(str::to_string)) {
+                if view_of(&p.ns, pod).await != Some(state.map(str::to_string)) {
                     all = false;
                     break;
                 }
@@ -377,33 +423,14 @@ impl Cluster {
     /// This is a scenario's premise, however slow the load is to start;
     /// `limit` is a hang guard.
     pub async fn busiest_pod(&self, min: u32, limit: Duration) -> String {
-        let deadline = Instant::now() + limit;
-        loop {
-            let mut best = (0.0, String::new());
-            for p in self.pods().iter().filter(|p| p.sidecar.is_some()) {
-                let Ok(r) = self.node.get(p.admin(), "/metrics", Duration::from_secs(2)).await else {
-                    continue;
-                };
-                let active = r
-                    .body
-                    .lines()
-                    .find_map(|l| l.strip_prefix("stickyd_sessions_active ")?.trim().parse::<f64>().ok())
-                    .unwrap_or(0.0);
-                if active > best.0 {
-                    best = (active, p.name.clone());
-                }
-            }
-            if best.0 >= f64::from(min) {
-                self.clock
-                    .event(format!("{} holds the most sessions: {}", best.1, best.0));
-                return best.1;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "no pod held {min} active sessions within {limit:?} (the most: {best:?})"
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        let sidecars = || {
+            self.pods()
+                .iter()
+                .filter(|p| p.sidecar.is_some())
+                .map(|p| (p.name.clone(), p.admin()))
+                .collect()
+        };
+        busiest(&self.node, &self.clock, sidecars, min, limit).await
     }
 
     /// Deletes a pod in Kubernetes' order for a native sidecar:

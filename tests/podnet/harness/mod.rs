@@ -20,8 +20,10 @@
 pub mod ingress;
 pub mod k6;
 pub mod kubelet;
+pub mod kubenode;
 pub mod kubeproxy;
 pub mod netns;
+pub mod plane;
 
 use std::collections::BTreeMap;
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
@@ -105,7 +107,7 @@ pub struct Clock {
 }
 
 impl Clock {
-    fn new() -> Clock {
+    pub fn new() -> Clock {
         Clock {
             t0: Instant::now(),
             epoch0: epoch_ms(),
@@ -194,13 +196,8 @@ impl Cluster {
 
         let api = ApiServer::on_listener(node.bind(SocketAddr::V4(APISERVER)), Duration::from_secs(1));
         let kubeconfig = api.write_kubeconfig(&dir);
-        let kube_proxy = KubeProxy::install(
-            &node,
-            ServicePort {
-                name: format!("{NAMESPACE}/{SERVICE}:http"),
-                cluster_ip: CLUSTER_IP,
-            },
-        );
+        let mut kube_proxy = KubeProxy::install(&node);
+        kube_proxy.sync(&node, &service_port(), &[]);
         let ingress = spec
             .ingress
             .then(|| Ingress::start(&prefix, &node, DNS_NAME, CLUSTER_IP, &dir));
@@ -285,7 +282,7 @@ impl Cluster {
         }
         self.publish(&st);
         let ks = kube_proxy_endpoints(&st.endpoints);
-        st.kube_proxy.sync(&self.node, &ks);
+        st.kube_proxy.sync(&self.node, &service_port(), &ks);
         let shown: Vec<String> = st.endpoints.iter().map(Endpoint::describe).collect();
         let routed: Vec<String> = st
             .endpoints
@@ -326,6 +323,14 @@ impl Cluster {
         let mut st = self.state();
         st.next_veth += 1;
         format!("vp{}", st.next_veth)
+    }
+}
+
+/// The Service's one port, as kube-proxy names it.
+fn service_port() -> ServicePort {
+    ServicePort {
+        name: format!("{NAMESPACE}/{SERVICE}:http"),
+        cluster_ip: CLUSTER_IP,
     }
 }
 

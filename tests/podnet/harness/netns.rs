@@ -59,6 +59,27 @@ pub fn etc_dir(name: &str) -> PathBuf {
     PathBuf::from("/etc/netns").join(name)
 }
 
+/// Runs `f` on a thread that has entered the namespace `name`.
+fn inside_named<T: Send + 'static>(
+    name: &str,
+    f: impl FnOnce() -> std::io::Result<T> + Send + 'static,
+) -> std::io::Result<T> {
+    let path = PathBuf::from("/run/netns").join(name);
+    std::thread::spawn(move || {
+        let file = std::fs::File::open(&path)?;
+        nix::sched::setns(&file, CloneFlags::CLONE_NEWNET).map_err(std::io::Error::from)?;
+        f()
+    })
+    .join()
+    .unwrap_or_else(|_| Err(std::io::Error::other("the namespace thread panicked")))
+}
+
+/// A TCP socket of the namespace `name` (which some [`Netns`] owns), not yet
+/// connected.
+pub fn socket_in(name: &str) -> std::io::Result<tokio::net::TcpSocket> {
+    inside_named(name, tokio::net::TcpSocket::new_v4)
+}
+
 /// A network namespace of the harness; removed, with every process in it,
 /// on drop.
 pub struct Netns {
@@ -131,14 +152,7 @@ impl Netns {
 
     /// Runs `f` on a thread that has entered this namespace.
     fn inside<T: Send + 'static>(&self, f: impl FnOnce() -> std::io::Result<T> + Send + 'static) -> std::io::Result<T> {
-        let path = PathBuf::from("/run/netns").join(&self.name);
-        std::thread::spawn(move || {
-            let file = std::fs::File::open(&path)?;
-            nix::sched::setns(&file, CloneFlags::CLONE_NEWNET).map_err(std::io::Error::from)?;
-            f()
-        })
-        .join()
-        .unwrap_or_else(|_| Err(std::io::Error::other("the namespace thread panicked")))
+        inside_named(&self.name, f)
     }
 
     /// A listener bound to `addr` inside the namespace.
