@@ -9,8 +9,9 @@
 #
 # Needs: go (for the build), openssl, kubectl, curl, python3 (free ports).
 # STICKYD_BIN=path/to/stickyd adds the server-side validation of what
-# `stickyd inject` writes (tests/tools/kube.rs passes cargo's binary); without
-# it that part is skipped, with a line that says so.
+# `stickyd inject` writes (tests/tools/kube.rs passes cargo's binary), and
+# HELM_BIN=path/to/helm a server-side dry run of the Helm chart's install;
+# without them those parts are skipped, with a line that says so.
 # Every process listens on 127.0.0.1 only. No kubelet: the script writes the
 # Node and the pods' status itself. 198.19.0.0/24 (the Service range of
 # tests/podnet) is only the range Service ClusterIPs are written from
@@ -304,6 +305,27 @@ else
     fi
     validate "stickyd inject $args" injected.yaml
   done
+fi
+# The Helm chart (charts/stickyd), installed as a server-side dry run: the
+# API server validates every object it renders (and `lookup` reads the
+# cluster). HELM_BIN names helm (tests/tools/kube.rs passes target/helm/helm).
+# The webhook's certificate in `provided` mode (this API server has no
+# cert-manager), signed by the smoke's CA.
+if [[ -z ${HELM_BIN:-} ]]; then
+  step "skip: helm install --dry-run=server: HELM_BIN is not set (tests/helm/build.sh builds helm)"
+else
+  for n in stickyd-helm stickyd-helm-app; do k create namespace "$n" > /dev/null; done
+  export HELM_CACHE_HOME=$tmp/helm/cache HELM_CONFIG_HOME=$tmp/helm/config HELM_DATA_HOME=$tmp/helm/data
+  if "$HELM_BIN" install stickyd "$root/charts/stickyd" --kubeconfig "$tmp/admin.kubeconfig" \
+      --namespace stickyd-helm --dry-run=server \
+      --set injector.tls.mode=provided --set "injector.tls.caBundle=$(base64 -w0 ca.crt)" \
+      --set 'namespaces[0].namespace=stickyd-helm-app' --set 'namespaces[0].service=mysvc' \
+      --set monitoring.dashboard.enabled=true > helm.out 2> helm.err; then
+    n=$(sed -n '/^MANIFEST:/,$p' helm.out | grep -c '^kind:' || true)
+    step "ok: helm install --dry-run=server charts/stickyd ($n objects)"
+  else
+    refused+=("helm install --dry-run=server charts/stickyd: $(cat helm.err)")
+  fi
 fi
 if [[ ${#refused[@]} -gt 0 ]]; then
   echo "smoke: server-side validation: the API server refused objects of ${#refused[@]} set(s):" >&2

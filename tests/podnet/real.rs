@@ -981,3 +981,133 @@ async fn real_apiserver_restart_during_traffic() {
     })
     .await;
 }
+
+/// A real Prometheus (Debian's package) scrapes every sidecar through
+/// file-based discovery and evaluates `monitoring/rules.yaml`. During a
+/// scale-down whose drain is forced to its `max` (idle 20 s, max 10 s), the
+/// query for sessions per pod shows the drained pod going to 0 while its
+/// peers take the new sessions, and StickydDrainNearMax fires for it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn real_prometheus_sees_the_drained_pod_empty_and_its_drain_alert() {
+    let test = "real_prometheus_sees_the_drained_pod_empty_and_its_drain_alert";
+    if crate::unavailable(true).is_none() && !crate::on_path("prometheus") {
+        if crate::required() {
+            panic!("{test}: no prometheus (apt-get install prometheus), and STICKYDTEST_REQUIRE_TOOLS=1");
+        }
+        println!("skipped {test}: no prometheus (apt-get install prometheus)");
+        return;
+    }
+    // Sessions count as active for 3 s after their last request (not 5 min),
+    // and the drain waits for 20 s of idleness, which max (10 s) cuts short.
+    let extra = "- target: {kind: Deployment, name: mysvc}
+  patch: |-
+    apiVersion: apps/v1
+    kind: Deployment
+    metadata: {name: mysvc}
+    spec:
+      template:
+        spec:
+          initContainers:
+          - name: stickyd
+            env:
+            - name: STICKYD_SESSION_ACTIVE_WINDOW
+              value: 3s
+          containers:
+          - name: app
+            lifecycle:
+              preStop:
+                httpGet:
+                  path: /drain?idle=20s&max=10s
+";
+    scenario(test, "rprom", extra, async |s| {
+        use crate::harness::prometheus::Prometheus;
+        let kn = &s.kn;
+        let prom = Prometheus::start(&kn.node, &s.dir).await;
+        kn.clock.event("prometheus: scraping every sidecar each second, rules of monitoring/rules.yaml");
+        let write = || {
+            let t: Vec<_> = kn
+                .pods()
+                .iter()
+                .filter(|p| p.name.starts_with("mysvc-"))
+                .map(|p| (p.namespace.clone(), p.name.clone(), p.admin()))
+                .collect();
+            prom.set_targets(&t);
+        };
+        write();
+        let k6 = s.k6(&load(40, Duration::from_secs(30)));
+        let busiest = kn.busiest_pod(3, Duration::from_secs(60)).await;
+        let q = |promql: String| {
+            let prom = &prom;
+            async move { prom.query(&kn.node, &promql).await }
+        };
+        let value = |r: Vec<(serde_json::Value, f64)>| r.first().map(|(_, v)| *v);
+        kn.until("prometheus has the busiest pod's sessions", Duration::from_secs(30), || async {
+            write();
+            value(q(format!("stickyd_sessions_active{{pod=\"{busiest}\"}}")).await).is_some_and(|v| v >= 1.0)
+        })
+        .await;
+        s.scale_down_removing(&busiest).await;
+        let alerted = std::cell::Cell::new(None);
+        let emptied = std::cell::Cell::new(None);
+        kn.until(
+            "prometheus: the drained pod at 0 sessions while its peers take new ones, and StickydDrainNearMax firing",
+            Duration::from_secs(60),
+            || async {
+                write();
+                let own = value(q(format!("stickyd_sessions_active{{pod=\"{busiest}\"}}")).await);
+                let peers = value(q(format!("sum(stickyd_sessions_active{{pod!=\"{busiest}\"}})")).await);
+                let new_there = value(
+                    q(format!(
+                        "sum(increase(stickyd_requests_total{{session=\"new\",target_pod=\"{busiest}\"}}[5s]))"
+                    ))
+                    .await,
+                );
+                let new_peers = value(
+                    q(format!(
+                        "sum(increase(stickyd_requests_total{{session=\"new\",target_pod!=\"{busiest}\"}}[5s]))"
+                    ))
+                    .await,
+                );
+                if emptied.get().is_none()
+                    && own == Some(0.0)
+                    && peers.is_some_and(|p| p > 0.0)
+                    && new_there.is_none_or(|n| n == 0.0)
+                    && new_peers.is_some_and(|n| n > 0.0)
+                {
+                    kn.clock.event(format!(
+                        "prometheus: {busiest} at 0 sessions, its peers at {peers:?}, new sessions on the peers {new_peers:?}"
+                    ));
+                    emptied.set(Some(kn.clock.now()));
+                }
+                if alerted.get().is_none() {
+                    let firing = prom.firing(&kn.node).await;
+                    if firing.iter().any(|a| a["alertname"] == "StickydDrainNearMax" && a["pod"] == busiest.as_str())
+                    {
+                        kn.clock.event(format!("prometheus: StickydDrainNearMax firing for {busiest}: {firing:?}"));
+                        alerted.set(Some(kn.clock.now()));
+                    }
+                }
+                emptied.get().is_some() && alerted.get().is_some()
+            },
+        )
+        .await;
+        kn.until("the pod ended by the kubelet", Duration::from_secs(60), || async { !kn.ended().is_empty() })
+            .await;
+        let out = k6.finish().await;
+        out.report(test, &kn.clock);
+        let e = &kn.ended()[0];
+        assert_eq!(e.pod, busiest);
+        let v: serde_json::Value = serde_json::from_str(&e.prestop[0].body).unwrap();
+        assert_eq!(v["reason"], "max", "the drain was forced to its max: {v}");
+        assert_eq!(out.failed().len(), 0, "failed requests");
+        // No false alarm: the other alerts stayed quiet.
+        let others: Vec<_> = prom
+            .firing(&kn.node)
+            .await
+            .into_iter()
+            .filter(|a| a["alertname"] != "StickydDrainNearMax")
+            .collect();
+        assert!(others.is_empty(), "other alerts fired: {others:?}\n{}", prom.log_text());
+    })
+    .await;
+}

@@ -61,7 +61,7 @@ fn lint_stdin(input: &str) -> Output {
     stickyd(&["lint", "-"], Some(input))
 }
 
-fn docs(yaml: &str) -> Vec<Node> {
+pub(crate) fn docs(yaml: &str) -> Vec<Node> {
     kyaml::parse_stream(yaml).unwrap().into_iter().map(|d| d.root).collect()
 }
 
@@ -796,7 +796,7 @@ fn comments_are_kept() {
 }
 
 /// A node as JSON, with plain scalars typed as YAML 1.1 reads them.
-fn to_json(n: &Node) -> serde_json::Value {
+pub(crate) fn to_json(n: &Node) -> serde_json::Value {
     use serde_json::Value as J;
     match &n.value {
         Value::Scalar { text, style, .. } => {

@@ -52,6 +52,8 @@ fn a_real_control_plane_serves_the_shipped_base_and_its_controllers_write_the_en
         .arg(Path::new(DIR).join("smoke.sh"))
         // What `stickyd inject` writes goes through the API server too.
         .env("STICKYD_BIN", env!("CARGO_BIN_EXE_stickyd"))
+        // And the Helm chart's install, as a server-side dry run.
+        .env("HELM_BIN", crate::helm::helm().unwrap_or_default())
         .stdout(std::fs::File::create(&out).unwrap())
         .stderr(std::fs::File::options().append(true).open(&out).unwrap())
         .spawn()
@@ -77,6 +79,17 @@ fn a_real_control_plane_serves_the_shipped_base_and_its_controllers_write_the_en
     let text = std::fs::read_to_string(&out).unwrap_or_default();
     let _ = std::fs::remove_file(&out);
     assert!(status.success(), "smoke.sh: {status}\n{text}");
+    // The chart's 9 objects: the injector's 5 (no cert-manager ones in
+    // `provided` mode), the dashboard's ConfigMap, and the listed
+    // namespace's Role, RoleBinding and Secret.
+    if crate::helm::helm().is_ok() {
+        assert!(
+            text.contains("ok: helm install --dry-run=server charts/stickyd (9 objects)"),
+            "no helm install line in:\n{text}"
+        );
+    } else {
+        crate::missing_tool("kube::helm install --dry-run=server", "no helm");
+    }
     // One line per set that the API server accepted, every object of it: a
     // refused object fails the script, and a set that goes missing (or is
     // skipped) fails here.

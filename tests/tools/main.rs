@@ -1,7 +1,7 @@
 //! The integration tests that drive a tool from outside cargo: kubectl and
 //! hadolint (manifests, inject, lint), shellcheck (the kind script), Python's
-//! grpcio (gRPC affinity), Chromium (the demo page) and the official MCP SDKs
-//! (MCP sessions). Without a tool, its tests say SKIP and why, and pass, unless
+//! grpcio (gRPC affinity), Chromium (the demo page), the official MCP SDKs
+//! (MCP sessions), helm (the chart) and promtool (the alerts and dashboard). Without a tool, its tests say SKIP and why, and pass, unless
 //! `STICKYDTEST_REQUIRE_TOOLS=1` (as in CI), where they fail.
 //!
 //! One binary: `cargo test --test tools`, or `cargo test --test tools lint::`.
@@ -12,11 +12,13 @@ mod common;
 
 mod affinity;
 mod browser;
+mod helm;
 mod inject;
 mod kube;
 mod lint;
 mod manifests;
 mod mcp;
+mod monitoring;
 
 /// A test's tool is missing (`why`): a SKIP line, or a panic under
 /// STICKYDTEST_REQUIRE_TOOLS=1.

@@ -223,6 +223,9 @@ async fn route(admin: &Admin, caller: &Caller, req: Request<Incoming>) -> Respon
             let s = &admin.shared;
             let active = s.sessions.active(tokio::time::Instant::now());
             s.metrics.sessions_active.set(active as i64);
+            let (elapsed, max) = s.drain.progress().unwrap_or_default();
+            s.metrics.drain_elapsed.set(elapsed.as_secs_f64());
+            s.metrics.drain_max.set(max.as_secs_f64());
             let mut out = String::new();
             match prometheus_client::encoding::text::encode(&mut out, &admin.registry) {
                 Ok(()) => reply(

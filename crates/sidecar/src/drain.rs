@@ -176,6 +176,17 @@ impl Drain {
         }
     }
 
+    /// How long the drain has run (its whole length once it answered) and
+    /// its `max`; None before a drain call.
+    pub fn progress(&self) -> Option<(Duration, Duration)> {
+        let (started, params) = self.started.get()?;
+        let elapsed = match *self.outcome.borrow() {
+            Some(o) => Duration::from_secs_f64(o.waited_seconds),
+            None => started.elapsed(),
+        };
+        Some((elapsed, params.max))
+    }
+
     fn touch(&self) {
         let ms = Instant::now().saturating_duration_since(self.epoch).as_millis() as u64;
         self.last.fetch_max(ms, Ordering::AcqRel);
@@ -363,6 +374,32 @@ mod drain_tests {
         assert_eq!(o.reason, Reason::Idle);
         assert_eq!(o.waited_seconds.round() as u64, 10);
         assert_eq!(o.sessions_served, 0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn progress_counts_from_the_first_call_and_stops_at_the_answer() {
+        let d = Arc::new(Drain::default());
+        assert_eq!(d.progress(), None, "no drain yet");
+        let sessions = tracker();
+        let run = tokio::spawn({
+            let (d, s) = (d.clone(), sessions.clone());
+            async move { d.run(params(10, 300), s).await }
+        });
+        tokio::task::yield_now().await;
+        tokio::time::advance(Duration::from_secs(4)).await;
+        sessions.note(Sid::from_bytes([1; 6]), Instant::now());
+        drop(d.pinned_request());
+        assert_eq!(
+            d.progress(),
+            Some((Duration::from_secs(4), Duration::from_secs(300))),
+            "4 s into a drain of max 300 s"
+        );
+        let o = run.await.unwrap();
+        assert_eq!(o.waited_seconds.round() as u64, 14);
+        tokio::time::advance(Duration::from_secs(60)).await;
+        let (elapsed, max) = d.progress().unwrap();
+        assert_eq!(elapsed.as_secs_f64().round() as u64, 14, "frozen at its answer");
+        assert_eq!(max, Duration::from_secs(300));
     }
 
     #[tokio::test(start_paused = true)]

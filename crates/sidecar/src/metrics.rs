@@ -1,5 +1,6 @@
 //! Prometheus metrics, exposed on the admin listener's `/metrics`.
 
+use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 
 use arc_swap::ArcSwapOption;
@@ -85,6 +86,14 @@ pub struct Metrics {
     pub sessions_ended: Counter,
     /// `stickyd_draining`: 1 once a drain was asked for (`/drain`) or SIGTERM came.
     pub draining: Gauge,
+    /// `stickyd_drain_elapsed_seconds`: how long the drain has run (its
+    /// whole length once it answered; 0 when none), set at each scrape.
+    pub drain_elapsed: Gauge<f64, AtomicU64>,
+    /// `stickyd_drain_max_seconds`: the running drain's `max` (0 when none).
+    pub drain_max: Gauge<f64, AtomicU64>,
+    /// `stickyd_info{service,version}`: always 1; names the Service whose
+    /// pods are this sidecar's peers (empty without one), for joins.
+    pub info: Family<InfoLabels, Gauge>,
     /// `stickyd_key_reloads_total{kind}`: secret file re-reads (ok, error).
     pub key_reloads: Family<KindLabels, Counter>,
     /// `stickyd_memory_limit_bytes`: the memory limit in use (0: none).
@@ -126,6 +135,12 @@ pub struct Metrics {
     /// `stickyd_body_timeouts_total{direction}`: bodies that went
     /// STICKYD_BODY_READ_TIMEOUT without a byte.
     pub body_timeouts: Family<DirectionLabels, Counter>,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct InfoLabels {
+    pub service: String,
+    pub version: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -187,6 +202,9 @@ impl Default for Metrics {
             sessions_active: Gauge::default(),
             sessions_ended: Counter::default(),
             draining: Gauge::default(),
+            drain_elapsed: Gauge::default(),
+            drain_max: Gauge::default(),
+            info: Family::default(),
             memory_limit_bytes: Gauge::default(),
             buffer_bytes: BufferGauge::default(),
             shed,
@@ -280,6 +298,21 @@ impl Metrics {
             self.draining.clone(),
         );
         r.register(
+            "drain_elapsed_seconds",
+            "How long the drain asked for on /drain has run (its whole length once it answered); 0 when none",
+            self.drain_elapsed.clone(),
+        );
+        r.register(
+            "drain_max_seconds",
+            "The max of the drain asked for on /drain; 0 when none",
+            self.drain_max.clone(),
+        );
+        r.register(
+            "info",
+            "Always 1: the Service whose pods are this sidecar's peers (empty without one), and the version",
+            self.info.clone(),
+        );
+        r.register(
             "key_reloads",
             "Re-reads of STICKYD_COOKIE_SECRET_FILE, by outcome",
             self.key_reloads.clone(),
@@ -323,6 +356,15 @@ impl Metrics {
     }
 
     /// Reports the limits in force: the memory limit and the buffer budget.
+    /// Sets `stickyd_info`: `service` is STICKYD_SERVICE (empty without one).
+    pub fn set_info(&self, service: &str) {
+        let labels = InfoLabels {
+            service: service.to_string(),
+            version: env!("CARGO_PKG_VERSION"),
+        };
+        self.info.get_or_create(&labels).set(1);
+    }
+
     pub fn observe_limits(&self, limits: &Limits) {
         let limit = limits.memory_limit().unwrap_or(0);
         self.memory_limit_bytes.set(i64::try_from(limit).unwrap_or(i64::MAX));

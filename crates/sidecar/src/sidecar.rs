@@ -99,6 +99,7 @@ impl Sidecar {
 
         let metrics = Arc::new(Metrics::default());
         metrics.observe_limits(&cfg.limits);
+        metrics.set_info(cfg.service.as_deref().unwrap_or(""));
         let registry = metrics.registry();
         let store = EndpointStore::default();
         let mut background = Vec::new();

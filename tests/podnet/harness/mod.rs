@@ -24,6 +24,7 @@ pub mod kubenode;
 pub mod kubeproxy;
 pub mod netns;
 pub mod plane;
+pub mod prometheus;
 
 use std::collections::BTreeMap;
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};

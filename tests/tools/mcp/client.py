@@ -74,6 +74,15 @@ class Session:
         await self.stack.aclose()
 
 
+def describe(e):
+    """An exception, its groups unwrapped down to what was raised."""
+    while isinstance(e, BaseExceptionGroup) and len(e.exceptions) == 1:
+        e = e.exceptions[0]
+    if isinstance(e, BaseExceptionGroup):
+        return "; ".join(describe(x) for x in e.exceptions)
+    return f"{type(e).__name__}: {e}"
+
+
 async def step(what, fields, run):
     """Runs `run`, then prints `fields` with its outcome; True if it worked.
     (Its time is bounded by the HTTP client's timeouts and the session's read
@@ -86,7 +95,7 @@ async def step(what, fields, run):
     except BaseException as e:  # noqa: BLE001 (an exception group, a timeout: each is an outcome)
         if isinstance(e, (KeyboardInterrupt, SystemExit)):
             raise
-        emit(**fields, ok=False, error=f"{what}: {type(e).__name__}: {e}")
+        emit(**fields, ok=False, error=f"{what}: {describe(e)}")
         return False
 
 
