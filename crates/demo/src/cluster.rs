@@ -50,6 +50,9 @@ pub struct Pod {
     /// or the app when there is none.
     pub backend: SocketAddr,
     pub admin: Option<SocketAddr>,
+    /// Its drain was asked for: its peers see it draining and the load
+    /// balancer sends it nothing new.
+    pub draining: bool,
 }
 
 impl Pod {
@@ -160,7 +163,14 @@ impl Cluster {
         self.pods
             .iter()
             .filter(|p| p.sidecar.is_some())
-            .map(|p| Peer::new(p.name.clone(), p.backend, PeerState::Ready))
+            .map(|p| {
+                let state = if p.draining {
+                    PeerState::Draining
+                } else {
+                    PeerState::Ready
+                };
+                Peer::new(p.name.clone(), p.backend, state)
+            })
             .collect()
     }
 
@@ -175,9 +185,12 @@ impl Cluster {
         }
         // Keep the entries (and their counters) of pods that stay.
         let current = self.backends.load();
+        // A draining pod gets no new connections, as kube-proxy leaves a
+        // terminating endpoint out once a ready one exists.
         let list = self
             .pods
             .iter()
+            .filter(|p| !p.draining)
             .map(|p| {
                 current
                     .iter()
@@ -224,6 +237,7 @@ impl Cluster {
             sidecar: None,
             backend: app_addr,
             admin: None,
+            draining: false,
         };
         if !self.spec.sidecars {
             return Ok(pod);
@@ -244,6 +258,9 @@ impl Cluster {
             ("STICKYD_LOG", self.spec.log.clone()),
             ("STICKYD_COOKIE_SECRET", self.secrets.key.clone()),
             ("STICKYD_DRAIN_TOKEN", self.secrets.drain_token.clone()),
+            // A session counts as active for 3 s after its last request, so
+            // that the page shows a drained pod empty out in seconds.
+            ("STICKYD_SESSION_ACTIVE_WINDOW", "3s".into()),
         ]
         .into_iter()
         .map(|(k, v)| (k.to_string(), v))
@@ -312,6 +329,38 @@ impl Cluster {
         Ok(name)
     }
 
+    /// Marks pod `name` draining (its peers see it so, the load balancer
+    /// drops it) and returns its admin address and the drain token, for the
+    /// preStop call.
+    pub fn begin_drain(&mut self, name: &str) -> Result<(SocketAddr, String), DemoError> {
+        let serving = self.pods.iter().filter(|p| !p.draining).count();
+        let pod = self
+            .pods
+            .iter_mut()
+            .find(|p| p.name == name)
+            .ok_or_else(|| DemoError::Invalid(format!("no pod named {name:?}")))?;
+        let Some(admin) = pod.admin else {
+            return Err(DemoError::Invalid(format!("{name} has no sidecar to drain")));
+        };
+        if pod.draining {
+            return Err(DemoError::Invalid(format!("{name} is draining already")));
+        }
+        if serving <= 1 {
+            return Err(DemoError::Invalid("the last serving pod cannot be drained".into()));
+        }
+        pod.draining = true;
+        self.sync();
+        Ok((admin, self.secrets.drain_token.clone()))
+    }
+
+    /// Each pod's admin address, for [`live`].
+    pub fn admins(&self) -> Vec<(String, SocketAddr)> {
+        self.pods
+            .iter()
+            .filter_map(|p| p.admin.map(|a| (p.name.clone(), a)))
+            .collect()
+    }
+
     /// The pods as JSON, for `GET /_demo/pods`.
     pub fn to_json(&self) -> serde_json::Value {
         let pods: Vec<serde_json::Value> = self
@@ -326,6 +375,8 @@ impl Cluster {
                     "backend": p.backend.to_string(),
                     "requests": p.app.requests(),
                     "sessions": p.app.sessions(),
+                    "colour": app::pod_colour(&p.name),
+                    "draining": p.draining,
                 })
             })
             .collect();
@@ -344,12 +395,91 @@ impl Cluster {
     }
 }
 
+/// One HTTP/1.1 GET on a connection of its own, bounded by `limit`:
+/// the status and the body.
+async fn http_get(addr: SocketAddr, path: &str, auth: Option<&str>, limit: Duration) -> Result<(u16, String), String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let exchange = async {
+        let mut s = tokio::net::TcpStream::connect(addr).await.map_err(|e| e.to_string())?;
+        let auth = auth
+            .map(|t| format!("Authorization: Bearer {t}\r\n"))
+            .unwrap_or_default();
+        let head = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\n{auth}Connection: close\r\n\r\n");
+        s.write_all(head.as_bytes()).await.map_err(|e| e.to_string())?;
+        let mut raw = Vec::new();
+        s.read_to_end(&mut raw).await.map_err(|e| e.to_string())?;
+        let text = String::from_utf8_lossy(&raw).into_owned();
+        let status = text
+            .split(' ')
+            .nth(1)
+            .and_then(|c| c.parse().ok())
+            .ok_or_else(|| format!("no status line in {text:?}"))?;
+        let body = text
+            .split_once("\r\n\r\n")
+            .map(|(_, b)| b.to_string())
+            .unwrap_or_default();
+        Ok((status, body))
+    };
+    tokio::time::timeout(limit, exchange)
+        .await
+        .unwrap_or_else(|_| Err(format!("no answer within {limit:?}")))
+}
+
+/// Each sidecar's `stickyd_sessions_active`, from its own `/metrics`.
+pub async fn live(admins: Vec<(String, SocketAddr)>) -> BTreeMap<String, f64> {
+    let asks = admins.into_iter().map(|(name, admin)| async move {
+        let (_, body) = http_get(admin, "/metrics", None, Duration::from_secs(1)).await.ok()?;
+        let active = body
+            .lines()
+            .find_map(|l| l.strip_prefix("stickyd_sessions_active ")?.trim().parse::<f64>().ok())?;
+        Some((name, active))
+    });
+    futures_util::future::join_all(asks)
+        .await
+        .into_iter()
+        .flatten()
+        .collect()
+}
+
+/// The pods as JSON with each one's active sessions (`active`), as its
+/// sidecar counts them.
+async fn pods_live(c: tokio::sync::MutexGuard<'_, Cluster>) -> serde_json::Value {
+    let (mut body, admins) = (c.to_json(), c.admins());
+    drop(c);
+    let active = live(admins).await;
+    for p in body["pods"].as_array_mut().into_iter().flatten() {
+        let name = p["name"].as_str().unwrap_or_default().to_string();
+        p["active"] = active.get(&name).map_or(serde_json::Value::Null, |a| json!(a));
+    }
+    body
+}
+
+/// The kubelet's part of a scale-down: the drain preStop to `admin` with the
+/// token, then the pod goes (out of the load balancer and every view,
+/// stopped).
+async fn drain_then_stop(cluster: Arc<Mutex<Cluster>>, name: String, admin: SocketAddr, token: String) {
+    let answer = http_get(admin, "/drain?idle=10s&max=60s", Some(&token), Duration::from_secs(90)).await;
+    tracing::info!(pod = %name, ?answer, "demo: pod drained");
+    match cluster.lock().await.kill(Some(&name)).await {
+        Ok(_) => tracing::info!(pod = %name, "demo: drained pod stopped"),
+        Err(e) => tracing::warn!(pod = %name, error = %e, "demo: drained pod not stopped"),
+    }
+}
+
 /// Answers the load balancer's `/_demo/` requests until the channel closes.
 pub async fn control_loop(cluster: Arc<Mutex<Cluster>>, mut rx: mpsc::Receiver<ControlRequest>) {
     while let Some(req) = rx.recv().await {
         let mut c = cluster.lock().await;
         let reply = match &req.op {
-            ControlOp::Pods => Ok(c.to_json()),
+            ControlOp::Pods => Ok(pods_live(c).await),
+            ControlOp::Drain(name) => match c.begin_drain(name) {
+                Ok((admin, token)) => {
+                    tracing::info!(pod = %name, "demo: pod draining");
+                    tokio::spawn(drain_then_stop(cluster.clone(), name.clone(), admin, token));
+                    Ok(json!({"draining": name, "cluster": c.to_json()}))
+                }
+                Err(e) => Err(e),
+            },
             ControlOp::Add => c.add().await.map(|name| {
                 tracing::info!(pod = %name, "demo: pod added");
                 json!({"added": name, "cluster": c.to_json()})

@@ -110,6 +110,11 @@ pub enum ControlOp {
     Kill(Option<String>),
     /// `POST /_demo/add`: start a new pod and add it everywhere.
     Add,
+    /// `POST /_demo/drain?pod=NAME`: the kubelet's preStop for that pod: its
+    /// peers see it draining and the load balancer sends it nothing new;
+    /// its sidecar serves its sessions until they go idle, then the pod
+    /// goes.
+    Drain(String),
 }
 
 /// A control request with its reply channel.
@@ -170,10 +175,19 @@ async fn control(lb: &Lb, req: Request<Incoming>) -> Response<LbBody> {
         (&Method::GET, "/_demo/pods") => ControlOp::Pods,
         (&Method::POST, "/_demo/kill") => ControlOp::Kill(query_param(req.uri(), "pod")),
         (&Method::POST, "/_demo/add") => ControlOp::Add,
+        (&Method::POST, "/_demo/drain") => match query_param(req.uri(), "pod") {
+            Some(pod) => ControlOp::Drain(pod),
+            None => {
+                return json(
+                    StatusCode::BAD_REQUEST,
+                    &serde_json::json!({"error": "POST /_demo/drain?pod=NAME: name the pod"}),
+                )
+            }
+        },
         _ => {
             return json(
                 StatusCode::NOT_FOUND,
-                &serde_json::json!({"error": "GET /_demo/pods, POST /_demo/kill?pod=NAME, POST /_demo/add"}),
+                &serde_json::json!({"error": "GET /_demo/pods, POST /_demo/kill?pod=NAME, POST /_demo/add, POST /_demo/drain?pod=NAME"}),
             )
         }
     };

@@ -319,7 +319,7 @@ async fn demo(args: &DemoArgs, log: String) -> Result<(), DemoError> {
     );
     let _ = writeln!(
         out,
-        "Churn: curl http://{listen}/_demo/pods · curl -X POST 'http://{listen}/_demo/kill?pod=pod-1' · curl -X POST http://{listen}/_demo/add"
+        "Churn: curl http://{listen}/_demo/pods · curl -X POST 'http://{listen}/_demo/kill?pod=pod-1' · curl -X POST 'http://{listen}/_demo/drain?pod=pod-2' · curl -X POST http://{listen}/_demo/add"
     );
     if !args.no_load {
         let _ = writeln!(
