@@ -405,28 +405,42 @@ async fn the_cluster_view_drains_kills_and_adds_pods() {
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
 
-    // Drain pod-1.
-    b.click("drain-pod-1").await;
+    // The page's own session is pinned too, and ticks every second: a drain
+    // of its pod serves it to the drain's max. So the drained and the killed
+    // pods are the two the page's session is not on.
+    let mine = b.eval("document.getElementById('pod').textContent").await;
+    let mine = mine.as_str().unwrap_or_default().to_string();
+    let others: Vec<&str> = ["pod-1", "pod-2", "pod-3"].into_iter().filter(|p| *p != mine).collect();
+    assert_eq!(
+        others.len(),
+        2,
+        "the page's session is on {mine:?}, not on one of the 3 pods"
+    );
+    let (drained, killed) = (others[0], others[1]);
+    let left = mine.as_str();
+
+    // Drain one.
+    b.click(&format!("drain-{drained}")).await;
     let mut saw_empty = false;
-    // pod-1's sidecar's count of new sessions it served: the first and the
+    // The drained pod's sidecar's count of new sessions it served: the first and the
     // last read while the page shows it draining.
     let mut new_while_draining: Option<(f64, f64)> = None;
-    // What the page showed of pod-1, for the failure message.
+    // What the page showed of the drained pod, for the failure message.
     let mut seen: Vec<String> = Vec::new();
     let deadline = Instant::now() + limit;
     loop {
         let s = b.cluster().await;
-        let r = row(&s, "pod-1").cloned().unwrap_or(Value::Null);
+        let r = row(&s, drained).cloned().unwrap_or(Value::Null);
         let shown = format!("{} {}", r["state"], r["active"]);
         if seen.last() != Some(&shown) {
             seen.push(shown);
         }
         if r["state"] == "draining" {
-            if let Some((active, new)) = sidecar_counts(&admin("pod-1"), "pod-1").await {
+            if let Some((active, new)) = sidecar_counts(&admin(drained), drained).await {
                 new_while_draining = Some((new_while_draining.map_or(new, |(first, _)| first), new));
                 if r["active"] == 0.0 {
                     // What the page shows, its sidecar says too.
-                    assert_eq!(active, 0.0, "the page shows pod-1 empty, its sidecar says {active}");
+                    assert_eq!(active, 0.0, "the page shows {drained} empty, its sidecar says {active}");
                     saw_empty = true;
                 }
             }
@@ -434,32 +448,36 @@ async fn the_cluster_view_drains_kills_and_adds_pods() {
         if r["state"] == "gone" {
             break;
         }
-        assert!(Instant::now() < deadline, "pod-1 never went: {s}");
+        assert!(Instant::now() < deadline, "{drained} never went: {s}");
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    assert!(saw_empty, "the page never showed the draining pod-1 empty: {seen:?}");
-    let (first, last) = new_while_draining.expect("pod-1's sidecar answered while draining");
-    assert_eq!(first, last, "pod-1 served new sessions while draining");
+    assert!(
+        saw_empty,
+        "the page never showed the draining {drained} empty: {seen:?}"
+    );
+    let (first, last) =
+        new_while_draining.unwrap_or_else(|| panic!("{drained}'s sidecar never answered while draining"));
+    assert_eq!(first, last, "{drained} served new sessions while draining");
     let actions = b.cluster().await["actions"].clone();
     assert_eq!(actions[0]["what"], "drain", "{actions}");
     assert_eq!(actions[0]["status"], 200, "{actions}");
 
-    // Kill pod-2: it goes at once.
-    let repinned_before = repinned(&admin("pod-3")).await;
-    b.click("kill-pod-2").await;
+    // Kill another: it goes at once.
+    let repinned_before = repinned(&admin(left)).await;
+    b.click(&format!("kill-{killed}")).await;
     let deadline = Instant::now() + limit;
     loop {
         let s = b.cluster().await;
-        if row(&s, "pod-2").is_some_and(|r| r["state"] == "gone") {
+        if row(&s, killed).is_some_and(|r| r["state"] == "gone") {
             break;
         }
-        assert!(Instant::now() < deadline, "pod-2 never went: {s}");
+        assert!(Instant::now() < deadline, "{killed} never went: {s}");
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    // Its sessions still running are repinned to the pod left (pod-3's own
-    // counter says so).
-    common::eventually(limit, "pod-3 repins pod-2's sessions", || async {
-        let now = repinned(&admin("pod-3")).await;
+    // Its sessions still running are repinned to the pod left (that pod's
+    // own counter says so).
+    common::eventually(limit, "the pod left repins the killed pod's sessions", || async {
+        let now = repinned(&admin(left)).await;
         (now > repinned_before, now)
     })
     .await;
@@ -475,6 +493,10 @@ async fn the_cluster_view_drains_kills_and_adds_pods() {
         assert!(Instant::now() < deadline, "pod-4 never took sessions: {s}");
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
+    // The page's own session stayed on its pod through all of it.
+    let own = b.eval("document.getElementById('state').textContent").await;
+    let own: Value = serde_json::from_str(own.as_str().unwrap_or("null")).unwrap_or(Value::Null);
+    assert_eq!(own["moves"], 0, "the page's own session moved off {left}: {own}");
     let s = b.cluster().await;
     println!("the cluster view at the end: {s}");
 }
