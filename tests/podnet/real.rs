@@ -98,19 +98,6 @@ struct Story {
     dir: PathBuf,
 }
 
-impl Drop for Story {
-    fn drop(&mut self) {
-        if std::thread::panicking() {
-            println!("podnet (real control plane): logs kept in {}", self.dir.display());
-            for line in self.kn.clock.timeline() {
-                println!("  {line}");
-            }
-        } else {
-            let _ = std::fs::remove_dir_all(&self.dir);
-        }
-    }
-}
-
 /// Why the real control plane cannot run here, if it cannot.
 fn unavailable() -> Option<String> {
     if let Some(why) = crate::unavailable(true) {
@@ -122,7 +109,12 @@ fn unavailable() -> Option<String> {
     kubeplane().err()
 }
 
-async fn scenario(test: &str, prefix: &str, extra: &str, body: impl AsyncFnOnce(&Story)) {
+/// The frame of every test here: it skips where the control plane cannot
+/// run (and fails instead under STICKYDTEST_REQUIRE_TOOLS=1), takes the
+/// suite's lock, starts a node and its control plane in a folder of its own,
+/// and bounds the whole by [`LIMIT`]. On failure, the timeline is printed and
+/// the logs are kept; on success, they go.
+async fn with_node(test: &str, prefix: &str, body: impl AsyncFnOnce(&Arc<KubeNode>, &Path)) {
     if let Some(why) = unavailable() {
         if crate::required() {
             panic!("{test}: {why}, and STICKYDTEST_REQUIRE_TOOLS=1");
@@ -131,26 +123,37 @@ async fn scenario(test: &str, prefix: &str, extra: &str, body: impl AsyncFnOnce(
         return;
     }
     let _serial = crate::SERIAL.lock().await;
+    let deadline = tokio::time::Instant::now() + LIMIT;
     let run = async {
-        let story = Story::start(prefix, extra).await;
-        body(&story).await;
-    };
-    if tokio::time::timeout(LIMIT, run).await.is_err() {
-        panic!("{test} did not finish within {LIMIT:?}");
-    }
-}
-
-impl Story {
-    async fn start(prefix: &str, extra: &str) -> Story {
         for gone in crate::harness::netns::sweep() {
             println!("podnet: removed {gone}, left over by an earlier run");
         }
         let dir = std::env::temp_dir().join(format!("podnet-{}-{prefix}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
-        let clock = Arc::new(Clock::new());
-        let bin = kubeplane().expect("kubeplane");
-        let kn = KubeNode::start(prefix, &dir, clock, &bin).await;
+        let kn = KubeNode::start(prefix, &dir, Arc::new(Clock::new()), &kubeplane().expect("kubeplane")).await;
+        let _logs = Logs(&kn, dir.clone());
+        // The panic comes while the logs' guard is alive, so they are kept.
+        if tokio::time::timeout_at(deadline, body(&kn, &dir)).await.is_err() {
+            panic!("{test} did not finish within {LIMIT:?}");
+        }
+    };
+    if tokio::time::timeout_at(deadline, run).await.is_err() {
+        panic!("{test}: the control plane did not start within {LIMIT:?}");
+    }
+}
+
+/// The story's example applied to a node: its tests run on it.
+async fn scenario(test: &str, prefix: &str, extra: &str, body: impl AsyncFnOnce(&Story)) {
+    with_node(test, prefix, async |kn, dir| {
+        let story = Story::start(kn.clone(), dir, extra).await;
+        body(&story).await;
+    })
+    .await;
+}
+
+impl Story {
+    async fn start(kn: Arc<KubeNode>, dir: &Path, extra: &str) -> Story {
         let p = &kn.plane;
         // The signing key's Secret first (docs/kubernetes.md, step 3): the
         // pods never start without it.
@@ -165,7 +168,7 @@ impl Story {
             "--from-literal=key=podnet-session-key-0123456789abcdef0123456789",
         ])
         .await;
-        let at = overlay(&dir, extra);
+        let at = overlay(dir, extra);
         let applied = p.k(&["apply", "-k", &at.display().to_string()]).await;
         kn.clock.event(format!(
             "kubectl apply -k overlay: {}",
@@ -195,12 +198,12 @@ impl Story {
             ready_endpoints,
         )
         .await;
-        let (ingress, base_url) = Story::ingress(&kn, &dir).await;
+        let (ingress, base_url) = Story::ingress(&kn, dir).await;
         Story {
             kn,
             ingress,
             base_url,
-            dir,
+            dir: dir.to_path_buf(),
         }
     }
 
@@ -415,13 +418,9 @@ async fn real_scale_down() {
         let k6 = s.k6(&load(40, Duration::from_secs(12)));
         let busiest = s.kn.busiest_pod(3, Duration::from_secs(60)).await;
         s.scale_down_removing(&busiest).await;
-        s.kn.until("one pod ended by the kubelet", Duration::from_secs(60), || async {
-            !s.kn.ended().is_empty()
-        })
-        .await;
+        let ended = s.kn.until_ended(1, Duration::from_secs(60)).await;
         let out = k6.finish().await;
         out.report(test, &s.kn.clock);
-        let ended = s.kn.ended();
         assert_eq!(ended.len(), 1, "{ended:?}");
         let e = &ended[0];
         assert_eq!(e.pod, busiest, "the ReplicaSet controller removed another pod");
@@ -461,12 +460,7 @@ async fn real_rolling_update() {
             .k(&["-n", APP_NS, "rollout", "restart", "deployment/mysvc"])
             .await;
         s.kn.clock.event("kubectl rollout restart deployment/mysvc");
-        s.kn.until(
-            "the 3 old pods ended by the kubelet",
-            Duration::from_secs(150),
-            || async { s.kn.ended().len() >= 3 },
-        )
-        .await;
+        s.kn.until_ended(3, Duration::from_secs(150)).await;
         s.kn.plane
             .k(&["-n", APP_NS, "rollout", "status", "deployment/mysvc", "--timeout=60s"])
             .await;
@@ -532,19 +526,7 @@ async fn real_dark_death_and_ip_reuse() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn real_role_without_watch_is_refused_clearly() {
     let test = "real_role_without_watch_is_refused_clearly";
-    if let Some(why) = unavailable() {
-        if crate::required() {
-            panic!("{test}: {why}, and STICKYDTEST_REQUIRE_TOOLS=1");
-        }
-        println!("skipped {test}: {why}");
-        return;
-    }
-    let _serial = crate::SERIAL.lock().await;
-    let run = async {
-        let dir = std::env::temp_dir().join(format!("podnet-{}-rrbac", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        let kn = KubeNode::start("rrbac", &dir, Arc::new(Clock::new()), &kubeplane().unwrap()).await;
+    with_node(test, "rrbac", async |kn, dir| {
         let p = &kn.plane;
         p.k(&["create", "namespace", APP_NS]).await;
         p.k(&[
@@ -563,7 +545,7 @@ async fn real_role_without_watch_is_refused_clearly() {
       path: /rules/0/verbs
       value: [get, list]
 ";
-        let at = overlay(&dir, extra);
+        let at = overlay(dir, extra);
         p.k(&["apply", "-k", &at.display().to_string()]).await;
         let who = "system:serviceaccount:otherns:stickyd";
         let can = p
@@ -605,12 +587,8 @@ async fn real_role_without_watch_is_refused_clearly() {
             kn.ready_pods("mysvc-").is_empty(),
             "a pod turned ready without its view"
         );
-        drop(kn);
-        let _ = std::fs::remove_dir_all(&dir);
-    };
-    if tokio::time::timeout(LIMIT, run).await.is_err() {
-        panic!("{test} did not finish within {LIMIT:?}");
-    }
+    })
+    .await;
 }
 
 /// The injector as the shipped manifests deploy it (`manifests/injector`),
@@ -625,20 +603,7 @@ async fn real_role_without_watch_is_refused_clearly() {
 async fn real_injector_through_the_shipped_webhook() {
     use crate::harness::plane::{make_ca, sign};
     let test = "real_injector_through_the_shipped_webhook";
-    if let Some(why) = unavailable() {
-        if crate::required() {
-            panic!("{test}: {why}, and STICKYDTEST_REQUIRE_TOOLS=1");
-        }
-        println!("skipped {test}: {why}");
-        return;
-    }
-    let _serial = crate::SERIAL.lock().await;
-    let dir = std::env::temp_dir().join(format!("podnet-{}-rinject", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    let kn = KubeNode::start("rinject", &dir, Arc::new(Clock::new()), &kubeplane().unwrap()).await;
-    let guard = Logs(&kn, dir.clone());
-    let run = async {
+    with_node(test, "rinject", async |kn, dir| {
         let p = &kn.plane;
         // What cert-manager would issue: a CA, and the serving certificate
         // for the names the apiserver dials.
@@ -867,11 +832,8 @@ spec:
             .sum();
         // The Pod `one` (a dry run: the webhook is still called) and the 2 of the Deployment.
         assert_eq!(added, 3, "the injectors' logs name 3 pods");
-    };
-    if tokio::time::timeout(LIMIT, run).await.is_err() {
-        panic!("{test} did not finish within {LIMIT:?}");
-    }
-    drop(guard);
+    })
+    .await;
 }
 
 /// A Pod as the apiserver returned it after the injector's patch.
@@ -959,13 +921,9 @@ async fn real_apiserver_restart_during_traffic() {
             "not every sidecar saw {busiest} draining after the restart"
         );
         s.kn.clock.event(format!("every sidecar sees {busiest} draining"));
-        s.kn.until("the pod ended by the kubelet", Duration::from_secs(60), || async {
-            !s.kn.ended().is_empty()
-        })
-        .await;
+        let ended = s.kn.until_ended(1, Duration::from_secs(60)).await;
         let out = k6.finish().await;
         out.report(test, &s.kn.clock);
-        let ended = s.kn.ended();
         assert_eq!(ended.len(), 1, "{ended:?}");
         assert_eq!(ended[0].pod, busiest);
         let _ = assert_idle_drain(&ended[0]);
@@ -1091,11 +1049,10 @@ async fn real_prometheus_sees_the_drained_pod_empty_and_its_drain_alert() {
             },
         )
         .await;
-        kn.until("the pod ended by the kubelet", Duration::from_secs(60), || async { !kn.ended().is_empty() })
-            .await;
+        let ended = kn.until_ended(1, Duration::from_secs(60)).await;
         let out = k6.finish().await;
         out.report(test, &kn.clock);
-        let e = &kn.ended()[0];
+        let e = &ended[0];
         assert_eq!(e.pod, busiest);
         let v: serde_json::Value = serde_json::from_str(&e.prestop[0].body).unwrap();
         assert_eq!(v["reason"], "max", "the drain was forced to its max: {v}");

@@ -186,6 +186,37 @@ pub async fn view_of(ns: &Netns, peer: &str) -> Option<Option<String>> {
     })
 }
 
+/// Polls the sidecars in the pods `running` lists (asked again each round)
+/// until each shows `pod` in `state` (None: absent) in its `/endpoints`.
+/// Returns when (ms since the epoch), or None if not within `limit`.
+pub async fn views_show<P>(
+    clock: &super::Clock,
+    running: impl Fn() -> Vec<P>,
+    ns: impl Fn(&P) -> &Netns,
+    pod: &str,
+    state: Option<&str>,
+    limit: Duration,
+) -> Option<u64> {
+    let want = Some(state.map(str::to_string));
+    let deadline = Instant::now() + limit;
+    loop {
+        let mut all = true;
+        for p in running() {
+            if view_of(ns(&p), pod).await != want {
+                all = false;
+                break;
+            }
+        }
+        if all {
+            return Some(clock.now());
+        }
+        if Instant::now() >= deadline {
+            return None;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
 /// `stickyd_sessions_active` of the sidecar whose admin port is `admin`,
 /// asked from `node` (0 if it did not answer).
 pub async fn active_sessions(node: &Netns, admin: SocketAddr) -> f64 {
@@ -390,31 +421,17 @@ impl Cluster {
         }
     }
 
-    /// Polls every sidecar's `/endpoints` until each shows `pod` in `state`
-    /// (`ready`, `draining`; None: absent). Returns when (ms since the
-    /// epoch), or None if not within `limit`.
+    /// Polls every running sidecar's `/endpoints` until each shows `pod` in
+    /// `state` (`ready`, `draining`; None: absent). Returns when (ms since
+    /// the epoch), or None if not within `limit`.
     pub async fn views_show(&self, pod: &str, state: Option<&str>, limit: Duration) -> Option<u64> {
-        let deadline = Instant::now() + limit;
-        loop {
-            let mut all = true;
-            let running = self
-                .pods()
+        let running = || {
+            self.pods()
                 .into_iter()
-                .filter(|p| p.sidecar.as_ref().is_some_and(|s| s.exited().is_none()));
-            for p in running {
-                if view_of(&p.ns, pod).await != Some(state.map(str::to_string)) {
-                    all = false;
-                    break;
-                }
-            }
-            if all {
-                return Some(self.clock.now());
-            }
-            if Instant::now() >= deadline {
-                return None;
-            }
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
+                .filter(|p| p.sidecar.as_ref().is_some_and(|s| s.exited().is_none()))
+                .collect()
+        };
+        views_show(&self.clock, running, |p: &Arc<Pod>| &p.ns, pod, state, limit).await
     }
 
     /// Waits until one pod holds at least `min` active sessions

@@ -51,7 +51,7 @@ use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams, Preconditions
 use kube::runtime::watcher;
 use serde_json::{json, Value};
 
-use super::kubelet::{busiest, view_of, Container, HookOutcome};
+use super::kubelet::{busiest, views_show, Container, HookOutcome};
 use super::kubeproxy::KubeProxy;
 use super::netns::{run, Netns};
 use super::plane::{Plane, API_PORT, KUBERNETES_SERVICE, NODE_NAME};
@@ -1061,6 +1061,16 @@ impl KubeNode {
         self.clock.event(format!("ok: {what}"));
     }
 
+    /// Waits until the kubelet has ended `n` pods: those it ended.
+    pub async fn until_ended(&self, n: usize, limit: Duration) -> Vec<Ended> {
+        let what = match n {
+            1 => "one pod ended by the kubelet".to_string(),
+            n => format!("{n} pods ended by the kubelet"),
+        };
+        self.until(&what, limit, || async { self.ended().len() >= n }).await;
+        self.ended()
+    }
+
     /// The names of the running pods whose name starts with `prefix` and
     /// which are ready.
     pub fn ready_pods(&self, prefix: &str) -> Vec<String> {
@@ -1077,26 +1087,14 @@ impl KubeNode {
     /// Every running sidecar's `/endpoints` (from inside its pod) shows
     /// `pod` in `state` (None: absent). Returns when, or None after `limit`.
     pub async fn views_show(&self, pod: &str, state: Option<&str>, limit: Duration) -> Option<u64> {
-        let deadline = Instant::now() + limit;
-        loop {
-            let mut all = true;
-            for p in self.pods().iter().filter(|p| !p.dead.load(Ordering::SeqCst)) {
-                if p.boxes.iter().any(|b| b.sidecar && b.proc.exited().is_some()) {
-                    continue;
-                }
-                if view_of(&p.ns, pod).await != Some(state.map(str::to_string)) {
-                    all = false;
-                    break;
-                }
-            }
-            if all {
-                return Some(self.clock.now());
-            }
-            if Instant::now() >= deadline {
-                return None;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        let running = || {
+            self.pods()
+                .into_iter()
+                .filter(|p| !p.dead.load(Ordering::SeqCst))
+                .filter(|p| !p.boxes.iter().any(|b| b.sidecar && b.proc.exited().is_some()))
+                .collect()
+        };
+        views_show(&self.clock, running, |p: &Arc<RunPod>| &p.ns, pod, state, limit).await
     }
 
     /// The pod holding the most active sessions, once one holds `min`.
