@@ -293,6 +293,42 @@ impl Story {
     }
 
     /// The Deployment's pods, by name, from the API.
+    /// Waits until every sidecar's watch resumed after kube-apiserver was
+    /// ready again at `back` (each retries with a growing backoff, as
+    /// client-go's reflectors do, so this takes a while).
+    async fn watches_resumed(&self, back: u64) {
+        let resumed = "Kubernetes API reachable again";
+        self.kn
+            .until("every sidecar's watch resumed", Duration::from_secs(60), || async {
+                self.kn
+                    .pods()
+                    .iter()
+                    .all(|p| p.container("stickyd").proc.log_text().contains(resumed))
+            })
+            .await;
+        println!(
+            "the sidecars' watches resumed {} ms after kube-apiserver was ready again",
+            self.kn.clock.now() - back
+        );
+    }
+
+    /// `pod` is scaled away: every sidecar sees it draining, its drain ends
+    /// on `idle`, and the load `k6` ends with nothing failed or moved.
+    async fn scale_down_seen_by_all(&self, test: &str, pod: &str, k6: k6::K6) -> Outcome {
+        self.scale_down_removing(pod).await;
+        let seen = self.kn.views_show(pod, Some("draining"), Duration::from_secs(20)).await;
+        assert!(seen.is_some(), "not every sidecar saw {pod} draining");
+        self.kn.clock.event(format!("every sidecar sees {pod} draining"));
+        let ended = self.kn.until_ended(1, Duration::from_secs(60)).await;
+        let out = k6.finish().await;
+        out.report(test, &self.kn.clock);
+        assert_eq!(ended.len(), 1, "{ended:?}");
+        assert_eq!(ended[0].pod, pod);
+        let _ = assert_idle_drain(&ended[0]);
+        assert_clean(&out);
+        out
+    }
+
     async fn api_pods(&self) -> Vec<String> {
         let out = self
             .kn
@@ -898,36 +934,8 @@ async fn real_apiserver_restart_during_traffic() {
             "kube-apiserver stopped, and ready again {} ms later",
             back - gone
         ));
-        // The premise: every sidecar's watch resumed (each retries with a
-        // growing backoff, as client-go's reflectors do, so this takes a
-        // while after the apiserver is back).
-        let resumed = "Kubernetes API reachable again";
-        s.kn.until("every sidecar's watch resumed", Duration::from_secs(60), || async {
-            s.kn.pods()
-                .iter()
-                .all(|p| p.container("stickyd").proc.log_text().contains(resumed))
-        })
-        .await;
-        println!(
-            "the sidecars' watches resumed {} ms after kube-apiserver was ready again",
-            s.kn.clock.now() - back
-        );
-        s.scale_down_removing(&busiest).await;
-        let seen =
-            s.kn.views_show(&busiest, Some("draining"), Duration::from_secs(20))
-                .await;
-        assert!(
-            seen.is_some(),
-            "not every sidecar saw {busiest} draining after the restart"
-        );
-        s.kn.clock.event(format!("every sidecar sees {busiest} draining"));
-        let ended = s.kn.until_ended(1, Duration::from_secs(60)).await;
-        let out = k6.finish().await;
-        out.report(test, &s.kn.clock);
-        assert_eq!(ended.len(), 1, "{ended:?}");
-        assert_eq!(ended[0].pod, busiest);
-        let _ = assert_idle_drain(&ended[0]);
-        assert_clean(&out);
+        s.watches_resumed(back).await;
+        let out = s.scale_down_seen_by_all(test, &busiest, k6).await;
         let during = out
             .sessions
             .iter()
@@ -935,6 +943,67 @@ async fn real_apiserver_restart_during_traffic() {
             .filter(|r| r.start >= gone && r.start <= back)
             .count();
         println!("requests sent while kube-apiserver was down: {during}");
+        assert!(during > 0, "no request was sent while kube-apiserver was down");
+    })
+    .await;
+}
+
+/// etcd compacted past the revision the sidecars' watches resume from,
+/// while kube-apiserver is down; it comes back serving watches from etcd
+/// itself (`--watch-cache=false`, so the 410 can only be the compaction's).
+/// Every sidecar's watch gets its 410 Gone, lists again and follows the
+/// EndpointSlices from there, serving from its last view meanwhile: nothing
+/// fails or moves, and a scale-down right after is seen by every sidecar and
+/// drains on `idle`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn real_compaction_expires_the_watches_and_they_list_again() {
+    let test = "real_compaction_expires_the_watches_and_they_list_again";
+    scenario(test, "rcompact", "", async |s| {
+        let k6 = s.k6(&load(40, Duration::from_secs(45)));
+        let busiest = s.kn.busiest_pod(3, Duration::from_secs(60)).await;
+        let p = &s.kn.plane;
+        // A write after the last EndpointSlice event the sidecars saw, so
+        // the compaction passes the revision they resume from.
+        p.k(&["-n", APP_NS, "create", "configmap", "written-after-the-watches"])
+            .await;
+        p.stop_apiserver().await;
+        let gone = s.kn.clock.now();
+        let revision = p.compact_etcd(&s.kn.node).await;
+        s.kn.clock
+            .event(format!("kube-apiserver stopped; etcd compacted at revision {revision}"));
+        p.start_apiserver(&["--watch-cache=false"]).await;
+        let back = s.kn.clock.now();
+        s.kn.clock.event("kube-apiserver ready again, without its watch cache");
+        let expired = "resourceVersion expired (410 Gone)";
+        s.kn.until(
+            "every sidecar's watch expired (410)",
+            Duration::from_secs(60),
+            || async {
+                s.kn.pods()
+                    .iter()
+                    .all(|p| p.container("stickyd").proc.log_text().contains(expired))
+            },
+        )
+        .await;
+        for pod in s.kn.pods() {
+            let log = pod.container("stickyd").proc.log_text();
+            let line = log.lines().find(|l| l.contains(expired)).unwrap_or_default();
+            // etcd's refusal, as the apiserver words it (its watch cache says
+            // "too old resource version" instead).
+            assert!(
+                line.contains("The resourceVersion for the provided watch is too old"),
+                "{}: {line}",
+                pod.name
+            );
+        }
+        s.watches_resumed(back).await;
+        let out = s.scale_down_seen_by_all(test, &busiest, k6).await;
+        let during = out
+            .sessions
+            .iter()
+            .flat_map(|s| &s.requests)
+            .filter(|r| r.start >= gone && r.start <= back)
+            .count();
         assert!(during > 0, "no request was sent while kube-apiserver was down");
     })
     .await;

@@ -180,12 +180,34 @@ impl Netns {
         headers: &[(&str, &str)],
         limit: Duration,
     ) -> Result<Reply, String> {
+        self.request("GET", addr, path, headers, "", limit).await
+    }
+
+    /// One HTTP/1.1 POST of a JSON body from this namespace (as etcd's JSON
+    /// gateway takes), bounded by `limit` in all.
+    pub async fn post_json(&self, addr: SocketAddr, path: &str, body: &str, limit: Duration) -> Result<Reply, String> {
+        let headers = [("Content-Type", "application/json")];
+        self.request("POST", addr, path, &headers, body, limit).await
+    }
+
+    async fn request(
+        &self,
+        method: &str,
+        addr: SocketAddr,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: &str,
+        limit: Duration,
+    ) -> Result<Reply, String> {
         let socket = self.socket().map_err(|e| format!("socket: {e}"))?;
-        let extra: String = headers.iter().map(|(k, v)| format!("{k}: {v}\r\n")).collect();
+        let mut extra: String = headers.iter().map(|(k, v)| format!("{k}: {v}\r\n")).collect();
+        if method != "GET" {
+            extra.push_str(&format!("Content-Length: {}\r\n", body.len()));
+        }
         let exchange = async {
             let mut stream = socket.connect(addr).await.map_err(|e| format!("connect: {e}"))?;
             let head = format!(
-                "GET {path} HTTP/1.1\r\nHost: {addr}\r\nUser-Agent: kubelet\r\n{extra}Connection: close\r\n\r\n"
+                "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nUser-Agent: kubelet\r\n{extra}Connection: close\r\n\r\n{body}"
             );
             stream
                 .write_all(head.as_bytes())

@@ -358,21 +358,33 @@ impl Plane {
     }
 
     /// Stops kube-apiserver (SIGTERM, as a rollout of a control-plane node
-    /// does; SIGKILL if it is not gone 5 s later), keeps it down for `down`, starts it again with the same
-    /// arguments and waits for `/readyz`. Returns when it was down and back
-    /// up (ms since the epoch, by `now`).
+    /// does; SIGKILL if it is not gone 5 s later), keeps it down for `down`,
+    /// starts it again with the same arguments and waits for `/readyz`.
+    /// Returns when it was down and back up (ms since the epoch, by `now`).
     pub async fn restart_apiserver(&self, down: Duration, now: impl Fn() -> u64) -> (u64, u64) {
-        let old = self.process("kube-apiserver");
-        // SIGTERM, and SIGKILL 5 s later: a kube-apiserver that holds long
-        // watches can take the whole of its request timeout to exit.
-        old.terminate(Instant::now() + Duration::from_secs(5)).await;
+        self.stop_apiserver().await;
         let gone = now();
         tokio::time::sleep(down).await;
+        self.start_apiserver(&[]).await;
+        (gone, now())
+    }
+
+    /// Stops kube-apiserver: SIGTERM, and SIGKILL 5 s later (one that holds
+    /// long watches can take the whole of its request timeout to exit).
+    pub async fn stop_apiserver(&self) {
+        let old = self.process("kube-apiserver");
+        old.terminate(Instant::now() + Duration::from_secs(5)).await;
+    }
+
+    /// Starts kube-apiserver again, with its first arguments and `extra`,
+    /// and waits for `/readyz`.
+    pub async fn start_apiserver(&self, extra: &[&str]) {
         let (ns, bin, args) = self.apiserver.clone();
         let mut cmd = Command::new("ip");
         cmd.args(["netns", "exec", &ns])
             .arg(&bin)
             .args(&args)
+            .args(extra)
             .current_dir(&self.dir);
         let log = self.dir.join("kube-apiserver-2.log");
         let new = Arc::new(Container::spawn(cmd, "kube-apiserver".into(), log));
@@ -383,7 +395,32 @@ impl Plane {
             }
         }
         self.wait_ready().await;
-        (gone, now())
+    }
+
+    /// Compacts etcd (inside `node`, through its JSON gateway) at its
+    /// current revision, as the apiserver's periodic compaction does: a
+    /// watch from any older resourceVersion is refused from then on.
+    /// Returns that revision.
+    pub async fn compact_etcd(&self, node: &Netns) -> u64 {
+        let etcd = SocketAddr::from(([127, 0, 0, 1], 2379));
+        let limit = Duration::from_secs(5);
+        // A range over the key "\0": no keys, and the header's revision.
+        let r = node
+            .post_json(etcd, "/v3/kv/range", r#"{"key":"AA=="}"#, limit)
+            .await
+            .expect("etcd's revision");
+        let v: serde_json::Value = serde_json::from_str(&r.body).unwrap_or_default();
+        let revision: u64 = v["header"]["revision"]
+            .as_str()
+            .and_then(|r| r.parse().ok())
+            .unwrap_or_else(|| panic!("no revision in etcd's answer: {} {}", r.status, r.body));
+        let body = format!(r#"{{"revision":"{revision}","physical":true}}"#);
+        let r = node
+            .post_json(etcd, "/v3/kv/compaction", &body, limit)
+            .await
+            .expect("etcd's compaction");
+        assert_eq!(r.status, 200, "etcd refused the compaction at {revision}: {}", r.body);
+        revision
     }
 
     fn push(&mut self, c: Container) {

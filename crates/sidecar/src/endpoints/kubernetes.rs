@@ -336,6 +336,19 @@ impl Source {
 
     fn on_error(&mut self, error: &watcher::Error) {
         self.metrics.kube_watch_errors.inc();
+        if let watcher::Error::WatchError(status) = error {
+            if status.code == 410 {
+                // Not an outage: etcd compacted past the revision the watch
+                // resumed from (or the apiserver's watch cache no longer
+                // holds it). The watcher lists again at once.
+                tracing::info!(
+                    message = %status.message,
+                    "the watch's resourceVersion expired (410 Gone); listing EndpointSlices again, \
+                     keeping the view meanwhile"
+                );
+                return;
+            }
+        }
         self.failures += 1;
         let view = self.store.load();
         if self.failures == 1 && view.synced {
@@ -694,6 +707,19 @@ mod tests {
         assert_eq!(metrics.kube_watch_errors.get(), 2);
         assert_eq!(store.load().generation, generation);
         assert_eq!(store.load().len(), 2);
+
+        // A 410 is counted, and is no failure: nothing says it recovered.
+        let gone = watcher::Error::WatchError(
+            kube::core::Status {
+                code: 410,
+                message: "The resourceVersion for the provided watch is too old.".into(),
+                ..Default::default()
+            }
+            .boxed(),
+        );
+        src.on_error(&gone);
+        assert_eq!(metrics.kube_watch_errors.get(), 3);
+        assert_eq!(src.failures, 2);
 
         // A relist that is interrupted leaves the view alone; a complete one
         // replaces it, without the slices that were not listed again.
