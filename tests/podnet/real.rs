@@ -297,19 +297,24 @@ impl Story {
     /// ready again at `back` (each retries with a growing backoff, as
     /// client-go's reflectors do, so this takes a while).
     async fn watches_resumed(&self, back: u64) {
-        let resumed = "Kubernetes API reachable again";
-        self.kn
-            .until("every sidecar's watch resumed", Duration::from_secs(60), || async {
-                self.kn
-                    .pods()
-                    .iter()
-                    .all(|p| p.container("stickyd").proc.log_text().contains(resumed))
-            })
+        self.every_sidecar_logs("every sidecar's watch resumed", "Kubernetes API reachable again")
             .await;
         println!(
             "the sidecars' watches resumed {} ms after kube-apiserver was ready again",
             self.kn.clock.now() - back
         );
+    }
+
+    /// Waits until every running sidecar's log has `line`.
+    async fn every_sidecar_logs(&self, what: &str, line: &str) {
+        self.kn
+            .until(what, Duration::from_secs(60), || async {
+                self.kn
+                    .pods()
+                    .iter()
+                    .all(|p| p.container("stickyd").proc.log_text().contains(line))
+            })
+            .await;
     }
 
     /// `pod` is scaled away: every sidecar sees it draining, its drain ends
@@ -555,6 +560,19 @@ async fn real_dark_death_and_ip_reuse() {
         }
     })
     .await;
+}
+
+/// Requests were sent while kube-apiserver was down (from `gone` to
+/// `back`): the scenario's premise.
+fn assert_sent_while_down(out: &Outcome, gone: u64, back: u64) {
+    let during = out
+        .sessions
+        .iter()
+        .flat_map(|s| &s.requests)
+        .filter(|r| r.start >= gone && r.start <= back)
+        .count();
+    println!("requests sent while kube-apiserver was down: {during}");
+    assert!(during > 0, "no request was sent while kube-apiserver was down");
 }
 
 /// The shipped Role without `watch`: the sidecars cannot follow the
@@ -936,14 +954,7 @@ async fn real_apiserver_restart_during_traffic() {
         ));
         s.watches_resumed(back).await;
         let out = s.scale_down_seen_by_all(test, &busiest, k6).await;
-        let during = out
-            .sessions
-            .iter()
-            .flat_map(|s| &s.requests)
-            .filter(|r| r.start >= gone && r.start <= back)
-            .count();
-        println!("requests sent while kube-apiserver was down: {during}");
-        assert!(during > 0, "no request was sent while kube-apiserver was down");
+        assert_sent_while_down(&out, gone, back);
     })
     .await;
 }
@@ -975,16 +986,8 @@ async fn real_compaction_expires_the_watches_and_they_list_again() {
         let back = s.kn.clock.now();
         s.kn.clock.event("kube-apiserver ready again, without its watch cache");
         let expired = "resourceVersion expired (410 Gone)";
-        s.kn.until(
-            "every sidecar's watch expired (410)",
-            Duration::from_secs(60),
-            || async {
-                s.kn.pods()
-                    .iter()
-                    .all(|p| p.container("stickyd").proc.log_text().contains(expired))
-            },
-        )
-        .await;
+        s.every_sidecar_logs("every sidecar's watch expired (410)", expired)
+            .await;
         for pod in s.kn.pods() {
             let log = pod.container("stickyd").proc.log_text();
             let line = log.lines().find(|l| l.contains(expired)).unwrap_or_default();
@@ -998,13 +1001,7 @@ async fn real_compaction_expires_the_watches_and_they_list_again() {
         }
         s.watches_resumed(back).await;
         let out = s.scale_down_seen_by_all(test, &busiest, k6).await;
-        let during = out
-            .sessions
-            .iter()
-            .flat_map(|s| &s.requests)
-            .filter(|r| r.start >= gone && r.start <= back)
-            .count();
-        assert!(during > 0, "no request was sent while kube-apiserver was down");
+        assert_sent_while_down(&out, gone, back);
     })
     .await;
 }
