@@ -452,8 +452,12 @@ async fn scale_down_in_termination_order_with_drain() {
 }
 
 /// The shipped manifests' old preStop, a 5 s sleep, with sessions that
-/// outlast it: the baseline the drain fixes. Nothing fails, but the
-/// sessions still active when the app stops are repinned, once.
+/// outlast it: the baseline the drain fixes. The sessions still active when
+/// the app stops are repinned, once. Nothing fails but, rarely, a request
+/// caught in the app's stop: written into an idle keep-alive connection as
+/// the app's graceful stop closes it, which stickyd does not replay (what
+/// its own app closed on may have been acted on; HAProxy and Envoy do not
+/// replay it by default either).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn scale_down_with_sleep_prestop() {
     let test = "scale_down_with_sleep_prestop";
@@ -479,7 +483,20 @@ async fn scale_down_with_sleep_prestop() {
             active > 0,
             "no session outlasted the sleep: the scenario tested nothing"
         );
-        assert_eq!(out.failed().len(), 0, "failed requests");
+        let (from, to) = (t.app_sigterm.saturating_sub(1000), t.app_exit + 1000);
+        for s in &out.sessions {
+            for r in s.failed() {
+                println!("failed at the app's stop: {r:?}");
+                assert!(
+                    s.served_by(&t.pod) && r.start >= from && r.start <= to,
+                    "a request failed that was not one of {}'s caught in its app's stop \
+                     (SIGTERM {} ms, exit {} ms): {r:?}",
+                    t.pod,
+                    t.app_sigterm,
+                    t.app_exit
+                );
+            }
+        }
         let repinned = assert_only_its_sessions_moved(&out, &t.pod, t.app_exit);
         assert!(repinned > 0, "no session was repinned");
     })

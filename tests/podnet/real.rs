@@ -397,7 +397,7 @@ fn assert_clean(out: &Outcome) {
 /// → the ExternalName's name → the Service's ClusterIP (kube-proxy's rules
 /// from the real EndpointSlice) → any pod's sidecar → the session's pod.
 /// Every sidecar watches with the shipped Role through a real, bound
-/// ServiceAccount token: 0 broken sessions, spread over the 3 pods.
+/// ServiceAccount token: 0 broken sessions, spread over the pods.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn real_story_externalname() {
     let test = "real_story_externalname";
@@ -420,7 +420,11 @@ async fn real_story_externalname() {
             .values()
             .filter(|v| v["requests"].as_u64().unwrap_or(0) > 0)
             .count();
-        assert_eq!(serving, 3, "sessions on every pod: {pods:?}");
+        // The premise: sessions on more than one pod, so that requests sent
+        // at random lose them. Not necessarily on all 3: HAProxy's pool
+        // (`http-reuse always`) sends them over a few keep-alive
+        // connections, and kube-proxy picks a pod per connection.
+        assert!(serving >= 2, "sessions on more than one pod: {pods:?}");
         // The sidecars' view came from the real watch, through the token.
         for p in s.kn.pods() {
             let log = p.container("stickyd").proc.log_text();
