@@ -340,7 +340,7 @@ impl Source {
             if status.code == 410 {
                 // Not an outage: etcd compacted past the revision the watch
                 // resumed from (or the apiserver's watch cache no longer
-                // holds it). The watcher lists again at once.
+                // holds it). The watcher lists again, after its backoff.
                 tracing::info!(
                     message = %status.message,
                     "the watch's resourceVersion expired (410 Gone); listing EndpointSlices again, \
